@@ -1,0 +1,68 @@
+// MESSAGE-INTEGRITY (HMAC-SHA1), MESSAGE-INTEGRITY-SHA256 and FINGERPRINT
+// (RFC 8489 §14.5-§14.7), and long-term key derivation (§9.2.2).
+
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { FINGERPRINT_XOR, HEADER_LENGTH, PasswordAlgorithm } from './constants.js';
+import { crc32 } from './crc32.js';
+
+/**
+ * The long-term credential key: MD5 or SHA-256 of "username:realm:password".
+ * The strings are used as given (already processed by OpaqueString/SASLprep where
+ * the caller applies it), as coturn does.
+ */
+export function longTermKey(username: string, realm: string, password: string, algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5): Buffer {
+  const hash = createHash(algorithm === PasswordAlgorithm.SHA256 ? 'sha256' : 'md5');
+  hash.update(`${username}:${realm}:${password}`, 'utf8');
+  return hash.digest();
+}
+
+/** RFC 8489 §14.4: USERHASH = SHA-256("username:realm"). */
+export function userhash(username: string, realm: string): Buffer {
+  return createHash('sha256').update(`${username}:${realm}`, 'utf8').digest();
+}
+
+function headerWithLength(buf: Uint8Array, bodyLength: number): Buffer {
+  const header = Buffer.allocUnsafe(HEADER_LENGTH);
+  header.set(buf.subarray(0, HEADER_LENGTH));
+  header.writeUInt16BE(bodyLength, 2);
+  return header;
+}
+
+/**
+ * HMAC over the message up to the attribute at `attributeOffset`, with the header
+ * length set as if the message ended right after that attribute (whose value is
+ * `valueLength` bytes).
+ */
+export function computeIntegrity(buf: Uint8Array, attributeOffset: number, key: Uint8Array, algorithm: 'sha1' | 'sha256', valueLength: number): Buffer {
+  const hmac = createHmac(algorithm, key);
+  hmac.update(headerWithLength(buf, attributeOffset + 4 + valueLength - HEADER_LENGTH));
+  hmac.update(buf.subarray(HEADER_LENGTH, attributeOffset));
+  return hmac.digest();
+}
+
+/** Checks MESSAGE-INTEGRITY (20 bytes) at the attribute header offset, in constant time. */
+export function verifyIntegritySha1(buf: Uint8Array, attributeOffset: number, key: Uint8Array): boolean {
+  if (attributeOffset < HEADER_LENGTH || attributeOffset + 24 > buf.length) return false;
+  if (((buf[attributeOffset + 2]! << 8) | buf[attributeOffset + 3]!) !== 20) return false;
+  const expected = computeIntegrity(buf, attributeOffset, key, 'sha1', 20);
+  return timingSafeEqual(expected, buf.subarray(attributeOffset + 4, attributeOffset + 24));
+}
+
+/** Checks MESSAGE-INTEGRITY-SHA256; RFC 8489 §14.6 allows truncation to 16..32 bytes in steps of 4. */
+export function verifyIntegritySha256(buf: Uint8Array, attributeOffset: number, key: Uint8Array): boolean {
+  if (attributeOffset < HEADER_LENGTH || attributeOffset + 4 > buf.length) return false;
+  const length = (buf[attributeOffset + 2]! << 8) | buf[attributeOffset + 3]!;
+  if (length < 16 || length > 32 || (length & 3) !== 0 || attributeOffset + 4 + length > buf.length) return false;
+  const expected = computeIntegrity(buf, attributeOffset, key, 'sha256', length).subarray(0, length);
+  return timingSafeEqual(expected, buf.subarray(attributeOffset + 4, attributeOffset + 4 + length));
+}
+
+/** The FINGERPRINT value for a FINGERPRINT attribute whose header starts at `attributeOffset`. */
+export function fingerprintOf(buf: Uint8Array, attributeOffset: number): number {
+  const bodyLength = attributeOffset + 8 - HEADER_LENGTH;
+  let crc = crc32(buf, 0, 2);
+  const lengthBytes = new Uint8Array([bodyLength >>> 8, bodyLength & 255]);
+  crc = crc32(lengthBytes, 0, 2, crc);
+  crc = crc32(buf, 4, attributeOffset, crc);
+  return (crc ^ FINGERPRINT_XOR) >>> 0;
+}
