@@ -46,13 +46,14 @@ export function parseIPv6(text: string): Uint8Array | undefined {
   const out = new Uint8Array(16);
   const halves = text.split('::');
   if (halves.length > 2) return undefined;
-  const parseGroups = (s: string): number[] | undefined => {
+  // A dotted IPv4 part may only end the whole address, never precede '::' (as inet_pton).
+  const parseGroups = (s: string, allowV4: boolean): number[] | undefined => {
     if (s === '') return [];
     const groups: number[] = [];
     const items = s.split(':');
     for (let i = 0; i < items.length; i++) {
       const item = items[i]!;
-      if (i === items.length - 1 && item.includes('.')) {
+      if (allowV4 && i === items.length - 1 && item.includes('.')) {
         const v4 = parseIPv4(item);
         if (v4 < 0) return undefined;
         groups.push(v4 >>> 16, v4 & 0xffff);
@@ -63,8 +64,8 @@ export function parseIPv6(text: string): Uint8Array | undefined {
     }
     return groups;
   };
-  const head = parseGroups(halves[0]!);
-  const tail = halves.length === 2 ? parseGroups(halves[1]!) : [];
+  const head = parseGroups(halves[0]!, halves.length === 1);
+  const tail = halves.length === 2 ? parseGroups(halves[1]!, true) : [];
   if (!head || !tail) return undefined;
   const total = head.length + tail.length;
   if (halves.length === 2 ? total > 7 : total !== 8) return undefined;
@@ -78,9 +79,10 @@ export function parseIPv6(text: string): Uint8Array | undefined {
 export function formatIPv6(bytes: Uint8Array, offset = 0): string {
   const groups: number[] = [];
   for (let i = 0; i < 8; i++) groups.push((bytes[offset + i * 2]! << 8) | bytes[offset + i * 2 + 1]!);
-  // IPv4-mapped addresses keep the dotted tail, as inet_ntop does.
-  if (groups[0] === 0 && groups[1] === 0 && groups[2] === 0 && groups[3] === 0 && groups[4] === 0 && groups[5] === 0xffff) {
-    return `::ffff:${bytes[offset + 12]}.${bytes[offset + 13]}.${bytes[offset + 14]}.${bytes[offset + 15]}`;
+  // IPv4-mapped and IPv4-compatible (::a.b.c.d, groups 0-5 zero, group 6 not) addresses
+  // keep the dotted tail, as inet_ntop (and so Node's rinfo.address) prints them.
+  if (groups[0] === 0 && groups[1] === 0 && groups[2] === 0 && groups[3] === 0 && groups[4] === 0 && (groups[5] === 0xffff || (groups[5] === 0 && groups[6] !== 0))) {
+    return `${groups[5] === 0xffff ? '::ffff:' : '::'}${bytes[offset + 12]}.${bytes[offset + 13]}.${bytes[offset + 14]}.${bytes[offset + 15]}`;
   }
   let bestStart = -1;
   let bestLen = 0;

@@ -3,7 +3,8 @@
 
 import { PasswordAlgorithm } from './constants.js';
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM keeps a leading U+FEFF: the text must be exactly what was sent (it feeds key derivation).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** UTF-8 text of at most maxBytes, or undefined (bad UTF-8 or too long). */
 export function decodeText(value: Uint8Array, maxBytes: number): string | undefined {

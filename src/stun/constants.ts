@@ -85,9 +85,13 @@ export type PasswordAlgorithm = (typeof PasswordAlgorithm)[keyof typeof Password
 /** IANA protocol number carried in REQUESTED-TRANSPORT (RFC 8656 §18.7). */
 export const TRANSPORT_UDP = 17;
 
-/** RFC 8656 §12: channel numbers a client may bind. */
+/**
+ * Channel numbers a client may bind. RFC 8656 §12 narrowed them to 0x4000-0x4FFF,
+ * but RFC 5766 clients (coturn's turnutils_uclient among them) still pick up to
+ * 0x7FFE, and coturn and Pion accept those; so do we, or those clients break.
+ */
 export const CHANNEL_MIN = 0x4000;
-export const CHANNEL_MAX = 0x4fff;
+export const CHANNEL_MAX = 0x7ffe;
 
 /** Error codes used by STUN and TURN, with the RFCs' reason phrases. */
 export const ErrorCode = {

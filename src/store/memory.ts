@@ -1,0 +1,153 @@
+// The embedded, single-node AllocationStore. Same contract as the Redis store:
+// copies in and out (callers can't mutate stored state), versions, events
+// delivered asynchronously.
+
+import type {
+  AllocationLimits,
+  AllocationRecord,
+  AllocationStore,
+  CreateOutcome,
+  NewAllocationRecord,
+  ReservedPort,
+  StoreEvent,
+  StoreEventListener,
+  UpdateOutcome,
+} from './types.js';
+
+export interface MemoryStoreOptions {
+  /** Milliseconds since the epoch; injected so tests control reservation expiry. */
+  readonly now?: () => number;
+}
+
+function clone(record: AllocationRecord): AllocationRecord {
+  return JSON.parse(JSON.stringify(record)) as AllocationRecord;
+}
+
+function portKey(address: string, port: number): string {
+  return `${address}|${port}`;
+}
+
+export class MemoryAllocationStore implements AllocationStore {
+  readonly kind = 'memory';
+  private readonly records = new Map<string, AllocationRecord>();
+  private readonly ports = new Map<string, string>();
+  private readonly userCounts = new Map<string, number>();
+  private readonly reservations = new Map<string, { port: ReservedPort; expiresAtMs: number }>();
+  private readonly listeners = new Set<StoreEventListener>();
+  private readonly now: () => number;
+  private closed = false;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    this.now = options.now ?? Date.now;
+  }
+
+  private emit(event: StoreEvent): void {
+    for (const listener of this.listeners) queueMicrotask(() => listener(event));
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new Error('store is closed');
+  }
+
+  async create(input: NewAllocationRecord, limits: AllocationLimits): Promise<CreateOutcome> {
+    this.checkOpen();
+    if (this.records.has(input.key)) return { ok: false, reason: 'exists' };
+    const pk = portKey(input.relayedAddress, input.relayedPort);
+    const holder = this.ports.get(pk);
+    if (holder !== undefined && holder !== input.key) return { ok: false, reason: 'port-taken' };
+    const count = this.userCounts.get(input.username) ?? 0;
+    if (limits.userQuota > 0 && count >= limits.userQuota) return { ok: false, reason: 'user-quota' };
+    const record: AllocationRecord = clone({ ...input, version: 1 });
+    this.records.set(record.key, record);
+    this.ports.set(pk, record.key);
+    this.userCounts.set(record.username, count + 1);
+    this.emit({ type: 'created', record: clone(record) });
+    return { ok: true, record: clone(record) };
+  }
+
+  async get(key: string): Promise<AllocationRecord | undefined> {
+    this.checkOpen();
+    const record = this.records.get(key);
+    return record ? clone(record) : undefined;
+  }
+
+  async update(next: AllocationRecord): Promise<UpdateOutcome> {
+    this.checkOpen();
+    const current = this.records.get(next.key);
+    if (!current) return { ok: false, reason: 'missing' };
+    if (current.version !== next.version) return { ok: false, reason: 'conflict', current: clone(current) };
+    // The identity of an allocation (its relayed port, user, owner) is fixed at creation.
+    const record: AllocationRecord = clone({
+      ...next,
+      relayedAddress: current.relayedAddress,
+      relayedPort: current.relayedPort,
+      username: current.username,
+      version: current.version + 1,
+    });
+    this.records.set(record.key, record);
+    this.emit({ type: 'updated', record: clone(record) });
+    return { ok: true, record: clone(record) };
+  }
+
+  async delete(key: string, reason: string, expectedVersion?: number): Promise<boolean> {
+    this.checkOpen();
+    const current = this.records.get(key);
+    if (!current) return false;
+    if (expectedVersion !== undefined && current.version !== expectedVersion) return false;
+    this.records.delete(key);
+    const pk = portKey(current.relayedAddress, current.relayedPort);
+    if (this.ports.get(pk) === key) this.ports.delete(pk);
+    const count = (this.userCounts.get(current.username) ?? 1) - 1;
+    if (count > 0) this.userCounts.set(current.username, count);
+    else this.userCounts.delete(current.username);
+    this.emit({ type: 'deleted', key, ownerNodeId: current.ownerNodeId, reason });
+    return true;
+  }
+
+  async countUserAllocations(username: string): Promise<number> {
+    this.checkOpen();
+    return this.userCounts.get(username) ?? 0;
+  }
+
+  private dropExpiredReservations(): void {
+    const now = this.now();
+    for (const [token, r] of this.reservations) {
+      if (r.expiresAtMs <= now) {
+        this.reservations.delete(token);
+        const pk = portKey(r.port.relayedAddress, r.port.relayedPort);
+        if (this.ports.get(pk) === `reservation|${token}`) this.ports.delete(pk);
+      }
+    }
+  }
+
+  async reservePort(token: string, port: ReservedPort, ttlMs: number): Promise<boolean> {
+    this.checkOpen();
+    this.dropExpiredReservations();
+    const pk = portKey(port.relayedAddress, port.relayedPort);
+    if (this.ports.has(pk) || this.reservations.has(token)) return false;
+    this.ports.set(pk, `reservation|${token}`);
+    this.reservations.set(token, { port: { ...port }, expiresAtMs: this.now() + ttlMs });
+    return true;
+  }
+
+  async takeReservation(token: string): Promise<ReservedPort | undefined> {
+    this.checkOpen();
+    this.dropExpiredReservations();
+    const r = this.reservations.get(token);
+    if (!r) return undefined;
+    this.reservations.delete(token);
+    const pk = portKey(r.port.relayedAddress, r.port.relayedPort);
+    if (this.ports.get(pk) === `reservation|${token}`) this.ports.delete(pk);
+    return { ...r.port };
+  }
+
+  subscribe(listener: StoreEventListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.listeners.clear();
+  }
+}

@@ -1,0 +1,90 @@
+// The allocation store seam. Records are plain, serialisable data with a version;
+// every method is async so that a shared store (Redis) fits behind the same
+// interface. The engine's packet path never awaits the store: it reads its own
+// local state and writes changes through.
+
+export type ClientTransportKind = 'udp' | 'tcp' | 'tls';
+
+export interface ChannelRecord {
+  readonly peerAddress: string;
+  readonly peerPort: number;
+  readonly expiresAtMs: number;
+}
+
+export interface AllocationRecord {
+  /** The client 5-tuple as text: see fiveTupleKey(). */
+  readonly key: string;
+  readonly transport: ClientTransportKind;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly serverAddress: string;
+  readonly serverPort: number;
+  readonly relayedAddress: string;
+  readonly relayedPort: number;
+  readonly ownerNodeId: string;
+  readonly username: string;
+  readonly realm: string;
+  readonly createdAtMs: number;
+  readonly expiresAtMs: number;
+  /** Peer IP -> permission expiry (ms). */
+  readonly permissions: Readonly<Record<string, number>>;
+  /** Channel number (decimal) -> binding. */
+  readonly channels: Readonly<Record<string, ChannelRecord>>;
+  /** Bumped by the store on every successful write; guards compare-and-set updates. */
+  readonly version: number;
+}
+
+export type NewAllocationRecord = Omit<AllocationRecord, 'version'>;
+
+export interface AllocationLimits {
+  /** Allocations one username may hold across every node sharing this store; 0 = unlimited. */
+  readonly userQuota: number;
+}
+
+export type CreateOutcome =
+  | { readonly ok: true; readonly record: AllocationRecord }
+  | { readonly ok: false; readonly reason: 'exists' | 'user-quota' | 'port-taken' };
+
+export type UpdateOutcome =
+  | { readonly ok: true; readonly record: AllocationRecord }
+  | { readonly ok: false; readonly reason: 'missing' | 'conflict'; readonly current?: AllocationRecord };
+
+export interface ReservedPort {
+  readonly relayedAddress: string;
+  readonly relayedPort: number;
+}
+
+export type StoreEvent =
+  | { readonly type: 'created'; readonly record: AllocationRecord }
+  | { readonly type: 'updated'; readonly record: AllocationRecord }
+  | { readonly type: 'deleted'; readonly key: string; readonly ownerNodeId: string; readonly reason: string };
+
+export type StoreEventListener = (event: StoreEvent) => void;
+
+export interface AllocationStore {
+  readonly kind: string;
+  /**
+   * Atomically: refuses when the key exists, when the relayed port is reserved by
+   * someone else, or when the user is at quota; otherwise inserts the record at
+   * version 1, reserves its relayed port and counts it against the user.
+   */
+  create(record: NewAllocationRecord, limits: AllocationLimits): Promise<CreateOutcome>;
+  get(key: string): Promise<AllocationRecord | undefined>;
+  /** Compare-and-set: writes `record` when the stored version equals record.version; stores version + 1. */
+  update(record: AllocationRecord): Promise<UpdateOutcome>;
+  /** Deletes the record (if expectedVersion is given, only at that version), frees its port and quota. */
+  delete(key: string, reason: string, expectedVersion?: number): Promise<boolean>;
+  countUserAllocations(username: string): Promise<number>;
+  /** Holds a relayed port outside any allocation (EVEN-PORT's R bit) under an opaque token. */
+  reservePort(token: string, port: ReservedPort, ttlMs: number): Promise<boolean>;
+  /** Redeems a token once; undefined when unknown or expired. */
+  takeReservation(token: string): Promise<ReservedPort | undefined>;
+  /** Delivers events of every writer (this node's included), asynchronously, in order. */
+  subscribe(listener: StoreEventListener): () => void;
+  close(): Promise<void>;
+}
+
+/** The text form of a client 5-tuple, used as the store key (not on the packet path). */
+export function fiveTupleKey(transport: ClientTransportKind, clientAddress: string, clientPort: number, serverAddress: string, serverPort: number): string {
+  return `${transport}|${clientAddress}|${clientPort}|${serverAddress}|${serverPort}`;
+}

@@ -1,0 +1,174 @@
+// One allocation's live state on its owner node (RFC 8656 §2.2): the relay
+// socket, permissions and channel bindings, kept in maps shaped for the relay
+// hot path. The store holds the same facts as a plain AllocationRecord.
+
+import { parseIPv6 } from '../stun/address.js';
+import { CHANNEL_MIN } from '../stun/constants.js';
+import type { AllocationRecord } from '../store/types.js';
+import type { ClientPath, RelaySocket } from './io.js';
+
+/** RFC 8656 §9: a permission lasts 300 s. */
+export const PERMISSION_LIFETIME_MS = 300_000;
+/** RFC 8656 §11: a channel binding lasts 600 s. */
+export const CHANNEL_LIFETIME_MS = 600_000;
+/** RFC 8656 §11: after a binding expires, its number and peer stay reserved to each other for 5 more minutes. */
+export const CHANNEL_QUARANTINE_MS = 300_000;
+
+export class Permission {
+  /** Channels bound to this peer IP, by peer port. */
+  channelsByPort: Map<number, ChannelBinding> | undefined;
+  /** The IPv6 address as bytes (for Data indications), empty for IPv4. */
+  readonly peerIPv6: Uint8Array;
+  constructor(
+    readonly peerAddress: string,
+    /** The IPv4 address as a number, or -1 for IPv6. */
+    readonly peerIPv4: number,
+    public expiresAtMs: number,
+  ) {
+    this.peerIPv6 = peerIPv4 >= 0 ? new Uint8Array(0) : (parseIPv6(peerAddress) ?? new Uint8Array(16));
+  }
+}
+
+export class ChannelBinding {
+  constructor(
+    readonly number: number,
+    readonly peerAddress: string,
+    readonly peerPort: number,
+    readonly permission: Permission,
+    public expiresAtMs: number,
+  ) {}
+}
+
+export interface AllocationIdentity {
+  readonly key: string;
+  readonly path: ClientPath;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly username: string;
+  readonly realm: string;
+  /** The long-term key that authenticated the Allocate; later requests must use the same username. */
+  readonly integrityKey: Buffer;
+  readonly relay: RelaySocket;
+  readonly createdAtMs: number;
+  /** Transaction id of the Allocate that made it, to answer retransmissions (RFC 8656 §7.2). */
+  readonly allocateTransactionId: string;
+}
+
+export class Allocation implements AllocationIdentity {
+  readonly key: string;
+  readonly path: ClientPath;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly username: string;
+  readonly realm: string;
+  readonly integrityKey: Buffer;
+  readonly relay: RelaySocket;
+  readonly createdAtMs: number;
+  readonly allocateTransactionId: string;
+  allocateResponse: Buffer | undefined;
+  expiresAtMs: number;
+  version = 0;
+  /** True when the store missed a write (store down); tick() writes it again. */
+  dirty = false;
+  deleted = false;
+  persisting: Promise<void> = Promise.resolve();
+
+  readonly permissionsByAddress = new Map<string, Permission>();
+  readonly permissionsByIPv4 = new Map<number, Permission>();
+  /** Indexed by channel number - 0x4000. */
+  readonly channels: (ChannelBinding | undefined)[] = [];
+  channelCount = 0;
+
+  constructor(identity: AllocationIdentity, expiresAtMs: number) {
+    this.key = identity.key;
+    this.path = identity.path;
+    this.clientAddress = identity.clientAddress;
+    this.clientPort = identity.clientPort;
+    this.username = identity.username;
+    this.realm = identity.realm;
+    this.integrityKey = identity.integrityKey;
+    this.relay = identity.relay;
+    this.createdAtMs = identity.createdAtMs;
+    this.allocateTransactionId = identity.allocateTransactionId;
+    this.expiresAtMs = expiresAtMs;
+  }
+
+  channel(number: number): ChannelBinding | undefined {
+    return this.channels[number - CHANNEL_MIN];
+  }
+
+  /** Installs or refreshes the permission for a peer IP. */
+  permit(peerAddress: string, peerIPv4: number, expiresAtMs: number): Permission {
+    let permission = this.permissionsByAddress.get(peerAddress);
+    if (permission) {
+      permission.expiresAtMs = Math.max(permission.expiresAtMs, expiresAtMs);
+      return permission;
+    }
+    permission = new Permission(peerAddress, peerIPv4, expiresAtMs);
+    this.permissionsByAddress.set(peerAddress, permission);
+    if (peerIPv4 >= 0) this.permissionsByIPv4.set(peerIPv4, permission);
+    return permission;
+  }
+
+  bindChannel(number: number, permission: Permission, peerPort: number, expiresAtMs: number): ChannelBinding {
+    const existing = this.channel(number);
+    if (existing) {
+      existing.expiresAtMs = expiresAtMs;
+      return existing;
+    }
+    const binding = new ChannelBinding(number, permission.peerAddress, peerPort, permission, expiresAtMs);
+    this.channels[number - CHANNEL_MIN] = binding;
+    this.channelCount++;
+    (permission.channelsByPort ??= new Map()).set(peerPort, binding);
+    return binding;
+  }
+
+  /** Drops expired permissions and channels (channels after their quarantine). Returns true if anything went. */
+  prune(nowMs: number): boolean {
+    let changed = false;
+    if (this.channelCount > 0) {
+      for (let i = 0; i < this.channels.length; i++) {
+        const binding = this.channels[i];
+        if (!binding || binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;
+        this.channels[i] = undefined;
+        this.channelCount--;
+        binding.permission.channelsByPort?.delete(binding.peerPort);
+        changed = true;
+      }
+    }
+    for (const [address, permission] of this.permissionsByAddress) {
+      if (permission.expiresAtMs > nowMs || (permission.channelsByPort?.size ?? 0) > 0) continue;
+      this.permissionsByAddress.delete(address);
+      if (permission.peerIPv4 >= 0) this.permissionsByIPv4.delete(permission.peerIPv4);
+      changed = true;
+    }
+    return changed;
+  }
+
+  toRecord(ownerNodeId: string): AllocationRecord {
+    const permissions: Record<string, number> = {};
+    for (const [address, permission] of this.permissionsByAddress) permissions[address] = permission.expiresAtMs;
+    const channels: Record<string, { peerAddress: string; peerPort: number; expiresAtMs: number }> = {};
+    for (const binding of this.channels) {
+      if (binding) channels[String(binding.number)] = { peerAddress: binding.peerAddress, peerPort: binding.peerPort, expiresAtMs: binding.expiresAtMs };
+    }
+    return {
+      key: this.key,
+      transport: this.path.transport,
+      clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
+      serverAddress: this.path.localAddress,
+      serverPort: this.path.localPort,
+      relayedAddress: this.relay.address,
+      relayedPort: this.relay.port,
+      ownerNodeId,
+      username: this.username,
+      realm: this.realm,
+      createdAtMs: this.createdAtMs,
+      expiresAtMs: this.expiresAtMs,
+      permissions,
+      channels,
+      version: this.version,
+    };
+  }
+}

@@ -1,0 +1,79 @@
+// Long-term credentials (RFC 8489 §9.2): static users, and coturn's time-limited
+// shared-secret scheme ("TURN REST API"): username = "expiry-unix-seconds[:id]",
+// password = base64(HMAC-SHA1(secret, username)).
+
+import { createHmac, randomBytes } from 'node:crypto';
+import { PasswordAlgorithm } from '../stun/constants.js';
+import { longTermKey, userhash } from '../stun/integrity.js';
+
+export interface CredentialOptions {
+  readonly realm: string;
+  /** name -> password; a password written "0x" + 32 hex digits is the MD5 key itself, as in coturn. */
+  readonly users: ReadonlyMap<string, string>;
+  /** Shared secrets for time-limited credentials; several allow rotation. Empty: scheme off. */
+  readonly authSecrets: readonly string[];
+}
+
+export type KeyLookup =
+  | { readonly ok: true; readonly keys: readonly Buffer[] }
+  | { readonly ok: false; readonly reason: 'unknown-user' | 'expired' };
+
+export class CredentialStore {
+  readonly realm: string;
+  private readonly md5Keys = new Map<string, Buffer>();
+  private readonly passwords = new Map<string, string>();
+  private readonly byUserhash = new Map<string, string>();
+  /** Verified against when the user is unknown, so that both cases cost the same. */
+  readonly decoyKey = randomBytes(16);
+
+  constructor(private readonly options: CredentialOptions) {
+    this.realm = options.realm;
+    for (const [name, password] of options.users) {
+      const hexKey = /^0x([0-9a-fA-F]{32})$/.exec(password);
+      this.md5Keys.set(name, hexKey ? Buffer.from(hexKey[1]!, 'hex') : longTermKey(name, options.realm, password));
+      if (!hexKey) this.passwords.set(name, password);
+      this.byUserhash.set(userhash(name, options.realm).toString('hex'), name);
+    }
+  }
+
+  get hasAnyCredentials(): boolean {
+    return this.md5Keys.size > 0 || this.options.authSecrets.length > 0;
+  }
+
+  /** Resolves a USERHASH (RFC 8489 §14.4) to a static user's name. */
+  usernameForUserhash(hash: Uint8Array): string | undefined {
+    return this.byUserhash.get(Buffer.from(hash).toString('hex'));
+  }
+
+  /** The candidate keys for a username (several while auth secrets rotate). */
+  keysFor(username: string, nowMs: number, algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5): KeyLookup {
+    const key = this.md5Keys.get(username);
+    if (key) {
+      if (algorithm === PasswordAlgorithm.MD5) return { ok: true, keys: [key] };
+      const password = this.passwords.get(username);
+      if (password === undefined) return { ok: false, reason: 'unknown-user' };
+      return { ok: true, keys: [longTermKey(username, this.realm, password, algorithm)] };
+    }
+    if (this.options.authSecrets.length === 0) return { ok: false, reason: 'unknown-user' };
+    const expiry = restApiExpirySeconds(username);
+    if (expiry === undefined) return { ok: false, reason: 'unknown-user' };
+    if (expiry * 1000 <= nowMs) return { ok: false, reason: 'expired' };
+    return {
+      ok: true,
+      keys: this.options.authSecrets.map((secret) => longTermKey(username, this.realm, restApiPassword(secret, username), algorithm)),
+    };
+  }
+}
+
+/** The expiry of a time-limited username ("1700000000" or "1700000000:alice"), or undefined. */
+export function restApiExpirySeconds(username: string): number | undefined {
+  const colon = username.indexOf(':');
+  const head = colon >= 0 ? username.slice(0, colon) : username;
+  if (!/^[0-9]{1,12}$/.test(head)) return undefined;
+  return Number(head);
+}
+
+/** coturn's --use-auth-secret password: base64(HMAC-SHA1(secret, username)). */
+export function restApiPassword(secret: string, username: string): string {
+  return createHmac('sha1', secret).update(username, 'utf8').digest('base64');
+}

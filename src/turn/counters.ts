@@ -1,0 +1,39 @@
+// Plain numeric counters the engine bumps on every path (cheap: no labels, no
+// hashing on the packet path). ops/metrics exposes them to Prometheus.
+
+export const DROP_REASONS = [
+  'malformed',
+  'not_stun',
+  'bad_fingerprint',
+  'unexpected_class',
+  'no_allocation',
+  'no_permission',
+  'no_channel',
+  'bad_channel_data',
+  'bad_send_indication',
+  'unknown_required_attribute',
+  'send_queue_full',
+  'request_in_flight',
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+
+export class EngineCounters {
+  readonly drops: Record<DropReason, number> = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
+  /** "method code" -> count, e.g. "allocate 200", "allocate 401". */
+  readonly requests = new Map<string, number>();
+  packetsClientToPeer = 0;
+  bytesClientToPeer = 0;
+  packetsPeerToClient = 0;
+  bytesPeerToClient = 0;
+  authFailures = 0;
+  quotaRefusals = 0;
+  peerPolicyRefusals = 0;
+  allocationsCreated = 0;
+  allocationsDeleted = 0;
+  storeErrors = 0;
+
+  countRequest(method: string, code: number): void {
+    const key = `${method} ${code}`;
+    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
+  }
+}

@@ -1,0 +1,739 @@
+// The TURN engine (RFC 8656 over RFC 8489): decides what every client and peer
+// packet means. It sees the transport only through ClientPath/RelaySocket and
+// the store only through AllocationStore; time comes from the injected clock.
+
+import { randomBytes, randomInt } from 'node:crypto';
+import { decodeAddress, formatIPv6, parseIPv4 } from '../stun/address.js';
+import {
+  CHANNEL_DATA_HEADER_LENGTH,
+  isValidChannelNumber,
+  looksLikeChannelData,
+  readChannelDataLength,
+  writeChannelDataHeader,
+} from '../stun/channel-data.js';
+import {
+  AddressFamily,
+  Attr,
+  ErrorCode,
+  MessageClass,
+  Method,
+  PasswordAlgorithm,
+  TRANSPORT_UDP,
+  isComprehensionRequired,
+  methodName,
+  reasonPhrase,
+} from '../stun/constants.js';
+import {
+  DATA_INDICATION_MAX_HEAD,
+  SendIndicationView,
+  TransactionIdPool,
+  isKnownAttribute,
+  isSendIndication,
+  readSendIndication,
+  writeDataIndicationHeadIPv4,
+  writeDataIndicationHeadIPv6,
+} from '../stun/indication.js';
+import {
+  MAX_NONCE_BYTES,
+  MAX_REALM_BYTES,
+  MAX_USERNAME_BYTES,
+  decodeAddressFamily,
+  decodeChannelNumber,
+  decodeEvenPort,
+  decodePasswordAlgorithm,
+  decodeRequestedTransport,
+  decodeReservationToken,
+  decodeText,
+  decodeUint32,
+  encodeAddressErrorCode,
+  encodeUint32,
+  encodeUnknownAttributes,
+  isKnownPasswordAlgorithm,
+} from '../stun/attributes.js';
+import { verifyIntegritySha1, verifyIntegritySha256 } from '../stun/integrity.js';
+import { type StunMessage, decodeMessage, getAttribute, getAttributes } from '../stun/message.js';
+import { MessageWriter } from '../stun/writer.js';
+import type { AllocationStore } from '../store/types.js';
+import { fiveTupleKey } from '../store/types.js';
+import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
+import type { CredentialStore } from './auth.js';
+import type { Clock } from './clock.js';
+import type { DropReason, EngineCounters } from './counters.js';
+import { TurnError } from './errors.js';
+import type { ClientPath, RelaySocket, RelaySocketFactory } from './io.js';
+import type { NonceIssuer } from './nonce.js';
+import type { PeerPolicy } from './peer-policy.js';
+
+/** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
+export const DEFAULT_LIFETIME_SECONDS = 600;
+/** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
+export const RESERVATION_LIFETIME_MS = 30_000;
+const MAX_PORT_ATTEMPTS = 64;
+
+/** The subset of pino's logger the engine uses. */
+export interface EngineLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+}
+
+export interface EngineOptions {
+  readonly nodeId: string;
+  readonly credentials: CredentialStore;
+  readonly nonces: NonceIssuer;
+  readonly peerPolicy: PeerPolicy;
+  readonly store: AllocationStore;
+  readonly relays: RelaySocketFactory;
+  readonly clock: Clock;
+  readonly logger: EngineLogger;
+  readonly counters: EngineCounters;
+  /** The relay address per family; an absent family answers 440. */
+  readonly relayAddressIPv4?: string;
+  readonly relayAddressIPv6?: string;
+  readonly minPort: number;
+  readonly maxPort: number;
+  readonly maxLifetimeSeconds: number;
+  readonly userQuota: number;
+  readonly totalQuota: number;
+  /** SOFTWARE attribute for responses; empty leaves it out. */
+  readonly software: string;
+}
+
+/** One place client packets arrive (a UDP socket, or a TCP/TLS connection) with its allocations. */
+export class EngineListener {
+  /** client address -> client port -> allocation: no string building per packet. */
+  readonly allocations = new Map<string, Map<number, Allocation>>();
+  constructor(readonly path: ClientPath) {}
+
+  find(address: string, port: number): Allocation | undefined {
+    return this.allocations.get(address)?.get(port);
+  }
+}
+
+interface Authenticated {
+  readonly username: string;
+  readonly key: Buffer;
+}
+
+interface HeldReservation {
+  readonly socket: RelaySocket;
+  readonly expiresAtMs: number;
+}
+
+export class TurnEngine {
+  private readonly listeners = new Set<EngineListener>();
+  private readonly pending = new Set<string>();
+  private readonly reservations = new Map<string, HeldReservation>();
+  private readonly sendView = new SendIndicationView();
+  private readonly ids = new TransactionIdPool();
+  private readonly dataHead = Buffer.alloc(DATA_INDICATION_MAX_HEAD);
+  private readonly channelHead = Buffer.alloc(CHANNEL_DATA_HEADER_LENGTH);
+  private allocationCount = 0;
+  private stopped = false;
+
+  constructor(private readonly o: EngineOptions) {}
+
+  get allocations(): number {
+    return this.allocationCount;
+  }
+
+  addListener(path: ClientPath): EngineListener {
+    const listener = new EngineListener(path);
+    this.listeners.add(listener);
+    return listener;
+  }
+
+  /** Every live allocation (tests, metrics, shutdown). */
+  *allAllocations(): IterableIterator<Allocation> {
+    for (const listener of this.listeners) for (const byPort of listener.allocations.values()) yield* byPort.values();
+  }
+
+  private drop(reason: DropReason): void {
+    this.o.counters.drops[reason]++;
+  }
+
+  // ---------------------------------------------------------------- client packets
+
+  /** Entry point for every packet a client sends. Never throws. */
+  handleClientPacket(listener: EngineListener, buf: Buffer, address: string, port: number): void {
+    if (this.stopped) return;
+    const first = buf.length > 0 ? buf[0]! & 0xc0 : 0xff;
+    if (first === 0x40) return this.onClientChannelData(listener, buf, address, port);
+    if (first !== 0 || buf.length < 20) return this.drop('not_stun');
+    if (isSendIndication(buf)) return this.onSendIndication(listener, buf, address, port);
+    const decoded = decodeMessage(buf);
+    if (!decoded.ok) return this.drop(decoded.reason === 'bad-fingerprint' ? 'bad_fingerprint' : 'malformed');
+    const message = decoded.message;
+    if (message.cls !== MessageClass.Request) return this.drop('unexpected_class');
+    // RFC 8489 §11: only Binding exists for RFC 3489 clients; anything else without the cookie is not ours.
+    if (!message.hasMagicCookie && message.method !== Method.Binding) return this.drop('malformed');
+    this.handleRequest(listener, message, address, port).catch((err: unknown) => {
+      this.o.logger.error({ err, client: `${address}:${port}` }, 'request handler failed');
+    });
+  }
+
+  private onClientChannelData(listener: EngineListener, buf: Buffer, address: string, port: number): void {
+    const allocation = listener.find(address, port);
+    if (!allocation) return this.drop('no_allocation');
+    if (!looksLikeChannelData(buf)) return this.drop('bad_channel_data');
+    const number = (buf[0]! << 8) | buf[1]!;
+    const length = readChannelDataLength(buf);
+    if (!isValidChannelNumber(number) || CHANNEL_DATA_HEADER_LENGTH + length > buf.length) return this.drop('bad_channel_data');
+    const binding = allocation.channel(number);
+    const now = this.o.clock.now();
+    if (!binding || binding.expiresAtMs <= now) return this.drop('no_channel');
+    if (binding.permission.expiresAtMs <= now) return this.drop('no_permission');
+    allocation.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
+    this.o.counters.packetsClientToPeer++;
+    this.o.counters.bytesClientToPeer += length;
+  }
+
+  private onSendIndication(listener: EngineListener, buf: Buffer, address: string, port: number): void {
+    const allocation = listener.find(address, port);
+    if (!allocation) return this.drop('no_allocation');
+    const view = this.sendView;
+    if (!readSendIndication(buf, view)) return this.drop('bad_send_indication');
+    const permission =
+      view.peerFamily === AddressFamily.IPv4
+        ? allocation.permissionsByIPv4.get(view.peerIPv4)
+        : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
+    if (!permission || permission.expiresAtMs <= this.o.clock.now()) return this.drop('no_permission');
+    allocation.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
+    this.o.counters.packetsClientToPeer++;
+    this.o.counters.bytesClientToPeer += view.dataLength;
+  }
+
+  // ---------------------------------------------------------------- peer packets
+
+  private onPeerPacket(allocation: Allocation, payload: Buffer, address: string, port: number): void {
+    if (allocation.deleted) return;
+    const permission = allocation.permissionsByAddress.get(address);
+    const now = this.o.clock.now();
+    // RFC 8656 §10.3: no permission for the peer's IP, no delivery.
+    if (!permission || permission.expiresAtMs <= now) return this.drop('no_permission');
+    const length = payload.length;
+    if (length > 0xffff) return this.drop('malformed');
+    const binding = permission.channelsByPort?.get(port);
+    const path = allocation.path;
+    if (binding !== undefined && binding.expiresAtMs > now) {
+      writeChannelDataHeader(this.channelHead, 0, binding.number, length);
+      path.sendFramed(this.channelHead, CHANNEL_DATA_HEADER_LENGTH, payload, 0, length, path.transport !== 'udp', allocation.clientPort, allocation.clientAddress);
+    } else {
+      const headLength =
+        permission.peerIPv4 >= 0
+          ? writeDataIndicationHeadIPv4(this.dataHead, this.ids, permission.peerIPv4, port, length)
+          : writeDataIndicationHeadIPv6(this.dataHead, this.ids, permission.peerIPv6, port, length);
+      path.sendFramed(this.dataHead, headLength, payload, 0, length, true, allocation.clientPort, allocation.clientAddress);
+    }
+    this.o.counters.packetsPeerToClient++;
+    this.o.counters.bytesPeerToClient += length;
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  private async handleRequest(listener: EngineListener, message: StunMessage, address: string, port: number): Promise<void> {
+    const label = methodName(message.method);
+    let auth: Authenticated | undefined;
+    try {
+      if (message.method === Method.Binding) return this.respondBinding(listener, message, address, port);
+      auth = this.authenticate(listener, message, address, port);
+      if (!auth) return;
+      const unknown = message.attributes.filter((a) => isComprehensionRequired(a.type) && !isKnownAttribute(a.type)).map((a) => a.type);
+      if (unknown.length > 0) {
+        const w = this.errorWriter(message, ErrorCode.UnknownAttribute);
+        w.add(Attr.UnknownAttributes, encodeUnknownAttributes(unknown));
+        this.send(listener, message, w, auth.key, address, port, label, ErrorCode.UnknownAttribute);
+        return;
+      }
+      switch (message.method) {
+        case Method.Allocate:
+          return await this.allocate(listener, message, auth, address, port);
+        case Method.Refresh:
+          return await this.refresh(listener, message, auth, address, port);
+        case Method.CreatePermission:
+          return await this.createPermission(listener, message, auth, address, port);
+        case Method.ChannelBind:
+          return await this.channelBind(listener, message, auth, address, port);
+        default:
+          throw new TurnError(ErrorCode.BadRequest, 'Unknown method');
+      }
+    } catch (err) {
+      const code = err instanceof TurnError ? err.code : ErrorCode.ServerError;
+      if (!(err instanceof TurnError)) this.o.logger.error({ err, client: `${address}:${port}`, method: label }, 'request failed');
+      const w = this.errorWriter(message, code, err instanceof TurnError ? err.reason : undefined);
+      this.send(listener, message, w, auth?.key, address, port, label, code);
+    }
+  }
+
+  private errorWriter(message: StunMessage, code: number, reason?: string): MessageWriter {
+    const w = new MessageWriter(message.method, MessageClass.ErrorResponse, message.transactionId);
+    w.addErrorCode(code, reason ?? reasonPhrase(code));
+    return w;
+  }
+
+  /** Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends. */
+  private send(listener: EngineListener, request: StunMessage, w: MessageWriter, key: Buffer | undefined, address: string, port: number, label: string, code: number): Buffer {
+    if (this.o.software) w.addText(Attr.Software, this.o.software);
+    if (key) w.addIntegrity(key);
+    if (request.fingerprintOffset >= 0) w.addFingerprint();
+    const out = w.toBuffer();
+    listener.path.sendMessage(out, port, address);
+    this.o.counters.countRequest(label, code);
+    return out;
+  }
+
+  private respondBinding(listener: EngineListener, message: StunMessage, address: string, port: number): void {
+    if (message.hasMagicCookie) {
+      const w = new MessageWriter(Method.Binding, MessageClass.SuccessResponse, message.transactionId);
+      w.addXorAddress(Attr.XorMappedAddress, address, port);
+      this.send(listener, message, w, undefined, address, port, 'binding', 200);
+      return;
+    }
+    // RFC 8489 §11: an RFC 3489 client gets MAPPED-ADDRESS, and its 128-bit transaction id back.
+    const w = new MessageWriter(Method.Binding, MessageClass.SuccessResponse, message.transactionId, message.raw.readUInt32BE(4));
+    w.addAddress(Attr.MappedAddress, address, port);
+    listener.path.sendMessage(w.toBuffer(), port, address);
+    this.o.counters.countRequest('binding', 200);
+  }
+
+  /**
+   * RFC 8489 §9.2.4. Returns the user, or undefined after answering 400/401/438.
+   * An unknown user and a wrong password get the very same 401.
+   */
+  private authenticate(listener: EngineListener, message: StunMessage, address: string, port: number): Authenticated | undefined {
+    const label = methodName(message.method);
+    const now = this.o.clock.now();
+    const challenge = (code: number): undefined => {
+      if (code === ErrorCode.Unauthorized) this.o.counters.authFailures++;
+      const w = this.errorWriter(message, code);
+      w.addText(Attr.Realm, this.o.credentials.realm);
+      w.addText(Attr.Nonce, this.o.nonces.issue(address, now));
+      this.send(listener, message, w, undefined, address, port, label, code);
+      return undefined;
+    };
+    const badRequest = (): undefined => {
+      this.send(listener, message, this.errorWriter(message, ErrorCode.BadRequest), undefined, address, port, label, ErrorCode.BadRequest);
+      return undefined;
+    };
+    const hasSha256 = message.integritySha256Offset >= 0;
+    if (message.integrityOffset < 0 && !hasSha256) return challenge(ErrorCode.Unauthorized);
+
+    const usernameValue = getAttribute(message, Attr.Username);
+    const userhashValue = getAttribute(message, Attr.Userhash);
+    const realmValue = getAttribute(message, Attr.Realm);
+    const nonceValue = getAttribute(message, Attr.Nonce);
+    if ((!usernameValue && !userhashValue) || !realmValue || !nonceValue) return badRequest();
+    const realm = decodeText(realmValue, MAX_REALM_BYTES);
+    const nonce = decodeText(nonceValue, MAX_NONCE_BYTES);
+    let username = usernameValue ? decodeText(usernameValue, MAX_USERNAME_BYTES) : undefined;
+    if (!username && userhashValue) username = userhashValue.length === 32 ? this.o.credentials.usernameForUserhash(userhashValue) : undefined;
+    if (realm === undefined || nonce === undefined || (usernameValue && username === undefined)) return badRequest();
+
+    let algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5;
+    const algorithmValue = getAttribute(message, Attr.PasswordAlgorithm);
+    if (algorithmValue) {
+      const entry = decodePasswordAlgorithm(algorithmValue);
+      if (!entry || !isKnownPasswordAlgorithm(entry.algorithm)) return badRequest();
+      algorithm = entry.algorithm;
+    }
+    if (this.o.nonces.check(nonce, address, now) !== 'valid') return challenge(ErrorCode.StaleNonce);
+
+    const lookup = username !== undefined && realm === this.o.credentials.realm ? this.o.credentials.keysFor(username, now, algorithm) : undefined;
+    const keys = lookup?.ok ? lookup.keys : [this.o.credentials.decoyKey];
+    const raw = message.raw;
+    for (const key of keys) {
+      const ok = hasSha256 ? verifyIntegritySha256(raw, message.integritySha256Offset, key) : verifyIntegritySha1(raw, message.integrityOffset, key);
+      if (ok && lookup?.ok && username !== undefined) return { username, key };
+    }
+    return challenge(ErrorCode.Unauthorized);
+  }
+
+  private requireAllocation(listener: EngineListener, auth: Authenticated, address: string, port: number): Allocation {
+    const allocation = listener.find(address, port);
+    if (!allocation) throw new TurnError(ErrorCode.AllocationMismatch);
+    // RFC 8656 §5: requests on an allocation must use the username that created it.
+    if (allocation.username !== auth.username) throw new TurnError(ErrorCode.WrongCredentials);
+    return allocation;
+  }
+
+  private lifetimeSeconds(message: StunMessage): number {
+    const value = getAttribute(message, Attr.Lifetime);
+    if (!value) return DEFAULT_LIFETIME_SECONDS;
+    const requested = decodeUint32(value);
+    if (requested === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad LIFETIME');
+    if (requested === 0) return 0;
+    // RFC 8656 §7.2: min(requested, server max), but never less than the default.
+    return Math.max(DEFAULT_LIFETIME_SECONDS, Math.min(requested, this.o.maxLifetimeSeconds));
+  }
+
+  private async allocate(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number): Promise<void> {
+    const existing = listener.find(address, port);
+    if (existing) {
+      // RFC 8656 §7.2: a retransmitted Allocate gets the original success response again.
+      if (existing.allocateResponse && existing.allocateTransactionId === message.transactionId.toString('hex') && existing.username === auth.username) {
+        listener.path.sendMessage(existing.allocateResponse, port, address);
+        return;
+      }
+      throw new TurnError(ErrorCode.AllocationMismatch);
+    }
+    const key = fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort);
+    if (this.pending.has(key)) return this.drop('request_in_flight');
+
+    const transportValue = getAttribute(message, Attr.RequestedTransport);
+    if (!transportValue) throw new TurnError(ErrorCode.BadRequest, 'REQUESTED-TRANSPORT missing');
+    const transport = decodeRequestedTransport(transportValue);
+    if (transport === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-TRANSPORT');
+    if (transport !== TRANSPORT_UDP) throw new TurnError(ErrorCode.UnsupportedTransportProtocol);
+
+    const tokenValue = getAttribute(message, Attr.ReservationToken);
+    const evenPortValue = getAttribute(message, Attr.EvenPort);
+    const familyValue = getAttribute(message, Attr.RequestedAddressFamily);
+    const additionalValue = getAttribute(message, Attr.AdditionalAddressFamily);
+    if (tokenValue && (evenPortValue || familyValue)) throw new TurnError(ErrorCode.BadRequest, 'RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY');
+    if (familyValue && additionalValue) throw new TurnError(ErrorCode.BadRequest, 'REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together');
+    const token = tokenValue ? decodeReservationToken(tokenValue) : undefined;
+    if (tokenValue && !token) throw new TurnError(ErrorCode.BadRequest, 'Bad RESERVATION-TOKEN');
+    const evenPort = evenPortValue ? decodeEvenPort(evenPortValue) : undefined;
+    if (evenPortValue && !evenPort) throw new TurnError(ErrorCode.BadRequest, 'Bad EVEN-PORT');
+
+    let family: number = AddressFamily.IPv4;
+    if (familyValue) {
+      const requested = decodeAddressFamily(familyValue);
+      if (requested === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-ADDRESS-FAMILY');
+      if (requested !== AddressFamily.IPv4 && requested !== AddressFamily.IPv6) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
+      family = requested;
+    }
+    let additionalError = false;
+    if (additionalValue) {
+      // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6.
+      if (decodeAddressFamily(additionalValue) !== AddressFamily.IPv6) throw new TurnError(ErrorCode.BadRequest, 'ADDITIONAL-ADDRESS-FAMILY must be IPv6');
+      additionalError = this.o.relayAddressIPv6 === undefined;
+    }
+    const relayAddress = family === AddressFamily.IPv4 ? this.o.relayAddressIPv4 : this.o.relayAddressIPv6;
+    if (relayAddress === undefined) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
+
+    let lifetime = this.lifetimeSeconds(message);
+    if (lifetime === 0) lifetime = DEFAULT_LIFETIME_SECONDS;
+    if (this.o.totalQuota > 0 && this.allocationCount + this.pending.size >= this.o.totalQuota) {
+      this.o.counters.quotaRefusals++;
+      throw new TurnError(ErrorCode.InsufficientCapacity);
+    }
+
+    this.pending.add(key);
+    let relay: RelaySocket | undefined;
+    let reservedToken: Buffer | undefined;
+    try {
+      const now = this.o.clock.now();
+      let allocation: Allocation | undefined;
+      const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
+        if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
+      };
+      if (token) {
+        relay = await this.redeemReservation(token, onPacket);
+        if (!relay) throw new TurnError(ErrorCode.InsufficientCapacity, 'Unknown RESERVATION-TOKEN');
+      }
+      for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS && !allocation; attempt++) {
+        if (!relay) {
+          const bound = await this.bindRelay(relayAddress, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket);
+          if (!bound) break;
+          relay = bound.socket;
+          reservedToken = bound.token;
+        }
+        const candidate = new Allocation(
+          {
+            key,
+            path: listener.path,
+            clientAddress: address,
+            clientPort: port,
+            username: auth.username,
+            realm: this.o.credentials.realm,
+            integrityKey: auth.key,
+            relay,
+            createdAtMs: now,
+            allocateTransactionId: message.transactionId.toString('hex'),
+          },
+          now + lifetime * 1000,
+        );
+        let outcome;
+        try {
+          outcome = await this.o.store.create(candidate.toRecord(this.o.nodeId), { userQuota: this.o.userQuota });
+        } catch (err) {
+          this.o.counters.storeErrors++;
+          this.o.logger.warn({ err }, 'store unavailable: refusing Allocate');
+          throw new TurnError(ErrorCode.InsufficientCapacity, 'Store unavailable');
+        }
+        if (outcome.ok) {
+          candidate.version = outcome.record.version;
+          allocation = candidate;
+        } else if (outcome.reason === 'port-taken' && !token) {
+          relay.close();
+          relay = undefined;
+        } else if (outcome.reason === 'user-quota') {
+          this.o.counters.quotaRefusals++;
+          throw new TurnError(ErrorCode.AllocationQuotaReached);
+        } else {
+          throw new TurnError(ErrorCode.AllocationMismatch);
+        }
+      }
+      if (!allocation || !relay) throw new TurnError(ErrorCode.InsufficientCapacity, 'No relay port available');
+      if (this.stopped) {
+        await this.o.store.delete(key, 'shutdown').catch(() => undefined);
+        throw new TurnError(ErrorCode.InsufficientCapacity, 'Shutting down');
+      }
+      let byPort = listener.allocations.get(address);
+      if (!byPort) listener.allocations.set(address, (byPort = new Map()));
+      byPort.set(port, allocation);
+      this.allocationCount++;
+      this.o.counters.allocationsCreated++;
+      relay = undefined; // owned by the allocation now
+
+      const w = new MessageWriter(Method.Allocate, MessageClass.SuccessResponse, message.transactionId);
+      w.addXorAddress(Attr.XorRelayedAddress, allocation.relay.address, allocation.relay.port);
+      if (additionalError) w.add(Attr.AddressErrorCode, encodeAddressErrorCode(AddressFamily.IPv6, ErrorCode.AddressFamilyNotSupported, reasonPhrase(ErrorCode.AddressFamilyNotSupported)));
+      w.add(Attr.Lifetime, encodeUint32(lifetime));
+      if (reservedToken) w.add(Attr.ReservationToken, reservedToken);
+      w.addXorAddress(Attr.XorMappedAddress, address, port);
+      allocation.allocateResponse = this.send(listener, message, w, auth.key, address, port, 'allocate', 200);
+      this.o.logger.info(
+        { event: 'allocation_created', client: `${address}:${port}`, transport: listener.path.transport, relayed: `${allocation.relay.address}:${allocation.relay.port}`, user: auth.username, lifetimeSeconds: lifetime },
+        'allocation created',
+      );
+    } catch (err) {
+      relay?.close();
+      if (reservedToken) this.releaseReservation(reservedToken.toString('hex'));
+      throw err;
+    } finally {
+      this.pending.delete(key);
+    }
+  }
+
+  /** Binds a relay socket on a random port (even when asked); with reserveNext also holds port+1 under a token. */
+  private async bindRelay(
+    address: string,
+    even: boolean,
+    reserveNext: boolean,
+    onPacket: (payload: Buffer, address: string, port: number) => void,
+  ): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
+    const { minPort, maxPort } = this.o;
+    for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
+      let port = randomInt(minPort, maxPort + 1);
+      if (even) {
+        port &= ~1;
+        if (port < minPort) port += 2;
+        if (port > maxPort || (reserveNext && port + 1 > maxPort)) continue;
+      }
+      const socket = await this.o.relays.bind(address, port, onPacket);
+      if (!socket) continue;
+      if (!reserveNext) return { socket };
+      const next = await this.o.relays.bind(address, port + 1, () => undefined);
+      if (!next) {
+        socket.close();
+        continue;
+      }
+      const token = randomBytes(8);
+      const hex = token.toString('hex');
+      let reserved = false;
+      try {
+        reserved = await this.o.store.reservePort(hex, { relayedAddress: address, relayedPort: port + 1 }, RESERVATION_LIFETIME_MS);
+      } catch {
+        reserved = false;
+      }
+      if (!reserved) {
+        next.close();
+        socket.close();
+        continue;
+      }
+      this.reservations.set(hex, { socket: next, expiresAtMs: this.o.clock.now() + RESERVATION_LIFETIME_MS });
+      return { socket, token };
+    }
+    return undefined;
+  }
+
+  /** RFC 8656 §7.2: a RESERVATION-TOKEN hands over the port reserved by an earlier EVEN-PORT R=1. */
+  private async redeemReservation(token: Buffer, onPacket: (payload: Buffer, address: string, port: number) => void): Promise<RelaySocket | undefined> {
+    const hex = token.toString('hex');
+    const held = this.reservations.get(hex);
+    let port;
+    try {
+      port = await this.o.store.takeReservation(hex);
+    } catch {
+      return undefined;
+    }
+    if (!held || !port) return undefined;
+    this.reservations.delete(hex);
+    // The placeholder socket only held the port; rebind it with the real handler.
+    held.socket.close();
+    return this.o.relays.bind(port.relayedAddress, port.relayedPort, onPacket);
+  }
+
+  private releaseReservation(hex: string): void {
+    const held = this.reservations.get(hex);
+    if (!held) return;
+    this.reservations.delete(hex);
+    held.socket.close();
+    this.o.store.takeReservation(hex).catch(() => undefined);
+  }
+
+  private async refresh(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number): Promise<void> {
+    const allocation = this.requireAllocation(listener, auth, address, port);
+    const familyValue = getAttribute(message, Attr.RequestedAddressFamily);
+    if (familyValue) {
+      const family = decodeAddressFamily(familyValue);
+      const own = allocation.relay.address.includes(':') ? AddressFamily.IPv6 : AddressFamily.IPv4;
+      if (family !== own) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
+    }
+    const lifetime = this.lifetimeSeconds(message);
+    if (lifetime === 0) {
+      await this.deleteAllocation(listener, allocation, 'refresh-zero');
+    } else {
+      allocation.expiresAtMs = this.o.clock.now() + lifetime * 1000;
+      await this.persist(allocation);
+    }
+    const w = new MessageWriter(Method.Refresh, MessageClass.SuccessResponse, message.transactionId);
+    w.add(Attr.Lifetime, encodeUint32(lifetime));
+    this.send(listener, message, w, auth.key, address, port, 'refresh', 200);
+  }
+
+  /** Decodes and vets one XOR-PEER-ADDRESS: 400 malformed, 443 wrong family, 403 by policy. */
+  private checkPeer(allocation: Allocation, value: Buffer, transactionId: Buffer): { address: string; port: number } {
+    const peer = decodeAddress(value, transactionId);
+    if (!peer) throw new TurnError(ErrorCode.BadRequest, 'Bad XOR-PEER-ADDRESS');
+    const relayFamily = allocation.relay.address.includes(':') ? AddressFamily.IPv6 : AddressFamily.IPv4;
+    if (peer.family !== relayFamily) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
+    const verdict = this.o.peerPolicy.check(peer.address);
+    if (!verdict.allowed) {
+      this.o.counters.peerPolicyRefusals++;
+      this.o.logger.debug({ peer: peer.address, reason: verdict.reason, user: allocation.username }, 'peer refused by policy');
+      throw new TurnError(ErrorCode.Forbidden);
+    }
+    return peer;
+  }
+
+  private async createPermission(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number): Promise<void> {
+    const allocation = this.requireAllocation(listener, auth, address, port);
+    const values = getAttributes(message, Attr.XorPeerAddress);
+    if (values.length === 0) throw new TurnError(ErrorCode.BadRequest, 'XOR-PEER-ADDRESS missing');
+    // RFC 8656 §9.2: all or nothing.
+    const peers = values.map((v) => this.checkPeer(allocation, v, message.transactionId));
+    const expiresAtMs = this.o.clock.now() + PERMISSION_LIFETIME_MS;
+    for (const peer of peers) allocation.permit(peer.address, parseIPv4(peer.address), expiresAtMs);
+    await this.persist(allocation);
+    const w = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, message.transactionId);
+    this.send(listener, message, w, auth.key, address, port, 'create_permission', 200);
+  }
+
+  private async channelBind(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number): Promise<void> {
+    const allocation = this.requireAllocation(listener, auth, address, port);
+    const numberValue = getAttribute(message, Attr.ChannelNumber);
+    const peerValue = getAttribute(message, Attr.XorPeerAddress);
+    if (!numberValue || !peerValue) throw new TurnError(ErrorCode.BadRequest, 'CHANNEL-NUMBER or XOR-PEER-ADDRESS missing');
+    const number = decodeChannelNumber(numberValue);
+    if (number === undefined || !isValidChannelNumber(number)) throw new TurnError(ErrorCode.BadRequest, 'Channel number out of range');
+    const peer = this.checkPeer(allocation, peerValue, message.transactionId);
+    const now = this.o.clock.now();
+    // RFC 8656 §11.2: a number stays with its peer, and a peer with its number (also during quarantine).
+    const existing = allocation.channel(number);
+    if (existing && (existing.peerAddress !== peer.address || existing.peerPort !== peer.port)) {
+      throw new TurnError(ErrorCode.BadRequest, 'Channel bound to another peer');
+    }
+    const peerBinding = allocation.permissionsByAddress.get(peer.address)?.channelsByPort?.get(peer.port);
+    if (peerBinding && peerBinding.number !== number && peerBinding.expiresAtMs + CHANNEL_QUARANTINE_MS > now) {
+      throw new TurnError(ErrorCode.BadRequest, 'Peer bound to another channel');
+    }
+    const permission = allocation.permit(peer.address, parseIPv4(peer.address), now + PERMISSION_LIFETIME_MS);
+    allocation.bindChannel(number, permission, peer.port, now + CHANNEL_LIFETIME_MS);
+    await this.persist(allocation);
+    const w = new MessageWriter(Method.ChannelBind, MessageClass.SuccessResponse, message.transactionId);
+    this.send(listener, message, w, auth.key, address, port, 'channel_bind', 200);
+  }
+
+  // ---------------------------------------------------------------- state upkeep
+
+  /** Writes the allocation through to the store, one write at a time per allocation. */
+  private persist(allocation: Allocation): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (allocation.deleted) return;
+      try {
+        let outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
+        if (!outcome.ok && outcome.reason === 'conflict' && outcome.current) {
+          // This node owns the allocation: its live state wins over a stale copy.
+          allocation.version = outcome.current.version;
+          outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
+        }
+        if (outcome.ok) {
+          allocation.version = outcome.record.version;
+          allocation.dirty = false;
+        } else {
+          allocation.dirty = true;
+          this.o.logger.warn({ allocation: allocation.key, reason: outcome.reason }, 'store update refused');
+        }
+      } catch (err) {
+        // RFC-level state stays live locally; the store catches up on a later tick.
+        allocation.dirty = true;
+        this.o.counters.storeErrors++;
+        this.o.logger.warn({ err, allocation: allocation.key }, 'store write failed; will retry');
+      }
+    };
+    allocation.persisting = allocation.persisting.then(run);
+    return allocation.persisting;
+  }
+
+  private async deleteAllocation(listener: EngineListener, allocation: Allocation, reason: string): Promise<void> {
+    if (allocation.deleted) return;
+    allocation.deleted = true;
+    const byPort = listener.allocations.get(allocation.clientAddress);
+    if (byPort?.get(allocation.clientPort) === allocation) {
+      byPort.delete(allocation.clientPort);
+      if (byPort.size === 0) listener.allocations.delete(allocation.clientAddress);
+    }
+    this.allocationCount--;
+    this.o.counters.allocationsDeleted++;
+    allocation.relay.close();
+    this.o.logger.info(
+      { event: 'allocation_deleted', client: `${allocation.clientAddress}:${allocation.clientPort}`, relayed: `${allocation.relay.address}:${allocation.relay.port}`, user: allocation.username, reason },
+      'allocation deleted',
+    );
+    try {
+      await allocation.persisting;
+      await this.o.store.delete(allocation.key, reason);
+    } catch (err) {
+      this.o.counters.storeErrors++;
+      this.o.logger.warn({ err, allocation: allocation.key }, 'store delete failed');
+    }
+  }
+
+  /** Removes an allocation whose client transport went away (a closed TCP/TLS connection). */
+  async closeListener(listener: EngineListener, reason: string): Promise<void> {
+    const all = [...listener.allocations.values()].flatMap((m) => [...m.values()]);
+    this.listeners.delete(listener);
+    await Promise.all(all.map((a) => this.deleteAllocation(listener, a, reason)));
+  }
+
+  /** Expires allocations, permissions, channels and reservations; retries store writes. Call about once a second. */
+  async tick(): Promise<void> {
+    const now = this.o.clock.now();
+    const work: Promise<void>[] = [];
+    for (const listener of this.listeners) {
+      for (const byPort of listener.allocations.values()) {
+        for (const allocation of byPort.values()) {
+          if (allocation.expiresAtMs <= now) work.push(this.deleteAllocation(listener, allocation, 'expired'));
+          else if (allocation.prune(now) || allocation.dirty) work.push(this.persist(allocation));
+        }
+      }
+    }
+    for (const [hex, held] of this.reservations) if (held.expiresAtMs <= now) this.releaseReservation(hex);
+    await Promise.all(work);
+  }
+
+  /** Deletes every allocation (graceful shutdown) and stops taking packets. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const work: Promise<void>[] = [];
+    for (const listener of this.listeners) {
+      for (const byPort of listener.allocations.values()) for (const a of byPort.values()) work.push(this.deleteAllocation(listener, a, 'shutdown'));
+    }
+    for (const hex of [...this.reservations.keys()]) this.releaseReservation(hex);
+    await Promise.all(work);
+  }
+}
