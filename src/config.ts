@@ -123,7 +123,7 @@ export function localIPv4Addresses(): string[] {
 export function buildConfig(raw: RawOptions): ServerConfig {
   const listeningIps = ipList('listening-ip', raw['listening-ip']);
   if (listeningIps.length === 0) listeningIps.push(...localIPv4Addresses());
-  const listeningPort = integer('listening-port', raw['listening-port'], 1, 65535, 3478);
+  const listeningPort = integer('listening-port', raw['listening-port'], 0, 65535, 3478);
 
   const relayIps = ipList('relay-ip', raw['relay-ip']);
   for (const ip of relayIps) {
