@@ -236,16 +236,20 @@ export class TurnEngine {
     const label = methodName(message.method);
     let auth: Authenticated | undefined;
     try {
-      if (message.method === Method.Binding) return this.respondBinding(listener, message, address, port);
-      auth = this.authenticate(listener, message, address, port);
-      if (!auth) return;
+      if (message.method !== Method.Binding) {
+        auth = this.authenticate(listener, message, address, port);
+        if (!auth) return;
+      }
+      // RFC 8489 §6.3.1: unknown comprehension-required attributes get 420 listing them.
       const unknown = message.attributes.filter((a) => isComprehensionRequired(a.type) && !isKnownAttribute(a.type)).map((a) => a.type);
-      if (unknown.length > 0) {
+      if (unknown.length > 0 && message.hasMagicCookie) {
         const w = this.errorWriter(message, ErrorCode.UnknownAttribute);
         w.add(Attr.UnknownAttributes, encodeUnknownAttributes(unknown));
-        this.send(listener, message, w, auth.key, address, port, label, ErrorCode.UnknownAttribute);
+        this.send(listener, message, w, auth?.key, address, port, label, ErrorCode.UnknownAttribute);
         return;
       }
+      if (message.method === Method.Binding) return this.respondBinding(listener, message, address, port);
+      if (!auth) return;
       switch (message.method) {
         case Method.Allocate:
           return await this.allocate(listener, message, auth, address, port);
@@ -386,6 +390,8 @@ export class TurnEngine {
     if (transport === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-TRANSPORT');
     if (transport !== TRANSPORT_UDP) throw new TurnError(ErrorCode.UnsupportedTransportProtocol);
 
+    // DONT-FRAGMENT (RFC 8656 §7.2) needs no action: relay sockets keep Linux's default
+    // IP_PMTUDISC_WANT, which sets DF on every datagram that fits the path MTU.
     const tokenValue = getAttribute(message, Attr.ReservationToken);
     const evenPortValue = getAttribute(message, Attr.EvenPort);
     const familyValue = getAttribute(message, Attr.RequestedAddressFamily);
