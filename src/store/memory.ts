@@ -51,6 +51,8 @@ export class MemoryAllocationStore implements AllocationStore {
 
   async create(input: NewAllocationRecord, limits: AllocationLimits): Promise<CreateOutcome> {
     this.checkOpen();
+    // A lapsed reservation must not keep blocking its port.
+    this.dropExpiredReservations();
     if (this.records.has(input.key)) return { ok: false, reason: 'exists' };
     const pk = portKey(input.relayedAddress, input.relayedPort);
     const holder = this.ports.get(pk);

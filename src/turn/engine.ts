@@ -638,6 +638,9 @@ export class TurnEngine {
     if (number === undefined || !isValidChannelNumber(number)) throw new TurnError(ErrorCode.BadRequest, 'Channel number out of range');
     const peer = this.checkPeer(allocation, peerValue, message.transactionId);
     const now = this.o.clock.now();
+    // Forget bindings whose quarantine is over before judging this one: the checks below (and
+    // bindChannel) must see the state the clock says, not what the last tick() left behind.
+    if (allocation.prune(now)) allocation.dirty = true;
     // RFC 8656 §11.2: a number stays with its peer, and a peer with its number (also during quarantine).
     const existing = allocation.channel(number);
     if (existing && (existing.peerAddress !== peer.address || existing.peerPort !== peer.port)) {

@@ -1,0 +1,91 @@
+// Long-term credentials: static users and coturn's time-limited shared-secret
+// scheme (--use-auth-secret). Expected values computed with openssl/md5sum/sha256sum.
+
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { PasswordAlgorithm } from '../../../src/stun/constants.js';
+import { CredentialStore, restApiExpirySeconds, restApiPassword } from '../../../src/turn/auth.js';
+
+const REALM = 'example.org';
+const NOW_MS = 1_700_000_000_000;
+
+function keysOf(lookup: ReturnType<CredentialStore['keysFor']>): string[] {
+  assert.ok(lookup.ok, `expected keys, got ${lookup.ok ? '' : lookup.reason}`);
+  return lookup.keys.map((k) => k.toString('hex'));
+}
+
+describe('restApiPassword', () => {
+  it('is base64(HMAC-SHA1(secret, username)), as coturn computes it', () => {
+    // echo -n "1700000000:alice" | openssl dgst -sha1 -hmac "north-secret" -binary | base64
+    assert.equal(restApiPassword('north-secret', '1700000000:alice'), 'g+jb180fcj+xlpA/2mP60OdIgU0=');
+    assert.equal(restApiPassword('north-secret', '1700000000'), 'KSVUc7JbPzLiz2XwcNjXxFmbP04=');
+    assert.notEqual(restApiPassword('south-secret', '1700000000:alice'), restApiPassword('north-secret', '1700000000:alice'));
+  });
+});
+
+describe('restApiExpirySeconds', () => {
+  it('reads the timestamp before the first colon', () => {
+    assert.equal(restApiExpirySeconds('1700000000:alice'), 1700000000);
+    assert.equal(restApiExpirySeconds('1700000000'), 1700000000);
+    assert.equal(restApiExpirySeconds('1700000000:'), 1700000000);
+    assert.equal(restApiExpirySeconds('1700000000:alice:extra'), 1700000000);
+    assert.equal(restApiExpirySeconds('0'), 0);
+    assert.equal(restApiExpirySeconds('999999999999'), 999999999999);
+  });
+
+  it('rejects usernames that are not time-limited credentials', () => {
+    for (const garbage of ['', 'alice', ':1700000000', 'alice:1700000000', '17000000x0:alice', '-1700000000', '+1700000000', ' 1700000000', '1700000000 :a', '1e9', '0x10', '1700000000.5', '1234567890123', '１７００']) {
+      assert.equal(restApiExpirySeconds(garbage), undefined, JSON.stringify(garbage));
+    }
+  });
+});
+
+describe('CredentialStore', () => {
+  it('derives MD5(username:realm:password) for a static user, and SHA-256 on request', () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map([['alice', 'alice-pw']]), authSecrets: [] });
+    // echo -n "alice:example.org:alice-pw" | md5sum / sha256sum
+    assert.deepEqual(keysOf(store.keysFor('alice', NOW_MS)), ['8ea972d8db3f90d047e3cb6b6e1ad9da']);
+    assert.deepEqual(keysOf(store.keysFor('alice', NOW_MS, PasswordAlgorithm.SHA256)), ['4fdbcf490f83371231bdf7cb5ac198bcbb77d41386943626caaa0aa51e9da969']);
+    assert.deepEqual(store.keysFor('bob', NOW_MS), { ok: false, reason: 'unknown-user' });
+    assert.equal(store.hasAnyCredentials, true);
+  });
+
+  it('takes "0x" + 32 hex digits as the MD5 key itself (coturn), with no SHA-256 key', () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map([['alice', '0x8EA972D8DB3F90D047E3CB6B6E1AD9DA']]), authSecrets: [] });
+    assert.deepEqual(keysOf(store.keysFor('alice', NOW_MS)), ['8ea972d8db3f90d047e3cb6b6e1ad9da']);
+    assert.deepEqual(store.keysFor('alice', NOW_MS, PasswordAlgorithm.SHA256), { ok: false, reason: 'unknown-user' });
+  });
+
+  it('resolves a USERHASH to a static user', () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map([['alice', 'alice-pw']]), authSecrets: [] });
+    // echo -n "alice:example.org" | sha256sum
+    const hash = Buffer.from('435b7933096a304d3c734cfb833ec9075bd47ab1c0160321aed31c06a8c7009e', 'hex');
+    assert.equal(store.usernameForUserhash(hash), 'alice');
+    assert.equal(store.usernameForUserhash(Buffer.alloc(32)), undefined);
+  });
+
+  it('gives one key per auth secret for a time-limited user until it expires', () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map(), authSecrets: ['new-secret', 'old-secret'] });
+    const username = `${NOW_MS / 1000 + 60}:alice`;
+    const keys = keysOf(store.keysFor(username, NOW_MS));
+    assert.equal(keys.length, 2);
+    assert.notEqual(keys[0], keys[1]);
+    assert.deepEqual(store.keysFor(`${NOW_MS / 1000}:alice`, NOW_MS), { ok: false, reason: 'expired' }, 'expiry == now is expired');
+    assert.deepEqual(store.keysFor(`${NOW_MS / 1000 - 1}`, NOW_MS), { ok: false, reason: 'expired' });
+    assert.deepEqual(store.keysFor('alice', NOW_MS), { ok: false, reason: 'unknown-user' });
+    assert.deepEqual(store.keysFor('', NOW_MS), { ok: false, reason: 'unknown-user' });
+  });
+
+  it('treats a timestamp-shaped username as unknown when the secret scheme is off', () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map(), authSecrets: [] });
+    assert.deepEqual(store.keysFor(`${NOW_MS / 1000 + 60}:alice`, NOW_MS), { ok: false, reason: 'unknown-user' });
+    assert.equal(store.hasAnyCredentials, false);
+  });
+
+  it('prefers a static user over the secret scheme for the same name', () => {
+    const name = `${NOW_MS / 1000 + 60}:alice`;
+    const store = new CredentialStore({ realm: REALM, users: new Map([[name, 'static-pw']]), authSecrets: ['s'] });
+    assert.equal(keysOf(store.keysFor(name, NOW_MS)).length, 1);
+  });
+});

@@ -1,0 +1,1103 @@
+// TurnEngine driven directly: ManualClock, MemoryAllocationStore and in-process
+// fakes of our own transport interfaces. No sockets, no sleeping: time moves by
+// clock.advance() and expiry happens on engine.tick().
+
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+
+import { createLogger } from '../../../src/ops/log.js';
+import { MemoryAllocationStore } from '../../../src/store/memory.js';
+import { fiveTupleKey } from '../../../src/store/types.js';
+import { decodeAddress } from '../../../src/stun/address.js';
+import {
+  decodeAddressErrorCode,
+  decodeErrorCode,
+  decodeUint32,
+  encodeAddressFamily,
+  encodeChannelNumber,
+  encodeEvenPort,
+  encodeRequestedTransport,
+  encodeUint32,
+} from '../../../src/stun/attributes.js';
+import { encodeChannelData, looksLikeChannelData, readChannelDataLength, readChannelNumber } from '../../../src/stun/channel-data.js';
+import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/constants.js';
+import { longTermKey, userhash, verifyIntegritySha1 } from '../../../src/stun/integrity.js';
+import { type StunMessage, decodeMessage, getAttribute } from '../../../src/stun/message.js';
+import { MessageWriter } from '../../../src/stun/writer.js';
+import { CredentialStore, restApiPassword } from '../../../src/turn/auth.js';
+import { ManualClock } from '../../../src/turn/clock.js';
+import { EngineCounters } from '../../../src/turn/counters.js';
+import { type EngineListener, TurnEngine } from '../../../src/turn/engine.js';
+import { NonceIssuer } from '../../../src/turn/nonce.js';
+import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
+import type { ClientTransportKind } from '../../../src/store/types.js';
+import { FakeClientPath, FakeRelayFactory, type FakeRelaySocket } from '../../helpers/fake-io.js';
+
+const REALM = 'example.org';
+const SERVER_IP = '192.0.2.1';
+const SERVER_PORT = 3478;
+const RELAY_IP = '192.0.2.100';
+const RELAY_IPV6 = '2001:db8::100';
+const NONCE_SECRET = Buffer.from('cluster-wide nonce secret');
+const NONCE_LIFETIME_MS = 600_000;
+const PEER_A = '8.8.8.8';
+const PEER_B = '9.9.9.9';
+const PEER_C = '1.1.1.1';
+const FORBIDDEN_PEER = '10.0.0.1';
+
+interface HarnessOptions {
+  readonly users?: ReadonlyArray<readonly [string, string]>;
+  readonly authSecrets?: readonly string[];
+  readonly userQuota?: number;
+  readonly totalQuota?: number;
+  readonly relayAddressIPv4?: string;
+  readonly relayAddressIPv6?: string;
+  readonly minPort?: number;
+  readonly maxPort?: number;
+  readonly maxLifetimeSeconds?: number;
+  readonly nonceSecret?: Buffer;
+  readonly transport?: ClientTransportKind;
+}
+
+interface Reply {
+  readonly message: StunMessage;
+  readonly raw: Buffer;
+  /** 200 for a success response, else the ERROR-CODE. */
+  readonly code: number;
+  readonly reason: string;
+}
+
+interface Endpoint {
+  readonly address: string;
+  readonly port: number;
+}
+
+type Decorate = (w: MessageWriter) => void;
+
+interface BuildOptions {
+  readonly auth?: boolean;
+  readonly fingerprint?: boolean;
+  readonly transactionId?: Buffer;
+  /** Send USERHASH instead of USERNAME. */
+  readonly userhash?: boolean;
+  /** Attributes added after MESSAGE-INTEGRITY. */
+  readonly afterIntegrity?: Decorate;
+}
+
+/** Lets every pending promise chain (engine, memory store, fake binds) run to completion. */
+async function flush(rounds = 3): Promise<void> {
+  for (let i = 0; i < rounds; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+function codeOf(m: StunMessage): { code: number; reason: string } {
+  if (m.cls === MessageClass.SuccessResponse) return { code: 200, reason: '' };
+  const e = decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0));
+  return { code: e?.code ?? 0, reason: e?.reason ?? '' };
+}
+
+class Harness {
+  readonly clock = new ManualClock();
+  readonly store: MemoryAllocationStore;
+  readonly counters = new EngineCounters();
+  readonly relays = new FakeRelayFactory();
+  readonly path: FakeClientPath;
+  readonly credentials: CredentialStore;
+  readonly nonces: NonceIssuer;
+  readonly engine: TurnEngine;
+  readonly listener: EngineListener;
+
+  constructor(o: HarnessOptions = {}) {
+    this.store = new MemoryAllocationStore({ now: () => this.clock.now() });
+    this.path = new FakeClientPath(o.transport ?? 'udp', SERVER_IP, SERVER_PORT);
+    this.credentials = new CredentialStore({
+      realm: REALM,
+      users: new Map(o.users ?? [['alice', 'alice-pw'], ['bob', 'bob-pw'], ['carol', 'carol-pw']]),
+      authSecrets: o.authSecrets ?? [],
+    });
+    this.nonces = new NonceIssuer(o.nonceSecret ?? NONCE_SECRET, NONCE_LIFETIME_MS);
+    this.engine = new TurnEngine({
+      nodeId: 'node-a',
+      credentials: this.credentials,
+      nonces: this.nonces,
+      peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: [], deniedPeerRanges: [], serverAddresses: [SERVER_IP, RELAY_IP] }),
+      store: this.store,
+      relays: this.relays,
+      clock: this.clock,
+      logger: createLogger('silent'),
+      counters: this.counters,
+      relayAddressIPv4: 'relayAddressIPv4' in o ? o.relayAddressIPv4 : RELAY_IP,
+      relayAddressIPv6: o.relayAddressIPv6,
+      minPort: o.minPort ?? 49152,
+      maxPort: o.maxPort ?? 65535,
+      maxLifetimeSeconds: o.maxLifetimeSeconds ?? 3600,
+      userQuota: o.userQuota ?? 0,
+      totalQuota: o.totalQuota ?? 0,
+      software: 'anyturn-test',
+    });
+    this.listener = this.engine.addListener(this.path);
+  }
+
+  private nextPort = 40000;
+
+  client(username = 'alice', password = `${username}-pw`, address = '198.51.100.10', port?: number): Client {
+    return new Client(this, address, port ?? this.nextPort++, username, password);
+  }
+
+  /** Moves time on and runs the engine's upkeep, as the server's 1 s timer does. */
+  async advance(ms: number): Promise<void> {
+    this.clock.advance(ms);
+    await this.engine.tick();
+    await flush();
+  }
+
+  key(c: Endpoint): string {
+    return fiveTupleKey(this.path.transport, c.address, c.port, SERVER_IP, SERVER_PORT);
+  }
+
+  relay(e: Endpoint): FakeRelaySocket {
+    const s = this.relays.socketAt(e.address, e.port);
+    assert.ok(s, `an open relay socket at ${e.address}:${e.port}`);
+    return s;
+  }
+}
+
+type Received =
+  | { readonly kind: 'data'; readonly peer: Endpoint; readonly data: Buffer }
+  | { readonly kind: 'channel'; readonly channel: number; readonly data: Buffer; readonly frameLength: number };
+
+class Client implements Endpoint {
+  nonce: string | undefined;
+  realm = REALM;
+  private cursor = 0;
+
+  constructor(
+    readonly h: Harness,
+    readonly address: string,
+    readonly port: number,
+    public username: string,
+    public password: string,
+  ) {}
+
+  key(): Buffer {
+    return longTermKey(this.username, this.realm, this.password);
+  }
+
+  build(method: number, decorate: Decorate = () => undefined, o: BuildOptions = {}): { buf: Buffer; transactionId: Buffer } {
+    const transactionId = o.transactionId ?? randomBytes(12);
+    const w = new MessageWriter(method, MessageClass.Request, transactionId);
+    decorate(w);
+    if (o.auth !== false && this.nonce !== undefined) {
+      if (o.userhash) w.add(Attr.Userhash, userhash(this.username, this.realm));
+      else w.addText(Attr.Username, this.username);
+      w.addText(Attr.Realm, this.realm);
+      w.addText(Attr.Nonce, this.nonce);
+      w.addIntegrity(this.key());
+      o.afterIntegrity?.(w);
+    }
+    if (o.fingerprint) w.addFingerprint();
+    return { buf: w.toBuffer(), transactionId };
+  }
+
+  /** Delivers raw bytes as coming from this client, and lets the engine finish. */
+  async deliver(buf: Buffer): Promise<void> {
+    this.h.engine.handleClientPacket(this.h.listener, buf, this.address, this.port);
+    await flush();
+  }
+
+  /** Sends one request; returns its response (the first one with that transaction id sent after now). */
+  async send(buf: Buffer, transactionId: Buffer): Promise<Reply> {
+    const from = this.h.path.sent.length;
+    this.h.engine.handleClientPacket(this.h.listener, buf, this.address, this.port);
+    for (let round = 0; round < 50; round++) {
+      for (const s of this.h.path.sent.slice(from)) {
+        if (s.kind !== 'message' || s.address !== this.address || s.port !== this.port) continue;
+        const decoded = decodeMessage(s.data);
+        assert.ok(decoded.ok, 'the engine sends well-formed STUN');
+        if (!decoded.message.transactionId.equals(transactionId)) continue;
+        return { message: decoded.message, raw: s.data, ...codeOf(decoded.message) };
+      }
+      await flush(1);
+    }
+    throw new Error(`no response to transaction ${transactionId.toString('hex')}`);
+  }
+
+  /** An authenticated request that learns REALM/NONCE from 401/438 and retries, as a client does. */
+  async request(method: number, decorate: Decorate = () => undefined, o: BuildOptions = {}): Promise<Reply> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const hadNonce = this.nonce !== undefined;
+      const { buf, transactionId } = this.build(method, decorate, o);
+      const r = await this.send(buf, transactionId);
+      if (r.code === 401 || r.code === 438) {
+        const nonce = getAttribute(r.message, Attr.Nonce);
+        const realm = getAttribute(r.message, Attr.Realm);
+        if (nonce) this.nonce = nonce.toString('utf8');
+        if (realm) this.realm = realm.toString('utf8');
+        if (r.code === 438 || !hadNonce) continue;
+      }
+      return r;
+    }
+    throw new Error('authentication did not converge');
+  }
+
+  async allocate(decorate: Decorate = () => undefined, o: BuildOptions = {}): Promise<Reply & { relayed?: Endpoint; lifetimeSeconds?: number }> {
+    const r = await this.request(
+      Method.Allocate,
+      (w) => {
+        w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+        decorate(w);
+      },
+      o,
+    );
+    if (r.code !== 200) return r;
+    const relayed = decodeAddress(getAttribute(r.message, Attr.XorRelayedAddress)!, r.message.transactionId)!;
+    return { ...r, relayed: { address: relayed.address, port: relayed.port }, lifetimeSeconds: decodeUint32(getAttribute(r.message, Attr.Lifetime)!) };
+  }
+
+  /** Allocates and insists on success. */
+  async mustAllocate(decorate: Decorate = () => undefined): Promise<Endpoint> {
+    const r = await this.allocate(decorate);
+    assert.equal(r.code, 200, `Allocate failed: ${r.code} ${r.reason}`);
+    return r.relayed!;
+  }
+
+  refresh(lifetimeSeconds?: number): Promise<Reply> {
+    return this.request(Method.Refresh, (w) => {
+      if (lifetimeSeconds !== undefined) w.add(Attr.Lifetime, encodeUint32(lifetimeSeconds));
+    });
+  }
+
+  createPermission(...peers: string[]): Promise<Reply> {
+    return this.request(Method.CreatePermission, (w) => {
+      for (const p of peers) w.addXorAddress(Attr.XorPeerAddress, p, 0);
+    });
+  }
+
+  channelBind(channel: number, peer: Endpoint): Promise<Reply> {
+    return this.request(Method.ChannelBind, (w) => {
+      w.add(Attr.ChannelNumber, encodeChannelNumber(channel));
+      w.addXorAddress(Attr.XorPeerAddress, peer.address, peer.port);
+    });
+  }
+
+  sendIndication(peer: Endpoint, data: Buffer): void {
+    const w = new MessageWriter(Method.Send, MessageClass.Indication, randomBytes(12));
+    w.addXorAddress(Attr.XorPeerAddress, peer.address, peer.port);
+    w.add(Attr.Data, data);
+    this.h.engine.handleClientPacket(this.h.listener, w.toBuffer(), this.address, this.port);
+  }
+
+  channelData(channel: number, data: Buffer): void {
+    this.h.engine.handleClientPacket(this.h.listener, encodeChannelData(channel, data), this.address, this.port);
+  }
+
+  /** Data indications and ChannelData relayed to this client since the last call. */
+  received(): Received[] {
+    const out: Received[] = [];
+    const all = this.h.path.sent;
+    for (; this.cursor < all.length; this.cursor++) {
+      const s = all[this.cursor]!;
+      if (s.address !== this.address || s.port !== this.port || s.kind !== 'framed') continue;
+      if (looksLikeChannelData(s.data)) {
+        const length = readChannelDataLength(s.data);
+        out.push({ kind: 'channel', channel: readChannelNumber(s.data), data: Buffer.from(s.data.subarray(4, 4 + length)), frameLength: s.data.length });
+        continue;
+      }
+      const decoded = decodeMessage(s.data);
+      assert.ok(decoded.ok, 'a Data indication is well-formed STUN');
+      const m = decoded.message;
+      assert.equal(m.cls, MessageClass.Indication);
+      assert.equal(m.method, Method.Data);
+      const peer = decodeAddress(getAttribute(m, Attr.XorPeerAddress)!, m.transactionId)!;
+      out.push({ kind: 'data', peer: { address: peer.address, port: peer.port }, data: Buffer.from(getAttribute(m, Attr.Data)!) });
+    }
+    return out;
+  }
+}
+
+function lifetimeAttr(seconds: number): Decorate {
+  return (w) => w.add(Attr.Lifetime, encodeUint32(seconds));
+}
+
+function attributeTypes(m: StunMessage): number[] {
+  return m.attributes.map((a) => a.type);
+}
+
+// ------------------------------------------------------------------ authentication
+
+describe('TurnEngine: authentication', () => {
+  it('challenges an unauthenticated Allocate with 401, REALM and NONCE, then accepts the credentials', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const first = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+    const challenge = await c.send(first.buf, first.transactionId);
+    assert.equal(challenge.code, 401);
+    assert.equal(getAttribute(challenge.message, Attr.Realm)?.toString('utf8'), REALM);
+    const nonce = getAttribute(challenge.message, Attr.Nonce)?.toString('utf8');
+    assert.ok(nonce);
+    assert.equal(challenge.message.integrityOffset, -1, 'a challenge carries no MESSAGE-INTEGRITY');
+    assert.equal(h.engine.allocations, 0);
+
+    c.nonce = nonce;
+    const second = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+    const ok = await c.send(second.buf, second.transactionId);
+    assert.equal(ok.code, 200);
+    assert.ok(ok.message.integrityOffset >= 0);
+    assert.ok(verifyIntegritySha1(ok.raw, ok.message.integrityOffset, c.key()), 'the success response is signed with the user key');
+    const relayed = decodeAddress(getAttribute(ok.message, Attr.XorRelayedAddress)!, ok.message.transactionId)!;
+    assert.equal(relayed.address, RELAY_IP);
+    const mapped = decodeAddress(getAttribute(ok.message, Attr.XorMappedAddress)!, ok.message.transactionId)!;
+    assert.deepEqual({ address: mapped.address, port: mapped.port }, { address: c.address, port: c.port });
+    assert.equal(h.engine.allocations, 1);
+    assert.equal(h.counters.requests.get('allocate 401'), 1);
+    assert.equal(h.counters.requests.get('allocate 200'), 1);
+  });
+
+  it('answers an unknown user and a wrong password with the same 401 (only transaction id and nonce may differ)', async () => {
+    const h = new Harness();
+    const unknown = h.client('mallory', 'whatever', '198.51.100.10', 41000);
+    const wrong = h.client('alice', 'not-alices-password', '198.51.100.10', 41001);
+    const a = await unknown.allocate();
+    const b = await wrong.allocate();
+    assert.equal(a.code, 401);
+    assert.equal(b.code, 401);
+    assert.equal(a.reason, b.reason);
+    assert.deepEqual(attributeTypes(a.message), attributeTypes(b.message));
+    assert.equal(getAttribute(a.message, Attr.Realm)?.toString('utf8'), getAttribute(b.message, Attr.Realm)?.toString('utf8'));
+    assert.equal(a.raw.length, b.raw.length);
+    // Mask the transaction id and the NONCE value; every other byte must match.
+    const mask = (r: Reply): Buffer => {
+      const copy = Buffer.from(r.raw);
+      copy.fill(0, 8, 20);
+      const nonce = r.message.attributes.find((x) => x.type === Attr.Nonce)!;
+      copy.fill(0, nonce.offset, nonce.offset + nonce.length);
+      return copy;
+    };
+    assert.deepEqual(mask(a), mask(b));
+    assert.equal(h.engine.allocations, 0);
+    assert.ok(h.counters.authFailures >= 2);
+  });
+
+  it('accepts a nonce issued by another node with the same secret, and 438s one from a different secret', async () => {
+    const h = new Harness();
+    const sameSecret = new NonceIssuer(Buffer.from(NONCE_SECRET), NONCE_LIFETIME_MS);
+    const c = h.client();
+    c.nonce = sameSecret.issue(c.address, h.clock.now());
+    const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+    const r = await c.send(req.buf, req.transactionId);
+    assert.equal(r.code, 200, 'no round trip needed: the nonce is valid on this node');
+
+    const otherSecret = new NonceIssuer(Buffer.from('some other cluster'), NONCE_LIFETIME_MS);
+    const d = h.client('bob');
+    d.nonce = otherSecret.issue(d.address, h.clock.now());
+    const req2 = d.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+    const r2 = await d.send(req2.buf, req2.transactionId);
+    assert.equal(r2.code, 438);
+    const fresh = getAttribute(r2.message, Attr.Nonce)?.toString('utf8');
+    assert.ok(fresh);
+    assert.equal(h.nonces.check(fresh, d.address, h.clock.now()), 'valid');
+  });
+
+  it('answers an expired nonce with 438 and a new NONCE, with which the request succeeds', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate(lifetimeAttr(3600));
+    const oldNonce = c.nonce!;
+    await h.advance(NONCE_LIFETIME_MS);
+    const req = c.build(Method.Refresh, lifetimeAttr(3600));
+    const stale = await c.send(req.buf, req.transactionId);
+    assert.equal(stale.code, 438);
+    const newNonce = getAttribute(stale.message, Attr.Nonce)?.toString('utf8');
+    assert.ok(newNonce);
+    assert.notEqual(newNonce, oldNonce);
+    assert.equal(getAttribute(stale.message, Attr.Realm)?.toString('utf8'), REALM);
+    c.nonce = newNonce;
+    const again = c.build(Method.Refresh, lifetimeAttr(3600));
+    assert.equal((await c.send(again.buf, again.transactionId)).code, 200);
+  });
+
+  it('accepts time-limited credentials (--use-auth-secret), refuses expired ones, and accepts both secrets while rotating', async () => {
+    const h = new Harness({ users: [], authSecrets: ['new-secret', 'old-secret'] });
+    const nowSeconds = Math.floor(h.clock.now() / 1000);
+
+    const valid = `${nowSeconds + 3600}:alice`;
+    const c1 = h.client(valid, restApiPassword('new-secret', valid));
+    assert.equal((await c1.allocate()).code, 200);
+
+    const c2 = h.client(valid, restApiPassword('old-secret', valid));
+    assert.equal((await c2.allocate()).code, 200, 'a credential minted with the previous secret still works');
+
+    const bare = `${nowSeconds + 60}`;
+    const c3 = h.client(bare, restApiPassword('new-secret', bare));
+    assert.equal((await c3.allocate()).code, 200, 'a username that is only a timestamp');
+
+    const expired = `${nowSeconds - 1}:alice`;
+    const c4 = h.client(expired, restApiPassword('new-secret', expired));
+    assert.equal((await c4.allocate()).code, 401);
+
+    const c5 = h.client(valid, restApiPassword('unknown-secret', valid));
+    assert.equal((await c5.allocate()).code, 401);
+
+    const c6 = h.client('alice', restApiPassword('new-secret', 'alice'));
+    assert.equal((await c6.allocate()).code, 401, 'a username without a timestamp is not a REST credential');
+    assert.equal(h.engine.allocations, 3);
+  });
+
+  it('accepts USERHASH instead of USERNAME for a static user', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const r = await c.allocate(() => undefined, { userhash: true });
+    assert.equal(r.code, 200);
+    const record = await h.store.get(h.key(c));
+    assert.equal(record?.username, 'alice');
+    // Later requests may use USERNAME: it is the same user.
+    assert.equal((await c.refresh()).code, 200);
+    const viaHash = await c.request(Method.Refresh, () => undefined, { userhash: true });
+    assert.equal(viaHash.code, 200);
+  });
+
+  it('answers 441 when another user sends requests on an allocation\'s 5-tuple', async () => {
+    const h = new Harness();
+    const alice = h.client('alice', 'alice-pw', '198.51.100.10', 42000);
+    await alice.mustAllocate();
+    const bob = h.client('bob', 'bob-pw', '198.51.100.10', 42000);
+    assert.equal((await bob.refresh()).code, 441);
+    assert.equal((await bob.createPermission(PEER_A)).code, 441);
+    assert.equal((await bob.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 441);
+    assert.equal((await bob.refresh(0)).code, 441);
+    assert.equal(h.engine.allocations, 1, 'the allocation survives');
+    const record = await h.store.get(h.key(alice));
+    assert.deepEqual(record?.permissions, {});
+  });
+
+  it('ignores attributes after MESSAGE-INTEGRITY', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const r = await c.allocate(() => undefined, {
+      afterIntegrity: (w) => {
+        w.add(Attr.Lifetime, encodeUint32(3600));
+        w.add(0x7ffe, Buffer.from('unknown, comprehension-required'));
+      },
+    });
+    assert.equal(r.code, 200, 'no 420 for an unknown attribute after MESSAGE-INTEGRITY');
+    assert.equal(r.lifetimeSeconds, 600, 'LIFETIME after MESSAGE-INTEGRITY is not used');
+  });
+
+  it('answers 420 for an unknown comprehension-required attribute before MESSAGE-INTEGRITY', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const r = await c.allocate((w) => w.add(0x7ffe, Buffer.from('xx')));
+    assert.equal(r.code, 420);
+    assert.equal(h.engine.allocations, 0);
+  });
+
+  it('adds FINGERPRINT to the response when the request had one, and not otherwise', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const challenge = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false, fingerprint: true });
+    const r401 = await c.send(challenge.buf, challenge.transactionId);
+    assert.equal(r401.code, 401);
+    assert.ok(r401.message.fingerprintOffset >= 0, '401 with FINGERPRINT');
+    const r = await c.allocate(() => undefined, { fingerprint: true });
+    assert.equal(r.code, 200);
+    assert.ok(r.message.fingerprintOffset >= 0, 'success with FINGERPRINT');
+    assert.equal(attributeTypes(r.message).at(-1), Attr.Fingerprint, 'FINGERPRINT is last');
+    const plain = await c.refresh();
+    assert.equal(plain.code, 200);
+    assert.equal(plain.message.fingerprintOffset, -1);
+  });
+});
+
+// ------------------------------------------------------------------ allocations and lifetimes
+
+describe('TurnEngine: Allocate and Refresh', () => {
+  it('grants the default 600 s, clamps LIFETIME to the maximum, and never gives less than 600 s', async () => {
+    const h = new Harness();
+    const cases: ReadonlyArray<readonly [number | undefined, number]> = [
+      [undefined, 600],
+      [7200, 3600],
+      [3600, 3600],
+      [1200, 1200],
+      [100, 600],
+      [0xffffffff, 3600],
+    ];
+    for (const [requested, granted] of cases) {
+      const c = h.client();
+      const r = await c.allocate(requested === undefined ? () => undefined : lifetimeAttr(requested));
+      assert.equal(r.code, 200);
+      assert.equal(r.lifetimeSeconds, granted, `LIFETIME ${requested}`);
+      const record = await h.store.get(h.key(c));
+      assert.equal(record?.expiresAtMs, h.clock.now() + granted * 1000);
+    }
+  });
+
+  it('answers a retransmitted Allocate with the identical response, and a new Allocate on the 5-tuple with 437', async () => {
+    const h = new Harness();
+    const c = h.client();
+    // Learn a nonce first.
+    const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+    c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+
+    const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+    const first = await c.send(req.buf, req.transactionId);
+    assert.equal(first.code, 200);
+    await h.advance(2000);
+    const again = await c.send(req.buf, req.transactionId);
+    assert.deepEqual(again.raw, first.raw, 'byte for byte the same response');
+    assert.equal(h.relays.sockets.length, 1, 'no second relay socket');
+    assert.equal(h.engine.allocations, 1);
+
+    const other = await c.allocate();
+    assert.equal(other.code, 437);
+    assert.equal(h.engine.allocations, 1);
+  });
+
+  it('expires an allocation after its lifetime: relay socket closed, store record deleted, later requests 437', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    const socket = h.relay(relayed);
+    const key = h.key(c);
+    const deleted: string[] = [];
+    h.store.subscribe((e) => {
+      if (e.type === 'deleted') deleted.push(`${e.key} ${e.reason}`);
+    });
+
+    await h.advance(600_000 - 1);
+    assert.equal(socket.closed, false);
+    assert.ok(await h.store.get(key));
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+
+    await h.advance(1);
+    assert.equal(socket.closed, true);
+    assert.equal(await h.store.get(key), undefined);
+    assert.equal(h.engine.allocations, 0);
+    assert.equal(h.counters.allocationsDeleted, 1);
+    assert.deepEqual(deleted, [`${key} expired`]);
+    assert.equal(await h.store.countUserAllocations('alice'), 0);
+    assert.equal((await c.refresh()).code, 437);
+    assert.equal((await c.createPermission(PEER_A)).code, 437);
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 437);
+    // A peer packet to the closed relayed address goes nowhere.
+    assert.equal(socket.inject(Buffer.from('late'), PEER_A, 5000), false);
+  });
+
+  it('extends an allocation on Refresh', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    await h.advance(500_000);
+    const r = await c.refresh();
+    assert.equal(r.code, 200);
+    assert.equal(decodeUint32(getAttribute(r.message, Attr.Lifetime)!), 600);
+    assert.equal((await h.store.get(h.key(c)))?.expiresAtMs, h.clock.now() + 600_000);
+    await h.advance(500_000); // 1000 s after the Allocate, 500 s after the Refresh
+    assert.equal(h.engine.allocations, 1);
+    assert.equal(h.relay(relayed).closed, false);
+
+    const longer = await c.refresh(7200);
+    assert.equal(decodeUint32(getAttribute(longer.message, Attr.Lifetime)!), 3600);
+    await h.advance(3_599_000);
+    assert.equal(h.engine.allocations, 1);
+    await h.advance(1000);
+    assert.equal(h.engine.allocations, 0);
+  });
+
+  it('deletes an allocation on Refresh LIFETIME 0; a repeat gets 437', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    const socket = h.relay(relayed);
+    const r = await c.refresh(0);
+    assert.equal(r.code, 200);
+    assert.equal(decodeUint32(getAttribute(r.message, Attr.Lifetime)!), 0);
+    assert.equal(socket.closed, true);
+    assert.equal(await h.store.get(h.key(c)), undefined);
+    assert.equal(h.engine.allocations, 0);
+    assert.equal((await c.refresh(0)).code, 437);
+    // The 5-tuple is free again.
+    assert.equal((await c.allocate()).code, 200);
+  });
+
+  it('answers 400 without REQUESTED-TRANSPORT and 442 for TCP', async () => {
+    const h = new Harness();
+    const c = h.client();
+    assert.equal((await c.request(Method.Allocate)).code, 400);
+    const tcp = await c.request(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(6)));
+    assert.equal(tcp.code, 442);
+    assert.equal(h.engine.allocations, 0);
+    assert.equal(h.relays.sockets.length, 0);
+  });
+
+  it('tries another port when the relay port is taken', async () => {
+    const h = new Harness({ minPort: 50000, maxPort: 50001 });
+    h.relays.takePort(RELAY_IP, 50000);
+    const relayed = await h.client().mustAllocate();
+    assert.equal(relayed.port, 50001);
+    // Both ports now busy: no capacity.
+    const r = await h.client().allocate();
+    assert.equal(r.code, 508);
+    assert.equal(h.engine.allocations, 1);
+    assert.equal(h.relays.openCount, 1);
+  });
+
+  it('tries another port when the store says the port is held elsewhere in the cluster', async () => {
+    const h = new Harness({ minPort: 50000, maxPort: 50001 });
+    assert.equal(await h.store.reservePort('other-node', { relayedAddress: RELAY_IP, relayedPort: 50000 }, 3_600_000), true);
+    const relayed = await h.client().mustAllocate();
+    assert.equal(relayed.port, 50001);
+    assert.equal(h.relays.openCount, 1, 'the socket bound on the refused port was closed');
+  });
+});
+
+// ------------------------------------------------------------------ quotas
+
+describe('TurnEngine: quotas', () => {
+  it('answers 486 when the user is at --user-quota, and frees the slot when an allocation goes', async () => {
+    const h = new Harness({ userQuota: 2 });
+    const a1 = h.client('alice');
+    const a2 = h.client('alice');
+    const a3 = h.client('alice');
+    await a1.mustAllocate();
+    await a2.mustAllocate();
+    assert.equal((await a3.allocate()).code, 486);
+    assert.equal(h.counters.quotaRefusals, 1);
+    assert.equal(h.relays.openCount, 2, 'the refused Allocate left no socket open');
+    assert.equal((await h.client('bob').allocate()).code, 200, 'another user is not affected');
+    assert.equal((await a1.refresh(0)).code, 200);
+    assert.equal((await a3.allocate()).code, 200);
+  });
+
+  it('answers 508 when the server is at --total-quota', async () => {
+    const h = new Harness({ totalQuota: 2 });
+    await h.client('alice').mustAllocate();
+    const bob = h.client('bob');
+    await bob.mustAllocate();
+    assert.equal((await h.client('carol').allocate()).code, 508);
+    assert.equal(h.counters.quotaRefusals, 1);
+    await bob.refresh(0);
+    assert.equal((await h.client('carol').allocate()).code, 200);
+  });
+});
+
+// ------------------------------------------------------------------ permissions
+
+describe('TurnEngine: permissions', () => {
+  it('relays both ways with a permission; it expires after 300 s and CreatePermission restores it', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    const socket = h.relay(relayed);
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+
+    socket.inject(Buffer.from('hello'), PEER_A, 7000);
+    assert.deepEqual(c.received(), [{ kind: 'data', peer: { address: PEER_A, port: 7000 }, data: Buffer.from('hello') }]);
+    c.sendIndication({ address: PEER_A, port: 7001 }, Buffer.from('to peer'));
+    assert.deepEqual(socket.sent, [{ data: Buffer.from('to peer'), address: PEER_A, port: 7001 }]);
+
+    await h.advance(299_999);
+    socket.inject(Buffer.from('still'), PEER_A, 7000);
+    assert.equal(c.received().length, 1);
+
+    await h.advance(1);
+    const drops = h.counters.drops.no_permission;
+    socket.inject(Buffer.from('late'), PEER_A, 7000);
+    assert.deepEqual(c.received(), []);
+    assert.equal(h.counters.drops.no_permission, drops + 1);
+    c.sendIndication({ address: PEER_A, port: 7001 }, Buffer.from('late'));
+    assert.equal(socket.sent.length, 1);
+    assert.equal(h.counters.drops.no_permission, drops + 2);
+    assert.deepEqual((await h.store.get(h.key(c)))?.permissions, {}, 'tick removed it from the store');
+
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    socket.inject(Buffer.from('back'), PEER_A, 7000);
+    assert.equal(c.received().length, 1);
+  });
+
+  it('refreshes a permission with CreatePermission before it expires', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    await c.createPermission(PEER_A);
+    await h.advance(200_000);
+    await c.createPermission(PEER_A);
+    await h.advance(200_000); // 400 s after the first, 200 s after the refresh
+    socket.inject(Buffer.from('x'), PEER_A, 7000);
+    assert.equal(c.received().length, 1);
+    assert.equal(h.counters.drops.no_permission, 0);
+    await h.advance(100_000);
+    socket.inject(Buffer.from('y'), PEER_A, 7000);
+    assert.equal(c.received().length, 0);
+    assert.equal(h.counters.drops.no_permission, 1);
+  });
+
+  it('drops a peer packet from an IP without permission', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    await c.createPermission(PEER_A);
+    socket.inject(Buffer.from('x'), PEER_B, 7000);
+    assert.deepEqual(c.received(), []);
+    assert.equal(h.counters.drops.no_permission, 1);
+  });
+
+  it('installs several XOR-PEER-ADDRESS of one CreatePermission', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    assert.equal((await c.createPermission(PEER_A, PEER_B, PEER_C)).code, 200);
+    const record = await h.store.get(h.key(c));
+    const expires = h.clock.now() + 300_000;
+    assert.deepEqual(record?.permissions, { [PEER_A]: expires, [PEER_B]: expires, [PEER_C]: expires });
+    for (const peer of [PEER_A, PEER_B, PEER_C]) socket.inject(Buffer.from(peer), peer, 6000);
+    assert.deepEqual(
+      c.received().map((r) => (r.kind === 'data' ? r.peer.address : '')),
+      [PEER_A, PEER_B, PEER_C],
+    );
+  });
+
+  it('installs nothing when one peer is forbidden (403, all or nothing)', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    const versionBefore = (await h.store.get(h.key(c)))!.version;
+    assert.equal((await c.createPermission(PEER_A, FORBIDDEN_PEER, PEER_B)).code, 403);
+    assert.equal(h.counters.peerPolicyRefusals, 1);
+    const record = await h.store.get(h.key(c));
+    assert.deepEqual(record?.permissions, {});
+    assert.equal(record?.version, versionBefore);
+    socket.inject(Buffer.from('x'), PEER_A, 7000);
+    assert.deepEqual(c.received(), []);
+    assert.equal(h.counters.drops.no_permission, 1);
+    // The relay's own address and loopback are forbidden too.
+    assert.equal((await c.createPermission(RELAY_IP)).code, 403);
+    assert.equal((await c.createPermission('127.0.0.1')).code, 403);
+  });
+
+  it('answers 443 for a peer of the other address family and 400 without XOR-PEER-ADDRESS', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    assert.equal((await c.createPermission('2001:4860:4860::8888')).code, 443);
+    assert.equal((await c.request(Method.CreatePermission)).code, 400);
+  });
+});
+
+// ------------------------------------------------------------------ channels
+
+describe('TurnEngine: channels', () => {
+  it('relays ChannelData both ways once bound', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
+    c.channelData(0x4000, Buffer.from('up'));
+    assert.deepEqual(socket.sent, [{ data: Buffer.from('up'), address: PEER_A, port: 5000 }]);
+    socket.inject(Buffer.from('down'), PEER_A, 5000);
+    const got = c.received();
+    assert.equal(got.length, 1);
+    assert.equal(got[0]?.kind, 'channel');
+    assert.deepEqual(got[0]?.kind === 'channel' ? [got[0].channel, got[0].data] : [], [0x4000, Buffer.from('down')]);
+    // Another port of the same peer IP is not on the channel: Data indication.
+    socket.inject(Buffer.from('other port'), PEER_A, 5001);
+    assert.deepEqual(c.received(), [{ kind: 'data', peer: { address: PEER_A, port: 5001 }, data: Buffer.from('other port') }]);
+    assert.equal(h.counters.packetsClientToPeer, 1);
+    assert.equal(h.counters.packetsPeerToClient, 2);
+  });
+
+  it('pads ChannelData to 4 bytes towards a TCP client', async () => {
+    const h = new Harness({ transport: 'tcp' });
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    await c.channelBind(0x4000, { address: PEER_A, port: 5000 });
+    socket.inject(Buffer.from('abcde'), PEER_A, 5000);
+    const got = c.received();
+    assert.equal(got[0]?.kind, 'channel');
+    assert.equal(got[0]?.kind === 'channel' ? got[0].frameLength : 0, 12);
+  });
+
+  it('refuses to bind a number to another peer, or a peer to another number (400)', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
+    assert.equal((await c.channelBind(0x4000, { address: PEER_B, port: 5000 })).code, 400);
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5001 })).code, 400);
+    assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 5000 })).code, 400);
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200, 'rebinding the same pair refreshes it');
+    assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 5001 })).code, 200, 'another port of the same IP is another peer');
+    assert.equal((await c.channelBind(0x3fff, { address: PEER_B, port: 5000 })).code, 400, 'number below the range');
+    assert.equal((await c.channelBind(0x4002, { address: FORBIDDEN_PEER, port: 5000 })).code, 403);
+  });
+
+  it('expires a channel after 600 s and keeps number and peer reserved for 5 more minutes', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate(lifetimeAttr(3600)));
+    const peerA = { address: PEER_A, port: 5000 };
+    const peerB = { address: PEER_B, port: 5000 };
+    assert.equal((await c.channelBind(0x4000, peerA)).code, 200);
+    // Keep the permission alive (it lasts 300 s) so only the channel expires.
+    await h.advance(290_000);
+    await c.createPermission(PEER_A);
+    await h.advance(290_000);
+    await c.createPermission(PEER_A);
+    c.channelData(0x4000, Buffer.from('t=580'));
+    assert.equal(socket.sent.length, 1);
+
+    await h.advance(20_000); // t = 600 s
+    c.channelData(0x4000, Buffer.from('t=600'));
+    assert.equal(socket.sent.length, 1, 'ChannelData on an expired channel is dropped');
+    assert.equal(h.counters.drops.no_channel, 1);
+    socket.inject(Buffer.from('from A'), PEER_A, 5000);
+    assert.deepEqual(c.received(), [{ kind: 'data', peer: peerA, data: Buffer.from('from A') }], 'the peer falls back to Data indications');
+
+    // Quarantine: the number can't go to another peer, nor the peer to another number.
+    assert.equal((await c.channelBind(0x4000, peerB)).code, 400);
+    assert.equal((await c.channelBind(0x4001, peerA)).code, 400);
+    await h.advance(299_000);
+    assert.equal((await c.channelBind(0x4000, peerB)).code, 400);
+
+    await h.advance(1000); // t = 900 s: quarantine over
+    assert.deepEqual((await h.store.get(h.key(c)))?.channels, {}, 'the store forgot the channel');
+    assert.equal((await c.channelBind(0x4000, peerB)).code, 200);
+    assert.equal((await c.channelBind(0x4001, peerA)).code, 200);
+    socket.inject(Buffer.from('A'), PEER_A, 5000);
+    socket.inject(Buffer.from('B'), PEER_B, 5000);
+    assert.deepEqual(
+      c.received().map((r) => (r.kind === 'channel' ? r.channel : -1)),
+      [0x4001, 0x4000],
+    );
+  });
+
+  it('lets a number and a peer be rebound as soon as the quarantine ends, even before the next tick', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate(lifetimeAttr(3600)));
+    const peerA = { address: PEER_A, port: 5000 };
+    const peerB = { address: PEER_B, port: 5000 };
+    assert.equal((await c.channelBind(0x4000, peerA)).code, 200);
+    await h.advance(600_000);
+    // Move the clock without running tick(): the engine must judge by the clock, not by upkeep.
+    h.clock.advance(300_000);
+    assert.equal((await c.channelBind(0x4001, peerA)).code, 200, 'the peer may take a new number');
+    assert.equal((await c.channelBind(0x4000, peerB)).code, 200, 'the old number may go to another peer');
+    await h.advance(1000);
+    socket.inject(Buffer.from('A'), PEER_A, 5000);
+    socket.inject(Buffer.from('B'), PEER_B, 5000);
+    assert.deepEqual(
+      c.received().map((r) => (r.kind === 'channel' ? r.channel : -1)),
+      [0x4001, 0x4000],
+      'each peer arrives on its new channel',
+    );
+    const record = await h.store.get(h.key(c));
+    assert.deepEqual(Object.keys(record?.channels ?? {}).sort(), [String(0x4000), String(0x4001)]);
+    assert.equal(record?.channels[String(0x4000)]?.peerAddress, PEER_B);
+    assert.equal(record?.channels[String(0x4001)]?.peerAddress, PEER_A);
+  });
+
+  it('drops ChannelData on an unbound number', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    c.channelData(0x4005, Buffer.from('x'));
+    assert.equal(socket.sent.length, 0);
+    assert.equal(h.counters.drops.no_channel, 1);
+  });
+});
+
+// ------------------------------------------------------------------ EVEN-PORT, RESERVATION-TOKEN, families
+
+describe('TurnEngine: EVEN-PORT and RESERVATION-TOKEN', () => {
+  it('gives an even port for EVEN-PORT', async () => {
+    const h = new Harness();
+    for (let i = 0; i < 8; i++) {
+      const r = await h.client().allocate((w) => w.add(Attr.EvenPort, encodeEvenPort(false)));
+      assert.equal(r.code, 200);
+      assert.equal(r.relayed!.port % 2, 0, `port ${r.relayed!.port}`);
+      assert.equal(getAttribute(r.message, Attr.ReservationToken), undefined);
+    }
+  });
+
+  it('with the R bit reserves port+1 under a RESERVATION-TOKEN that a later Allocate redeems once', async () => {
+    const h = new Harness();
+    const first = await h.client().allocate((w) => w.add(Attr.EvenPort, encodeEvenPort(true)));
+    assert.equal(first.code, 200);
+    const port = first.relayed!.port;
+    assert.equal(port % 2, 0);
+    const token = getAttribute(first.message, Attr.ReservationToken);
+    assert.equal(token?.length, 8);
+    assert.ok(h.relays.socketAt(RELAY_IP, port + 1), 'port+1 is held');
+
+    const c2 = h.client();
+    const second = await c2.allocate((w) => w.add(Attr.ReservationToken, token!));
+    assert.equal(second.code, 200);
+    assert.deepEqual(second.relayed, { address: RELAY_IP, port: port + 1 });
+    assert.equal((await h.store.get(h.key(c2)))?.relayedPort, port + 1);
+    // The socket on port+1 now delivers to the second allocation.
+    await c2.createPermission(PEER_A);
+    h.relay(second.relayed!).inject(Buffer.from('to the redeemer'), PEER_A, 5000);
+    assert.deepEqual(c2.received(), [{ kind: 'data', peer: { address: PEER_A, port: 5000 }, data: Buffer.from('to the redeemer') }]);
+    const c3 = h.client();
+    const third = await c3.allocate((w) => w.add(Attr.ReservationToken, token!));
+    assert.equal(third.code, 508, 'a token is redeemed once');
+  });
+
+  it('answers 508 for an unknown RESERVATION-TOKEN and 400 for EVEN-PORT with RESERVATION-TOKEN', async () => {
+    const h = new Harness();
+    const unknown = await h.client().allocate((w) => w.add(Attr.ReservationToken, randomBytes(8)));
+    assert.equal(unknown.code, 508);
+    const both = await h.client().allocate((w) => {
+      w.add(Attr.EvenPort, encodeEvenPort(false));
+      w.add(Attr.ReservationToken, randomBytes(8));
+    });
+    assert.equal(both.code, 400);
+    const shortToken = await h.client().allocate((w) => w.add(Attr.ReservationToken, randomBytes(4)));
+    assert.equal(shortToken.code, 400);
+    assert.equal(h.engine.allocations, 0);
+    assert.equal(h.relays.openCount, 0);
+  });
+
+  it('releases an unredeemed reservation after its lifetime', async () => {
+    const h = new Harness();
+    const first = await h.client().allocate((w) => w.add(Attr.EvenPort, encodeEvenPort(true)));
+    const port = first.relayed!.port;
+    const token = getAttribute(first.message, Attr.ReservationToken)!;
+    const held = h.relay({ address: RELAY_IP, port: port + 1 });
+    await h.advance(30_000);
+    assert.equal(held.closed, true);
+    assert.equal((await h.client().allocate((w) => w.add(Attr.ReservationToken, token))).code, 508);
+  });
+});
+
+describe('TurnEngine: address families', () => {
+  it('answers 440 for REQUESTED-ADDRESS-FAMILY IPv6 without an IPv6 relay, and for an unknown family', async () => {
+    const h = new Harness();
+    const v6 = await h.client().allocate((w) => w.add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv6)));
+    assert.equal(v6.code, 440);
+    const unknown = await h.client().allocate((w) => w.add(Attr.RequestedAddressFamily, encodeAddressFamily(0x03)));
+    assert.equal(unknown.code, 440);
+    const v4 = await h.client().allocate((w) => w.add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv4)));
+    assert.equal(v4.code, 200);
+  });
+
+  it('relays over IPv6 when asked and an IPv6 relay exists', async () => {
+    const h = new Harness({ relayAddressIPv6: RELAY_IPV6 });
+    const r = await h.client().allocate((w) => w.add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv6)));
+    assert.equal(r.code, 200);
+    assert.equal(r.relayed?.address, RELAY_IPV6);
+  });
+
+  it('answers 440 for IPv4 when only an IPv6 relay exists', async () => {
+    const h = new Harness({ relayAddressIPv4: undefined, relayAddressIPv6: RELAY_IPV6 });
+    assert.equal((await h.client().allocate()).code, 440);
+  });
+
+  it('succeeds with ADDRESS-ERROR-CODE 440 for ADDITIONAL-ADDRESS-FAMILY IPv6 without an IPv6 relay', async () => {
+    const h = new Harness();
+    const r = await h.client().allocate((w) => w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6)));
+    assert.equal(r.code, 200);
+    assert.equal(r.relayed?.address, RELAY_IP);
+    const err = decodeAddressErrorCode(getAttribute(r.message, Attr.AddressErrorCode)!);
+    assert.equal(err?.family, AddressFamily.IPv6);
+    assert.equal(err?.code, 440);
+  });
+});
+
+// ------------------------------------------------------------------ store record
+
+describe('TurnEngine: the store record', () => {
+  it('reflects permissions, channels and expiry, with a growing version', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const t0 = h.clock.now();
+    const relayed = await c.mustAllocate();
+    const key = h.key(c);
+    const r1 = await h.store.get(key);
+    assert.ok(r1);
+    assert.equal(r1.version, 1);
+    assert.deepEqual(
+      { ...r1, permissions: undefined, channels: undefined },
+      {
+        key,
+        transport: 'udp',
+        clientAddress: c.address,
+        clientPort: c.port,
+        serverAddress: SERVER_IP,
+        serverPort: SERVER_PORT,
+        relayedAddress: relayed.address,
+        relayedPort: relayed.port,
+        ownerNodeId: 'node-a',
+        username: 'alice',
+        realm: REALM,
+        createdAtMs: t0,
+        expiresAtMs: t0 + 600_000,
+        version: 1,
+        permissions: undefined,
+        channels: undefined,
+      },
+    );
+    assert.deepEqual(r1.permissions, {});
+    assert.deepEqual(r1.channels, {});
+
+    await h.advance(10_000);
+    await c.createPermission(PEER_A);
+    const r2 = (await h.store.get(key))!;
+    assert.ok(r2.version > r1.version);
+    assert.deepEqual(r2.permissions, { [PEER_A]: h.clock.now() + 300_000 });
+
+    await h.advance(10_000);
+    await c.channelBind(0x4000, { address: PEER_B, port: 5000 });
+    const r3 = (await h.store.get(key))!;
+    assert.ok(r3.version > r2.version);
+    assert.deepEqual(r3.channels, { [String(0x4000)]: { peerAddress: PEER_B, peerPort: 5000, expiresAtMs: h.clock.now() + 600_000 } });
+    assert.equal(r3.permissions[PEER_B], h.clock.now() + 300_000);
+
+    await h.advance(10_000);
+    await c.refresh(1800);
+    const r4 = (await h.store.get(key))!;
+    assert.ok(r4.version > r3.version);
+    assert.equal(r4.expiresAtMs, h.clock.now() + 1_800_000);
+    assert.equal(r4.createdAtMs, t0);
+  });
+
+  it('emits created, updated and deleted events for the allocation', async () => {
+    const h = new Harness();
+    const events: string[] = [];
+    h.store.subscribe((e) => events.push(e.type === 'deleted' ? `deleted:${e.reason}` : `${e.type}:${e.record.version}`));
+    const c = h.client();
+    await c.mustAllocate();
+    await c.createPermission(PEER_A);
+    await c.refresh(0);
+    await flush();
+    assert.deepEqual(events, ['created:1', 'updated:2', 'deleted:refresh-zero']);
+  });
+});
+
+// ------------------------------------------------------------------ indications without an allocation
+
+describe('TurnEngine: packets without an allocation', () => {
+  it('drops and counts ChannelData and Send indications from a 5-tuple without allocation', async () => {
+    const h = new Harness();
+    const owner = h.client();
+    const socket = h.relay(await owner.mustAllocate());
+    await owner.channelBind(0x4000, { address: PEER_A, port: 5000 });
+    const stranger = h.client('alice', 'alice-pw', owner.address, owner.port + 1000);
+    stranger.channelData(0x4000, Buffer.from('x'));
+    stranger.sendIndication({ address: PEER_A, port: 5000 }, Buffer.from('y'));
+    await flush();
+    assert.equal(h.counters.drops.no_allocation, 2);
+    assert.equal(socket.sent.length, 0);
+    assert.equal(h.path.sentTo(stranger.address, stranger.port).length, 0, 'nothing is sent back');
+  });
+
+  it('answers Binding without authentication', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const req = c.build(Method.Binding, () => undefined, { auth: false });
+    const r = await c.send(req.buf, req.transactionId);
+    assert.equal(r.code, 200);
+    const mapped = decodeAddress(getAttribute(r.message, Attr.XorMappedAddress)!, r.message.transactionId)!;
+    assert.equal(mapped.port, c.port);
+  });
+});
