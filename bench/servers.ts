@@ -1,0 +1,70 @@
+// How each server under test is started. Both listen and relay on 127.0.0.1 only.
+import type { PortRange } from './net.js';
+
+export type ServerName = 'anyturn' | 'coturn';
+export const SERVER_NAMES: readonly ServerName[] = ['anyturn', 'coturn'];
+
+export interface ServerSettings {
+  readonly listeningPort: number;
+  readonly relayPorts: PortRange;
+  readonly user: string;
+  readonly password: string;
+  readonly realm: string;
+  /** Scratch directory for coturn's pid file and SQLite db. */
+  readonly scratchDir: string;
+}
+
+export interface ServerLaunch {
+  readonly command: string;
+  readonly args: readonly string[];
+  /** A log line that says the server is ready; undefined = rely on the STUN probe. */
+  readonly readyLine: RegExp | undefined;
+}
+
+export function coturnLaunch(s: ServerSettings): ServerLaunch {
+  return {
+    command: 'turnserver',
+    args: [
+      '-n',
+      '--listening-ip', '127.0.0.1',
+      '--listening-port', String(s.listeningPort),
+      '--relay-ip', '127.0.0.1',
+      '--min-port', String(s.relayPorts.min),
+      '--max-port', String(s.relayPorts.max),
+      '--lt-cred-mech',
+      '--user', `${s.user}:${s.password}`,
+      '--realm', s.realm,
+      '--allow-loopback-peers',
+      '--no-tcp', '--no-tls', '--no-dtls', '--no-cli',
+      // 0 = coturn's single-threaded mode: relaying happens on the main listener
+      // thread, the nearest match to one Node event loop. (--relay-threads 1 adds
+      // a separate relay thread; the default is one per CPU.) coturn keeps its
+      // auth and admin threads either way; all threads are pinned to the same core.
+      '--relay-threads', '0',
+      '--log-file', 'stdout', '--simple-log',
+      // Keep coturn's files out of /var/run and /var/lib/turn.
+      '--pidfile', `${s.scratchDir}/turnserver.pid`,
+      '--userdb', `${s.scratchDir}/turndb`,
+    ],
+    readyLine: undefined,
+  };
+}
+
+export function anyturnLaunch(s: ServerSettings, nodePath: string, cliPath: string): ServerLaunch {
+  return {
+    command: nodePath,
+    args: [
+      cliPath,
+      '--listening-ip', '127.0.0.1',
+      '--listening-port', String(s.listeningPort),
+      '--relay-ip', '127.0.0.1',
+      '--min-port', String(s.relayPorts.min),
+      '--max-port', String(s.relayPorts.max),
+      '--user', `${s.user}:${s.password}`,
+      '--realm', s.realm,
+      '--allow-loopback-peers',
+      '--log-level', 'warn',
+    ],
+    readyLine: /"msg":"anyturn ready"/,
+  };
+}
