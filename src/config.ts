@@ -67,7 +67,11 @@ export interface RawOptions {
 
 function integer(flag: string, value: unknown, min: number, max: number, fallback: number): number {
   if (value === undefined) return fallback;
-  if (typeof value !== 'number' || Number.isNaN(value)) throw new ConfigError(flag, value, `a whole number from ${min} to ${max}`, `invalid --${flag}: not a number (allowed: a whole number from ${min} to ${max})`);
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    // Name the value as given ('abc' from ANYTURN_LISTENING_PORT, or [1,2] for a flag given twice).
+    const shown = typeof value === 'number' ? String(value) : JSON.stringify(value);
+    throw new ConfigError(flag, value, `a whole number from ${min} to ${max}`, `invalid --${flag} ${shown}: not a number (allowed: a whole number from ${min} to ${max})`);
+  }
   if (!Number.isInteger(value) || value < min || value > max) {
     throw new ConfigError(flag, value, `a whole number from ${min} to ${max}`);
   }

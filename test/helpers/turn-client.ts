@@ -32,6 +32,22 @@ export interface Received {
 
 export type Decorate = (w: MessageWriter) => void;
 
+/** 200 for a success response, the ERROR-CODE for an error response, 0 otherwise. */
+export function codeOf(m: StunMessage): number {
+  if (m.cls === MessageClass.SuccessResponse) return 200;
+  return decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.code ?? 0;
+}
+
+/** The reason phrase of an error response ('' when there is none). */
+export function reasonOf(m: StunMessage): string {
+  return decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.reason ?? '';
+}
+
+/** Attribute types of a message, in order (attributes after MESSAGE-INTEGRITY other than FINGERPRINT excluded). */
+export function attributeTypes(m: StunMessage): number[] {
+  return m.attributes.map((a) => a.type);
+}
+
 export interface Response {
   readonly message: StunMessage;
   /** 200 for a success response, else the ERROR-CODE. */
@@ -43,6 +59,9 @@ export class TestTurnClient {
   private readonly waiting = new Map<string, (m: StunMessage) => void>();
   readonly received: Received[] = [];
   private receivedWaiters: (() => void)[] = [];
+  /** Every STUN response received, by transaction id (hex), retransmitted answers included. */
+  readonly responses = new Map<string, StunMessage[]>();
+  private responseWaiters: (() => void)[] = [];
   nonce: string | undefined;
   realm: string;
 
@@ -56,6 +75,14 @@ export class TestTurnClient {
     const socket = dgram.createSocket('udp4');
     await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
     return new TestTurnClient(server, credentials, socket);
+  }
+
+  /**
+   * A second client on the very same socket (so the same 5-tuple) with other
+   * credentials. Closing either closes the shared socket.
+   */
+  static share(other: TestTurnClient, credentials: Credentials): TestTurnClient {
+    return new TestTurnClient(other.server, credentials, other.socket);
   }
 
   get localPort(): number {
@@ -76,8 +103,58 @@ export class TestTurnClient {
       this.pushReceived({ kind: 'data-indication', peer: peer ? { address: peer.address, port: peer.port } : undefined, data: Buffer.from(getAttribute(m, Attr.Data) ?? Buffer.alloc(0)) });
       return;
     }
-    const resolve = this.waiting.get(m.transactionId.toString('hex'));
+    const id = m.transactionId.toString('hex');
+    if (m.cls === MessageClass.SuccessResponse || m.cls === MessageClass.ErrorResponse) {
+      const list = this.responses.get(id);
+      if (list) list.push(m);
+      else this.responses.set(id, [m]);
+      const waiters = this.responseWaiters;
+      this.responseWaiters = [];
+      for (const w of waiters) w();
+    }
+    const resolve = this.waiting.get(id);
     if (resolve) resolve(m);
+  }
+
+  /** Waits until `count` responses with this transaction id have arrived (or the timeout passes). */
+  async waitForResponses(transactionId: Buffer, count: number, timeoutMs = 2000): Promise<StunMessage[]> {
+    const id = transactionId.toString('hex');
+    const deadline = Date.now() + timeoutMs;
+    while ((this.responses.get(id)?.length ?? 0) < count && Date.now() < deadline) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.max(1, deadline - Date.now()));
+        this.responseWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return this.responses.get(id) ?? [];
+  }
+
+  /**
+   * A Binding request answered: the server has processed everything this
+   * socket sent before it (one socket, one loopback path, in order). Returns
+   * XOR-MAPPED-ADDRESS, or undefined when there was no answer.
+   */
+  async binding(timeoutMs = 1500): Promise<Endpoint | undefined> {
+    const { buf, transactionId } = this.build(Method.Binding, () => undefined, { auth: false });
+    const m = await this.transact(buf, transactionId, timeoutMs);
+    if (!m || m.cls !== MessageClass.SuccessResponse) return undefined;
+    const mapped = decodeAddress(getAttribute(m, Attr.XorMappedAddress) ?? Buffer.alloc(0), m.transactionId);
+    return mapped ? { address: mapped.address, port: mapped.port } : undefined;
+  }
+
+  /** Learns REALM and NONCE from a 401 to an unauthenticated Refresh, if not known yet. */
+  async ensureNonce(): Promise<void> {
+    if (this.nonce !== undefined) return;
+    const { buf, transactionId } = this.build(Method.Refresh, () => undefined, { auth: false });
+    const m = await this.transact(buf, transactionId);
+    const nonce = m ? getAttribute(m, Attr.Nonce) : undefined;
+    const realm = m ? getAttribute(m, Attr.Realm) : undefined;
+    if (!nonce) throw new Error('no NONCE in the challenge');
+    this.nonce = nonce.toString('utf8');
+    if (realm) this.realm = realm.toString('utf8');
   }
 
   private pushReceived(r: Received): void {
@@ -228,14 +305,16 @@ export class TestPeer {
     socket.on('message', (data, rinfo) => this.received.push({ data, from: { address: rinfo.address, port: rinfo.port } }));
   }
 
-  static async open(): Promise<TestPeer> {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  /** A peer on loopback: 127.0.0.1 by default, or '::1'. */
+  static async open(address: '127.0.0.1' | '::1' = '127.0.0.1'): Promise<TestPeer> {
+    const socket = dgram.createSocket(address === '::1' ? 'udp6' : 'udp4');
+    await new Promise<void>((resolve) => socket.bind(0, address, () => resolve()));
     return new TestPeer(socket);
   }
 
   get endpoint(): Endpoint {
-    return { address: '127.0.0.1', port: this.socket.address().port };
+    const a = this.socket.address();
+    return { address: a.address, port: a.port };
   }
 
   send(data: Buffer, to: Endpoint): void {
