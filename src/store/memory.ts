@@ -8,6 +8,8 @@ import type {
   AllocationStore,
   CreateOutcome,
   NewAllocationRecord,
+  NodeInfo,
+  NodeRegistry,
   ReservedPort,
   StoreEvent,
   StoreEventListener,
@@ -43,6 +45,10 @@ export class MemoryAllocationStore implements AllocationStore {
 
   private emit(event: StoreEvent): void {
     for (const listener of this.listeners) queueMicrotask(() => listener(event));
+  }
+
+  isAvailable(): boolean {
+    return !this.closed;
   }
 
   private checkOpen(): void {
@@ -151,5 +157,25 @@ export class MemoryAllocationStore implements AllocationStore {
   async close(): Promise<void> {
     this.closed = true;
     this.listeners.clear();
+  }
+}
+
+/** In-process NodeRegistry: for a single node, and for tests that run several engines in one process. */
+export class MemoryNodeRegistry implements NodeRegistry {
+  private readonly nodes = new Map<string, { node: NodeInfo; expiresAtMs: number }>();
+  constructor(private readonly now: () => number = Date.now) {}
+
+  async heartbeat(node: NodeInfo, ttlMs: number): Promise<void> {
+    this.nodes.set(node.nodeId, { node: { ...node }, expiresAtMs: this.now() + ttlMs });
+  }
+
+  async getNode(nodeId: string): Promise<NodeInfo | undefined> {
+    const entry = this.nodes.get(nodeId);
+    if (!entry || entry.expiresAtMs <= this.now()) return undefined;
+    return { ...entry.node };
+  }
+
+  async removeNode(nodeId: string): Promise<void> {
+    this.nodes.delete(nodeId);
   }
 }

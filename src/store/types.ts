@@ -63,6 +63,8 @@ export type StoreEventListener = (event: StoreEvent) => void;
 
 export interface AllocationStore {
   readonly kind: string;
+  /** False while the store can't be reached (a shared store's connection is down). */
+  isAvailable(): boolean;
   /**
    * Atomically: refuses when the key exists, when the relayed port is reserved by
    * someone else, or when the user is at quota; otherwise inserts the record at
@@ -87,4 +89,22 @@ export interface AllocationStore {
 /** The text form of a client 5-tuple, used as the store key (not on the packet path). */
 export function fiveTupleKey(transport: ClientTransportKind, clientAddress: string, clientPort: number, serverAddress: string, serverPort: number): string {
   return `${transport}|${clientAddress}|${clientPort}|${serverAddress}|${serverPort}`;
+}
+
+/** A cluster node as the registry knows it: alive while its heartbeat is fresh. */
+export interface NodeInfo {
+  readonly nodeId: string;
+  /** Unicast address and port of the node's mesh socket (node-to-node forwarding). */
+  readonly meshAddress: string;
+  readonly meshPort: number;
+}
+
+/** Cluster membership by heartbeats with a TTL. */
+export interface NodeRegistry {
+  /** Announces (or keeps alive) this node for ttlMs. */
+  heartbeat(node: NodeInfo, ttlMs: number): Promise<void>;
+  /** The node, or undefined when its heartbeat has expired (the node is dead). */
+  getNode(nodeId: string): Promise<NodeInfo | undefined>;
+  /** Withdraws a node at once (graceful shutdown). */
+  removeNode(nodeId: string): Promise<void>;
 }
