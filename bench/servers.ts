@@ -63,6 +63,7 @@ export function anyturnLaunch(s: ServerSettings, nodePath: string, cliPath: stri
       '--user', `${s.user}:${s.password}`,
       '--realm', s.realm,
       '--allow-loopback-peers',
+      '--metrics-port', '0',
       '--log-level', 'warn',
     ],
     readyLine: /"msg":"anyturn ready"/,

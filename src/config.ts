@@ -38,6 +38,20 @@ export interface ServerConfig {
   readonly totalQuota: number;
   readonly logLevel: LogLevel;
   readonly software: string;
+  /** The ops HTTP endpoint (/metrics, /healthz, /readyz); port 0 turns it off. */
+  readonly metricsIp: string;
+  readonly metricsPort: number;
+  /** Present when a shared store is configured (--redis-url): the node runs in a cluster. */
+  readonly cluster?: ClusterConfig;
+}
+
+export interface ClusterConfig {
+  readonly redisUrl: string;
+  readonly meshAddress: string;
+  readonly meshPort: number;
+  readonly clusterSecret: Buffer;
+  /** Store lookups per second for 5-tuples with no local allocation. */
+  readonly lookupsPerSecond: number;
 }
 
 /** Flags as the CLI (or a test) hands them over, before validation. */
@@ -63,6 +77,12 @@ export interface RawOptions {
   readonly 'total-quota'?: number;
   readonly 'log-level'?: string;
   readonly software?: string;
+  readonly 'metrics-ip'?: string;
+  readonly 'metrics-port'?: number;
+  readonly 'redis-url'?: string;
+  readonly 'mesh-address'?: string;
+  readonly 'cluster-secret'?: string;
+  readonly 'cluster-lookup-rate'?: number;
 }
 
 function integer(flag: string, value: unknown, min: number, max: number, fallback: number): number {
@@ -178,7 +198,10 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     throw new ConfigError('user', '', 'a credential', 'no credentials configured: give --user name:password, --userdb FILE, or --use-auth-secret with --static-auth-secret (anyturn is never an open relay)');
   }
 
-  const nonceSecret = raw['nonce-secret'] !== undefined ? Buffer.from(raw['nonce-secret'], 'utf8') : randomBytes(32);
+  const cluster = buildClusterConfig(raw);
+  // RFC 8489 §9.2 nonces are stateless HMACs: every node with the same secret accepts the others'.
+  const nonceSecret =
+    raw['nonce-secret'] !== undefined ? Buffer.from(raw['nonce-secret'], 'utf8') : cluster ? cluster.clusterSecret : randomBytes(32);
   if (nonceSecret.length < 16) throw new ConfigError('nonce-secret', '***', 'at least 16 bytes, the same on every node that shares clients');
 
   const logLevel = (raw['log-level'] ?? 'info') as LogLevel;
@@ -204,5 +227,58 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     totalQuota: integer('total-quota', raw['total-quota'], 0, 1_000_000_000, 0),
     logLevel,
     software: raw.software ?? '',
+    metricsIp: metricsIp(raw['metrics-ip']),
+    // The CLI defaults this to 9641 (as coturn); a config built in code has no endpoint unless asked.
+    metricsPort: integer('metrics-port', raw['metrics-port'], 0, 65535, 0),
+    cluster,
+  };
+}
+
+function metricsIp(value: string | undefined): string {
+  if (value === undefined) return '0.0.0.0';
+  if (!isIp(value)) throw new ConfigError('metrics-ip', value, 'an IPv4 or IPv6 address to serve /metrics, /healthz and /readyz on');
+  return value;
+}
+
+/** "ip:port" or "[ipv6]:port". */
+function parseHostPort(flag: string, text: string): { address: string; port: number } {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:]+):(\d{1,5})$/.exec(text);
+  const address = m?.[1];
+  const port = m ? Number(m[2]) : NaN;
+  if (!address || !isIp(address) || address === '0.0.0.0' || address === '::' || !(port >= 1 && port <= 65535)) {
+    throw new ConfigError(flag, text, 'ip:port (or [ipv6]:port) with this node\'s unicast address, reachable from the other nodes, e.g. 192.0.2.10:7000');
+  }
+  return { address, port };
+}
+
+function buildClusterConfig(raw: RawOptions): ClusterConfig | undefined {
+  const url = raw['redis-url'];
+  if (url === undefined) {
+    for (const flag of ['mesh-address', 'cluster-secret'] as const) {
+      if (raw[flag] !== undefined) throw new ConfigError(flag, flag === 'cluster-secret' ? '***' : raw[flag], 'only with --redis-url (a cluster needs a shared store)');
+    }
+    return undefined;
+  }
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
+    throw new ConfigError('redis-url', url.replace(/\/\/[^@]*@/, '//***@'), 'redis://[user:password@]host:port[/db] or rediss:// for TLS');
+  }
+  if (raw['mesh-address'] === undefined) throw new ConfigError('mesh-address', '', 'ip:port of this node for node-to-node forwarding', 'missing --mesh-address: with --redis-url each node needs its unicast ip:port for the mesh, e.g. --mesh-address 192.0.2.10:7000');
+  const mesh = parseHostPort('mesh-address', raw['mesh-address']);
+  const secret = raw['cluster-secret'];
+  if (secret === undefined || Buffer.byteLength(secret) < 16) {
+    throw new ConfigError('cluster-secret', secret === undefined ? '' : '***', 'at least 16 bytes, the same on every node (it authenticates mesh frames and keys the nonces)', `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --redis-url give every node the same secret of at least 16 bytes (it authenticates mesh frames and keys the nonces)`);
+  }
+  return {
+    redisUrl: url,
+    meshAddress: mesh.address,
+    meshPort: mesh.port,
+    clusterSecret: Buffer.from(secret, 'utf8'),
+    lookupsPerSecond: integer('cluster-lookup-rate', raw['cluster-lookup-rate'], 1, 1_000_000, 500),
   };
 }

@@ -98,6 +98,21 @@ export interface EngineOptions {
   readonly totalQuota: number;
   /** SOFTWARE attribute for responses; empty leaves it out. */
   readonly software: string;
+  /** In a cluster: takes packets from 5-tuples this node holds no allocation for. */
+  readonly foreign?: ForeignPacketHandler;
+}
+
+/**
+ * Where packets go that belong to no local allocation: in a cluster, the node that
+ * owns the allocation may be elsewhere (an anycast reroute moved the client here).
+ */
+export interface ForeignPacketHandler {
+  /**
+   * Returns true when it takes the packet (forwards it, or decides later and then
+   * hands it back through handleClientPacket with local = true); false lets the
+   * engine treat it as belonging to no allocation (drop, or 437 for a request).
+   */
+  offer(listener: EngineListener, buf: Buffer, address: string, port: number): boolean;
 }
 
 /** One place client packets arrive (a UDP socket, or a TCP/TLS connection) with its allocations. */
@@ -155,27 +170,40 @@ export class TurnEngine {
 
   // ---------------------------------------------------------------- client packets
 
-  /** Entry point for every packet a client sends. Never throws. */
-  handleClientPacket(listener: EngineListener, buf: Buffer, address: string, port: number): void {
+  /**
+   * Entry point for every packet a client sends. Never throws. `local` says the
+   * cluster already looked for another owner: decide here, whatever the outcome.
+   */
+  handleClientPacket(listener: EngineListener, buf: Buffer, address: string, port: number, local = false): void {
     if (this.stopped) return;
     const first = buf.length > 0 ? buf[0]! & 0xc0 : 0xff;
-    if (first === 0x40) return this.onClientChannelData(listener, buf, address, port);
+    if (first === 0x40) return this.onClientChannelData(listener, buf, address, port, local);
     if (first !== 0 || buf.length < 20) return this.drop('not_stun');
-    if (isSendIndication(buf)) return this.onSendIndication(listener, buf, address, port);
+    if (isSendIndication(buf)) return this.onSendIndication(listener, buf, address, port, local);
     const decoded = decodeMessage(buf);
     if (!decoded.ok) return this.drop(decoded.reason === 'bad-fingerprint' ? 'bad_fingerprint' : 'malformed');
     const message = decoded.message;
     if (message.cls !== MessageClass.Request) return this.drop('unexpected_class');
     // RFC 8489 §11: only Binding exists for RFC 3489 clients; anything else without the cookie is not ours.
     if (!message.hasMagicCookie && message.method !== Method.Binding) return this.drop('malformed');
-    this.handleRequest(listener, message, address, port).catch((err: unknown) => {
+    if (
+      !local &&
+      message.method !== Method.Binding &&
+      message.method !== Method.Allocate &&
+      this.o.foreign !== undefined &&
+      listener.find(address, port) === undefined &&
+      this.o.foreign.offer(listener, buf, address, port)
+    ) {
+      return;
+    }
+    this.handleRequest(listener, message, address, port, local).catch((err: unknown) => {
       this.o.logger.error({ err, client: `${address}:${port}` }, 'request handler failed');
     });
   }
 
-  private onClientChannelData(listener: EngineListener, buf: Buffer, address: string, port: number): void {
+  private onClientChannelData(listener: EngineListener, buf: Buffer, address: string, port: number, local: boolean): void {
     const allocation = listener.find(address, port);
-    if (!allocation) return this.drop('no_allocation');
+    if (!allocation) return this.noAllocation(listener, buf, address, port, local);
     if (!looksLikeChannelData(buf)) return this.drop('bad_channel_data');
     const number = (buf[0]! << 8) | buf[1]!;
     const length = readChannelDataLength(buf);
@@ -189,9 +217,14 @@ export class TurnEngine {
     this.o.counters.bytesClientToPeer += length;
   }
 
-  private onSendIndication(listener: EngineListener, buf: Buffer, address: string, port: number): void {
+  private noAllocation(listener: EngineListener, buf: Buffer, address: string, port: number, local: boolean): void {
+    if (!local && this.o.foreign?.offer(listener, buf, address, port)) return;
+    this.drop('no_allocation');
+  }
+
+  private onSendIndication(listener: EngineListener, buf: Buffer, address: string, port: number, local: boolean): void {
     const allocation = listener.find(address, port);
-    if (!allocation) return this.drop('no_allocation');
+    if (!allocation) return this.noAllocation(listener, buf, address, port, local);
     const view = this.sendView;
     if (!readSendIndication(buf, view)) return this.drop('bad_send_indication');
     const permission =
@@ -232,7 +265,7 @@ export class TurnEngine {
 
   // ---------------------------------------------------------------- requests
 
-  private async handleRequest(listener: EngineListener, message: StunMessage, address: string, port: number): Promise<void> {
+  private async handleRequest(listener: EngineListener, message: StunMessage, address: string, port: number, local: boolean): Promise<void> {
     const label = methodName(message.method);
     let auth: Authenticated | undefined;
     try {
@@ -252,7 +285,7 @@ export class TurnEngine {
       if (!auth) return;
       switch (message.method) {
         case Method.Allocate:
-          return await this.allocate(listener, message, auth, address, port);
+          return await this.allocate(listener, message, auth, address, port, local);
         case Method.Refresh:
           return await this.refresh(listener, message, auth, address, port);
         case Method.CreatePermission:
@@ -371,7 +404,7 @@ export class TurnEngine {
     return Math.max(DEFAULT_LIFETIME_SECONDS, Math.min(requested, this.o.maxLifetimeSeconds));
   }
 
-  private async allocate(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number): Promise<void> {
+  private async allocate(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number, local: boolean): Promise<void> {
     const existing = listener.find(address, port);
     if (existing) {
       // RFC 8656 §7.2: a retransmitted Allocate gets the original success response again.
@@ -478,6 +511,12 @@ export class TurnEngine {
         } else if (outcome.reason === 'user-quota') {
           this.o.counters.quotaRefusals++;
           throw new TurnError(ErrorCode.AllocationQuotaReached);
+        } else if (!local && this.o.foreign?.offer(listener, message.raw, address, port)) {
+          // Another node holds this 5-tuple's allocation (a retransmitted Allocate after a reroute):
+          // its owner answers, with the original response.
+          relay.close();
+          if (reservedToken) this.releaseReservation(reservedToken.toString('hex'));
+          return;
         } else {
           throw new TurnError(ErrorCode.AllocationMismatch);
         }
@@ -670,6 +709,12 @@ export class TurnEngine {
           allocation.version = outcome.current.version;
           outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
         }
+        if (!outcome.ok && outcome.reason === 'missing') {
+          // The store lost the record (a Redis restart without persistence): write it
+          // again. A live allocation is never refused for quota here.
+          const created = await this.o.store.create(allocation.toRecord(this.o.nodeId), { userQuota: 0 });
+          if (created.ok) outcome = created;
+        }
         if (outcome.ok) {
           allocation.version = outcome.record.version;
           allocation.dirty = false;
@@ -710,6 +755,11 @@ export class TurnEngine {
       this.o.counters.storeErrors++;
       this.o.logger.warn({ err, allocation: allocation.key }, 'store delete failed');
     }
+  }
+
+  /** Marks every allocation for a write on the next tick: after the store comes back, it may have lost them. */
+  resyncAll(): void {
+    for (const allocation of this.allAllocations()) allocation.dirty = true;
   }
 
   /** Removes an allocation whose client transport went away (a closed TCP/TLS connection). */

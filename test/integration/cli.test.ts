@@ -136,6 +136,7 @@ describe('anyturn CLI', () => {
       ANYTURN_USER: 'envuser:envpass',
       ANYTURN_LISTENING_IP: '127.0.0.1',
       ANYTURN_LISTENING_PORT: String(port),
+      ANYTURN_METRICS_PORT: '0',
       ANYTURN_MIN_PORT: '47000',
       ANYTURN_MAX_PORT: '47999',
       ANYTURN_REALM: realm,

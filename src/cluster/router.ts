@@ -1,0 +1,221 @@
+// Forward mode (ARCHITECTURE §4): a packet from a client 5-tuple this node holds
+// no allocation for may belong to an allocation on another node, reached here by
+// an anycast reroute. The router looks the 5-tuple up in the shared store once,
+// caches the answer (invalidated by the store's event feed), and forwards the
+// packet to the live owner over the mesh. When the owner is dead it removes the
+// record and lets the engine answer 437, so the client re-allocates at once.
+
+import { performance } from 'node:perf_hooks';
+import type { AllocationStore, NodeInfo, NodeRegistry, StoreEvent } from '../store/types.js';
+import { fiveTupleKey } from '../store/types.js';
+import type { Clock } from '../turn/clock.js';
+import type { EngineListener, EngineLogger, ForeignPacketHandler, TurnEngine } from '../turn/engine.js';
+import type { ClusterCounters } from './counters.js';
+import type { MeshSocket } from './mesh.js';
+
+/** How long "no allocation anywhere" is believed (a created event clears it sooner). */
+const ABSENT_TTL_MS = 5_000;
+/** After a store error, retry the lookup this soon. */
+const ERROR_TTL_MS = 1_000;
+/** A remote owner's liveness is checked again this often, without holding packets back. */
+const REMOTE_RECHECK_MS = 5_000;
+/** Packets held while a lookup is under way; more are dropped. */
+const MAX_QUEUED = 16;
+/** Above this many cached 5-tuples the cache is cleared (bounded memory under junk traffic). */
+const MAX_ENTRIES = 200_000;
+
+interface RemoteEntry {
+  kind: 'remote';
+  readonly key: string;
+  node: NodeInfo;
+  checkedAtMs: number;
+  checking: boolean;
+}
+interface AbsentEntry {
+  kind: 'absent';
+  readonly key: string;
+  readonly expiresAtMs: number;
+}
+interface PendingEntry {
+  kind: 'pending';
+  readonly key: string;
+  readonly queue: Buffer[];
+}
+type Entry = RemoteEntry | AbsentEntry | PendingEntry;
+
+interface Place {
+  readonly listener: EngineListener;
+  readonly address: string;
+  readonly port: number;
+}
+
+export interface ClusterRouterOptions {
+  readonly nodeId: string;
+  readonly store: AllocationStore;
+  readonly registry: NodeRegistry;
+  readonly mesh: MeshSocket;
+  readonly clock: Clock;
+  readonly logger: EngineLogger;
+  readonly counters: ClusterCounters;
+  /** Store lookups per second for unknown 5-tuples (a token bucket), so junk can't hammer the store. */
+  readonly lookupsPerSecond: number;
+}
+
+export class ClusterRouter implements ForeignPacketHandler {
+  private engine: TurnEngine | undefined;
+  private readonly cache = new Map<EngineListener, Map<string, Map<number, Entry>>>();
+  private readonly places = new Map<string, Place>();
+  private tokens: number;
+  private refilledAtMs: number;
+  private readonly unsubscribe: () => void;
+
+  constructor(private readonly o: ClusterRouterOptions) {
+    this.tokens = o.lookupsPerSecond;
+    this.refilledAtMs = o.clock.now();
+    this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
+  }
+
+  /** The engine is built after the router (it takes the router as its ForeignPacketHandler). */
+  attach(engine: TurnEngine): void {
+    this.engine = engine;
+  }
+
+  get cachedEntries(): number {
+    return this.places.size;
+  }
+
+  offer(listener: EngineListener, buf: Buffer, address: string, port: number): boolean {
+    const entry = this.cache.get(listener)?.get(address)?.get(port);
+    const now = this.o.clock.now();
+    if (entry !== undefined) {
+      switch (entry.kind) {
+        case 'remote':
+          this.forward(entry, listener, buf, address, port);
+          if (now - entry.checkedAtMs > REMOTE_RECHECK_MS && !entry.checking) void this.recheck(entry);
+          return true;
+        case 'pending':
+          if (entry.queue.length < MAX_QUEUED) entry.queue.push(buf);
+          return true;
+        case 'absent':
+          if (entry.expiresAtMs > now) return false;
+          break;
+      }
+    }
+    if (!this.takeToken(now)) {
+      this.o.counters.lookupsRateLimited++;
+      return false;
+    }
+    const key = fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort);
+    this.set({ listener, address, port }, { kind: 'pending', key, queue: [buf] });
+    void this.lookup({ listener, address, port }, key);
+    return true;
+  }
+
+  private takeToken(now: number): boolean {
+    const rate = this.o.lookupsPerSecond;
+    this.tokens = Math.min(rate, this.tokens + ((now - this.refilledAtMs) * rate) / 1000);
+    this.refilledAtMs = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  private forward(entry: RemoteEntry, listener: EngineListener, buf: Buffer, address: string, port: number): void {
+    this.o.mesh.forward(entry.node.meshAddress, entry.node.meshPort, address, port, listener.path.localAddress, listener.path.localPort, buf);
+    this.o.counters.meshForwarded++;
+  }
+
+  private async lookup(place: Place, key: string): Promise<void> {
+    const started = performance.now();
+    try {
+      this.o.counters.storeLookups++;
+      const record = await this.o.store.get(key);
+      this.o.counters.observeLookupSeconds((performance.now() - started) / 1000);
+      if (!record) return this.settleAbsent(place, key, ABSENT_TTL_MS);
+      if (record.ownerNodeId === this.o.nodeId) {
+        // Our own record, but no live allocation here (this node restarted): it is stale.
+        await this.o.store.delete(key, 'stale', record.version);
+        return this.settleAbsent(place, key, ABSENT_TTL_MS);
+      }
+      const node = await this.o.registry.getNode(record.ownerNodeId);
+      if (!node) {
+        this.o.counters.deadOwnerCleanups++;
+        this.o.logger.info({ event: 'owner_dead', allocation: key, owner: record.ownerNodeId, user: record.username }, 'allocation owner is dead: removing its record');
+        await this.o.store.delete(key, 'owner-dead', record.version);
+        return this.settleAbsent(place, key, ABSENT_TTL_MS);
+      }
+      this.o.counters.allocationsResumed++;
+      this.o.logger.info({ event: 'allocation_resumed', allocation: key, owner: node.nodeId }, 'forwarding a rerouted client to its allocation owner');
+      const pending = this.get(place);
+      const entry: RemoteEntry = { kind: 'remote', key, node, checkedAtMs: this.o.clock.now(), checking: false };
+      this.set(place, entry);
+      if (pending?.kind === 'pending') for (const buf of pending.queue) this.forward(entry, place.listener, buf, place.address, place.port);
+    } catch (err) {
+      this.o.counters.storeLookupErrors++;
+      this.o.logger.warn({ err, allocation: key }, 'store lookup failed');
+      this.settleAbsent(place, key, ERROR_TTL_MS);
+    }
+  }
+
+  /** No remote owner: the engine decides the held packets locally (437 for a request, drop otherwise). */
+  private settleAbsent(place: Place, key: string, ttlMs: number): void {
+    const pending = this.get(place);
+    this.set(place, { kind: 'absent', key, expiresAtMs: this.o.clock.now() + ttlMs });
+    if (pending?.kind === 'pending' && this.engine) {
+      for (const buf of pending.queue) this.engine.handleClientPacket(place.listener, buf, place.address, place.port, true);
+    }
+  }
+
+  private async recheck(entry: RemoteEntry): Promise<void> {
+    entry.checking = true;
+    try {
+      const node = await this.o.registry.getNode(entry.node.nodeId);
+      entry.checkedAtMs = this.o.clock.now();
+      if (node) entry.node = node;
+      else this.invalidate(entry.key); // the next packet looks again, and finds the owner dead
+    } catch {
+      entry.checkedAtMs = this.o.clock.now();
+    } finally {
+      entry.checking = false;
+    }
+  }
+
+  private onStoreEvent(event: StoreEvent): void {
+    const key = event.type === 'deleted' ? event.key : event.record.key;
+    if (event.type !== 'updated') this.invalidate(key);
+  }
+
+  private invalidate(key: string): void {
+    const place = this.places.get(key);
+    if (!place) return;
+    const entry = this.get(place);
+    if (entry?.kind === 'pending') return; // its lookup settles it
+    this.places.delete(key);
+    const byAddress = this.cache.get(place.listener);
+    const byPort = byAddress?.get(place.address);
+    byPort?.delete(place.port);
+    if (byPort?.size === 0) byAddress?.delete(place.address);
+  }
+
+  private get(place: Place): Entry | undefined {
+    return this.cache.get(place.listener)?.get(place.address)?.get(place.port);
+  }
+
+  private set(place: Place, entry: Entry): void {
+    if (this.places.size >= MAX_ENTRIES && !this.places.has(entry.key)) {
+      // Junk from many sources: forget the cache rather than grow without bound.
+      this.cache.clear();
+      this.places.clear();
+    }
+    let byAddress = this.cache.get(place.listener);
+    if (!byAddress) this.cache.set(place.listener, (byAddress = new Map()));
+    let byPort = byAddress.get(place.address);
+    if (!byPort) byAddress.set(place.address, (byPort = new Map()));
+    byPort.set(place.port, entry);
+    this.places.set(entry.key, place);
+  }
+
+  close(): void {
+    this.unsubscribe();
+  }
+}

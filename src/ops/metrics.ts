@@ -1,0 +1,132 @@
+// Prometheus metrics (prom-client). The engine and the cluster bump plain numbers
+// (cheap on the packet path); this module turns them into metrics at scrape time,
+// so a scrape in the middle of a call shows that call's traffic.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ClusterCounters } from '../cluster/counters.js';
+import type { AllocationStore } from '../store/types.js';
+import { DROP_REASONS, type EngineCounters } from '../turn/counters.js';
+import type { TurnEngine } from '../turn/engine.js';
+
+export interface MetricsSources {
+  readonly engine: TurnEngine;
+  readonly counters: EngineCounters;
+  readonly store: AllocationStore;
+  readonly cluster?: ClusterCounters;
+}
+
+type Labelled = readonly [Record<string, string>, number];
+
+/** A counter whose value is read from a running total at scrape time. */
+function totalCounter(registry: Registry, name: string, help: string, labelNames: string[], read: () => readonly Labelled[]): void {
+  const seen = new Map<string, number>();
+  new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      for (const [labels, value] of read()) {
+        const id = JSON.stringify(labels);
+        const delta = value - (seen.get(id) ?? 0);
+        if (delta > 0) this.inc(labels, delta);
+        seen.set(id, value);
+      }
+    },
+  });
+}
+
+function single(value: number): readonly Labelled[] {
+  return [[{}, value]];
+}
+
+export function createMetrics(sources: MetricsSources): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'anyturn_process_' });
+  const { engine, counters, store, cluster } = sources;
+
+  new Gauge({
+    name: 'anyturn_allocations',
+    help: 'Live allocations on this node, by client transport and relay address family',
+    labelNames: ['transport', 'family'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const a of engine.allAllocations()) this.inc({ transport: a.path.transport, family: a.relay.address.includes(':') ? 'ipv6' : 'ipv4' });
+    },
+  });
+  new Gauge({
+    name: 'anyturn_permissions',
+    help: 'Installed permissions (peer IPs) over all live allocations',
+    registers: [registry],
+    collect() {
+      let n = 0;
+      for (const a of engine.allAllocations()) n += a.permissionsByAddress.size;
+      this.set(n);
+    },
+  });
+  new Gauge({
+    name: 'anyturn_channel_bindings',
+    help: 'Channel bindings over all live allocations',
+    registers: [registry],
+    collect() {
+      let n = 0;
+      for (const a of engine.allAllocations()) n += a.channelCount;
+      this.set(n);
+    },
+  });
+  new Gauge({
+    name: 'anyturn_store_up',
+    help: '1 when the allocation store is reachable',
+    labelNames: ['store'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.set({ store: store.kind }, store.isAvailable() ? 1 : 0);
+    },
+  });
+
+  totalCounter(registry, 'anyturn_requests_total', 'STUN/TURN requests answered, by method and result code (200 = success)', ['method', 'code'], () =>
+    [...counters.requests].map(([k, v]) => {
+      const [method = '', code = ''] = k.split(' ');
+      return [{ method, code }, v] as const;
+    }),
+  );
+  totalCounter(registry, 'anyturn_relayed_packets_total', 'Packets relayed, by direction', ['direction'], () => [
+    [{ direction: 'client_to_peer' }, counters.packetsClientToPeer],
+    [{ direction: 'peer_to_client' }, counters.packetsPeerToClient],
+  ]);
+  totalCounter(registry, 'anyturn_relayed_bytes_total', 'Payload bytes relayed, by direction', ['direction'], () => [
+    [{ direction: 'client_to_peer' }, counters.bytesClientToPeer],
+    [{ direction: 'peer_to_client' }, counters.bytesPeerToClient],
+  ]);
+  totalCounter(registry, 'anyturn_dropped_packets_total', 'Packets dropped without an answer, by reason', ['reason'], () =>
+    DROP_REASONS.map((reason) => [{ reason }, counters.drops[reason]] as const),
+  );
+  totalCounter(registry, 'anyturn_auth_failures_total', 'Requests answered 401 (no or bad credentials)', [], () => single(counters.authFailures));
+  totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () => single(counters.quotaRefusals));
+  totalCounter(registry, 'anyturn_peer_policy_refusals_total', 'Permissions and channel binds refused by the peer policy (403)', [], () => single(counters.peerPolicyRefusals));
+  totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
+  totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
+  totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
+
+  if (cluster) {
+    totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));
+    totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () => single(cluster.meshReceived));
+    totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused (bad authentication tag or malformed)', [], () => single(cluster.meshRejected));
+    totalCounter(registry, 'anyturn_store_lookups_total', 'Store lookups for 5-tuples with no local allocation', [], () => single(cluster.storeLookups));
+    totalCounter(registry, 'anyturn_store_lookup_errors_total', 'Store lookups that failed', [], () => single(cluster.storeLookupErrors));
+    totalCounter(registry, 'anyturn_store_lookups_rate_limited_total', 'Unknown 5-tuples not looked up because of the lookup rate limit', [], () => single(cluster.lookupsRateLimited));
+    totalCounter(registry, 'anyturn_allocations_resumed_total', 'Rerouted clients found to own a live allocation on another node', [], () => single(cluster.allocationsResumed));
+    totalCounter(registry, 'anyturn_dead_owner_cleanups_total', 'Allocation records removed because their owner node was dead', [], () => single(cluster.deadOwnerCleanups));
+    totalCounter(registry, 'anyturn_heartbeat_failures_total', 'Heartbeats this node failed to write', [], () => single(cluster.heartbeatFailures));
+    const lookupSeconds = new Histogram({
+      name: 'anyturn_store_lookup_seconds',
+      help: 'Latency of store lookups for unknown 5-tuples',
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers: [registry],
+    });
+    cluster.observeLookupSeconds = (s) => lookupSeconds.observe(s);
+  }
+  return registry;
+}
