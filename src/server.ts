@@ -52,6 +52,7 @@ export interface RunningServer {
 }
 
 const TICK_MS = 1000;
+const STORE_READY_WAIT_MS = 3000;
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
   const logger = deps.logger ?? createLogger(config.logLevel);
@@ -67,7 +68,10 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     store = deps.store;
     registry = deps.registry ?? new MemoryNodeRegistry(() => clock.now());
   } else if (cluster) {
-    ({ store, registry } = openSharedStore(cluster.redisUrl, { logger }));
+    const shared = openSharedStore(cluster.redisUrl, { logger });
+    ({ store, registry } = shared);
+    // Start either way: a node whose store is down says so on /readyz and answers new Allocates 508.
+    if (!(await shared.waitUntilReady(STORE_READY_WAIT_MS))) logger.warn({ store: store.kind }, 'allocation store not reachable yet; starting not ready');
   } else {
     store = new MemoryAllocationStore({ now: () => clock.now() });
     registry = new MemoryNodeRegistry(() => clock.now());
@@ -192,7 +196,11 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     if (up !== storeWasUp) {
       logger.warn({ store: store.kind, available: up }, up ? 'allocation store is back: re-syncing live allocations' : 'allocation store unavailable: live allocations keep relaying, new Allocates get 508');
       // After an outage the store may have lost records (a restart without persistence): write every live one again.
-      if (up) engine.resyncAll();
+      if (up) {
+        engine.resyncAll();
+        // Events published while the store was away are lost: forget what the router cached.
+        router?.reset();
+      }
       storeWasUp = up;
     }
     engine.tick().catch((err: unknown) => logger.error({ err }, 'tick failed'));

@@ -215,6 +215,11 @@ export class ClusterRouter implements ForeignPacketHandler {
     this.places.set(entry.key, place);
   }
 
+  /** Forgets every cached answer (after a store outage, when invalidation events may have been lost). */
+  reset(): void {
+    for (const [key, place] of this.places) if (this.get(place)?.kind !== 'pending') this.invalidate(key);
+  }
+
   close(): void {
     this.unsubscribe();
   }
