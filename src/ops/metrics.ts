@@ -47,12 +47,12 @@ export function createMetrics(sources: MetricsSources): Registry {
 
   new Gauge({
     name: 'anyturn_allocations',
-    help: 'Live allocations on this node, by client transport and relay address family',
+    help: 'Live allocations on this node, by client transport and relayed address family (ipv4, ipv6, dual)',
     labelNames: ['transport', 'family'],
     registers: [registry],
     collect() {
       this.reset();
-      for (const a of engine.allAllocations()) this.inc({ transport: a.path.transport, family: a.relay.address.includes(':') ? 'ipv6' : 'ipv4' });
+      for (const a of engine.allAllocations()) this.inc({ transport: a.path.transport, family: a.additionalRelay ? 'dual' : a.relay.address.includes(':') ? 'ipv6' : 'ipv4' });
     },
   });
   new Gauge({

@@ -21,6 +21,9 @@ export interface AllocationRecord {
   readonly serverPort: number;
   readonly relayedAddress: string;
   readonly relayedPort: number;
+  /** The IPv6 relayed address of a dual allocation (ADDITIONAL-ADDRESS-FAMILY). */
+  readonly additionalRelayedAddress?: string;
+  readonly additionalRelayedPort?: number;
   readonly ownerNodeId: string;
   readonly username: string;
   readonly realm: string;

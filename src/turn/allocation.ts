@@ -23,6 +23,8 @@ export class Permission {
     readonly peerAddress: string,
     /** The IPv4 address as a number, or -1 for IPv6. */
     readonly peerIPv4: number,
+    /** The relay socket of the peer's family (a dual allocation has one per family). */
+    readonly relay: RelaySocket,
     public expiresAtMs: number,
   ) {
     this.peerIPv6 = peerIPv4 >= 0 ? new Uint8Array(0) : (parseIPv6(peerAddress) ?? new Uint8Array(16));
@@ -49,9 +51,15 @@ export interface AllocationIdentity {
   /** The long-term key that authenticated the Allocate; later requests must use the same username. */
   readonly integrityKey: Buffer;
   readonly relay: RelaySocket;
+  /** The second relayed address of a dual allocation (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY). */
+  readonly additionalRelay?: RelaySocket;
   readonly createdAtMs: number;
   /** Transaction id of the Allocate that made it, to answer retransmissions (RFC 8656 §7.2). */
   readonly allocateTransactionId: string;
+}
+
+function isIPv6Relay(relay: RelaySocket): boolean {
+  return relay.address.includes(':');
 }
 
 export class Allocation implements AllocationIdentity {
@@ -63,6 +71,9 @@ export class Allocation implements AllocationIdentity {
   readonly realm: string;
   readonly integrityKey: Buffer;
   readonly relay: RelaySocket;
+  readonly additionalRelay: RelaySocket | undefined;
+  readonly relayIPv4: RelaySocket | undefined;
+  readonly relayIPv6: RelaySocket | undefined;
   readonly createdAtMs: number;
   readonly allocateTransactionId: string;
   allocateResponse: Buffer | undefined;
@@ -88,6 +99,10 @@ export class Allocation implements AllocationIdentity {
     this.realm = identity.realm;
     this.integrityKey = identity.integrityKey;
     this.relay = identity.relay;
+    this.additionalRelay = identity.additionalRelay;
+    const relays = identity.additionalRelay ? [identity.relay, identity.additionalRelay] : [identity.relay];
+    this.relayIPv4 = relays.find((r) => !isIPv6Relay(r));
+    this.relayIPv6 = relays.find(isIPv6Relay);
     this.createdAtMs = identity.createdAtMs;
     this.allocateTransactionId = identity.allocateTransactionId;
     this.expiresAtMs = expiresAtMs;
@@ -97,14 +112,27 @@ export class Allocation implements AllocationIdentity {
     return this.channels[number - CHANNEL_MIN];
   }
 
-  /** Installs or refreshes the permission for a peer IP. */
+  /** The relay socket serving peers of this family (IPv4 when peerIPv4 >= 0), if the allocation has one. */
+  relayFor(ipv6: boolean): RelaySocket | undefined {
+    return ipv6 ? this.relayIPv6 : this.relayIPv4;
+  }
+
+  /** Closes every relay socket of the allocation. */
+  closeRelays(): void {
+    this.relay.close();
+    this.additionalRelay?.close();
+  }
+
+  /** Installs or refreshes the permission for a peer IP; the caller has checked the family (443 otherwise). */
   permit(peerAddress: string, peerIPv4: number, expiresAtMs: number): Permission {
     let permission = this.permissionsByAddress.get(peerAddress);
     if (permission) {
       permission.expiresAtMs = Math.max(permission.expiresAtMs, expiresAtMs);
       return permission;
     }
-    permission = new Permission(peerAddress, peerIPv4, expiresAtMs);
+    const relay = this.relayFor(peerIPv4 < 0);
+    if (!relay) throw new Error(`no relay of the family of ${peerAddress}`);
+    permission = new Permission(peerAddress, peerIPv4, relay, expiresAtMs);
     this.permissionsByAddress.set(peerAddress, permission);
     if (peerIPv4 >= 0) this.permissionsByIPv4.set(peerIPv4, permission);
     return permission;
@@ -161,6 +189,7 @@ export class Allocation implements AllocationIdentity {
       serverPort: this.path.localPort,
       relayedAddress: this.relay.address,
       relayedPort: this.relay.port,
+      ...(this.additionalRelay ? { additionalRelayedAddress: this.additionalRelay.address, additionalRelayedPort: this.additionalRelay.port } : {}),
       ownerNodeId,
       username: this.username,
       realm: this.realm,

@@ -3,6 +3,7 @@
 // the store only through AllocationStore; time comes from the injected clock.
 
 import { randomBytes, randomInt } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { decodeAddress, formatIPv6, parseIPv4 } from '../stun/address.js';
 import {
   CHANNEL_DATA_HEADER_LENGTH,
@@ -55,6 +56,7 @@ import { type StunMessage, decodeMessage, getAttribute, getAttributes } from '..
 import { MessageWriter } from '../stun/writer.js';
 import type { AllocationStore } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
+import type { AllocateAdmission } from './admission.js';
 import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
 import type { CredentialStore } from './auth.js';
 import type { Clock } from './clock.js';
@@ -100,6 +102,8 @@ export interface EngineOptions {
   readonly software: string;
   /** In a cluster: takes packets from 5-tuples this node holds no allocation for. */
   readonly foreign?: ForeignPacketHandler;
+  /** Asked before each new allocation: 300 to an alternate server, 403 while draining. */
+  readonly admission?: AllocateAdmission;
 }
 
 /**
@@ -144,6 +148,8 @@ export class TurnEngine {
   private readonly ids = new TransactionIdPool();
   private readonly dataHead = Buffer.alloc(DATA_INDICATION_MAX_HEAD);
   private readonly channelHead = Buffer.alloc(CHANNEL_DATA_HEADER_LENGTH);
+  /** When each request in progress arrived (performance.now()), for the handling-time histogram. */
+  private readonly receivedAt = new WeakMap<StunMessage, number>();
   private allocationCount = 0;
   private stopped = false;
 
@@ -180,10 +186,12 @@ export class TurnEngine {
     if (first === 0x40) return this.onClientChannelData(listener, buf, address, port, local);
     if (first !== 0 || buf.length < 20) return this.drop('not_stun');
     if (isSendIndication(buf)) return this.onSendIndication(listener, buf, address, port, local);
+    const receivedAt = performance.now();
     const decoded = decodeMessage(buf);
     if (!decoded.ok) return this.drop(decoded.reason === 'bad-fingerprint' ? 'bad_fingerprint' : 'malformed');
     const message = decoded.message;
     if (message.cls !== MessageClass.Request) return this.drop('unexpected_class');
+    this.receivedAt.set(message, receivedAt);
     // RFC 8489 §11: only Binding exists for RFC 3489 clients; anything else without the cookie is not ours.
     if (!message.hasMagicCookie && message.method !== Method.Binding) return this.drop('malformed');
     if (
@@ -212,7 +220,7 @@ export class TurnEngine {
     const now = this.o.clock.now();
     if (!binding || binding.expiresAtMs <= now) return this.drop('no_channel');
     if (binding.permission.expiresAtMs <= now) return this.drop('no_permission');
-    allocation.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
+    binding.permission.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += length;
   }
@@ -232,7 +240,7 @@ export class TurnEngine {
         ? allocation.permissionsByIPv4.get(view.peerIPv4)
         : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
     if (!permission || permission.expiresAtMs <= this.o.clock.now()) return this.drop('no_permission');
-    allocation.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
+    permission.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += view.dataLength;
   }
@@ -316,8 +324,15 @@ export class TurnEngine {
     if (request.fingerprintOffset >= 0) w.addFingerprint();
     const out = w.toBuffer();
     listener.path.sendMessage(out, port, address);
-    this.o.counters.countRequest(label, code);
+    this.answered(request, label, code);
     return out;
+  }
+
+  /** Counts an answered request and how long it took from receipt to response. */
+  private answered(request: StunMessage, label: string, code: number): void {
+    this.o.counters.countRequest(label, code);
+    const receivedAt = this.receivedAt.get(request);
+    if (receivedAt !== undefined) this.o.counters.observeRequestSeconds(label, (performance.now() - receivedAt) / 1000);
   }
 
   private respondBinding(listener: EngineListener, message: StunMessage, address: string, port: number): void {
@@ -331,7 +346,7 @@ export class TurnEngine {
     const w = new MessageWriter(Method.Binding, MessageClass.SuccessResponse, message.transactionId, message.raw.readUInt32BE(4));
     w.addAddress(Attr.MappedAddress, address, port);
     listener.path.sendMessage(w.toBuffer(), port, address);
-    this.o.counters.countRequest('binding', 200);
+    this.answered(message, 'binding', 200);
   }
 
   /**
@@ -414,6 +429,15 @@ export class TurnEngine {
       }
       throw new TurnError(ErrorCode.AllocationMismatch);
     }
+    // After authentication, as coturn does: a redirect (RFC 8489 §10) or a draining node's 403.
+    const refusal = this.o.admission?.(address);
+    if (refusal?.code === ErrorCode.TryAlternate) {
+      const w = this.errorWriter(message, ErrorCode.TryAlternate);
+      w.addAddress(Attr.AlternateServer, refusal.alternateServer.address, refusal.alternateServer.port);
+      this.send(listener, message, w, auth.key, address, port, 'allocate', ErrorCode.TryAlternate);
+      return;
+    }
+    if (refusal) throw new TurnError(refusal.code, refusal.reason);
     const key = fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort);
     if (this.pending.has(key)) return this.drop('request_in_flight');
 
@@ -443,11 +467,13 @@ export class TurnEngine {
       if (requested !== AddressFamily.IPv4 && requested !== AddressFamily.IPv6) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
       family = requested;
     }
-    let additionalError = false;
+    // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6; when that half fails the
+    // IPv4 allocation still succeeds, with ADDRESS-ERROR-CODE saying why.
+    let additionalError: number | undefined;
+    const wantsDual = additionalValue !== undefined;
     if (additionalValue) {
-      // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6.
       if (decodeAddressFamily(additionalValue) !== AddressFamily.IPv6) throw new TurnError(ErrorCode.BadRequest, 'ADDITIONAL-ADDRESS-FAMILY must be IPv6');
-      additionalError = this.o.relayAddressIPv6 === undefined;
+      if (this.o.relayAddressIPv6 === undefined) additionalError = ErrorCode.AddressFamilyNotSupported;
     }
     const relayAddress = family === AddressFamily.IPv4 ? this.o.relayAddressIPv4 : this.o.relayAddressIPv6;
     if (relayAddress === undefined) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
@@ -461,6 +487,7 @@ export class TurnEngine {
 
     this.pending.add(key);
     let relay: RelaySocket | undefined;
+    let additionalRelay: RelaySocket | undefined;
     let reservedToken: Buffer | undefined;
     try {
       const now = this.o.clock.now();
@@ -468,6 +495,10 @@ export class TurnEngine {
       const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
         if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
       };
+      if (wantsDual && additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
+        additionalRelay = (await this.bindRelay(this.o.relayAddressIPv6, false, false, onPacket))?.socket;
+        if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
+      }
       if (token) {
         relay = await this.redeemReservation(token, onPacket);
         if (!relay) throw new TurnError(ErrorCode.InsufficientCapacity, 'Unknown RESERVATION-TOKEN');
@@ -489,6 +520,7 @@ export class TurnEngine {
             realm: this.o.credentials.realm,
             integrityKey: auth.key,
             relay,
+            additionalRelay,
             createdAtMs: now,
             allocateTransactionId: message.transactionId.toString('hex'),
           },
@@ -515,6 +547,7 @@ export class TurnEngine {
           // Another node holds this 5-tuple's allocation (a retransmitted Allocate after a reroute):
           // its owner answers, with the original response.
           relay.close();
+          additionalRelay?.close();
           if (reservedToken) this.releaseReservation(reservedToken.toString('hex'));
           return;
         } else {
@@ -532,20 +565,23 @@ export class TurnEngine {
       this.allocationCount++;
       this.o.counters.allocationsCreated++;
       relay = undefined; // owned by the allocation now
+      additionalRelay = undefined;
 
       const w = new MessageWriter(Method.Allocate, MessageClass.SuccessResponse, message.transactionId);
       w.addXorAddress(Attr.XorRelayedAddress, allocation.relay.address, allocation.relay.port);
-      if (additionalError) w.add(Attr.AddressErrorCode, encodeAddressErrorCode(AddressFamily.IPv6, ErrorCode.AddressFamilyNotSupported, reasonPhrase(ErrorCode.AddressFamilyNotSupported)));
+      if (allocation.additionalRelay) w.addXorAddress(Attr.XorRelayedAddress, allocation.additionalRelay.address, allocation.additionalRelay.port);
+      if (additionalError !== undefined) w.add(Attr.AddressErrorCode, encodeAddressErrorCode(AddressFamily.IPv6, additionalError, reasonPhrase(additionalError)));
       w.add(Attr.Lifetime, encodeUint32(lifetime));
       if (reservedToken) w.add(Attr.ReservationToken, reservedToken);
       w.addXorAddress(Attr.XorMappedAddress, address, port);
       allocation.allocateResponse = this.send(listener, message, w, auth.key, address, port, 'allocate', 200);
       this.o.logger.info(
-        { event: 'allocation_created', client: `${address}:${port}`, transport: listener.path.transport, relayed: `${allocation.relay.address}:${allocation.relay.port}`, user: auth.username, lifetimeSeconds: lifetime },
+        { event: 'allocation_created', client: `${address}:${port}`, transport: listener.path.transport, relayed: `${allocation.relay.address}:${allocation.relay.port}`, relayedIPv6: allocation.additionalRelay ? `[${allocation.additionalRelay.address}]:${allocation.additionalRelay.port}` : undefined, user: auth.username, lifetimeSeconds: lifetime },
         'allocation created',
       );
     } catch (err) {
       relay?.close();
+      additionalRelay?.close();
       if (reservedToken) this.releaseReservation(reservedToken.toString('hex'));
       throw err;
     } finally {
@@ -625,8 +661,8 @@ export class TurnEngine {
     const familyValue = getAttribute(message, Attr.RequestedAddressFamily);
     if (familyValue) {
       const family = decodeAddressFamily(familyValue);
-      const own = allocation.relay.address.includes(':') ? AddressFamily.IPv6 : AddressFamily.IPv4;
-      if (family !== own) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
+      if (family !== AddressFamily.IPv4 && family !== AddressFamily.IPv6) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-ADDRESS-FAMILY');
+      if (!allocation.relayFor(family === AddressFamily.IPv6)) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
     }
     const lifetime = this.lifetimeSeconds(message);
     if (lifetime === 0) {
@@ -644,8 +680,8 @@ export class TurnEngine {
   private checkPeer(allocation: Allocation, value: Buffer, transactionId: Buffer): { address: string; port: number } {
     const peer = decodeAddress(value, transactionId);
     if (!peer) throw new TurnError(ErrorCode.BadRequest, 'Bad XOR-PEER-ADDRESS');
-    const relayFamily = allocation.relay.address.includes(':') ? AddressFamily.IPv6 : AddressFamily.IPv4;
-    if (peer.family !== relayFamily) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
+    // RFC 8656 §9.1/§11.1: a peer of a family the allocation has no relayed address for is 443.
+    if (!allocation.relayFor(peer.family === AddressFamily.IPv6)) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
     const verdict = this.o.peerPolicy.check(peer.address);
     if (!verdict.allowed) {
       this.o.counters.peerPolicyRefusals++;
@@ -743,7 +779,7 @@ export class TurnEngine {
     }
     this.allocationCount--;
     this.o.counters.allocationsDeleted++;
-    allocation.relay.close();
+    allocation.closeRelays();
     this.o.logger.info(
       { event: 'allocation_deleted', client: `${allocation.clientAddress}:${allocation.clientPort}`, relayed: `${allocation.relay.address}:${allocation.relay.port}`, user: allocation.username, reason },
       'allocation deleted',

@@ -71,9 +71,20 @@ export class TestTurnClient {
     socket.on('message', (buf) => this.onMessage(buf));
   }
 
-  static async open(server: Endpoint, credentials: Credentials): Promise<TestTurnClient> {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  /**
+   * Opens a client socket bound to 127.0.0.1 on an ephemeral port, or to
+   * `bind.address`/`bind.port` when given (e.g. a veth address inside a
+   * network namespace, for the anycast tests).
+   */
+  static async open(server: Endpoint, credentials: Credentials, bind: { readonly address?: string; readonly port?: number } = {}): Promise<TestTurnClient> {
+    const socket = dgram.createSocket(bind.address?.includes(':') ? 'udp6' : 'udp4');
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(bind.port ?? 0, bind.address ?? '127.0.0.1', () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
     return new TestTurnClient(server, credentials, socket);
   }
 
