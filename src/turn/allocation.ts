@@ -86,9 +86,14 @@ export class Allocation implements AllocationIdentity {
 
   readonly permissionsByAddress = new Map<string, Permission>();
   readonly permissionsByIPv4 = new Map<number, Permission>();
-  /** Indexed by channel number - 0x4000. */
-  readonly channels: (ChannelBinding | undefined)[] = [];
-  channelCount = 0;
+  /** Indexed by channel number - 0x4000: the hot path's lookup. */
+  private readonly channelSlots: (ChannelBinding | undefined)[] = [];
+  /** The same bindings, for iteration (the slot array is sparse, up to 16k long). */
+  readonly bindings = new Set<ChannelBinding>();
+
+  get channelCount(): number {
+    return this.bindings.size;
+  }
 
   constructor(identity: AllocationIdentity, expiresAtMs: number) {
     this.key = identity.key;
@@ -109,7 +114,7 @@ export class Allocation implements AllocationIdentity {
   }
 
   channel(number: number): ChannelBinding | undefined {
-    return this.channels[number - CHANNEL_MIN];
+    return this.channelSlots[number - CHANNEL_MIN];
   }
 
   /** The relay socket serving peers of this family (IPv4 when peerIPv4 >= 0), if the allocation has one. */
@@ -145,8 +150,8 @@ export class Allocation implements AllocationIdentity {
       return existing;
     }
     const binding = new ChannelBinding(number, permission.peerAddress, peerPort, permission, expiresAtMs);
-    this.channels[number - CHANNEL_MIN] = binding;
-    this.channelCount++;
+    this.channelSlots[number - CHANNEL_MIN] = binding;
+    this.bindings.add(binding);
     (permission.channelsByPort ??= new Map()).set(peerPort, binding);
     return binding;
   }
@@ -154,15 +159,12 @@ export class Allocation implements AllocationIdentity {
   /** Drops expired permissions and channels (channels after their quarantine). Returns true if anything went. */
   prune(nowMs: number): boolean {
     let changed = false;
-    if (this.channelCount > 0) {
-      for (let i = 0; i < this.channels.length; i++) {
-        const binding = this.channels[i];
-        if (!binding || binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;
-        this.channels[i] = undefined;
-        this.channelCount--;
-        binding.permission.channelsByPort?.delete(binding.peerPort);
-        changed = true;
-      }
+    for (const binding of this.bindings) {
+      if (binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;
+      this.channelSlots[binding.number - CHANNEL_MIN] = undefined;
+      this.bindings.delete(binding);
+      if (binding.permission.channelsByPort?.get(binding.peerPort) === binding) binding.permission.channelsByPort.delete(binding.peerPort);
+      changed = true;
     }
     for (const [address, permission] of this.permissionsByAddress) {
       if (permission.expiresAtMs > nowMs || (permission.channelsByPort?.size ?? 0) > 0) continue;
@@ -177,8 +179,8 @@ export class Allocation implements AllocationIdentity {
     const permissions: Record<string, number> = {};
     for (const [address, permission] of this.permissionsByAddress) permissions[address] = permission.expiresAtMs;
     const channels: Record<string, { peerAddress: string; peerPort: number; expiresAtMs: number }> = {};
-    for (const binding of this.channels) {
-      if (binding) channels[String(binding.number)] = { peerAddress: binding.peerAddress, peerPort: binding.peerPort, expiresAtMs: binding.expiresAtMs };
+    for (const binding of this.bindings) {
+      channels[String(binding.number)] = { peerAddress: binding.peerAddress, peerPort: binding.peerPort, expiresAtMs: binding.expiresAtMs };
     }
     return {
       key: this.key,
