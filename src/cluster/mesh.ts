@@ -17,6 +17,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import dgram from 'node:dgram';
 import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../stun/address.js';
+import { literalLookup } from '../transport/lookup.js';
 
 const MAGIC = 0xa7;
 const VERSION = 1;
@@ -61,7 +62,7 @@ export class MeshSocket {
     private readonly secret: Buffer,
     private readonly hooks: MeshHooks,
   ) {
-    this.socket = dgram.createSocket({ type: address.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 4 * 1024 * 1024 });
+    this.socket = dgram.createSocket({ type: address.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 4 * 1024 * 1024, lookup: literalLookup });
   }
 
   get port(): number {

@@ -2,6 +2,7 @@
 // address the client sent to) and relay sockets.
 
 import dgram from 'node:dgram';
+import { literalLookup } from './lookup.js';
 import type { ClientPath, PeerPacketHandler, RelaySocket, RelaySocketFactory } from '../turn/io.js';
 
 const ZEROS = Buffer.alloc(4);
@@ -48,7 +49,7 @@ export class UdpClientListener implements ClientPath {
   private boundPort = 0;
 
   constructor(readonly localAddress: string, private readonly requestedPort: number, private readonly hooks: UdpListenerHooks) {
-    this.socket = dgram.createSocket({ type: familyType(localAddress), recvBufferSize: SOCKET_BUFFER_BYTES, sendBufferSize: SOCKET_BUFFER_BYTES });
+    this.socket = dgram.createSocket({ type: familyType(localAddress), recvBufferSize: SOCKET_BUFFER_BYTES, sendBufferSize: SOCKET_BUFFER_BYTES, lookup: literalLookup });
     this.framed = new FramedSender(this.socket, hooks.onCongestionDrop);
   }
 
@@ -114,7 +115,7 @@ export class UdpRelayFactory implements RelaySocketFactory {
 
   bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined> {
     return new Promise((resolve) => {
-      const socket = dgram.createSocket({ type: familyType(address) });
+      const socket = dgram.createSocket({ type: familyType(address), lookup: literalLookup });
       const onBindError = (): void => {
         try {
           socket.close();
