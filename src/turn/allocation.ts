@@ -48,8 +48,6 @@ export interface AllocationIdentity {
   readonly clientPort: number;
   readonly username: string;
   readonly realm: string;
-  /** The long-term key that authenticated the Allocate; later requests must use the same username. */
-  readonly integrityKey: Buffer;
   readonly relay: RelaySocket;
   /** The second relayed address of a dual allocation (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY). */
   readonly additionalRelay?: RelaySocket;
@@ -69,7 +67,6 @@ export class Allocation implements AllocationIdentity {
   readonly clientPort: number;
   readonly username: string;
   readonly realm: string;
-  readonly integrityKey: Buffer;
   readonly relay: RelaySocket;
   readonly additionalRelay: RelaySocket | undefined;
   readonly relayIPv4: RelaySocket | undefined;
@@ -102,7 +99,6 @@ export class Allocation implements AllocationIdentity {
     this.clientPort = identity.clientPort;
     this.username = identity.username;
     this.realm = identity.realm;
-    this.integrityKey = identity.integrityKey;
     this.relay = identity.relay;
     this.additionalRelay = identity.additionalRelay;
     const relays = identity.additionalRelay ? [identity.relay, identity.additionalRelay] : [identity.relay];

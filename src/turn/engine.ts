@@ -65,6 +65,7 @@ import { TurnError } from './errors.js';
 import type { ClientPath, RelaySocket, RelaySocketFactory } from './io.js';
 import type { NonceIssuer } from './nonce.js';
 import type { PeerPolicy } from './peer-policy.js';
+import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js';
 
 /** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
 export const DEFAULT_LIFETIME_SECONDS = 600;
@@ -102,6 +103,11 @@ export interface EngineOptions {
   readonly software: string;
   /** In a cluster: takes packets from 5-tuples this node holds no allocation for. */
   readonly foreign?: ForeignPacketHandler;
+  /**
+   * Per source IP, how many error answers (400/401/438) requests that are not yet
+   * authenticated may get; over it they are dropped ('rate_limited'). Absent: no limit.
+   */
+  readonly unauthenticatedErrorLimit?: SourceRateLimitOptions;
   /** Asked before each new allocation: 300 to an alternate server, 403 while draining. */
   readonly admission?: AllocateAdmission;
 }
@@ -152,8 +158,12 @@ export class TurnEngine {
   private readonly receivedAt = new WeakMap<StunMessage, number>();
   private allocationCount = 0;
   private stopped = false;
+  private readonly unauthLimiter: SourceRateLimiter | undefined;
 
-  constructor(private readonly o: EngineOptions) {}
+  constructor(private readonly o: EngineOptions) {
+    const limit = o.unauthenticatedErrorLimit;
+    this.unauthLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
+  }
 
   get allocations(): number {
     return this.allocationCount;
@@ -356,7 +366,14 @@ export class TurnEngine {
   private authenticate(listener: EngineListener, message: StunMessage, address: string, port: number): Authenticated | undefined {
     const label = methodName(message.method);
     const now = this.o.clock.now();
+    // Not an amplifier: an unauthenticated source gets a bounded rate of (larger) error answers.
+    const limited = (): boolean => {
+      if (this.unauthLimiter === undefined || this.unauthLimiter.take(address, now)) return false;
+      this.drop('rate_limited');
+      return true;
+    };
     const challenge = (code: number): undefined => {
+      if (limited()) return undefined;
       if (code === ErrorCode.Unauthorized) this.o.counters.authFailures++;
       const w = this.errorWriter(message, code);
       w.addText(Attr.Realm, this.o.credentials.realm);
@@ -365,6 +382,7 @@ export class TurnEngine {
       return undefined;
     };
     const badRequest = (): undefined => {
+      if (limited()) return undefined;
       this.send(listener, message, this.errorWriter(message, ErrorCode.BadRequest), undefined, address, port, label, ErrorCode.BadRequest);
       return undefined;
     };
@@ -518,7 +536,6 @@ export class TurnEngine {
             clientPort: port,
             username: auth.username,
             realm: this.o.credentials.realm,
-            integrityKey: auth.key,
             relay,
             additionalRelay,
             createdAtMs: now,
