@@ -112,6 +112,11 @@ export class MemoryAllocationStore implements AllocationStore {
     return true;
   }
 
+  async listAllocations(): Promise<AllocationRecord[]> {
+    this.checkOpen();
+    return [...this.records.values()].map(clone);
+  }
+
   async countUserAllocations(username: string): Promise<number> {
     this.checkOpen();
     return this.userCounts.get(username) ?? 0;

@@ -274,6 +274,11 @@ class KeySpace {
   alloc(fiveTupleKey: string): string {
     return `${this.prefix}alloc:{${tag(fiveTupleKey, SAFE_FIVE_TUPLE)}}`;
   }
+
+  /** SCAN pattern of every allocation key (start-up sync only). */
+  allocPattern(): string {
+    return `${this.prefix}alloc:{*`;
+  }
   port(relayedAddress: string, relayedPort: number): string {
     return `${this.prefix}port:{${tag(relayedAddress, SAFE_ADDRESS)}|${relayedPort}}`;
   }
@@ -680,6 +685,31 @@ export class RedisAllocationStore implements AllocationStore {
     const json = await this.client.hget(this.keys.alloc(key), 'r');
     if (json === null) return undefined;
     return decodeStoredRecord(json, key);
+  }
+
+  /**
+   * Every allocation record, for a node taking on all of them at start (anycast
+   * relay mode). A SCAN over the allocation keys: never on a request path.
+   */
+  async listAllocations(): Promise<AllocationRecord[]> {
+    this.checkOpen();
+    const out: AllocationRecord[] = [];
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.client.scan(cursor, 'MATCH', this.keys.allocPattern(), 'COUNT', 500);
+      cursor = next;
+      for (const allocKey of keys) {
+        const json = await this.client.hget(allocKey, 'r');
+        if (json === null) continue;
+        try {
+          const record = JSON.parse(json) as AllocationRecord;
+          if (typeof record.key === 'string') out.push(decodeStoredRecord(json, record.key));
+        } catch {
+          // a malformed record is skipped, as get() would refuse it
+        }
+      }
+    } while (cursor !== '0');
+    return out;
   }
 
   /*

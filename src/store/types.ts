@@ -80,6 +80,11 @@ export interface AllocationStore {
   /** Deletes the record (if expectedVersion is given, only at that version), frees its port and quota. */
   delete(key: string, reason: string, expectedVersion?: number): Promise<boolean>;
   countUserAllocations(username: string): Promise<number>;
+  /**
+   * Every allocation record (anycast relay mode: a node starting up takes on all of
+   * them). Not for request paths.
+   */
+  listAllocations(): Promise<AllocationRecord[]>;
   /** Holds a relayed port outside any allocation (EVEN-PORT's R bit) under an opaque token. */
   reservePort(token: string, port: ReservedPort, ttlMs: number): Promise<boolean>;
   /** Redeems a token once; undefined when unknown or expired. */

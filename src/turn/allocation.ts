@@ -2,7 +2,7 @@
 // socket, permissions and channel bindings, kept in maps shaped for the relay
 // hot path. The store holds the same facts as a plain AllocationRecord.
 
-import { parseIPv6 } from '../stun/address.js';
+import { parseIPv4, parseIPv6 } from '../stun/address.js';
 import { CHANNEL_MIN } from '../stun/constants.js';
 import type { AllocationRecord } from '../store/types.js';
 import type { ClientPath, RelaySocket } from './io.js';
@@ -169,6 +169,38 @@ export class Allocation implements AllocationIdentity {
       changed = true;
     }
     return changed;
+  }
+
+  /**
+   * Folds a stored record into this live state: later expiries win, permissions and
+   * channels are the union. Merging (not replacing) keeps a change this node made
+   * but has not written yet; two nodes changing one allocation at once both keep
+   * their change. Returns false when the record is not newer than what we hold.
+   */
+  merge(record: AllocationRecord): boolean {
+    if (record.version <= this.version) return false;
+    this.expiresAtMs = Math.max(this.expiresAtMs, record.expiresAtMs);
+    for (const [address, expiresAtMs] of Object.entries(record.permissions)) {
+      if (this.relayFor(address.includes(':'))) this.permit(address, parseIPv4(address), expiresAtMs);
+    }
+    for (const [key, channel] of Object.entries(record.channels)) {
+      const number = Number(key);
+      const existing = this.channel(number);
+      if (existing) {
+        // The same binding elsewhere refreshed it; a different peer on the same number (a race
+        // both nodes lost) keeps ours: the RFC allows only one.
+        if (existing.peerAddress === channel.peerAddress && existing.peerPort === channel.peerPort) {
+          existing.expiresAtMs = Math.max(existing.expiresAtMs, channel.expiresAtMs);
+        }
+        continue;
+      }
+      if (!this.relayFor(channel.peerAddress.includes(':'))) continue;
+      const permission = this.permit(channel.peerAddress, parseIPv4(channel.peerAddress), record.permissions[channel.peerAddress] ?? 0);
+      if (permission.channelsByPort?.has(channel.peerPort)) continue;
+      this.bindChannel(number, permission, channel.peerPort, channel.expiresAtMs);
+    }
+    this.version = record.version;
+    return true;
   }
 
   toRecord(ownerNodeId: string): AllocationRecord {

@@ -113,6 +113,23 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreUnd
         assert.equal(Object.getPrototypeOf(got), Object.prototype);
       });
 
+      it('lists every record it holds (start-up sync), and not deleted ones', async () => {
+        const a = s.record();
+        const b = s.record({ permissions: { '8.8.8.8': 1_700_000_300_000 } });
+        const gone = s.record();
+        await mustCreate(store, a);
+        await mustCreate(store, b);
+        await mustCreate(store, gone);
+        assert.equal(await store.delete(gone.key, 'test'), true);
+        // Other tests may share the store: look at our keys only.
+        const listed = (await store.listAllocations()).filter((r) => [a.key, b.key, gone.key].includes(r.key));
+        listed.sort((x, y) => (x.key === a.key ? -1 : y.key === a.key ? 1 : 0));
+        assert.deepEqual(listed, [
+          { ...a, version: 1 },
+          { ...b, version: 1 },
+        ]);
+      });
+
       it('returns undefined for a key it does not hold', async () => {
         assert.equal(await store.get(s.record().key), undefined);
       });
