@@ -31,10 +31,10 @@ import {
   startTurnServerUnderTest,
   startTurnutilsPeer,
   stopAfter,
-  type RunResult,
   type RunningPeer,
   type RunningTurnServer,
 } from '../helpers/anyturn-process.js';
+import { describeRun, parseUclientStats } from '../helpers/uclient.js';
 
 const USER = 'U';
 const PASSWORD = 'P';
@@ -48,43 +48,6 @@ const INTERVAL_MS = 1;
 // Only stops a hung uclient; nothing asserts on duration.
 const UCLIENT_DEADLINE_MS = 180_000;
 const TEST_TIMEOUT_MS = 240_000;
-
-interface UclientStats {
-  readonly sentMessages: number;
-  readonly receivedMessages: number;
-  readonly lostPackets: number;
-  readonly sendDropped: number;
-}
-
-function lastMatch(text: string, pattern: RegExp): RegExpMatchArray | undefined {
-  let found: RegExpMatchArray | undefined;
-  for (const match of text.matchAll(pattern)) found = match;
-  return found;
-}
-
-/** Parses uclient's final statistics; undefined if they are missing. */
-function parseUclientStats(output: string): UclientStats | undefined {
-  const totals = lastMatch(output, /start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$/gm);
-  const lost = lastMatch(output, /Total lost packets (\d+) \([^)]*\), total send dropped (\d+)/g);
-  if (!totals || !lost) return undefined;
-  return {
-    sentMessages: Number(totals[1]),
-    receivedMessages: Number(totals[2]),
-    lostPackets: Number(lost[1]),
-    sendDropped: Number(lost[2]),
-  };
-}
-
-function describeRun(command: string, args: readonly string[], result: RunResult, server: RunningTurnServer): string {
-  const tail = (s: string): string => (s.length > 3000 ? `...${s.slice(-3000)}` : s);
-  return [
-    `$ ${command} ${args.join(' ')}`,
-    `exit code ${String(result.code)}, signal ${String(result.signal)}, timed out ${String(result.timedOut)}`,
-    `--- stdout ---\n${tail(result.stdout)}`,
-    `--- stderr ---\n${tail(result.stderr)}`,
-    server.process.outputTail(),
-  ].join('\n');
-}
 
 async function startServer(t: { after(fn: () => unknown): void }): Promise<RunningTurnServer> {
   const server = await startTurnServerUnderTest({

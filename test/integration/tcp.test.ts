@@ -1,0 +1,362 @@
+// TURN over TCP and TLS on 127.0.0.1 with our own stream client: framing both
+// ways (several messages per write, one message byte by byte, ChannelData
+// padding), what closes a connection (garbage, too long a frame, the idle
+// deadline, the connection cap) and that the allocation goes with its
+// connection. Every socket here is on loopback.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { ConfigError, type RawOptions, buildConfig } from '../../src/config.js';
+import { createLogger } from '../../src/ops/log.js';
+import { type RunningServer, startServer } from '../../src/server.js';
+import { Method } from '../../src/stun/constants.js';
+import { reserveRelayPortRange } from '../helpers/anyturn-process.js';
+import { StreamTurnClient } from '../helpers/stream-turn-client.js';
+import { makeSelfSignedCertificate, type SelfSignedCertificate } from '../helpers/tls-cert.js';
+import { type Endpoint, TestPeer } from '../helpers/turn-client.js';
+
+const credentials = { username: 'alice', password: 'wonderland', realm: 'anyturn.tcp.test' };
+
+async function start(extra: RawOptions = {}): Promise<RunningServer> {
+  const range = await reserveRelayPortRange(100);
+  return startServer(
+    buildConfig({
+      'listening-ip': ['127.0.0.1'],
+      'listening-port': 0,
+      'min-port': range.min,
+      'max-port': range.max,
+      realm: credentials.realm,
+      user: [`${credentials.username}:${credentials.password}`],
+      'allow-loopback-peers': true,
+      ...extra,
+    }),
+    { logger: createLogger('silent') },
+  );
+}
+
+function endpointOf(server: RunningServer, transport: 'udp' | 'tcp' | 'tls'): Endpoint {
+  const entry = server.listening.find((l) => l.transport === transport);
+  assert.ok(entry, `a ${transport} listener`);
+  return { address: entry.address, port: entry.port };
+}
+
+async function until(what: string, predicate: () => boolean, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function udpPortFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    s.once('error', () => resolve(false));
+    s.bind(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+/** A raw TCP connection; resolves with it once connected. */
+function rawConnect(endpoint: Endpoint): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: endpoint.address, port: endpoint.port }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+function closedWithin(socket: net.Socket, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (socket.destroyed) return resolve(true);
+    const timer = setTimeout(() => resolve(false), ms);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+    socket.on('error', () => undefined);
+    socket.resume();
+  });
+}
+
+for (const transport of ['tcp', 'tls'] as const) {
+  describe(`relaying over ${transport.toUpperCase()} on 127.0.0.1`, () => {
+    let server: RunningServer;
+    let endpoint: Endpoint;
+    let cert: SelfSignedCertificate | undefined;
+    const open: { close(): void }[] = [];
+    const connect = async (): Promise<StreamTurnClient> => {
+      const c = await StreamTurnClient.connect(endpoint, credentials, { tls: transport === 'tls' });
+      open.push(c);
+      return c;
+    };
+    const peer = async (): Promise<TestPeer> => {
+      const p = await TestPeer.open();
+      open.push(p);
+      return p;
+    };
+
+    before(async () => {
+      if (transport === 'tls') cert = makeSelfSignedCertificate();
+      server = await start(cert ? { cert: cert.certFile, pkey: cert.keyFile, 'tls-listening-port': 0 } : {});
+      endpoint = endpointOf(server, transport);
+    });
+    after(async () => {
+      for (const c of open) c.close();
+      await server.stop();
+      cert?.remove();
+    });
+
+    it('listens on UDP and TCP with the same port number, TLS on its own', () => {
+      const udp = endpointOf(server, 'udp');
+      assert.equal(endpointOf(server, 'tcp').port, udp.port);
+      if (transport === 'tls') assert.notEqual(endpointOf(server, 'tls').port, udp.port);
+      else assert.equal(server.listening.some((l) => l.transport === 'tls'), false, 'no TLS without --cert/--pkey');
+    });
+
+    it('relays ChannelData both ways, padded to 4 bytes on the stream in both directions', async () => {
+      const client = await connect();
+      const p = await peer();
+      const { response, relayed } = await client.allocate();
+      assert.equal(response.code, 200);
+      assert.ok(relayed);
+      assert.equal((await client.channelBind(0x4001, p.endpoint)).code, 200);
+      // 5 bytes of data: 3 bytes of padding on the stream, none towards the peer.
+      client.write(client.channelDataBuffer(0x4001, Buffer.from('hello')));
+      const [got] = await p.waitFor(1);
+      assert.equal(got?.data.toString(), 'hello');
+      assert.deepEqual(got?.from, relayed);
+
+      for (const size of [0, 1, 2, 3, 4, 5, 1000, 1001]) {
+        const before = client.received.length;
+        p.send(Buffer.alloc(size, 0x61 + (size % 26)), relayed);
+        const [back] = (await client.waitForReceived(before + 1)).slice(before);
+        assert.equal(back?.kind, 'channel-data');
+        assert.equal(back?.channel, 0x4001);
+        assert.equal(back?.data.length, size);
+        assert.equal(back?.wire.length, 4 + Math.ceil(size / 4) * 4, `${size} bytes of data padded to a multiple of 4`);
+        assert.ok(back?.wire.subarray(4 + size).every((b) => b === 0), 'zero padding');
+      }
+      assert.equal(client.garbage, 0);
+    });
+
+    it('relays Send and Data indications both ways', async () => {
+      const client = await connect();
+      const p = await peer();
+      const { relayed } = await client.allocate();
+      assert.ok(relayed);
+      assert.equal((await client.createPermission(p.endpoint)).code, 200);
+      client.write(client.sendIndicationBuffer(p.endpoint, Buffer.from('over a stream')));
+      const [got] = await p.waitFor(1);
+      assert.equal(got?.data.toString(), 'over a stream');
+      p.send(Buffer.from('back, 7'), relayed);
+      const [back] = await client.waitForReceived(1);
+      assert.equal(back?.kind, 'data-indication');
+      assert.equal(back?.data.toString(), 'back, 7');
+      assert.deepEqual(back?.peer, p.endpoint);
+      assert.equal(back!.wire.length % 4, 0, 'a STUN message: attributes padded');
+    });
+
+    it('reads several messages from one write, and a message sent byte by byte', async () => {
+      const client = await connect();
+      const p = await peer();
+      const { relayed } = await client.allocate();
+      assert.ok(relayed);
+      assert.equal((await client.channelBind(0x4002, p.endpoint)).code, 200);
+      // Binding + ChannelData(3) + Send indication + ChannelData(8) + Binding in one write.
+      const b1 = client.build(Method.Binding, () => undefined, { auth: false });
+      const b2 = client.build(Method.Binding, () => undefined, { auth: false });
+      client.write(
+        Buffer.concat([
+          b1.buf,
+          client.channelDataBuffer(0x4002, Buffer.from('one')),
+          client.sendIndicationBuffer(p.endpoint, Buffer.from('two')),
+          client.channelDataBuffer(0x4002, Buffer.from('three...')),
+          b2.buf,
+        ]),
+      );
+      assert.equal((await client.response(b1.transactionId)).code, 200);
+      assert.equal((await client.response(b2.transactionId)).code, 200);
+      const got = await p.waitFor(3);
+      assert.deepEqual(got.map((g) => g.data.toString()), ['one', 'two', 'three...']);
+
+      // An authenticated Refresh, one byte per write.
+      const refresh = client.build(Method.Refresh);
+      await client.writeByteByByte(refresh.buf);
+      assert.equal((await client.response(refresh.transactionId)).code, 200);
+      // ChannelData byte by byte, padding included.
+      await client.writeByteByByte(client.channelDataBuffer(0x4002, Buffer.from('slow')));
+      await p.waitFor(4);
+      assert.equal(p.received[3]?.data.toString(), 'slow');
+    });
+
+    it('closing the connection deletes its allocation and frees the relay port', async () => {
+      const client = await connect();
+      const allocationsBefore = server.engine.allocations;
+      const { relayed } = await client.allocate();
+      assert.ok(relayed);
+      assert.equal(server.engine.allocations, allocationsBefore + 1);
+      assert.equal(await udpPortFree(relayed.port), false, 'the relay port is held');
+      client.close();
+      await until('the allocation to go', () => server.engine.allocations === allocationsBefore);
+      assert.equal(await udpPortFree(relayed.port), true, 'the relay port is free again');
+      assert.ok(server.streamCounters.closed[transport].client >= 1);
+    });
+
+    it('closes the connection on bytes that are neither STUN nor ChannelData, and counts it', async () => {
+      const client = await connect();
+      assert.equal((await client.binding()).code, 200);
+      const before = server.streamCounters.framingErrors[transport].not_turn;
+      client.write(Buffer.from([0xff, 0xfe, 0x00, 0x04, 1, 2, 3, 4]));
+      await client.waitUntil(() => client.isClosed, 'the server to close the connection');
+      assert.equal(server.streamCounters.framingErrors[transport].not_turn, before + 1);
+      await until('the close to be counted', () => server.streamCounters.closed[transport].framing_error >= 1);
+    });
+
+    it('closes the connection on a frame longer than 64 KiB, and counts it', async () => {
+      const client = await connect();
+      const before = server.streamCounters.framingErrors[transport].too_long;
+      // A STUN header announcing 65532 bytes (65552 with the header), then some of them.
+      const head = Buffer.from([0x00, 0x01, 0xff, 0xfc, 0x21, 0x12, 0xa4, 0x42, ...Buffer.alloc(12)]);
+      client.write(Buffer.concat([head, Buffer.alloc(1000)]));
+      await client.waitUntil(() => client.isClosed, 'the server to close the connection');
+      assert.equal(server.streamCounters.framingErrors[transport].too_long, before + 1);
+    });
+  });
+}
+
+describe('TCP connection protections', () => {
+  const servers: RunningServer[] = [];
+  const sockets: net.Socket[] = [];
+  after(async () => {
+    for (const s of sockets) s.destroy();
+    await Promise.all(servers.map((s) => s.stop()));
+  });
+
+  it('closes a connection that sends no valid STUN message within --tcp-idle-timeout, and keeps one that did', async () => {
+    const server = await start({ 'tcp-idle-timeout': 1 });
+    servers.push(server);
+    const endpoint = endpointOf(server, 'tcp');
+    const silent = await rawConnect(endpoint);
+    sockets.push(silent);
+    // ChannelData is framed fine but is not STUN: it does not count as a client speaking.
+    const channelOnly = await rawConnect(endpoint);
+    sockets.push(channelOnly);
+    channelOnly.write(Buffer.from([0x40, 0x00, 0x00, 0x00]));
+    const speaking = await StreamTurnClient.connect(endpoint, credentials);
+    sockets.push(speaking.socket);
+    assert.equal((await speaking.binding()).code, 200);
+
+    const started = Date.now();
+    assert.equal(await closedWithin(silent, 5000), true, 'the silent connection was closed');
+    assert.ok(Date.now() - started >= 500, 'not before the deadline');
+    assert.equal(await closedWithin(channelOnly, 5000), true, 'the ChannelData-only connection was closed');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(speaking.isClosed, false, 'a connection that sent a valid STUN message stays open');
+    assert.equal((await speaking.binding()).code, 200);
+    await until('both closes to be counted', () => server.streamCounters.closed.tcp.idle_timeout === 2);
+  });
+
+  it('refuses connections beyond --max-tcp-connections at once, and counts them', async () => {
+    const server = await start({ 'max-tcp-connections': 2 });
+    servers.push(server);
+    const endpoint = endpointOf(server, 'tcp');
+    const a = await StreamTurnClient.connect(endpoint, credentials);
+    const b = await StreamTurnClient.connect(endpoint, credentials);
+    sockets.push(a.socket, b.socket);
+    assert.equal((await a.binding()).code, 200);
+    assert.equal((await b.binding()).code, 200);
+    assert.equal(server.streamCounters.open.tcp, 2);
+
+    const extra = await rawConnect(endpoint);
+    sockets.push(extra);
+    assert.equal(await closedWithin(extra, 3000), true, 'the third connection is closed at once');
+    assert.equal(server.streamCounters.refused.tcp, 1);
+
+    // Below the cap again: accepted.
+    a.close();
+    await until('the close to be seen', () => server.streamCounters.open.tcp === 1);
+    const c = await StreamTurnClient.connect(endpoint, credentials);
+    sockets.push(c.socket);
+    assert.equal((await c.binding()).code, 200);
+    assert.equal(server.streamCounters.refused.tcp, 1);
+    assert.equal(server.streamCounters.accepted.tcp, 3);
+  });
+
+  it('--no-udp and --no-tcp leave those listeners out', async () => {
+    const tcpOnly = await start({ 'no-udp': true });
+    servers.push(tcpOnly);
+    assert.deepEqual(tcpOnly.listening.map((l) => l.transport), ['tcp']);
+    const client = await StreamTurnClient.connect(endpointOf(tcpOnly, 'tcp'), credentials);
+    sockets.push(client.socket);
+    assert.equal((await client.allocate()).response.code, 200);
+
+    const udpOnly = await start({ tcp: false });
+    servers.push(udpOnly);
+    assert.deepEqual(udpOnly.listening.map((l) => l.transport), ['udp']);
+  });
+});
+
+describe('TLS configuration', () => {
+  let cert: SelfSignedCertificate;
+  let other: SelfSignedCertificate;
+  before(() => {
+    cert = makeSelfSignedCertificate();
+    other = makeSelfSignedCertificate();
+  });
+  after(() => {
+    cert.remove();
+    other.remove();
+  });
+  const base: RawOptions = { user: ['a:b'], 'listening-ip': ['127.0.0.1'] };
+  const configError = (raw: RawOptions): ConfigError => {
+    try {
+      buildConfig({ ...base, ...raw });
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err;
+    }
+    assert.fail('no ConfigError');
+  };
+
+  it('turns TLS on with --cert and --pkey, off with --no-tls or without them', () => {
+    const on = buildConfig({ ...base, cert: cert.certFile, pkey: cert.keyFile });
+    assert.equal(on.tls?.port, 5349);
+    assert.ok(on.tls?.cert.equals(cert.cert));
+    assert.equal(buildConfig({ ...base, cert: cert.certFile, pkey: cert.keyFile, 'no-tls': true }).tls, undefined);
+    assert.equal(buildConfig({ ...base, cert: cert.certFile, pkey: cert.keyFile, tls: false }).tls, undefined);
+    assert.equal(buildConfig(base).tls, undefined);
+  });
+
+  it('names the flag when only one of --cert/--pkey is given, a file is unreadable, or they do not match', () => {
+    let e = configError({ cert: cert.certFile });
+    assert.equal(e.flag, 'pkey');
+    assert.match(e.message, /--pkey/);
+    e = configError({ pkey: cert.keyFile });
+    assert.equal(e.flag, 'cert');
+    e = configError({ cert: '/nonexistent/c.pem', pkey: cert.keyFile });
+    assert.equal(e.flag, 'cert');
+    assert.match(e.message, /\/nonexistent\/c\.pem/);
+    assert.match(e.message, /ENOENT/);
+    e = configError({ cert: cert.certFile, pkey: '/nonexistent/k.pem' });
+    assert.equal(e.flag, 'pkey');
+    e = configError({ cert: cert.keyFile, pkey: cert.keyFile });
+    assert.equal(e.flag, 'cert', 'a key is not a certificate');
+    e = configError({ cert: cert.certFile, pkey: cert.certFile });
+    assert.equal(e.flag, 'pkey', 'a certificate is not a key');
+    e = configError({ cert: cert.certFile, pkey: other.keyFile });
+    assert.equal(e.flag, 'pkey');
+    assert.match(e.message, /private key of the --cert certificate/);
+  });
+
+  it('checks the transport flags', () => {
+    assert.equal(configError({ 'no-udp': true, 'no-tcp': true }).flag, 'no-udp');
+    assert.equal(configError({ 'max-tcp-connections': -1 }).flag, 'max-tcp-connections');
+    assert.equal(configError({ 'tcp-idle-timeout': 0 }).flag, 'tcp-idle-timeout');
+    assert.equal(configError({ 'unauth-error-rate': 1.5 }).flag, 'unauth-error-rate');
+    assert.equal(configError({ 'unauth-error-burst': 0 }).flag, 'unauth-error-burst');
+    assert.equal(configError({ cert: cert.certFile, pkey: cert.keyFile, 'listening-port': 5349 }).flag, 'tls-listening-port');
+    const c = buildConfig(base);
+    assert.deepEqual([c.udp, c.tcp, c.maxTcpConnections, c.tcpIdleTimeoutSeconds, c.unauthErrorRate, c.unauthErrorBurst], [true, true, 10_000, 10, 20, 40]);
+  });
+});
