@@ -13,7 +13,8 @@
 //                                      by their backstop deadline (ms)
 //   <p>resv:{<token tag>}        string  JSON {relayedAddress, relayedPort} (EVEN-PORT R)
 //   <p>node:{<node id tag>}      string  JSON NodeInfo, PX = heartbeat ttl
-//   <p>events                    pub/sub channel of allocation events
+//   <p>events                    pub/sub channel of allocation events (and each
+//                                      store's own heartbeats, see EventWatchdog)
 //
 // Client-chosen strings (usernames, tokens) never appear in a key name: usernames
 // are always hashed; addresses, 5-tuple keys, tokens and node ids are used as they
@@ -28,11 +29,23 @@
 // The user zset scores use the same deadline, so a user's count heals itself when a
 // node dies without deleting (members past their deadline are dropped).
 //
-// Never KEYS, never SCAN: every lookup is by a computed key.
+// Never KEYS, and SCAN only in listAllocations (start-up sync, on every master of a
+// Redis Cluster): every request-path lookup is by a computed key.
+//
+// High availability: the target is one Redis by URL, a master found through
+// Sentinel, or a Redis Cluster (RedisTarget). Every one keeps the request path
+// fail-fast (no offline queue, a per-command deadline, reconnect forever). Since
+// every script touches one key and every other command one key, nothing can
+// answer CROSSSLOT on a Cluster; PUBLISH is broadcast to every Cluster node. After
+// a failover a subscriber can stay attached to a node that no longer hears the
+// PUBLISHes without ioredis noticing; the store's heartbeat on its own channel
+// finds that and recreates the subscriber (EventWatchdog). Replication is
+// asynchronous: a failover can lose the last writes the old master acknowledged;
+// the server re-writes its live allocations when the store comes back.
 
 import { createHash, randomBytes } from 'node:crypto';
 
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 
 import type {
   AllocationLimits,
@@ -58,6 +71,24 @@ export interface RedisStoreLogger {
   info(obj: object, msg: string): void;
 }
 
+export interface RedisHostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * Where the shared store lives: one Redis by URL (--redis-url), a master found
+ * through Sentinel (--redis-sentinel, --redis-sentinel-name), or Redis Cluster
+ * (--redis-cluster). `password` is --redis-password (a URL carries its own).
+ */
+export type RedisTarget =
+  | { readonly kind: 'url'; readonly url: string; readonly password?: string }
+  | { readonly kind: 'sentinel'; readonly sentinels: readonly RedisHostPort[]; readonly name: string; readonly password?: string }
+  | { readonly kind: 'cluster'; readonly nodes: readonly RedisHostPort[]; readonly password?: string };
+
+/** A command (or subscriber) client: one Redis (plain or through Sentinel) or a Redis Cluster. */
+export type RedisClient = Redis | Cluster;
+
 export interface RedisStoreOptions {
   readonly logger?: RedisStoreLogger;
   /** Called on every transition of the command connection (true = ready). */
@@ -72,16 +103,49 @@ export interface RedisStoreOptions {
   readonly commandTimeoutMs?: number;
   /** TCP (and TLS) connect deadline; default 2000 ms. */
   readonly connectTimeoutMs?: number;
+  /** How often the store publishes its own heartbeat on the event channel while subscribed; default 1000 ms. */
+  readonly eventHeartbeatMs?: number;
+  /**
+   * How long a heartbeat that Redis accepted may go unseen by this store's own
+   * subscriber before the subscriber connection is torn down and made again;
+   * default 3000 ms.
+   */
+  readonly eventStaleMs?: number;
+  /** Called after the event subscriber was recreated (events published in the gap are lost). */
+  readonly onEventsResubscribed?: () => void;
+  /** Redis Cluster: how often CLUSTER INFO is asked whether every slot is served; default 1000 ms. */
+  readonly clusterProbeMs?: number;
 }
 
 export const DEFAULT_KEY_PREFIX = 'anyturn:';
 const DEFAULT_GRACE_MS = 60_000;
 const DEFAULT_COMMAND_TIMEOUT_MS = 500;
 const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
-const RECONNECT_BACKOFF_CAP_MS = 2_000;
+const DEFAULT_EVENT_HEARTBEAT_MS = 1_000;
+const DEFAULT_EVENT_STALE_MS = 3_000;
+const DEFAULT_CLUSTER_PROBE_MS = 1_000;
+/** Consecutive failed CLUSTER INFO probes before the cluster counts as unreachable. */
+const CLUSTER_PROBE_FAILURES = 2;
+const CLUSTER_SLOTS_REFRESH_MS = 5_000;
+/** Reconnect attempts back off by 100 ms a try up to this: a failover (seconds) is found within half a second. */
+const RECONNECT_BACKOFF_CAP_MS = 500;
 const ERROR_LOG_INTERVAL_MS = 10_000;
 
 const silentLogger: RedisStoreLogger = { warn() {}, info() {} };
+
+/** Capped backoff, forever: a number means "wait that long, then try again". */
+function reconnectForever(times: number): number {
+  return Math.min(times * 100, RECONNECT_BACKOFF_CAP_MS);
+}
+
+/**
+ * A demoted master (after a Sentinel failover that didn't kill it) answers writes
+ * with READONLY: reconnect, so the Sentinel connector finds the new master. The
+ * failed command is not resent (true, not 2): the request path fails fast.
+ */
+function reconnectOnReadOnly(err: Error): boolean {
+  return err.message.startsWith('READONLY');
+}
 
 /** ioredis options for the request path: fail fast while down, reconnect forever. */
 export function requestPathRedisOptions(options: RedisStoreOptions = {}): RedisOptions {
@@ -92,8 +156,60 @@ export function requestPathRedisOptions(options: RedisStoreOptions = {}): RedisO
     commandTimeout: options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS,
     connectTimeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     enableReadyCheck: true,
-    // Keep reconnecting forever with a capped backoff (a number = wait that long).
-    retryStrategy: (times: number) => Math.min(times * 200, RECONNECT_BACKOFF_CAP_MS),
+    retryStrategy: reconnectForever,
+    reconnectOnError: reconnectOnReadOnly,
+    lazyConnect: false,
+  };
+}
+
+/**
+ * Sentinel: the same fail-fast options; the master is asked of the sentinels on
+ * every (re)connect and its role checked (role: 'master'), the sentinels are
+ * retried forever, and the failover detector (a subscription to +switch-master
+ * on the sentinels) drops the connection as soon as a failover is announced.
+ */
+export function sentinelRedisOptions(target: Extract<RedisTarget, { kind: 'sentinel' }>, options: RedisStoreOptions = {}): RedisOptions {
+  return {
+    ...requestPathRedisOptions(options),
+    sentinels: target.sentinels.map((s) => ({ host: s.host, port: s.port })),
+    name: target.name,
+    role: 'master',
+    ...(target.password !== undefined ? { password: target.password } : {}),
+    sentinelRetryStrategy: reconnectForever,
+    sentinelCommandTimeout: options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS,
+    failoverDetector: true,
+    // Sentinels may be hostnames: keep the list the operator gave in front.
+    updateSentinels: true,
+  };
+}
+
+/**
+ * Redis Cluster: no offline queue, a per-command deadline on every node
+ * connection (set once per command, so redirects and failover retries stay
+ * inside it), reconnect forever when no node answers, writes and reads on
+ * masters only, and a periodic slots refresh so a promoted replica is found
+ * without waiting for a MOVED.
+ */
+export function clusterRedisOptions(target: Extract<RedisTarget, { kind: 'cluster' }>, options: RedisStoreOptions = {}): ClusterOptions {
+  const commandTimeout = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  return {
+    redisOptions: {
+      commandTimeout,
+      connectTimeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      maxRetriesPerRequest: 1,
+      enableReadyCheck: true,
+      reconnectOnError: reconnectOnReadOnly,
+      ...(target.password !== undefined ? { password: target.password } : {}),
+    },
+    clusterRetryStrategy: reconnectForever,
+    enableOfflineQueue: false,
+    enableReadyCheck: true,
+    scaleReads: 'master',
+    retryDelayOnFailover: 100,
+    retryDelayOnClusterDown: 100,
+    retryDelayOnTryAgain: 100,
+    slotsRefreshTimeout: Math.max(commandTimeout, 1_000),
+    slotsRefreshInterval: CLUSTER_SLOTS_REFRESH_MS,
     lazyConnect: false,
   };
 }
@@ -116,57 +232,154 @@ function redactUrl(url: string): string {
   }
 }
 
+/** The target for logs (never a password). */
+export function describeRedisTarget(target: RedisTarget): string {
+  const list = (nodes: readonly RedisHostPort[]): string => nodes.map((n) => `${n.host.includes(':') ? `[${n.host}]` : n.host}:${n.port}`).join(',');
+  switch (target.kind) {
+    case 'url':
+      return redactUrl(target.url);
+    case 'sentinel':
+      return `sentinel ${target.name} via ${list(target.sentinels)}`;
+    case 'cluster':
+      return `cluster ${list(target.nodes)}`;
+  }
+}
+
+function toTarget(target: string | RedisTarget): RedisTarget {
+  const t: RedisTarget = typeof target === 'string' ? { kind: 'url', url: target } : target;
+  if (t.kind === 'url' && !/^rediss?:\/\//i.test(t.url)) {
+    throw new Error(`--redis-url must start with redis:// or rediss:// (got ${JSON.stringify(redactUrl(t.url))})`);
+  }
+  if (t.kind === 'sentinel' && (t.sentinels.length === 0 || t.name === '')) throw new Error('--redis-sentinel needs at least one host:port and --redis-sentinel-name');
+  if (t.kind === 'cluster' && t.nodes.length === 0) throw new Error('--redis-cluster needs at least one host:port');
+  return t;
+}
+
 /**
  * The command connection (request path) plus a lazily created subscriber
  * connection. Owned by the store (store.close() closes it); the node registry
- * borrows the command connection.
+ * borrows the command connection. C is the client class: Redis for a URL or
+ * Sentinel target, Cluster for a Redis Cluster.
  */
-export class RedisConnection {
+export class RedisConnection<C extends RedisClient = Redis> {
   /** The command connection. Not for subscriber mode. */
-  readonly client: Redis;
-  private subscriberClient: Redis | undefined;
+  readonly client: C;
+  readonly target: RedisTarget;
+  private subscriberClient: RedisClient | undefined;
+  private readonly options: RedisStoreOptions;
   private readonly logger: RedisStoreLogger;
   private readonly onAvailability: ((up: boolean) => void) | undefined;
-  private readonly redisOptions: RedisOptions;
+  private readonly where: string;
   private up = false;
   private closed = false;
+  /** Redis Cluster only: false while CLUSTER INFO says a slot is unserved (or the probe keeps failing). */
+  private clusterHealthy = true;
+  private clusterProbeFailures = 0;
+  private clusterProbeTimer: NodeJS.Timeout | undefined;
+  private clusterProbing = false;
   private readonly errorLog = new Map<string, { lastAtMs: number; suppressed: number }>();
 
-  constructor(
-    private readonly url: string,
-    options: RedisStoreOptions = {},
-  ) {
-    if (!/^rediss?:\/\//i.test(url)) throw new Error(`--redis-url must start with redis:// or rediss:// (got ${JSON.stringify(redactUrl(url))})`);
+  constructor(target: string | RedisTarget, options: RedisStoreOptions = {}) {
+    this.target = toTarget(target);
+    this.options = options;
+    this.where = describeRedisTarget(this.target);
     this.logger = options.logger ?? silentLogger;
     this.onAvailability = options.onAvailability;
-    this.redisOptions = requestPathRedisOptions(options);
-    this.client = new Redis(url, { ...this.redisOptions, connectionName: 'anyturn' });
+    this.client = this.createClient('command') as C;
     this.watch(this.client, 'command', true);
+    if (this.target.kind === 'cluster') this.startClusterProbe();
   }
 
-  private watch(client: Redis, role: string, tracksAvailability: boolean): void {
+  /** A new client for the target: the command client fails fast; the subscriber waits for its connection. */
+  private createClient(role: 'command' | 'subscriber'): RedisClient {
+    const connectionName = role === 'command' ? 'anyturn' : 'anyturn-events';
+    // Subscriber commands are not on the request path: let SUBSCRIBE wait for the
+    // connection (offline queue on, no per-command timeout); ioredis re-subscribes by
+    // itself after every reconnect (autoResubscribe), and the store's heartbeat
+    // watchdog replaces the connection when that silently fails.
+    const subscriberOverrides: RedisOptions = { enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined, autoResubscribe: true };
+    const t = this.target;
+    switch (t.kind) {
+      case 'url': {
+        const base = { ...requestPathRedisOptions(this.options), ...(t.password !== undefined ? { password: t.password } : {}), connectionName };
+        return new Redis(t.url, role === 'command' ? base : { ...base, ...subscriberOverrides });
+      }
+      case 'sentinel': {
+        const base = { ...sentinelRedisOptions(t, this.options), connectionName };
+        return new Redis(role === 'command' ? base : { ...base, ...subscriberOverrides });
+      }
+      case 'cluster': {
+        const base = clusterRedisOptions(t, this.options);
+        const nodes = t.nodes.map((n) => ({ host: n.host, port: n.port }));
+        if (role === 'command') return new Cluster(nodes, { ...base, redisOptions: { ...base.redisOptions, connectionName } });
+        // Pub/sub through the Cluster client: it subscribes on one node (PUBLISH is
+        // broadcast over the cluster bus to every node) and picks another node when
+        // that one goes away.
+        const { commandTimeout: _drop, ...redisOptions } = base.redisOptions ?? {};
+        void _drop;
+        return new Cluster(nodes, { ...base, enableOfflineQueue: true, redisOptions: { ...redisOptions, connectionName } });
+      }
+    }
+  }
+
+  private watch(client: RedisClient, role: string, tracksAvailability: boolean): void {
     // An ioredis 'error' without a listener would be thrown as an unhandled error.
     client.on('error', (err: unknown) => this.logError(role, err));
+    if (client instanceof Cluster) client.on('node error', (err: unknown) => this.logError(`${role}-node`, err));
     client.on('ready', () => {
-      this.logger.info({ role, url: redactUrl(this.url) }, 'redis connection ready');
-      if (tracksAvailability) this.setUp(true);
+      this.logger.info({ role, redis: this.where }, 'redis connection ready');
+      if (tracksAvailability) this.refreshAvailability();
     });
     const down = (): void => {
-      if (tracksAvailability) this.setUp(false);
+      if (tracksAvailability) this.refreshAvailability();
     };
     client.on('close', down);
     client.on('end', down);
   }
 
+  private refreshAvailability(): void {
+    this.setUp(!this.closed && this.client.status === 'ready' && this.clusterHealthy);
+  }
+
   private setUp(up: boolean): void {
     if (this.up === up) return;
     this.up = up;
-    if (!up && !this.closed) this.logger.warn({ url: redactUrl(this.url) }, 'redis connection lost; reconnecting');
+    if (!up && !this.closed) this.logger.warn({ redis: this.where }, 'redis connection lost; reconnecting');
     try {
       this.onAvailability?.(up);
     } catch (err) {
       this.logger.warn({ err }, 'redis availability callback threw');
     }
+  }
+
+  /*
+   * Redis Cluster keeps its client 'ready' while one master is dead: every command
+   * to that master's slots fails (and with cluster-require-full-coverage, every
+   * command) until a replica takes over. CLUSTER INFO's cluster_state says so;
+   * availability follows it, and a failover shows as down-then-up (the server
+   * re-syncs its live allocations after such a transition).
+   */
+  private startClusterProbe(): void {
+    const intervalMs = this.options.clusterProbeMs ?? DEFAULT_CLUSTER_PROBE_MS;
+    this.clusterProbeTimer = setInterval(() => void this.probeCluster(), intervalMs);
+    this.clusterProbeTimer.unref();
+  }
+
+  private async probeCluster(): Promise<void> {
+    if (this.closed || this.clusterProbing || this.client.status !== 'ready') return;
+    this.clusterProbing = true;
+    try {
+      const info = String(await this.client.cluster('INFO'));
+      this.clusterProbeFailures = 0;
+      const state = /cluster_state:(\w+)/.exec(info)?.[1];
+      this.clusterHealthy = state === 'ok';
+    } catch {
+      this.clusterProbeFailures++;
+      if (this.clusterProbeFailures >= CLUSTER_PROBE_FAILURES) this.clusterHealthy = false;
+    } finally {
+      this.clusterProbing = false;
+    }
+    if (!this.closed) this.refreshAvailability();
   }
 
   /** warn, at most once per interval per connection, with a count of what was suppressed. */
@@ -178,12 +391,12 @@ export class RedisConnection {
       return;
     }
     const message = err instanceof Error ? err.message : String(err);
-    this.logger.warn({ role, err: message, suppressed: entry?.suppressed ?? 0 }, 'redis connection error');
+    this.logger.warn({ role, redis: this.where, err: message, suppressed: entry?.suppressed ?? 0 }, 'redis connection error');
     this.errorLog.set(role, { lastAtMs: now, suppressed: 0 });
   }
 
   isAvailable(): boolean {
-    return !this.closed && this.client.status === 'ready';
+    return !this.closed && this.client.status === 'ready' && this.clusterHealthy;
   }
 
   /** Resolves once the command connection is ready; rejects after timeoutMs. */
@@ -203,24 +416,24 @@ export class RedisConnection {
   }
 
   /** The subscriber-mode connection, created on first use. */
-  subscriber(): Redis {
+  subscriber(): RedisClient {
     if (this.closed) throw new Error('store is closed');
     if (!this.subscriberClient) {
-      // Subscriber commands are not on the request path: let SUBSCRIBE wait for the
-      // connection (offline queue on, no per-command timeout); ioredis re-subscribes
-      // by itself after every reconnect (autoResubscribe).
-      const client = new Redis(this.url, {
-        ...this.redisOptions,
-        enableOfflineQueue: true,
-        maxRetriesPerRequest: null,
-        commandTimeout: undefined,
-        autoResubscribe: true,
-        connectionName: 'anyturn-events',
-      });
+      const client = this.createClient('subscriber');
       this.watch(client, 'subscriber', false);
       this.subscriberClient = client;
     }
     return this.subscriberClient;
+  }
+
+  /** Drops the subscriber connection (no reconnect); the next subscriber() makes a new one. */
+  resetSubscriber(): void {
+    const old = this.subscriberClient;
+    this.subscriberClient = undefined;
+    if (!old) return;
+    old.removeAllListeners('message');
+    // Keep an 'error' listener: a late socket error on the dying client must not throw.
+    old.disconnect();
   }
 
   isClosed(): boolean {
@@ -231,12 +444,13 @@ export class RedisConnection {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.clusterProbeTimer) clearInterval(this.clusterProbeTimer);
     await Promise.all([quietly(this.client), this.subscriberClient ? quietly(this.subscriberClient) : Promise.resolve()]);
     this.setUp(false);
   }
 }
 
-async function quietly(client: Redis): Promise<void> {
+async function quietly(client: RedisClient): Promise<void> {
   if (client.status === 'end') return;
   if (client.status !== 'ready') {
     client.disconnect();
@@ -245,8 +459,11 @@ async function quietly(client: Redis): Promise<void> {
   try {
     await client.quit();
   } catch {
-    client.disconnect();
+    // disconnected below
   }
+  // Also after QUIT: only disconnect() reaches the Sentinel connector, whose failover
+  // detector otherwise keeps its subscriptions on the sentinels open for good.
+  client.disconnect();
 }
 
 // ---------------------------------------------------------------------------
@@ -306,7 +523,7 @@ class LuaScript {
   }
 
   /** EVALSHA, falling back to EVAL once when the server doesn't know it (e.g. after a restart). */
-  async run(client: Redis, key: string, ...args: (string | number)[]): Promise<unknown> {
+  async run(client: RedisClient, key: string, ...args: (string | number)[]): Promise<unknown> {
     try {
       return await client.evalsha(this.sha, 1, key, ...args);
     } catch (err) {
@@ -536,9 +753,12 @@ export class RedisAllocationStore implements AllocationStore {
   /** Pending initial SUBSCRIBE: writes wait (briefly) for it, so a listener sees this node's next write. */
   private subscribing: Promise<void> | undefined;
   private readonly subscribeWaitMs: number;
+  /** Bumped whenever the subscriber connection is replaced: messages of an older one are dropped. */
+  private subscriberGeneration = 0;
+  private readonly watchdog: EventWatchdog;
 
   constructor(
-    private readonly connection: RedisConnection,
+    private readonly connection: RedisConnection<RedisClient>,
     options: RedisStoreOptions = {},
   ) {
     this.keys = new KeySpace(validatePrefix(options.keyPrefix ?? DEFAULT_KEY_PREFIX));
@@ -546,7 +766,17 @@ export class RedisAllocationStore implements AllocationStore {
     this.graceMs = options.expiryGraceMs ?? DEFAULT_GRACE_MS;
     this.logger = options.logger ?? silentLogger;
     this.subscribeWaitMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.watchdog = new EventWatchdog({
+      heartbeatMs: options.eventHeartbeatMs ?? DEFAULT_EVENT_HEARTBEAT_MS,
+      staleMs: options.eventStaleMs ?? DEFAULT_EVENT_STALE_MS,
+      publish: (seq) => this.publishHeartbeat(seq),
+      canPublish: () => this.connection.isAvailable(),
+      resubscribe: () => this.resubscribe(),
+    });
+    this.onEventsResubscribed = options.onEventsResubscribed;
   }
+
+  private readonly onEventsResubscribed: (() => void) | undefined;
 
   isAvailable(): boolean {
     return this.connection.isAvailable();
@@ -557,7 +787,7 @@ export class RedisAllocationStore implements AllocationStore {
     return this.connection.waitUntilReady(timeoutMs);
   }
 
-  private get client(): Redis {
+  private get client(): RedisClient {
     return this.connection.client;
   }
 
@@ -694,9 +924,18 @@ export class RedisAllocationStore implements AllocationStore {
   async listAllocations(): Promise<AllocationRecord[]> {
     this.checkOpen();
     const out: AllocationRecord[] = [];
+    // A SCAN sees one server's keys: on Redis Cluster, scan every master.
+    const servers: Redis[] = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    for (const server of servers) {
+      await this.listFrom(server, out);
+    }
+    return out;
+  }
+
+  private async listFrom(server: Redis, out: AllocationRecord[]): Promise<void> {
     let cursor = '0';
     do {
-      const [next, keys] = await this.client.scan(cursor, 'MATCH', this.keys.allocPattern(), 'COUNT', 500);
+      const [next, keys] = await server.scan(cursor, 'MATCH', this.keys.allocPattern(), 'COUNT', 500);
       cursor = next;
       for (const allocKey of keys) {
         const json = await this.client.hget(allocKey, 'r');
@@ -709,7 +948,6 @@ export class RedisAllocationStore implements AllocationStore {
         }
       }
     } while (cursor !== '0');
-    return out;
   }
 
   /*
@@ -847,27 +1085,87 @@ export class RedisAllocationStore implements AllocationStore {
     this.listeners.add(listener);
     if (!this.subscribed) {
       this.subscribed = true;
-      const sub = this.connection.subscriber();
-      sub.on('message', (channel: string, message: string) => {
-        if (channel === this.keys.events) this.deliver(message);
-      });
-      const pending = sub
-        .subscribe(this.keys.events)
-        .then(() => undefined)
-        .catch((err: unknown) => this.warnStep('subscribe', this.keys.events, err))
-        .finally(() => {
-          if (this.subscribing === pending) this.subscribing = undefined;
-        });
-      this.subscribing = pending;
+      this.subscribing = this.attachSubscriber();
+      this.watchdog.start();
     }
     return () => {
       this.listeners.delete(listener);
     };
   }
 
+  /** Subscribes a (new) subscriber connection to the event channel; resolves when SUBSCRIBE answered. */
+  private attachSubscriber(): Promise<void> {
+    const generation = ++this.subscriberGeneration;
+    const sub = this.connection.subscriber();
+    const heartbeats = this.heartbeatChannel();
+    sub.on('message', (channel: string, message: string) => {
+      if (generation !== this.subscriberGeneration) return;
+      if (channel === this.keys.events) this.deliver(message);
+      else if (channel === heartbeats) this.deliver(message);
+    });
+    // A reconnect (ioredis re-subscribes by itself) starts the watchdog's wait afresh.
+    sub.on('ready', () => {
+      if (generation === this.subscriberGeneration) this.watchdog.restartWait();
+    });
+    const pending: Promise<void> = sub
+      .subscribe(this.keys.events, heartbeats)
+      .then(() => undefined)
+      .catch((err: unknown) => {
+        if (generation === this.subscriberGeneration && !this.connection.isClosed()) this.warnStep('subscribe', this.keys.events, err);
+      })
+      .finally(() => {
+        if (this.subscribing === pending) this.subscribing = undefined;
+      });
+    return pending;
+  }
+
+  /*
+   * The watchdog's remedy: after a failover the subscriber can stay attached to a
+   * node that no longer hears the cluster's PUBLISHes (a demoted or partitioned
+   * master, a half-open socket) while ioredis sees nothing wrong. Drop it and
+   * subscribe on a fresh connection (found through Sentinel or the cluster slots
+   * again). Writes don't wait for this SUBSCRIBE: the request path stays fast.
+   */
+  private resubscribe(): void {
+    if (this.connection.isClosed()) return;
+    this.logger.warn({ channel: this.keys.events, resubscriptions: this.watchdog.resubscriptions }, 'redis store: own heartbeat did not come back on the event channel; recreating the subscriber');
+    this.connection.resetSubscriber();
+    void this.attachSubscriber();
+    try {
+      this.onEventsResubscribed?.();
+    } catch (err) {
+      this.logger.warn({ err }, 'onEventsResubscribed threw');
+    }
+  }
+
+  /**
+   * The heartbeat goes on a channel of this store's own, carried by the same
+   * subscriber connection as the events: it proves that connection end to end,
+   * while other nodes never hear it (on the shared channel every node would hear
+   * every node's heartbeat each second: traffic growing with the square of the nodes).
+   */
+  private heartbeatChannel(): string {
+    return `${this.keys.events}:heartbeat:${this.origin}`;
+  }
+
+  private async publishHeartbeat(seq: number): Promise<void> {
+    await this.client.publish(this.heartbeatChannel(), JSON.stringify({ type: 'heartbeat', origin: this.origin, seq }));
+  }
+
+  /** How the event subscription is doing (for metrics and tests). */
+  eventStats(): EventStats {
+    return this.watchdog.stats();
+  }
+
   private deliver(message: string): void {
     if (this.connection.isClosed()) return;
-    const event = toStoreEvent(parseJson(message));
+    const parsed = parseJson(message);
+    if (isObject(parsed) && parsed.type === 'heartbeat') {
+      // Only this store's own heartbeats matter to it; other nodes' are ignored.
+      if (parsed.origin === this.origin && isFiniteNumber(parsed.seq)) this.watchdog.echo(parsed.seq);
+      return;
+    }
+    const event = toStoreEvent(parsed);
     if (!event) return; // malformed or foreign: ignore
     for (const listener of [...this.listeners]) {
       try {
@@ -880,7 +1178,107 @@ export class RedisAllocationStore implements AllocationStore {
 
   async close(): Promise<void> {
     this.listeners.clear();
+    this.watchdog.stop();
     await this.connection.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The event watchdog
+
+export interface EventStats {
+  /** Heartbeats Redis accepted (PUBLISH answered). */
+  readonly heartbeatsPublished: number;
+  /** Own heartbeats that came back through the subscriber. */
+  readonly heartbeatsReceived: number;
+  /** Times the subscriber connection was torn down and made again. */
+  readonly resubscriptions: number;
+  /** Milliseconds since the last own heartbeat came back (undefined: none yet). */
+  readonly lastEchoAgeMs: number | undefined;
+}
+
+interface WatchdogHooks {
+  readonly heartbeatMs: number;
+  readonly staleMs: number;
+  publish(seq: number): Promise<void>;
+  canPublish(): boolean;
+  resubscribe(): void;
+}
+
+/*
+ * Proves the event subscription end to end: every heartbeatMs the store
+ * publishes a numbered heartbeat on its own event channel. A heartbeat counts
+ * from the moment Redis accepted it (so a Redis outage, when nothing can be
+ * published, never looks like a dead subscription); if no later-or-equal heartbeat
+ * has come back through the subscriber within staleMs, the subscription is dead
+ * while commands work, and the subscriber is recreated (at most once per staleMs).
+ */
+class EventWatchdog {
+  private timer: NodeJS.Timeout | undefined;
+  private seq = 0;
+  private echoedSeq = 0;
+  /** The oldest accepted heartbeat not echoed yet. */
+  private pending: { seq: number; acceptedAtMs: number } | undefined;
+  private published = 0;
+  private received = 0;
+  private lastEchoAtMs: number | undefined;
+  resubscriptions = 0;
+
+  constructor(private readonly hooks: WatchdogHooks) {}
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.tick(), this.hooks.heartbeatMs);
+    this.timer.unref();
+    this.tick();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    if (this.pending && now - this.pending.acceptedAtMs > this.hooks.staleMs) {
+      this.pending = undefined;
+      this.resubscriptions++;
+      this.hooks.resubscribe();
+    }
+    if (!this.hooks.canPublish()) {
+      // A heartbeat accepted before an outage says nothing about the subscriber after it.
+      this.pending = undefined;
+      return;
+    }
+    const seq = ++this.seq;
+    this.hooks.publish(seq).then(
+      () => {
+        this.published++;
+        if (seq > this.echoedSeq && !this.pending && this.timer) this.pending = { seq, acceptedAtMs: Date.now() };
+      },
+      () => undefined, // Redis unreachable: nothing to learn about the subscriber
+    );
+  }
+
+  /** The subscriber (re)connected: what was published before proves nothing either way. */
+  restartWait(): void {
+    this.pending = undefined;
+  }
+
+  echo(seq: number): void {
+    this.received++;
+    this.lastEchoAtMs = Date.now();
+    if (seq > this.echoedSeq) this.echoedSeq = seq;
+    if (this.pending && this.pending.seq <= seq) this.pending = undefined;
+  }
+
+  stats(): EventStats {
+    return {
+      heartbeatsPublished: this.published,
+      heartbeatsReceived: this.received,
+      resubscriptions: this.resubscriptions,
+      lastEchoAgeMs: this.lastEchoAtMs === undefined ? undefined : Date.now() - this.lastEchoAtMs,
+    };
   }
 }
 
@@ -891,7 +1289,7 @@ export class RedisNodeRegistry implements NodeRegistry {
   private readonly keys: KeySpace;
 
   constructor(
-    private readonly connection: RedisConnection,
+    private readonly connection: RedisConnection<RedisClient>,
     options: Pick<RedisStoreOptions, 'keyPrefix'> = {},
   ) {
     this.keys = new KeySpace(validatePrefix(options.keyPrefix ?? DEFAULT_KEY_PREFIX));
@@ -921,7 +1319,7 @@ export class RedisNodeRegistry implements NodeRegistry {
 // Factory for the composition root
 
 export interface RedisClients {
-  readonly connection: RedisConnection;
+  readonly connection: RedisConnection<RedisClient>;
   readonly store: RedisAllocationStore;
   readonly registry: RedisNodeRegistry;
   /** Closes everything (same as store.close()). */
@@ -929,12 +1327,13 @@ export interface RedisClients {
 }
 
 /**
- * Builds the store and the node registry on one command connection from
- * --redis-url (redis:// or rediss:// for TLS). Connecting starts at once; calls
- * fail fast until it is ready (await store.waitUntilReady() at startup if needed).
+ * Builds the store and the node registry on one command connection: from
+ * --redis-url (redis:// or rediss:// for TLS; a string is taken as a URL), from
+ * Sentinel, or from Redis Cluster. Connecting starts at once; calls fail fast
+ * until it is ready (await store.waitUntilReady() at startup if needed).
  */
-export function createRedisClients(url: string, options: RedisStoreOptions = {}): RedisClients {
-  const connection = new RedisConnection(url, options);
+export function createRedisClients(target: string | RedisTarget, options: RedisStoreOptions = {}): RedisClients {
+  const connection = new RedisConnection<RedisClient>(target, options);
   const store = new RedisAllocationStore(connection, options);
   const registry = new RedisNodeRegistry(connection, options);
   return { connection, store, registry, close: () => store.close() };

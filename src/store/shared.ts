@@ -1,7 +1,10 @@
-// Opens the shared (cluster) store named by --redis-url.
+// Opens the shared (cluster) store named by --redis-url, --redis-sentinel or
+// --redis-cluster.
 
-import { createRedisClients, type RedisStoreLogger } from './redis.js';
+import { createRedisClients, type RedisStoreLogger, type RedisTarget } from './redis.js';
 import type { AllocationStore, NodeRegistry } from './types.js';
+
+export type { RedisHostPort, RedisTarget } from './redis.js';
 
 export interface SharedStore {
   readonly store: AllocationStore;
@@ -10,8 +13,9 @@ export interface SharedStore {
   waitUntilReady(timeoutMs: number): Promise<boolean>;
 }
 
-export function openSharedStore(url: string, options: { logger: RedisStoreLogger }): SharedStore {
-  const clients = createRedisClients(url, { logger: options.logger });
+/** `target` is a RedisTarget from the config (a plain string is taken as a redis:// URL). */
+export function openSharedStore(target: RedisTarget | string, options: { logger: RedisStoreLogger; onEventsResubscribed?: () => void }): SharedStore {
+  const clients = createRedisClients(target, { logger: options.logger, onEventsResubscribed: options.onEventsResubscribed });
   return {
     store: clients.store,
     registry: clients.registry,
