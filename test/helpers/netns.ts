@@ -275,6 +275,20 @@ export function removeStaleNamespaces(): string[] {
 export interface TopologyOptions {
   /** Number of TURN nodes, 2 (default) or 3. */
   readonly nodes?: 2 | 3;
+  /**
+   * More anycast addresses (from 198.18.0.0/15), each put on every node's
+   * loopback as a /32 and routed by the router via N1 at first, like
+   * ANYCAST_ADDRESS (e.g. a shared relay address for --relay-mode anycast).
+   * Moved with rerouteAddress(); reroute() moves ANYCAST_ADDRESS only.
+   */
+  readonly extraAnycast?: readonly string[];
+}
+
+/** True for a dotted-quad IPv4 address inside 198.18.0.0/15. */
+function inTestRange(address: string): boolean {
+  const parts = address.split('.');
+  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) return false;
+  return parts[0] === '198' && (parts[1] === '18' || parts[1] === '19');
 }
 
 let topologyCounter = 0;
@@ -288,10 +302,19 @@ export class Topology {
   private built = false;
   private tornDown: Promise<void> | undefined;
   private currentRoute: NodeName = 'N1';
+  /** The extra anycast addresses (TopologyOptions.extraAnycast). */
+  readonly extraAnycast: readonly string[];
+  private readonly extraRoutes = new Map<string, NodeName>();
 
   private constructor(options: TopologyOptions) {
     this.prefix = `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
     this.nodeNames = options.nodes === 3 ? ['N1', 'N2', 'N3'] : ['N1', 'N2'];
+    const extra = [...new Set(options.extraAnycast ?? [])];
+    for (const a of extra) {
+      if (!inTestRange(a)) throw new Error(`extra anycast address ${a} is not an IPv4 address in 198.18.0.0/15`);
+      if (a === ANYCAST_ADDRESS || a === REDIS_ADDRESS) throw new Error(`extra anycast address ${a} is already in use by the topology`);
+    }
+    this.extraAnycast = extra;
     const ns: Record<string, string> = {};
     for (const role of ['R', ...this.nodeNames, 'C', 'P']) ns[role] = `${this.prefix}${role.toLowerCase()}`;
     this.ns = ns;
@@ -340,6 +363,14 @@ export class Topology {
     return this.currentRoute;
   }
 
+  /** The node the router sends `address` (ANYCAST_ADDRESS or an extra anycast address) to. */
+  routeOf(address: string): NodeName {
+    if (address === ANYCAST_ADDRESS) return this.currentRoute;
+    const node = this.extraRoutes.get(address);
+    if (node === undefined) throw new Error(`${address} is not an anycast address of this topology`);
+    return node;
+  }
+
   private async create(): Promise<void> {
     const roles = Object.keys(this.ns) as NamespaceRole[];
     for (const role of roles) {
@@ -374,10 +405,16 @@ export class Topology {
       await must('ip', ['netns', 'exec', router, 'sysctl', '-q', '-w', `net.ipv4.conf.${routerIf}.rp_filter=0`]);
     }
     for (const node of this.nodeNames) {
-      await must('ip', ['-n', this.nsOf(node), 'addr', 'add', `${ANYCAST_ADDRESS}/32`, 'dev', 'lo']);
+      for (const address of [ANYCAST_ADDRESS, ...this.extraAnycast]) {
+        await must('ip', ['-n', this.nsOf(node), 'addr', 'add', `${address}/32`, 'dev', 'lo']);
+      }
     }
     await must('ip', ['-n', router, 'route', 'add', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress('N1')]);
     this.currentRoute = 'N1';
+    for (const address of this.extraAnycast) {
+      await must('ip', ['-n', router, 'route', 'add', `${address}/32`, 'via', Topology.nodeAddress('N1')]);
+      this.extraRoutes.set(address, 'N1');
+    }
   }
 
   /** The "BGP reroute": the router now sends anycast traffic to `node`. */
@@ -385,6 +422,18 @@ export class Topology {
     if (!this.nodeNames.includes(node)) throw new Error(`${node} is not in this topology`);
     await must('ip', ['-n', this.nsOf('R'), 'route', 'replace', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress(node)]);
     this.currentRoute = node;
+  }
+
+  /**
+   * The "BGP reroute" of one anycast address: ANYCAST_ADDRESS (the same as
+   * reroute(node)) or one of the extra anycast addresses.
+   */
+  async rerouteAddress(address: string, node: NodeName): Promise<void> {
+    if (address === ANYCAST_ADDRESS) return this.reroute(node);
+    if (!this.extraRoutes.has(address)) throw new Error(`${address} is not an anycast address of this topology`);
+    if (!this.nodeNames.includes(node)) throw new Error(`${node} is not in this topology`);
+    await must('ip', ['-n', this.nsOf('R'), 'route', 'replace', `${address}/32`, 'via', Topology.nodeAddress(node)]);
+    this.extraRoutes.set(address, node);
   }
 
   /** Runs a command inside a namespace to completion (bounded). */

@@ -1,0 +1,428 @@
+// Anycast relay mode (ARCHITECTURE.md §4 "anycast relay", §6) when a node dies,
+// in network namespaces (topology in test/helpers/netns.ts). Needs root,
+// iproute2 and redis-server; skipped otherwise. Run with `npm run test:anycast`.
+//
+// Three nodes N1..N3 carry the service address 198.18.100.1 AND the shared
+// relay address 198.18.101.1 on their loopback; every node runs
+// `--relay-mode anycast --relay-ip 198.18.101.1`, so every node binds every
+// active relayed port and can serve any packet of any allocation. The router
+// sends both addresses to N1 at first.
+//
+// 1. The client streams at 50 pps (ChannelData on allocation A, Send/Data
+//    indications on allocation B) through N1. Then N1's anyturn is SIGKILLed
+//    and both routes (service and relay) move to N2 at once. The stream must
+//    continue on the same relayed addresses (198.18.101.1:port), with no 437;
+//    Refresh, CreatePermission and ChannelBind after the kill succeed, and
+//    N2's /metrics show it relayed the traffic (the requests are sent once
+//    N1's heartbeat has expired: a dead node's allocations must live on). The
+//    gap and the loss per direction and mode are printed (and bounded
+//    loosely, see LOSS_* below).
+// 2. N1's anyturn is started again with the same flags: it takes on the
+//    allocations in the store at start (its log line "anycast relay: took on
+//    the allocations in the store", adopted >= the live allocations), both
+//    routes go back to N1 and the stream keeps flowing through it.
+// 3. No duplicate ports: fresh allocations made through the restarted N1 get
+//    relayed ports different from each other and from the live ones; Redis
+//    holds exactly one port key per allocation (naming it), and every node
+//    binds exactly the live relayed ports on 198.18.101.1 (ss).
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { ANYCAST_ADDRESS, REDIS_ADDRESS, Topology, jsonLines, netnsUnavailableReason, type NodeName, type NsProcess } from '../helpers/netns.js';
+import {
+  PEER_PORTS,
+  REALM,
+  REDIS_PORT,
+  SERVER,
+  USER,
+  dumpAll,
+  metrics,
+  modeFigures,
+  nodeArgs,
+  peerReport,
+  pollReadyz,
+  startPeer,
+  startRedis,
+  startStreamClient,
+  streamSummary,
+  type PeerReport,
+} from './cluster.js';
+import type { FreshResult } from './fresh-allocations.js';
+import type { StreamSummary } from './stream-client.js';
+import { Stream, nowMs } from './wire.js';
+
+const skip = netnsUnavailableReason();
+
+/** The shared relay address: on every node's loopback, routed like the service address. */
+const RELAY_ANYCAST = '198.18.101.1';
+const FRESH_ALLOCATIONS_PATH = fileURLToPath(new URL('./fresh-allocations.js', import.meta.url));
+const FRESH_COUNT = 10;
+const STREAM_MS = 36_000;
+const READY_DEADLINE_MS = 20_000;
+/**
+ * Loss allowed per mode and direction among the packets sent after the kill
+ * (and, separately, after the route back to N1): at most LOSS_MAX_PACKETS or
+ * LOSS_MAX_FRACTION of them, whichever is larger. The issue only asks to print
+ * the loss; the bound is loose on purpose. What is lost is what the client
+ * sends into the dead N1 before the routes move: the two `ip route replace`
+ * took 5-11 ms in the first runs, at 25 pps per mode that is at most one packet
+ * per mode (0 or 1 was seen); 10 packets leave room for a slow, loaded CI host
+ * (route commands taking ~400 ms) without hiding a real failure (a stalled
+ * stream loses hundreds).
+ */
+const LOSS_MAX_PACKETS = 10;
+const LOSS_MAX_FRACTION = 0.02;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function round1(x: number): number {
+  return Math.round(x * 10) / 10;
+}
+
+function endpointText(e: { address: string; port: number }): string {
+  return `${e.address}:${e.port}`;
+}
+
+function report(_t: TestContext, label: string, value: unknown): void {
+  console.log(`[anycast node-death] ${label}: ${JSON.stringify(value)}`);
+}
+
+async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (err) {
+    console.error(dumpAll(topo));
+    throw err;
+  }
+}
+
+/** nodeArgs(cluster) with the shared relay address and --relay-mode anycast. */
+function anycastRelayArgs(node: NodeName): string[] {
+  const args = nodeArgs(node, { cluster: true });
+  const i = args.indexOf('--relay-ip');
+  assert.ok(i >= 0, 'nodeArgs has no --relay-ip');
+  args[i + 1] = RELAY_ANYCAST;
+  args.push('--relay-mode', 'anycast');
+  return args;
+}
+
+interface StartedNode {
+  readonly process: NsProcess;
+  /** The "took on the allocations in the store" log record. */
+  readonly sync: Record<string, unknown>;
+}
+
+async function startAnycastNode(topo: Topology, node: NodeName, name: string): Promise<StartedNode> {
+  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node), { name });
+  const sync = await p.waitForJsonLine((r) => r['msg'] === 'anycast relay: took on the allocations in the store', READY_DEADLINE_MS);
+  await p.waitForJsonLine((r) => r['msg'] === 'anyturn ready', READY_DEADLINE_MS);
+  return { process: p, sync };
+}
+
+async function waitReady(topo: Topology, nodes: readonly NodeName[]): Promise<void> {
+  for (const node of nodes) {
+    const seen = await pollReadyz(topo, node, 200, 15_000);
+    assert.equal(seen[seen.length - 1]?.code, 200, `${node} /readyz never 200: ${JSON.stringify(seen)}`);
+  }
+}
+
+async function moveRoutes(topo: Topology, node: NodeName): Promise<void> {
+  await Promise.all([topo.rerouteAddress(ANYCAST_ADDRESS, node), topo.rerouteAddress(RELAY_ANYCAST, node)]);
+}
+
+// ---------------------------------------------------------------- Redis and sockets, seen from outside
+
+async function redisCli(topo: Topology, args: readonly string[]): Promise<string> {
+  const r = await topo.exec('R', 'redis-cli', ['-h', REDIS_ADDRESS, '-p', String(REDIS_PORT), '--raw', ...args]);
+  if (r.code !== 0) throw new Error(`redis-cli ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Polls until a Redis key no longer exists; when that was seen (nowMs), or undefined at the deadline. */
+async function waitKeyGone(topo: Topology, key: string, deadlineMs: number): Promise<number | undefined> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    if ((await redisCli(topo, ['EXISTS', key])).trim() === '0') return nowMs();
+    if (Date.now() > end) return undefined;
+    await sleep(100);
+  }
+}
+
+interface StoreView {
+  /** Allocation records: key -> relayed "ip:port". */
+  readonly allocations: Map<string, string>;
+  /** Port keys: relayed "ip:port" -> holder (an allocation key). */
+  readonly ports: Map<string, string>;
+}
+
+/** The test's own look at the store (SCAN is fine here: a test, a handful of keys). */
+async function storeView(topo: Topology): Promise<StoreView> {
+  const allocations = new Map<string, string>();
+  const ports = new Map<string, string>();
+  const allocKeys = (await redisCli(topo, ['--scan', '--pattern', 'anyturn:alloc:*'])).split('\n').filter(Boolean);
+  for (const k of allocKeys) {
+    const raw = (await redisCli(topo, ['HGET', k, 'r'])).trim();
+    const rec = JSON.parse(raw) as { key: string; relayedAddress: string; relayedPort: number };
+    allocations.set(rec.key, `${rec.relayedAddress}:${rec.relayedPort}`);
+  }
+  const portKeys = (await redisCli(topo, ['--scan', '--pattern', 'anyturn:port:*'])).split('\n').filter(Boolean);
+  for (const k of portKeys) {
+    const m = /^anyturn:port:\{(.+)\|(\d+)\}$/.exec(k);
+    assert.ok(m, `unexpected port key ${k}`);
+    ports.set(`${m[1]}:${m[2]}`, (await redisCli(topo, ['GET', k])).trim());
+  }
+  return { allocations, ports };
+}
+
+/** UDP ports bound on the shared relay address inside a node's namespace. */
+async function boundRelayPorts(topo: Topology, node: NodeName): Promise<number[]> {
+  const r = await topo.exec(node, 'ss', ['-H', '-u', '-a', '-n']);
+  if (r.code !== 0) throw new Error(`ss in ${node}: ${r.stderr}`);
+  const ports: number[] = [];
+  for (const line of r.stdout.split('\n')) {
+    const local = line.trim().split(/\s+/)[3];
+    if (local?.startsWith(`${RELAY_ANYCAST}:`)) ports.push(Number(local.slice(RELAY_ANYCAST.length + 1)));
+  }
+  return ports.sort((a, b) => a - b);
+}
+
+/** Polls until every node binds exactly `expected` on the relay address, or the deadline; the last view. */
+async function waitBound(topo: Topology, expected: readonly number[], deadlineMs: number): Promise<Record<string, number[]>> {
+  const want = JSON.stringify([...expected].sort((a, b) => a - b));
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const view: Record<string, number[]> = {};
+    for (const node of topo.nodeNames) view[node] = await boundRelayPorts(topo, node);
+    if (Object.values(view).every((p) => JSON.stringify(p) === want) || Date.now() > end) return view;
+    await sleep(250);
+  }
+}
+
+// ---------------------------------------------------------------- figures
+
+interface PhaseLoss {
+  readonly sent: number;
+  readonly lostClientToPeer: number[];
+  readonly lostPeerToClient: number[];
+}
+
+/** Loss per direction of one mode among the packets sent in [from, to). */
+function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, from: number, to: number): PhaseLoss {
+  const atPeer = new Set<number>();
+  for (const [s, seq] of peer.probes) if (s === stream) atPeer.add(seq);
+  const sent = summary.packets.filter((p) => p[1] === stream && p[2] >= from && p[2] < to);
+  return {
+    sent: sent.length,
+    lostClientToPeer: sent.filter((p) => !atPeer.has(p[0])).map((p) => p[0]),
+    lostPeerToClient: sent.filter((p) => atPeer.has(p[0]) && p[3] < 0).map((p) => p[0]),
+  };
+}
+
+function lossAllowed(sent: number): number {
+  return Math.max(LOSS_MAX_PACKETS, Math.floor(sent * LOSS_MAX_FRACTION));
+}
+
+function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToClient: number } {
+  return {
+    clientToPeer: m.get('anyturn_relayed_packets_total{direction="client_to_peer"}') ?? 0,
+    peerToClient: m.get('anyturn_relayed_packets_total{direction="peer_to_client"}') ?? 0,
+  };
+}
+
+/** Warnings and errors a node logged (pino level >= 40), for the report. */
+function warnings(p: NsProcess): unknown[] {
+  return jsonLines(p.stdout())
+    .filter((r) => typeof r['level'] === 'number' && (r['level'] as number) >= 40)
+    .map((r) => ({ msg: r['msg'], err: (r['err'] as { message?: string } | undefined)?.message, allocation: r['allocation'] }));
+}
+
+test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, syncs and takes the traffic back without duplicate ports', { skip, timeout: 240_000 }, async (t) => {
+  const topo = await Topology.build({ nodes: 3, extraAnycast: [RELAY_ANYCAST] });
+  t.after(() => topo.teardown());
+  await withDump(topo, async () => {
+    await startRedis(topo);
+    const n1 = await startAnycastNode(topo, 'N1', 'anyturn-N1');
+    const n2 = await startAnycastNode(topo, 'N2', 'anyturn-N2');
+    const n3 = await startAnycastNode(topo, 'N3', 'anyturn-N3');
+    await waitReady(topo, ['N1', 'N2', 'N3']);
+    report(t, 'start-up sync (empty store)', { N1: n1.sync['adopted'], N2: n2.sync['adopted'], N3: n3.sync['adopted'] });
+
+    const peer = await startPeer(topo);
+    const client = startStreamClient(topo, STREAM_MS);
+    const allocated = await client.waitForJsonLine((r) => r['event'] === 'allocated' || r['event'] === 'error', 20_000);
+    assert.equal(allocated['event'], 'allocated', JSON.stringify(allocated));
+    const relayedAtStart = allocated['relayed'] as { A: { address: string; port: number }; B: { address: string; port: number } };
+    assert.equal(relayedAtStart.A.address, RELAY_ANYCAST, 'allocation A is not on the shared relay address');
+    assert.equal(relayedAtStart.B.address, RELAY_ANYCAST, 'allocation B is not on the shared relay address');
+    const livePorts = [relayedAtStart.A.port, relayedAtStart.B.port];
+    await client.waitForJsonLine((r) => r['event'] === 'streaming', 10_000);
+
+    // Every node has taken on both allocations (bound their relayed ports) before anything dies.
+    const boundBefore = await waitBound(topo, livePorts, 10_000);
+    report(t, 'relayed ports bound on each node before the kill', boundBefore);
+    for (const node of topo.nodeNames) assert.deepEqual(boundBefore[node], [...livePorts].sort((a, b) => a - b), `${node} does not bind the live relayed ports`);
+
+    await sleep(3000);
+    const m2Before = relayedPackets(await metrics(topo, 'N2'));
+    assert.equal((await redisCli(topo, ['EXISTS', 'anyturn:node:{n1}'])).trim(), '1', "no heartbeat key for N1 (key name changed?)");
+
+    // ---- 1. N1 dies: SIGKILL, and both routes to N2 at once.
+    await sleep(1000);
+    const killed = n1.process.stop('SIGKILL'); // the signal is sent synchronously, here
+    const killMs = nowMs();
+    await moveRoutes(topo, 'N2');
+    const switchedMs = nowMs();
+    client.writeLine(JSON.stringify({ cmd: 'mark', name: 'kill', atMs: killMs }));
+    await killed;
+    const exit1 = await n1.process.exited;
+    report(t, 'kill', { exit: exit1.signal ?? exit1.code, routesMovedToN2AfterMs: round1(switchedMs - killMs) });
+
+    // N1 is dead to the cluster once its heartbeat key has expired (HEARTBEAT_TTL_MS, 5 s); in
+    // forward mode that would get its allocations deleted (437). Here nothing may change.
+    const heartbeatGoneMs = await waitKeyGone(topo, 'anyturn:node:{n1}', 15_000);
+    report(t, 'N1 heartbeat expired', { afterKillMs: heartbeatGoneMs === undefined ? 'never' : Math.round(heartbeatGoneMs - killMs) });
+    assert.ok(heartbeatGoneMs !== undefined, "N1's heartbeat key did not expire");
+    await sleep(500);
+    client.writeLine(JSON.stringify({ cmd: 'ops' }));
+    const opsDone = await client.waitForJsonLine((r) => r['event'] === 'ops-done', 15_000);
+    report(t, 'ops after the kill and the heartbeat expiry (through N2)', opsDone['ops']);
+    await sleep(1500);
+    const m2After = relayedPackets(await metrics(topo, 'N2'));
+    report(t, 'N2 anyturn_relayed_packets_total', { beforeKill: m2Before, afterKill: m2After, grew: { clientToPeer: m2After.clientToPeer - m2Before.clientToPeer, peerToClient: m2After.peerToClient - m2Before.peerToClient } });
+
+    // ---- 2. N1 comes back: same flags, it takes on what the store holds.
+    const storeAtRestart = await storeView(topo);
+    const restartMs = nowMs();
+    const n1b = await startAnycastNode(topo, 'N1', 'anyturn-N1-restarted');
+    const restartReadyMs = nowMs();
+    await waitReady(topo, ['N1']);
+    const adopted = Number(n1b.sync['adopted']);
+    report(t, 'N1 restart', { liveAllocationsInStore: storeAtRestart.allocations.size, adopted, startToSyncedAndReadyMs: Math.round(restartReadyMs - restartMs) });
+    const boundAfterRestart = await waitBound(topo, livePorts, 5000);
+    report(t, 'relayed ports bound on each node after N1 restarted', boundAfterRestart);
+
+    const backMs = nowMs();
+    await moveRoutes(topo, 'N1');
+    client.writeLine(JSON.stringify({ cmd: 'mark', name: 'back', atMs: backMs }));
+    report(t, 'routes back to N1', { afterKillMs: Math.round(backMs - killMs), routesMovedAfterMs: round1(nowMs() - backMs) });
+
+    // ---- 3. Fresh allocations through the restarted N1: no duplicate ports anywhere.
+    await sleep(2000);
+    const fresh = topo.spawnIn(
+      'C',
+      process.execPath,
+      [FRESH_ALLOCATIONS_PATH, '--server', SERVER, '--bind', Topology.clientAddress, '--user', USER, '--realm', REALM, '--peer', `${Topology.peerAddress}:${PEER_PORTS[1]}`, '--count', String(FRESH_COUNT), '--hold-ms', '60000'],
+      { name: 'fresh-allocations', stdin: true },
+    );
+    const freshRec = await fresh.waitForJsonLine((r) => r['event'] === 'allocated', 30_000);
+    const freshResults = freshRec['results'] as FreshResult[];
+    const freshPorts = freshResults.filter((r) => r.relayed).map((r) => r.relayed!.port);
+    const allPorts = [...livePorts, ...freshPorts];
+    const storeWithFresh = await storeView(topo);
+    const boundWithFresh = await waitBound(topo, allPorts, 10_000);
+    const m1Fresh = relayedPackets(await metrics(topo, 'N1'));
+    fresh.writeLine(JSON.stringify({ cmd: 'release' }));
+    const released = await fresh.waitForJsonLine((r) => r['event'] === 'released', 15_000);
+    const boundAfterRelease = await waitBound(topo, livePorts, 10_000);
+    const storeAfterRelease = await storeView(topo);
+    report(t, 'fresh allocations through N1', freshResults.map((r) => ({ code: r.code, relayed: r.relayed ? endpointText(r.relayed) : undefined, permission: r.permission, echoed: r.echoed })));
+    report(t, 'live relayed ports', { stream: livePorts, fresh: freshPorts });
+    report(t, 'store with the fresh allocations', { allocations: storeWithFresh.allocations.size, portKeys: storeWithFresh.ports.size });
+    report(t, 'relayed ports bound on each node with the fresh allocations', Object.fromEntries(Object.entries(boundWithFresh).map(([n, p]) => [n, p.length])));
+    report(t, 'after releasing them', { released: released['codes'], bound: boundAfterRelease, allocations: storeAfterRelease.allocations.size, portKeys: storeAfterRelease.ports.size });
+
+    // ---- the stream's end
+    const summary = await streamSummary(client, STREAM_MS + 30_000);
+    const peerSeen = await peerReport(peer);
+    const m1End = relayedPackets(await metrics(topo, 'N1'));
+    const m2End = relayedPackets(await metrics(topo, 'N2'));
+    const m3End = relayedPackets(await metrics(topo, 'N3'));
+    const endMs = nowMs() + 1;
+
+    const kill = {
+      channel: modeFigures(summary, peerSeen, Stream.channel, { atMs: killMs, window: [killMs - 1000, killMs + 3000] }),
+      indication: modeFigures(summary, peerSeen, Stream.indication, { atMs: killMs, window: [killMs - 1000, killMs + 3000] }),
+    };
+    const back = {
+      channel: modeFigures(summary, peerSeen, Stream.channel, { atMs: backMs, window: [backMs - 1000, backMs + 3000] }),
+      indication: modeFigures(summary, peerSeen, Stream.indication, { atMs: backMs, window: [backMs - 1000, backMs + 3000] }),
+    };
+    const startMs = 0;
+    const loss = {
+      beforeKill: { channel: phaseLoss(summary, peerSeen, Stream.channel, startMs, killMs), indication: phaseLoss(summary, peerSeen, Stream.indication, startMs, killMs) },
+      killToBack: { channel: phaseLoss(summary, peerSeen, Stream.channel, killMs, backMs), indication: phaseLoss(summary, peerSeen, Stream.indication, killMs, backMs) },
+      afterBack: { channel: phaseLoss(summary, peerSeen, Stream.channel, backMs, endMs), indication: phaseLoss(summary, peerSeen, Stream.indication, backMs, endMs) },
+    };
+
+    report(t, 'relayed', { A: endpointText(summary.relayed.A), B: endpointText(summary.relayed.B) });
+    report(t, 'gap ms around the kill (last arrival before -> first after; max silence within [-1 s, +3 s])', {
+      channel: { clientToPeer: kill.channel.gapClientToPeerMs, peerToClient: kill.channel.gapPeerToClientMs, maxClientToPeer: kill.channel.maxGapClientToPeerMs, maxPeerToClient: kill.channel.maxGapPeerToClientMs },
+      indication: { clientToPeer: kill.indication.gapClientToPeerMs, peerToClient: kill.indication.gapPeerToClientMs, maxClientToPeer: kill.indication.maxGapClientToPeerMs, maxPeerToClient: kill.indication.maxGapPeerToClientMs },
+    });
+    report(t, 'gap ms around the route back to N1', {
+      channel: { clientToPeer: back.channel.gapClientToPeerMs, peerToClient: back.channel.gapPeerToClientMs, maxClientToPeer: back.channel.maxGapClientToPeerMs, maxPeerToClient: back.channel.maxGapPeerToClientMs },
+      indication: { clientToPeer: back.indication.gapClientToPeerMs, peerToClient: back.indication.gapPeerToClientMs, maxClientToPeer: back.indication.maxGapClientToPeerMs, maxPeerToClient: back.indication.maxGapPeerToClientMs },
+    });
+    for (const [phase, modes] of Object.entries(loss)) {
+      report(t, `lost (${phase}: sent, lost seqs client->peer, lost seqs peer->client)`, Object.fromEntries(Object.entries(modes).map(([mode, l]) => [mode, { sent: l.sent, clientToPeer: l.lostClientToPeer, peerToClient: l.lostPeerToClient }])));
+    }
+    report(t, 'client saw', { ops: summary.ops, newChannelEchoes: summary.newChannelEchoes, errorCodes: summary.errorCodes, got437: summary.got437, foreignSources: summary.foreignSources, wrongKind: summary.wrongKind });
+    report(t, 'peer saw', { channel: kill.channel.peerSources, indication: kill.indication.peerSources, channelAfterKill: kill.channel.peerSourcesAfter, indicationAfterKill: kill.indication.peerSourcesAfter, channelAfterBack: back.channel.peerSourcesAfter, indicationAfterBack: back.indication.peerSourcesAfter });
+    report(t, 'anyturn_relayed_packets_total at the end', { N1restarted: m1End, N1restartedAfterFresh: m1Fresh, N2: m2End, N3: m3End });
+    report(t, 'node warnings', Object.fromEntries(topo.spawned.filter((p) => p.name.startsWith('anyturn-')).map((p) => [p.name, warnings(p)])));
+
+    // 1. The kill: same relayed addresses, no 437, requests succeed, N2 relayed the traffic.
+    assert.deepEqual(kill.channel.peerSources, [endpointText(summary.relayed.A)], 'channel-mode relayed address changed');
+    assert.deepEqual(kill.indication.peerSources, [endpointText(summary.relayed.B)], 'indication-mode relayed address changed');
+    assert.deepEqual(kill.channel.peerSourcesAfter, [endpointText(summary.relayed.A)], 'no channel-mode packet reached the peer after the kill');
+    assert.deepEqual(kill.indication.peerSourcesAfter, [endpointText(summary.relayed.B)], 'no indication-mode packet reached the peer after the kill');
+    assert.equal(summary.got437, 0, `437 received: ${JSON.stringify(summary.errorCodes)}`);
+    for (const alloc of ['A', 'B']) {
+      for (const method of ['refresh', 'createPermission', 'channelBind']) {
+        assert.equal(summary.ops[alloc]?.[method]?.code, 200, `${method} on allocation ${alloc} after the kill: ${JSON.stringify(summary.ops)}`);
+      }
+    }
+    assert.deepEqual(summary.newChannelEchoes, { '2': 5, '3': 5 }, 'probes over the channels bound after the kill');
+    assert.deepEqual(summary.foreignSources, {}, 'datagrams from an address other than the anycast server address');
+    assert.equal(summary.wrongKind, 0);
+    assert.ok(m2After.clientToPeer - m2Before.clientToPeer > 50, `N2 relayed too few client->peer packets after the kill: ${JSON.stringify({ m2Before, m2After })}`);
+    assert.ok(m2After.peerToClient - m2Before.peerToClient > 50, `N2 relayed too few peer->client packets after the kill: ${JSON.stringify({ m2Before, m2After })}`);
+    for (const phase of ['killToBack', 'afterBack'] as const) {
+      for (const mode of ['channel', 'indication'] as const) {
+        const l = loss[phase][mode];
+        assert.ok(l.sent >= 50, `${phase} ${mode}: only ${l.sent} packets sent in that phase`);
+        assert.ok(l.lostClientToPeer.length <= lossAllowed(l.sent), `${phase} ${mode} client->peer lost ${l.lostClientToPeer.length} of ${l.sent}: ${JSON.stringify(l)}`);
+        assert.ok(l.lostPeerToClient.length <= lossAllowed(l.sent), `${phase} ${mode} peer->client lost ${l.lostPeerToClient.length} of ${l.sent}: ${JSON.stringify(l)}`);
+      }
+    }
+
+    // 2. The restart: synced at start, and the stream flows through N1 again.
+    assert.ok(Number.isInteger(adopted) && adopted >= storeAtRestart.allocations.size, `restarted N1 took on ${String(n1b.sync['adopted'])} of ${storeAtRestart.allocations.size} live allocations`);
+    assert.ok(storeAtRestart.allocations.size >= 2, `the store lost the stream's allocations: ${JSON.stringify([...storeAtRestart.allocations])}`);
+    for (const node of topo.nodeNames) assert.deepEqual(boundAfterRestart[node], [...livePorts].sort((a, b) => a - b), `${node} after N1's restart`);
+    assert.deepEqual(back.channel.peerSourcesAfter, [endpointText(summary.relayed.A)], 'no channel-mode packet reached the peer after the route back');
+    assert.deepEqual(back.indication.peerSourcesAfter, [endpointText(summary.relayed.B)], 'no indication-mode packet reached the peer after the route back');
+    assert.ok(m1End.clientToPeer - m1Fresh.clientToPeer > 50 && m1End.peerToClient - m1Fresh.peerToClient > 50, `restarted N1 did not relay the stream after the route back: ${JSON.stringify({ m1Fresh, m1End })}`);
+
+    // 3. No duplicate ports.
+    assert.equal(freshResults.length, FRESH_COUNT);
+    for (const r of freshResults) {
+      assert.equal(r.code, 200, `fresh Allocate through N1: ${JSON.stringify(freshResults)}`);
+      assert.equal(r.relayed?.address, RELAY_ANYCAST);
+      assert.equal(r.permission, 200);
+      assert.equal(r.echoed, true, `a fresh allocation did not relay: ${JSON.stringify(freshResults)}`);
+    }
+    assert.equal(new Set(allPorts).size, allPorts.length, `duplicate relayed ports: ${JSON.stringify({ livePorts, freshPorts })}`);
+    assert.equal(storeWithFresh.allocations.size, 2 + FRESH_COUNT, `allocations in the store: ${JSON.stringify([...storeWithFresh.allocations])}`);
+    assert.deepEqual([...storeWithFresh.ports.keys()].sort(), [...storeWithFresh.allocations.values()].sort(), 'port keys do not match the allocations\' relayed addresses');
+    for (const [key, relayed] of storeWithFresh.allocations) assert.equal(storeWithFresh.ports.get(relayed), key, `port key of ${relayed} does not name ${key}`);
+    for (const node of topo.nodeNames) assert.deepEqual(boundWithFresh[node], [...allPorts].sort((a, b) => a - b), `${node} does not bind exactly the live relayed ports`);
+    assert.ok((released['codes'] as number[]).every((c) => c === 200), `releasing the fresh allocations: ${JSON.stringify(released)}`);
+    for (const node of topo.nodeNames) assert.deepEqual(boundAfterRelease[node], [...livePorts].sort((a, b) => a - b), `${node} after the fresh allocations were released`);
+    assert.equal(storeAfterRelease.allocations.size, 2);
+    assert.equal(storeAfterRelease.ports.size, 2);
+  });
+});

@@ -1,0 +1,254 @@
+// Anycast relay mode (ARCHITECTURE §4): the relayed address is shared by every
+// node, and every node holds every allocation, kept current from the store's
+// events. Several engines in one process, each with its own fake relay sockets on
+// the same shared relay address, over one store: first the memory store, then
+// real Redis through two store instances (two "nodes"), many times, to show that
+// concurrent changes to one allocation from two nodes lose nothing, and that two
+// nodes claiming one relayed port get exactly one winner.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+
+import { createLogger } from '../../src/ops/log.js';
+import { MemoryAllocationStore } from '../../src/store/memory.js';
+import { createRedisClients } from '../../src/store/redis.js';
+import { type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
+import { decodeErrorCode, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import { encodeChannelData } from '../../src/stun/channel-data.js';
+import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
+import { longTermKey } from '../../src/stun/integrity.js';
+import { decodeMessage, getAttribute } from '../../src/stun/message.js';
+import { MessageWriter } from '../../src/stun/writer.js';
+import { CredentialStore } from '../../src/turn/auth.js';
+import { systemClock } from '../../src/turn/clock.js';
+import { EngineCounters } from '../../src/turn/counters.js';
+import { type EngineListener, TurnEngine } from '../../src/turn/engine.js';
+import { NonceIssuer } from '../../src/turn/nonce.js';
+import { createPeerPolicy } from '../../src/turn/peer-policy.js';
+import { FakeClientPath, FakeRelayFactory } from '../helpers/fake-io.js';
+import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
+
+const ANYCAST = '198.18.100.1';
+const RELAY = '198.18.100.2';
+const PORT = 3478;
+const REALM = 'anycast-relay.test';
+const USER = 'alice';
+const KEY = longTermKey(USER, REALM, 'secret');
+const CLIENT = '198.18.10.2';
+const PEER = '198.18.20.2';
+const nonces = new NonceIssuer(Buffer.from('shared nonce secret, 32 bytes..'), 600_000);
+const logger = createLogger('silent');
+
+interface Node {
+  readonly engine: TurnEngine;
+  readonly path: FakeClientPath;
+  readonly listener: EngineListener;
+  readonly relays: FakeRelayFactory;
+}
+
+function startNode(id: string, store: AllocationStore): Node {
+  const path = new FakeClientPath('udp', ANYCAST, PORT);
+  const relays = new FakeRelayFactory();
+  const engine = new TurnEngine({
+    nodeId: id,
+    credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, 'secret']]), authSecrets: [] }),
+    nonces,
+    peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: ['198.18.0.0/15'], deniedPeerRanges: [], serverAddresses: [ANYCAST, RELAY] }),
+    store,
+    relays,
+    clock: systemClock,
+    logger,
+    counters: new EngineCounters(),
+    relayAddressIPv4: RELAY,
+    minPort: 50000,
+    maxPort: 59999,
+    maxLifetimeSeconds: 3600,
+    userQuota: 0,
+    totalQuota: 0,
+    software: '',
+    relayMode: 'anycast',
+  });
+  return { engine, path, listener: engine.addListener(path), relays };
+}
+
+function request(method: number, decorate: (w: MessageWriter) => void = () => undefined): { buf: Buffer; id: string } {
+  const transactionId = randomBytes(12);
+  const w = new MessageWriter(method, MessageClass.Request, transactionId);
+  decorate(w);
+  w.addText(Attr.Username, USER);
+  w.addText(Attr.Realm, REALM);
+  w.addText(Attr.Nonce, nonces.issue(CLIENT, Date.now()));
+  w.addIntegrity(KEY);
+  return { buf: w.toBuffer(), id: transactionId.toString('hex') };
+}
+
+function responseCode(node: Node, clientPort: number, id: string): number | undefined {
+  for (const sent of node.path.sentTo(CLIENT, clientPort)) {
+    const d = decodeMessage(sent.data);
+    if (!d.ok || d.message.transactionId.toString('hex') !== id) continue;
+    if (d.message.cls === MessageClass.SuccessResponse) return 200;
+    return decodeErrorCode(getAttribute(d.message, Attr.ErrorCode) ?? Buffer.alloc(0))?.code;
+  }
+  return undefined;
+}
+
+async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function ask(node: Node, clientPort: number, method: number, decorate?: (w: MessageWriter) => void): Promise<number | undefined> {
+  const r = request(method, decorate);
+  node.engine.handleClientPacket(node.listener, r.buf, CLIENT, clientPort);
+  await until(() => responseCode(node, clientPort, r.id) !== undefined, `an answer to method ${method}`);
+  return responseCode(node, clientPort, r.id);
+}
+
+const allocate = (w: MessageWriter): void => void w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+const bind = (channel: number, peerPort: number) => (w: MessageWriter): void => {
+  w.add(Attr.ChannelNumber, encodeChannelNumber(channel));
+  w.addXorAddress(Attr.XorPeerAddress, PEER, peerPort);
+};
+
+describe('anycast relay mode: every node serves every allocation', () => {
+  const store = new MemoryAllocationStore();
+  const nodes: Node[] = [];
+  after(async () => {
+    for (const n of nodes) await n.engine.stop();
+  });
+
+  it('a node takes on allocations made elsewhere and relays both ways on the shared relayed address', async () => {
+    const a = startNode('a', store);
+    const b = startNode('b', store);
+    nodes.push(a, b);
+    const clientPort = 41000;
+    assert.equal(await ask(a, clientPort, Method.Allocate, allocate), 200);
+    const relay = [...a.engine.allAllocations()][0]!.relay;
+    await until(() => b.relays.socketAt(RELAY, relay.port) !== undefined, 'node B binding the shared relayed address');
+    assert.equal(await ask(a, clientPort, Method.ChannelBind, bind(0x4000, 6000)), 200);
+    await until(() => [...b.engine.allAllocations()][0]?.channel(0x4000) !== undefined, 'the channel reaching node B');
+
+    // The client's packets now reach node B: B relays from the shared relayed address.
+    b.engine.handleClientPacket(b.listener, encodeChannelData(0x4000, Buffer.from('via b')), CLIENT, clientPort);
+    const sent = b.relays.socketAt(RELAY, relay.port)!.sent;
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0]!.data.toString(), 'via b');
+    assert.equal(sent[0]!.address, PEER);
+    // The peer's packets reach node B too: B answers the client from the anycast address.
+    assert.equal(b.relays.socketAt(RELAY, relay.port)!.inject(Buffer.from('to client'), PEER, 6000), true);
+    const last = b.path.sentTo(CLIENT, clientPort).at(-1)!;
+    assert.equal(last.data.readUInt16BE(0), 0x4000);
+    assert.equal(last.data.subarray(4).toString(), 'to client');
+
+    // Node B answers requests on its own; node A sees the change.
+    assert.equal(await ask(b, clientPort, Method.ChannelBind, bind(0x4001, 6001)), 200);
+    await until(() => [...a.engine.allAllocations()][0]?.channel(0x4001) !== undefined, 'the channel bound on B reaching A');
+
+    // Node A dies without a word: node B loses nothing.
+    await a.engine.stop();
+    nodes.splice(nodes.indexOf(a), 1);
+    assert.ok(await store.get(fiveTupleKey('udp', CLIENT, clientPort, ANYCAST, PORT)), "a stopping node leaves the shared allocations alone");
+    b.engine.handleClientPacket(b.listener, encodeChannelData(0x4001, Buffer.from('still here')), CLIENT, clientPort);
+    assert.equal(b.relays.socketAt(RELAY, relay.port)!.sent.at(-1)!.data.toString(), 'still here');
+  });
+
+  it('a node that starts later takes on every allocation in the store, with no duplicate ports', async () => {
+    const b = nodes[0]!;
+    for (let i = 0; i < 20; i++) assert.equal(await ask(b, 42000 + i, Method.Allocate, allocate), 200);
+    const c = startNode('c', store);
+    nodes.push(c);
+    const adopted = await c.engine.syncFromStore();
+    assert.equal(c.engine.allocations, b.engine.allocations);
+    assert.ok(adopted >= 20);
+    const ports = [...c.engine.allAllocations()].map((x) => x.relay.port);
+    assert.equal(new Set(ports).size, ports.length, 'one relayed port per allocation');
+    // A refresh to 0 on one node removes the allocation everywhere.
+    assert.equal(await ask(c, 42000, Method.Refresh, (w) => w.add(Attr.Lifetime, encodeUint32(0))), 200);
+    await until(() => b.engine.allocations === c.engine.allocations && c.engine.allocations === 20, 'the deletion reaching node B');
+  });
+});
+
+describe('races between two nodes on real Redis', () => {
+  let redis: RedisServerHandle;
+  before(async () => {
+    redis = await startRedisServer();
+  });
+  after(() => redis.stop());
+
+  it('Refresh on one node and ChannelBind on another at once, 100 times: no lost update', async () => {
+    const one = createRedisClients(redis.url);
+    const two = createRedisClients(redis.url);
+    await one.store.waitUntilReady(5000);
+    await two.store.waitUntilReady(5000);
+    const a = startNode('a', one.store);
+    const b = startNode('b', two.store);
+    try {
+      for (let i = 0; i < 100; i++) {
+        const clientPort = 30000 + i;
+        assert.equal(await ask(a, clientPort, Method.Allocate, allocate), 200);
+        await until(() => b.listener.find(CLIENT, clientPort) !== undefined, 'node B taking the allocation on');
+        const [refresh, bound] = await Promise.all([
+          ask(a, clientPort, Method.Refresh, (w) => w.add(Attr.Lifetime, encodeUint32(3000))),
+          ask(b, clientPort, Method.ChannelBind, bind(0x4000 + i, 7000 + i)),
+        ]);
+        assert.equal(refresh, 200);
+        assert.equal(bound, 200);
+        const key = fiveTupleKey('udp', CLIENT, clientPort, ANYCAST, PORT);
+        await until(async () => {
+          const r = await one.store.get(key);
+          return r !== undefined && r.channels[String(0x4000 + i)] !== undefined && r.expiresAtMs > Date.now() + 2_000_000;
+        }, `both changes in the stored record (iteration ${i})`);
+        const record = (await one.store.get(key))!;
+        assert.equal(record.channels[String(0x4000 + i)]?.peerPort, 7000 + i, 'the channel bound on B survived');
+        assert.ok(record.expiresAtMs > Date.now() + 2_000_000, 'the refresh on A survived');
+        assert.ok(record.permissions[PEER]! > Date.now(), 'the permission the channel installed survived');
+      }
+    } finally {
+      await a.engine.stop();
+      await b.engine.stop();
+      await one.store.close();
+      await two.store.close();
+    }
+  });
+
+  it('two nodes claiming one relayed port at once, 200 times: exactly one wins', async () => {
+    const one = createRedisClients(redis.url);
+    const two = createRedisClients(redis.url);
+    await one.store.waitUntilReady(5000);
+    await two.store.waitUntilReady(5000);
+    try {
+      for (let i = 0; i < 200; i++) {
+        const port = 20000 + i;
+        const record = (node: string) => ({
+          key: fiveTupleKey('udp', CLIENT, 10000 + i * 2 + (node === 'a' ? 0 : 1), ANYCAST, PORT),
+          transport: 'udp' as const,
+          clientAddress: CLIENT,
+          clientPort: 10000 + i * 2 + (node === 'a' ? 0 : 1),
+          serverAddress: ANYCAST,
+          serverPort: PORT,
+          relayedAddress: RELAY,
+          relayedPort: port,
+          ownerNodeId: node,
+          username: USER,
+          realm: REALM,
+          createdAtMs: Date.now(),
+          expiresAtMs: Date.now() + 600_000,
+          permissions: {},
+          channels: {},
+        });
+        const [x, y] = await Promise.all([one.store.create(record('a'), { userQuota: 0 }), two.store.create(record('b'), { userQuota: 0 })]);
+        const winners = [x, y].filter((o) => o.ok).length;
+        assert.equal(winners, 1, `iteration ${i}: ${JSON.stringify([x, y])}`);
+        const loser = x.ok ? y : x;
+        assert.deepEqual(loser, { ok: false, reason: 'port-taken' });
+      }
+    } finally {
+      await one.store.close();
+      await two.store.close();
+    }
+  });
+});
