@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The command line: turns flags and ANYTURN_* environment variables into a
-// ServerConfig, starts the server, and stops it on SIGTERM/SIGINT.
+// ServerConfig, starts the server, and stops it on SIGTERM/SIGINT. SIGUSR1
+// drains (new Allocates get 403, live allocations go on), as in coturn.
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -8,15 +9,14 @@ import { ConfigError, buildConfig, type RawOptions } from './config.js';
 import { LOG_LEVELS } from './ops/log.js';
 import { startServer } from './server.js';
 
-const SHUTDOWN_GRACE_MS = 5000;
-
 export function parseArgs(argv: string[]): RawOptions {
   const parsed = yargs(argv)
     .scriptName('anyturn')
     .usage('$0 [options]\n\nA TURN relay server (RFC 8656) for one relay per PoP behind an anycast IP.')
     .epilogue(
       'Every flag is also an environment variable: --listening-port -> ANYTURN_LISTENING_PORT.\n' +
-        'From the environment, repeatable address flags take a comma-separated list.',
+        'From the environment, repeatable address flags take a comma-separated list.\n' +
+        'Signals: SIGTERM/SIGINT stop gracefully (allocations deleted, exit 0); SIGUSR1 drains (new Allocates get 403).',
     )
     .env('ANYTURN')
     .strict()
@@ -24,10 +24,26 @@ export function parseArgs(argv: string[]): RawOptions {
     // text; untyped, yargs still converts numerals, and buildConfig names anything else as given.
     .group(['listening-ip', 'listening-port', 'relay-ip', 'min-port', 'max-port'], 'Network:')
     .option('listening-ip', { type: 'string', array: true, describe: 'Address to listen on (repeatable). Default: every local IPv4 address, each bound on its own so answers leave from the address the client used' })
-    .option('listening-port', { describe: 'UDP port for STUN/TURN', default: 3478 })
+    .option('listening-port', { describe: 'UDP and TCP port for STUN/TURN', default: 3478 })
     .option('relay-ip', { type: 'string', array: true, describe: 'Address relayed transport addresses are allocated on (one IPv4, optionally one IPv6). Default: the first non-loopback listening IPv4' })
     .option('min-port', { describe: 'Lowest relay port', default: 49152 })
     .option('max-port', { describe: 'Highest relay port', default: 65535 })
+    .group(['udp', 'tcp', 'tls', 'tls-listening-port', 'cert', 'pkey', 'max-tcp-connections', 'tcp-idle-timeout', 'unauth-error-rate', 'unauth-error-burst'], 'Client transports:')
+    // --no-udp/--no-tcp/--no-tls (coturn's names) arrive as udp/tcp/tls = false; the hidden
+    // no-* options take ANYTURN_NO_UDP=true and the like from the environment.
+    .option('udp', { type: 'boolean', describe: 'Listen for UDP clients on --listening-port; --no-udp (ANYTURN_NO_UDP=true) turns it off' })
+    .option('tcp', { type: 'boolean', describe: 'Listen for TCP clients on --listening-port (RFC 8656 §3.1); --no-tcp turns it off' })
+    .option('tls', { type: 'boolean', describe: 'Listen for TLS clients on --tls-listening-port when --cert and --pkey are given; --no-tls turns it off' })
+    .option('no-udp', { type: 'boolean', hidden: true })
+    .option('no-tcp', { type: 'boolean', hidden: true })
+    .option('no-tls', { type: 'boolean', hidden: true })
+    .option('tls-listening-port', { describe: 'TCP port for TURN over TLS', default: 5349 })
+    .option('cert', { type: 'string', describe: 'Certificate chain for TLS (PEM file); with --pkey turns TLS on' })
+    .option('pkey', { type: 'string', describe: 'Private key for TLS (PEM file, no passphrase)' })
+    .option('max-tcp-connections', { describe: 'Open TCP+TLS client connections at most; more are closed at once and counted (0 = no cap)', default: 10000 })
+    .option('tcp-idle-timeout', { describe: 'Seconds a TCP/TLS connection may go without a valid STUN message after accept (TLS handshake included) before it is closed', default: 10 })
+    .option('unauth-error-rate', { describe: 'Error answers (400/401/438) to unauthenticated requests per second per source IP, over 10,000 tracked IPs; more are dropped, so the server is no amplifier (0 = no limit)', default: 20 })
+    .option('unauth-error-burst', { describe: 'Burst of such answers a quiet source IP may get back to back', default: 40 })
     .group(['realm', 'user', 'userdb', 'use-auth-secret', 'static-auth-secret', 'nonce-secret', 'nonce-lifetime'], 'Authentication (long-term credentials):')
     .option('realm', { type: 'string', describe: 'Realm of the long-term credentials', default: 'anyturn' })
     .option('user', { type: 'string', array: true, describe: 'Static user name:password (repeatable); a password written 0x<32 hex> is the MD5 key itself' })
@@ -43,17 +59,27 @@ export function parseArgs(argv: string[]): RawOptions {
     .option('user-quota', { describe: 'Allocations per username (0 = unlimited); more get 486', default: 0 })
     .option('total-quota', { describe: 'Allocations on this node (0 = unlimited); more get 508', default: 0 })
     .option('max-allocate-lifetime', { describe: 'Longest allocation lifetime granted, in seconds', default: 3600 })
-    .group(['redis-url', 'mesh-address', 'cluster-secret', 'cluster-lookup-rate'], 'Cluster (anycast; forward mode):')
-    .option('redis-url', { type: 'string', describe: 'Shared allocation store (redis:// or rediss://). Without it: the in-memory store, one node' })
-    .option('mesh-address', { type: 'string', describe: 'This node\'s unicast ip:port for node-to-node forwarding (required with --redis-url)' })
+    .group(['redis-url', 'redis-sentinel', 'redis-sentinel-name', 'redis-cluster', 'redis-password', 'mesh-address', 'cluster-secret', 'cluster-lookup-rate', 'relay-mode'], 'Cluster (anycast):')
+    .option('redis-url', { type: 'string', describe: 'Shared allocation store (redis:// or rediss://). Without it (or --redis-sentinel, --redis-cluster): the in-memory store, one node' })
+    .option('redis-sentinel', { type: 'string', array: true, describe: 'Shared store through Redis Sentinel: a sentinel\'s host:port (repeatable); needs --redis-sentinel-name' })
+    .option('redis-sentinel-name', { type: 'string', describe: 'The master group the sentinels monitor ("sentinel monitor <name> ..."), e.g. mymaster' })
+    .option('redis-cluster', { type: 'string', array: true, describe: 'Shared store on Redis Cluster: a node\'s host:port (repeatable; the others are discovered)' })
+    .option('redis-password', { type: 'string', describe: 'Password of the Redis nodes (AUTH) with --redis-sentinel or --redis-cluster (--redis-url carries its own). Prefer ANYTURN_REDIS_PASSWORD: flags show in ps' })
+    .option('mesh-address', { type: 'string', describe: 'This node\'s unicast ip:port for node-to-node forwarding (required with a shared store)' })
     .option('cluster-secret', { type: 'string', describe: 'Secret shared by every node: authenticates mesh frames, and keys nonces unless --nonce-secret is given' })
+    .option('relay-mode', { type: 'string', choices: ['unicast', 'anycast'], describe: "unicast: relayed addresses on each node's own --relay-ip, a rerouted client's packets are forwarded to the owner. anycast: --relay-ip is carried by every node, every node serves every allocation, and a node's death loses nothing", default: 'unicast' })
     .option('cluster-lookup-rate', { describe: 'Store lookups per second for packets from unknown 5-tuples (junk can\'t hammer Redis)', default: 500 })
-    .group(['node-id', 'metrics-ip', 'metrics-port', 'log-level', 'software'], 'Operations:')
+    .group(['node-id', 'metrics-ip', 'metrics-port', 'log-level', 'software', 'prometheus-username-labels', 'admin-token', 'drain-exit', 'shutdown-timeout', 'alternate-server'], 'Operations:')
     .option('metrics-ip', { type: 'string', describe: 'Address of the ops endpoint: /metrics, /healthz, /readyz', default: '0.0.0.0' })
     .option('metrics-port', { describe: 'Port of the ops endpoint (0: off)', default: 9641 })
     .option('node-id', { type: 'string', describe: 'This node\'s name in logs and in a shared store. Default: the hostname' })
     .option('log-level', { type: 'string', choices: LOG_LEVELS as unknown as string[], describe: 'Log level (JSON lines on stdout)', default: 'info' })
     .option('software', { type: 'string', describe: 'SOFTWARE attribute to put in responses (empty: none)', default: '' })
+    .option('prometheus-username-labels', { type: 'boolean', describe: 'Export anyturn_user_allocations{user}, one series per username (off: many users make many series)', default: false })
+    .option('admin-token', { type: 'string', describe: 'Bearer token (at least 16 bytes) that POST /drain and POST /undrain on the ops endpoint require; without it they are refused. Prefer ANYTURN_ADMIN_TOKEN: flags show in ps' })
+    .option('drain-exit', { type: 'boolean', describe: 'Once draining (SIGUSR1 or POST /drain), exit 0 when no allocation is left', default: false })
+    .option('shutdown-timeout', { describe: 'Seconds SIGTERM/SIGINT may take to stop gracefully before the process exits anyway (1-3600)', default: 5 })
+    .option('alternate-server', { type: 'string', array: true, describe: 'Answer every Allocate with 300 Try Alternate and this ip:port or [ipv6]:port (repeatable: round robin within the client\'s address family)' })
     .help()
     .alias('help', 'h')
     .version()
@@ -66,6 +92,14 @@ export function parseArgs(argv: string[]): RawOptions {
 }
 
 async function main(): Promise<void> {
+  // Installed first: without a listener, SIGUSR1 makes Node open its inspector. A drain
+  // asked for while starting up takes effect once the server runs.
+  let drainNow: (() => void) | undefined;
+  let drainAsked = false;
+  process.on('SIGUSR1', () => {
+    drainAsked = true;
+    drainNow?.();
+  });
   let config;
   try {
     config = buildConfig(parseArgs(hideBin(process.argv)));
@@ -82,17 +116,28 @@ async function main(): Promise<void> {
     process.stderr.write(`anyturn: cannot start: ${e.code ?? ''} ${e.message}${where}\n`);
     process.exit(1);
   }
-  const shutdown = (signal: string): void => {
-    const force = setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS);
+  const running = server;
+  let shuttingDown = false;
+  const shutdown = (why: string): void => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    // Bounded: a store that hangs on the way out must not keep the process (and its ports) alive.
+    const force = setTimeout(() => {
+      process.stderr.write(`anyturn: graceful stop (${why}) took over --shutdown-timeout ${config.shutdownTimeoutSeconds} s; exiting\n`);
+      process.exit(1);
+    }, config.shutdownTimeoutSeconds * 1000);
     force.unref();
-    server
+    running
       .stop()
       .then(() => process.exit(0))
       .catch(() => process.exit(1));
-    void signal;
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+  drainNow = () => running.drain('SIGUSR1');
+  if (drainAsked) drainNow();
+  // --drain-exit: however the drain began (SIGUSR1, POST /drain), leave once the last allocation is gone.
+  if (config.drainExit) void running.drained().then(() => shutdown('drained'));
 }
 
 void ConfigError;

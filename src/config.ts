@@ -3,11 +3,15 @@
 // the value, and what is allowed.
 
 import { randomBytes } from 'node:crypto';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { hostname, networkInterfaces } from 'node:os';
 import { parseIPv4, parseIPv6 } from './stun/address.js';
 import { LOG_LEVELS, type LogLevel } from './ops/log.js';
 import { PeerRangeError, parseIpRange } from './turn/peer-policy.js';
+import type { RedisHostPort, RedisTarget } from './store/shared.js';
+import type { AlternateServer } from './turn/admission.js';
 
 export class ConfigError extends Error {
   readonly code = 'ERR_ANYTURN_CONFIG';
@@ -41,17 +45,53 @@ export interface ServerConfig {
   /** The ops HTTP endpoint (/metrics, /healthz, /readyz); port 0 turns it off. */
   readonly metricsIp: string;
   readonly metricsPort: number;
-  /** Present when a shared store is configured (--redis-url): the node runs in a cluster. */
+  /** Present when a shared store is configured (--redis-url, --redis-sentinel or --redis-cluster): the node runs in a cluster. */
   readonly cluster?: ClusterConfig;
+  /** UDP and TCP client listeners on --listening-port (--no-udp, --no-tcp turn them off). */
+  readonly udp: boolean;
+  readonly tcp: boolean;
+  /** TLS client listeners: present when --cert and --pkey are given and not --no-tls. */
+  readonly tls?: TlsConfig;
+  /** Open TCP+TLS client connections at most; more are closed at once (0: no cap). */
+  readonly maxTcpConnections: number;
+  /** A TCP/TLS connection without a valid STUN message this long after accept is closed. */
+  readonly tcpIdleTimeoutSeconds: number;
+  /** Per source IP: error answers (400/401/438) to unauthenticated requests per second (0: no limit), and the burst. */
+  readonly unauthErrorRate: number;
+  readonly unauthErrorBurst: number;
+  /** Bearer token for POST /drain and /undrain; undefined refuses them. */
+  readonly adminToken?: string;
+  /** Exit (0) once draining and no allocation is left. */
+  readonly drainExit: boolean;
+  /** SIGTERM/SIGINT: how long a graceful stop may take before the process exits anyway. */
+  readonly shutdownTimeoutSeconds: number;
+  /** Every Allocate is answered 300 with the next of these (round robin per address family). */
+  readonly alternateServers: readonly AlternateServer[];
+  /** anyturn_user_allocations{user}: off by default (one series per user). */
+  readonly prometheusUsernameLabels: boolean;
+}
+
+export interface TlsConfig {
+  readonly port: number;
+  /** PEM certificate chain and private key, read and checked at startup. */
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly certFile: string;
+  readonly keyFile: string;
 }
 
 export interface ClusterConfig {
+  /** The shared store: one Redis by URL, a Sentinel-managed master, or a Redis Cluster. */
+  readonly redis: RedisTarget;
+  /** @deprecated Read `redis` instead: the URL when redis.kind is 'url', else ''. Kept while older callers move over. */
   readonly redisUrl: string;
   readonly meshAddress: string;
   readonly meshPort: number;
   readonly clusterSecret: Buffer;
   /** Store lookups per second for 5-tuples with no local allocation. */
   readonly lookupsPerSecond: number;
+  /** 'anycast': --relay-ip is shared by every node, and every node serves every allocation. */
+  readonly relayMode: 'unicast' | 'anycast';
 }
 
 /** Flags as the CLI (or a test) hands them over, before validation. */
@@ -80,9 +120,33 @@ export interface RawOptions {
   readonly 'metrics-ip'?: string;
   readonly 'metrics-port'?: number;
   readonly 'redis-url'?: string;
+  readonly 'redis-sentinel'?: readonly string[];
+  readonly 'redis-sentinel-name'?: string;
+  readonly 'redis-cluster'?: readonly string[];
+  readonly 'redis-password'?: string;
   readonly 'mesh-address'?: string;
   readonly 'cluster-secret'?: string;
   readonly 'cluster-lookup-rate'?: number;
+  readonly 'relay-mode'?: string;
+  readonly 'tls-listening-port'?: number;
+  readonly cert?: string;
+  readonly pkey?: string;
+  /** false from --no-udp (yargs' negation); 'no-udp' true from ANYTURN_NO_UDP=true. Same for tcp, tls. */
+  readonly udp?: boolean;
+  readonly tcp?: boolean;
+  readonly tls?: boolean;
+  readonly 'no-udp'?: boolean;
+  readonly 'no-tcp'?: boolean;
+  readonly 'no-tls'?: boolean;
+  readonly 'max-tcp-connections'?: number;
+  readonly 'tcp-idle-timeout'?: number;
+  readonly 'unauth-error-rate'?: number;
+  readonly 'unauth-error-burst'?: number;
+  readonly 'admin-token'?: string;
+  readonly 'drain-exit'?: boolean;
+  readonly 'shutdown-timeout'?: number;
+  readonly 'alternate-server'?: readonly string[];
+  readonly 'prometheus-username-labels'?: boolean;
 }
 
 function integer(flag: string, value: unknown, min: number, max: number, fallback: number): number {
@@ -231,6 +295,92 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     // The CLI defaults this to 9641 (as coturn); a config built in code has no endpoint unless asked.
     metricsPort: integer('metrics-port', raw['metrics-port'], 0, 65535, 0),
     cluster,
+    ...transportConfig(raw, listeningPort),
+    adminToken: adminToken(raw['admin-token']),
+    drainExit: raw['drain-exit'] ?? false,
+    shutdownTimeoutSeconds: integer('shutdown-timeout', raw['shutdown-timeout'], 1, 3600, 5),
+    alternateServers: alternateServers(raw['alternate-server']),
+    prometheusUsernameLabels: raw['prometheus-username-labels'] ?? false,
+  };
+}
+
+function adminToken(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  // A short token could be guessed over HTTP; the value itself never goes into a message.
+  if (Buffer.byteLength(value) < 16 || /\s/.test(value)) throw new ConfigError('admin-token', '***', 'at least 16 bytes without spaces, e.g. $(openssl rand -hex 16)');
+  return value;
+}
+
+/** "ip:port", "[ipv6]:port", or an address alone for port 3478 (as coturn). */
+function alternateServers(values: readonly string[] | undefined): AlternateServer[] {
+  const out: AlternateServer[] = [];
+  for (const value of values ?? []) {
+    // From ANYTURN_ALTERNATE_SERVER a list arrives as one comma-separated string.
+    for (const part of String(value).split(',').map((s) => s.trim()).filter(Boolean)) {
+      const m = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(part) ?? /^([^:]+)(?::(\d{1,5}))?$/.exec(part) ?? /^([0-9a-fA-F:.]+)()$/.exec(part);
+      const address = m?.[1];
+      const port = m?.[2] ? Number(m[2]) : 3478;
+      if (!address || !isIp(address) || address === '0.0.0.0' || address === '::' || !(port >= 1 && port <= 65535)) {
+        throw new ConfigError('alternate-server', part, 'ip:port or [ipv6]:port of another TURN server (port 1-65535, 3478 when left out), e.g. 192.0.2.20:3478 or [2001:db8::20]:3478');
+      }
+      out.push({ address, port });
+    }
+  }
+  return out;
+}
+
+/** Client transports and their protections (--no-udp/--no-tcp/--no-tls, --cert/--pkey, caps, rate limit). */
+function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'tcpIdleTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
+  const udp = raw.udp !== false && raw['no-udp'] !== true;
+  const tcp = raw.tcp !== false && raw['no-tcp'] !== true;
+  const tlsOn = raw.tls !== false && raw['no-tls'] !== true;
+  const port = integer('tls-listening-port', raw['tls-listening-port'], 0, 65535, 5349);
+  let tls: TlsConfig | undefined;
+  const certFile = raw.cert;
+  const keyFile = raw.pkey;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    const [flag, other] = certFile === undefined ? ['cert', 'pkey'] : ['pkey', 'cert'];
+    throw new ConfigError(flag, '', `a PEM file when --${other} is given`, `missing --${flag}: TLS needs both --cert FILE (certificate chain, PEM) and --pkey FILE (private key, PEM)`);
+  }
+  if (certFile !== undefined && keyFile !== undefined && tlsOn) {
+    const read = (flag: string, file: string, what: string): Buffer => {
+      try {
+        return readFileSync(file);
+      } catch (err) {
+        throw new ConfigError(flag, file, `a readable ${what} file (${(err as Error).message})`);
+      }
+    };
+    const cert = read('cert', certFile, 'PEM certificate');
+    const key = read('pkey', keyFile, 'PEM private key');
+    try {
+      new X509Certificate(cert);
+    } catch (err) {
+      throw new ConfigError('cert', certFile, `a PEM certificate (${(err as Error).message})`);
+    }
+    try {
+      createPrivateKey(key);
+    } catch (err) {
+      throw new ConfigError('pkey', keyFile, `a PEM private key without a passphrase (${(err as Error).message})`);
+    }
+    try {
+      createSecureContext({ cert, key });
+    } catch (err) {
+      throw new ConfigError('pkey', keyFile, `the private key of the --cert certificate ${certFile} (${(err as Error).message})`);
+    }
+    if (tcp && port !== 0 && port === listeningPort) throw new ConfigError('tls-listening-port', port, `a port other than --listening-port ${listeningPort}, where plain TCP listens (or --no-tcp)`);
+    tls = { port, cert, key, certFile, keyFile };
+  }
+  if (!udp && !tcp && !tls) {
+    throw new ConfigError('no-udp', true, 'at least one transport', 'nothing to listen on: --no-udp and --no-tcp leave only TLS, which needs --cert and --pkey (and no --no-tls)');
+  }
+  return {
+    udp,
+    tcp,
+    tls,
+    maxTcpConnections: integer('max-tcp-connections', raw['max-tcp-connections'], 0, 10_000_000, 10_000),
+    tcpIdleTimeoutSeconds: integer('tcp-idle-timeout', raw['tcp-idle-timeout'], 1, 3600, 10),
+    unauthErrorRate: integer('unauth-error-rate', raw['unauth-error-rate'], 0, 1_000_000, 20),
+    unauthErrorBurst: integer('unauth-error-burst', raw['unauth-error-burst'], 1, 1_000_000, 40),
   };
 }
 
@@ -252,33 +402,106 @@ function parseHostPort(flag: string, text: string): { address: string; port: num
 }
 
 function buildClusterConfig(raw: RawOptions): ClusterConfig | undefined {
-  const url = raw['redis-url'];
-  if (url === undefined) {
+  const redis = redisTarget(raw);
+  if (redis === undefined) {
     for (const flag of ['mesh-address', 'cluster-secret'] as const) {
-      if (raw[flag] !== undefined) throw new ConfigError(flag, flag === 'cluster-secret' ? '***' : raw[flag], 'only with --redis-url (a cluster needs a shared store)');
+      if (raw[flag] !== undefined) throw new ConfigError(flag, flag === 'cluster-secret' ? '***' : raw[flag], 'only with a shared store: --redis-url, --redis-sentinel or --redis-cluster');
     }
+    if (raw['relay-mode'] === 'anycast') throw new ConfigError('relay-mode', 'anycast', 'only with a shared store (--redis-url, --redis-sentinel or --redis-cluster): every node must see every allocation');
     return undefined;
   }
-  let parsed: URL | undefined;
-  try {
-    parsed = new URL(url);
-  } catch {
-    parsed = undefined;
-  }
-  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
-    throw new ConfigError('redis-url', url.replace(/\/\/[^@]*@/, '//***@'), 'redis://[user:password@]host:port[/db] or rediss:// for TLS');
-  }
-  if (raw['mesh-address'] === undefined) throw new ConfigError('mesh-address', '', 'ip:port of this node for node-to-node forwarding', 'missing --mesh-address: with --redis-url each node needs its unicast ip:port for the mesh, e.g. --mesh-address 192.0.2.10:7000');
+  if (raw['mesh-address'] === undefined) throw new ConfigError('mesh-address', '', 'ip:port of this node for node-to-node forwarding', `missing --mesh-address: with --${redis.flag} each node needs its unicast ip:port for the mesh, e.g. --mesh-address 192.0.2.10:7000`);
   const mesh = parseHostPort('mesh-address', raw['mesh-address']);
   const secret = raw['cluster-secret'];
   if (secret === undefined || Buffer.byteLength(secret) < 16) {
-    throw new ConfigError('cluster-secret', secret === undefined ? '' : '***', 'at least 16 bytes, the same on every node (it authenticates mesh frames and keys the nonces)', `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --redis-url give every node the same secret of at least 16 bytes (it authenticates mesh frames and keys the nonces)`);
+    throw new ConfigError('cluster-secret', secret === undefined ? '' : '***', 'at least 16 bytes, the same on every node (it authenticates mesh frames and keys the nonces)', `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --${redis.flag} give every node the same secret of at least 16 bytes (it authenticates mesh frames and keys the nonces)`);
   }
   return {
-    redisUrl: url,
+    redis: redis.target,
+    redisUrl: redis.target.kind === 'url' ? redis.target.url : '',
     meshAddress: mesh.address,
     meshPort: mesh.port,
     clusterSecret: Buffer.from(secret, 'utf8'),
     lookupsPerSecond: integer('cluster-lookup-rate', raw['cluster-lookup-rate'], 1, 1_000_000, 500),
+    relayMode: relayMode(raw['relay-mode']),
   };
+}
+
+/** The flags that select the shared store: exactly one may be given. */
+const STORE_FLAGS = ['redis-url', 'redis-sentinel', 'redis-cluster'] as const;
+const ONE_STORE = 'exactly one of --redis-url, --redis-sentinel (with --redis-sentinel-name) or --redis-cluster selects the shared store';
+
+/** host:port or [ipv6]:port of a Redis node or sentinel (host may be a name); repeatable or comma-separated. */
+function redisNodes(flag: string, values: readonly string[]): RedisHostPort[] {
+  const out: RedisHostPort[] = [];
+  for (const value of values) {
+    for (const part of String(value).split(',').map((s) => s.trim()).filter(Boolean)) {
+      const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(part) ?? /^([A-Za-z0-9._-]+):(\d{1,5})$/.exec(part);
+      const host = m?.[1];
+      const port = m ? Number(m[2]) : NaN;
+      if (!host || (part.startsWith('[') && parseIPv6(host) === undefined) || !(port >= 1 && port <= 65535)) {
+        throw new ConfigError(flag, part, 'host:port or [ipv6]:port (repeatable, or comma-separated), e.g. 10.0.0.5:26379');
+      }
+      out.push({ host, port });
+    }
+  }
+  if (out.length === 0) throw new ConfigError(flag, '', 'at least one host:port, e.g. 10.0.0.5:26379');
+  return out;
+}
+
+function given(value: string | readonly string[] | undefined): boolean {
+  return value !== undefined && !(Array.isArray(value) && value.length === 0);
+}
+
+/** --redis-url, --redis-sentinel + --redis-sentinel-name, or --redis-cluster (+ --redis-password): the shared store, if any. */
+function redisTarget(raw: RawOptions): { readonly target: RedisTarget; readonly flag: (typeof STORE_FLAGS)[number] } | undefined {
+  const chosen = STORE_FLAGS.filter((f) => given(raw[f]));
+  if (chosen.length > 1) {
+    throw new ConfigError(chosen[1]!, chosen.map((f) => `--${f}`).join(' '), ONE_STORE, `--${chosen.join(' and --')} are ${chosen.length === 2 ? 'both' : 'all'} given: ${ONE_STORE}`);
+  }
+  const password = raw['redis-password'];
+  if (password !== undefined && password === '') throw new ConfigError('redis-password', '', 'a non-empty password (or leave the flag out)');
+  const name = raw['redis-sentinel-name'];
+  const flag = chosen[0];
+  if (flag !== 'redis-sentinel' && name !== undefined) throw new ConfigError('redis-sentinel-name', name, 'only with --redis-sentinel (the master group the sentinels monitor)');
+  if (flag === undefined) {
+    if (password !== undefined) throw new ConfigError('redis-password', '***', 'only with --redis-url, --redis-sentinel or --redis-cluster');
+    return undefined;
+  }
+  const withPassword = password !== undefined ? { password } : {};
+  switch (flag) {
+    case 'redis-url': {
+      const url = String(raw['redis-url']);
+      let parsed: URL | undefined;
+      try {
+        parsed = new URL(url);
+      } catch {
+        parsed = undefined;
+      }
+      if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
+        throw new ConfigError('redis-url', url.replace(/\/\/[^@]*@/, '//***@'), 'redis://[user:password@]host:port[/db] or rediss:// for TLS');
+      }
+      if (password !== undefined && parsed.password !== '') throw new ConfigError('redis-password', '***', 'not together with a password in --redis-url: give it once');
+      return { flag, target: { kind: 'url', url, ...withPassword } };
+    }
+    case 'redis-sentinel': {
+      const sentinels = redisNodes('redis-sentinel', raw['redis-sentinel'] ?? []);
+      if (name === undefined || !/^[A-Za-z0-9._:-]{1,128}$/.test(name)) {
+        throw new ConfigError(
+          'redis-sentinel-name',
+          name ?? '',
+          'the master group name the sentinels monitor (letters, digits, ._:-), e.g. mymaster',
+          name === undefined ? 'missing --redis-sentinel-name: with --redis-sentinel give the master group the sentinels monitor ("sentinel monitor <name> ..."), e.g. --redis-sentinel-name mymaster' : undefined,
+        );
+      }
+      return { flag, target: { kind: 'sentinel', sentinels, name, ...withPassword } };
+    }
+    case 'redis-cluster':
+      return { flag, target: { kind: 'cluster', nodes: redisNodes('redis-cluster', raw['redis-cluster'] ?? []), ...withPassword } };
+  }
+}
+
+function relayMode(value: string | undefined): 'unicast' | 'anycast' {
+  if (value === undefined || value === 'unicast' || value === 'anycast') return value ?? 'unicast';
+  throw new ConfigError('relay-mode', value, "'unicast' (relayed addresses on each node's own --relay-ip) or 'anycast' (--relay-ip is an address every node carries)");
 }

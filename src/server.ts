@@ -7,6 +7,7 @@ import { MeshSocket } from './cluster/mesh.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ServerConfig } from './config.js';
 import { localIPv4Addresses } from './config.js';
+import { DrainSwitch } from './ops/drain.js';
 import { OpsHttpServer } from './ops/http.js';
 import type { Logger } from './ops/log.js';
 import { createLogger } from './ops/log.js';
@@ -14,7 +15,10 @@ import { createMetrics } from './ops/metrics.js';
 import { MemoryAllocationStore, MemoryNodeRegistry } from './store/memory.js';
 import { openSharedStore } from './store/shared.js';
 import type { AllocationStore, NodeRegistry } from './store/types.js';
+import { StreamCounters } from './transport/counters.js';
+import { StreamClientListener, type StreamListenerHooks } from './transport/tcp.js';
 import { UdpClientListener, UdpRelayFactory } from './transport/udp.js';
+import { createAllocateAdmission } from './turn/admission.js';
 import { CredentialStore } from './turn/auth.js';
 import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
@@ -31,7 +35,7 @@ export interface ServerDeps {
 }
 
 export interface ListeningAddress {
-  readonly transport: 'udp';
+  readonly transport: 'udp' | 'tcp' | 'tls';
   readonly address: string;
   readonly port: number;
 }
@@ -40,6 +44,8 @@ export interface RunningServer {
   readonly engine: TurnEngine;
   readonly counters: EngineCounters;
   readonly clusterCounters: ClusterCounters | undefined;
+  /** TCP/TLS connections accepted, refused, open and closed; framing errors. */
+  readonly streamCounters: StreamCounters;
   readonly store: AllocationStore;
   readonly listening: readonly ListeningAddress[];
   /** The bound ops HTTP port (/metrics, /healthz, /readyz), or 0 when off. */
@@ -48,10 +54,19 @@ export interface RunningServer {
   readonly meshPort: number;
   /** Undefined when ready for new clients, else why not. */
   notReadyReason(): string | undefined;
+  /** True while draining: new Allocates get 403, live allocations go on. */
+  isDraining(): boolean;
+  /** Starts draining (SIGUSR1, POST /drain); `source` goes to the log. Idempotent. */
+  drain(source: string): void;
+  undrain(source: string): void;
+  /** Resolves once the node is draining and no allocation is left (or it is stopping). */
+  drained(): Promise<void>;
   stop(): Promise<void>;
 }
 
 const TICK_MS = 1000;
+/** How often a --drain-exit waiter looks whether the last allocation is gone. */
+const DRAINED_POLL_MS = 200;
 const STORE_READY_WAIT_MS = 3000;
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
@@ -68,7 +83,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     store = deps.store;
     registry = deps.registry ?? new MemoryNodeRegistry(() => clock.now());
   } else if (cluster) {
-    const shared = openSharedStore(cluster.redisUrl, { logger });
+    const shared = openSharedStore(cluster.redis, { logger, onEventsResubscribed: () => router?.reset() }); // events in the gap are lost: drop cached lookups
     ({ store, registry } = shared);
     // Start either way: a node whose store is down says so on /readyz and answers new Allocates 508.
     if (!(await shared.waitUntilReady(STORE_READY_WAIT_MS))) logger.warn({ store: store.kind }, 'allocation store not reachable yet; starting not ready');
@@ -83,6 +98,10 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   if (config.listeningIps.includes('0.0.0.0') || config.metricsIp === '0.0.0.0') for (const ip of localIPv4Addresses()) ownAddresses.add(ip);
   ownAddresses.delete('0.0.0.0');
   ownAddresses.delete('::');
+
+  // Assigned below, before anything can ask it (the engine is built next, and no packet arrives before that).
+  let engineRef: TurnEngine | undefined;
+  const drain = new DrainSwitch(logger, () => engineRef?.allocations ?? 0);
 
   const listenersByAddress = new Map<string, Map<number, EngineListener>>();
   let mesh: MeshSocket | undefined;
@@ -111,6 +130,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
       logger,
       counters: clusterCounters,
       lookupsPerSecond: cluster.lookupsPerSecond,
+      // Anycast relay mode: every node can serve every allocation, so take it on rather than forward.
+      adopt: cluster.relayMode === 'anycast' ? (record) => engine.adopt(record) : undefined,
     });
   }
 
@@ -138,10 +159,15 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     totalQuota: config.totalQuota,
     software: config.software,
     foreign: router,
+    relayMode: cluster?.relayMode,
+    unauthenticatedErrorLimit: { perSecond: config.unauthErrorRate, burst: config.unauthErrorBurst },
+    admission: createAllocateAdmission({ alternateServers: config.alternateServers, isDraining: () => drain.draining }),
   });
+  engineRef = engine;
   router?.attach(engine);
 
   const notReadyReason = (): string | undefined => {
+    if (drain.draining) return 'draining';
     if (!store.isAvailable()) return 'allocation store unavailable';
     if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
     return undefined;
@@ -154,6 +180,21 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     onCongestionDrop: () => counters.drops.send_queue_full++,
     onError: (err: Error) => logger.warn({ err }, 'listening socket error'),
   };
+  // TCP and TLS: every connection is its own engine listener, and takes its allocation with it when it closes.
+  const streamCounters = new StreamCounters();
+  const streamListeners: StreamClientListener[] = [];
+  const streamHooks: StreamListenerHooks = {
+    onConnection: (connection) => {
+      const handle = engine.addListener(connection);
+      return {
+        onMessage: (message) => engine.handleClientPacket(handle, message, connection.remoteAddress, connection.remotePort),
+        onClose: () => void engine.closeListener(handle, 'connection-closed').catch((err: unknown) => logger.warn({ err }, 'closing a connection\'s allocation failed')),
+      };
+    },
+    onSendDrop: () => counters.drops.send_queue_full++,
+    onError: (err) => logger.warn({ err }, 'listening socket error'),
+  };
+  const streamOptions = { idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000, maxConnections: config.maxTcpConnections };
   let ops: OpsHttpServer | undefined;
   let membership: Membership | undefined;
   const closeAll = async (): Promise<void> => {
@@ -163,26 +204,61 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await engine.stop();
     await mesh?.close();
     await Promise.all(udpListeners.map((l) => l.close()));
+    await Promise.all(streamListeners.map((l) => l.close()));
     if (ownStore) await store.close();
   };
   try {
     for (const ip of config.listeningIps) {
-      const listener = new UdpClientListener(ip, config.listeningPort, hooks);
-      await listener.start();
-      udpListeners.push(listener);
-      const handle = engine.addListener(listener);
-      handles.set(listener, handle);
-      let byPort = listenersByAddress.get(ip);
-      if (!byPort) listenersByAddress.set(ip, (byPort = new Map()));
-      byPort.set(listener.localPort, handle);
+      let udpPort = 0;
+      if (config.udp) {
+        const listener = new UdpClientListener(ip, config.listeningPort, hooks);
+        await listener.start();
+        udpListeners.push(listener);
+        udpPort = listener.localPort;
+        const handle = engine.addListener(listener);
+        handles.set(listener, handle);
+        let byPort = listenersByAddress.get(ip);
+        if (!byPort) listenersByAddress.set(ip, (byPort = new Map()));
+        byPort.set(listener.localPort, handle);
+      }
+      const startStream = async (transport: 'tcp' | 'tls', port: number, fallbackPort?: number): Promise<void> => {
+        const make = (p: number): StreamClientListener =>
+          new StreamClientListener({ transport, address: ip, port: p, tls: transport === 'tls' ? config.tls : undefined, ...streamOptions }, streamCounters, streamHooks);
+        let listener = make(port);
+        try {
+          await listener.start();
+        } catch (err) {
+          if (fallbackPort === undefined) throw err;
+          listener = make(fallbackPort);
+          await listener.start();
+        }
+        streamListeners.push(listener);
+      };
+      // RFC 8656 §3.1: TCP on the UDP port number. With --listening-port 0, try the port UDP got.
+      if (config.tcp) await (config.listeningPort === 0 && udpPort > 0 ? startStream('tcp', udpPort, 0) : startStream('tcp', config.listeningPort));
+      if (config.tls) await startStream('tls', config.tls.port);
     }
     if (mesh && cluster && clusterCounters) {
       await mesh.start();
       membership = new Membership({ nodeId: config.nodeId, meshAddress: cluster.meshAddress, meshPort: mesh.port }, registry, logger, clusterCounters);
       await membership.start();
     }
+    if (cluster?.relayMode === 'anycast') {
+      // Every node serves every allocation: take on those that exist before serving.
+      const adopted = await engine.syncFromStore().catch((err: unknown) => {
+        logger.warn({ err }, 'start-up sync from the store failed; allocations are taken on as their events arrive');
+        return 0;
+      });
+      logger.info({ adopted }, 'anycast relay: took on the allocations in the store');
+    }
     if (config.metricsPort > 0) {
-      ops = new OpsHttpServer(config.metricsIp, config.metricsPort, createMetrics({ engine, counters, store, cluster: clusterCounters }), { notReadyReason });
+      const metrics = createMetrics({ engine, counters, store, cluster: clusterCounters, streams: streamCounters, drain, usernameLabels: config.prometheusUsernameLabels });
+      ops = new OpsHttpServer(config.metricsIp, config.metricsPort, metrics, { notReadyReason }, {
+        token: config.adminToken,
+        drain: () => drain.drain('POST /drain'),
+        undrain: () => drain.undrain('POST /undrain'),
+        state: () => ({ draining: drain.draining, allocations: engine.allocations }),
+      });
       await ops.start();
     }
   } catch (err) {
@@ -200,6 +276,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
         engine.resyncAll();
         // Events published while the store was away are lost: forget what the router cached.
         router?.reset();
+        if (cluster?.relayMode === 'anycast') void engine.syncFromStore().catch(() => undefined);
       }
       storeWasUp = up;
     }
@@ -207,7 +284,10 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   }, TICK_MS);
   timer.unref();
 
-  const listening = udpListeners.map((l) => ({ transport: 'udp' as const, address: l.localAddress, port: l.localPort }));
+  const listening: ListeningAddress[] = [
+    ...udpListeners.map((l) => ({ transport: 'udp' as const, address: l.localAddress, port: l.localPort })),
+    ...streamListeners.map((l) => ({ transport: l.transport, address: l.localAddress, port: l.localPort })),
+  ];
   logger.info(
     {
       listening,
@@ -223,15 +303,31 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   );
 
   let stopping: Promise<void> | undefined;
+  let drainedWait: Promise<void> | undefined;
+  const drained = (): Promise<void> =>
+    (drainedWait ??= new Promise<void>((resolve) => {
+      const poll = setInterval(() => {
+        if (stopping || (drain.draining && engine.allocations === 0)) {
+          clearInterval(poll);
+          resolve();
+        }
+      }, DRAINED_POLL_MS);
+      poll.unref();
+    }));
   return {
     engine,
     counters,
     clusterCounters,
+    streamCounters,
     store,
     listening,
     metricsPort: ops?.port ?? 0,
     meshPort: mesh?.port ?? 0,
     notReadyReason,
+    isDraining: () => drain.draining,
+    drain: (source) => void drain.drain(source),
+    undrain: (source) => void drain.undrain(source),
+    drained,
     stop() {
       stopping ??= (async () => {
         clearInterval(timer);

@@ -6,7 +6,7 @@
 // record and lets the engine answer 437, so the client re-allocates at once.
 
 import { performance } from 'node:perf_hooks';
-import type { AllocationStore, NodeInfo, NodeRegistry, StoreEvent } from '../store/types.js';
+import type { AllocationRecord, AllocationStore, NodeInfo, NodeRegistry, StoreEvent } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
 import type { Clock } from '../turn/clock.js';
 import type { EngineListener, EngineLogger, ForeignPacketHandler, TurnEngine } from '../turn/engine.js';
@@ -59,6 +59,11 @@ export interface ClusterRouterOptions {
   readonly counters: ClusterCounters;
   /** Store lookups per second for unknown 5-tuples (a token bucket), so junk can't hammer the store. */
   readonly lookupsPerSecond: number;
+  /**
+   * Anycast relay mode: take the allocation on here instead of forwarding (every node
+   * can serve it). Its owner's death is then no reason to delete it.
+   */
+  readonly adopt?: (record: AllocationRecord) => Promise<boolean>;
 }
 
 export class ClusterRouter implements ForeignPacketHandler {
@@ -85,6 +90,8 @@ export class ClusterRouter implements ForeignPacketHandler {
   }
 
   offer(listener: EngineListener, buf: Buffer, address: string, port: number): boolean {
+    // A TCP/TLS connection ends on the node that accepted it (ARCHITECTURE §4): nothing to look for elsewhere.
+    if (listener.path.transport !== 'udp') return false;
     const entry = this.cache.get(listener)?.get(address)?.get(port);
     const now = this.o.clock.now();
     if (entry !== undefined) {
@@ -132,6 +139,13 @@ export class ClusterRouter implements ForeignPacketHandler {
       const record = await this.o.store.get(key);
       this.o.counters.observeLookupSeconds((performance.now() - started) / 1000);
       if (!record) return this.settleAbsent(place, key, ABSENT_TTL_MS);
+      if (this.o.adopt) {
+        // Held here now (or it can't be): either way the engine decides the held packets.
+        if (await this.o.adopt(record)) this.o.counters.allocationsResumed++;
+        this.settleAbsent(place, key, ABSENT_TTL_MS);
+        this.invalidate(key);
+        return;
+      }
       if (record.ownerNodeId === this.o.nodeId) {
         // Our own record, but no live allocation here (this node restarted): it is stale.
         await this.o.store.delete(key, 'stale', record.version);

@@ -1,7 +1,9 @@
 // The operations endpoint: /metrics for Prometheus, /healthz (the process is
 // alive) and /readyz (it should receive new clients; a BGP speaker next to the
-// node announces the anycast prefix only while this says yes).
+// node announces the anycast prefix only while this says yes). POST /drain and
+// POST /undrain switch drain mode, for holders of the --admin-token.
 
+import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { Registry } from 'prom-client';
 
@@ -9,6 +11,25 @@ export interface Readiness {
   /** Undefined when ready; otherwise why not (e.g. "store unavailable"). */
   notReadyReason(): string | undefined;
 }
+
+/** What POST /drain and POST /undrain do, and who may ask. */
+export interface AdminActions {
+  /** The bearer token the POSTs need; undefined refuses them all with 403. */
+  readonly token: string | undefined;
+  drain(): void;
+  undrain(): void;
+  /** The state the POSTs answer with. */
+  state(): { readonly draining: boolean; readonly allocations: number };
+}
+
+/** Constant-time: both sides hashed to 32 bytes first, so not even the length leaks. */
+function tokenMatches(given: string, expected: string): boolean {
+  const a = createHash('sha256').update(given, 'utf8').digest();
+  const b = createHash('sha256').update(expected, 'utf8').digest();
+  return timingSafeEqual(a, b);
+}
+
+const NO_TOKEN_MESSAGE = 'POST /drain and /undrain are off: start anyturn with --admin-token TOKEN (or ANYTURN_ADMIN_TOKEN) to allow them; SIGUSR1 drains without one';
 
 export class OpsHttpServer {
   private readonly server: http.Server;
@@ -18,6 +39,7 @@ export class OpsHttpServer {
     private readonly requestedPort: number,
     private readonly registry: Registry,
     private readonly readiness: Readiness,
+    private readonly admin?: AdminActions,
   ) {
     this.server = http.createServer((req, res) => void this.handle(req, res));
   }
@@ -40,7 +62,9 @@ export class OpsHttpServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
     try {
-      if (req.method !== 'GET' && req.method !== 'HEAD') {
+      if (path === '/drain' || path === '/undrain') {
+        this.handleAdmin(req, res, path);
+      } else if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { allow: 'GET, HEAD' }).end();
       } else if (path === '/metrics') {
         const body = await this.registry.metrics();
@@ -59,6 +83,25 @@ export class OpsHttpServer {
       if (!res.headersSent) res.writeHead(500);
       res.end();
     }
+  }
+
+  private handleAdmin(req: http.IncomingMessage, res: http.ServerResponse, path: '/drain' | '/undrain'): void {
+    const json = (status: number, body: object, headers: Record<string, string> = {}): void => {
+      res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(`${JSON.stringify(body)}\n`);
+    };
+    // The body is never read: drop it rather than buffer it.
+    req.resume();
+    if (req.method !== 'POST') return json(405, { error: `${path} takes POST` }, { allow: 'POST' });
+    const admin = this.admin;
+    if (!admin || admin.token === undefined) return json(403, { error: NO_TOKEN_MESSAGE });
+    const header = req.headers.authorization ?? '';
+    const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
+    if (!m?.[1] || !tokenMatches(m[1], admin.token)) {
+      return json(401, { error: 'missing or wrong token: send Authorization: Bearer <the --admin-token>' }, { 'www-authenticate': 'Bearer realm="anyturn"' });
+    }
+    if (path === '/drain') admin.drain();
+    else admin.undrain();
+    json(200, admin.state());
   }
 
   close(): Promise<void> {

@@ -4,7 +4,10 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ClusterCounters } from '../cluster/counters.js';
+import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
+import { CONNECTION_CLOSE_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
+import { FRAMING_ERRORS } from '../transport/stream.js';
 import { DROP_REASONS, type EngineCounters } from '../turn/counters.js';
 import type { TurnEngine } from '../turn/engine.js';
 
@@ -13,7 +16,15 @@ export interface MetricsSources {
   readonly counters: EngineCounters;
   readonly store: AllocationStore;
   readonly cluster?: ClusterCounters;
+  /** TCP/TLS client connections. */
+  readonly streams?: StreamCounters;
+  readonly drain?: DrainSwitch;
+  /** anyturn_user_allocations{user}: one series per username, so only when asked (--prometheus-username-labels). */
+  readonly usernameLabels?: boolean;
 }
+
+/** Request handling time, receipt to response: sub-millisecond normally; a slow store shows in the tail. */
+const REQUEST_SECONDS_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 type Labelled = readonly [Record<string, string>, number];
 
@@ -43,7 +54,7 @@ function single(value: number): readonly Labelled[] {
 export function createMetrics(sources: MetricsSources): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'anyturn_process_' });
-  const { engine, counters, store, cluster } = sources;
+  const { engine, counters, store, cluster, drain } = sources;
 
   new Gauge({
     name: 'anyturn_allocations',
@@ -86,6 +97,36 @@ export function createMetrics(sources: MetricsSources): Registry {
     },
   });
 
+  new Gauge({
+    name: 'anyturn_draining',
+    help: '1 while the node drains (SIGUSR1 or POST /drain): new Allocates get 403, live allocations go on',
+    registers: [registry],
+    collect() {
+      this.set(drain?.draining ? 1 : 0);
+    },
+  });
+  if (sources.usernameLabels) {
+    new Gauge({
+      name: 'anyturn_user_allocations',
+      help: 'Live allocations on this node by username (--prometheus-username-labels)',
+      labelNames: ['user'],
+      registers: [registry],
+      collect() {
+        // Users whose allocations ended drop out of the scrape instead of staying at 0.
+        this.reset();
+        for (const a of engine.allAllocations()) this.inc({ user: a.username });
+      },
+    });
+  }
+  const requestSeconds = new Histogram({
+    name: 'anyturn_request_duration_seconds',
+    help: 'Time from receiving a STUN/TURN request to sending its response, by method',
+    labelNames: ['method'],
+    buckets: REQUEST_SECONDS_BUCKETS,
+    registers: [registry],
+  });
+  counters.observeRequestSeconds = (method, seconds) => requestSeconds.observe({ method }, seconds);
+
   totalCounter(registry, 'anyturn_requests_total', 'STUN/TURN requests answered, by method and result code (200 = success)', ['method', 'code'], () =>
     [...counters.requests].map(([k, v]) => {
       const [method = '', code = ''] = k.split(' ');
@@ -109,6 +150,31 @@ export function createMetrics(sources: MetricsSources): Registry {
   totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
   totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
+
+  const streams = sources.streams;
+  if (streams) {
+    new Gauge({
+      name: 'anyturn_client_connections',
+      help: 'Open TCP/TLS client connections, by transport (TLS from accept, handshake included)',
+      labelNames: ['transport'],
+      registers: [registry],
+      collect() {
+        for (const transport of STREAM_TRANSPORTS) this.set({ transport }, streams.open[transport]);
+      },
+    });
+    totalCounter(registry, 'anyturn_client_connections_accepted_total', 'TCP/TLS client connections accepted, by transport', ['transport'], () =>
+      STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.accepted[transport]] as const),
+    );
+    totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at once because --max-tcp-connections were open, by transport', ['transport'], () =>
+      STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.refused[transport]] as const),
+    );
+    totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
+      STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),
+    );
+    totalCounter(registry, 'anyturn_stream_framing_errors_total', 'TCP/TLS connections closed because the stream was neither STUN nor ChannelData (not_turn) or a frame was over 64 KiB (too_long)', ['transport', 'reason'], () =>
+      STREAM_TRANSPORTS.flatMap((transport) => FRAMING_ERRORS.map((reason) => [{ transport, reason }, streams.framingErrors[transport][reason]] as const)),
+    );
+  }
 
   if (cluster) {
     totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));

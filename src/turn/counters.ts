@@ -14,6 +14,8 @@ export const DROP_REASONS = [
   'unknown_required_attribute',
   'send_queue_full',
   'request_in_flight',
+  /** An error answer to an unauthenticated request over the per-source rate (turn/rate-limit.ts). */
+  'rate_limited',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -31,6 +33,12 @@ export class EngineCounters {
   allocationsCreated = 0;
   allocationsDeleted = 0;
   storeErrors = 0;
+  /** Anycast relay mode: allocations taken on from the store, and ones that could not be. */
+  allocationsAdopted = 0;
+  replicaFailures = 0;
+
+  /** Observer for request handling time, receipt to response, in seconds (set by the metrics module). */
+  observeRequestSeconds: (method: string, seconds: number) => void = () => undefined;
 
   countRequest(method: string, code: number): void {
     const key = `${method} ${code}`;

@@ -54,7 +54,7 @@ import {
 import { verifyIntegritySha1, verifyIntegritySha256 } from '../stun/integrity.js';
 import { type StunMessage, decodeMessage, getAttribute, getAttributes } from '../stun/message.js';
 import { MessageWriter } from '../stun/writer.js';
-import type { AllocationStore } from '../store/types.js';
+import type { AllocationRecord, AllocationStore, StoreEvent } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
 import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
@@ -72,6 +72,10 @@ export const DEFAULT_LIFETIME_SECONDS = 600;
 /** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
 export const RESERVATION_LIFETIME_MS = 30_000;
 const MAX_PORT_ATTEMPTS = 64;
+/** Random relay ports tried before walking the whole range. */
+const RANDOM_PORT_ATTEMPTS = 32;
+/** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
+const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
 
 /** The subset of pino's logger the engine uses. */
 export interface EngineLogger {
@@ -110,6 +114,13 @@ export interface EngineOptions {
   readonly unauthenticatedErrorLimit?: SourceRateLimitOptions;
   /** Asked before each new allocation: 300 to an alternate server, 403 while draining. */
   readonly admission?: AllocateAdmission;
+  /**
+   * 'unicast' (default): an allocation lives on the node that made it. 'anycast': the
+   * relay address is shared by every node, and every node holds every allocation
+   * (kept current from the store's event feed), so any node serves any packet and a
+   * node's death loses nothing (ARCHITECTURE §4, anycast relay).
+   */
+  readonly relayMode?: 'unicast' | 'anycast';
 }
 
 /**
@@ -129,6 +140,8 @@ export interface ForeignPacketHandler {
 export class EngineListener {
   /** client address -> client port -> allocation: no string building per packet. */
   readonly allocations = new Map<string, Map<number, Allocation>>();
+  /** Set by closeListener: the connection is gone, an Allocate still in flight must not land here. */
+  closed = false;
   constructor(readonly path: ClientPath) {}
 
   find(address: string, port: number): Allocation | undefined {
@@ -149,6 +162,11 @@ interface HeldReservation {
 export class TurnEngine {
   private readonly listeners = new Set<EngineListener>();
   private readonly pending = new Set<string>();
+  /** Every local allocation by store key (replication and cleanup; never on the packet path). */
+  private readonly byKey = new Map<string, { readonly listener: EngineListener; readonly allocation: Allocation }>();
+  /** Keys whose replica is being set up (anycast relay mode). */
+  private readonly materializing = new Set<string>();
+  private unsubscribe: (() => void) | undefined;
   private readonly reservations = new Map<string, HeldReservation>();
   private readonly sendView = new SendIndicationView();
   private readonly ids = new TransactionIdPool();
@@ -163,6 +181,19 @@ export class TurnEngine {
   constructor(private readonly o: EngineOptions) {
     const limit = o.unauthenticatedErrorLimit;
     this.unauthLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
+    if (o.relayMode === 'anycast') this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
+  }
+
+  private get anycastRelay(): boolean {
+    return this.o.relayMode === 'anycast';
+  }
+
+  private register(listener: EngineListener, allocation: Allocation): void {
+    let byPort = listener.allocations.get(allocation.clientAddress);
+    if (!byPort) listener.allocations.set(allocation.clientAddress, (byPort = new Map()));
+    byPort.set(allocation.clientPort, allocation);
+    this.byKey.set(allocation.key, { listener, allocation });
+    this.allocationCount++;
   }
 
   get allocations(): number {
@@ -572,14 +603,11 @@ export class TurnEngine {
         }
       }
       if (!allocation || !relay) throw new TurnError(ErrorCode.InsufficientCapacity, 'No relay port available');
-      if (this.stopped) {
-        await this.o.store.delete(key, 'shutdown').catch(() => undefined);
-        throw new TurnError(ErrorCode.InsufficientCapacity, 'Shutting down');
+      if (this.stopped || listener.closed) {
+        await this.o.store.delete(key, this.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
+        throw new TurnError(ErrorCode.InsufficientCapacity, this.stopped ? 'Shutting down' : 'Connection closed');
       }
-      let byPort = listener.allocations.get(address);
-      if (!byPort) listener.allocations.set(address, (byPort = new Map()));
-      byPort.set(port, allocation);
-      this.allocationCount++;
+      this.register(listener, allocation);
       this.o.counters.allocationsCreated++;
       relay = undefined; // owned by the allocation now
       additionalRelay = undefined;
@@ -613,14 +641,7 @@ export class TurnEngine {
     reserveNext: boolean,
     onPacket: (payload: Buffer, address: string, port: number) => void,
   ): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
-    const { minPort, maxPort } = this.o;
-    for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
-      let port = randomInt(minPort, maxPort + 1);
-      if (even) {
-        port &= ~1;
-        if (port < minPort) port += 2;
-        if (port > maxPort || (reserveNext && port + 1 > maxPort)) continue;
-      }
+    for (const port of this.candidatePorts(even, reserveNext)) {
       const socket = await this.o.relays.bind(address, port, onPacket);
       if (!socket) continue;
       if (!reserveNext) return { socket };
@@ -646,6 +667,23 @@ export class TurnEngine {
       return { socket, token };
     }
     return undefined;
+  }
+
+  /**
+   * Relay ports to try: random ones first (RFC 8656 §7.2 and security: unpredictable
+   * ports), then, if those were all taken, every port of the range from a random
+   * start, so that a nearly full range still yields its last free ports.
+   */
+  private *candidatePorts(even: boolean, reserveNext: boolean): Generator<number> {
+    const { minPort, maxPort } = this.o;
+    const step = even ? 2 : 1;
+    const first = even ? minPort + (minPort & 1) : minPort;
+    const last = reserveNext ? maxPort - 1 : maxPort;
+    if (last < first) return;
+    const count = Math.floor((last - first) / step) + 1;
+    for (let attempt = 0; attempt < RANDOM_PORT_ATTEMPTS; attempt++) yield first + randomInt(count) * step;
+    const start = randomInt(count);
+    for (let i = 0; i < count; i++) yield first + ((start + i) % count) * step;
   }
 
   /** RFC 8656 §7.2: a RESERVATION-TOKEN hands over the port reserved by an earlier EVEN-PORT R=1. */
@@ -757,8 +795,10 @@ export class TurnEngine {
       if (allocation.deleted) return;
       try {
         let outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
-        if (!outcome.ok && outcome.reason === 'conflict' && outcome.current) {
-          // This node owns the allocation: its live state wins over a stale copy.
+        // Another writer got there first (anycast relay mode: any node may change any
+        // allocation): fold its record into ours and write the union. Never a lost update.
+        for (let attempt = 0; attempt < 5 && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
+          allocation.merge(outcome.current);
           allocation.version = outcome.current.version;
           outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
         }
@@ -786,7 +826,8 @@ export class TurnEngine {
     return allocation.persisting;
   }
 
-  private async deleteAllocation(listener: EngineListener, allocation: Allocation, reason: string): Promise<void> {
+  /** Deletes a local allocation; with writeStore false only this node's copy goes (a replica). */
+  private async deleteAllocation(listener: EngineListener, allocation: Allocation, reason: string, writeStore = true): Promise<void> {
     if (allocation.deleted) return;
     allocation.deleted = true;
     const byPort = listener.allocations.get(allocation.clientAddress);
@@ -794,6 +835,7 @@ export class TurnEngine {
       byPort.delete(allocation.clientPort);
       if (byPort.size === 0) listener.allocations.delete(allocation.clientAddress);
     }
+    if (this.byKey.get(allocation.key)?.allocation === allocation) this.byKey.delete(allocation.key);
     this.allocationCount--;
     this.o.counters.allocationsDeleted++;
     allocation.closeRelays();
@@ -801,6 +843,7 @@ export class TurnEngine {
       { event: 'allocation_deleted', client: `${allocation.clientAddress}:${allocation.clientPort}`, relayed: `${allocation.relay.address}:${allocation.relay.port}`, user: allocation.username, reason },
       'allocation deleted',
     );
+    if (!writeStore) return;
     try {
       await allocation.persisting;
       await this.o.store.delete(allocation.key, reason);
@@ -818,6 +861,7 @@ export class TurnEngine {
   /** Removes an allocation whose client transport went away (a closed TCP/TLS connection). */
   async closeListener(listener: EngineListener, reason: string): Promise<void> {
     const all = [...listener.allocations.values()].flatMap((m) => [...m.values()]);
+    listener.closed = true;
     this.listeners.delete(listener);
     await Promise.all(all.map((a) => this.deleteAllocation(listener, a, reason)));
   }
@@ -829,7 +873,7 @@ export class TurnEngine {
     for (const listener of this.listeners) {
       for (const byPort of listener.allocations.values()) {
         for (const allocation of byPort.values()) {
-          if (allocation.expiresAtMs <= now) work.push(this.deleteAllocation(listener, allocation, 'expired'));
+          if (allocation.expiresAtMs <= now) work.push(this.anycastRelay ? this.expireShared(listener, allocation, now) : this.deleteAllocation(listener, allocation, 'expired'));
           else if (allocation.prune(now) || allocation.dirty) work.push(this.persist(allocation));
         }
       }
@@ -838,12 +882,130 @@ export class TurnEngine {
     await Promise.all(work);
   }
 
+  // ---------------------------------------------------------------- anycast relay mode
+
+  /**
+   * An allocation whose lifetime ran out here: another node may have refreshed it
+   * (an event we missed or haven't seen yet), so ask the store before deleting.
+   */
+  private async expireShared(listener: EngineListener, allocation: Allocation, now: number): Promise<void> {
+    try {
+      const current = await this.o.store.get(allocation.key);
+      if (current && current.expiresAtMs > now) {
+        allocation.merge(current);
+        return;
+      }
+    } catch {
+      // Store unreachable: keep relaying a while rather than cut a call another node may have refreshed.
+      if (now < allocation.expiresAtMs + EXPIRY_GRACE_WITHOUT_STORE_MS) return;
+    }
+    await this.deleteAllocation(listener, allocation, 'expired');
+  }
+
+  private onStoreEvent(event: StoreEvent): void {
+    if (this.stopped) return;
+    if (event.type === 'deleted') {
+      const local = this.byKey.get(event.key);
+      if (local) void this.deleteAllocation(local.listener, local.allocation, event.reason, false);
+      return;
+    }
+    const local = this.byKey.get(event.record.key);
+    if (local) local.allocation.merge(event.record);
+    else if (!this.pending.has(event.record.key)) void this.adopt(event.record);
+  }
+
+  private findListener(transport: string, address: string, port: number): EngineListener | undefined {
+    for (const listener of this.listeners) {
+      const p = listener.path;
+      if (p.transport === transport && p.localAddress === address && p.localPort === port) return listener;
+    }
+    return undefined;
+  }
+
+  /**
+   * Takes on an allocation made by another node: binds its relayed address (shared by
+   * every node in anycast relay mode) and serves it from here. Returns true when the
+   * allocation is (now) held locally. `fresh`: the record was just read from the
+   * store (no need to read it again).
+   */
+  async adopt(record: AllocationRecord, fresh = false): Promise<boolean> {
+    if (this.byKey.has(record.key)) return true;
+    if (this.materializing.has(record.key) || this.stopped || record.transport !== 'udp') return false;
+    const listener = this.findListener(record.transport, record.serverAddress, record.serverPort);
+    if (!listener || record.expiresAtMs <= this.o.clock.now()) return false;
+    this.materializing.add(record.key);
+    let relay: RelaySocket | undefined;
+    let additionalRelay: RelaySocket | undefined;
+    try {
+      let allocation: Allocation | undefined;
+      const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
+        if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
+      };
+      relay = await this.o.relays.bind(record.relayedAddress, record.relayedPort, onPacket);
+      if (record.additionalRelayedAddress !== undefined && record.additionalRelayedPort !== undefined) {
+        additionalRelay = await this.o.relays.bind(record.additionalRelayedAddress, record.additionalRelayedPort, onPacket);
+      }
+      if (!relay) {
+        this.o.counters.replicaFailures++;
+        this.o.logger.warn({ allocation: record.key, relayed: `${record.relayedAddress}:${record.relayedPort}` }, 'cannot bind a shared relayed address here');
+        return false;
+      }
+      // An event may be old by now: read the record again (a start-up listing was just read).
+      const current = fresh ? record : await this.o.store.get(record.key);
+      if (!current || this.byKey.has(record.key) || this.stopped) return this.byKey.has(record.key);
+      allocation = new Allocation(
+        {
+          key: current.key,
+          path: listener.path,
+          clientAddress: current.clientAddress,
+          clientPort: current.clientPort,
+          username: current.username,
+          realm: current.realm,
+          relay,
+          additionalRelay,
+          createdAtMs: current.createdAtMs,
+          allocateTransactionId: '',
+        },
+        current.expiresAtMs,
+      );
+      allocation.merge(current);
+      relay = undefined;
+      additionalRelay = undefined;
+      this.register(listener, allocation);
+      this.o.counters.allocationsAdopted++;
+      this.o.logger.debug({ event: 'allocation_adopted', allocation: current.key, relayed: `${current.relayedAddress}:${current.relayedPort}`, user: current.username }, 'allocation adopted');
+      return true;
+    } catch (err) {
+      this.o.counters.replicaFailures++;
+      this.o.logger.warn({ err, allocation: record.key }, 'adopting an allocation failed');
+      return false;
+    } finally {
+      relay?.close();
+      additionalRelay?.close();
+      this.materializing.delete(record.key);
+    }
+  }
+
+  /** Takes on every allocation in the store (anycast relay mode: at start, and after a store outage). */
+  async syncFromStore(): Promise<number> {
+    const records = await this.o.store.listAllocations();
+    let held = 0;
+    for (const record of records) {
+      const local = this.byKey.get(record.key);
+      if (local) local.allocation.merge(record);
+      else if (await this.adopt(record, true)) held++;
+    }
+    return held;
+  }
+
   /** Deletes every allocation (graceful shutdown) and stops taking packets. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.unsubscribe?.();
     const work: Promise<void>[] = [];
     for (const listener of this.listeners) {
-      for (const byPort of listener.allocations.values()) for (const a of byPort.values()) work.push(this.deleteAllocation(listener, a, 'shutdown'));
+      // With a shared relay address the other nodes keep serving these: only our copies go.
+      for (const byPort of listener.allocations.values()) for (const a of byPort.values()) work.push(this.deleteAllocation(listener, a, 'shutdown', !this.anycastRelay));
     }
     for (const hex of [...this.reservations.keys()]) this.releaseReservation(hex);
     await Promise.all(work);

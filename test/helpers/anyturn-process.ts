@@ -410,6 +410,10 @@ export interface TurnServerOptions {
   readonly userQuota?: number;
   readonly totalQuota?: number;
   readonly logLevel?: 'debug' | 'info' | 'warn';
+  /** false: --no-tcp (TCP listens on --listening-port by default). */
+  readonly tcp?: boolean;
+  /** TURN over TLS: --cert/--pkey, and --tls-listening-port (default: a free TCP port). */
+  readonly tls?: { readonly certFile: string; readonly keyFile: string; readonly port?: number };
   /** More flags, appended as given. */
   readonly extraArgs?: readonly string[];
 }
@@ -420,11 +424,13 @@ export interface RunningTurnServer {
   /** The first listening IP. */
   readonly host: string;
   readonly port: number;
+  /** The TLS port when options.tls was given. */
+  readonly tlsPort?: number;
   readonly relayPorts: PortRange;
   stop(): Promise<ProcessExit>;
 }
 
-export function anyturnArgs(options: TurnServerOptions, port: number, relayPorts: PortRange): string[] {
+export function anyturnArgs(options: TurnServerOptions, port: number, relayPorts: PortRange, tlsPort?: number): string[] {
   const args: string[] = [];
   for (const ip of options.listeningIps ?? [LOOPBACK_V4]) args.push('--listening-ip', ip);
   args.push('--listening-port', String(port));
@@ -440,6 +446,8 @@ export function anyturnArgs(options: TurnServerOptions, port: number, relayPorts
   for (const range of options.deniedPeerIps ?? []) args.push('--denied-peer-ip', range);
   if (options.userQuota !== undefined) args.push('--user-quota', String(options.userQuota));
   if (options.totalQuota !== undefined) args.push('--total-quota', String(options.totalQuota));
+  if (options.tcp === false) args.push('--no-tcp');
+  if (options.tls) args.push('--cert', options.tls.certFile, '--pkey', options.tls.keyFile, '--tls-listening-port', String(tlsPort ?? options.tls.port ?? 5349));
   args.push('--log-level', options.logLevel ?? 'info');
   // No ops endpoint on the default 9641 unless a test asks: servers in tests must not collide.
   if (!(options.extraArgs ?? []).includes('--metrics-port')) args.push('--metrics-port', '0');
@@ -512,7 +520,8 @@ export async function startAnyturn(options: TurnServerOptions = {}): Promise<Run
   for (let attempt = 0; ; attempt++) {
     const port = options.listeningPort ?? (await findFreePort(host));
     const relayPorts = options.relayPorts ?? (await reserveRelayPortRange());
-    const proc = spawnProcess(process.execPath, [ANYTURN_CLI_PATH, ...anyturnArgs(options, port, relayPorts)], {
+    const tlsPort = options.tls ? (options.tls.port ?? (await findFreeTcpPort(host))) : undefined;
+    const proc = spawnProcess(process.execPath, [ANYTURN_CLI_PATH, ...anyturnArgs(options, port, relayPorts, tlsPort)], {
       name: 'anyturn',
     });
     try {
@@ -523,7 +532,7 @@ export async function startAnyturn(options: TurnServerOptions = {}): Promise<Run
       if (retryable && attempt < 3 && options.listeningPort === undefined) continue;
       throw error;
     }
-    return { kind: 'anyturn', process: proc, host, port, relayPorts, stop: () => proc.stop() };
+    return { kind: 'anyturn', process: proc, host, port, tlsPort, relayPorts, stop: () => proc.stop() };
   }
 }
 
@@ -540,6 +549,7 @@ export async function startCoturn(options: TurnServerOptions = {}): Promise<Runn
   for (let attempt = 0; ; attempt++) {
     const port = options.listeningPort ?? (await findFreePort(host));
     const relayPorts = options.relayPorts ?? (await reserveRelayPortRange());
+    const tlsPort = options.tls ? (options.tls.port ?? (await findFreeTcpPort(host))) : undefined;
     // coturn writes a pid file (default /var/run/turnserver.pid); give each
     // instance its own so parallel instances don't clobber each other.
     const workDir = mkdtempSync(join(tmpdir(), 'anyturn-coturn-'));
@@ -560,7 +570,10 @@ export async function startCoturn(options: TurnServerOptions = {}): Promise<Runn
     for (const range of options.deniedPeerIps ?? []) args.push('--denied-peer-ip', range);
     if (options.userQuota !== undefined) args.push('--user-quota', String(options.userQuota));
     if (options.totalQuota !== undefined) args.push('--total-quota', String(options.totalQuota));
-    args.push('--no-tls', '--no-dtls', '--cli-password=x', '--no-cli');
+    if (options.tcp === false) args.push('--no-tcp');
+    if (options.tls) args.push('--cert', options.tls.certFile, '--pkey', options.tls.keyFile, '--tls-listening-port', String(tlsPort));
+    else args.push('--no-tls');
+    args.push('--no-dtls', '--cli-password=x', '--no-cli');
     args.push('--log-file', 'stdout', '--simple-log', '--pidfile', join(workDir, 'turnserver.pid'));
     args.push(...(options.extraArgs ?? []));
     const proc = spawnProcess('turnserver', args, { name: 'coturn', cwd: workDir });
@@ -573,7 +586,7 @@ export async function startCoturn(options: TurnServerOptions = {}): Promise<Runn
       if (retryable && attempt < 3 && options.listeningPort === undefined) continue;
       throw new Error(`${(error as Error).message}\n${proc.outputTail()}`);
     }
-    return { kind: 'coturn', process: proc, host, port, relayPorts, stop: () => proc.stop() };
+    return { kind: 'coturn', process: proc, host, port, tlsPort, relayPorts, stop: () => proc.stop() };
   }
 }
 

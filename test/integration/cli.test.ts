@@ -146,7 +146,8 @@ describe('anyturn CLI', () => {
     try {
       const ready = await until(() => jsonLines(p.stdout()).find((l) => l.msg === 'anyturn ready'), `"anyturn ready" (stderr: ${p.stderr()})`);
       assert.ok(p.stdout().includes('"msg":"anyturn ready"'));
-      assert.deepEqual(ready.listening, [{ transport: 'udp', address: '127.0.0.1', port }]);
+      // UDP and TCP on the same port number (RFC 8656 §3.1); no TLS without --cert/--pkey.
+      assert.deepEqual(ready.listening, [{ transport: 'udp', address: '127.0.0.1', port }, { transport: 'tcp', address: '127.0.0.1', port }]);
       assert.equal(ready.realm, realm);
       assert.equal(ready.nodeId, 'cli-test-node');
       assert.equal(ready.ports, '47000-47999');
