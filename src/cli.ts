@@ -25,7 +25,7 @@ export function parseArgs(argv: string[]): RawOptions {
     .group(['listening-ip', 'listening-port', 'relay-ip', 'min-port', 'max-port'], 'Network:')
     .option('listening-ip', { type: 'string', array: true, describe: 'Address to listen on (repeatable). Default: every local IPv4 address, each bound on its own so answers leave from the address the client used' })
     .option('listening-port', { describe: 'UDP and TCP port for STUN/TURN', default: 3478 })
-    .option('relay-ip', { type: 'string', array: true, describe: 'Address relayed transport addresses are allocated on (one IPv4, optionally one IPv6). Default: the first non-loopback listening IPv4' })
+    .option('relay-ip', { type: 'string', array: true, describe: 'Address relayed transport addresses are allocated on (repeatable, IPv4 and IPv6; each adds a port range of capacity). Default: the first non-loopback listening IPv4' })
     .option('min-port', { describe: 'Lowest relay port', default: 49152 })
     .option('max-port', { describe: 'Highest relay port', default: 65535 })
     .group(['udp', 'tcp', 'tls', 'tls-listening-port', 'cert', 'pkey', 'max-tcp-connections', 'tcp-idle-timeout', 'unauth-error-rate', 'unauth-error-burst'], 'Client transports:')

@@ -223,9 +223,7 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     if (!pick) throw new ConfigError('relay-ip', '', 'an IPv4 relay address; give --relay-ip when listening only on wildcard or IPv6 addresses');
     relayIps.push(pick);
   }
-  if (relayIps.filter((ip) => !ip.includes(':')).length > 1 || relayIps.filter((ip) => ip.includes(':')).length > 1) {
-    throw new ConfigError('relay-ip', relayIps.join(','), 'at most one IPv4 and one IPv6 relay address');
-  }
+  if (new Set(relayIps).size !== relayIps.length) throw new ConfigError('relay-ip', relayIps.join(','), 'each relay address once');
 
   const minPort = integer('min-port', raw['min-port'], 1024, 65535, 49152);
   const maxPort = integer('max-port', raw['max-port'], 1024, 65535, 65535);

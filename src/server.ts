@@ -152,6 +152,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     counters,
     relayAddressIPv4: config.relayIps.find((ip) => !ip.includes(':')),
     relayAddressIPv6: config.relayIps.find((ip) => ip.includes(':')),
+    relayPoolIPv4: config.relayIps.filter((ip) => !ip.includes(':')).slice(1),
+    relayPoolIPv6: config.relayIps.filter((ip) => ip.includes(':')).slice(1),
     minPort: config.minPort,
     maxPort: config.maxPort,
     maxLifetimeSeconds: config.maxAllocateLifetimeSeconds,

@@ -98,6 +98,13 @@ export interface EngineOptions {
   /** The relay address per family; an absent family answers 440. */
   readonly relayAddressIPv4?: string;
   readonly relayAddressIPv6?: string;
+  /**
+   * Further relay addresses of each family. Each adds a port range of capacity (in
+   * anycast relay mode the range is shared by the whole cluster, so this is how the
+   * cluster grows past one range); allocations are spread over all of them.
+   */
+  readonly relayPoolIPv4?: readonly string[];
+  readonly relayPoolIPv6?: readonly string[];
   readonly minPort: number;
   readonly maxPort: number;
   readonly maxLifetimeSeconds: number;
@@ -524,8 +531,7 @@ export class TurnEngine {
       if (decodeAddressFamily(additionalValue) !== AddressFamily.IPv6) throw new TurnError(ErrorCode.BadRequest, 'ADDITIONAL-ADDRESS-FAMILY must be IPv6');
       if (this.o.relayAddressIPv6 === undefined) additionalError = ErrorCode.AddressFamilyNotSupported;
     }
-    const relayAddress = family === AddressFamily.IPv4 ? this.o.relayAddressIPv4 : this.o.relayAddressIPv6;
-    if (relayAddress === undefined) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
+    if ((family === AddressFamily.IPv4 ? this.o.relayAddressIPv4 : this.o.relayAddressIPv6) === undefined) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
 
     let lifetime = this.lifetimeSeconds(message);
     if (lifetime === 0) lifetime = DEFAULT_LIFETIME_SECONDS;
@@ -545,7 +551,7 @@ export class TurnEngine {
         if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
       };
       if (wantsDual && additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
-        additionalRelay = (await this.bindRelay(this.o.relayAddressIPv6, false, false, onPacket))?.socket;
+        additionalRelay = (await this.bindRelayInFamily(true, false, false, onPacket))?.socket;
         if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
       }
       if (token) {
@@ -554,7 +560,7 @@ export class TurnEngine {
       }
       for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS && !allocation; attempt++) {
         if (!relay) {
-          const bound = await this.bindRelay(relayAddress, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket);
+          const bound = await this.bindRelayInFamily(family === AddressFamily.IPv6, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket);
           if (!bound) break;
           relay = bound.socket;
           reservedToken = bound.token;
@@ -632,6 +638,24 @@ export class TurnEngine {
     } finally {
       this.pending.delete(key);
     }
+  }
+
+  /** Binds a relay socket on one of the family's relay addresses, starting from a random one. */
+  private async bindRelayInFamily(
+    ipv6: boolean,
+    even: boolean,
+    reserveNext: boolean,
+    onPacket: (payload: Buffer, address: string, port: number) => void,
+  ): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
+    const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
+    if (first === undefined) return undefined;
+    const addresses = [first, ...((ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4) ?? [])];
+    const start = addresses.length > 1 ? randomInt(addresses.length) : 0;
+    for (let i = 0; i < addresses.length; i++) {
+      const bound = await this.bindRelay(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket);
+      if (bound) return bound;
+    }
+    return undefined;
   }
 
   /** Binds a relay socket on a random port (even when asked); with reserveNext also holds port+1 under a token. */

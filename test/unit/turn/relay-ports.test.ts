@@ -26,7 +26,7 @@ const RELAY = '192.0.2.100';
 const MIN = 50000;
 const MAX = 50099;
 
-function setup() {
+function setup(pool: readonly string[] = []) {
   const clock = new ManualClock();
   const nonces = new NonceIssuer(Buffer.from('0123456789abcdef0123456789abcdef'), 600_000);
   const relays = new FakeRelayFactory();
@@ -42,6 +42,7 @@ function setup() {
     logger: createLogger('silent'),
     counters: new EngineCounters(),
     relayAddressIPv4: RELAY,
+    relayPoolIPv4: pool,
     minPort: MIN,
     maxPort: MAX,
     maxLifetimeSeconds: 3600,
@@ -80,6 +81,21 @@ describe('relay port choice', () => {
     const r = await allocate(40000);
     assert.equal(r.code, 200);
     assert.equal(r.port, 50042);
+    await engine.stop();
+  });
+
+  it('adds the port range of every further relay address (--relay-ip repeated)', async () => {
+    const { relays, allocate, engine } = setup(['192.0.2.101']);
+    for (let port = MIN; port <= MAX; port++) relays.takePort(RELAY, port);
+    const seen = new Set<string>();
+    for (let i = 0; i <= MAX - MIN; i++) {
+      const r = await allocate(41000 + i);
+      assert.equal(r.code, 200, `allocation ${i + 1} on the second relay address`);
+    }
+    for (const a of engine.allAllocations()) seen.add(`${a.relay.address}:${a.relay.port}`);
+    assert.equal(seen.size, MAX - MIN + 1);
+    assert.ok([...seen].every((x) => x.startsWith('192.0.2.101:')));
+    assert.equal((await allocate(45001)).code, 508, 'both ranges full');
     await engine.stop();
   });
 
