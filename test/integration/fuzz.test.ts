@@ -19,6 +19,7 @@ import { encodeChannelData } from '../../src/stun/channel-data.js';
 import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { MessageWriter } from '../../src/stun/writer.js';
 import { type Endpoint, TestPeer, TestTurnClient } from '../helpers/turn-client.js';
+import { SeededRandom } from '../helpers/random.js';
 
 // ANYTURN_FUZZ_SEED replays or explores another sequence; the default is fixed.
 const SEED = process.env.ANYTURN_FUZZ_SEED !== undefined ? Number(process.env.ANYTURN_FUZZ_SEED) >>> 0 : 0x5eed2024;
@@ -29,30 +30,7 @@ const POST_FUZZ_PACKETS = 400;
 const REALM = 'anyturn.fuzz.test';
 const cred = (name: string): { username: string; password: string; realm: string } => ({ username: name, password: `pw-${name}`, realm: REALM });
 
-/** mulberry32: small, fast, and the same sequence for the same seed everywhere. */
-function prng(seed: number): { next(): number; int(n: number): number; bytes(n: number): Buffer; pick<T>(xs: readonly T[]): T } {
-  let s = seed >>> 0;
-  const next = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number): number => Math.floor(next() * n);
-  return {
-    next,
-    int,
-    bytes(n) {
-      const out = Buffer.alloc(n);
-      for (let i = 0; i < n; i++) out[i] = int(256);
-      return out;
-    },
-    pick(xs) {
-      return xs[int(xs.length)]!;
-    },
-  };
-}
+const prng = (seed: number): SeededRandom => new SeededRandom(seed);
 type Rng = ReturnType<typeof prng>;
 
 /** Offsets of the attribute headers in a STUN message (as far as they parse). */

@@ -83,6 +83,7 @@ import {
   type StunMessage,
 } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
+import { mulberry32 } from '../../helpers/random.js';
 
 const TID = Buffer.from('0102030405060708090a0b0c', 'hex');
 const KEY = Buffer.from('a shared key');
@@ -91,18 +92,6 @@ function decodeOk(buf: Buffer): StunMessage {
   const result = decodeMessage(buf);
   if (!result.ok) assert.fail(`decodeMessage failed: ${result.reason}`);
   return result.message;
-}
-
-/** Small seeded PRNG so table-free checks are reproducible. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 // ---------------------------------------------------------------- message type

@@ -43,35 +43,13 @@ import {
   RFC5769_SAMPLE_REQUEST,
   RFC8489_B1_ERRATUM_6268,
 } from '../../helpers/stun-vectors.js';
+import { SeededRandom } from '../../helpers/random.js';
 
 const ITERATIONS = 20_000;
 const SEED = process.env['STUN_FUZZ_SEED'] !== undefined ? Number(process.env['STUN_FUZZ_SEED']) >>> 0 : 0x5eed5eed;
 const seedText = `0x${SEED.toString(16)}`;
 
-/** mulberry32: tiny, fast, good enough to explore inputs, and reproducible from one number. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Random {
-  readonly next: () => number;
-  constructor(seed: number) { this.next = mulberry32(seed); }
-  int(n: number): number { return Math.floor(this.next() * n); }
-  chance(p: number): boolean { return this.next() < p; }
-  pick<T>(items: readonly T[]): T { return items[this.int(items.length)]!; }
-  bytes(n: number): Buffer {
-    const out = Buffer.allocUnsafe(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(256);
-    return out;
-  }
-}
+const Random = SeededRandom;
 
 const KEY = Buffer.from('fuzz key');
 const KNOWN_TYPES = Object.values(Attr);

@@ -9,30 +9,12 @@ import { encodeChannelData } from '../../../src/stun/channel-data.js';
 import { Attr, MessageClass, Method } from '../../../src/stun/constants.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
 import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from '../../../src/transport/stream.js';
+import { SeededRandom } from '../../helpers/random.js';
 
 // ANYTURN_FRAMER_SEED replays or explores another sequence; the default is fixed.
 const SEED = process.env.ANYTURN_FRAMER_SEED !== undefined ? Number(process.env.ANYTURN_FRAMER_SEED) >>> 0 : 0xf4a3e5;
 
-/** mulberry32: the same sequence for the same seed everywhere. */
-function prng(seed: number): { int(n: number): number; bytes(n: number): Buffer } {
-  let s = seed >>> 0;
-  const next = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number): number => Math.floor(next() * n);
-  return {
-    int,
-    bytes(n) {
-      const out = Buffer.alloc(n);
-      for (let i = 0; i < n; i++) out[i] = int(256);
-      return out;
-    },
-  };
-}
+const prng = (seed: number): SeededRandom => new SeededRandom(seed);
 type Rng = ReturnType<typeof prng>;
 
 function stunMessage(rng: Rng, dataLength: number): Buffer {
