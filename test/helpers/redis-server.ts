@@ -35,18 +35,29 @@ export interface RedisServerHandle {
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;
 
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const child of live) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
+/** Kills `child` with SIGKILL if this test process exits while it still runs; returns it. */
+export function killOnExit(child: ChildProcess): ChildProcess {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const c of live) {
+        try {
+          c.kill('SIGKILL');
+        } catch {
+          // already gone
+        }
       }
-    }
-  });
+    });
+  }
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  child.once('error', () => live.delete(child)); // never started
+  return child;
+}
+
+/** True while a child registered with killOnExit has not exited. */
+export function isLive(child: ChildProcess): boolean {
+  return live.has(child);
 }
 
 /** A port nobody listens on right now: bind port 0, read it, close. (redis-server refuses --port 0.) */
@@ -69,7 +80,7 @@ export function findFreePort(): Promise<number> {
 }
 
 /** One PING over a raw socket: true when the server answers +PONG. */
-function ping(port: number): Promise<boolean> {
+export function ping(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect({ host: '127.0.0.1', port });
     let answer = '';
@@ -87,12 +98,11 @@ function ping(port: number): Promise<boolean> {
   });
 }
 
-function sleep(ms: number): Promise<void> {
+export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 export async function startRedisServer(): Promise<RedisServerHandle> {
-  installExitHook();
   const port = await findFreePort();
   const dir = mkdtempSync(join(tmpdir(), 'anyturn-redis-'));
   let child: ChildProcess | undefined;
@@ -106,8 +116,7 @@ export async function startRedisServer(): Promise<RedisServerHandle> {
       ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no', '--dir', dir, '--loglevel', 'warning'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
-    child = proc;
-    live.add(proc);
+    child = killOnExit(proc);
     const keep = (chunk: Buffer): void => {
       tail = (tail + chunk.toString('utf8')).slice(-4_000);
     };

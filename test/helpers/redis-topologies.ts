@@ -8,7 +8,7 @@
 // a cluster node also needs port + 10000 free (its cluster bus), so cluster ports
 // stay below 55536.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,7 +16,7 @@ import { join } from 'node:path';
 
 import { Redis } from 'ioredis';
 
-import { REDIS_SERVER_PATH } from './redis-server.js';
+import { REDIS_SERVER_PATH, isLive, killOnExit, ping, sleep } from './redis-server.js';
 
 export const REDIS_CLI_PATH = process.env.REDIS_CLI_PATH ?? '/usr/bin/redis-cli';
 export const LOCALHOST = '127.0.0.1';
@@ -43,27 +43,6 @@ export interface RedisNodeProcess {
 
 // ---------------------------------------------------------------------------
 // Processes
-
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const child of live) {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** Fails with a clear message when a binary the topologies need is missing. */
 export function checkRedisBinaries(): void {
@@ -100,30 +79,9 @@ export async function pickPort(withBus = false): Promise<number> {
   throw new Error('no free port found for redis-server');
 }
 
-/** One PING over a raw socket: true when the server answers +PONG. */
-function ping(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: LOCALHOST, port });
-    let answer = '';
-    const done = (ok: boolean): void => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.once('error', () => done(false));
-    socket.once('connect', () => socket.write('PING\r\n'));
-    socket.on('data', (chunk: Buffer) => {
-      answer += chunk.toString('latin1');
-      if (answer.includes('\r\n')) done(answer.startsWith('+PONG'));
-    });
-  });
-}
-
 /** Starts redis-server with `args` and waits until it answers PING on `port`. */
 async function startProcess(name: string, port: number, args: string[]): Promise<RedisNodeProcess> {
-  installExitHook();
-  const proc = spawn(REDIS_SERVER_PATH, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  live.add(proc);
+  const proc = killOnExit(spawn(REDIS_SERVER_PATH, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
   let tail = '';
   const keep = (chunk: Buffer): void => {
     tail = (tail + chunk.toString('utf8')).slice(-4_000);
@@ -131,32 +89,28 @@ async function startProcess(name: string, port: number, args: string[]): Promise
   proc.stdout?.on('data', keep);
   proc.stderr?.on('data', keep);
   const exited = new Promise<void>((resolve) => {
-    proc.once('exit', () => {
-      live.delete(proc);
-      resolve();
-    });
+    proc.once('exit', () => resolve());
     proc.once('error', (err) => {
       tail += `\nspawn error: ${err.message}`;
-      live.delete(proc);
       resolve();
     });
   });
   const kill = async (): Promise<void> => {
-    if (!live.has(proc)) return;
+    if (!isLive(proc)) return;
     proc.kill('SIGKILL');
     // SIGKILL can't be ignored; the grace only bounds a zombie that never reports.
     await Promise.race([exited, sleep(STOP_GRACE_MS)]);
   };
   const deadline = Date.now() + READY_DEADLINE_MS;
   while (!(await ping(port))) {
-    if (!live.has(proc)) throw new Error(`${name} exited before answering PING on ${port}:\n${tail}`);
+    if (!isLive(proc)) throw new Error(`${name} exited before answering PING on ${port}:\n${tail}`);
     if (Date.now() > deadline) {
       await kill();
       throw new Error(`${name} did not answer PING on ${port} within ${READY_DEADLINE_MS} ms:\n${tail}`);
     }
     await sleep(20);
   }
-  return { name, port, address: { host: LOCALHOST, port }, kill, isRunning: () => live.has(proc), output: () => tail };
+  return { name, port, address: { host: LOCALHOST, port }, kill, isRunning: () => isLive(proc), output: () => tail };
 }
 
 function serverArgs(port: number, dir: string, extra: string[] = []): string[] {
