@@ -132,7 +132,8 @@ describe('drain and graceful shutdown (CLI)', () => {
     }, '/readyz 503 after SIGUSR1');
     assert.deepEqual(JSON.parse(readyz.body), { ready: false, reason: 'draining' });
     assert.ok(node.server.process.isRunning(), 'SIGUSR1 does not stop the process');
-    assert.ok(logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'SIGUSR1'));
+    // The log line travels through a pipe and may land after /readyz already says 503.
+    await until(async () => (logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'SIGUSR1') ? true : undefined), 'the drain log line naming SIGUSR1');
     assert.equal(metric((await get(`${node.ops}/metrics`)).body, 'anyturn_draining'), 1);
 
     const late = await client(node, t);
@@ -171,7 +172,7 @@ describe('drain and graceful shutdown (CLI)', () => {
     assert.deepEqual(JSON.parse((await get(`${node.ops}/readyz`)).body), { ready: false, reason: 'draining' });
     const third = await client(node, t);
     assert.equal((await third.allocate()).response.code, 403);
-    assert.ok(logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'POST /drain'));
+    await until(async () => (logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'POST /drain') ? true : undefined), 'the drain log line naming POST /drain');
 
     const text = (await get(`${node.ops}/metrics`)).body;
     assert.match(text, /^anyturn_requests_total\{method="allocate",code="403"\} 2$/m);
