@@ -1,6 +1,7 @@
 // Loopback-only helpers: every socket here binds to and sends to 127.0.0.1.
 import { createSocket, type Socket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 
 export const LOOPBACK = '127.0.0.1';
 
@@ -96,4 +97,24 @@ export function stunBindingAnswers(port: number, timeoutMs: number): Promise<boo
       });
     });
   });
+}
+
+function listenTcp(port: number): Promise<net.Server | undefined> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once('error', () => resolve(undefined));
+    server.listen({ port, host: LOOPBACK, exclusive: true }, () => resolve(server));
+  });
+}
+
+/** A port on 127.0.0.1 free for both UDP and TCP right now (for a server that listens on both). */
+export async function freeUdpTcpPort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await freeUdpPort();
+    const server = await listenTcp(port);
+    if (server === undefined) continue;
+    await new Promise<void>((r) => server.close(() => r()));
+    return port;
+  }
+  throw new Error('no port on 127.0.0.1 free for both UDP and TCP');
 }

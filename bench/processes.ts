@@ -170,3 +170,14 @@ export function udpReceiveBufferErrors(): number | undefined {
   const v = i < 0 ? undefined : values[i];
   return v === undefined ? undefined : Number(v);
 }
+
+/** utime and stime of the whole process (all threads) in µs: user space and kernel (syscalls, loopback delivery). */
+export function cpuUserSystemMicros(pid: number): { readonly user: number; readonly system: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const user = Number(rest[11]);
+  const system = Number(rest[12]);
+  if (!Number.isFinite(user) || !Number.isFinite(system)) throw new Error(`cannot parse /proc/${pid}/stat`);
+  const tick = 1_000_000 / clkTck();
+  return { user: user * tick, system: system * tick };
+}

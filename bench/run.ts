@@ -1,7 +1,10 @@
-// npm run bench: the same turnutils_uclient load against anyturn and coturn,
-// each server pinned to one core, and server CPU per relayed packet compared.
+// npm run bench: the same turnutils_uclient load against anyturn, coturn and the
+// floor (bench/floor-forwarder.ts, a minimal relay in plain Node), each server pinned
+// to one core, and server CPU per relayed packet compared; then a latency probe
+// (bench/latency.ts) and a 'max lossless rate' search per server.
 //
-// Usage: node dist/bench/run.js [--only anyturn|coturn] [--cases channel,send,flood] [-n N]
+// Usage: node dist/bench/run.js [--only anyturn|coturn|floor] [--cases channel,send,...]
+//                               [-n N] [--no-latency] [--no-rate] [--rate-steps 40,60,80,100]
 //
 // All traffic stays on 127.0.0.1. Every spawned process is stopped at the end,
 // on failure and on Ctrl-C; each step has a timeout.
@@ -16,41 +19,56 @@ import {
   ProcessGroup,
   clkTck,
   cpuMicros,
+  cpuUserSystemMicros,
   cpusAllowed,
   threadCount,
   udpReceiveBufferErrors,
   type TrackedProcess,
 } from './processes.js';
-import { freeUdpPort, freeUdpRange, stunBindingAnswers } from './net.js';
+import { freeUdpPort, freeUdpRange, freeUdpTcpPort, stunBindingAnswers } from './net.js';
 import {
   CASE_NAMES,
   PAYLOAD_BYTES,
   SESSIONS,
   defaultCases,
   parseUclientOutput,
+  peakSendRate,
+  rateCase,
   uclientArgs,
   uclientTimeoutMs,
   type CaseName,
   type LoadCase,
   type UclientStats,
 } from './uclient.js';
-import { SERVER_NAMES, anyturnLaunch, coturnLaunch, type ServerLaunch, type ServerName } from './servers.js';
+import { SERVER_NAMES, anyturnLaunch, coturnLaunch, floorLaunch, type ServerLaunch, type ServerName } from './servers.js';
+import { DEFAULT_LATENCY_OPTIONS, probeThroughServer, type LatencyResult } from './latency.js';
+import { LOOPBACK } from './turn-driver.js';
 
 const SERVER_CPU = 1;
 const CLIENT_CPU = 0;
 const RELAY_PORT_COUNT = 200;
+/** The rate steps get a wider relay range: at 80 sessions uclient's 437 retries (a new socket, a new
+ *  allocation, the old one left to expire) used up 200 ports on both anyturn and coturn. */
+const RATE_RELAY_PORT_COUNT = 1000;
 const READY_TIMEOUT_MS = 15_000;
 const USER = 'bench';
 const PASSWORD = 'bench-password';
 const REALM = 'bench.anyturn';
+/** Max lossless rate: sessions per step (1 ms interval each, so N sessions = N k msg/s offered). */
+const DEFAULT_RATE_STEPS = [40, 60, 80, 100];
+/** Messages per session in a rate step: 8 s of sending per session, so that all sessions
+ *  (started at random 1-6 s offsets) overlap at the full rate for at least 3 s. */
+const RATE_MESSAGES_PER_SESSION = 8000;
 
 const METHOD_NOTES = [
-  `load: turnutils_uclient, ${SESSIONS} sessions (-m ${SESSIONS} -c: one allocation each), ${PAYLOAD_BYTES}-byte payload, peer = turnutils_peer; all on 127.0.0.1`,
+  `load: turnutils_uclient, ${SESSIONS} sessions (-m ${SESSIONS} -c: one allocation each), ${PAYLOAD_BYTES}-byte payload unless the case says otherwise, peer = turnutils_peer; all on 127.0.0.1`,
+  'servers: anyturn; coturn --relay-threads 0; floor = bench/floor-forwarder.ts, a minimal relay in plain Node (no auth check, no permissions, UDP only: n/a for tcp)',
   `server pinned to CPU ${SERVER_CPU} (taskset -c ${SERVER_CPU}); uclient and peer on CPU ${CLIENT_CPU}; a fresh server process per case`,
-  'msg = one uclient round trip: client -> relay -> peer -> relay -> client',
+  'msg = one uclient round trip: client -> relay -> peer -> relay -> client (c2c: one message client -> relay A -> relay B -> client)',
   'relayed pkt = one datagram the server forwards from one side to the other; each received msg = 2 relayed pkts',
   'CPU = server utime+stime, all threads (/proc/PID/stat), sampled just before uclient starts and just after it exits',
-  'CPU/pkt = CPU us / (2 x msgs received); ratio = anyturn / coturn (below 1 = anyturn cheaper)',
+  'CPU/pkt = CPU us / (2 x msgs received); ratios = anyturn / coturn and anyturn / floor (below 1 = anyturn cheaper)',
+  'of which kernel = the stime part of CPU/pkt: syscalls, and the loopback delivery of what the server sends',
   'RTT = uclient round trip delay (ms resolution); rcvbuf drops = UDP RcvbufErrors during the load, whole host',
 ];
 
@@ -58,16 +76,22 @@ interface Options {
   readonly servers: readonly ServerName[];
   readonly cases: readonly CaseName[];
   readonly messagesPerSession: number | undefined;
+  readonly latency: boolean;
+  readonly rate: boolean;
+  readonly rateSteps: readonly number[];
 }
 
 function usage(): string {
-  return 'usage: node dist/bench/run.js [--only anyturn|coturn] [--cases channel,send,flood] [-n N]';
+  return `usage: node dist/bench/run.js [--only ${SERVER_NAMES.join('|')}] [--cases ${CASE_NAMES.join(',')}] [-n N] [--no-latency] [--no-rate] [--rate-steps ${DEFAULT_RATE_STEPS.join(',')}]`;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   let servers: readonly ServerName[] = SERVER_NAMES;
   let cases: readonly CaseName[] = CASE_NAMES;
   let messagesPerSession: number | undefined;
+  let latency = true;
+  let rate = true;
+  let rateSteps: readonly number[] = DEFAULT_RATE_STEPS;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
@@ -75,7 +99,15 @@ function parseOptions(argv: readonly string[]): Options {
       console.log(usage());
       process.exit(0);
     }
-    if (flag !== '--only' && flag !== '--cases' && flag !== '-n') {
+    if (flag === '--no-latency') {
+      latency = false;
+      continue;
+    }
+    if (flag === '--no-rate') {
+      rate = false;
+      continue;
+    }
+    if (flag !== '--only' && flag !== '--cases' && flag !== '-n' && flag !== '--rate-steps') {
       throw new Error(`unknown argument '${flag ?? ''}'; ${usage()}`);
     }
     if (value === undefined) throw new Error(`${flag} needs a value; ${usage()}`);
@@ -92,18 +124,26 @@ function parseOptions(argv: readonly string[]): Options {
         if (!picked.includes(c)) picked.push(c);
       }
       cases = picked;
+    } else if (flag === '--rate-steps') {
+      const steps = value.split(',').map((v) => Number(v.trim()));
+      if (steps.some((n) => !Number.isInteger(n) || n < 1 || n > 150)) throw new Error(`--rate-steps '${value}': sessions per step, integers 1-150`);
+      rateSteps = [...steps].sort((a, b) => a - b);
     } else {
       const n = Number(value);
       if (!Number.isInteger(n) || n < 1) throw new Error(`-n '${value}': a positive integer is required`);
       messagesPerSession = n;
     }
   }
-  return { servers, cases, messagesPerSession };
+  return { servers, cases, messagesPerSession, latency, rate, rateSteps };
 }
 
 interface RunResult {
   readonly server: ServerName;
   readonly case: CaseName;
+  /** The run's name in logs: the case, or 'rate-N' for a max-lossless-rate step. */
+  readonly label: string;
+  /** Not run: the server does not support the case (the floor and TCP). Counts as neither ok nor failed. */
+  readonly skipped: boolean;
   readonly ok: boolean;
   readonly failure: string | undefined;
   readonly sent: number;
@@ -111,6 +151,8 @@ interface RunResult {
   readonly lost: number;
   readonly lostPercent: number;
   readonly serverCpuMicros: number | undefined;
+  /** The kernel (stime) part of serverCpuMicros: syscalls and the loopback delivery of what the server sends. */
+  readonly serverSystemMicros: number | undefined;
   readonly relayedPackets: number;
   readonly cpuMicrosPerRelayedPacket: number | undefined;
   readonly loadWallSeconds: number | undefined;
@@ -126,6 +168,8 @@ interface RunResult {
     readonly transmitSeconds: number | undefined;
     readonly rttAverageMs: number | undefined;
     readonly rttMaxMs: number | undefined;
+    /** Highest messages sent in one second (uclient's progress lines). */
+    readonly peakSendRate: number | undefined;
     readonly errors: readonly string[];
   };
   readonly serverProcess: {
@@ -175,11 +219,13 @@ function failedResult(
   c: CaseName,
   failure: string,
   logs: RunResult['logs'],
-  extra: Partial<Pick<RunResult, 'serverProcess'>> = {},
+  extra: Partial<Pick<RunResult, 'serverProcess' | 'skipped' | 'label'>> = {},
 ): RunResult {
   return {
     server,
     case: c,
+    label: extra.label ?? c,
+    skipped: extra.skipped ?? false,
     ok: false,
     failure,
     sent: 0,
@@ -187,6 +233,7 @@ function failedResult(
     lost: 0,
     lostPercent: 0,
     serverCpuMicros: undefined,
+    serverSystemMicros: undefined,
     relayedPackets: 0,
     cpuMicrosPerRelayedPacket: undefined,
     loadWallSeconds: undefined,
@@ -201,6 +248,7 @@ function failedResult(
       transmitSeconds: undefined,
       rttAverageMs: undefined,
       rttMaxMs: undefined,
+      peakSendRate: undefined,
       errors: [],
     },
     serverProcess: extra.serverProcess ?? { readyBy: undefined, cpusAllowed: undefined, threads: undefined },
@@ -215,19 +263,26 @@ interface RunContext {
   readonly logDir: string;
   readonly repoRoot: string;
   readonly anyturnCli: string;
+  readonly floorScript: string;
 }
 
-async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Promise<RunResult> {
-  const serverLog = join(ctx.logDir, `${c.name}-${serverName}-server.log`);
-  const uclientLog = join(ctx.logDir, `${c.name}-${serverName}-uclient.log`);
-  const logs = { server: relative(ctx.repoRoot, serverLog), uclient: undefined };
-  if (serverName === 'anyturn' && !existsSync(ctx.anyturnCli)) {
-    writeFileSync(serverLog, `not started: ${ctx.anyturnCli} does not exist (build src/cli.ts first)\n`);
-    return failedResult(serverName, c.name, `${relative(ctx.repoRoot, ctx.anyturnCli)} does not exist`, logs);
-  }
+interface StartedServer {
+  readonly server: TrackedProcess;
+  readonly launch: ServerLaunch;
+  readonly listeningPort: number;
+}
 
-  const listeningPort = await freeUdpPort();
-  const relayPorts = await freeUdpRange(RELAY_PORT_COUNT);
+/** Starts a fresh server pinned to SERVER_CPU and waits until it is ready; a string says why not. */
+async function startServer(
+  ctx: RunContext,
+  serverName: ServerName,
+  tcp: boolean,
+  relayPortCount: number = RELAY_PORT_COUNT,
+): Promise<StartedServer | { readonly failure: string; readonly started?: StartedServer }> {
+  const script = serverName === 'anyturn' ? ctx.anyturnCli : serverName === 'floor' ? ctx.floorScript : undefined;
+  if (script !== undefined && !existsSync(script)) return { failure: `${relative(ctx.repoRoot, script)} does not exist (build first)` };
+  const listeningPort = tcp ? await freeUdpTcpPort() : await freeUdpPort();
+  const relayPorts = await freeUdpRange(relayPortCount);
   const settings = {
     listeningPort,
     relayPorts,
@@ -235,18 +290,47 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
     password: PASSWORD,
     realm: REALM,
     scratchDir: ctx.scratchDir,
+    tcp,
   };
   const launch =
-    serverName === 'coturn' ? coturnLaunch(settings) : anyturnLaunch(settings, process.execPath, ctx.anyturnCli);
+    serverName === 'coturn'
+      ? coturnLaunch(settings)
+      : serverName === 'floor'
+        ? floorLaunch(settings, process.execPath, ctx.floorScript)
+        : anyturnLaunch(settings, process.execPath, ctx.anyturnCli);
   const server = ctx.group.start(serverName, SERVER_CPU, launch.command, launch.args);
+  const started = { server, launch, listeningPort };
+  const readyBy = await waitReady(server, launch, listeningPort);
+  if (readyBy === undefined) {
+    const why = server.hasExited()
+      ? `server exited (${String(await server.exited)}) before it was ready`
+      : `server not ready within ${READY_TIMEOUT_MS} ms (no ready line, no STUN Binding answer)`;
+    return { failure: why, started };
+  }
+  readyByOf.set(server, readyBy);
+  return started;
+}
+const readyByOf = new WeakMap<TrackedProcess, string>();
+
+async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase, label: string = c.name, relayPortCount = RELAY_PORT_COUNT): Promise<RunResult> {
+  const serverLog = join(ctx.logDir, `${label}-${serverName}-server.log`);
+  const uclientLog = join(ctx.logDir, `${label}-${serverName}-uclient.log`);
+  const logs = { server: relative(ctx.repoRoot, serverLog), uclient: undefined };
+  if (serverName === 'floor' && c.tcp) {
+    writeFileSync(serverLog, 'not started: the floor relays UDP clients only\n');
+    return failedResult(serverName, c.name, 'n/a: the floor has no TCP listener', logs, { skipped: true, label });
+  }
+  const s = await startServer(ctx, serverName, c.tcp, relayPortCount);
+  if ('failure' in s) {
+    if (s.started !== undefined) {
+      await ctx.group.stop(s.started.server);
+      writeFileSync(serverLog, `# ${s.started.launch.command} ${s.started.launch.args.join(' ')}\n${s.started.server.output()}`);
+    } else writeFileSync(serverLog, `not started: ${s.failure}\n`);
+    return failedResult(serverName, c.name, `${s.failure}; see ${logs.server}`, logs, { label });
+  }
+  const { server, launch, listeningPort } = s;
   try {
-    const readyBy = await waitReady(server, launch, listeningPort);
-    if (readyBy === undefined) {
-      const why = server.hasExited()
-        ? `server exited (${String(await server.exited)}) before it was ready`
-        : `server not ready within ${READY_TIMEOUT_MS} ms (no ready line, no STUN Binding answer)`;
-      return failedResult(serverName, c.name, `${why}; see ${logs.server}`, logs);
-    }
+    const readyBy = readyByOf.get(server);
     const serverProcess = {
       readyBy,
       cpusAllowed: cpusAllowed(server.pid),
@@ -256,6 +340,7 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
     const args = uclientArgs(c, { serverPort: listeningPort, peerPort: ctx.peerPort, user: USER, password: PASSWORD });
     const rcvbufBefore = udpReceiveBufferErrors();
     const cpuBefore = cpuMicros(server.pid);
+    const splitBefore = cpuUserSystemMicros(server.pid);
     const t0 = performance.now();
     const uclient = ctx.group.start('uclient', CLIENT_CPU, 'turnutils_uclient', args);
     let timedOut = false;
@@ -267,8 +352,10 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
     const exit = await uclient.exited;
     clearTimeout(timer);
     let cpuAfter: number | undefined;
+    let systemMicros: number | undefined;
     try {
       cpuAfter = cpuMicros(server.pid);
+      systemMicros = cpuUserSystemMicros(server.pid).system - splitBefore.system;
     } catch {
       cpuAfter = undefined;
     }
@@ -288,6 +375,8 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
     return {
       server: serverName,
       case: c.name,
+      label,
+      skipped: false,
       ok: failure === undefined,
       failure: failure === undefined ? undefined : `${failure}; see ${relative(ctx.repoRoot, uclientLog)}`,
       sent: stats.sent,
@@ -295,6 +384,7 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
       lost,
       lostPercent: stats.sent === 0 ? 0 : (100 * lost) / stats.sent,
       serverCpuMicros,
+      serverSystemMicros: systemMicros,
       relayedPackets,
       cpuMicrosPerRelayedPacket:
         serverCpuMicros === undefined || relayedPackets === 0 ? undefined : serverCpuMicros / relayedPackets,
@@ -311,6 +401,7 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
         transmitSeconds: stats.transmitSeconds,
         rttAverageMs: stats.rttAverageMs,
         rttMaxMs: stats.rttMaxMs,
+        peakSendRate: peakSendRate(uclient.output()),
         errors: stats.errors,
       },
       serverProcess,
@@ -324,10 +415,14 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase): Pro
 
 interface Ratio {
   readonly case: CaseName;
+  /** anyturn / coturn */
   readonly cpuMicrosPerRelayedPacket: number | undefined;
   readonly serverCpuMicros: number | undefined;
-  readonly lostPercentAnyturn: number;
-  readonly lostPercentCoturn: number;
+  /** anyturn / floor */
+  readonly cpuMicrosPerRelayedPacketOverFloor: number | undefined;
+  readonly lostPercentAnyturn: number | undefined;
+  readonly lostPercentCoturn: number | undefined;
+  readonly lostPercentFloor: number | undefined;
 }
 
 function ratios(results: readonly RunResult[]): Ratio[] {
@@ -335,15 +430,18 @@ function ratios(results: readonly RunResult[]): Ratio[] {
   for (const c of CASE_NAMES) {
     const a = results.find((r) => r.case === c && r.server === 'anyturn');
     const b = results.find((r) => r.case === c && r.server === 'coturn');
-    if (a === undefined || b === undefined) continue;
-    const div = (x: number | undefined, y: number | undefined): number | undefined =>
-      x === undefined || y === undefined || y === 0 || !a.ok || !b.ok ? undefined : x / y;
+    const f = results.find((r) => r.case === c && r.server === 'floor');
+    if (a === undefined || (b === undefined && f === undefined)) continue;
+    const div = (x: number | undefined, y: number | undefined, other: RunResult | undefined): number | undefined =>
+      x === undefined || y === undefined || y === 0 || !a.ok || other === undefined || !other.ok ? undefined : x / y;
     out.push({
       case: c,
-      cpuMicrosPerRelayedPacket: div(a.cpuMicrosPerRelayedPacket, b.cpuMicrosPerRelayedPacket),
-      serverCpuMicros: div(a.serverCpuMicros, b.serverCpuMicros),
-      lostPercentAnyturn: a.lostPercent,
-      lostPercentCoturn: b.lostPercent,
+      cpuMicrosPerRelayedPacket: div(a.cpuMicrosPerRelayedPacket, b?.cpuMicrosPerRelayedPacket, b),
+      serverCpuMicros: div(a.serverCpuMicros, b?.serverCpuMicros, b),
+      cpuMicrosPerRelayedPacketOverFloor: div(a.cpuMicrosPerRelayedPacket, f?.cpuMicrosPerRelayedPacket, f),
+      lostPercentAnyturn: a.ok ? a.lostPercent : undefined,
+      lostPercentCoturn: b?.ok === true ? b.lostPercent : undefined,
+      lostPercentFloor: f?.ok === true ? f.lostPercent : undefined,
     });
   }
   return out;
@@ -361,16 +459,57 @@ function table(rows: readonly (readonly string[])[]): string {
     .join('\n');
 }
 
-function report(results: readonly RunResult[], rs: readonly Ratio[], cases: Record<CaseName, LoadCase>): string {
+interface LatencyReport {
+  readonly options: typeof DEFAULT_LATENCY_OPTIONS;
+  readonly servers: {
+    readonly server: ServerName;
+    readonly ok: boolean;
+    readonly failure: string | undefined;
+    readonly result: LatencyResult | undefined;
+    /** The direct probes interleaved with this server's. */
+    readonly direct: LatencyResult | undefined;
+    readonly addedP50Micros: number | undefined;
+    readonly addedP99Micros: number | undefined;
+  }[];
+}
+
+interface RateStep {
+  readonly sessions: number;
+  readonly offeredPerSecond: number;
+  readonly result: RunResult;
+}
+
+interface RateReport {
+  readonly method: string;
+  readonly messagesPerSession: number;
+  readonly servers: {
+    readonly server: ServerName;
+    readonly steps: RateStep[];
+    /** Highest offered rate (msg/s) with 0 lost, below the first lossy step; undefined if the first step lost. */
+    readonly maxLosslessPerSecond: number | undefined;
+    /** True if no step lost a message: the figure is a lower bound (the steps ran out, or the next step failed to run). */
+    readonly atLeast: boolean;
+    /** Why the step after the figure did not count: it failed to run (not a loss). */
+    readonly stoppedBy: string | undefined;
+  }[];
+}
+
+function report(
+  results: readonly RunResult[],
+  rs: readonly Ratio[],
+  cases: Record<CaseName, LoadCase>,
+  latency: LatencyReport | undefined,
+  rate: RateReport | undefined,
+): string {
   const lines: string[] = [];
-  lines.push('anyturn vs coturn (turnutils_uclient load)');
+  lines.push('anyturn vs coturn vs floor (turnutils_uclient load)');
   for (const n of METHOD_NOTES) lines.push(`  ${n}`);
   lines.push(`  CPU resolution: 1 clock tick = ${(1_000_000 / clkTck()).toFixed(0)} us`);
   lines.push('  cases:');
   for (const c of CASE_NAMES) {
     const lc = cases[c];
     if (!results.some((r) => r.case === c)) continue;
-    lines.push(`    ${c.padEnd(8)}${lc.description}; -n ${lc.messagesPerSession} per session`);
+    lines.push(`    ${c.padEnd(13)}${lc.description}; -n ${lc.messagesPerSession} per session`);
   }
   lines.push('');
   const rows: string[][] = [
@@ -383,12 +522,17 @@ function report(results: readonly RunResult[], rs: readonly Ratio[], cases: Reco
       'lost %',
       'server CPU ms',
       'CPU us / relayed pkt',
+      'of which kernel',
       'RTT avg/max ms',
       'rcvbuf drops',
       'load s',
     ],
   ];
   for (const r of results) {
+    if (r.skipped) {
+      rows.push([r.case, r.server, 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a']);
+      continue;
+    }
     rows.push([
       r.case,
       r.server,
@@ -398,6 +542,7 @@ function report(results: readonly RunResult[], rs: readonly Ratio[], cases: Reco
       fmt(r.lostPercent, 2),
       fmt(r.serverCpuMicros === undefined ? undefined : r.serverCpuMicros / 1000, 0),
       fmt(r.cpuMicrosPerRelayedPacket, 2),
+      fmt(r.serverSystemMicros === undefined || r.relayedPackets === 0 ? undefined : r.serverSystemMicros / r.relayedPackets, 2),
       `${fmt(r.uclient.rttAverageMs, 1)}/${fmt(r.uclient.rttMaxMs, 0)}`,
       r.udpReceiveBufferErrors === undefined ? '-' : String(r.udpReceiveBufferErrors),
       fmt(r.loadWallSeconds, 1),
@@ -406,31 +551,186 @@ function report(results: readonly RunResult[], rs: readonly Ratio[], cases: Reco
   lines.push(table(rows));
   if (rs.length > 0) {
     lines.push('');
-    lines.push('ratio anyturn/coturn:');
-    const ratioRows: string[][] = [['case', '', 'CPU us / relayed pkt', 'server CPU', 'lost % anyturn', 'lost % coturn']];
+    lines.push('ratios (CPU us / relayed pkt):');
+    const ratioRows: string[][] = [
+      ['case', '', 'anyturn/coturn', 'anyturn/floor', 'server CPU anyturn/coturn', 'lost % anyturn', 'lost % coturn', 'lost % floor'],
+    ];
     const times = (n: number | undefined): string => (n === undefined ? '-' : `${n.toFixed(2)}x`);
     for (const r of rs) {
       ratioRows.push([
         r.case,
         '',
         times(r.cpuMicrosPerRelayedPacket),
+        times(r.cpuMicrosPerRelayedPacketOverFloor),
         times(r.serverCpuMicros),
         fmt(r.lostPercentAnyturn, 2),
         fmt(r.lostPercentCoturn, 2),
+        fmt(r.lostPercentFloor, 2),
       ]);
     }
     lines.push(table(ratioRows));
   }
-  const failures = results.filter((r) => !r.ok);
-  if (failures.length > 0) {
+  if (latency !== undefined) {
+    const o = latency.options;
+    lines.push('');
+    lines.push(
+      `latency probe (bench/latency.ts): one allocation, ${o.count} ChannelData round trips of ${o.payloadBytes} bytes at ${o.ratePerSecond}/s ` +
+        `(after ${o.warmup} untimed), no other load, taking turns with as many direct round trips (client -> peer -> client);`,
+    );
+    lines.push('  added = RTT through the server - RTT direct, at the same percentile');
+    const latRows: string[][] = [['server', '', 'recv/sent', 'RTT p50 us', 'RTT p99 us', 'RTT max us', 'direct p50 us', 'direct p99 us', 'added p50 us', 'added p99 us']];
+    for (const s of latency.servers) {
+      const r = s.result?.rttMicros;
+      const d = s.direct?.rttMicros;
+      latRows.push([
+        s.server,
+        '',
+        s.result === undefined ? `FAILED: ${s.failure ?? ''}` : `${s.result.received}/${s.result.sent}`,
+        fmt(r?.p50, 0),
+        fmt(r?.p99, 0),
+        fmt(r?.max, 0),
+        fmt(d?.p50, 0),
+        fmt(d?.p99, 0),
+        fmt(s.addedP50Micros, 0),
+        fmt(s.addedP99Micros, 0),
+      ]);
+    }
+    lines.push(table(latRows));
+  }
+  if (rate !== undefined) {
+    lines.push('');
+    lines.push(`max lossless rate: ${rate.method}`);
+    const rateRows: string[][] = [['server', 'sessions', 'offered msg/s', 'peak sent msg/s', 'msgs sent', 'lost', 'lost %', 'CPU us / relayed pkt', 'rcvbuf drops']];
+    for (const s of rate.servers) {
+      for (const st of s.steps) {
+        const r = st.result;
+        rateRows.push([
+          s.server,
+          String(st.sessions),
+          String(st.offeredPerSecond),
+          fmt(r.uclient.peakSendRate, 0),
+          String(r.sent),
+          r.ok ? String(r.lost) : 'FAILED',
+          fmt(r.lostPercent, 3),
+          fmt(r.cpuMicrosPerRelayedPacket, 2),
+          r.udpReceiveBufferErrors === undefined ? '-' : String(r.udpReceiveBufferErrors),
+        ]);
+      }
+    }
+    lines.push(table(rateRows));
+    for (const s of rate.servers) {
+      const v = s.maxLosslessPerSecond;
+      const first = s.steps[0]?.offeredPerSecond ?? '?';
+      const what =
+        v === undefined
+          ? s.atLeast
+            ? `unknown (${s.stoppedBy ?? 'no step ran'})`
+            : `< ${first} msg/s (lost at the first step)`
+          : `${s.atLeast ? '>= ' : ''}${v} msg/s offered (${2 * v} relayed pkt/s)${s.stoppedBy === undefined ? '' : `; ${s.stoppedBy}`}`;
+      lines.push(`  ${s.server.padEnd(8)} max lossless: ${what}`);
+    }
+  }
+  const failures = results.filter((r) => !r.ok && !r.skipped);
+  const rateFailures = rate?.servers.flatMap((s) => s.steps.map((st) => st.result)).filter((r) => !r.ok) ?? [];
+  if (failures.length > 0 || rateFailures.length > 0) {
     lines.push('');
     lines.push('failures:');
-    for (const f of failures) {
-      lines.push(`  ${f.case} ${f.server}: ${f.failure ?? ''}`);
+    for (const f of [...failures, ...rateFailures]) {
+      lines.push(`  ${f.label} ${f.server}: ${f.failure ?? ''}`);
       for (const e of f.uclient.errors.slice(0, 5)) lines.push(`      uclient: ${e.trim()}`);
     }
   }
   return lines.join('\n');
+}
+
+async function runLatency(ctx: RunContext, servers: readonly ServerName[], interrupted: () => boolean): Promise<LatencyReport> {
+  const o = DEFAULT_LATENCY_OPTIONS;
+  const peer = { address: LOOPBACK, port: ctx.peerPort };
+  const out: LatencyReport['servers'] = [];
+  for (const serverName of servers) {
+    if (interrupted()) break;
+    process.stderr.write(`[bench] latency / ${serverName}: ${o.count} round trips at ${o.ratePerSecond}/s, interleaved with direct ones ... `);
+    const serverLog = join(ctx.logDir, `latency-${serverName}-server.log`);
+    const s = await startServer(ctx, serverName, false);
+    const started = 'failure' in s ? s.started : s;
+    try {
+      if ('failure' in s) throw new Error(s.failure);
+      const { through, direct } = await probeThroughServer({ address: LOOPBACK, port: s.listeningPort }, { username: USER, password: PASSWORD }, peer, o);
+      const added = (x: number | undefined, y: number | undefined): number | undefined => (x === undefined || y === undefined ? undefined : x - y);
+      out.push({
+        server: serverName,
+        ok: through.received > 0 && direct.received > 0,
+        failure: through.received > 0 ? undefined : 'nothing came back',
+        result: through,
+        direct,
+        addedP50Micros: added(through.rttMicros.p50, direct.rttMicros.p50),
+        addedP99Micros: added(through.rttMicros.p99, direct.rttMicros.p99),
+      });
+      process.stderr.write(
+        `p50 ${fmt(through.rttMicros.p50, 0)} us (direct ${fmt(direct.rttMicros.p50, 0)}), p99 ${fmt(through.rttMicros.p99, 0)} us (direct ${fmt(direct.rttMicros.p99, 0)}), ${through.received}/${through.sent} back\n`,
+      );
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      out.push({ server: serverName, ok: false, failure: why, result: undefined, direct: undefined, addedP50Micros: undefined, addedP99Micros: undefined });
+      process.stderr.write(`FAILED: ${why}\n`);
+    } finally {
+      if (started !== undefined) {
+        await ctx.group.stop(started.server);
+        writeFileSync(serverLog, `# ${started.launch.command} ${started.launch.args.join(' ')}\n${started.server.output()}`);
+      }
+    }
+  }
+  return { options: o, servers: out };
+}
+
+const RATE_METHOD =
+  'the channel case (100-byte ChannelData, -z 1) with N sessions, so N thousand msg/s offered once all sessions run ' +
+  '(they start at random 1-6 s offsets; each sends for -n ms); N steps up per server until a step loses a message, ' +
+  'and the highest lossless step is reported. "peak sent" = most messages uclient sent in one second; if it falls short ' +
+  'of the offer, the load generator (core 0), not the server, was the limit.';
+
+async function runRate(
+  ctx: RunContext,
+  servers: readonly ServerName[],
+  steps: readonly number[],
+  messagesPerSession: number,
+  interrupted: () => boolean,
+): Promise<RateReport> {
+  const out: RateReport['servers'] = [];
+  for (const serverName of servers) {
+    const done: RateStep[] = [];
+    let maxLossless: number | undefined;
+    let atLeast = true;
+    let stoppedBy: string | undefined;
+    for (const sessions of steps) {
+      if (interrupted()) break;
+      const c = rateCase(sessions, messagesPerSession);
+      process.stderr.write(`[bench] rate ${sessions}k msg/s / ${serverName}: -m ${sessions} -n ${messagesPerSession} ... `);
+      const r = await runOne(ctx, serverName, c, `rate-${sessions}`, RATE_RELAY_PORT_COUNT);
+      done.push({ sessions, offeredPerSecond: sessions * 1000, result: r });
+      process.stderr.write(
+        r.ok
+          ? `${r.received}/${r.sent} back (lost ${r.lost}), peak ${fmt(r.uclient.peakSendRate, 0)} sent/s, ${fmt(r.cpuMicrosPerRelayedPacket, 2)} us/pkt\n`
+          : `FAILED: ${r.failure ?? ''}\n`,
+      );
+      if (!r.ok) {
+        stoppedBy = `the ${sessions}k step failed to run: ${r.failure ?? ''}`;
+        break;
+      }
+      if (r.lost > 0) {
+        atLeast = false;
+        break;
+      }
+      maxLossless = sessions * 1000;
+    }
+    out.push({ server: serverName, steps: done, maxLosslessPerSecond: maxLossless, atLeast, stoppedBy });
+  }
+  return { method: RATE_METHOD, messagesPerSession, servers: out };
+}
+
+/** The orchestrator (and so the latency probe it runs) belongs with the load generators, on CLIENT_CPU. */
+function pinSelf(): void {
+  spawnSync('taskset', ['-a', '-p', '-c', String(CLIENT_CPU), String(process.pid)], { stdio: 'ignore' });
 }
 
 async function main(): Promise<number> {
@@ -438,17 +738,20 @@ async function main(): Promise<number> {
   for (const tool of ['taskset', 'turnutils_uclient', 'turnutils_peer', ...(options.servers.includes('coturn') ? ['turnserver'] : [])]) {
     if (!haveCommand(tool)) throw new Error(`'${tool}' is not on PATH`);
   }
+  pinSelf();
   const repoRoot = findRepoRoot();
   const resultsDir = join(repoRoot, 'bench', 'results');
   const logDir = join(resultsDir, 'logs');
   mkdirSync(logDir, { recursive: true });
   const scratchDir = mkdtempSync(join(tmpdir(), 'anyturn-bench-'));
   const anyturnCli = fileURLToPath(new URL('../src/cli.js', import.meta.url));
+  const floorScript = fileURLToPath(new URL('./floor-forwarder.js', import.meta.url));
 
   const cases = defaultCases();
   if (options.messagesPerSession !== undefined) {
     for (const c of CASE_NAMES) cases[c] = { ...cases[c], messagesPerSession: options.messagesPerSession };
   }
+  const rateMessages = options.messagesPerSession ?? RATE_MESSAGES_PER_SESSION;
 
   const group = new ProcessGroup();
   let interrupted = false;
@@ -466,10 +769,17 @@ async function main(): Promise<number> {
   process.on('exit', () => group.killAllNow());
 
   // Hard bound on the whole run, whatever happens inside.
+  const perServer = READY_TIMEOUT_MS + 10_000;
+  const o = DEFAULT_LATENCY_OPTIONS;
+  const latencyMs = options.latency ? options.servers.length * (perServer + 20_000 + ((o.count + o.warmup) * 1000) / o.ratePerSecond) : 0;
+  const rateMs = options.rate
+    ? options.rateSteps.length * options.servers.length * (perServer + uclientTimeoutMs(rateCase(1, rateMessages)))
+    : 0;
   const budgetMs =
     60_000 +
-    options.cases.reduce((sum, c) => sum + uclientTimeoutMs(cases[c]) + READY_TIMEOUT_MS + 10_000, 0) *
-      options.servers.length;
+    latencyMs +
+    rateMs +
+    options.cases.reduce((sum, c) => sum + uclientTimeoutMs(cases[c]) + perServer, 0) * options.servers.length;
   const watchdog = setTimeout(() => {
     console.error(`benchmark exceeded ${budgetMs} ms; stopping`);
     group.killAllNow();
@@ -478,13 +788,15 @@ async function main(): Promise<number> {
   watchdog.unref();
 
   const results: RunResult[] = [];
+  let latency: LatencyReport | undefined;
+  let rate: RateReport | undefined;
   try {
     // turnutils_peer echoes on its port and the next one (RTCP); it binds both.
     const peerPort = await freeUdpPort(1);
     const peer = group.start('peer', CLIENT_CPU, 'turnutils_peer', ['-L', '127.0.0.1', '-p', String(peerPort)]);
     await sleep(300);
     if (peer.hasExited()) throw new Error(`turnutils_peer exited: ${peer.tail().join('\n')}`);
-    const ctx: RunContext = { group, peerPort, scratchDir, logDir, repoRoot, anyturnCli };
+    const ctx: RunContext = { group, peerPort, scratchDir, logDir, repoRoot, anyturnCli, floorScript };
 
     for (const caseName of options.cases) {
       for (const serverName of options.servers) {
@@ -494,13 +806,17 @@ async function main(): Promise<number> {
         const r = await runOne(ctx, serverName, c);
         if (interrupted) break;
         process.stderr.write(
-          r.ok
-            ? `${r.received}/${r.sent} back, ${fmt(r.cpuMicrosPerRelayedPacket, 2)} us/pkt\n`
-            : `FAILED: ${r.failure ?? ''}\n`,
+          r.skipped
+            ? `n/a (${r.failure ?? ''})\n`
+            : r.ok
+              ? `${r.received}/${r.sent} back, ${fmt(r.cpuMicrosPerRelayedPacket, 2)} us/pkt\n`
+              : `FAILED: ${r.failure ?? ''}\n`,
         );
         results.push(r);
       }
     }
+    if (options.latency && !interrupted) latency = await runLatency(ctx, options.servers, () => interrupted);
+    if (options.rate && !interrupted) rate = await runRate(ctx, options.servers, options.rateSteps, rateMessages, () => interrupted);
   } finally {
     await group.stopAll();
     rmSync(scratchDir, { recursive: true, force: true });
@@ -508,7 +824,7 @@ async function main(): Promise<number> {
   }
 
   const rs = ratios(results);
-  console.log(report(results, rs, cases));
+  console.log(report(results, rs, cases, latency, rate));
   const json = {
     generatedAt: new Date().toISOString(),
     method: METHOD_NOTES,
@@ -522,11 +838,15 @@ async function main(): Promise<number> {
     cases: options.cases.map((c) => cases[c]),
     results,
     ratiosAnyturnOverCoturn: rs,
+    latency,
+    maxLosslessRate: rate,
   };
   const out = join(resultsDir, 'latest.json');
   writeFileSync(out, JSON.stringify(json, null, 2) + '\n');
   console.log(`\nJSON: ${relative(process.cwd(), out)}; logs: ${relative(process.cwd(), logDir)}/`);
-  return results.every((r) => r.ok) ? 0 : 1;
+  const latencyOk = latency === undefined || latency.servers.every((s) => s.ok);
+  const rateOk = rate === undefined || rate.servers.every((s) => s.steps.every((st) => st.result.ok));
+  return results.every((r) => r.ok || r.skipped) && latencyOk && rateOk ? 0 : 1;
 }
 
 main().then(

@@ -1,8 +1,8 @@
 // How each server under test is started. Both listen and relay on 127.0.0.1 only.
 import type { PortRange } from './net.js';
 
-export type ServerName = 'anyturn' | 'coturn';
-export const SERVER_NAMES: readonly ServerName[] = ['anyturn', 'coturn'];
+export type ServerName = 'anyturn' | 'coturn' | 'floor';
+export const SERVER_NAMES: readonly ServerName[] = ['anyturn', 'coturn', 'floor'];
 
 export interface ServerSettings {
   readonly listeningPort: number;
@@ -12,6 +12,8 @@ export interface ServerSettings {
   readonly realm: string;
   /** Scratch directory for coturn's pid file and SQLite db. */
   readonly scratchDir: string;
+  /** Also listen for TCP clients on listeningPort (coturn otherwise gets --no-tcp; anyturn always listens on TCP). */
+  readonly tcp?: boolean;
 }
 
 export interface ServerLaunch {
@@ -35,7 +37,8 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
       '--user', `${s.user}:${s.password}`,
       '--realm', s.realm,
       '--allow-loopback-peers',
-      '--no-tcp', '--no-tls', '--no-dtls', '--no-cli',
+      ...(s.tcp === true ? [] : ['--no-tcp']),
+      '--no-tls', '--no-dtls', '--no-cli',
       // 0 = coturn's single-threaded mode: relaying happens on the main listener
       // thread, the nearest match to one Node event loop. (--relay-threads 1 adds
       // a separate relay thread; the default is one per CPU.) coturn keeps its
@@ -67,5 +70,24 @@ export function anyturnLaunch(s: ServerSettings, nodePath: string, cliPath: stri
       '--log-level', 'warn',
     ],
     readyLine: /"msg":"anyturn ready"/,
+  };
+}
+
+/**
+ * The floor (bench/floor-forwarder.ts): a minimal relay in plain Node, the lower
+ * bound for any Node TURN server. UDP clients only.
+ */
+export function floorLaunch(s: ServerSettings, nodePath: string, floorPath: string): ServerLaunch {
+  return {
+    command: nodePath,
+    args: [
+      floorPath,
+      '--listening-ip', '127.0.0.1',
+      '--listening-port', String(s.listeningPort),
+      '--relay-ip', '127.0.0.1',
+      '--user', `${s.user}:${s.password}`,
+      '--realm', s.realm,
+    ],
+    readyLine: /^floor ready/,
   };
 }

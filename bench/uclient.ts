@@ -1,8 +1,8 @@
 // The load: coturn's turnutils_uclient, the same arguments for both servers.
 // A uclient "message" is one round trip client -> relay -> peer -> relay -> client.
 
-export type CaseName = 'channel' | 'send' | 'flood';
-export const CASE_NAMES: readonly CaseName[] = ['channel', 'send', 'flood'];
+export type CaseName = 'channel' | 'send' | 'channel-1000' | 'send-1000' | 'c2c' | 'flood' | 'tcp';
+export const CASE_NAMES: readonly CaseName[] = ['channel', 'send', 'channel-1000', 'send-1000', 'c2c', 'flood', 'tcp'];
 
 export interface LoadCase {
   readonly name: CaseName;
@@ -13,36 +13,97 @@ export interface LoadCase {
   readonly intervalMs: number;
   /** Send indications (uclient -s) instead of ChannelData. */
   readonly sendIndication: boolean;
+  /** Payload bytes per message (uclient -l). */
+  readonly payloadBytes: number;
+  /** Client-to-client (uclient -y): pairs of allocations relay to each other, no peer. */
+  readonly clientToClient: boolean;
+  /** TCP between client and server (uclient -t); relaying to the peer stays UDP. */
+  readonly tcp: boolean;
+  /** Sessions (uclient -m); with -c each session is one allocation. */
+  readonly sessions: number;
 }
 
 /** Sessions (uclient -m); with -c each session is one allocation. */
 export const SESSIONS = 20;
-/** Payload bytes per message (uclient -l). */
+/** Payload bytes per message (uclient -l), unless the case says otherwise. */
 export const PAYLOAD_BYTES = 100;
 
 export function defaultCases(): Record<CaseName, LoadCase> {
+  const base = { sendIndication: false, payloadBytes: PAYLOAD_BYTES, clientToClient: false, tcp: false, sessions: SESSIONS };
   return {
     channel: {
+      ...base,
       name: 'channel',
       description: 'ChannelData, 1 ms interval per session',
       messagesPerSession: 5000,
       intervalMs: 1,
-      sendIndication: false,
     },
     send: {
+      ...base,
       name: 'send',
       description: 'Send/Data indications, 1 ms interval per session',
       messagesPerSession: 5000,
       intervalMs: 1,
       sendIndication: true,
     },
+    'channel-1000': {
+      ...base,
+      name: 'channel-1000',
+      description: 'ChannelData, 1000-byte payload (-l 1000), 1 ms interval',
+      messagesPerSession: 5000,
+      intervalMs: 1,
+      payloadBytes: 1000,
+    },
+    'send-1000': {
+      ...base,
+      name: 'send-1000',
+      description: 'Send/Data indications, 1000-byte payload (-l 1000), 1 ms interval',
+      messagesPerSession: 5000,
+      intervalMs: 1,
+      sendIndication: true,
+      payloadBytes: 1000,
+    },
+    c2c: {
+      ...base,
+      name: 'c2c',
+      description: 'client to client (-y): 10 pairs of allocations relay to each other, ChannelData, 1 ms interval',
+      messagesPerSession: 5000,
+      intervalMs: 1,
+      clientToClient: true,
+    },
     flood: {
+      ...base,
       name: 'flood',
       description: 'ChannelData, no interval (-z 0)',
       messagesPerSession: 10000,
       intervalMs: 0,
-      sendIndication: false,
     },
+    tcp: {
+      ...base,
+      name: 'tcp',
+      description: 'TCP client connections (-t), ChannelData, 1 ms interval; relay to the peer is UDP',
+      messagesPerSession: 5000,
+      intervalMs: 1,
+      tcp: true,
+    },
+  };
+}
+
+/**
+ * The 'max lossless rate' steps: the channel case with more sessions at 1 ms each,
+ * so that `sessions` thousand messages per second are offered once all have started.
+ */
+export function rateCase(sessions: number, messagesPerSession: number): LoadCase {
+  return {
+    name: 'channel',
+    description: `ChannelData, ${sessions} sessions at 1 ms = ${sessions}k msg/s offered`,
+    messagesPerSession,
+    intervalMs: 1,
+    sendIndication: false,
+    payloadBytes: PAYLOAD_BYTES,
+    clientToClient: false,
+    tcp: false,
+    sessions,
   };
 }
 
@@ -60,11 +121,13 @@ export function uclientArgs(c: LoadCase, t: UclientTarget): string[] {
     '-e', '127.0.0.1',
     '-r', String(t.peerPort),
     '-c',
-    '-m', String(SESSIONS),
+    '-m', String(c.sessions),
     '-n', String(c.messagesPerSession),
-    '-l', String(PAYLOAD_BYTES),
+    '-l', String(c.payloadBytes),
     '-z', String(c.intervalMs),
     ...(c.sendIndication ? ['-s'] : []),
+    ...(c.clientToClient ? ['-y'] : []),
+    ...(c.tcp ? ['-t'] : []),
     '-p', String(t.serverPort),
     '-L', '127.0.0.1',
     '127.0.0.1',
@@ -137,4 +200,25 @@ export function parseUclientOutput(text: string): UclientStats {
     rttMaxMs: rtt?.[2] === undefined || received === 0 ? undefined : Number(rtt[2]),
     errors,
   };
+}
+
+/**
+ * The highest number of messages sent in one second, from uclient's once-a-second
+ * progress lines ("N: : start_mclient: msz=.., tot_send_msgs=X, ..."): what the load
+ * generator actually offered at its peak, which may fall short of the nominal rate
+ * when core 0 is saturated.
+ */
+export function peakSendRate(text: string): number | undefined {
+  let last: { t: number; sent: number } | undefined;
+  let peak: number | undefined;
+  for (const m of text.matchAll(/^(\d+): : start_mclient: msz=\d+, tot_send_msgs=(\d+)/gm)) {
+    const t = Number(m[1]);
+    const sent = Number(m[2]);
+    if (last !== undefined && t > last.t) {
+      const rate = (sent - last.sent) / (t - last.t);
+      if (peak === undefined || rate > peak) peak = rate;
+    }
+    last = { t, sent };
+  }
+  return peak;
 }
