@@ -68,6 +68,8 @@ const TICK_MS = 1000;
 /** How often a --drain-exit waiter looks whether the last allocation is gone. */
 const DRAINED_POLL_MS = 200;
 const STORE_READY_WAIT_MS = 3000;
+/** With --listening-port 0: tries at an ephemeral port number free for both UDP and TCP. */
+const SAME_PORT_ATTEMPTS = 20;
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
   const logger = deps.logger ?? createLogger(config.logLevel);
@@ -178,7 +180,10 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const udpListeners: UdpClientListener[] = [];
   const handles = new Map<UdpClientListener, EngineListener>();
   const hooks = {
-    onPacket: (path: UdpClientListener, buf: Buffer, address: string, port: number) => engine.handleClientPacket(handles.get(path)!, buf, address, port),
+    onPacket: (path: UdpClientListener, buf: Buffer, address: string, port: number) => {
+      const handle = handles.get(path);
+      if (handle) engine.handleClientPacket(handle, buf, address, port);
+    },
     onCongestionDrop: () => counters.drops.send_queue_full++,
     onError: (err: Error) => logger.warn({ err }, 'listening socket error'),
   };
@@ -211,34 +216,48 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   };
   try {
     for (const ip of config.listeningIps) {
-      let udpPort = 0;
+      const makeStream = (transport: 'tcp' | 'tls', port: number): StreamClientListener =>
+        new StreamClientListener({ transport, address: ip, port, tls: transport === 'tls' ? config.tls : undefined, ...streamOptions }, streamCounters, streamHooks);
+      let tcp: StreamClientListener | undefined;
       if (config.udp) {
-        const listener = new UdpClientListener(ip, config.listeningPort, hooks);
-        await listener.start();
-        udpListeners.push(listener);
-        udpPort = listener.localPort;
-        const handle = engine.addListener(listener);
-        handles.set(listener, handle);
+        // RFC 8656 §3.1: TCP on the UDP port number. With --listening-port 0 (tests), the
+        // ephemeral number UDP got may be taken for TCP: bind again until both agree.
+        const sameNumber = config.tcp && config.listeningPort === 0;
+        let udp: UdpClientListener | undefined;
+        for (let attempt = 0; !udp; attempt++) {
+          const candidate = new UdpClientListener(ip, config.listeningPort, hooks);
+          await candidate.start();
+          if (!sameNumber) {
+            udp = candidate;
+            break;
+          }
+          const stream = makeStream('tcp', candidate.localPort);
+          try {
+            await stream.start();
+            udp = candidate;
+            tcp = stream;
+          } catch (err) {
+            await candidate.close();
+            if (attempt >= SAME_PORT_ATTEMPTS) throw err;
+          }
+        }
+        udpListeners.push(udp);
+        const handle = engine.addListener(udp);
+        handles.set(udp, handle);
         let byPort = listenersByAddress.get(ip);
         if (!byPort) listenersByAddress.set(ip, (byPort = new Map()));
-        byPort.set(listener.localPort, handle);
+        byPort.set(udp.localPort, handle);
       }
-      const startStream = async (transport: 'tcp' | 'tls', port: number, fallbackPort?: number): Promise<void> => {
-        const make = (p: number): StreamClientListener =>
-          new StreamClientListener({ transport, address: ip, port: p, tls: transport === 'tls' ? config.tls : undefined, ...streamOptions }, streamCounters, streamHooks);
-        let listener = make(port);
-        try {
-          await listener.start();
-        } catch (err) {
-          if (fallbackPort === undefined) throw err;
-          listener = make(fallbackPort);
-          await listener.start();
-        }
-        streamListeners.push(listener);
-      };
-      // RFC 8656 §3.1: TCP on the UDP port number. With --listening-port 0, try the port UDP got.
-      if (config.tcp) await (config.listeningPort === 0 && udpPort > 0 ? startStream('tcp', udpPort, 0) : startStream('tcp', config.listeningPort));
-      if (config.tls) await startStream('tls', config.tls.port);
+      if (config.tcp && !tcp) {
+        tcp = makeStream('tcp', config.listeningPort);
+        await tcp.start();
+      }
+      if (tcp) streamListeners.push(tcp);
+      if (config.tls) {
+        const tls = makeStream('tls', config.tls.port);
+        await tls.start();
+        streamListeners.push(tls);
+      }
     }
     if (mesh && cluster && clusterCounters) {
       await mesh.start();
