@@ -16,6 +16,7 @@ import type { NewAllocationRecord, StoreEvent } from '../../src/store/types.js';
 import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisCluster, startSentinelTopology, withAdmin, type ClusterTopology, type SentinelTopology } from '../helpers/redis-topologies.js';
 import { runStoreContract } from '../unit/store/contract.js';
+import { recordFactory } from '../helpers/records.js';
 
 let cluster: ClusterTopology | undefined;
 let sentinel: SentinelTopology | undefined;
@@ -61,30 +62,7 @@ async function waitFor(done: () => boolean | Promise<boolean>, what: string, tim
   }
 }
 
-let clientPortSeq = 21_000;
-let relayPortSeq = 31_000;
-
-function newRecord(overrides: Partial<NewAllocationRecord> = {}): NewAllocationRecord {
-  const clientPort = overrides.clientPort ?? clientPortSeq++;
-  const base: NewAllocationRecord = {
-    key: fiveTupleKey('udp', '198.51.100.8', clientPort, '192.0.2.1', 3478),
-    transport: 'udp',
-    clientAddress: '198.51.100.8',
-    clientPort,
-    serverAddress: '192.0.2.1',
-    serverPort: 3478,
-    relayedAddress: '203.0.113.6',
-    relayedPort: relayPortSeq++,
-    ownerNodeId: 'node-a',
-    username: 'user',
-    realm: 'example.org',
-    createdAtMs: Date.now(),
-    expiresAtMs: Date.now() + 600_000,
-    permissions: {},
-    channels: {},
-  };
-  return { ...base, ...overrides };
-}
+const { newRecord, nextRelayPort } = recordFactory({ clientAddress: '198.51.100.8', relayedAddress: '203.0.113.6', firstClientPort: 21000, firstRelayPort: 31000 });
 
 function describeEvent(e: StoreEvent): string {
   return e.type === 'deleted' ? `deleted ${e.key} ${e.ownerNodeId} ${e.reason}` : `${e.type} ${e.record.key} v${e.record.version} ${e.record.ownerNodeId}`;
@@ -110,7 +88,7 @@ describe('Redis Cluster specifics', () => {
       assert.ok(outcome.ok, outcome.ok ? '' : outcome.reason);
       created.push(outcome.record);
     }
-    assert.equal(await clients.store.reservePort('abcdef99', { relayedAddress: '203.0.113.6', relayedPort: relayPortSeq++ }, 10_000), true);
+    assert.equal(await clients.store.reservePort('abcdef99', { relayedAddress: '203.0.113.6', relayedPort: nextRelayPort() }, 10_000), true);
     await clients.registry.heartbeat({ nodeId: 'spread-node', meshAddress: '127.0.0.1', meshPort: 9 }, 10_000);
 
     // Count this prefix's keys per master: more than one master holds some.

@@ -32,6 +32,7 @@ import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisServer } from '../helpers/redis-server.js';
 import { startRedisCluster, startSentinelTopology, withAdmin, type ClusterTopology, type HostPort, type RedisNodeProcess } from '../helpers/redis-topologies.js';
 import { type Endpoint, TestPeer, TestTurnClient } from '../helpers/turn-client.js';
+import { recordFactory } from '../helpers/records.js';
 
 /** Every bounded wait for the cluster to heal. */
 const RECOVERY_DEADLINE_MS = 30_000;
@@ -84,30 +85,7 @@ async function openStore(t: TestContext, target: RedisTarget, options: RedisStor
   return clients;
 }
 
-let clientPortSeq = 22_000;
-let relayPortSeq = 32_000;
-
-function newRecord(overrides: Partial<NewAllocationRecord> = {}): NewAllocationRecord {
-  const clientPort = overrides.clientPort ?? clientPortSeq++;
-  const base: NewAllocationRecord = {
-    key: fiveTupleKey('udp', '198.51.100.9', clientPort, '192.0.2.1', 3478),
-    transport: 'udp',
-    clientAddress: '198.51.100.9',
-    clientPort,
-    serverAddress: '192.0.2.1',
-    serverPort: 3478,
-    relayedAddress: '203.0.113.7',
-    relayedPort: relayPortSeq++,
-    ownerNodeId: 'node-a',
-    username: 'failover',
-    realm: 'example.org',
-    createdAtMs: Date.now(),
-    expiresAtMs: Date.now() + 600_000,
-    permissions: {},
-    channels: {},
-  };
-  return { ...base, ...overrides };
-}
+const { newRecord } = recordFactory({ clientAddress: '198.51.100.9', relayedAddress: '203.0.113.7', firstClientPort: 22000, firstRelayPort: 32000, username: 'failover' });
 
 function eventKey(e: StoreEvent): string {
   return e.type === 'deleted' ? e.key : e.record.key;

@@ -16,6 +16,7 @@ import type { AllocationRecord, NewAllocationRecord, StoreEvent } from '../../sr
 import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server.js';
 import { runStoreContract } from '../unit/store/contract.js';
+import { recordFactory } from '../helpers/records.js';
 
 let server: RedisServerHandle | undefined;
 
@@ -70,30 +71,7 @@ async function waitFor(done: () => boolean | Promise<boolean>, what: string, tim
   }
 }
 
-let clientPortSeq = 20_000;
-let relayPortSeq = 30_000;
-
-function newRecord(overrides: Partial<NewAllocationRecord> = {}): NewAllocationRecord {
-  const clientPort = overrides.clientPort ?? clientPortSeq++;
-  const base: NewAllocationRecord = {
-    key: fiveTupleKey('udp', '198.51.100.7', clientPort, '192.0.2.1', 3478),
-    transport: 'udp',
-    clientAddress: '198.51.100.7',
-    clientPort,
-    serverAddress: '192.0.2.1',
-    serverPort: 3478,
-    relayedAddress: '203.0.113.5',
-    relayedPort: relayPortSeq++,
-    ownerNodeId: 'node-a',
-    username: 'user',
-    realm: 'example.org',
-    createdAtMs: Date.now(),
-    expiresAtMs: Date.now() + 600_000,
-    permissions: {},
-    channels: {},
-  };
-  return { ...base, ...overrides };
-}
+const { newRecord, nextRelayPort } = recordFactory({ clientAddress: '198.51.100.7', relayedAddress: '203.0.113.5', firstClientPort: 20000, firstRelayPort: 30000 });
 
 async function mustCreate(clients: RedisClients, record: NewAllocationRecord, userQuota = 0): Promise<AllocationRecord> {
   const outcome = await clients.store.create(record, { userQuota });
@@ -178,7 +156,7 @@ describe('RedisAllocationStore specifics', () => {
     }
     const tokens = ['tok}{', 'tok *', 'tok"\n'];
     for (const token of tokens) {
-      assert.equal(await clients.store.reservePort(token, { relayedAddress: '203.0.113.9', relayedPort: relayPortSeq++ }, 60_000), true);
+      assert.equal(await clients.store.reservePort(token, { relayedAddress: '203.0.113.9', relayedPort: nextRelayPort() }, 60_000), true);
     }
     for (const nodeId of ['n}{', 'n *', 'n"\n']) {
       await clients.registry.heartbeat({ nodeId, meshAddress: '127.0.0.1', meshPort: 1 }, 60_000);
@@ -213,7 +191,7 @@ describe('RedisAllocationStore specifics', () => {
     assert.ok(u.ok);
     await clients.store.update(a); // conflict
     await clients.store.countUserAllocations('stats');
-    await clients.store.reservePort('abcdef01', { relayedAddress: '203.0.113.9', relayedPort: relayPortSeq++ }, 10_000);
+    await clients.store.reservePort('abcdef01', { relayedAddress: '203.0.113.9', relayedPort: nextRelayPort() }, 10_000);
     await clients.store.takeReservation('abcdef01');
     await clients.store.delete(a.key, 'test');
     await clients.store.delete(b.key, 'test', 1);
