@@ -30,7 +30,7 @@ import { performance } from 'node:perf_hooks';
 
 import { Redis } from 'ioredis';
 
-import { ProcessGroup, cpuMicros, cpusAllowed, threadCount, type TrackedProcess } from './processes.js';
+import { ProcessGroup, stopOnSignals, cpuMicros, cpusAllowed, threadCount, type TrackedProcess } from './processes.js';
 import { freeUdpPort, stunBindingAnswers } from './net.js';
 import { coturnLaunch } from './servers.js';
 import { AllocationClient, CountingPeer, DriverStats, LOOPBACK, runPool, summarize, type Endpoint, type LatencySummary } from './turn-driver.js';
@@ -1338,19 +1338,7 @@ async function main(): Promise<number> {
 
   const scratchDir = mkdtempSync(join(tmpdir(), 'anyturn-bench-alloc-'));
   const group = new ProcessGroup();
-  let interrupted = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (interrupted) return;
-    interrupted = true;
-    console.error(`\n${signal}: stopping all benchmark processes`);
-    void group.stopAll().finally(() => {
-      rmSync(scratchDir, { recursive: true, force: true });
-      process.exit(130);
-    });
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', () => group.killAllNow());
+  const signals = stopOnSignals(group, scratchDir);
   const budgetMs = 10 * 60_000;
   const watchdog = setTimeout(() => {
     console.error(`benchmark exceeded ${budgetMs / 1000} s; stopping`);
@@ -1360,10 +1348,10 @@ async function main(): Promise<number> {
   watchdog.unref();
 
   const peer = await CountingPeer.open();
-  const ctx: Context = { group, scratchDir, logDir, repoRoot, anyturnCli, peer, options, stop: () => interrupted };
+  const ctx: Context = { group, scratchDir, logDir, repoRoot, anyturnCli, peer, options, stop: () => signals.interrupted };
   const results: Results = { rate: [], live: [], slab: undefined, fill: [], sync: undefined, storeOps: [], failures: [] };
   const step = async <T>(label: string, f: () => Promise<T>): Promise<T | undefined> => {
-    if (interrupted) return undefined;
+    if (signals.interrupted) return undefined;
     process.stderr.write(`[bench:allocations] ${label} ... `);
     const t0 = performance.now();
     try {

@@ -1,7 +1,7 @@
 // Child processes of the benchmark: every one is tracked so that it is stopped
 // on success, on failure and on Ctrl-C. Nothing here kills by name.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 
 export interface TrackedProcess {
   readonly name: string;
@@ -180,4 +180,29 @@ export function cpuUserSystemMicros(pid: number): { readonly user: number; reado
   if (!Number.isFinite(user) || !Number.isFinite(system)) throw new Error(`cannot parse /proc/${pid}/stat`);
   const tick = 1_000_000 / clkTck();
   return { user: user * tick, system: system * tick };
+}
+
+/**
+ * On SIGINT/SIGTERM stops every process of the group, removes the scratch
+ * directory and exits 130; on any exit kills what is left at once.
+ */
+export function stopOnSignals(group: ProcessGroup, scratchDir: string): { readonly interrupted: boolean } {
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    console.error(`\n${signal}: stopping all benchmark processes`);
+    void group.stopAll().finally(() => {
+      rmSync(scratchDir, { recursive: true, force: true });
+      process.exit(130);
+    });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', () => group.killAllNow());
+  return {
+    get interrupted() {
+      return interrupted;
+    },
+  };
 }

@@ -17,6 +17,7 @@ import { performance } from 'node:perf_hooks';
 
 import {
   ProcessGroup,
+  stopOnSignals,
   clkTck,
   cpuMicros,
   cpuUserSystemMicros,
@@ -754,19 +755,7 @@ async function main(): Promise<number> {
   const rateMessages = options.messagesPerSession ?? RATE_MESSAGES_PER_SESSION;
 
   const group = new ProcessGroup();
-  let interrupted = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (interrupted) return;
-    interrupted = true;
-    console.error(`\n${signal}: stopping all benchmark processes`);
-    void group.stopAll().finally(() => {
-      rmSync(scratchDir, { recursive: true, force: true });
-      process.exit(130);
-    });
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', () => group.killAllNow());
+  const signals = stopOnSignals(group, scratchDir);
 
   // Hard bound on the whole run, whatever happens inside.
   const perServer = READY_TIMEOUT_MS + 10_000;
@@ -800,11 +789,11 @@ async function main(): Promise<number> {
 
     for (const caseName of options.cases) {
       for (const serverName of options.servers) {
-        if (interrupted) break;
+        if (signals.interrupted) break;
         const c = cases[caseName];
         process.stderr.write(`[bench] ${caseName} / ${serverName}: -n ${c.messagesPerSession} ... `);
         const r = await runOne(ctx, serverName, c);
-        if (interrupted) break;
+        if (signals.interrupted) break;
         process.stderr.write(
           r.skipped
             ? `n/a (${r.failure ?? ''})\n`
@@ -815,8 +804,8 @@ async function main(): Promise<number> {
         results.push(r);
       }
     }
-    if (options.latency && !interrupted) latency = await runLatency(ctx, options.servers, () => interrupted);
-    if (options.rate && !interrupted) rate = await runRate(ctx, options.servers, options.rateSteps, rateMessages, () => interrupted);
+    if (options.latency && !signals.interrupted) latency = await runLatency(ctx, options.servers, () => signals.interrupted);
+    if (options.rate && !signals.interrupted) rate = await runRate(ctx, options.servers, options.rateSteps, rateMessages, () => signals.interrupted);
   } finally {
     await group.stopAll();
     rmSync(scratchDir, { recursive: true, force: true });
