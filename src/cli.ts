@@ -7,7 +7,11 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { ConfigError, buildConfig, type RawOptions } from './config.js';
 import { LOG_LEVELS } from './ops/log.js';
+import cluster from 'node:cluster';
+import { createLogger } from './ops/log.js';
 import { startServer } from './server.js';
+import { startPrimary } from './workers/primary.js';
+import { runWorker } from './workers/worker.js';
 
 export function parseArgs(argv: string[]): RawOptions {
   const parsed = yargs(argv)
@@ -69,7 +73,7 @@ export function parseArgs(argv: string[]): RawOptions {
     .option('cluster-secret', { type: 'string', describe: 'Secret shared by every node: authenticates mesh frames, and keys nonces unless --nonce-secret is given' })
     .option('relay-mode', { type: 'string', choices: ['unicast', 'anycast'], describe: "unicast: relayed addresses on each node's own --relay-ip, a rerouted client's packets are forwarded to the owner. anycast: --relay-ip is carried by every node, every node serves every allocation, and a node's death loses nothing", default: 'unicast' })
     .option('cluster-lookup-rate', { describe: 'Store lookups per second for packets from unknown 5-tuples (junk can\'t hammer Redis)', default: 500 })
-    .group(['node-id', 'metrics-ip', 'metrics-port', 'log-level', 'software', 'prometheus-username-labels', 'admin-token', 'drain-exit', 'shutdown-timeout', 'alternate-server'], 'Operations:')
+    .group(['node-id', 'metrics-ip', 'metrics-port', 'log-level', 'software', 'prometheus-username-labels', 'admin-token', 'drain-exit', 'shutdown-timeout', 'alternate-server', 'workers'], 'Operations:')
     .option('metrics-ip', { type: 'string', describe: 'Address of the ops endpoint: /metrics, /healthz, /readyz', default: '0.0.0.0' })
     .option('metrics-port', { describe: 'Port of the ops endpoint (0: off)', default: 9641 })
     .option('node-id', { type: 'string', describe: 'This node\'s name in logs and in a shared store. Default: the hostname' })
@@ -80,6 +84,7 @@ export function parseArgs(argv: string[]): RawOptions {
     .option('drain-exit', { type: 'boolean', describe: 'Once draining (SIGUSR1 or POST /drain), exit 0 when no allocation is left', default: false })
     .option('shutdown-timeout', { describe: 'Seconds SIGTERM/SIGINT may take to stop gracefully before the process exits anyway (1-3600)', default: 5 })
     .option('alternate-server', { type: 'string', array: true, describe: 'Answer every Allocate with 300 Try Alternate and this ip:port or [ipv6]:port (repeatable: round robin within the client\'s address family)' })
+    .option('workers', { describe: "Worker processes, one per core: 'auto' = one per core this process may use. Each relays its own slice of the port range; UDP clients stick to one worker through a connected socket, TCP/TLS connections are shared out by the primary", default: 1 })
     .help()
     .alias('help', 'h')
     .version()
@@ -107,9 +112,14 @@ async function main(): Promise<void> {
     process.stderr.write(`anyturn: ${(err as Error).message}\nRun anyturn --help for the list of flags.\n`);
     process.exit(2);
   }
+  if (config.workers > 1 && cluster.isWorker) {
+    // Forked by the primary with the same flags: it sends what else this worker needs, and stops it.
+    await runWorker(config, createLogger(config.logLevel));
+    return;
+  }
   let server;
   try {
-    server = await startServer(config);
+    server = config.workers > 1 ? await startPrimary(config, createLogger(config.logLevel).child({ role: 'primary' })) : await startServer(config);
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
     const where = e.address !== undefined ? ` on ${e.address}:${e.port}` : '';

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { hostname, networkInterfaces } from 'node:os';
+import { availableParallelism, hostname, networkInterfaces } from 'node:os';
 import { parseIPv4, parseIPv6 } from './stun/address.js';
 import { LOG_LEVELS, type LogLevel } from './ops/log.js';
 import { PeerRangeError, parseIpRange } from './turn/peer-policy.js';
@@ -69,6 +69,8 @@ export interface ServerConfig {
   readonly alternateServers: readonly AlternateServer[];
   /** anyturn_user_allocations{user}: off by default (one series per user). */
   readonly prometheusUsernameLabels: boolean;
+  /** Worker processes (one per core): 1 runs everything in this process; more forks them (src/workers/). */
+  readonly workers: number;
 }
 
 export interface TlsConfig {
@@ -147,17 +149,18 @@ export interface RawOptions {
   readonly 'shutdown-timeout'?: number;
   readonly 'alternate-server'?: readonly string[];
   readonly 'prometheus-username-labels'?: boolean;
+  readonly workers?: number | string;
 }
 
-function integer(flag: string, value: unknown, min: number, max: number, fallback: number): number {
+function integer(flag: string, value: unknown, min: number, max: number, fallback: number, allowed = `a whole number from ${min} to ${max}`): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || Number.isNaN(value)) {
     // Name the value as given ('abc' from ANYTURN_LISTENING_PORT, or [1,2] for a flag given twice).
     const shown = typeof value === 'number' ? String(value) : JSON.stringify(value);
-    throw new ConfigError(flag, value, `a whole number from ${min} to ${max}`, `invalid --${flag} ${shown}: not a number (allowed: a whole number from ${min} to ${max})`);
+    throw new ConfigError(flag, value, allowed, `invalid --${flag} ${shown}: not a number (allowed: ${allowed})`);
   }
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw new ConfigError(flag, value, `a whole number from ${min} to ${max}`);
+    throw new ConfigError(flag, value, allowed);
   }
   return value;
 }
@@ -299,7 +302,21 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     shutdownTimeoutSeconds: integer('shutdown-timeout', raw['shutdown-timeout'], 1, 3600, 5),
     alternateServers: alternateServers(raw['alternate-server']),
     prometheusUsernameLabels: raw['prometheus-username-labels'] ?? false,
+    workers: workerCount(raw.workers, minPort, maxPort, cluster),
   };
+}
+
+/** --workers: a count or 'auto' (one per core this process may run on). */
+function workerCount(value: number | string | undefined, minPort: number, maxPort: number, cluster: ClusterConfig | undefined): number {
+  const n = value === 'auto' ? availableParallelism() : integer('workers', value, 1, 64, 1, "a count from 1 to 64, or 'auto' (one per core)");
+  if (n === 1) return 1;
+  // Each worker relays on its own slice of the port range, so no two bind the same port.
+  if (maxPort - minPort + 1 < n) throw new ConfigError('workers', n, `at most the number of relay ports (--min-port ${minPort} to --max-port ${maxPort}): each worker gets its own slice`);
+  if (cluster?.relayMode === 'anycast') {
+    throw new ConfigError('workers', n, "1 with --relay-mode anycast: there every node binds every allocation's relayed port, which workers on one host cannot share");
+  }
+  if (cluster && cluster.meshPort !== 0 && cluster.meshPort + n - 1 > 65535) throw new ConfigError('workers', n, `a count that leaves --mesh-address port ${cluster.meshPort} + one port per worker under 65536`);
+  return n;
 }
 
 function adminToken(value: string | undefined): string | undefined {

@@ -12,6 +12,7 @@ import { OpsHttpServer } from './ops/http.js';
 import type { Logger } from './ops/log.js';
 import { createLogger } from './ops/log.js';
 import { createMetrics } from './ops/metrics.js';
+import type { Registry } from 'prom-client';
 import { MemoryAllocationStore, MemoryNodeRegistry } from './store/memory.js';
 import { openSharedStore } from './store/shared.js';
 import type { AllocationStore, NodeRegistry } from './store/types.js';
@@ -26,8 +27,25 @@ import { type EngineListener, TurnEngine } from './turn/engine.js';
 import { NonceIssuer } from './turn/nonce.js';
 import { createPeerPolicy } from './turn/peer-policy.js';
 
+/**
+ * Takes over UDP client traffic from the listening sockets (a worker process, src/workers/):
+ * packets reach the engine through it, and it says which engine listener holds a client.
+ */
+export interface UdpFrontend {
+  /** Called once per listening address, after the engine exists; returns where a client's packets go. */
+  open(engine: TurnEngine, index: number, address: string, port: number): Promise<ClientResolver>;
+  close(): Promise<void>;
+}
+
+/** The engine listener a client (by address and port) belongs to on one listening address. */
+export type ClientResolver = (clientAddress: string, clientPort: number) => EngineListener;
+
 export interface ServerDeps {
+  /** Set in a worker process: UDP comes from the primary and per-client sessions; TCP/TLS listeners are shared through node:cluster. */
+  readonly udpFrontend?: UdpFrontend;
   readonly logger?: Logger;
+  /** Engine counters to use (a worker's UDP frontend counts into the same ones). */
+  readonly counters?: EngineCounters;
   readonly clock?: Clock;
   /** A store to use instead of the one the config names (tests share one between nodes). */
   readonly store?: AllocationStore;
@@ -47,6 +65,8 @@ export interface RunningServer {
   /** TCP/TLS connections accepted, refused, open and closed; framing errors. */
   readonly streamCounters: StreamCounters;
   readonly store: AllocationStore;
+  /** The Prometheus registry (served on /metrics when --metrics-port is on; a worker's primary collects it). */
+  readonly metrics: Registry;
   readonly listening: readonly ListeningAddress[];
   /** The bound ops HTTP port (/metrics, /healthz, /readyz), or 0 when off. */
   readonly metricsPort: number;
@@ -74,7 +94,7 @@ const SAME_PORT_ATTEMPTS = 20;
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
   const logger = deps.logger ?? createLogger(config.logLevel);
   const clock = deps.clock ?? systemClock;
-  const counters = new EngineCounters();
+  const counters = deps.counters ?? new EngineCounters();
   const cluster = config.cluster;
   const clusterCounters = cluster ? new ClusterCounters() : undefined;
 
@@ -105,13 +125,13 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   let engineRef: TurnEngine | undefined;
   const drain = new DrainSwitch(logger, () => engineRef?.allocations ?? 0);
 
-  const listenersByAddress = new Map<string, Map<number, EngineListener>>();
+  const listenersByAddress = new Map<string, Map<number, ClientResolver>>();
   let mesh: MeshSocket | undefined;
   let router: ClusterRouter | undefined;
   if (cluster && clusterCounters) {
     mesh = new MeshSocket(cluster.meshAddress, cluster.meshPort, cluster.clusterSecret, {
       onPacket: (p) => {
-        const listener = listenersByAddress.get(p.serverAddress)?.get(p.serverPort);
+        const listener = listenersByAddress.get(p.serverAddress)?.get(p.serverPort)?.(p.clientAddress, p.clientPort);
         if (!listener) {
           clusterCounters.meshRejected++;
           return;
@@ -201,7 +221,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     onSendDrop: () => counters.drops.send_queue_full++,
     onError: (err) => logger.warn({ err }, 'listening socket error'),
   };
-  const streamOptions = { idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000, maxConnections: config.maxTcpConnections };
+  // In a worker, the primary holds the TCP/TLS listening sockets and shares out connections (node:cluster).
+  const streamOptions = { idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000, maxConnections: config.maxTcpConnections, shared: deps.udpFrontend !== undefined };
   let ops: OpsHttpServer | undefined;
   let membership: Membership | undefined;
   const closeAll = async (): Promise<void> => {
@@ -211,15 +232,23 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await engine.stop();
     await mesh?.close();
     await Promise.all(udpListeners.map((l) => l.close()));
+    await deps.udpFrontend?.close();
     await Promise.all(streamListeners.map((l) => l.close()));
     if (ownStore) await store.close();
   };
+  const udpPorts: ListeningAddress[] = [];
+  const metrics = createMetrics({ engine, counters, store, cluster: clusterCounters, streams: streamCounters, drain, usernameLabels: config.prometheusUsernameLabels });
   try {
-    for (const ip of config.listeningIps) {
+    for (const [index, ip] of config.listeningIps.entries()) {
       const makeStream = (transport: 'tcp' | 'tls', port: number): StreamClientListener =>
         new StreamClientListener({ transport, address: ip, port, tls: transport === 'tls' ? config.tls : undefined, ...streamOptions }, streamCounters, streamHooks);
       let tcp: StreamClientListener | undefined;
-      if (config.udp) {
+      const byPort = listenersByAddress.get(ip) ?? new Map<number, ClientResolver>();
+      listenersByAddress.set(ip, byPort);
+      if (config.udp && deps.udpFrontend) {
+        byPort.set(config.listeningPort, await deps.udpFrontend.open(engine, index, ip, config.listeningPort));
+        udpPorts.push({ transport: 'udp', address: ip, port: config.listeningPort });
+      } else if (config.udp) {
         // RFC 8656 §3.1: TCP on the UDP port number. With --listening-port 0 (tests), the
         // ephemeral number UDP got may be taken for TCP: bind again until both agree.
         const sameNumber = config.tcp && config.listeningPort === 0;
@@ -244,9 +273,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
         udpListeners.push(udp);
         const handle = engine.addListener(udp);
         handles.set(udp, handle);
-        let byPort = listenersByAddress.get(ip);
-        if (!byPort) listenersByAddress.set(ip, (byPort = new Map()));
-        byPort.set(udp.localPort, handle);
+        byPort.set(udp.localPort, () => handle);
+        udpPorts.push({ transport: 'udp', address: udp.localAddress, port: udp.localPort });
       }
       if (config.tcp && !tcp) {
         tcp = makeStream('tcp', config.listeningPort);
@@ -273,7 +301,6 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
       logger.info({ adopted }, 'anycast relay: took on the allocations in the store');
     }
     if (config.metricsPort > 0) {
-      const metrics = createMetrics({ engine, counters, store, cluster: clusterCounters, streams: streamCounters, drain, usernameLabels: config.prometheusUsernameLabels });
       ops = new OpsHttpServer(config.metricsIp, config.metricsPort, metrics, { notReadyReason }, {
         token: config.adminToken,
         drain: () => drain.drain('POST /drain'),
@@ -306,7 +333,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   timer.unref();
 
   const listening: ListeningAddress[] = [
-    ...udpListeners.map((l) => ({ transport: 'udp' as const, address: l.localAddress, port: l.localPort })),
+    ...udpPorts,
     ...streamListeners.map((l) => ({ transport: l.transport, address: l.localAddress, port: l.localPort })),
   ];
   logger.info(
@@ -320,7 +347,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
       mesh: mesh ? `${cluster?.meshAddress}:${mesh.port}` : undefined,
       metrics: ops ? `${config.metricsIp}:${ops.port}` : undefined,
     },
-    'anyturn ready',
+    // A worker's line must not look like the node's: the primary says 'anyturn ready' once all workers are.
+    deps.udpFrontend ? 'anyturn worker ready' : 'anyturn ready',
   );
 
   let stopping: Promise<void> | undefined;
@@ -341,6 +369,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     clusterCounters,
     streamCounters,
     store,
+    metrics,
     listening,
     metricsPort: ops?.port ?? 0,
     meshPort: mesh?.port ?? 0,

@@ -37,7 +37,8 @@ export class OpsHttpServer {
   constructor(
     private readonly address: string,
     private readonly requestedPort: number,
-    private readonly registry: Registry,
+    /** A prom-client Registry, or anything that renders one (the primary's sum over its workers). */
+    private readonly registry: Pick<Registry, 'metrics' | 'contentType'>,
     private readonly readiness: Readiness,
     private readonly admin?: AdminActions,
   ) {

@@ -91,6 +91,8 @@ export function createMetrics(sources: MetricsSources): Registry {
     help: '1 when the allocation store is reachable',
     labelNames: ['store'],
     registers: [registry],
+    // With --workers, the primary sums the workers' metrics: 0 if any worker lost the store.
+    aggregator: 'min',
     collect() {
       this.reset();
       this.set({ store: store.kind }, store.isAvailable() ? 1 : 0);
@@ -101,6 +103,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     name: 'anyturn_draining',
     help: '1 while the node drains (SIGUSR1 or POST /drain): new Allocates get 403, live allocations go on',
     registers: [registry],
+    aggregator: 'max',
     collect() {
       this.set(drain?.draining ? 1 : 0);
     },

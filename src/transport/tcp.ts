@@ -30,6 +30,8 @@ export interface StreamListenerOptions {
   /** Longest frame, and so most unparsed bytes held per connection. */
   readonly maxFrameBytes?: number;
   readonly maxWriteQueueBytes?: number;
+  /** In a node:cluster worker: let the primary hold the listening socket and share out connections. */
+  readonly shared?: boolean;
 }
 
 /** What a connection's messages are handed to: the engine's side of one connection. */
@@ -294,7 +296,7 @@ export class StreamClientListener {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.server.once('error', onError);
-      this.server.listen({ host: this.options.address, port: this.options.port, exclusive: true }, () => {
+      this.server.listen({ host: this.options.address, port: this.options.port, exclusive: !this.options.shared }, () => {
         this.server.off('error', onError);
         this.server.on('error', (err) => this.hooks.onError(err));
         const address = this.server.address();

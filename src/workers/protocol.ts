@@ -1,0 +1,65 @@
+// The messages between the primary and its workers (node:cluster IPC, 'advanced'
+// serialization so that Buffers pass as bytes). Only first packets of a client,
+// stateless answers and control cross it; relayed traffic never does.
+
+import type { MetricObjectWithValues, MetricValue } from 'prom-client';
+
+/** Primary -> worker. */
+export type ToWorker =
+  /** Sent once, first: what the worker needs that only the primary knows. */
+  | { readonly t: 'init'; readonly index: number; readonly count: number; readonly listeningPort: number; readonly nonceSecret: string }
+  /** A datagram that reached the primary's listening socket `l` (index into --listening-ip) from a.p. */
+  | { readonly t: 'packet'; readonly l: number; readonly a: string; readonly p: number; readonly d: Uint8Array }
+  | { readonly t: 'drain' }
+  | { readonly t: 'undrain' }
+  | { readonly t: 'stop' }
+  | { readonly t: 'metrics'; readonly id: number };
+
+export interface WorkerState {
+  readonly ready: boolean;
+  /** Why not ready (store down, quota full...), when not. */
+  readonly reason?: string;
+  readonly draining: boolean;
+  readonly allocations: number;
+  /** Open UDP sessions (connected sockets), for the balance across workers. */
+  readonly sessions: number;
+}
+
+/** Worker -> primary. */
+export type FromWorker =
+  /** Listening for 'init' (a message sent before the worker's code has run is lost). */
+  | { readonly t: 'hello' }
+  /** Serving; `state` follows whenever it changes and once a second. */
+  | { readonly t: 'started' }
+  | { readonly t: 'state'; readonly state: WorkerState }
+  /** Send d to a.p from listening socket l: an answer to a client that has no session. */
+  | { readonly t: 'send'; readonly l: number; readonly a: string; readonly p: number; readonly d: Uint8Array }
+  /** A datagram from another client that reached a session socket before connect(): dispatch it again. */
+  | { readonly t: 'stray'; readonly l: number; readonly a: string; readonly p: number; readonly d: Uint8Array }
+  | { readonly t: 'metrics'; readonly id: number; readonly metrics: MetricObjectWithValues<MetricValue<string>>[] };
+
+/** Bytes that crossed IPC: a Buffer view without a copy. */
+export function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * Which worker a client belongs to: FNV-1a over its address and port. The primary alone
+ * computes it, for every packet it sees, so a client's packets all go to one worker
+ * until that worker's session socket takes them straight from the kernel.
+ */
+export function workerFor(address: string, port: number, count: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < address.length; i++) h = Math.imul(h ^ address.charCodeAt(i), 0x01000193);
+  h = Math.imul(h ^ (port & 0xff), 0x01000193);
+  h = Math.imul(h ^ (port >>> 8), 0x01000193);
+  return (h >>> 0) % count;
+}
+
+/** The worker's slice of [minPort, maxPort]: as even as the range allows, disjoint, covering it. */
+export function portSlice(minPort: number, maxPort: number, index: number, count: number): { readonly minPort: number; readonly maxPort: number } {
+  const size = maxPort - minPort + 1;
+  const start = minPort + Math.floor((size * index) / count);
+  const end = minPort + Math.floor((size * (index + 1)) / count) - 1;
+  return { minPort: start, maxPort: end };
+}
