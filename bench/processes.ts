@@ -1,7 +1,7 @@
 // Child processes of the benchmark: every one is tracked so that it is stopped
 // on success, on failure and on Ctrl-C. Nothing here kills by name.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 
 export interface TrackedProcess {
   readonly name: string;
@@ -24,9 +24,9 @@ const STOP_GRACE_MS = 3000;
 export class ProcessGroup {
   readonly #alive = new Set<TrackedProcess>();
 
-  /** Starts `command args` pinned to `cpu` with taskset (taskset execs, so the pid is the command's). */
-  start(name: string, cpu: number, command: string, args: readonly string[]): TrackedProcess {
-    const child = spawn('taskset', ['-c', String(cpu), command, ...args], {
+  /** Starts `command args` pinned to `cpus` (a core, or a list like '0,1') with taskset (taskset execs, so the pid is the command's). */
+  start(name: string, cpus: number | string, command: string, args: readonly string[]): TrackedProcess {
+    const child = spawn('taskset', ['-c', String(cpus), command, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     if (child.pid === undefined) {
@@ -141,6 +141,61 @@ export function cpuMicros(pid: number): number {
     throw new Error(`cannot parse /proc/${pid}/stat`);
   }
   return ((utime + stime) * 1_000_000) / clkTck();
+}
+
+/** The pid and all its descendants (anyturn --workers: the primary's forked workers). */
+export function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    const list = children.get(ppid) ?? [];
+    list.push(Number(entry));
+    children.set(ppid, list);
+  }
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length > 0) {
+    const p = todo.pop()!;
+    out.push(p);
+    todo.push(...(children.get(p) ?? []));
+  }
+  return out;
+}
+
+/** utime+stime in µs of a process and every live descendant. */
+export function treeCpuMicros(pid: number): number {
+  let sum = 0;
+  for (const p of processTree(pid)) {
+    try {
+      sum += cpuMicros(p);
+    } catch (err) {
+      if (p === pid) throw err;
+    }
+  }
+  return sum;
+}
+
+/** Like cpuUserSystemMicros, over a process and every live descendant. */
+export function treeCpuUserSystemMicros(pid: number): { readonly user: number; readonly system: number } {
+  let user = 0;
+  let system = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const one = cpuUserSystemMicros(p);
+      user += one.user;
+      system += one.system;
+    } catch (err) {
+      if (p === pid) throw err;
+    }
+  }
+  return { user, system };
 }
 
 /** Cpus_allowed_list from /proc/PID/status, to record that pinning took effect. */

@@ -19,9 +19,10 @@ import {
   ProcessGroup,
   stopOnSignals,
   clkTck,
-  cpuMicros,
-  cpuUserSystemMicros,
+  treeCpuMicros,
+  treeCpuUserSystemMicros,
   cpusAllowed,
+  processTree,
   threadCount,
   udpReceiveBufferErrors,
   type TrackedProcess,
@@ -47,6 +48,34 @@ import { LOOPBACK } from './turn-driver.js';
 
 const SERVER_CPU = 1;
 const CLIENT_CPU = 0;
+
+/** Where a server and its load run, and how many cores the server may use. */
+interface Placement {
+  /** The name in tables: the server, or e.g. 'anyturn x2' in the scaling section. */
+  readonly label: string;
+  readonly serverCpus: string;
+  readonly clientCpus: string;
+  /** anyturn --workers; coturn --relay-threads. */
+  readonly workers: number;
+  readonly relayThreads: number;
+}
+
+function onePlacement(server: ServerName): Placement {
+  return { label: server, serverCpus: String(SERVER_CPU), clientCpus: String(CLIENT_CPU), workers: 1, relayThreads: 0 };
+}
+
+/**
+ * The scaling section (--scaling): one core against two. On this 2-core machine the
+ * 2-core servers share both cores with uclient and the peer; the 1-core ones have core 1
+ * to themselves, as in the main table.
+ */
+const SCALING: readonly { readonly server: ServerName; readonly placement: Placement }[] = [
+  { server: 'anyturn', placement: { label: 'anyturn 1 proc', serverCpus: '1', clientCpus: '0', workers: 1, relayThreads: 0 } },
+  { server: 'anyturn', placement: { label: 'anyturn --workers 2', serverCpus: '0,1', clientCpus: '0,1', workers: 2, relayThreads: 0 } },
+  { server: 'coturn', placement: { label: 'coturn 1 thread', serverCpus: '1', clientCpus: '0', workers: 1, relayThreads: 0 } },
+  { server: 'coturn', placement: { label: 'coturn 2 threads', serverCpus: '0,1', clientCpus: '0,1', workers: 1, relayThreads: 2 } },
+];
+const DEFAULT_SCALING_STEPS = [40, 60, 80, 100, 120, 140];
 const RELAY_PORT_COUNT = 200;
 /** The rate steps get a wider relay range: at 80 sessions uclient's 437 retries (a new socket, a new
  *  allocation, the old one left to expire) used up 200 ports on both anyturn and coturn. */
@@ -80,10 +109,12 @@ interface Options {
   readonly latency: boolean;
   readonly rate: boolean;
   readonly rateSteps: readonly number[];
+  /** Only the scaling section: 1 core against 2 (anyturn --workers 2, coturn --relay-threads 2). */
+  readonly scaling: boolean;
 }
 
 function usage(): string {
-  return `usage: node dist/bench/run.js [--only ${SERVER_NAMES.join('|')}] [--cases ${CASE_NAMES.join(',')}] [-n N] [--no-latency] [--no-rate] [--rate-steps ${DEFAULT_RATE_STEPS.join(',')}]`;
+  return `usage: node dist/bench/run.js [--only ${SERVER_NAMES.join('|')}] [--cases ${CASE_NAMES.join(',')}] [-n N] [--no-latency] [--no-rate] [--rate-steps ${DEFAULT_RATE_STEPS.join(',')}] [--scaling]`;
 }
 
 function parseOptions(argv: readonly string[]): Options {
@@ -92,7 +123,8 @@ function parseOptions(argv: readonly string[]): Options {
   let messagesPerSession: number | undefined;
   let latency = true;
   let rate = true;
-  let rateSteps: readonly number[] = DEFAULT_RATE_STEPS;
+  let rateSteps: readonly number[] | undefined;
+  let scaling = false;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
@@ -106,6 +138,10 @@ function parseOptions(argv: readonly string[]): Options {
     }
     if (flag === '--no-rate') {
       rate = false;
+      continue;
+    }
+    if (flag === '--scaling') {
+      scaling = true;
       continue;
     }
     if (flag !== '--only' && flag !== '--cases' && flag !== '-n' && flag !== '--rate-steps') {
@@ -135,7 +171,7 @@ function parseOptions(argv: readonly string[]): Options {
       messagesPerSession = n;
     }
   }
-  return { servers, cases, messagesPerSession, latency, rate, rateSteps };
+  return { servers, cases, messagesPerSession, latency, rate, rateSteps: rateSteps ?? (scaling ? DEFAULT_SCALING_STEPS : DEFAULT_RATE_STEPS), scaling };
 }
 
 interface RunResult {
@@ -177,6 +213,8 @@ interface RunResult {
     readonly readyBy: string | undefined;
     readonly cpusAllowed: string | undefined;
     readonly threads: number | undefined;
+    /** The server's processes (anyturn --workers N: N + 1). */
+    readonly processes?: number;
   };
   readonly logs: { readonly server: string; readonly uclient: string | undefined };
 }
@@ -273,12 +311,13 @@ interface StartedServer {
   readonly listeningPort: number;
 }
 
-/** Starts a fresh server pinned to SERVER_CPU and waits until it is ready; a string says why not. */
+/** Starts a fresh server pinned to its placement's cores and waits until it is ready; a string says why not. */
 async function startServer(
   ctx: RunContext,
   serverName: ServerName,
   tcp: boolean,
   relayPortCount: number = RELAY_PORT_COUNT,
+  placement: Placement = onePlacement(serverName),
 ): Promise<StartedServer | { readonly failure: string; readonly started?: StartedServer }> {
   const script = serverName === 'anyturn' ? ctx.anyturnCli : serverName === 'floor' ? ctx.floorScript : undefined;
   if (script !== undefined && !existsSync(script)) return { failure: `${relative(ctx.repoRoot, script)} does not exist (build first)` };
@@ -292,6 +331,8 @@ async function startServer(
     realm: REALM,
     scratchDir: ctx.scratchDir,
     tcp,
+    workers: placement.workers,
+    relayThreads: placement.relayThreads,
   };
   const launch =
     serverName === 'coturn'
@@ -299,7 +340,7 @@ async function startServer(
       : serverName === 'floor'
         ? floorLaunch(settings, process.execPath, ctx.floorScript)
         : anyturnLaunch(settings, process.execPath, ctx.anyturnCli);
-  const server = ctx.group.start(serverName, SERVER_CPU, launch.command, launch.args);
+  const server = ctx.group.start(serverName, placement.serverCpus, launch.command, launch.args);
   const started = { server, launch, listeningPort };
   const readyBy = await waitReady(server, launch, listeningPort);
   if (readyBy === undefined) {
@@ -313,15 +354,23 @@ async function startServer(
 }
 const readyByOf = new WeakMap<TrackedProcess, string>();
 
-async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase, label: string = c.name, relayPortCount = RELAY_PORT_COUNT): Promise<RunResult> {
-  const serverLog = join(ctx.logDir, `${label}-${serverName}-server.log`);
-  const uclientLog = join(ctx.logDir, `${label}-${serverName}-uclient.log`);
+async function runOne(
+  ctx: RunContext,
+  serverName: ServerName,
+  c: LoadCase,
+  label: string = c.name,
+  relayPortCount = RELAY_PORT_COUNT,
+  placement: Placement = onePlacement(serverName),
+): Promise<RunResult> {
+  const fileName = placement.label.replace(/[^a-z0-9]+/gi, '-');
+  const serverLog = join(ctx.logDir, `${label}-${fileName}-server.log`);
+  const uclientLog = join(ctx.logDir, `${label}-${fileName}-uclient.log`);
   const logs = { server: relative(ctx.repoRoot, serverLog), uclient: undefined };
   if (serverName === 'floor' && c.tcp) {
     writeFileSync(serverLog, 'not started: the floor relays UDP clients only\n');
     return failedResult(serverName, c.name, 'n/a: the floor has no TCP listener', logs, { skipped: true, label });
   }
-  const s = await startServer(ctx, serverName, c.tcp, relayPortCount);
+  const s = await startServer(ctx, serverName, c.tcp, relayPortCount, placement);
   if ('failure' in s) {
     if (s.started !== undefined) {
       await ctx.group.stop(s.started.server);
@@ -336,14 +385,16 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase, labe
       readyBy,
       cpusAllowed: cpusAllowed(server.pid),
       threads: threadCount(server.pid),
+      processes: processTree(server.pid).length,
     };
 
     const args = uclientArgs(c, { serverPort: listeningPort, peerPort: ctx.peerPort, user: USER, password: PASSWORD });
     const rcvbufBefore = udpReceiveBufferErrors();
-    const cpuBefore = cpuMicros(server.pid);
-    const splitBefore = cpuUserSystemMicros(server.pid);
+    // The whole process tree: anyturn --workers forks its workers.
+    const cpuBefore = treeCpuMicros(server.pid);
+    const splitBefore = treeCpuUserSystemMicros(server.pid);
     const t0 = performance.now();
-    const uclient = ctx.group.start('uclient', CLIENT_CPU, 'turnutils_uclient', args);
+    const uclient = ctx.group.start('uclient', placement.clientCpus, 'turnutils_uclient', args);
     let timedOut = false;
     const timeoutMs = uclientTimeoutMs(c);
     const timer = setTimeout(() => {
@@ -355,8 +406,8 @@ async function runOne(ctx: RunContext, serverName: ServerName, c: LoadCase, labe
     let cpuAfter: number | undefined;
     let systemMicros: number | undefined;
     try {
-      cpuAfter = cpuMicros(server.pid);
-      systemMicros = cpuUserSystemMicros(server.pid).system - splitBefore.system;
+      cpuAfter = treeCpuMicros(server.pid);
+      systemMicros = treeCpuUserSystemMicros(server.pid).system - splitBefore.system;
     } catch {
       cpuAfter = undefined;
     }
@@ -485,6 +536,9 @@ interface RateReport {
   readonly messagesPerSession: number;
   readonly servers: {
     readonly server: ServerName;
+    /** The server and its placement, as in the table. */
+    readonly label: string;
+    readonly placement: Placement;
     readonly steps: RateStep[];
     /** Highest offered rate (msg/s) with 0 lost, below the first lossy step; undefined if the first step lost. */
     readonly maxLosslessPerSecond: number | undefined;
@@ -493,6 +547,69 @@ interface RateReport {
     /** Why the step after the figure did not count: it failed to run (not a loss). */
     readonly stoppedBy: string | undefined;
   }[];
+}
+
+/** The max-lossless-rate table and the figure per server. */
+function rateLines(rate: RateReport): string[] {
+  const lines: string[] = [];
+  lines.push(`max lossless rate: ${rate.method}`);
+  const rateRows: string[][] = [['server', 'sessions', 'offered msg/s', 'peak sent msg/s', 'msgs sent', 'lost', 'lost %', 'CPU us / relayed pkt', 'rcvbuf drops']];
+  for (const s of rate.servers) {
+    for (const st of s.steps) {
+      const r = st.result;
+      rateRows.push([
+        s.label,
+        String(st.sessions),
+        String(st.offeredPerSecond),
+        fmt(r.uclient.peakSendRate, 0),
+        String(r.sent),
+        r.ok ? String(r.lost) : 'FAILED',
+        fmt(r.lostPercent, 3),
+        fmt(r.cpuMicrosPerRelayedPacket, 2),
+        r.udpReceiveBufferErrors === undefined ? '-' : String(r.udpReceiveBufferErrors),
+      ]);
+    }
+  }
+  lines.push(table(rateRows));
+  for (const s of rate.servers) {
+    const v = s.maxLosslessPerSecond;
+    const first = s.steps[0]?.offeredPerSecond ?? '?';
+    const what =
+      v === undefined
+        ? s.atLeast
+          ? `unknown (${s.stoppedBy ?? 'no step ran'})`
+          : `< ${first} msg/s (lost at the first step)`
+        : `${s.atLeast ? '>= ' : ''}${v} msg/s offered (${2 * v} relayed pkt/s)${s.stoppedBy === undefined ? '' : `; ${s.stoppedBy}`}`;
+    lines.push(`  ${s.label.padEnd(8)} max lossless: ${what}`);
+  }
+  return lines;
+}
+
+/** The scaling section: each server's max lossless rate on one core and on two, and the gain. */
+function scalingReport(rate: RateReport): string[] {
+  const lines = ['scaling: one core against two (--scaling)'];
+  for (const x of SCALING) {
+    lines.push(`  ${x.placement.label}: server on CPU ${x.placement.serverCpus}, uclient on CPU ${x.placement.clientCpus}, turnutils_peer on CPU ${CLIENT_CPU}`);
+  }
+  lines.push('  on this 2-core machine the 2-core runs share both cores with the load generator, so their gain is a lower bound');
+  lines.push('');
+  lines.push(...rateLines(rate));
+  lines.push('');
+  const figure = (label: string): { readonly v: number | undefined; readonly atLeast: boolean } => {
+    const s = rate.servers.find((x) => x.label === label);
+    return { v: s?.maxLosslessPerSecond, atLeast: s?.atLeast ?? false };
+  };
+  for (const [server, one, two] of [
+    ['anyturn', 'anyturn 1 proc', 'anyturn --workers 2'],
+    ['coturn', 'coturn 1 thread', 'coturn 2 threads'],
+  ] as const) {
+    const a = figure(one);
+    const b = figure(two);
+    const show = (f: { readonly v: number | undefined; readonly atLeast: boolean }): string => (f.v === undefined ? '-' : `${f.atLeast ? '>= ' : ''}${f.v}`);
+    const gain = a.v !== undefined && b.v !== undefined ? `${(b.v / a.v).toFixed(2)}x${b.atLeast ? ' or more' : ''}` : '-';
+    lines.push(`  ${server.padEnd(8)} max lossless msg/s: 1 core ${show(a)}, 2 cores ${show(b)}: ${gain}`);
+  }
+  return lines;
 }
 
 function report(
@@ -600,36 +717,7 @@ function report(
   }
   if (rate !== undefined) {
     lines.push('');
-    lines.push(`max lossless rate: ${rate.method}`);
-    const rateRows: string[][] = [['server', 'sessions', 'offered msg/s', 'peak sent msg/s', 'msgs sent', 'lost', 'lost %', 'CPU us / relayed pkt', 'rcvbuf drops']];
-    for (const s of rate.servers) {
-      for (const st of s.steps) {
-        const r = st.result;
-        rateRows.push([
-          s.server,
-          String(st.sessions),
-          String(st.offeredPerSecond),
-          fmt(r.uclient.peakSendRate, 0),
-          String(r.sent),
-          r.ok ? String(r.lost) : 'FAILED',
-          fmt(r.lostPercent, 3),
-          fmt(r.cpuMicrosPerRelayedPacket, 2),
-          r.udpReceiveBufferErrors === undefined ? '-' : String(r.udpReceiveBufferErrors),
-        ]);
-      }
-    }
-    lines.push(table(rateRows));
-    for (const s of rate.servers) {
-      const v = s.maxLosslessPerSecond;
-      const first = s.steps[0]?.offeredPerSecond ?? '?';
-      const what =
-        v === undefined
-          ? s.atLeast
-            ? `unknown (${s.stoppedBy ?? 'no step ran'})`
-            : `< ${first} msg/s (lost at the first step)`
-          : `${s.atLeast ? '>= ' : ''}${v} msg/s offered (${2 * v} relayed pkt/s)${s.stoppedBy === undefined ? '' : `; ${s.stoppedBy}`}`;
-      lines.push(`  ${s.server.padEnd(8)} max lossless: ${what}`);
-    }
+    lines.push(...rateLines(rate));
   }
   const failures = results.filter((r) => !r.ok && !r.skipped);
   const rateFailures = rate?.servers.flatMap((s) => s.steps.map((st) => st.result)).filter((r) => !r.ok) ?? [];
@@ -692,13 +780,13 @@ const RATE_METHOD =
 
 async function runRate(
   ctx: RunContext,
-  servers: readonly ServerName[],
+  entries: readonly { readonly server: ServerName; readonly placement: Placement }[],
   steps: readonly number[],
   messagesPerSession: number,
   interrupted: () => boolean,
 ): Promise<RateReport> {
   const out: RateReport['servers'] = [];
-  for (const serverName of servers) {
+  for (const { server: serverName, placement } of entries) {
     const done: RateStep[] = [];
     let maxLossless: number | undefined;
     let atLeast = true;
@@ -706,8 +794,8 @@ async function runRate(
     for (const sessions of steps) {
       if (interrupted()) break;
       const c = rateCase(sessions, messagesPerSession);
-      process.stderr.write(`[bench] rate ${sessions}k msg/s / ${serverName}: -m ${sessions} -n ${messagesPerSession} ... `);
-      const r = await runOne(ctx, serverName, c, `rate-${sessions}`, RATE_RELAY_PORT_COUNT);
+      process.stderr.write(`[bench] rate ${sessions}k msg/s / ${placement.label}: -m ${sessions} -n ${messagesPerSession} ... `);
+      const r = await runOne(ctx, serverName, c, `rate-${sessions}`, RATE_RELAY_PORT_COUNT, placement);
       done.push({ sessions, offeredPerSecond: sessions * 1000, result: r });
       process.stderr.write(
         r.ok
@@ -724,7 +812,7 @@ async function runRate(
       }
       maxLossless = sessions * 1000;
     }
-    out.push({ server: serverName, steps: done, maxLosslessPerSecond: maxLossless, atLeast, stoppedBy });
+    out.push({ server: serverName, label: placement.label, placement, steps: done, maxLosslessPerSecond: maxLossless, atLeast, stoppedBy });
   }
   return { method: RATE_METHOD, messagesPerSession, servers: out };
 }
@@ -761,8 +849,8 @@ async function main(): Promise<number> {
   const perServer = READY_TIMEOUT_MS + 10_000;
   const o = DEFAULT_LATENCY_OPTIONS;
   const latencyMs = options.latency ? options.servers.length * (perServer + 20_000 + ((o.count + o.warmup) * 1000) / o.ratePerSecond) : 0;
-  const rateMs = options.rate
-    ? options.rateSteps.length * options.servers.length * (perServer + uclientTimeoutMs(rateCase(1, rateMessages)))
+  const rateMs = options.rate || options.scaling
+    ? options.rateSteps.length * (options.scaling ? SCALING.length : options.servers.length) * (perServer + uclientTimeoutMs(rateCase(1, rateMessages)))
     : 0;
   const budgetMs =
     60_000 +
@@ -787,6 +875,15 @@ async function main(): Promise<number> {
     if (peer.hasExited()) throw new Error(`turnutils_peer exited: ${peer.tail().join('\n')}`);
     const ctx: RunContext = { group, peerPort, scratchDir, logDir, repoRoot, anyturnCli, floorScript };
 
+    if (options.scaling) {
+      const scaling = await runRate(ctx, SCALING, options.rateSteps, rateMessages, () => signals.interrupted);
+      console.log(scalingReport(scaling).join('\n'));
+      const out = join(resultsDir, 'scaling.json');
+      writeFileSync(out, JSON.stringify({ generatedAt: new Date().toISOString(), node: process.version, scaling }, null, 2) + '\n');
+      console.log(`\nJSON: ${relative(process.cwd(), out)}; logs: ${relative(process.cwd(), logDir)}/`);
+      return scaling.servers.every((x) => x.steps.every((st) => st.result.ok)) ? 0 : 1;
+    }
+
     for (const caseName of options.cases) {
       for (const serverName of options.servers) {
         if (signals.interrupted) break;
@@ -805,7 +902,7 @@ async function main(): Promise<number> {
       }
     }
     if (options.latency && !signals.interrupted) latency = await runLatency(ctx, options.servers, () => signals.interrupted);
-    if (options.rate && !signals.interrupted) rate = await runRate(ctx, options.servers, options.rateSteps, rateMessages, () => signals.interrupted);
+    if (options.rate && !signals.interrupted) rate = await runRate(ctx, options.servers.map((server) => ({ server, placement: onePlacement(server) })), options.rateSteps, rateMessages, () => signals.interrupted);
   } finally {
     await group.stopAll();
     rmSync(scratchDir, { recursive: true, force: true });

@@ -14,6 +14,10 @@ export interface ServerSettings {
   readonly scratchDir: string;
   /** Also listen for TCP clients on listeningPort (coturn otherwise gets --no-tcp; anyturn always listens on TCP). */
   readonly tcp?: boolean;
+  /** anyturn --workers (default 1: one process). */
+  readonly workers?: number;
+  /** coturn --relay-threads (default 0: relaying on the listener thread). */
+  readonly relayThreads?: number;
 }
 
 export interface ServerLaunch {
@@ -43,7 +47,7 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
       // thread, the nearest match to one Node event loop. (--relay-threads 1 adds
       // a separate relay thread; the default is one per CPU.) coturn keeps its
       // auth and admin threads either way; all threads are pinned to the same core.
-      '--relay-threads', '0',
+      '--relay-threads', String(s.relayThreads ?? 0),
       '--log-file', 'stdout', '--simple-log',
       // Keep coturn's files out of /var/run and /var/lib/turn.
       '--pidfile', `${s.scratchDir}/turnserver.pid`,
@@ -68,6 +72,7 @@ export function anyturnLaunch(s: ServerSettings, nodePath: string, cliPath: stri
       '--allow-loopback-peers',
       '--metrics-port', '0',
       '--log-level', 'warn',
+      ...(s.workers !== undefined && s.workers > 1 ? ['--workers', String(s.workers)] : []),
     ],
     readyLine: /"msg":"anyturn ready"/,
   };
