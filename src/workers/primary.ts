@@ -40,12 +40,12 @@ interface Slot {
   restarts: number;
 }
 
-function bindUdp(address: string, port: number): Promise<dgram.Socket> {
+function bindUdp(address: string, port: number, reuseAddr = true): Promise<dgram.Socket> {
   return new Promise((resolve, reject) => {
     const socket = dgram.createSocket({
       type: address.includes(':') ? 'udp6' : 'udp4',
       // Workers' session sockets bind this same address and port.
-      reuseAddr: true,
+      reuseAddr,
       recvBufferSize: SOCKET_BUFFER_BYTES,
       sendBufferSize: SOCKET_BUFFER_BYTES,
       lookup: literalLookup,
@@ -73,9 +73,13 @@ async function bindListeners(config: ServerConfig): Promise<dgram.Socket[]> {
     try {
       let port = config.listeningPort;
       for (const ip of config.listeningIps) {
+        // SO_REUSEADDR would let this bind next to another server's socket and split its
+        // clients: first make sure nobody holds the port, as a plain bind would.
+        const probe = await bindUdp(ip, port, false);
+        port = probe.address().port;
+        await new Promise<void>((resolve) => probe.close(() => resolve()));
         const socket = await bindUdp(ip, port);
         sockets.push(socket);
-        port = socket.address().port;
       }
       if (config.listeningPort !== 0 || !config.tcp) return sockets;
       let free = true;
@@ -175,7 +179,12 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   const pendingMetrics = new Map<number, (m: MetricObjectWithValues<MetricValue<string>>[]) => void>();
   let metricsId = 0;
   let resolveAllStarted: () => void = () => undefined;
-  const allStarted = new Promise<void>((resolve) => (resolveAllStarted = resolve));
+  let failStart: (err: Error) => void = () => undefined;
+  let starting = true;
+  const allStarted = new Promise<void>((resolve, reject) => {
+    resolveAllStarted = resolve;
+    failStart = reject;
+  });
 
   cluster.setupPrimary({ serialization: 'advanced' });
   const fork = (slot: Slot): void => {
@@ -218,6 +227,11 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
       slot.worker = undefined;
       slot.started = false;
       if (stopping) return;
+      if (starting) {
+        // Not a crash to recover from: the worker could not start (its log says why). Starting again would loop.
+        failStart(new Error(`worker ${slot.index} exited (${signal ?? `code ${String(code)}`}) before it was ready; its log line above says why`));
+        return;
+      }
       logger.error({ worker: slot.index, code, signal }, 'worker died: its allocations are gone; starting it again');
       slot.restarts++;
       restartsTotal.inc();
@@ -227,7 +241,15 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
     });
   };
   for (const slot of slots) fork(slot);
-  await allStarted;
+  try {
+    await allStarted;
+  } catch (err) {
+    stopping = true;
+    for (const slot of slots) slot.worker?.kill('SIGKILL');
+    for (const s of sockets) s.close();
+    throw err;
+  }
+  starting = false;
 
   const workerMetrics = (slot: Slot): Promise<MetricObjectWithValues<MetricValue<string>>[]> =>
     new Promise((resolve) => {
