@@ -272,8 +272,10 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   const summed = {
     contentType: registry.contentType,
     async metrics(): Promise<string> {
-      const parts = await Promise.all([registry.getMetricsAsJSON(), ...slots.filter((s) => s.started).map(workerMetrics)]);
-      return AggregatorRegistry.aggregate(parts).metrics();
+      const workers = await Promise.all(slots.filter((s) => s.started).map(workerMetrics));
+      // Own series after the workers answered: each sent its state just before its metrics,
+      // so anyturn_worker_allocations{worker} and the summed anyturn_allocations agree.
+      return AggregatorRegistry.aggregate([await registry.getMetricsAsJSON(), ...workers]).metrics();
     },
   };
 
@@ -292,7 +294,9 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
     if (draining) return 'draining';
     for (const slot of slots) {
       if (!slot.started) return `worker ${slot.index} not running`;
-      if (slot.state && !slot.state.ready) return `worker ${slot.index}: ${slot.state.reason ?? 'not ready'}`;
+      // Drain is the primary's to say (above): a worker's 'draining' is a state sent before
+      // the undrain reached it, and must not keep /readyz at 503 after POST /undrain answered.
+      if (slot.state && !slot.state.ready && slot.state.reason !== 'draining') return `worker ${slot.index}: ${slot.state.reason ?? 'not ready'}`;
     }
     return undefined;
   };

@@ -53,6 +53,14 @@ export function workerFor(address: string, port: number, count: number): number 
   for (let i = 0; i < address.length; i++) h = Math.imul(h ^ address.charCodeAt(i), 0x01000193);
   h = Math.imul(h ^ (port & 0xff), 0x01000193);
   h = Math.imul(h ^ (port >>> 8), 0x01000193);
+  // FNV-1a's low bits are weak (bit 0 is the parity of the input bytes' bit 0s): without
+  // this finalizer (murmur3's fmix32), the even ports of one 256-port block, as a
+  // parity-preserving NAT hands out, all went to worker 0 of 2.
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
   return (h >>> 0) % count;
 }
 

@@ -109,6 +109,9 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
         report(true);
         return;
       case 'metrics':
+        // State first (it reaches the primary before the metrics do): the per-worker
+        // gauges of this scrape then agree with the worker's own counts.
+        report(false);
         void running.metrics.getMetricsAsJSON().then((metrics) => send({ t: 'metrics', id: message.id, metrics }));
         return;
       case 'stop':

@@ -105,6 +105,9 @@ describe('anyturn CLI', () => {
     { name: '--log-level loud', args: [...SAFE, '--listening-port', '0', ...CREDS, '--log-level', 'loud'], mentions: ['log-level', 'loud', 'info', 'debug', 'silent'] },
     { name: 'ANYTURN_LISTENING_PORT=abc', args: [...SAFE, ...CREDS], env: { ANYTURN_LISTENING_PORT: 'abc' }, mentions: ['listening-port', 'abc', /whole number/] },
     { name: 'no credentials at all', args: [...SAFE, '--listening-port', '0'], mentions: ['--user', /never an open relay/] },
+    { name: '--workers 65', args: [...SAFE, '--listening-port', '0', ...CREDS, '--workers', '65'], mentions: ['--workers', '65', /1 to 64/, "'auto'"] },
+    { name: 'ANYTURN_WORKERS=abc', args: [...SAFE, '--listening-port', '0', ...CREDS], env: { ANYTURN_WORKERS: 'abc' }, mentions: ['--workers', 'abc', /not a number/, "'auto'"] },
+    { name: '--workers 3 with 2 relay ports', args: ['--listening-ip', '127.0.0.1', '--listening-port', '0', ...CREDS, '--min-port', '47000', '--max-port', '47001', '--workers', '3'], mentions: ['--workers 3', '--min-port 47000', '--max-port 47001', /at most the number of relay ports/] },
     { name: 'an unknown flag', args: [...SAFE, '--listening-port', '0', ...CREDS, '--bogus-flag', '1'], mentions: ['bogus-flag', /--help/] },
   ];
   for (const c of bad) {

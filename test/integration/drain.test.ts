@@ -17,14 +17,13 @@ import {
   startAnyturn,
   stopAfter,
 } from '../helpers/anyturn-process.js';
+import { get, post, until } from '../helpers/ops-endpoint.js';
 import { TestPeer, TestTurnClient } from '../helpers/turn-client.js';
 
 const USER = 'drainer';
 const PASSWORD = 'drain-password';
 const REALM = 'drain.test';
 const TOKEN = 'drain-test-token-0123456789abcdef';
-// Only bounds how long a broken process can hang the suite; nothing asserts on speed.
-const DEADLINE_MS = 15_000;
 
 interface Node {
   readonly server: RunningTurnServer;
@@ -47,26 +46,6 @@ async function client(node: Node, t: { after(fn: () => unknown): void }): Promis
   const c = await TestTurnClient.open({ address: node.server.host, port: node.server.port }, { username: USER, password: PASSWORD, realm: REALM });
   t.after(() => c.close());
   return c;
-}
-
-async function get(url: string): Promise<{ status: number; body: string }> {
-  const r = await fetch(url);
-  return { status: r.status, body: await r.text() };
-}
-
-async function post(url: string, token?: string): Promise<{ status: number; body: string }> {
-  const r = await fetch(url, { method: 'POST', headers: token === undefined ? {} : { authorization: `Bearer ${token}` } });
-  return { status: r.status, body: await r.text() };
-}
-
-async function until<T>(probe: () => Promise<T | undefined> | T | undefined, what: string): Promise<T> {
-  const deadline = Date.now() + DEADLINE_MS;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 function metric(text: string, name: string): number | undefined {

@@ -18,6 +18,7 @@ import {
   stopAfter,
   type RunningPeer,
 } from '../helpers/anyturn-process.js';
+import { type Sample, parseMetrics, sum } from '../helpers/ops-endpoint.js';
 
 const USER = 'metricsuser';
 const PASSWORD = 'metrics-password';
@@ -29,30 +30,6 @@ const SCRAPE_EVERY_MS = 20;
 const LOG_SETTLE_MS = 150;
 // Only stops a hung uclient; nothing asserts on duration.
 const UCLIENT_DEADLINE_MS = 120_000;
-
-interface Sample {
-  readonly name: string;
-  readonly labels: Record<string, string>;
-  readonly value: number;
-}
-
-/** Prometheus text format, just enough of it: `name{a="b",...} value` lines. */
-function parseMetrics(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m) throw new Error(`unparseable metrics line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
-}
-
-function sum(samples: readonly Sample[], name: string, where: Record<string, string> = {}): number {
-  return samples.filter((s) => s.name === name && Object.entries(where).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
-}
 
 function liveFromLogs(stdout: string): number {
   const lines = parseLogLines(stdout);

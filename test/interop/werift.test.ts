@@ -26,7 +26,7 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { after, test } from 'node:test';
+import { type TestContext, after, test } from 'node:test';
 
 import { RTCPeerConnection, type RTCDataChannel } from 'werift';
 
@@ -134,7 +134,7 @@ after(() => {
 
 // --- the test ------------------------------------------------------------------
 
-test('werift: two relay-only peers open a data channel through the server and exchange messages', async (t) => {
+async function dataChannelThroughServer(t: TestContext, extraArgs: readonly string[]): Promise<void> {
   const guard = guardUdpToLoopback();
   t.after(() => guard.uninstall());
 
@@ -146,6 +146,7 @@ test('werift: two relay-only peers open a data channel through the server and ex
       allowLoopbackPeers: true,
       users: [{ name: USER, password: PASSWORD }],
       realm: REALM,
+      extraArgs,
     }),
   );
 
@@ -266,4 +267,14 @@ test('werift: two relay-only peers open a data channel through the server and ex
 
   assert.deepEqual(guard.refused, [], 'werift tried to send to a non-loopback address');
   assert.deepEqual(rejectedPairs, [], 'werift formed a pair other than relay <-> relay on loopback');
-});
+}
+
+test('werift: two relay-only peers open a data channel through the server and exchange messages', (t) => dataChannelThroughServer(t, []));
+
+// The same through `anyturn --workers 2`: each peer's TURN client sticks to the worker
+// its source port hashes to (the two may differ), and DTLS/SCTP ride through it.
+test(
+  'werift, anyturn --workers 2: two relay-only peers open a data channel and exchange messages',
+  { skip: process.env['ANYTURN_INTEROP_TARGET'] === 'coturn' ? 'coturn has no --workers' : false },
+  (t) => dataChannelThroughServer(t, ['--workers', '2']),
+);
