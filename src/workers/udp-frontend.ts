@@ -144,8 +144,11 @@ export class WorkerUdpFrontend implements UdpFrontend {
     void this.engine?.closeListener(open.listener, 'udp-session-closed').catch(() => undefined);
   }
 
-  /** Closes sessions that have had no allocation and no packet for SESSION_IDLE_MS; recounts the idle ones. */
-  private sweep(): void {
+  /**
+   * Closes sessions that have had no allocation and no packet for SESSION_IDLE_MS, and
+   * recounts the idle ones. Runs every second; tests call it after moving their clock.
+   */
+  sweep(): void {
     const now = this.now();
     let idle = 0;
     for (const front of this.fronts) {
