@@ -1,10 +1,12 @@
 // Opens the shared (cluster) store named by --redis-url, --redis-sentinel or
 // --redis-cluster.
 
-import { createRedisClients, type RedisStoreLogger, type RedisTarget } from './redis.js';
+import { createRedisClients } from './redis/clients.js';
+import type { RedisStoreLogger } from './redis/options.js';
+import type { RedisTarget } from './redis/target.js';
 import type { AllocationStore, NodeRegistry } from './types.js';
 
-export type { RedisHostPort, RedisTarget } from './redis.js';
+export type { RedisHostPort, RedisTarget } from './redis/target.js';
 
 export interface SharedStore {
   readonly store: AllocationStore;

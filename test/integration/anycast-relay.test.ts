@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 
 import { createLogger } from '../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../src/store/memory.js';
-import { createRedisClients } from '../../src/store/redis.js';
+import { createRedisClients } from '../../src/store/redis/clients.js';
 import { type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
 import { decodeErrorCode, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';

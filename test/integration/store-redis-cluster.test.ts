@@ -11,7 +11,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
 import { buildConfig, ConfigError, type RawOptions } from '../../src/config.js';
-import { createRedisClients, type RedisClients, type RedisStoreOptions, type RedisTarget } from '../../src/store/redis.js';
+import { createRedisClients, type RedisClients } from '../../src/store/redis/clients.js';
+import type { RedisStoreOptions } from '../../src/store/redis/options.js';
+import type { RedisTarget } from '../../src/store/redis/target.js';
 import type { NewAllocationRecord, StoreEvent } from '../../src/store/types.js';
 import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisCluster, startSentinelTopology, withAdmin, type ClusterTopology, type SentinelTopology } from '../helpers/redis-topologies.js';

@@ -11,7 +11,9 @@ import { randomBytes } from 'node:crypto';
 
 import { Redis } from 'ioredis';
 
-import { createRedisClients, RedisConnection, type RedisClients, type RedisStoreOptions } from '../../src/store/redis.js';
+import { createRedisClients, type RedisClients } from '../../src/store/redis/clients.js';
+import { RedisConnection } from '../../src/store/redis/connection.js';
+import type { RedisStoreOptions } from '../../src/store/redis/options.js';
 import type { AllocationRecord, NewAllocationRecord, StoreEvent } from '../../src/store/types.js';
 import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server.js';
