@@ -99,6 +99,28 @@ export function createMetrics(sources: MetricsSources): Registry {
     },
   });
 
+  const feed = store.eventStats?.bind(store);
+  if (feed) {
+    totalCounter(registry, 'anyturn_store_event_heartbeats_total', "The store's event feed checks itself: heartbeats published on its own channel, and heard back", ['kind'], () => {
+      const f = feed();
+      return [
+        [{ kind: 'published' }, f.heartbeatsPublished],
+        [{ kind: 'received' }, f.heartbeatsReceived],
+      ];
+    });
+    totalCounter(registry, 'anyturn_store_event_resubscriptions_total', 'Times the event subscription went deaf or dropped and was made again (events in the gap are lost; the node re-syncs)', [], () => single(feed().resubscriptions));
+    new Gauge({
+      name: 'anyturn_store_event_echo_age_seconds',
+      help: 'Seconds since this node last heard its own heartbeat on the event feed (-1: not yet); above a few seconds the feed is deaf',
+      registers: [registry],
+      aggregator: 'max',
+      collect() {
+        const age = feed().lastEchoAgeMs;
+        this.set(age === undefined ? -1 : age / 1000);
+      },
+    });
+  }
+
   new Gauge({
     name: 'anyturn_draining',
     help: '1 while the node drains (SIGUSR1 or POST /drain): new Allocates get 403, live allocations go on',

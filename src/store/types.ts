@@ -91,6 +91,8 @@ export interface AllocationStore {
   takeReservation(token: string): Promise<ReservedPort | undefined>;
   /** Delivers events of every writer (this node's included), asynchronously, in order. */
   subscribe(listener: StoreEventListener): () => void;
+  /** How healthy the event feed is, for stores whose feed can silently die (Redis pub/sub). */
+  eventStats?(): StoreEventStats;
   close(): Promise<void>;
 }
 
@@ -115,4 +117,16 @@ export interface NodeRegistry {
   getNode(nodeId: string): Promise<NodeInfo | undefined>;
   /** Withdraws a node at once (graceful shutdown). */
   removeNode(nodeId: string): Promise<void>;
+}
+
+/** The event feed's own heartbeat: published, heard back, and subscriptions made again. */
+export interface StoreEventStats {
+  /** Heartbeats the store accepted. */
+  readonly heartbeatsPublished: number;
+  /** Own heartbeats that came back through the subscription. */
+  readonly heartbeatsReceived: number;
+  /** Times the subscription was torn down and made again. */
+  readonly resubscriptions: number;
+  /** Milliseconds since the last own heartbeat came back (undefined: none yet). */
+  readonly lastEchoAgeMs: number | undefined;
 }

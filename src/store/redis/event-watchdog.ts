@@ -1,16 +1,9 @@
 // The store's heartbeat on its own event channel, which finds a subscriber that
 // silently stopped hearing the events.
 
-export interface EventStats {
-  /** Heartbeats Redis accepted (PUBLISH answered). */
-  readonly heartbeatsPublished: number;
-  /** Own heartbeats that came back through the subscriber. */
-  readonly heartbeatsReceived: number;
-  /** Times the subscriber connection was torn down and made again. */
-  readonly resubscriptions: number;
-  /** Milliseconds since the last own heartbeat came back (undefined: none yet). */
-  readonly lastEchoAgeMs: number | undefined;
-}
+import type { StoreEventStats } from '../types.js';
+/** The feed's heartbeat figures (the type lives with the store interface). */
+export type EventStats = StoreEventStats;
 
 export interface WatchdogHooks {
   readonly heartbeatMs: number;
