@@ -2,10 +2,14 @@
 // address the client sent to) and relay sockets.
 
 import dgram from 'node:dgram';
+import { SEND_QUEUED, UdpSender, receiveFromHandle } from './dgram-fast.js';
 import { literalLookup } from './lookup.js';
 import type { ClientPath, PeerPacketHandler, RelaySocket, RelaySocketFactory } from '../turn/io.js';
 
-const ZEROS = Buffer.alloc(4);
+/** Room for the largest UDP payload plus a Data indication head and padding. */
+const SCRATCH_BYTES = 65536 + 64;
+/** Scratch views are cached by offset and length, direct-mapped. */
+const VIEW_CACHE_SLOTS = 64;
 /** Above this many queued datagrams a socket is congested: drop rather than buffer without bound. */
 const MAX_SEND_QUEUE = 4096;
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -20,25 +24,65 @@ export interface UdpListenerHooks {
   onError(err: Error): void;
 }
 
-/** Copies head+payload into a scratch buffer and sends it; replaces the scratch if the send was queued. */
-class FramedSender {
-  private scratch = Buffer.allocUnsafe(65536 + 64);
+/**
+ * A buffer to build or copy datagrams in, with its views cached by (offset, length): a send
+ * through UdpSender wants a view of exactly the datagram, and a new view per send costs
+ * more than copying the bytes. Sends are synchronous, so one scratch can serve many
+ * sockets; when a send was queued instead, the pending send keeps the buffer and the
+ * scratch takes a new one.
+ */
+class SendScratch {
+  buffer = Buffer.allocUnsafe(SCRATCH_BYTES);
+  private views = newViewCache();
 
-  constructor(private readonly socket: dgram.Socket, private readonly onCongestionDrop: () => void) {}
+  view(offset: number, length: number): Uint8Array {
+    const views = this.views;
+    const slot = (length ^ (offset << 3)) & (VIEW_CACHE_SLOTS - 1);
+    const byteOffset = this.buffer.byteOffset + offset;
+    let view = views[slot];
+    if (view === undefined || view.length !== length || view.byteOffset !== byteOffset) views[slot] = view = new Uint8Array(this.buffer.buffer, byteOffset, length);
+    return view;
+  }
+
+  /** The last send was queued and still points at the buffer: continue in a new one. */
+  replace(): void {
+    this.buffer = Buffer.allocUnsafe(SCRATCH_BYTES);
+    this.views = newViewCache();
+  }
+}
+
+function newViewCache(): (Uint8Array | undefined)[] {
+  return new Array<Uint8Array | undefined>(VIEW_CACHE_SLOTS).fill(undefined);
+}
+
+/**
+ * Copies head+payload into a scratch buffer and sends it; replaces the scratch if the send
+ * was queued (the queued send still points at it). The socket must use a synchronous lookup.
+ */
+export class FramedSender {
+  private readonly scratch = new SendScratch();
+  private readonly sender: UdpSender;
+
+  /** allowFast false: always through Socket.send (see UdpSender). */
+  constructor(socket: dgram.Socket, private readonly onCongestionDrop: () => void, allowFast = true) {
+    this.sender = new UdpSender(socket, allowFast);
+  }
 
   send(head: Buffer, headLength: number, payload: Buffer, offset: number, length: number, padTo4: boolean, port: number, address: string): void {
-    const socket = this.socket;
-    if (socket.getSendQueueCount() > MAX_SEND_QUEUE) return this.onCongestionDrop();
+    const sender = this.sender;
+    if (sender.queueCount() > MAX_SEND_QUEUE) return this.onCongestionDrop();
     const pad = padTo4 ? (4 - (length & 3)) & 3 : 0;
     const total = headLength + length + pad;
     const scratch = this.scratch;
-    head.copy(scratch, 0, 0, headLength);
-    payload.copy(scratch, headLength, offset, offset + length);
-    if (pad) ZEROS.copy(scratch, headLength + length, 0, pad);
-    socket.send(scratch, 0, total, port, address);
-    // libuv sends synchronously when it can; if it had to queue, the queued send still
-    // points at this buffer, so the next packet needs a fresh one.
-    if (socket.getSendQueueCount() > 0) this.scratch = Buffer.allocUnsafe(65536 + 64);
+    const out = scratch.buffer;
+    if (total > out.length) return; // larger than any UDP datagram
+    // Heads are a few bytes (4 for ChannelData, at most 36 for a Data indication): a loop
+    // beats Buffer.copy, which makes a view of a partial source.
+    for (let i = 0; i < headLength; i++) out[i] = head[i]!;
+    if (offset === 0 && length === payload.length) out.set(payload, headLength);
+    else payload.copy(out, headLength, offset, offset + length);
+    for (let i = headLength + length; i < total; i++) out[i] = 0;
+    if (sender.send(scratch.view(0, total), 0, total, port, address) === SEND_QUEUED) scratch.replace();
   }
 }
 
@@ -65,7 +109,8 @@ export class UdpClientListener implements ClientPath {
         this.socket.off('error', onError);
         this.socket.on('error', (err) => this.hooks.onError(err));
         this.boundPort = this.socket.address().port;
-        this.socket.on('message', (msg, rinfo) => this.hooks.onPacket(this, msg, rinfo.address, rinfo.port));
+        const onPacket = (buf: Buffer, address: string, port: number): void => this.hooks.onPacket(this, buf, address, port);
+        if (!receiveFromHandle(this.socket, onPacket)) this.socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
         resolve();
       });
     });
@@ -92,11 +137,31 @@ export class UdpClientListener implements ClientPath {
 
 class UdpRelaySocket implements RelaySocket {
   private closed = false;
-  constructor(private readonly socket: dgram.Socket, readonly address: string, readonly port: number) {}
+  private readonly sender: UdpSender;
+  constructor(
+    private readonly socket: dgram.Socket,
+    readonly address: string,
+    readonly port: number,
+    /** Shared by the factory's relay sockets. */
+    private readonly scratch: SendScratch,
+  ) {
+    this.sender = new UdpSender(socket);
+  }
 
   send(payload: Buffer, offset: number, length: number, port: number, address: string): void {
     if (this.closed) return;
-    this.socket.send(payload, offset, length, port, address);
+    const sender = this.sender;
+    const scratch = this.scratch;
+    // Part of a received datagram (the data of a ChannelData message or a Send indication)
+    // is copied to the scratch, whose views are cached: a view of the part would be an
+    // object per packet. The whole of one, or anything the fast path does not take, goes as
+    // it is (a queued send may keep it: nobody changes a received datagram).
+    if (!sender.fast || (offset === 0 && length === payload.length) || payload.length > scratch.buffer.length || offset < 0 || length < 0 || offset + length > payload.length) {
+      sender.sendUnchanging(payload, offset, length, port, address);
+      return;
+    }
+    scratch.buffer.set(payload, 0);
+    if (sender.send(scratch.view(offset, length), 0, length, port, address) === SEND_QUEUED) scratch.replace();
   }
 
   close(): void {
@@ -111,6 +176,7 @@ class UdpRelaySocket implements RelaySocket {
 }
 
 export class UdpRelayFactory implements RelaySocketFactory {
+  private readonly scratch = new SendScratch();
   constructor(private readonly onError: (err: Error) => void) {}
 
   bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined> {
@@ -128,8 +194,8 @@ export class UdpRelayFactory implements RelaySocketFactory {
       socket.bind({ address, port, exclusive: true }, () => {
         socket.off('error', onBindError);
         socket.on('error', (err) => this.onError(err));
-        socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
-        resolve(new UdpRelaySocket(socket, address, port));
+        if (!receiveFromHandle(socket, onPacket)) socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
+        resolve(new UdpRelaySocket(socket, address, port, this.scratch));
       });
     });
   }

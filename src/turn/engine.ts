@@ -184,8 +184,12 @@ export class TurnEngine {
   private allocationCount = 0;
   private stopped = false;
   private readonly unauthLimiter: SourceRateLimiter | undefined;
+  /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
+  private readonly packetClock: () => number;
 
   constructor(private readonly o: EngineOptions) {
+    const clock = o.clock;
+    this.packetClock = clock.nowCoarse !== undefined ? () => clock.nowCoarse!() : () => clock.now();
     const limit = o.unauthenticatedErrorLimit;
     this.unauthLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
     if (o.relayMode === 'anycast') this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
@@ -265,7 +269,7 @@ export class TurnEngine {
     const length = readChannelDataLength(buf);
     if (!isValidChannelNumber(number) || CHANNEL_DATA_HEADER_LENGTH + length > buf.length) return this.drop('bad_channel_data');
     const binding = allocation.channel(number);
-    const now = this.o.clock.now();
+    const now = this.packetClock();
     if (!binding || binding.expiresAtMs <= now) return this.drop('no_channel');
     if (binding.permission.expiresAtMs <= now) return this.drop('no_permission');
     binding.permission.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
@@ -287,7 +291,7 @@ export class TurnEngine {
       view.peerFamily === AddressFamily.IPv4
         ? allocation.permissionsByIPv4.get(view.peerIPv4)
         : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
-    if (!permission || permission.expiresAtMs <= this.o.clock.now()) return this.drop('no_permission');
+    if (!permission || permission.expiresAtMs <= this.packetClock()) return this.drop('no_permission');
     permission.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += view.dataLength;
@@ -298,7 +302,7 @@ export class TurnEngine {
   private onPeerPacket(allocation: Allocation, payload: Buffer, address: string, port: number): void {
     if (allocation.deleted) return;
     const permission = allocation.permissionsByAddress.get(address);
-    const now = this.o.clock.now();
+    const now = this.packetClock();
     // RFC 8656 §10.3: no permission for the peer's IP, no delivery.
     if (!permission || permission.expiresAtMs <= now) return this.drop('no_permission');
     const length = payload.length;
