@@ -29,7 +29,7 @@ export interface WorkerState {
 export type FromWorker =
   /** Listening for 'init' (a message sent before the worker's code has run is lost). */
   | { readonly t: 'hello' }
-  /** Serving; `state` follows whenever it changes and once a second. */
+  /** Serving; `state` follows once a second, after a drain or undrain, and before a metrics answer if it changed. */
   | { readonly t: 'started' }
   | { readonly t: 'state'; readonly state: WorkerState }
   /** Send d to a.p from listening socket l: an answer to a client that has no session. */
