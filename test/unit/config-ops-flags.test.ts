@@ -4,19 +4,9 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, buildConfig, type RawOptions } from '../../src/config.js';
+import { buildConfig } from '../../src/config.js';
+import { BASE, refused } from '../helpers/config.js';
 
-const BASE: RawOptions = { 'listening-ip': ['127.0.0.1'], user: ['u:p'] };
-
-function refused(extra: RawOptions): ConfigError {
-  try {
-    buildConfig({ ...BASE, ...extra });
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `a ConfigError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail(`accepted ${JSON.stringify(extra)}`);
-}
 
 describe('config: ops flags', () => {
   it('defaults: no token, no drain-exit, 5 s shutdown, no alternates, no username labels', () => {

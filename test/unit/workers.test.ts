@@ -7,7 +7,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
-import { ConfigError, buildConfig, type RawOptions } from '../../src/config.js';
+import { buildConfig, type RawOptions } from '../../src/config.js';
+import { BASE, refused } from '../helpers/config.js';
 import { encodeRequestedTransport } from '../../src/stun/attributes.js';
 import { MessageClass, Method, Attr, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { longTermKey } from '../../src/stun/integrity.js';
@@ -17,17 +18,6 @@ import { isAuthenticatedAllocate } from '../../src/workers/udp-frontend.js';
 import { workerConfig } from '../../src/workers/worker.js';
 import { SeededRandom } from '../helpers/random.js';
 
-const BASE: RawOptions = { 'listening-ip': ['127.0.0.1'], user: ['u:p'] };
-
-function refused(extra: RawOptions): ConfigError {
-  try {
-    buildConfig({ ...BASE, ...extra });
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `a ConfigError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail(`accepted ${JSON.stringify(extra)}`);
-}
 
 /** Every slice of [min, max] for `count` workers, checked to be disjoint, in order, covering, and even. */
 function checkSlices(min: number, max: number, count: number): void {
