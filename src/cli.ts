@@ -8,7 +8,7 @@ import { hideBin } from 'yargs/helpers';
 import { ConfigError, buildConfig, type RawOptions } from './config.js';
 import { LOG_LEVELS } from './ops/log.js';
 import cluster from 'node:cluster';
-import { createLogger } from './ops/log.js';
+import { createLogger, createSyncLogger } from './ops/log.js';
 import { startServer } from './server.js';
 import { startPrimary } from './workers/primary.js';
 import { runWorker } from './workers/worker.js';
@@ -114,12 +114,12 @@ async function main(): Promise<void> {
   }
   if (config.workers > 1 && cluster.isWorker) {
     // Forked by the primary with the same flags: it sends what else this worker needs, and stops it.
-    await runWorker(config, createLogger(config.logLevel));
+    await runWorker(config, createSyncLogger(config.logLevel));
     return;
   }
   let server;
   try {
-    server = config.workers > 1 ? await startPrimary(config, createLogger(config.logLevel).child({ role: 'primary' })) : await startServer(config);
+    server = config.workers > 1 ? await startPrimary(config, createSyncLogger(config.logLevel).child({ role: 'primary' })) : await startServer(config);
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
     const where = e.address !== undefined ? ` on ${e.address}:${e.port}` : '';
