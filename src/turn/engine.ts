@@ -2,7 +2,6 @@
 // packet means. It sees the transport only through ClientPath/RelaySocket and
 // the store only through AllocationStore; time comes from the injected clock.
 
-import { randomBytes, randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { decodeAddress, formatIPv6, parseIPv4 } from '../stun/address.js';
 import {
@@ -66,14 +65,11 @@ import type { ClientPath, RelaySocket, RelaySocketFactory } from './io.js';
 import type { NonceIssuer } from './nonce.js';
 import type { PeerPolicy } from './peer-policy.js';
 import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js';
+import { RelayPorts } from './relay-ports.js';
 
 /** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
 export const DEFAULT_LIFETIME_SECONDS = 600;
-/** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
-export const RESERVATION_LIFETIME_MS = 30_000;
 const MAX_PORT_ATTEMPTS = 64;
-/** Random relay ports tried before walking the whole range. */
-const RANDOM_PORT_ATTEMPTS = 32;
 /** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
 
@@ -161,11 +157,6 @@ interface Authenticated {
   readonly key: Buffer;
 }
 
-interface HeldReservation {
-  readonly socket: RelaySocket;
-  readonly expiresAtMs: number;
-}
-
 export class TurnEngine {
   private readonly listeners = new Set<EngineListener>();
   private readonly pending = new Set<string>();
@@ -174,7 +165,7 @@ export class TurnEngine {
   /** Keys whose replica is being set up (anycast relay mode). */
   private readonly materializing = new Set<string>();
   private unsubscribe: (() => void) | undefined;
-  private readonly reservations = new Map<string, HeldReservation>();
+  private readonly ports: RelayPorts;
   private readonly sendView = new SendIndicationView();
   private readonly ids = new TransactionIdPool();
   private readonly dataHead = Buffer.alloc(DATA_INDICATION_MAX_HEAD);
@@ -192,6 +183,7 @@ export class TurnEngine {
     this.packetClock = clock.nowCoarse !== undefined ? () => clock.nowCoarse!() : () => clock.now();
     const limit = o.unauthenticatedErrorLimit;
     this.unauthLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
+    this.ports = new RelayPorts(o);
     if (o.relayMode === 'anycast') this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
   }
 
@@ -555,16 +547,16 @@ export class TurnEngine {
         if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
       };
       if (wantsDual && additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
-        additionalRelay = (await this.bindRelayInFamily(true, false, false, onPacket))?.socket;
+        additionalRelay = (await this.ports.bindInFamily(true, false, false, onPacket))?.socket;
         if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
       }
       if (token) {
-        relay = await this.redeemReservation(token, onPacket);
+        relay = await this.ports.redeem(token, onPacket);
         if (!relay) throw new TurnError(ErrorCode.InsufficientCapacity, 'Unknown RESERVATION-TOKEN');
       }
       for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS && !allocation; attempt++) {
         if (!relay) {
-          const bound = await this.bindRelayInFamily(family === AddressFamily.IPv6, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket);
+          const bound = await this.ports.bindInFamily(family === AddressFamily.IPv6, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket);
           if (!bound) break;
           relay = bound.socket;
           reservedToken = bound.token;
@@ -606,7 +598,7 @@ export class TurnEngine {
           // its owner answers, with the original response.
           relay.close();
           additionalRelay?.close();
-          if (reservedToken) this.releaseReservation(reservedToken.toString('hex'));
+          if (reservedToken) this.ports.release(reservedToken);
           return;
         } else {
           throw new TurnError(ErrorCode.AllocationMismatch);
@@ -637,106 +629,11 @@ export class TurnEngine {
     } catch (err) {
       relay?.close();
       additionalRelay?.close();
-      if (reservedToken) this.releaseReservation(reservedToken.toString('hex'));
+      if (reservedToken) this.ports.release(reservedToken);
       throw err;
     } finally {
       this.pending.delete(key);
     }
-  }
-
-  /** Binds a relay socket on one of the family's relay addresses, starting from a random one. */
-  private async bindRelayInFamily(
-    ipv6: boolean,
-    even: boolean,
-    reserveNext: boolean,
-    onPacket: (payload: Buffer, address: string, port: number) => void,
-  ): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
-    const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
-    if (first === undefined) return undefined;
-    const addresses = [first, ...((ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4) ?? [])];
-    const start = addresses.length > 1 ? randomInt(addresses.length) : 0;
-    for (let i = 0; i < addresses.length; i++) {
-      const bound = await this.bindRelay(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket);
-      if (bound) return bound;
-    }
-    return undefined;
-  }
-
-  /** Binds a relay socket on a random port (even when asked); with reserveNext also holds port+1 under a token. */
-  private async bindRelay(
-    address: string,
-    even: boolean,
-    reserveNext: boolean,
-    onPacket: (payload: Buffer, address: string, port: number) => void,
-  ): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
-    for (const port of this.candidatePorts(even, reserveNext)) {
-      const socket = await this.o.relays.bind(address, port, onPacket);
-      if (!socket) continue;
-      if (!reserveNext) return { socket };
-      const next = await this.o.relays.bind(address, port + 1, () => undefined);
-      if (!next) {
-        socket.close();
-        continue;
-      }
-      const token = randomBytes(8);
-      const hex = token.toString('hex');
-      let reserved = false;
-      try {
-        reserved = await this.o.store.reservePort(hex, { relayedAddress: address, relayedPort: port + 1 }, RESERVATION_LIFETIME_MS);
-      } catch {
-        reserved = false;
-      }
-      if (!reserved) {
-        next.close();
-        socket.close();
-        continue;
-      }
-      this.reservations.set(hex, { socket: next, expiresAtMs: this.o.clock.now() + RESERVATION_LIFETIME_MS });
-      return { socket, token };
-    }
-    return undefined;
-  }
-
-  /**
-   * Relay ports to try: random ones first (RFC 8656 §7.2 and security: unpredictable
-   * ports), then, if those were all taken, every port of the range from a random
-   * start, so that a nearly full range still yields its last free ports.
-   */
-  private *candidatePorts(even: boolean, reserveNext: boolean): Generator<number> {
-    const { minPort, maxPort } = this.o;
-    const step = even ? 2 : 1;
-    const first = even ? minPort + (minPort & 1) : minPort;
-    const last = reserveNext ? maxPort - 1 : maxPort;
-    if (last < first) return;
-    const count = Math.floor((last - first) / step) + 1;
-    for (let attempt = 0; attempt < RANDOM_PORT_ATTEMPTS; attempt++) yield first + randomInt(count) * step;
-    const start = randomInt(count);
-    for (let i = 0; i < count; i++) yield first + ((start + i) % count) * step;
-  }
-
-  /** RFC 8656 §7.2: a RESERVATION-TOKEN hands over the port reserved by an earlier EVEN-PORT R=1. */
-  private async redeemReservation(token: Buffer, onPacket: (payload: Buffer, address: string, port: number) => void): Promise<RelaySocket | undefined> {
-    const hex = token.toString('hex');
-    const held = this.reservations.get(hex);
-    let port;
-    try {
-      port = await this.o.store.takeReservation(hex);
-    } catch {
-      return undefined;
-    }
-    if (!held || !port) return undefined;
-    this.reservations.delete(hex);
-    // The placeholder socket only held the port; rebind it with the real handler.
-    held.socket.close();
-    return this.o.relays.bind(port.relayedAddress, port.relayedPort, onPacket);
-  }
-
-  private releaseReservation(hex: string): void {
-    const held = this.reservations.get(hex);
-    if (!held) return;
-    this.reservations.delete(hex);
-    held.socket.close();
-    this.o.store.takeReservation(hex).catch(() => undefined);
   }
 
   private async refresh(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number): Promise<void> {
@@ -906,7 +803,7 @@ export class TurnEngine {
         }
       }
     }
-    for (const [hex, held] of this.reservations) if (held.expiresAtMs <= now) this.releaseReservation(hex);
+    this.ports.expire(now);
     await Promise.all(work);
   }
 
@@ -1035,7 +932,7 @@ export class TurnEngine {
       // With a shared relay address the other nodes keep serving these: only our copies go.
       for (const byPort of listener.allocations.values()) for (const a of byPort.values()) work.push(this.deleteAllocation(listener, a, 'shutdown', !this.anycastRelay));
     }
-    for (const hex of [...this.reservations.keys()]) this.releaseReservation(hex);
+    this.ports.releaseAll();
     await Promise.all(work);
   }
 }
