@@ -58,14 +58,13 @@ import { fiveTupleKey } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
 import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
 import type { CredentialStore } from './auth.js';
-import type { Clock } from './clock.js';
 import type { DropReason, EngineCounters } from './counters.js';
 import { TurnError } from './errors.js';
-import type { ClientPath, RelaySocket, RelaySocketFactory } from './io.js';
+import type { ClientPath, RelaySocket } from './io.js';
 import type { NonceIssuer } from './nonce.js';
 import type { PeerPolicy } from './peer-policy.js';
 import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js';
-import { RelayPorts } from './relay-ports.js';
+import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
 
 /** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
 export const DEFAULT_LIFETIME_SECONDS = 600;
@@ -81,28 +80,15 @@ export interface EngineLogger {
   debug(obj: object, msg: string): void;
 }
 
-export interface EngineOptions {
+/** With the relay addresses and port range of RelayPortOptions; a family without a relay address answers 440. */
+export interface EngineOptions extends RelayPortOptions {
   readonly nodeId: string;
   readonly credentials: CredentialStore;
   readonly nonces: NonceIssuer;
   readonly peerPolicy: PeerPolicy;
   readonly store: AllocationStore;
-  readonly relays: RelaySocketFactory;
-  readonly clock: Clock;
   readonly logger: EngineLogger;
   readonly counters: EngineCounters;
-  /** The relay address per family; an absent family answers 440. */
-  readonly relayAddressIPv4?: string;
-  readonly relayAddressIPv6?: string;
-  /**
-   * Further relay addresses of each family. Each adds a port range of capacity (in
-   * anycast relay mode the range is shared by the whole cluster, so this is how the
-   * cluster grows past one range); allocations are spread over all of them.
-   */
-  readonly relayPoolIPv4?: readonly string[];
-  readonly relayPoolIPv6?: readonly string[];
-  readonly minPort: number;
-  readonly maxPort: number;
   readonly maxLifetimeSeconds: number;
   readonly userQuota: number;
   readonly totalQuota: number;

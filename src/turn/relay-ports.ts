@@ -20,9 +20,14 @@ export interface RelayPortOptions {
   readonly relays: RelaySocketFactory;
   readonly store: Pick<AllocationStore, 'reservePort' | 'takeReservation'>;
   readonly clock: Clock;
-  /** The relay address per family; further ones in the pools. */
+  /** The relay address per family. */
   readonly relayAddressIPv4?: string;
   readonly relayAddressIPv6?: string;
+  /**
+   * Further relay addresses of each family. Each adds a port range of capacity (in
+   * anycast relay mode the range is shared by the whole cluster, so this is how the
+   * cluster grows past one range); allocations are spread over all of them.
+   */
   readonly relayPoolIPv4?: readonly string[];
   readonly relayPoolIPv6?: readonly string[];
   readonly minPort: number;
