@@ -87,11 +87,13 @@ export const TRANSPORT_UDP = 17;
 
 /**
  * Channel numbers a client may bind. RFC 8656 §12 narrowed them to 0x4000-0x4FFF,
- * but RFC 5766 clients (coturn's turnutils_uclient among them) still pick up to
- * 0x7FFE, and coturn and Pion accept those; so do we, or those clients break.
+ * but RFC 5766 §11 allows 0x4000-0x7FFF, and its clients still pick from all of it:
+ * coturn 4.6.1's turnutils_uclient draws uniformly up to 0x7FFF inclusive, and
+ * coturn's server accepts the same range. So do we, or those clients break.
+ * (RFC 5766 §11.2 says 0x7FFE, against its own §11; coturn follows §11.)
  */
 export const CHANNEL_MIN = 0x4000;
-export const CHANNEL_MAX = 0x7ffe;
+export const CHANNEL_MAX = 0x7fff;
 
 /** Error codes used by STUN and TURN, with the RFCs' reason phrases. */
 export const ErrorCode = {

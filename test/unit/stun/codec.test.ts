@@ -673,6 +673,7 @@ test('ChannelData helpers (RFC 8656 §12.4)', () => {
   assert.equal(isValidChannelNumber(0x4abc), true);
   assert.equal(isValidChannelNumber(0x4fff), true);
   assert.equal(isValidChannelNumber(CHANNEL_MAX), true);
+  assert.equal(isValidChannelNumber(0x7fff), true, 'coturn 4.6.1 clients pick up to 0x7FFF (RFC 5766 §11)');
   assert.equal(isValidChannelNumber(CHANNEL_MAX + 1), false);
   assert.equal(isValidChannelNumber(0x8000), false);
   assert.equal(isValidChannelNumber(0), false);
