@@ -56,6 +56,8 @@ export interface ServerConfig {
   readonly maxTcpConnections: number;
   /** A TCP/TLS connection without a valid STUN message this long after accept is closed. */
   readonly tcpIdleTimeoutSeconds: number;
+  /** A TCP/TLS connection found holding no allocation at a check this often is closed (0: never). */
+  readonly tcpUnallocatedTimeoutSeconds: number;
   /** Per source IP: error answers (400/401/438) to unauthenticated requests per second (0: no limit), and the burst. */
   readonly unauthErrorRate: number;
   readonly unauthErrorBurst: number;
@@ -142,6 +144,7 @@ export interface RawOptions {
   readonly 'no-tls'?: boolean;
   readonly 'max-tcp-connections'?: number;
   readonly 'tcp-idle-timeout'?: number;
+  readonly 'tcp-unallocated-timeout'?: number;
   readonly 'unauth-error-rate'?: number;
   readonly 'unauth-error-burst'?: number;
   readonly 'admin-token'?: string;
@@ -345,7 +348,7 @@ function alternateServers(values: readonly string[] | undefined): AlternateServe
 }
 
 /** Client transports and their protections (--no-udp/--no-tcp/--no-tls, --cert/--pkey, caps, rate limit). */
-function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'tcpIdleTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
+function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'tcpIdleTimeoutSeconds' | 'tcpUnallocatedTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
   const udp = raw.udp !== false && raw['no-udp'] !== true;
   const tcp = raw.tcp !== false && raw['no-tcp'] !== true;
   const tlsOn = raw.tls !== false && raw['no-tls'] !== true;
@@ -394,6 +397,7 @@ function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerCon
     tls,
     maxTcpConnections: integer('max-tcp-connections', raw['max-tcp-connections'], 0, 10_000_000, 10_000),
     tcpIdleTimeoutSeconds: integer('tcp-idle-timeout', raw['tcp-idle-timeout'], 1, 3600, 10),
+    tcpUnallocatedTimeoutSeconds: integer('tcp-unallocated-timeout', raw['tcp-unallocated-timeout'], 0, 86_400, 60, 'a whole number of seconds from 1 to 86400, or 0 for never'),
     unauthErrorRate: integer('unauth-error-rate', raw['unauth-error-rate'], 0, 1_000_000, 20),
     unauthErrorBurst: integer('unauth-error-burst', raw['unauth-error-burst'], 1, 1_000_000, 40),
   };

@@ -215,6 +215,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
       const handle = engine.addListener(connection);
       return {
         onMessage: (message) => engine.handleClientPacket(handle, message, connection.remoteAddress, connection.remotePort),
+        hasAllocation: () => handle.holdsAllocation,
         onClose: () => void engine.closeListener(handle, 'connection-closed').catch((err: unknown) => logger.warn({ err }, 'closing a connection\'s allocation failed')),
       };
     },
@@ -222,7 +223,12 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     onError: (err) => logger.warn({ err }, 'listening socket error'),
   };
   // In a worker, the primary holds the TCP/TLS listening sockets and shares out connections (node:cluster).
-  const streamOptions = { idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000, maxConnections: config.maxTcpConnections, shared: deps.udpFrontend !== undefined };
+  const streamOptions = {
+    idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000,
+    unallocatedTimeoutMs: config.tcpUnallocatedTimeoutSeconds * 1000,
+    maxConnections: config.maxTcpConnections,
+    shared: deps.udpFrontend !== undefined,
+  };
   let ops: OpsHttpServer | undefined;
   let membership: Membership | undefined;
   const closeAll = async (): Promise<void> => {

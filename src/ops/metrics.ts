@@ -193,7 +193,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at once because --max-tcp-connections were open, by transport', ['transport'], () =>
       STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.refused[transport]] as const),
     );
-    totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
+    totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, no_allocation, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
       STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),
     );
     totalCounter(registry, 'anyturn_stream_framing_errors_total', 'TCP/TLS connections closed because the stream was neither STUN nor ChannelData (not_turn) or a frame was over 64 KiB (too_long)', ['transport', 'reason'], () =>

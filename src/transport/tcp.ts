@@ -25,6 +25,11 @@ export interface StreamListenerOptions {
   readonly tls?: { readonly cert: Buffer; readonly key: Buffer };
   /** Closes a connection that has not sent a valid STUN message this long after accept (TLS handshake included). */
   readonly idleTimeoutMs: number;
+  /**
+   * After its first valid STUN message, a connection is checked this often and closed
+   * when it holds no allocation (never allocated, or deleted by Refresh 0 or expiry). 0: never.
+   */
+  readonly unallocatedTimeoutMs: number;
   /** Open connections over every listener sharing `counters`; beyond it new ones are closed at once. 0: no cap. */
   readonly maxConnections: number;
   /** Longest frame, and so most unparsed bytes held per connection. */
@@ -37,6 +42,8 @@ export interface StreamListenerOptions {
 /** What a connection's messages are handed to: the engine's side of one connection. */
 export interface StreamSession {
   onMessage(message: Buffer): void;
+  /** True while the connection holds an allocation (read by the unallocated-connection check). */
+  hasAllocation(): boolean;
   onClose(): void;
 }
 
@@ -69,6 +76,9 @@ export class StreamConnection implements ClientPath {
   private socket: net.Socket | undefined;
   private session: StreamSession | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
+  /** From the first valid STUN message on: closes the connection once a check finds it holding no allocation. */
+  private allocationCheck: NodeJS.Timeout | undefined;
+  private readonly unallocatedTimeoutMs: number;
   private closeReason: ConnectionCloseReason | undefined;
   private finished = false;
   /** TLS only: messages waiting for the write in flight to finish (see write()). */
@@ -96,6 +106,7 @@ export class StreamConnection implements ClientPath {
     this.remotePort = raw.remotePort ?? 0;
     this.framer = new StreamFramer(options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
     this.maxWriteQueueBytes = options.maxWriteQueueBytes ?? DEFAULT_MAX_WRITE_QUEUE_BYTES;
+    this.unallocatedTimeoutMs = options.unallocatedTimeoutMs;
     raw.setNoDelay(true);
     raw.setKeepAlive(true, KEEPALIVE_DELAY_MS);
     this.idleTimer = setTimeout(() => this.close('idle_timeout'), options.idleTimeoutMs);
@@ -146,8 +157,14 @@ export class StreamConnection implements ClientPath {
       if (this.closeReason !== undefined) return;
       if (this.idleTimer !== undefined && message[0]! < 0x40 && decodeMessage(message).ok) {
         // The first valid STUN message: this is a STUN client, the idle deadline is off.
+        // From now on it must hold an allocation to keep the connection (coturn's allocation
+        // watchdog does the same), or a client could keep a connection slot with one Binding.
         clearTimeout(this.idleTimer);
         this.idleTimer = undefined;
+        if (this.unallocatedTimeoutMs > 0) {
+          this.allocationCheck = setInterval(this.checkAllocation, this.unallocatedTimeoutMs);
+          this.allocationCheck.unref();
+        }
       }
       this.session?.onMessage(message);
     });
@@ -156,6 +173,10 @@ export class StreamConnection implements ClientPath {
       this.close('framing_error');
     }
   }
+
+  private readonly checkAllocation = (): void => {
+    if (this.session !== undefined && !this.session.hasAllocation()) this.close('no_allocation');
+  };
 
   /** Bytes waiting to be written to the client (the socket's queue, and for TLS the messages behind it). */
   get queuedBytes(): number {
@@ -238,6 +259,8 @@ export class StreamConnection implements ClientPath {
     this.finished = true;
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
+    if (this.allocationCheck !== undefined) clearInterval(this.allocationCheck);
+    this.allocationCheck = undefined;
     const reason = this.closeReason ?? (this.socket ? 'client' : 'tls_handshake');
     this.closeReason = reason;
     this.counters.open[this.transport]--;

@@ -136,6 +136,10 @@ export class EngineListener {
   find(address: string, port: number): Allocation | undefined {
     return this.allocations.get(address)?.get(port);
   }
+
+  get holdsAllocation(): boolean {
+    return this.allocations.size > 0;
+  }
 }
 
 interface Authenticated {

@@ -1,7 +1,7 @@
 // TURN over TCP and TLS on 127.0.0.1 with our own stream client: framing both
 // ways (several messages per write, one message byte by byte, ChannelData
 // padding), what closes a connection (garbage, too long a frame, the idle
-// deadline, the connection cap) and that the allocation goes with its
+// deadline, holding no allocation, the connection cap) and that the allocation goes with its
 // connection. Every socket here is on loopback.
 
 import { after, before, describe, it } from 'node:test';
@@ -11,7 +11,8 @@ import net from 'node:net';
 import { ConfigError, type RawOptions, buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
-import { Method } from '../../src/stun/constants.js';
+import { encodeUint32 } from '../../src/stun/attributes.js';
+import { Attr, Method } from '../../src/stun/constants.js';
 import { reserveRelayPortRange } from '../helpers/anyturn-process.js';
 import { StreamTurnClient } from '../helpers/stream-turn-client.js';
 import { makeSelfSignedCertificate, type SelfSignedCertificate } from '../helpers/tls-cert.js';
@@ -257,6 +258,56 @@ describe('TCP connection protections', () => {
     await until('both closes to be counted', () => server.streamCounters.closed.tcp.idle_timeout === 2);
   });
 
+  it('closes a connection holding no allocation at a --tcp-unallocated-timeout check: never allocated, or after Refresh 0', async () => {
+    const server = await start({ 'tcp-unallocated-timeout': 1 });
+    servers.push(server);
+    const endpoint = endpointOf(server, 'tcp');
+    // Kept a connection slot with one Binding request and nothing else.
+    const bindingOnly = await StreamTurnClient.connect(endpoint, credentials);
+    sockets.push(bindingOnly.socket);
+    assert.equal((await bindingOnly.binding()).code, 200);
+    const allocated = await StreamTurnClient.connect(endpoint, credentials);
+    sockets.push(allocated.socket);
+    const { response, relayed } = await allocated.allocate();
+    assert.equal(response.code, 200);
+    assert.ok(relayed);
+
+    await bindingOnly.waitUntil(() => bindingOnly.isClosed, 'the Binding-only connection to be closed', 10_000);
+    await until('the close to be counted', () => server.streamCounters.closed.tcp.no_allocation === 1);
+    // Two more checks later, the allocated connection is still open and served.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(allocated.isClosed, false, 'a connection holding an allocation stays open');
+    const peer = await TestPeer.open();
+    try {
+      assert.equal((await allocated.createPermission(peer.endpoint)).code, 200);
+      allocated.write(allocated.sendIndicationBuffer(peer.endpoint, Buffer.from('still here')));
+      const [got] = await peer.waitFor(1);
+      assert.equal(got?.data.toString(), 'still here');
+      assert.deepEqual(got?.from, relayed);
+    } finally {
+      peer.close();
+    }
+
+    // Refresh 0 deletes the allocation; the next check closes the connection.
+    assert.equal((await allocated.request(Method.Refresh, (w) => w.add(Attr.Lifetime, encodeUint32(0)))).code, 200);
+    await allocated.waitUntil(() => allocated.isClosed, 'the connection whose allocation was deleted to be closed', 10_000);
+    await until('both closes to be counted', () => server.streamCounters.closed.tcp.no_allocation === 2);
+    assert.equal(server.streamCounters.closed.tcp.idle_timeout, 0);
+  });
+
+  it('keeps a connection without an allocation with --tcp-unallocated-timeout 0', async () => {
+    const server = await start({ 'tcp-unallocated-timeout': 0, 'tcp-idle-timeout': 1 });
+    servers.push(server);
+    const client = await StreamTurnClient.connect(endpointOf(server, 'tcp'), credentials);
+    sockets.push(client.socket);
+    assert.equal((await client.binding()).code, 200);
+    // Past the idle deadline and past what a 1-second check period would allow.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(client.isClosed, false);
+    assert.equal((await client.binding()).code, 200);
+    assert.equal(server.streamCounters.closed.tcp.no_allocation, 0);
+  });
+
   it('refuses connections beyond --max-tcp-connections at once, and counts them', async () => {
     const server = await start({ 'max-tcp-connections': 2 });
     servers.push(server);
@@ -353,10 +404,20 @@ describe('TLS configuration', () => {
     assert.equal(configError({ 'no-udp': true, 'no-tcp': true }).flag, 'no-udp');
     assert.equal(configError({ 'max-tcp-connections': -1 }).flag, 'max-tcp-connections');
     assert.equal(configError({ 'tcp-idle-timeout': 0 }).flag, 'tcp-idle-timeout');
+    for (const bad of [-1, 1.5, 86_401]) {
+      const e = configError({ 'tcp-unallocated-timeout': bad });
+      assert.equal(e.flag, 'tcp-unallocated-timeout');
+      assert.match(e.message, /--tcp-unallocated-timeout/);
+      assert.match(e.message, /0 for never/);
+    }
+    assert.equal(buildConfig({ ...base, 'tcp-unallocated-timeout': 0 }).tcpUnallocatedTimeoutSeconds, 0);
     assert.equal(configError({ 'unauth-error-rate': 1.5 }).flag, 'unauth-error-rate');
     assert.equal(configError({ 'unauth-error-burst': 0 }).flag, 'unauth-error-burst');
     assert.equal(configError({ cert: cert.certFile, pkey: cert.keyFile, 'listening-port': 5349 }).flag, 'tls-listening-port');
     const c = buildConfig(base);
-    assert.deepEqual([c.udp, c.tcp, c.maxTcpConnections, c.tcpIdleTimeoutSeconds, c.unauthErrorRate, c.unauthErrorBurst], [true, true, 10_000, 10, 20, 40]);
+    assert.deepEqual(
+      [c.udp, c.tcp, c.maxTcpConnections, c.tcpIdleTimeoutSeconds, c.tcpUnallocatedTimeoutSeconds, c.unauthErrorRate, c.unauthErrorBurst],
+      [true, true, 10_000, 10, 60, 20, 40],
+    );
   });
 });
