@@ -2,7 +2,11 @@
 // error responses (400, 401, 438 before authentication succeeds) one source may
 // get. A 401 carries REALM and NONCE and is several times the size of the
 // request that provoked it; over UDP the source can be spoofed, so without a
-// limit the server would amplify floods towards a victim.
+// limit the server would amplify floods towards a victim. An IPv6 source is
+// counted by its /64: one subscriber's usual prefix, whose addresses it is free
+// to rotate through, so a per-address bucket would not limit it at all.
+
+import { parseIPv6 } from '../stun/address.js';
 
 /** Default: 20 responses per second per source IP, bursts of 40 (a client needs one or two per allocation). */
 export const DEFAULT_UNAUTH_RESPONSES_PER_SECOND = 20;
@@ -17,6 +21,20 @@ export interface SourceRateLimitOptions {
   readonly burst: number;
   /** Most sources tracked (an LRU). */
   readonly maxSources?: number;
+}
+
+/**
+ * The bucket an address is counted in: an IPv4 address on its own, an IPv6 address by
+ * its /64 ("2001:db8:0:1::/64"), an IPv4-mapped IPv6 address as the IPv4 address it maps.
+ */
+export function sourceBucketKey(address: string): string {
+  if (!address.includes(':')) return address;
+  const b = parseIPv6(address);
+  if (b === undefined) return address;
+  if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) return `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
+  let key = '';
+  for (let i = 0; i < 8; i += 2) key += `${((b[i]! << 8) | b[i + 1]!).toString(16)}:`;
+  return `${key}:/64`;
 }
 
 interface Bucket {
@@ -39,9 +57,10 @@ export class SourceRateLimiter {
     return this.buckets.size;
   }
 
-  /** Takes one token for `source` at `nowMs`; false when its bucket is empty (drop the response). */
-  take(source: string, nowMs: number): boolean {
+  /** Takes one token for the bucket of `address` (see sourceBucketKey) at `nowMs`; false when it is empty (drop the response). */
+  take(address: string, nowMs: number): boolean {
     if (this.o.perSecond === 0) return true;
+    const source = sourceBucketKey(address);
     let bucket = this.buckets.get(source);
     if (bucket) {
       this.buckets.delete(source);

@@ -18,7 +18,7 @@ import { EngineCounters } from '../../../src/turn/counters.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
 import { NonceIssuer } from '../../../src/turn/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
-import { SourceRateLimiter, type SourceRateLimitOptions } from '../../../src/turn/rate-limit.js';
+import { SourceRateLimiter, type SourceRateLimitOptions, sourceBucketKey } from '../../../src/turn/rate-limit.js';
 import { FakeClientPath, FakeRelayFactory } from '../../helpers/fake-io.js';
 
 const REALM = 'example.org';
@@ -59,6 +59,32 @@ describe('SourceRateLimiter', () => {
     assert.equal(limiter.take(CLIENT_A, clock.now()), false);
     assert.equal(limiter.take(CLIENT_B, clock.now()), true, 'another source has its own bucket');
     assert.equal(limiter.take('2001:db8::1', clock.now()), true);
+  });
+
+  it('counts an IPv6 source by its /64, an IPv4 source by its address', () => {
+    const clock = new ManualClock();
+    const limiter = new SourceRateLimiter({ perSecond: 1, burst: 2 });
+    // One subscriber rotating through its /64 shares one bucket.
+    assert.equal(limiter.take('2001:db8:0:1::1', clock.now()), true);
+    assert.equal(limiter.take('2001:db8:0:1:ffff:ffff:ffff:fffe', clock.now()), true);
+    assert.equal(limiter.take('2001:db8:0:1:1234::5', clock.now()), false, 'the /64 has used its burst');
+    assert.equal(limiter.take('2001:db8:0:2::1', clock.now()), true, 'the next /64 is another source');
+    // IPv4 addresses next to each other are separate sources.
+    assert.equal(limiter.take('192.0.2.1', clock.now()), true);
+    assert.equal(limiter.take('192.0.2.1', clock.now()), true);
+    assert.equal(limiter.take('192.0.2.1', clock.now()), false);
+    assert.equal(limiter.take('192.0.2.2', clock.now()), true);
+    assert.equal(limiter.size, 4);
+  });
+
+  it('keys: /64 for IPv6 in any spelling, the IPv4 address for IPv4 and IPv4-mapped IPv6', () => {
+    assert.equal(sourceBucketKey('2001:db8::1'), '2001:db8:0:0::/64');
+    assert.equal(sourceBucketKey('2001:0DB8:0000:0000:ffff::9'), '2001:db8:0:0::/64');
+    assert.equal(sourceBucketKey('fe80::1%eth0'), 'fe80:0:0:0::/64');
+    assert.equal(sourceBucketKey('::1'), '0:0:0:0::/64');
+    assert.equal(sourceBucketKey('::ffff:192.0.2.7'), '192.0.2.7');
+    assert.equal(sourceBucketKey('192.0.2.7'), '192.0.2.7');
+    assert.equal(sourceBucketKey('not:an:address'), 'not:an:address', 'left as given, never throws');
   });
 
   it('tracks at most maxSources, forgetting the least recently seen', () => {
