@@ -9,11 +9,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ephemeralLowBound } from './ports.js';
 
 export const LOOPBACK_V4 = '127.0.0.1';
 
@@ -289,17 +290,6 @@ export interface PortRange {
 }
 
 const handedOutRanges: PortRange[] = [];
-
-function ephemeralLowBound(): number {
-  try {
-    const text = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8');
-    const low = Number(text.trim().split(/\s+/)[0]);
-    if (Number.isInteger(low) && low > 0) return low;
-  } catch {
-    // Not Linux: fall through.
-  }
-  return 32768;
-}
 
 /**
  * A relay port range of `size` ports, distinct from every range handed out

@@ -1,7 +1,7 @@
 // Allocation records for store tests: each call a fresh client port and relay port,
 // so tests sharing one Redis never collide.
 
-import { type NewAllocationRecord, fiveTupleKey } from '../../src/store/types.js';
+import { type AllocationStore, type NewAllocationRecord, fiveTupleKey } from '../../src/store/types.js';
 
 export interface RecordFactoryOptions {
   readonly clientAddress: string;
@@ -42,4 +42,22 @@ export function recordFactory(o: RecordFactoryOptions): RecordFactory {
     return { ...base, ...overrides };
   };
   return { newRecord, nextRelayPort: () => relayPortSeq++ };
+}
+
+/**
+ * Resolves once every subscription feeding `seen` has delivered events, then empties the lists.
+ * A store's subscribe() returns before Redis answers its SUBSCRIBE, and an event published
+ * before then never reaches it; on a Cluster the subscriber takes several round trips. A
+ * warm-up record written through `writer` and deleted again proves every subscription.
+ */
+export async function proveSubscriptions(writer: AllocationStore, record: NewAllocationRecord, seen: readonly unknown[][], timeoutMs = 10_000): Promise<void> {
+  const created = await writer.create(record, { userQuota: 0 });
+  if (!created.ok) throw new Error(`warm-up record ${record.key} not created: ${created.reason}`);
+  await writer.delete(record.key, 'warm-up');
+  const deadline = Date.now() + timeoutMs;
+  while (seen.some((list) => list.length < 2)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for the warm-up events on every subscription (seen ${seen.map((l) => l.length).join(', ')})`);
+    await new Promise<void>((resolve) => setTimeout(resolve, 10));
+  }
+  for (const list of seen) (list as unknown[]).length = 0;
 }

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 
 import { Redis } from 'ioredis';
 
+import { ephemeralLowBound } from './ports.js';
 import { REDIS_SERVER_PATH, isLive, killOnExit, ping, sleep } from './redis-server.js';
 
 export const REDIS_CLI_PATH = process.env.REDIS_CLI_PATH ?? '/usr/bin/redis-cli';
@@ -65,10 +66,16 @@ function canListen(port: number): Promise<boolean> {
 
 const handedOut = new Set<number>();
 
-/** A free port in [20000, 40000) (and port + 10000 free too when `withBus`). */
+/**
+ * A free TCP port from 10000 up to the ephemeral range (and port + 10000, the cluster bus,
+ * free and below it too when `withBus`): no connection's local port can take it between
+ * this check and redis-server's bind.
+ */
 export async function pickPort(withBus = false): Promise<number> {
+  const span = ephemeralLowBound() - (withBus ? 10_000 : 0) - 10_000;
+  if (span < 1000) throw new Error(`too few ports below the ephemeral range (${ephemeralLowBound()}) for redis-server`);
   for (let attempt = 0; attempt < 200; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const port = 10_000 + Math.floor(Math.random() * span);
     if (handedOut.has(port) || (withBus && handedOut.has(port + 10_000))) continue;
     if (!(await canListen(port))) continue;
     if (withBus && !(await canListen(port + 10_000))) continue;
@@ -187,11 +194,12 @@ export interface SentinelTopology {
 
 /**
  * A master, one replica (--replicaof), and three sentinels monitoring them with
- * quorum 2, down-after 1 s and failover-timeout 5 s. Resolves once the replica is
- * in sync and every sentinel knows the replica and the other sentinels (so a
- * failover can be authorised at once).
+ * quorum 2, down-after `downAfterMs` (1 s: the failover tests want it fast; suites
+ * that kill nothing pass more, so a busy machine's stall is not taken for a death)
+ * and failover-timeout 5 s. Resolves once the replica is in sync and every sentinel
+ * knows the replica and the other sentinels (so a failover can be authorised at once).
  */
-export async function startSentinelTopology(name = 'mymaster'): Promise<SentinelTopology> {
+export async function startSentinelTopology(name = 'mymaster', downAfterMs = 1000): Promise<SentinelTopology> {
   checkRedisBinaries();
   const procs = new Processes('sentinel');
   try {
@@ -223,7 +231,7 @@ export async function startSentinelTopology(name = 'mymaster'): Promise<Sentinel
           'loglevel warning',
           'sentinel resolve-hostnames no',
           `sentinel monitor ${name} ${LOCALHOST} ${masterPort} 2`,
-          `sentinel down-after-milliseconds ${name} 1000`,
+          `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
           `sentinel failover-timeout ${name} 5000`,
           `sentinel parallel-syncs ${name} 1`,
           '',
@@ -314,10 +322,11 @@ export interface ClusterTopology {
 
 /**
  * `masters` masters (at least 3) with `replicasPerMaster` replicas each, made into
- * one cluster with redis-cli --cluster create, node timeout 1 s. Resolves once
- * every node sees cluster_state:ok and every replica is in sync.
+ * one cluster with redis-cli --cluster create, node timeout `nodeTimeoutMs` (1 s by
+ * default, for the failover tests). Resolves once every node sees cluster_state:ok
+ * and every replica is in sync.
  */
-export async function startRedisCluster(options: { masters?: number; replicasPerMaster?: 0 | 1 } = {}): Promise<ClusterTopology> {
+export async function startRedisCluster(options: { masters?: number; replicasPerMaster?: 0 | 1; nodeTimeoutMs?: number } = {}): Promise<ClusterTopology> {
   checkRedisBinaries();
   const masters = options.masters ?? 3;
   const replicasPerMaster = options.replicasPerMaster ?? 0;
@@ -340,7 +349,7 @@ export async function startRedisCluster(options: { masters?: number; replicasPer
               '--cluster-config-file',
               join(procs.dir, `nodes-${port}.conf`),
               '--cluster-node-timeout',
-              '1000',
+              String(options.nodeTimeoutMs ?? 1000),
               // A replica may take over whatever the age of its data (the tests wait for sync first).
               '--cluster-replica-validity-factor',
               '0',

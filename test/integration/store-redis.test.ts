@@ -18,7 +18,7 @@ import type { AllocationRecord, NewAllocationRecord, StoreEvent } from '../../sr
 import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server.js';
 import { runStoreContract } from '../unit/store/contract.js';
-import { recordFactory } from '../helpers/records.js';
+import { proveSubscriptions, recordFactory } from '../helpers/records.js';
 
 let server: RedisServerHandle | undefined;
 
@@ -221,6 +221,7 @@ describe('RedisAllocationStore specifics', () => {
     const seenB: string[] = [];
     nodeA.store.subscribe((e) => seenA.push(describeEvent(e)));
     nodeB.store.subscribe((e) => seenB.push(describeEvent(e)));
+    await proveSubscriptions(nodeA.store, newRecord(), [seenA, seenB]);
 
     const created = await mustCreate(nodeA, newRecord({ ownerNodeId: 'node-a', username: 'shared' }), 1);
     assert.deepEqual(await nodeB.store.get(created.key), created, 'B reads what A wrote');
