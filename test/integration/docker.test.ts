@@ -251,6 +251,8 @@ describe('docker/', () => {
       await new Promise((r) => setTimeout(r, 50));
     }
     assert.equal(status, 200, `/healthz answers 200\n${proc.outputTail()}`);
+    // pino writes asynchronously, through a pipe: the line may come just after /healthz answers.
+    while (Date.now() < deadline && !proc.stdout().includes('"msg":"anyturn ready"')) await new Promise((r) => setTimeout(r, 20));
     assert.match(proc.stdout(), /"msg":"anyturn ready"/);
 
     const check = spawnSync(healthCmd[0] === 'node' ? process.execPath : healthCmd[0]!, healthCmd.slice(1), { env, timeout: DEADLINE_MS });

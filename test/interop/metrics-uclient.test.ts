@@ -27,13 +27,32 @@ const CLIENTS = 5;
 const MESSAGES = 2000;
 const MESSAGE_BYTES = 100;
 const SCRAPE_EVERY_MS = 20;
-const LOG_SETTLE_MS = 150;
+/** Log times and this process's clock are both ms: a scrape this close to an event is not compared. */
+const EVENT_MARGIN_MS = 2;
 // Only stops a hung uclient; nothing asserts on duration.
 const UCLIENT_DEADLINE_MS = 120_000;
 
-function liveFromLogs(stdout: string): number {
-  const lines = parseLogLines(stdout);
-  return lines.filter((l) => l.event === 'allocation_created').length - lines.filter((l) => l.event === 'allocation_deleted').length;
+interface AllocationEvent {
+  readonly atMs: number;
+  readonly delta: 1 | -1;
+}
+
+/** Allocations created and deleted, at the time the server logged each (pino's `time`). */
+function allocationEvents(stdout: string): AllocationEvent[] {
+  const events: AllocationEvent[] = [];
+  for (const l of parseLogLines(stdout)) {
+    if (l.event !== 'allocation_created' && l.event !== 'allocation_deleted') continue;
+    const atMs = Date.parse(String(l.time));
+    assert.ok(Number.isFinite(atMs), `a log line with a time: ${JSON.stringify(l)}`);
+    events.push({ atMs, delta: l.event === 'allocation_created' ? 1 : -1 });
+  }
+  return events;
+}
+
+function liveAt(events: readonly AllocationEvent[], ms: number): number {
+  let live = 0;
+  for (const e of events) if (e.atMs <= ms) live += e.delta;
+  return live;
 }
 
 describe('/metrics during a turnutils_uclient run', () => {
@@ -74,22 +93,18 @@ describe('/metrics during a turnutils_uclient run', () => {
     const uclient = stopAfter(t, spawnProcess('turnutils_uclient', args, { name: 'turnutils_uclient' }));
     const killer = setTimeout(() => void uclient.stop('SIGKILL'), UCLIENT_DEADLINE_MS);
 
-    interface MidRun {
+    interface Scrape {
       readonly samples: Sample[];
-      readonly live: number;
+      readonly startMs: number;
+      readonly endMs: number;
     }
-    const midRun: MidRun[] = [];
+    const scrapes: Scrape[] = [];
     while (uclient.isRunning()) {
-      const liveBefore = liveFromLogs(server.process.stdout());
+      const startMs = Date.now();
       const samples = await scrape();
-      const stillRunning = uclient.isRunning();
-      // Log lines reach this process through a pipe, a little after the server wrote them:
-      // let the ones written before the scrape arrive before counting again.
-      await new Promise((r) => setTimeout(r, LOG_SETTLE_MS));
-      const liveAfter = liveFromLogs(server.process.stdout());
-      // Only scrapes that finished while uclient was still sending, with no allocation
-      // created or deleted around them, compare against the log's count.
-      if (stillRunning && liveBefore === liveAfter) midRun.push({ samples, live: liveBefore });
+      const endMs = Date.now();
+      // Only scrapes that finished while uclient was still sending count as mid-run.
+      if (uclient.isRunning()) scrapes.push({ samples, startMs, endMs });
       await new Promise((r) => setTimeout(r, SCRAPE_EVERY_MS));
     }
     clearTimeout(killer);
@@ -98,6 +113,18 @@ describe('/metrics during a turnutils_uclient run', () => {
     const context = `${output.slice(-2000)}\n${server.process.outputTail()}`;
     assert.equal(exit.code, 0, `uclient failed\n${context}`);
 
+    const finalAtMs = Date.now();
+    const final = await scrape();
+    // Log lines reach this process through a pipe, some time after the server wrote them:
+    // read them once the server has exited and all its output is in, and place each
+    // allocation event by the time the server logged it rather than by when it arrived.
+    // (Shutdown deletes the rest; those lines come after finalAtMs.)
+    assert.deepEqual(await server.stop(), { code: 0, signal: null }, server.process.outputTail());
+    const events = allocationEvents(server.process.stdout());
+    // A scrape with no allocation created or deleted while it ran compares with the log's count.
+    const midRun = scrapes
+      .filter((s) => !events.some((e) => e.atMs >= s.startMs - EVENT_MARGIN_MS && e.atMs <= s.endMs + EVENT_MARGIN_MS))
+      .map((s) => ({ samples: s.samples, live: liveAt(events, s.startMs) }));
     for (const { samples, live } of midRun) {
       assert.equal(sum(samples, 'anyturn_allocations'), live, 'anyturn_allocations equals the allocations live at the scrape');
       assert.equal(sum(samples, 'anyturn_user_allocations', { user: USER }), live, 'the per-user gauge agrees');
@@ -118,7 +145,6 @@ describe('/metrics during a turnutils_uclient run', () => {
     const midPackets = Math.max(...during.map((s) => sum(s.samples, 'anyturn_relayed_packets_total', { direction: 'client_to_peer' })));
     assert.ok(midPackets < sent || during.length > 1, 'mid-run scrapes came before the end of the traffic');
 
-    const final = await scrape();
     const c2p = sum(final, 'anyturn_relayed_packets_total', { direction: 'client_to_peer' });
     const p2c = sum(final, 'anyturn_relayed_packets_total', { direction: 'peer_to_client' });
     assert.equal(c2p, sent, 'every message uclient sent was relayed to the peer');
@@ -129,11 +155,11 @@ describe('/metrics during a turnutils_uclient run', () => {
     // uclient -m 5 -e makes two allocations per client even with -c, and refreshes half of
     // them to 0 at the end (coturn shows the same: 10 ALLOCATE and 5 extra REFRESH successes).
     assert.ok(created >= CLIENTS, `at least one allocation per client, got ${created}`);
-    assert.equal(created, parseLogLines(server.process.stdout()).filter((l) => l.event === 'allocation_created').length);
+    assert.equal(created, events.filter((e) => e.delta === 1 && e.atMs <= finalAtMs).length);
     assert.equal(sum(final, 'anyturn_requests_total', { method: 'allocate', code: '200' }), created);
     const live = sum(final, 'anyturn_allocations');
     assert.equal(live, created - sum(final, 'anyturn_allocations_deleted_total'));
-    assert.equal(live, liveFromLogs(server.process.stdout()));
+    assert.equal(live, liveAt(events, finalAtMs));
     assert.equal(sum(final, 'anyturn_user_allocations'), live);
     assert.ok(sum(final, 'anyturn_requests_total', { method: 'channel_bind', code: '200' }) >= CLIENTS);
     // Every answered request was timed: the histogram's count per method is requests_total's sum over codes.
