@@ -199,15 +199,27 @@ export class TestTurnClient {
     const id = transactionId.toString('hex');
     return new Promise((resolve) => {
       let timer: NodeJS.Timeout | undefined;
-      const retransmit = setInterval(() => this.sendRaw(buf), 300);
+      let done = false;
+      // After a stall (a busy machine), timers run before the I/O that piled up: a response
+      // already in the socket, or a request waiting in the (in-process) server's socket, would
+      // be read only after them. Two loop turns let both happen first, so a retransmission or
+      // a timeout only comes when no answer is there to be read.
+      const afterPendingIo = (f: () => void): void => {
+        setImmediate(() => setImmediate(() => {
+          if (!done) f();
+        }));
+      };
+      const retransmit = setInterval(() => afterPendingIo(() => this.sendRaw(buf)), 300);
       const finish = (m: StunMessage | undefined): void => {
+        if (done) return;
+        done = true;
         clearInterval(retransmit);
         if (timer) clearTimeout(timer);
         this.waiting.delete(id);
         resolve(m);
       };
       this.waiting.set(id, finish);
-      timer = setTimeout(() => finish(undefined), timeoutMs);
+      timer = setTimeout(() => afterPendingIo(() => finish(undefined)), timeoutMs);
       this.sendRaw(buf);
     });
   }
