@@ -89,7 +89,9 @@ export function parseArgs(argv: string[]): RawOptions {
     .help()
     .alias('help', 'h')
     .version()
-    .wrap(Math.min(100, process.stdout.columns || 100))
+    // yargs' ESM build wraps by character count, cutting flag names in two ("--no-tc" / "p"):
+    // wrap for a terminal only, and leave each description on one line for pipes and grep.
+    .wrap(process.stdout.isTTY ? Math.min(100, process.stdout.columns || 100) : null)
     .fail((msg, err) => {
       throw err ?? new Error(msg);
     })
