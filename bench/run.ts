@@ -4,7 +4,11 @@
 // (bench/latency.ts) and a 'max lossless rate' search per server.
 //
 // Usage: node dist/bench/run.js [--only anyturn|coturn|floor] [--cases channel,send,...]
-//                               [-n N] [--no-latency] [--no-rate] [--rate-steps 40,60,80,100]
+//                               [-n N] [--rounds N] [--no-latency] [--no-rate] [--rate-steps 40,60,80,100]
+//
+// --rounds N runs every case N times, the servers taking turns within each round; the
+// table shows each server's median run, and the ratios of every round are printed too
+// (one run on a shared VM moves by 10-20 %).
 //
 // All traffic stays on 127.0.0.1. Every spawned process is stopped at the end,
 // on failure and on Ctrl-C; each step has a timeout.
@@ -106,6 +110,8 @@ interface Options {
   readonly servers: readonly ServerName[];
   readonly cases: readonly CaseName[];
   readonly messagesPerSession: number | undefined;
+  /** Runs of each case per server, taking turns; the table shows the median run. */
+  readonly rounds: number;
   readonly latency: boolean;
   readonly rate: boolean;
   readonly rateSteps: readonly number[];
@@ -114,13 +120,14 @@ interface Options {
 }
 
 function usage(): string {
-  return `usage: node dist/bench/run.js [--only ${SERVER_NAMES.join('|')}] [--cases ${CASE_NAMES.join(',')}] [-n N] [--no-latency] [--no-rate] [--rate-steps ${DEFAULT_RATE_STEPS.join(',')}] [--scaling]`;
+  return `usage: node dist/bench/run.js [--only ${SERVER_NAMES.join('|')}] [--cases ${CASE_NAMES.join(',')}] [-n N] [--rounds N] [--no-latency] [--no-rate] [--rate-steps ${DEFAULT_RATE_STEPS.join(',')}] [--scaling]`;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   let servers: readonly ServerName[] = SERVER_NAMES;
   let cases: readonly CaseName[] = CASE_NAMES;
   let messagesPerSession: number | undefined;
+  let rounds = 1;
   let latency = true;
   let rate = true;
   let rateSteps: readonly number[] | undefined;
@@ -144,7 +151,7 @@ function parseOptions(argv: readonly string[]): Options {
       scaling = true;
       continue;
     }
-    if (flag !== '--only' && flag !== '--cases' && flag !== '-n' && flag !== '--rate-steps') {
+    if (flag !== '--only' && flag !== '--cases' && flag !== '-n' && flag !== '--rounds' && flag !== '--rate-steps') {
       throw new Error(`unknown argument '${flag ?? ''}'; ${usage()}`);
     }
     if (value === undefined) throw new Error(`${flag} needs a value; ${usage()}`);
@@ -161,6 +168,10 @@ function parseOptions(argv: readonly string[]): Options {
         if (!picked.includes(c)) picked.push(c);
       }
       cases = picked;
+    } else if (flag === '--rounds') {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 1 || n > 50) throw new Error(`--rounds '${value}': runs per case and server, an integer from 1 to 50`);
+      rounds = n;
     } else if (flag === '--rate-steps') {
       const steps = value.split(',').map((v) => Number(v.trim()));
       if (steps.some((n) => !Number.isInteger(n) || n < 1 || n > 150)) throw new Error(`--rate-steps '${value}': sessions per step, integers 1-150`);
@@ -171,12 +182,14 @@ function parseOptions(argv: readonly string[]): Options {
       messagesPerSession = n;
     }
   }
-  return { servers, cases, messagesPerSession, latency, rate, rateSteps: rateSteps ?? (scaling ? DEFAULT_SCALING_STEPS : DEFAULT_RATE_STEPS), scaling };
+  return { servers, cases, messagesPerSession, rounds, latency, rate, rateSteps: rateSteps ?? (scaling ? DEFAULT_SCALING_STEPS : DEFAULT_RATE_STEPS), scaling };
 }
 
 interface RunResult {
   readonly server: ServerName;
   readonly case: CaseName;
+  /** 1-based, with --rounds; every run of a round ran back to back. */
+  readonly round?: number;
   /** The run's name in logs: the case, or 'rate-N' for a max-lossless-rate step. */
   readonly label: string;
   /** Not run: the server does not support the case (the floor and TCP). Counts as neither ok nor failed. */
@@ -497,6 +510,88 @@ function ratios(results: readonly RunResult[]): Ratio[] {
     });
   }
   return out;
+}
+
+/**
+ * Per case and server, the run with the median CPU per relayed packet (the lower middle for
+ * an even count). A failed run is shown instead, so that no failure hides behind a median.
+ */
+function medianRuns(results: readonly RunResult[]): RunResult[] {
+  const out: RunResult[] = [];
+  for (const c of CASE_NAMES) {
+    for (const s of SERVER_NAMES) {
+      const runs = results.filter((r) => r.case === c && r.server === s);
+      if (runs.length === 0) continue;
+      const failed = runs.find((r) => !r.ok && !r.skipped);
+      const measured = runs.filter((r) => r.ok && r.cpuMicrosPerRelayedPacket !== undefined);
+      measured.sort((x, y) => x.cpuMicrosPerRelayedPacket! - y.cpuMicrosPerRelayedPacket!);
+      out.push(failed ?? measured[Math.floor((measured.length - 1) / 2)] ?? runs[0]!);
+    }
+  }
+  return out;
+}
+
+interface RoundRatio {
+  readonly case: CaseName;
+  readonly round: number;
+  /** anyturn / coturn and anyturn / floor, CPU per relayed packet, within the round. */
+  readonly overCoturn: number | undefined;
+  readonly overFloor: number | undefined;
+  /** Messages lost in the round, per server. */
+  readonly lost: Partial<Record<ServerName, number>>;
+}
+
+function roundRatios(results: readonly RunResult[]): RoundRatio[] {
+  const out: RoundRatio[] = [];
+  for (const c of CASE_NAMES) {
+    const rounds = [...new Set(results.filter((r) => r.case === c && r.round !== undefined).map((r) => r.round!))].sort((x, y) => x - y);
+    for (const round of rounds) {
+      const inRound = results.filter((r) => r.case === c && r.round === round);
+      const cpu = (s: ServerName): number | undefined => {
+        const r = inRound.find((x) => x.server === s);
+        return r?.ok === true ? r.cpuMicrosPerRelayedPacket : undefined;
+      };
+      const over = (s: ServerName): number | undefined => {
+        const a = cpu('anyturn');
+        const b = cpu(s);
+        return a === undefined || b === undefined || b === 0 ? undefined : a / b;
+      };
+      const lost: Partial<Record<ServerName, number>> = {};
+      for (const r of inRound) if (!r.skipped) lost[r.server] = r.lost;
+      out.push({ case: c, round, overCoturn: over('coturn'), overFloor: over('floor'), lost });
+    }
+  }
+  return out;
+}
+
+function median(values: readonly number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function roundsReport(perRound: readonly RoundRatio[], rounds: number): string[] {
+  const lines = [`per round (${rounds} rounds; the table above shows each server's median run):`];
+  const rows: string[][] = [['case', 'anyturn/coturn by round', 'median', 'min-max', 'anyturn/floor by round', 'median', 'lost anyturn/coturn/floor']];
+  for (const c of CASE_NAMES) {
+    const mine = perRound.filter((r) => r.case === c);
+    if (mine.length === 0) continue;
+    const col = (pick: (r: RoundRatio) => number | undefined): [string, string, string] => {
+      const values = mine.map(pick).filter((v): v is number => v !== undefined);
+      const range = values.length === 0 ? '-' : `${fmt(Math.min(...values), 2)}-${fmt(Math.max(...values), 2)}`;
+      return [mine.map((r) => fmt(pick(r), 2)).join(' '), fmt(median(values), 2), range];
+    };
+    const [byCoturn, medCoturn, rangeCoturn] = col((r) => r.overCoturn);
+    const [byFloor, medFloor] = col((r) => r.overFloor);
+    const lost = (s: ServerName): string => {
+      const values = mine.map((r) => r.lost[s]).filter((v): v is number => v !== undefined);
+      return values.length === 0 ? '-' : String(values.reduce((a, b) => a + b, 0));
+    };
+    rows.push([c, byCoturn, medCoturn, rangeCoturn, byFloor, medFloor, `${lost('anyturn')}/${lost('coturn')}/${lost('floor')}`]);
+  }
+  lines.push(table(rows));
+  return lines;
 }
 
 function fmt(n: number | undefined, digits: number): string {
@@ -856,7 +951,7 @@ async function main(): Promise<number> {
     60_000 +
     latencyMs +
     rateMs +
-    options.cases.reduce((sum, c) => sum + uclientTimeoutMs(cases[c]) + perServer, 0) * options.servers.length;
+    options.cases.reduce((sum, c) => sum + uclientTimeoutMs(cases[c]) + perServer, 0) * options.servers.length * options.rounds;
   const watchdog = setTimeout(() => {
     console.error(`benchmark exceeded ${budgetMs} ms; stopping`);
     group.killAllNow();
@@ -885,20 +980,23 @@ async function main(): Promise<number> {
     }
 
     for (const caseName of options.cases) {
-      for (const serverName of options.servers) {
-        if (signals.interrupted) break;
-        const c = cases[caseName];
-        process.stderr.write(`[bench] ${caseName} / ${serverName}: -n ${c.messagesPerSession} ... `);
-        const r = await runOne(ctx, serverName, c);
-        if (signals.interrupted) break;
-        process.stderr.write(
-          r.skipped
-            ? `n/a (${r.failure ?? ''})\n`
-            : r.ok
-              ? `${r.received}/${r.sent} back, ${fmt(r.cpuMicrosPerRelayedPacket, 2)} us/pkt\n`
-              : `FAILED: ${r.failure ?? ''}\n`,
-        );
-        results.push(r);
+      for (let round = 1; round <= options.rounds; round++) {
+        for (const serverName of options.servers) {
+          if (signals.interrupted) break;
+          const c = cases[caseName];
+          const roundText = options.rounds > 1 ? ` (round ${round}/${options.rounds})` : '';
+          process.stderr.write(`[bench] ${caseName} / ${serverName}${roundText}: -n ${c.messagesPerSession} ... `);
+          const r = await runOne(ctx, serverName, c);
+          if (signals.interrupted) break;
+          process.stderr.write(
+            r.skipped
+              ? `n/a (${r.failure ?? ''})\n`
+              : r.ok
+                ? `${r.received}/${r.sent} back, ${fmt(r.cpuMicrosPerRelayedPacket, 2)} us/pkt\n`
+                : `FAILED: ${r.failure ?? ''}\n`,
+          );
+          results.push(options.rounds > 1 ? { ...r, round } : r);
+        }
       }
     }
     if (options.latency && !signals.interrupted) latency = await runLatency(ctx, options.servers, () => signals.interrupted);
@@ -909,8 +1007,11 @@ async function main(): Promise<number> {
     clearTimeout(watchdog);
   }
 
-  const rs = ratios(results);
-  console.log(report(results, rs, cases, latency, rate));
+  const shown = options.rounds > 1 ? medianRuns(results) : results;
+  const rs = ratios(shown);
+  console.log(report(shown, rs, cases, latency, rate));
+  const perRound = options.rounds > 1 ? roundRatios(results) : undefined;
+  if (perRound) console.log(`\n${roundsReport(perRound, options.rounds).join('\n')}`);
   const json = {
     generatedAt: new Date().toISOString(),
     method: METHOD_NOTES,
@@ -922,8 +1023,12 @@ async function main(): Promise<number> {
       clientCpu: CLIENT_CPU,
     },
     cases: options.cases.map((c) => cases[c]),
+    rounds: options.rounds,
+    /** Every run; with --rounds, `medianRuns` are the ones the table and the ratios use. */
     results,
+    medianRuns: options.rounds > 1 ? shown : undefined,
     ratiosAnyturnOverCoturn: rs,
+    ratiosPerRound: perRound,
     latency,
     maxLosslessRate: rate,
   };
