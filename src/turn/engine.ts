@@ -18,7 +18,6 @@ import {
   MessageClass,
   Method,
   PasswordAlgorithm,
-  TRANSPORT_UDP,
   isComprehensionRequired,
   methodName,
   reasonPhrase,
@@ -39,12 +38,8 @@ import {
   MAX_USERNAME_BYTES,
   decodeAddressFamily,
   decodeChannelNumber,
-  decodeEvenPort,
   decodePasswordAlgorithm,
-  decodeRequestedTransport,
-  decodeReservationToken,
   decodeText,
-  decodeUint32,
   encodeAddressErrorCode,
   encodeUint32,
   encodeUnknownAttributes,
@@ -56,6 +51,7 @@ import { MessageWriter } from '../stun/writer.js';
 import type { AllocationRecord, AllocationStore, StoreEvent } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
+import { readAllocateRequest, requestedLifetimeSeconds } from './allocate-request.js';
 import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
 import type { CredentialStore } from './auth.js';
 import type { DropReason, EngineCounters } from './counters.js';
@@ -67,7 +63,6 @@ import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js'
 import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
 
 /** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
-export const DEFAULT_LIFETIME_SECONDS = 600;
 const MAX_PORT_ATTEMPTS = 64;
 /** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
@@ -451,16 +446,6 @@ export class TurnEngine {
     return allocation;
   }
 
-  private lifetimeSeconds(message: StunMessage): number {
-    const value = getAttribute(message, Attr.Lifetime);
-    if (!value) return DEFAULT_LIFETIME_SECONDS;
-    const requested = decodeUint32(value);
-    if (requested === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad LIFETIME');
-    if (requested === 0) return 0;
-    // RFC 8656 §7.2: min(requested, server max), but never less than the default.
-    return Math.max(DEFAULT_LIFETIME_SECONDS, Math.min(requested, this.o.maxLifetimeSeconds));
-  }
-
   private async allocate(listener: EngineListener, message: StunMessage, auth: Authenticated, address: string, port: number, local: boolean): Promise<void> {
     const existing = listener.find(address, port);
     if (existing) {
@@ -483,44 +468,12 @@ export class TurnEngine {
     const key = fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort);
     if (this.pending.has(key)) return this.drop('request_in_flight');
 
-    const transportValue = getAttribute(message, Attr.RequestedTransport);
-    if (!transportValue) throw new TurnError(ErrorCode.BadRequest, 'REQUESTED-TRANSPORT missing');
-    const transport = decodeRequestedTransport(transportValue);
-    if (transport === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-TRANSPORT');
-    if (transport !== TRANSPORT_UDP) throw new TurnError(ErrorCode.UnsupportedTransportProtocol);
-
-    // DONT-FRAGMENT (RFC 8656 §7.2) needs no action: relay sockets keep Linux's default
-    // IP_PMTUDISC_WANT, which sets DF on every datagram that fits the path MTU.
-    const tokenValue = getAttribute(message, Attr.ReservationToken);
-    const evenPortValue = getAttribute(message, Attr.EvenPort);
-    const familyValue = getAttribute(message, Attr.RequestedAddressFamily);
-    const additionalValue = getAttribute(message, Attr.AdditionalAddressFamily);
-    if (tokenValue && (evenPortValue || familyValue)) throw new TurnError(ErrorCode.BadRequest, 'RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY');
-    if (familyValue && additionalValue) throw new TurnError(ErrorCode.BadRequest, 'REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together');
-    const token = tokenValue ? decodeReservationToken(tokenValue) : undefined;
-    if (tokenValue && !token) throw new TurnError(ErrorCode.BadRequest, 'Bad RESERVATION-TOKEN');
-    const evenPort = evenPortValue ? decodeEvenPort(evenPortValue) : undefined;
-    if (evenPortValue && !evenPort) throw new TurnError(ErrorCode.BadRequest, 'Bad EVEN-PORT');
-
-    let family: number = AddressFamily.IPv4;
-    if (familyValue) {
-      const requested = decodeAddressFamily(familyValue);
-      if (requested === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-ADDRESS-FAMILY');
-      if (requested !== AddressFamily.IPv4 && requested !== AddressFamily.IPv6) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
-      family = requested;
-    }
-    // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6; when that half fails the
-    // IPv4 allocation still succeeds, with ADDRESS-ERROR-CODE saying why.
-    let additionalError: number | undefined;
-    const wantsDual = additionalValue !== undefined;
-    if (additionalValue) {
-      if (decodeAddressFamily(additionalValue) !== AddressFamily.IPv6) throw new TurnError(ErrorCode.BadRequest, 'ADDITIONAL-ADDRESS-FAMILY must be IPv6');
-      if (this.o.relayAddressIPv6 === undefined) additionalError = ErrorCode.AddressFamilyNotSupported;
-    }
-    if ((family === AddressFamily.IPv4 ? this.o.relayAddressIPv4 : this.o.relayAddressIPv6) === undefined) throw new TurnError(ErrorCode.AddressFamilyNotSupported);
-
-    let lifetime = this.lifetimeSeconds(message);
-    if (lifetime === 0) lifetime = DEFAULT_LIFETIME_SECONDS;
+    const relays = { ipv4: this.o.relayAddressIPv4 !== undefined, ipv6: this.o.relayAddressIPv6 !== undefined };
+    const request = readAllocateRequest(message, relays, this.o.maxLifetimeSeconds);
+    const { token, evenPort, family, wantsDual } = request;
+    const lifetime = request.lifetimeSeconds;
+    // The IPv6 half may still fail below, for want of a port.
+    let additionalError = request.additionalError;
     if (this.o.totalQuota > 0 && this.allocationCount + this.pending.size >= this.o.totalQuota) {
       this.o.counters.quotaRefusals++;
       throw new TurnError(ErrorCode.InsufficientCapacity);
@@ -634,7 +587,7 @@ export class TurnEngine {
       if (family !== AddressFamily.IPv4 && family !== AddressFamily.IPv6) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-ADDRESS-FAMILY');
       if (!allocation.relayFor(family === AddressFamily.IPv6)) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
     }
-    const lifetime = this.lifetimeSeconds(message);
+    const lifetime = requestedLifetimeSeconds(message, this.o.maxLifetimeSeconds);
     if (lifetime === 0) {
       await this.deleteAllocation(listener, allocation, 'refresh-zero');
     } else {
