@@ -62,7 +62,6 @@ import type { PeerPolicy } from './peer-policy.js';
 import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js';
 import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
 
-/** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
 const MAX_PORT_ATTEMPTS = 64;
 /** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
