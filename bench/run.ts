@@ -48,7 +48,7 @@ import {
 } from './uclient.js';
 import { SERVER_NAMES, anyturnLaunch, coturnLaunch, floorLaunch, type ServerLaunch, type ServerName } from './servers.js';
 import { DEFAULT_LATENCY_OPTIONS, probeThroughServer, type LatencyResult } from './latency.js';
-import { LOOPBACK } from './turn-driver.js';
+import { LOOPBACK, summarize } from './turn-driver.js';
 
 const SERVER_CPU = 1;
 const CLIENT_CPU = 0;
@@ -564,13 +564,6 @@ function roundRatios(results: readonly RunResult[]): RoundRatio[] {
   return out;
 }
 
-function median(values: readonly number[]): number | undefined {
-  if (values.length === 0) return undefined;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
 function roundsReport(perRound: readonly RoundRatio[], rounds: number): string[] {
   const lines = [`per round (${rounds} rounds; the table above shows each server's median run):`];
   const rows: string[][] = [['case', 'anyturn/coturn by round', 'median', 'min-max', 'anyturn/floor by round', 'median', 'lost anyturn/coturn/floor']];
@@ -580,7 +573,7 @@ function roundsReport(perRound: readonly RoundRatio[], rounds: number): string[]
     const col = (pick: (r: RoundRatio) => number | undefined): [string, string, string] => {
       const values = mine.map(pick).filter((v): v is number => v !== undefined);
       const range = values.length === 0 ? '-' : `${fmt(Math.min(...values), 2)}-${fmt(Math.max(...values), 2)}`;
-      return [mine.map((r) => fmt(pick(r), 2)).join(' '), fmt(median(values), 2), range];
+      return [mine.map((r) => fmt(pick(r), 2)).join(' '), fmt(summarize(values).p50, 2), range];
     };
     const [byCoturn, medCoturn, rangeCoturn] = col((r) => r.overCoturn);
     const [byFloor, medFloor] = col((r) => r.overFloor);

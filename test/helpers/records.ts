@@ -50,7 +50,7 @@ export function recordFactory(o: RecordFactoryOptions): RecordFactory {
  * before then never reaches it; on a Cluster the subscriber takes several round trips. A
  * warm-up record written through `writer` and deleted again proves every subscription.
  */
-export async function proveSubscriptions(writer: AllocationStore, record: NewAllocationRecord, seen: readonly unknown[][], timeoutMs = 10_000): Promise<void> {
+export async function proveSubscriptions(writer: AllocationStore, record: NewAllocationRecord, seen: unknown[][], timeoutMs = 10_000): Promise<void> {
   const created = await writer.create(record, { userQuota: 0 });
   if (!created.ok) throw new Error(`warm-up record ${record.key} not created: ${created.reason}`);
   await writer.delete(record.key, 'warm-up');
@@ -59,5 +59,5 @@ export async function proveSubscriptions(writer: AllocationStore, record: NewAll
     if (Date.now() > deadline) throw new Error(`timed out waiting for the warm-up events on every subscription (seen ${seen.map((l) => l.length).join(', ')})`);
     await new Promise<void>((resolve) => setTimeout(resolve, 10));
   }
-  for (const list of seen) (list as unknown[]).length = 0;
+  for (const list of seen) list.length = 0;
 }

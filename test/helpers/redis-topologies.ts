@@ -72,8 +72,9 @@ const handedOut = new Set<number>();
  * this check and redis-server's bind.
  */
 export async function pickPort(withBus = false): Promise<number> {
-  const span = ephemeralLowBound() - (withBus ? 10_000 : 0) - 10_000;
-  if (span < 1000) throw new Error(`too few ports below the ephemeral range (${ephemeralLowBound()}) for redis-server`);
+  const ceiling = ephemeralLowBound();
+  const span = ceiling - (withBus ? 10_000 : 0) - 10_000;
+  if (span < 1000) throw new Error(`too few ports below the ephemeral range (${ceiling}) for redis-server`);
   for (let attempt = 0; attempt < 200; attempt++) {
     const port = 10_000 + Math.floor(Math.random() * span);
     if (handedOut.has(port) || (withBus && handedOut.has(port + 10_000))) continue;
