@@ -12,6 +12,7 @@ import { LOG_LEVELS, type LogLevel } from './ops/log.js';
 import { PeerRangeError, parseIpRange } from './turn/peer-policy.js';
 import type { RedisHostPort, RedisTarget } from './store/shared.js';
 import type { AlternateServer } from './turn/admission.js';
+import { ALLOCATION_LIMIT_DEFAULTS, type AllocationLimits } from './turn/limits.js';
 
 export class ConfigError extends Error {
   readonly code = 'ERR_ANYTURN_CONFIG';
@@ -40,6 +41,8 @@ export interface ServerConfig {
   readonly deniedPeerIps: readonly string[];
   readonly userQuota: number;
   readonly totalQuota: number;
+  /** Per-allocation and per-request caps (--max-permissions-per-allocation and friends). */
+  readonly allocationLimits: AllocationLimits;
   readonly logLevel: LogLevel;
   readonly software: string;
   /** The ops HTTP endpoint (/metrics, /healthz, /readyz); port 0 turns it off. */
@@ -119,6 +122,9 @@ export interface RawOptions {
   readonly 'denied-peer-ip'?: readonly string[];
   readonly 'user-quota'?: number;
   readonly 'total-quota'?: number;
+  readonly 'max-permissions-per-allocation'?: number;
+  readonly 'max-channels-per-allocation'?: number;
+  readonly 'max-peers-per-request'?: number;
   readonly 'log-level'?: string;
   readonly software?: string;
   readonly 'metrics-ip'?: string;
@@ -293,6 +299,12 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     deniedPeerIps: rangeList('denied-peer-ip', raw['denied-peer-ip']),
     userQuota: integer('user-quota', raw['user-quota'], 0, 1_000_000_000, 0),
     totalQuota: integer('total-quota', raw['total-quota'], 0, 1_000_000_000, 0),
+    allocationLimits: {
+      permissionsPerAllocation: integer('max-permissions-per-allocation', raw['max-permissions-per-allocation'], 1, 100_000, ALLOCATION_LIMIT_DEFAULTS.permissionsPerAllocation),
+      // RFC 8656 §12: channel numbers 0x4000-0x7FFF, so no allocation holds more than 16,384.
+      channelsPerAllocation: integer('max-channels-per-allocation', raw['max-channels-per-allocation'], 1, 16_384, ALLOCATION_LIMIT_DEFAULTS.channelsPerAllocation),
+      peersPerRequest: integer('max-peers-per-request', raw['max-peers-per-request'], 1, 10_000, ALLOCATION_LIMIT_DEFAULTS.peersPerRequest),
+    },
     logLevel,
     software: raw.software ?? '',
     metricsIp: metricsIp(raw['metrics-ip']),

@@ -181,6 +181,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     maxLifetimeSeconds: config.maxAllocateLifetimeSeconds,
     userQuota: config.userQuota,
     totalQuota: config.totalQuota,
+    limits: config.allocationLimits,
     software: config.software,
     foreign: router,
     relayMode: cluster?.relayMode,

@@ -4,6 +4,8 @@
 import { CHANNEL_MAX, CHANNEL_MIN } from './constants.js';
 
 export const CHANNEL_DATA_HEADER_LENGTH = 4;
+/** The length field is 16 bits. */
+export const CHANNEL_DATA_MAX_LENGTH = 0xffff;
 
 /** True when the first two bits are 01: a ChannelData message (RFC 8656 §12). */
 export function looksLikeChannelData(buf: Uint8Array): boolean {

@@ -104,6 +104,14 @@ export class TransactionIdPool {
 
 /** Longest Data indication head: header + XOR-PEER-ADDRESS (IPv6) + DATA attribute header. */
 export const DATA_INDICATION_MAX_HEAD = HEADER_LENGTH + 4 + 20 + 4;
+/**
+ * Most data a Data indication can carry: its message length (16 bits, RFC 8489 §5) counts the
+ * XOR-PEER-ADDRESS attribute (12 or 24 bytes), the DATA attribute header (4) and the data
+ * padded to 4 bytes. 0xffff - 16 = 65,519 padded (65,516 of data) for an IPv4 peer,
+ * 0xffff - 28 = 65,507 padded (65,504) for IPv6.
+ */
+export const DATA_INDICATION_MAX_DATA_IPV4 = (0xffff - 16) & ~3;
+export const DATA_INDICATION_MAX_DATA_IPV6 = (0xffff - 28) & ~3;
 
 /**
  * Writes a Data indication up to and including the DATA attribute header into

@@ -178,14 +178,16 @@ export class UdpSender {
   }
 
   private sendVia(data: Uint8Array, offset: number, length: number, port: number, address: string, exact: boolean): SendResult {
+    // Port 0 or out of range: dgram would throw (ERR_SOCKET_BAD_PORT) into the caller, and
+    // no datagram can go there anyway. Refused here, for every caller.
+    if (port <= 0 || port > 0xffff || (port | 0) !== port) return this.fail();
     if (this.mode !== Mode.Fast && !this.enable()) return this.slowSend(data, offset, length, port, address, exact);
     const state = this.state!;
     const handle = this.handle!;
-    // A closed socket (handle gone) fails quietly. A connected socket, a port dgram would
-    // refuse (it throws), a non-string address (it throws) or an empty one (dgram's lookup
-    // makes that the loopback address) take the documented way.
+    // A closed socket (handle gone) fails quietly. A connected socket, a non-string address
+    // or an empty one (dgram's lookup makes that the loopback address) take the documented way.
     if (state.handle !== handle) return this.fail();
-    if (state.connectState !== CONNECT_STATE_DISCONNECTED || (port & 0xffff) !== port || port === 0 || typeof address !== 'string' || address.length === 0) {
+    if (state.connectState !== CONNECT_STATE_DISCONNECTED || typeof address !== 'string' || address.length === 0) {
       return this.slowSend(data, offset, length, port, address, exact);
     }
     const list = this.list;
@@ -245,7 +247,13 @@ export class UdpSender {
 
   private slowSend(data: Uint8Array, offset: number, length: number, port: number, address: string, exact: boolean): SendResult {
     const socket = this.socket;
-    socket.send(data, offset, length, port, address);
+    // Socket.send throws synchronously for a bad port or address, or a socket closed
+    // under us: one datagram that cannot leave is a counted drop, never a crash.
+    try {
+      socket.send(data, offset, length, port, address);
+    } catch {
+      return this.fail();
+    }
     // With a synchronous lookup, a send not done by now was queued (and may hold the bytes).
     if (!exact || socket.getSendQueueCount() === 0) return SEND_DONE;
     this.backlog = true;

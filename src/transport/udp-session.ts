@@ -64,14 +64,20 @@ export class UdpSession implements ClientPath {
         this.hooks.onPacket(this, msg);
       });
       socket.bind({ address: this.localAddress, port: this.localPort, exclusive: true }, () => {
-        socket.connect(this.clientPort, this.clientAddress, () => {
+        const connected = (): void => {
           socket.off('error', fail);
           // ICMP port unreachable surfaces as ECONNREFUSED on a connected socket: the client
           // went away; its allocation expires as usual.
           socket.on('error', () => undefined);
           this.connected = true;
           resolve(true);
-        });
+        };
+        // connect() throws synchronously for a port it refuses (0): a failed session, not a crash.
+        try {
+          socket.connect(this.clientPort, this.clientAddress, connected);
+        } catch {
+          fail();
+        }
       });
     });
   }

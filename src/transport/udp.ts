@@ -84,6 +84,12 @@ export class FramedSender {
     for (let i = headLength + length; i < total; i++) out[i] = 0;
     if (sender.send(scratch.view(0, total), 0, total, port, address) === SEND_QUEUED) scratch.replace();
   }
+
+  /** Sends a whole message nobody changes afterwards; a bad port or a closed socket is a drop, never a throw. */
+  sendWhole(message: Buffer, port: number, address: string): void {
+    if (this.sender.queueCount() > MAX_SEND_QUEUE) return this.onCongestionDrop();
+    this.sender.sendUnchanging(message, 0, message.length, port, address);
+  }
 }
 
 export class UdpClientListener implements ClientPath {
@@ -117,7 +123,7 @@ export class UdpClientListener implements ClientPath {
   }
 
   sendMessage(message: Buffer, port: number, address: string): void {
-    this.socket.send(message, 0, message.length, port, address);
+    this.framed.sendWhole(message, port, address);
   }
 
   sendFramed(head: Buffer, headLength: number, payload: Buffer, offset: number, length: number, padTo4: boolean, port: number, address: string): void {

@@ -16,6 +16,12 @@ export const DROP_REASONS = [
   'request_in_flight',
   /** An error answer to an unauthenticated request over the per-source rate (turn/rate-limit.ts). */
   'rate_limited',
+  /** A datagram from UDP source port 0 (client or peer): nothing can be sent back to it. */
+  'source_port_zero',
+  /** A Send indication to peer port 0: no datagram can go there. */
+  'bad_peer_port',
+  /** A peer datagram too large to frame for the client (a Data indication's 16-bit length). */
+  'too_large',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -30,6 +36,8 @@ export class EngineCounters {
   authFailures = 0;
   quotaRefusals = 0;
   peerPolicyRefusals = 0;
+  /** Requests refused with 508 for a per-allocation or per-request cap (engine AllocationLimits). */
+  limitRefusals = 0;
   allocationsCreated = 0;
   allocationsDeleted = 0;
   storeErrors = 0;

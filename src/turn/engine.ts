@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { decodeAddress, formatIPv6, parseIPv4 } from '../stun/address.js';
 import {
   CHANNEL_DATA_HEADER_LENGTH,
+  CHANNEL_DATA_MAX_LENGTH,
   isValidChannelNumber,
   looksLikeChannelData,
   readChannelDataLength,
@@ -23,6 +24,8 @@ import {
   reasonPhrase,
 } from '../stun/constants.js';
 import {
+  DATA_INDICATION_MAX_DATA_IPV4,
+  DATA_INDICATION_MAX_DATA_IPV6,
   DATA_INDICATION_MAX_HEAD,
   SendIndicationView,
   TransactionIdPool,
@@ -52,6 +55,7 @@ import type { AllocationRecord, AllocationStore, StoreEvent } from '../store/typ
 import { fiveTupleKey } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
 import { readAllocateRequest, requestedLifetimeSeconds } from './allocate-request.js';
+import { ALLOCATION_LIMIT_DEFAULTS, type AllocationLimits } from './limits.js';
 import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
 import type { CredentialStore } from './auth.js';
 import type { DropReason, EngineCounters } from './counters.js';
@@ -104,7 +108,10 @@ export interface EngineOptions extends RelayPortOptions {
    * node's death loses nothing (ARCHITECTURE §4, anycast relay).
    */
   readonly relayMode?: 'unicast' | 'anycast';
+  /** Caps on one allocation's state and one request's work; absent fields take ALLOCATION_LIMIT_DEFAULTS. */
+  readonly limits?: Partial<AllocationLimits>;
 }
+
 
 /**
  * Where packets go that belong to no local allocation: in a cluster, the node that
@@ -161,6 +168,7 @@ export class TurnEngine {
   private readonly unauthLimiter: SourceRateLimiter | undefined;
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   private readonly packetClock: () => number;
+  private readonly limits: AllocationLimits;
 
   constructor(private readonly o: EngineOptions) {
     const clock = o.clock;
@@ -168,6 +176,7 @@ export class TurnEngine {
     const limit = o.unauthenticatedErrorLimit;
     this.unauthLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
     this.ports = new RelayPorts(o);
+    this.limits = { ...ALLOCATION_LIMIT_DEFAULTS, ...o.limits };
     if (o.relayMode === 'anycast') this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
   }
 
@@ -210,6 +219,8 @@ export class TurnEngine {
    */
   handleClientPacket(listener: EngineListener, buf: Buffer, address: string, port: number, local = false): void {
     if (this.stopped) return;
+    // Nothing can be answered or relayed to port 0 (every receive path lands here).
+    if (port === 0) return this.drop('source_port_zero');
     const first = buf.length > 0 ? buf[0]! & 0xc0 : 0xff;
     if (first === 0x40) return this.onClientChannelData(listener, buf, address, port, local);
     if (first !== 0 || buf.length < 20) return this.drop('not_stun');
@@ -263,6 +274,8 @@ export class TurnEngine {
     if (!allocation) return this.noAllocation(listener, buf, address, port, local);
     const view = this.sendView;
     if (!readSendIndication(buf, view)) return this.drop('bad_send_indication');
+    // RFC 8656 §10.2 gives no error for an indication: a datagram to port 0 cannot leave, so drop it.
+    if (view.peerPort === 0) return this.drop('bad_peer_port');
     const permission =
       view.peerFamily === AddressFamily.IPv4
         ? allocation.permissionsByIPv4.get(view.peerIPv4)
@@ -277,18 +290,22 @@ export class TurnEngine {
 
   private onPeerPacket(allocation: Allocation, payload: Buffer, address: string, port: number): void {
     if (allocation.deleted) return;
+    if (port === 0) return this.drop('source_port_zero');
     const permission = allocation.permissionsByAddress.get(address);
     const now = this.packetClock();
     // RFC 8656 §10.3: no permission for the peer's IP, no delivery.
     if (!permission || permission.expiresAtMs <= now) return this.drop('no_permission');
     const length = payload.length;
-    if (length > 0xffff) return this.drop('malformed');
     const binding = permission.channelsByPort?.get(port);
     const path = allocation.path;
     if (binding !== undefined && binding.expiresAtMs > now) {
+      if (length > CHANNEL_DATA_MAX_LENGTH) return this.drop('too_large');
       writeChannelDataHeader(this.channelHead, 0, binding.number, length);
       path.sendFramed(this.channelHead, CHANNEL_DATA_HEADER_LENGTH, payload, 0, length, path.transport !== 'udp', allocation.clientPort, allocation.clientAddress);
     } else {
+      // RFC 8489 §5: the message length is 16 bits; a datagram close to 64 KiB does not fit
+      // once the head and padding are added (an IPv6 peer can send up to 65,527 bytes).
+      if (length > (permission.peerIPv4 >= 0 ? DATA_INDICATION_MAX_DATA_IPV4 : DATA_INDICATION_MAX_DATA_IPV6)) return this.drop('too_large');
       const headLength =
         permission.peerIPv4 >= 0
           ? writeDataIndicationHeadIPv4(this.dataHead, this.ids, permission.peerIPv4, port, length)
@@ -617,8 +634,12 @@ export class TurnEngine {
     const allocation = this.requireAllocation(listener, auth, address, port);
     const values = getAttributes(message, Attr.XorPeerAddress);
     if (values.length === 0) throw new TurnError(ErrorCode.BadRequest, 'XOR-PEER-ADDRESS missing');
+    if (values.length > this.limits.peersPerRequest) return this.overLimit('Too many peers in one request');
     // RFC 8656 §9.2: all or nothing.
     const peers = values.map((v) => this.checkPeer(allocation, v, message.transactionId));
+    const added = new Set<string>();
+    for (const peer of peers) if (!allocation.permissionsByAddress.has(peer.address)) added.add(peer.address);
+    if (allocation.permissionsByAddress.size + added.size > this.limits.permissionsPerAllocation) return this.overLimit('Too many permissions');
     const expiresAtMs = this.o.clock.now() + PERMISSION_LIFETIME_MS;
     for (const peer of peers) allocation.permit(peer.address, parseIPv4(peer.address), expiresAtMs);
     await this.persist(allocation);
@@ -634,6 +655,8 @@ export class TurnEngine {
     const number = decodeChannelNumber(numberValue);
     if (number === undefined || !isValidChannelNumber(number)) throw new TurnError(ErrorCode.BadRequest, 'Channel number out of range');
     const peer = this.checkPeer(allocation, peerValue, message.transactionId);
+    // A channel carries datagrams to one transport address (RFC 8656 §11): port 0 is none.
+    if (peer.port === 0) throw new TurnError(ErrorCode.BadRequest, 'Peer port 0');
     const now = this.o.clock.now();
     // Forget bindings whose quarantine is over before judging this one: the checks below (and
     // bindChannel) must see the state the clock says, not what the last tick() left behind.
@@ -647,11 +670,23 @@ export class TurnEngine {
     if (peerBinding && peerBinding.number !== number && peerBinding.expiresAtMs + CHANNEL_QUARANTINE_MS > now) {
       throw new TurnError(ErrorCode.BadRequest, 'Peer bound to another channel');
     }
+    if (!existing) {
+      if (allocation.channelCount >= this.limits.channelsPerAllocation) return this.overLimit('Too many channels');
+      if (!allocation.permissionsByAddress.has(peer.address) && allocation.permissionsByAddress.size >= this.limits.permissionsPerAllocation) {
+        return this.overLimit('Too many permissions');
+      }
+    }
     const permission = allocation.permit(peer.address, parseIPv4(peer.address), now + PERMISSION_LIFETIME_MS);
     allocation.bindChannel(number, permission, peer.port, now + CHANNEL_LIFETIME_MS);
     await this.persist(allocation);
     const w = new MessageWriter(Method.ChannelBind, MessageClass.SuccessResponse, message.transactionId);
     this.send(listener, message, w, auth.key, address, port, 'channel_bind', 200);
+  }
+
+  /** A request over one of the AllocationLimits: 508, counted. */
+  private overLimit(reason: string): never {
+    this.o.counters.limitRefusals++;
+    throw new TurnError(ErrorCode.InsufficientCapacity, reason);
   }
 
   // ---------------------------------------------------------------- state upkeep

@@ -104,7 +104,7 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   collectDefaultMetrics({ register: registry, prefix: 'anyturn_process_' });
   const slots: Slot[] = Array.from({ length: count }, (_, index) => ({ index, worker: undefined, started: false, state: undefined, restarts: 0 }));
   const handoffs = new Array<number>(count).fill(0);
-  const dispatch = { strays: 0, unavailable: 0, answers: 0 };
+  const dispatch = { strays: 0, unavailable: 0, answers: 0, source_port_zero: 0, unsendable: 0 };
   new Gauge({
     name: 'anyturn_workers',
     help: 'Worker processes running and serving (--workers)',
@@ -146,11 +146,11 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   let seenDispatch = { ...dispatch };
   new Counter({
     name: 'anyturn_primary_datagrams_total',
-    help: 'Other datagrams through the primary: answers sent for workers, strays re-dispatched, and drops because the worker was not running',
+    help: 'Other datagrams through the primary: answers sent for workers, strays re-dispatched, drops because the worker was not running, datagrams from source port 0 dropped, answers that could not be sent',
     labelNames: ['kind'],
     registers: [registry],
     collect() {
-      for (const kind of ['strays', 'unavailable', 'answers'] as const) if (dispatch[kind] > seenDispatch[kind]) this.inc({ kind }, dispatch[kind] - seenDispatch[kind]);
+      for (const kind of ['strays', 'unavailable', 'answers', 'source_port_zero', 'unsendable'] as const) if (dispatch[kind] > seenDispatch[kind]) this.inc({ kind }, dispatch[kind] - seenDispatch[kind]);
       seenDispatch = { ...dispatch };
     },
   });
@@ -170,7 +170,14 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
     handoffs[slot.index]!++;
   };
   sockets.forEach((socket, l) => {
-    socket.on('message', (msg, rinfo) => handOff(l, rinfo.address, rinfo.port, msg));
+    socket.on('message', (msg, rinfo) => {
+      // Nothing can be answered to port 0 (Socket.send would throw); counted, never logged per packet.
+      if (rinfo.port === 0) {
+        dispatch.source_port_zero++;
+        return;
+      }
+      handOff(l, rinfo.address, rinfo.port, msg);
+    });
     socket.on('error', (err) => logger.warn({ err }, 'listening socket error'));
   });
 
@@ -208,9 +215,14 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
         case 'send': {
           const socket = sockets[message.l];
           if (!socket) return;
-          dispatch.answers++;
           const d = asBuffer(message.d);
-          socket.send(d, 0, d.length, message.p, message.a);
+          // A worker's answer must never be able to throw here: that would end the primary and every worker.
+          try {
+            socket.send(d, 0, d.length, message.p, message.a);
+            dispatch.answers++;
+          } catch {
+            dispatch.unsendable++;
+          }
           return;
         }
         case 'stray':

@@ -98,6 +98,11 @@ export class WorkerUdpFrontend implements UdpFrontend {
     const front = this.fronts[index];
     const engine = this.engine;
     if (!front || !engine) return;
+    // No session (a socket connect()ed to port 0 throws) and no answer for source port 0.
+    if (port === 0) {
+      this.counters.drops.source_port_zero++;
+      return;
+    }
     const open = front.sessions.get(address)?.get(port);
     if (open) {
       if (open.queue) open.queue.push(buf);

@@ -29,6 +29,7 @@ import { CredentialStore, restApiPassword } from '../../../src/turn/auth.js';
 import { ManualClock } from '../../../src/turn/clock.js';
 import { EngineCounters } from '../../../src/turn/counters.js';
 import { type EngineListener, TurnEngine } from '../../../src/turn/engine.js';
+import type { AllocationLimits } from '../../../src/turn/limits.js';
 import { NonceIssuer } from '../../../src/turn/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
 import type { ClientTransportKind } from '../../../src/store/types.js';
@@ -58,6 +59,7 @@ interface HarnessOptions {
   readonly maxLifetimeSeconds?: number;
   readonly nonceSecret?: Buffer;
   readonly transport?: ClientTransportKind;
+  readonly limits?: Partial<AllocationLimits>;
 }
 
 interface Reply {
@@ -134,6 +136,7 @@ class Harness {
       userQuota: o.userQuota ?? 0,
       totalQuota: o.totalQuota ?? 0,
       software: 'anyturn-test',
+      limits: o.limits,
     });
     this.listener = this.engine.addListener(this.path);
   }
@@ -1099,5 +1102,108 @@ describe('TurnEngine: packets without an allocation', () => {
     assert.equal(r.code, 200);
     const mapped = decodeAddress(getAttribute(r.message, Attr.XorMappedAddress)!, r.message.transactionId)!;
     assert.equal(mapped.port, c.port);
+  });
+});
+
+// ------------------------------------------------------------------ hostile input (security review)
+
+describe('TurnEngine: port 0 and oversized datagrams', () => {
+  it('answers ChannelBind to peer port 0 with 400 and binds nothing', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    const r = await c.channelBind(0x4000, { address: PEER_A, port: 0 });
+    assert.equal(r.code, 400);
+    c.channelData(0x4000, Buffer.from('x'));
+    assert.equal(h.counters.drops.no_channel, 1);
+  });
+
+  it('drops and counts a Send indication to peer port 0 (the relay is never asked to send there)', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    c.sendIndication({ address: PEER_A, port: 0 }, Buffer.from('to port zero'));
+    c.sendIndication({ address: PEER_A, port: 9 }, Buffer.from('to port nine'));
+    const sent = h.relay(relayed).sent;
+    assert.deepEqual(sent.map((s) => s.port), [9]);
+    assert.equal(h.counters.drops.bad_peer_port, 1);
+  });
+
+  it('drops and counts packets from client source port 0 and peer source port 0, answering nothing', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    const before = h.path.sent.length;
+    const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
+    h.engine.handleClientPacket(h.listener, binding, '198.51.100.99', 0);
+    await flush();
+    assert.equal(h.path.sent.length, before, 'no answer to port 0');
+    h.relay(relayed).inject(Buffer.from('from port zero'), PEER_A, 0);
+    assert.deepEqual(c.received(), []);
+    assert.equal(h.counters.drops.source_port_zero, 2);
+  });
+
+  it('drops a peer datagram too large for a Data indication (16-bit length), and relays the largest that fits', async () => {
+    const h = new Harness({ relayAddressIPv6: RELAY_IPV6 });
+    const c = h.client();
+    const relayed = await c.mustAllocate((w) => w.add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv6)));
+    const peer = '2001:4860:4860::8888'; // data only: the relay is a fake, nothing is sent
+    assert.equal((await c.createPermission(peer)).code, 200);
+    // An IPv6 peer can send up to 65,527 bytes; 65,504 is the most a Data indication can frame.
+    h.relay(relayed).inject(Buffer.alloc(65_520, 1), peer, 5000);
+    h.relay(relayed).inject(Buffer.alloc(65_505, 2), peer, 5000);
+    h.relay(relayed).inject(Buffer.alloc(65_504, 3), peer, 5000);
+    const got = c.received();
+    assert.equal(got.length, 1);
+    assert.equal(got[0]!.data.length, 65_504);
+    assert.equal(h.counters.drops.too_large, 2);
+  });
+});
+
+describe('TurnEngine: per-allocation and per-request caps', () => {
+  const peers = (n: number, base = 0): string[] => Array.from({ length: n }, (_, i) => `8.${(base + i) >> 16 & 255}.${((base + i) >> 8) & 255}.${(base + i) & 255}`);
+
+  it('answers 508 to a CreatePermission with more peers than --max-peers-per-request, installing none', async () => {
+    const h = new Harness({ limits: { peersPerRequest: 3 } });
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    const r = await c.createPermission(...peers(4));
+    assert.equal(r.code, 508);
+    assert.equal(h.counters.limitRefusals, 1);
+    assert.equal((await c.createPermission(...peers(3))).code, 200);
+    h.relay(relayed).inject(Buffer.from('hi'), peers(4)[3]!, 7);
+    assert.deepEqual(c.received(), [], 'the refused request installed no permission');
+  });
+
+  it('answers 508 past --max-permissions-per-allocation, all or nothing, and still refreshes the ones it has', async () => {
+    const h = new Harness({ limits: { permissionsPerAllocation: 4 } });
+    const c = h.client();
+    await c.mustAllocate();
+    assert.equal((await c.createPermission(...peers(3))).code, 200);
+    // One new peer fits, two do not: the request with two installs neither.
+    assert.equal((await c.createPermission(...peers(2, 3))).code, 508);
+    assert.equal((await c.createPermission(...peers(1, 3))).code, 200);
+    assert.equal((await c.createPermission(...peers(1, 4))).code, 508);
+    // Refreshing peers it already has is no new state: allowed at the cap.
+    assert.equal((await c.createPermission(...peers(4))).code, 200);
+    // A ChannelBind to a new peer IP would add a permission: 508 too; to a known one it binds.
+    assert.equal((await c.channelBind(0x4000, { address: peers(1, 9)[0]!, port: 5000 })).code, 508);
+    assert.equal((await c.channelBind(0x4000, { address: peers(1)[0]!, port: 5000 })).code, 200);
+    assert.equal(h.counters.limitRefusals, 3);
+    const record = await h.store.get(h.key(c));
+    assert.equal(Object.keys(record!.permissions).length, 4);
+  });
+
+  it('answers 508 past --max-channels-per-allocation and still refreshes a bound channel', async () => {
+    const h = new Harness({ limits: { channelsPerAllocation: 2 } });
+    const c = h.client();
+    await c.mustAllocate();
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 1000 })).code, 200);
+    assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 1001 })).code, 200);
+    assert.equal((await c.channelBind(0x4002, { address: PEER_A, port: 1002 })).code, 508);
+    assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 1001 })).code, 200, 'a refresh is no new binding');
+    assert.equal(h.counters.limitRefusals, 1);
   });
 });
