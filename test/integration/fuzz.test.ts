@@ -20,6 +20,15 @@ import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/consta
 import { MessageWriter } from '../../src/stun/writer.js';
 import { type Endpoint, TestPeer, TestTurnClient } from '../helpers/turn-client.js';
 import { SeededRandom } from '../helpers/random.js';
+import { canSendRaw, sendRawUdpV4 } from '../helpers/raw-udp.js';
+import { decodeAddress } from '../../src/stun/address.js';
+import { getAttribute, type StunMessage } from '../../src/stun/message.js';
+
+function decodeRelayed(m: StunMessage): Endpoint | undefined {
+  const value = getAttribute(m, Attr.XorRelayedAddress);
+  const relayed = value ? decodeAddress(value, m.transactionId) : undefined;
+  return relayed ? { address: relayed.address, port: relayed.port } : undefined;
+}
 
 // ANYTURN_FUZZ_SEED replays or explores another sequence; the default is fixed.
 const SEED = process.env.ANYTURN_FUZZ_SEED !== undefined ? Number(process.env.ANYTURN_FUZZ_SEED) >>> 0 : 0x5eed2024;
@@ -184,6 +193,7 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     // peer, and valid templates to mutate.
     const templates: Buffer[] = [];
     const fuzzers: TestTurnClient[] = [];
+    const fuzzRelays: (Endpoint | undefined)[] = [];
     for (const name of ['f1', 'f2', 'f3', 'f4']) {
       const c = await TestTurnClient.open(endpoint, cred(name));
       closers.push(() => c.close());
@@ -207,8 +217,21 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
       }, fp).buf);
       templates.push(c.build(Method.Binding, () => undefined, { auth: false, fingerprint: true }).buf);
       templates.push(c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false }).buf);
+      // Shapes that once ended the process or stalled it (the security review): peer port 0,
+      // thousands of attributes, and the largest datagrams UDP carries.
+      templates.push(c.build(Method.ChannelBind, (w) => {
+        w.add(Attr.ChannelNumber, encodeChannelNumber(0x4002));
+        w.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', 0);
+      }, fp).buf);
+      templates.push(c.build(Method.CreatePermission, (w) => {
+        for (let i = 0; i < 3000; i++) w.addXorAddress(Attr.XorPeerAddress, `127.${(i >> 8) & 255}.${i & 255}.1`, 0);
+      }, fp).buf);
+      templates.push(c.build(Method.CreatePermission, (w) => {
+        for (let i = 0; i < 150; i++) w.addXorAddress(Attr.XorPeerAddress, `127.1.${i & 255}.2`, 0);
+      }, fp).buf);
       assert.equal((await c.createPermission(sinkPeer.endpoint)).code, 200);
       assert.equal((await c.channelBind(0x4001, sinkPeer.endpoint)).code, 200);
+      fuzzRelays.push(allocated ? decodeRelayed(allocated) : undefined);
     }
     const send = new MessageWriter(Method.Send, MessageClass.Indication, Buffer.alloc(12, 7));
     send.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', sinkPeer.endpoint.port);
@@ -216,6 +239,16 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     templates.push(send.toBuffer());
     templates.push(encodeChannelData(0x4001, Buffer.from('fuzz channel data')));
     templates.push(encodeChannelData(0x4001, Buffer.from('fuzz channel data, padded'), true));
+    const toPortZero = new MessageWriter(Method.Send, MessageClass.Indication, Buffer.alloc(12, 8));
+    toPortZero.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', 0);
+    toPortZero.add(Attr.Data, Buffer.from('to port zero'));
+    templates.push(toPortZero.toBuffer());
+    // The largest UDP payload over IPv4 is 65,507 bytes: a Send indication and ChannelData that fill it.
+    const huge = new MessageWriter(Method.Send, MessageClass.Indication, Buffer.alloc(12, 9));
+    huge.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', sinkPeer.endpoint.port);
+    huge.add(Attr.Data, Buffer.alloc(65_507 - 20 - 12 - 4, 0x5a));
+    templates.push(huge.toBuffer());
+    templates.push(encodeChannelData(0x4001, Buffer.alloc(65_507 - 4, 0xa5)));
 
     // Plain sockets with no allocation at all.
     const raw: dgram.Socket[] = [];
@@ -228,6 +261,11 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     const senders: ((buf: Buffer) => void)[] = [
       ...fuzzers.map((c) => (buf: Buffer) => c.sendRaw(buf)),
       ...raw.map((s) => (buf: Buffer) => s.send(buf, endpoint.port, endpoint.address)),
+      // The peer side: datagrams of every size up to UDP's largest, to the fuzzers' relayed addresses.
+      (buf: Buffer) => {
+        const relay = rng.pick(fuzzRelays);
+        if (relay) sinkPeer.send(rng.int(8) === 0 ? Buffer.alloc(65_507, 1) : buf, relay);
+      },
     ];
 
     let liveSent = 0;
@@ -242,6 +280,11 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
       }
       // The server keeps answering Binding during the run.
       if (!(await watch.binding())) bindingFailures++;
+    }
+    // From UDP source port 0, which no socket can bind: mutated templates through a raw socket.
+    if (await canSendRaw()) {
+      await sendRawUdpV4(endpoint.port, 0, Array.from({ length: 60 }, () => mutate(rng, rng.pick(templates.filter((x) => x.length < 2000)))));
+      t.diagnostic('60 mutated packets sent from source port 0');
     }
     assert.equal(bindingFailures, 0, 'every Binding request during the run was answered');
     const duringArrived = livePeer.received.filter((r) => r.data.toString().startsWith('during ')).length;
