@@ -121,16 +121,24 @@ for (const [type, loopback, otherFamily] of [
       assert.equal(sender.queueCount(), 0);
     });
 
-    it('leaves what dgram refuses to Socket.send (which throws)', async () => {
-      const tx = await bound(type, loopback, literalLookup);
-      const sender = new UdpSender(tx);
-      assert.equal(sender.send(Buffer.from('x'), 0, 1, rx.socket.address().port, loopback), SEND_DONE);
-      assert.equal(sender.fast, true);
-      assert.throws(() => sender.send(Buffer.from('x'), 0, 1, 0, loopback), { code: 'ERR_SOCKET_BAD_PORT' });
-      assert.throws(() => sender.send(Buffer.from('x'), 0, 1, 65536, loopback), { code: 'ERR_SOCKET_BAD_PORT' });
-      assert.throws(() => sender.send(Buffer.from('x'), 0, 1, 1.5, loopback), { code: 'ERR_SOCKET_BAD_PORT' });
-      close(tx);
-    });
+    // Socket.send throws ERR_SOCKET_BAD_PORT for these: thrown into a packet handler, that
+    // ended the process (the security review's peer-port-0 crash). Now a counted failure, on
+    // both paths.
+    for (const allowFast of [true, false]) {
+      it(`refuses port 0, 65536 and 1.5 as a counted failure, never a throw (${allowFast ? 'fast path' : 'Socket.send'})`, async () => {
+        const tx = await bound(type, loopback, literalLookup);
+        const sender = new UdpSender(tx, allowFast);
+        assert.equal(sender.send(Buffer.from('x'), 0, 1, rx.socket.address().port, loopback), SEND_DONE);
+        assert.equal(sender.fast, allowFast);
+        for (const port of [0, 65536, 1.5, -1]) {
+          assert.equal(sender.send(Buffer.from('x'), 0, 1, port, loopback), SEND_FAILED, `port ${port}`);
+          assert.equal(sender.sendUnchanging(Buffer.from('x'), 0, 1, port, loopback), SEND_FAILED, `port ${port}`);
+        }
+        assert.equal(sender.failures, 8);
+        assert.equal(sender.send(Buffer.from('y'), 0, 1, rx.socket.address().port, loopback), SEND_DONE, 'and carries on');
+        close(tx);
+      });
+    }
 
     it('uses Socket.send when told to, with the same results', async () => {
       const tx = await bound(type, loopback, literalLookup);
