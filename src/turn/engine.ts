@@ -345,10 +345,18 @@ export class TurnEngine {
     return w;
   }
 
-  /** Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends. */
+  /**
+   * Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends.
+   * RFC 8489 §9.2.4: the response is signed with the algorithm that authenticated the
+   * request. authenticate() checks MESSAGE-INTEGRITY-SHA256 whenever the request has
+   * it, so its presence says which one that was; the full 32 bytes (§14.6).
+   */
   private send(listener: EngineListener, request: StunMessage, w: MessageWriter, key: Buffer | undefined, address: string, port: number, label: string, code: number): Buffer {
     if (this.o.software) w.addText(Attr.Software, this.o.software);
-    if (key) w.addIntegrity(key);
+    if (key) {
+      if (request.integritySha256Offset >= 0) w.addIntegritySha256(key);
+      else w.addIntegrity(key);
+    }
     if (request.fingerprintOffset >= 0) w.addFingerprint();
     const out = w.toBuffer();
     listener.path.sendMessage(out, port, address);
