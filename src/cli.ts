@@ -47,7 +47,7 @@ export function parseArgs(argv: string[]): RawOptions {
     .option('max-tcp-connections', { describe: 'Open TCP+TLS client connections at most; more are closed at once and counted (0 = no cap)', default: 10000 })
     .option('tcp-idle-timeout', { describe: 'Seconds a TCP/TLS connection may go without a valid STUN message after accept (TLS handshake included) before it is closed', default: 10 })
     .option('tcp-unallocated-timeout', { describe: 'After its first STUN message, a TCP/TLS connection is checked this often (seconds) and closed when it holds no allocation; 0: never', default: 60 })
-    .option('unauth-error-rate', { describe: 'Error answers (400/401/438) to unauthenticated requests per second per source IPv4 address or IPv6 /64, over 10,000 tracked sources; more are dropped, so the server is no amplifier (0 = no limit)', default: 20 })
+    .option('unauth-error-rate', { describe: 'Error answers (400/401/420/438) to unauthenticated requests per second per source IPv4 address or IPv6 /64, over 10,000 tracked sources (Binding answers: 5 times this); more are dropped, so the server is no amplifier (0 = no limit)', default: 20 })
     .option('unauth-error-burst', { describe: 'Burst of such answers a quiet source IP may get back to back', default: 40 })
     .group(['realm', 'user', 'userdb', 'use-auth-secret', 'static-auth-secret', 'nonce-secret', 'nonce-lifetime'], 'Authentication (long-term credentials):')
     .option('realm', { type: 'string', describe: 'Realm of the long-term credentials', default: 'anyturn' })

@@ -9,6 +9,7 @@ import { performance } from 'node:perf_hooks';
 import type { AllocationRecord, AllocationStore, NodeInfo, NodeRegistry, StoreEvent } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
 import type { Clock } from '../turn/clock.js';
+import { SourceRateLimiter } from '../turn/rate-limit.js';
 import type { EngineListener, EngineLogger, ForeignPacketHandler, TurnEngine } from '../turn/engine.js';
 import type { ClusterCounters } from './counters.js';
 import type { MeshSocket } from './mesh.js';
@@ -21,8 +22,20 @@ const ERROR_TTL_MS = 1_000;
 const REMOTE_RECHECK_MS = 5_000;
 /** Packets held while a lookup is under way; more are dropped. */
 const MAX_QUEUED = 16;
-/** Above this many cached 5-tuples the cache is cleared (bounded memory under junk traffic). */
-const MAX_ENTRIES = 200_000;
+/**
+ * Cached 5-tuples at most (bounded memory under junk traffic). Past it the least recently
+ * used goes, one per new entry: an answer that has expired (the junk's 'absent' ones) is
+ * old by then, and a live forwarded client is refreshed at every recheck, so it is not
+ * pushed out unless more than this many lookups happen within REMOTE_RECHECK_MS.
+ */
+export const DEFAULT_MAX_CACHED = 200_000;
+/**
+ * One source IPv4 address or IPv6 /64 may use this share of --cluster-lookup-rate (per
+ * second and as its burst): it takes this many sources to exhaust the lookups, so junk
+ * from one host cannot starve the lookups of the clients a reroute brings here. Sources
+ * are tracked as the unauthenticated-answer limit tracks them (turn/rate-limit.ts).
+ */
+export const LOOKUP_SHARE_DIVISOR = 10;
 
 interface RemoteEntry {
   kind: 'remote';
@@ -57,8 +70,13 @@ export interface ClusterRouterOptions {
   readonly clock: Clock;
   readonly logger: EngineLogger;
   readonly counters: ClusterCounters;
-  /** Store lookups per second for unknown 5-tuples (a token bucket), so junk can't hammer the store. */
+  /**
+   * Store lookups per second for unknown 5-tuples (a token bucket), so junk can't hammer
+   * the store; each source IP gets at most 1/LOOKUP_SHARE_DIVISOR of it.
+   */
   readonly lookupsPerSecond: number;
+  /** Cached 5-tuples at most (tests); DEFAULT_MAX_CACHED. */
+  readonly maxCached?: number;
   /**
    * Anycast relay mode: take the allocation on here instead of forwarding (every node
    * can serve it). Its owner's death is then no reason to delete it.
@@ -69,12 +87,18 @@ export interface ClusterRouterOptions {
 export class ClusterRouter implements ForeignPacketHandler {
   private engine: TurnEngine | undefined;
   private readonly cache = new Map<EngineListener, Map<string, Map<number, Entry>>>();
+  /** Map order is recency order: the first entry is the least recently used. */
   private readonly places = new Map<string, Place>();
   private tokens: number;
   private refilledAtMs: number;
+  private readonly perSource: SourceRateLimiter;
+  private readonly maxCached: number;
   private readonly unsubscribe: () => void;
 
   constructor(private readonly o: ClusterRouterOptions) {
+    const share = Math.max(1, Math.ceil(o.lookupsPerSecond / LOOKUP_SHARE_DIVISOR));
+    this.perSource = new SourceRateLimiter({ perSecond: share, burst: share });
+    this.maxCached = o.maxCached ?? DEFAULT_MAX_CACHED;
     this.tokens = o.lookupsPerSecond;
     this.refilledAtMs = o.clock.now();
     this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
@@ -108,7 +132,7 @@ export class ClusterRouter implements ForeignPacketHandler {
           break;
       }
     }
-    if (!this.takeToken(now)) {
+    if (!this.takeToken(address, now)) {
       this.o.counters.lookupsRateLimited++;
       return false;
     }
@@ -118,11 +142,12 @@ export class ClusterRouter implements ForeignPacketHandler {
     return true;
   }
 
-  private takeToken(now: number): boolean {
+  /** The global bucket first (an empty one costs the source nothing), then the source's share. */
+  private takeToken(address: string, now: number): boolean {
     const rate = this.o.lookupsPerSecond;
     this.tokens = Math.min(rate, this.tokens + ((now - this.refilledAtMs) * rate) / 1000);
     this.refilledAtMs = now;
-    if (this.tokens < 1) return false;
+    if (this.tokens < 1 || !this.perSource.take(address, now)) return false;
     this.tokens -= 1;
     return true;
   }
@@ -185,8 +210,11 @@ export class ClusterRouter implements ForeignPacketHandler {
     try {
       const node = await this.o.registry.getNode(entry.node.nodeId);
       entry.checkedAtMs = this.o.clock.now();
-      if (node) entry.node = node;
-      else this.invalidate(entry.key); // the next packet looks again, and finds the owner dead
+      if (node) {
+        entry.node = node;
+        // In use (a recheck runs only when packets come): most recently used now.
+        this.touch(entry.key);
+      } else this.invalidate(entry.key); // the next packet looks again, and finds the owner dead
     } catch {
       entry.checkedAtMs = this.o.clock.now();
     } finally {
@@ -215,12 +243,30 @@ export class ClusterRouter implements ForeignPacketHandler {
     return this.cache.get(place.listener)?.get(place.address)?.get(place.port);
   }
 
+  /** Moves a cached 5-tuple to the most recently used end. */
+  private touch(key: string): void {
+    const place = this.places.get(key);
+    if (!place) return;
+    this.places.delete(key);
+    this.places.set(key, place);
+  }
+
+  /** Forgets the least recently used 5-tuple: O(1), no sweep, no cliff. */
+  private evictOldest(): void {
+    const oldest = this.places.entries().next();
+    if (oldest.done) return;
+    const [key, place] = oldest.value;
+    this.places.delete(key);
+    const byAddress = this.cache.get(place.listener);
+    const byPort = byAddress?.get(place.address);
+    // A pending entry's lookup still settles: it finds no queue and installs its answer anew.
+    byPort?.delete(place.port);
+    if (byPort?.size === 0) byAddress?.delete(place.address);
+  }
+
   private set(place: Place, entry: Entry): void {
-    if (this.places.size >= MAX_ENTRIES && !this.places.has(entry.key)) {
-      // Junk from many sources: forget the cache rather than grow without bound.
-      this.cache.clear();
-      this.places.clear();
-    }
+    if (this.places.has(entry.key)) this.places.delete(entry.key); // set again: most recently used
+    else if (this.places.size >= this.maxCached) this.evictOldest();
     let byAddress = this.cache.get(place.listener);
     if (!byAddress) this.cache.set(place.listener, (byAddress = new Map()));
     let byPort = byAddress.get(place.address);

@@ -1,4 +1,4 @@
-// A UDP "session": a socket bound to the listening address and port (SO_REUSEADDR)
+// A UDP "session": a socket bound to the listening address and port (SO_REUSEPORT, or SO_REUSEADDR: workers/shared-port.ts)
 // and connect()ed to one client. Linux delivers a datagram to the connected socket
 // that matches its 4-tuple before any unconnected one on the same port, so once a
 // session exists, that client's packets reach the process holding it, whichever
@@ -9,6 +9,7 @@
 
 import dgram from 'node:dgram';
 import { literalLookup } from './lookup.js';
+import { sharedPortOptions } from '../workers/shared-port.js';
 import type { ClientPath } from '../turn/io.js';
 
 const ZEROS = Buffer.alloc(4);
@@ -41,7 +42,7 @@ export class UdpSession implements ClientPath {
   ) {
     this.socket = dgram.createSocket({
       type: localAddress.includes(':') ? 'udp6' : 'udp4',
-      reuseAddr: true,
+      ...sharedPortOptions(), // SO_REUSEPORT where possible (workers/shared-port.ts)
       recvBufferSize: SOCKET_BUFFER_BYTES,
       sendBufferSize: SOCKET_BUFFER_BYTES,
       lookup: literalLookup,

@@ -65,11 +65,15 @@ export class CredentialStore {
   }
 }
 
-/** The expiry of a time-limited username ("1700000000" or "1700000000:alice"), or undefined. */
+/**
+ * The expiry of a time-limited username ("1700000000" or "1700000000:alice"), or undefined.
+ * At most 10 digits (9999999999, the year 2286): a longer one is no expiry at all, a
+ * credential that never lapses, and is refused like any other non-credential name.
+ */
 export function restApiExpirySeconds(username: string): number | undefined {
   const colon = username.indexOf(':');
   const head = colon >= 0 ? username.slice(0, colon) : username;
-  if (!/^[0-9]{1,12}$/.test(head)) return undefined;
+  if (!/^[0-9]{1,10}$/.test(head)) return undefined;
   return Number(head);
 }
 

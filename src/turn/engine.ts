@@ -63,7 +63,7 @@ import { TurnError } from './errors.js';
 import type { ClientPath, RelaySocket } from './io.js';
 import type { NonceIssuer } from './nonce.js';
 import type { PeerPolicy } from './peer-policy.js';
-import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js';
+import { SourceRateLimiter, type SourceRateLimitOptions, bindingLimitFor } from './rate-limit.js';
 import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
 
 const MAX_PORT_ATTEMPTS = 64;
@@ -95,8 +95,9 @@ export interface EngineOptions extends RelayPortOptions {
   /** In a cluster: takes packets from 5-tuples this node holds no allocation for. */
   readonly foreign?: ForeignPacketHandler;
   /**
-   * Per source IP, how many error answers (400/401/438) requests that are not yet
-   * authenticated may get; over it they are dropped ('rate_limited'). Absent: no limit.
+   * Per source IP, how many error answers (400/401/420/438) requests that are not yet
+   * authenticated may get; over it they are dropped ('rate_limited'). Binding answers
+   * get their own limit, derived from it (bindingLimitFor). Absent: no limit.
    */
   readonly unauthenticatedErrorLimit?: SourceRateLimitOptions;
   /** Asked before each new allocation: 300 to an alternate server, 403 while draining. */
@@ -166,6 +167,8 @@ export class TurnEngine {
   private allocationCount = 0;
   private stopped = false;
   private readonly unauthLimiter: SourceRateLimiter | undefined;
+  /** Binding answers per source (see bindingLimitFor): ICE needs them, so a higher rate than errors. */
+  private readonly bindingLimiter: SourceRateLimiter | undefined;
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   private readonly packetClock: () => number;
   private readonly limits: AllocationLimits;
@@ -175,6 +178,7 @@ export class TurnEngine {
     this.packetClock = clock.nowCoarse !== undefined ? () => clock.nowCoarse!() : () => clock.now();
     const limit = o.unauthenticatedErrorLimit;
     this.unauthLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
+    this.bindingLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(bindingLimitFor(limit)) : undefined;
     this.ports = new RelayPorts(o);
     this.limits = { ...ALLOCATION_LIMIT_DEFAULTS, ...o.limits };
     if (o.relayMode === 'anycast') this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
@@ -329,7 +333,9 @@ export class TurnEngine {
       // RFC 8489 §6.3.1: unknown comprehension-required attributes get 420 listing them.
       const unknown = message.attributes.filter((a) => isComprehensionRequired(a.type) && !isKnownAttribute(a.type)).map((a) => a.type);
       if (unknown.length > 0 && message.hasMagicCookie) {
-        const w = this.errorWriter(message, ErrorCode.UnknownAttribute);
+        // Only a Binding gets here unauthenticated: limited and without a reason phrase, as the other errors.
+        if (!auth && this.unauthenticatedLimited(this.unauthLimiter, address)) return;
+        const w = this.errorWriter(message, ErrorCode.UnknownAttribute, auth ? undefined : '');
         w.add(Attr.UnknownAttributes, encodeUnknownAttributes(unknown));
         this.send(listener, message, w, auth?.key, address, port, label, ErrorCode.UnknownAttribute);
         return;
@@ -356,16 +362,40 @@ export class TurnEngine {
     }
   }
 
+  /**
+   * Not an amplifier: over UDP the source of an unauthenticated request may be spoofed,
+   * so each source IP (an IPv6 /64) gets a bounded rate of answers (turn/rate-limit.ts).
+   * True when this answer is over it (dropped and counted).
+   */
+  private unauthenticatedLimited(limiter: SourceRateLimiter | undefined, address: string): boolean {
+    if (limiter === undefined || limiter.take(address, this.o.clock.now())) return false;
+    this.drop('rate_limited');
+    return true;
+  }
+
+  /**
+   * An error response. `reason` '' leaves the reason phrase out (RFC 8489 §14.8 allows an
+   * empty one): answers to unauthenticated requests carry none, they would only add bytes
+   * towards a possibly spoofed source (a 401 went from 4.2x to 3.6x the request's size).
+   */
   private errorWriter(message: StunMessage, code: number, reason?: string): MessageWriter {
     const w = new MessageWriter(message.method, MessageClass.ErrorResponse, message.transactionId);
     w.addErrorCode(code, reason ?? reasonPhrase(code));
     return w;
   }
 
-  /** Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends. */
+  /**
+   * Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends.
+   * RFC 8489 §9.2.4: the response is signed with the algorithm that authenticated the
+   * request. authenticate() checks MESSAGE-INTEGRITY-SHA256 whenever the request has
+   * it, so its presence says which one that was; the full 32 bytes (§14.6).
+   */
   private send(listener: EngineListener, request: StunMessage, w: MessageWriter, key: Buffer | undefined, address: string, port: number, label: string, code: number): Buffer {
     if (this.o.software) w.addText(Attr.Software, this.o.software);
-    if (key) w.addIntegrity(key);
+    if (key) {
+      if (request.integritySha256Offset >= 0) w.addIntegritySha256(key);
+      else w.addIntegrity(key);
+    }
     if (request.fingerprintOffset >= 0) w.addFingerprint();
     const out = w.toBuffer();
     listener.path.sendMessage(out, port, address);
@@ -381,6 +411,7 @@ export class TurnEngine {
   }
 
   private respondBinding(listener: EngineListener, message: StunMessage, address: string, port: number): void {
+    if (this.unauthenticatedLimited(this.bindingLimiter, address)) return;
     if (message.hasMagicCookie) {
       const w = new MessageWriter(Method.Binding, MessageClass.SuccessResponse, message.transactionId);
       w.addXorAddress(Attr.XorMappedAddress, address, port);
@@ -401,16 +432,11 @@ export class TurnEngine {
   private authenticate(listener: EngineListener, message: StunMessage, address: string, port: number): Authenticated | undefined {
     const label = methodName(message.method);
     const now = this.o.clock.now();
-    // Not an amplifier: an unauthenticated source gets a bounded rate of (larger) error answers.
-    const limited = (): boolean => {
-      if (this.unauthLimiter === undefined || this.unauthLimiter.take(address, now)) return false;
-      this.drop('rate_limited');
-      return true;
-    };
+    const limited = (): boolean => this.unauthenticatedLimited(this.unauthLimiter, address);
     const challenge = (code: number): undefined => {
       if (limited()) return undefined;
       if (code === ErrorCode.Unauthorized) this.o.counters.authFailures++;
-      const w = this.errorWriter(message, code);
+      const w = this.errorWriter(message, code, '');
       w.addText(Attr.Realm, this.o.credentials.realm);
       w.addText(Attr.Nonce, this.o.nonces.issue(address, now));
       this.send(listener, message, w, undefined, address, port, label, code);
@@ -418,7 +444,7 @@ export class TurnEngine {
     };
     const badRequest = (): undefined => {
       if (limited()) return undefined;
-      this.send(listener, message, this.errorWriter(message, ErrorCode.BadRequest), undefined, address, port, label, ErrorCode.BadRequest);
+      this.send(listener, message, this.errorWriter(message, ErrorCode.BadRequest, ''), undefined, address, port, label, ErrorCode.BadRequest);
       return undefined;
     };
     const hasSha256 = message.integritySha256Offset >= 0;

@@ -1,6 +1,6 @@
 // A token bucket per source IP, in a bounded table: how many unauthenticated
-// error responses (400, 401, 438 before authentication succeeds) one source may
-// get. A 401 carries REALM and NONCE and is several times the size of the
+// error responses (400, 401, 420, 438 before authentication succeeds), and in a
+// table of their own how many Binding responses, one source may get. A 401 carries REALM and NONCE and is several times the size of the
 // request that provoked it; over UDP the source can be spoofed, so without a
 // limit the server would amplify floods towards a victim. An IPv6 source is
 // counted by its /64: one subscriber's usual prefix, whose addresses it is free
@@ -11,8 +11,28 @@ import { parseIPv6 } from '../stun/address.js';
 /** Default: 20 responses per second per source IP, bursts of 40 (a client needs one or two per allocation). */
 export const DEFAULT_UNAUTH_RESPONSES_PER_SECOND = 20;
 export const DEFAULT_UNAUTH_RESPONSE_BURST = 40;
-/** Sources tracked at once; beyond it the least recently seen is forgotten (and starts again with a full bucket). */
+/**
+ * Sources tracked at once; beyond it the least recently seen is forgotten. While the
+ * table is full a new source starts with one token, not a full burst: otherwise a
+ * spoofer cycling through more sources than this would get every victim's burst again
+ * after each cycle.
+ */
 export const DEFAULT_RATE_LIMIT_SOURCES = 10_000;
+
+/**
+ * Binding answers per source, as a multiple of the error-answer limit. Binding is how
+ * ICE learns a server-reflexive address (RFC 8445 §5.1.1.2), and every client behind one
+ * NAT address sends its own, some as keepalives, so it needs more room than the one or
+ * two 401s an allocation takes. Its answer is also smaller than a 401 (1.6x a 20-byte
+ * request over IPv4, 2.2x over IPv6, against 3.6x): five times the rate of 401s costs a
+ * victim of spoofing about three times the bytes.
+ */
+export const BINDING_LIMIT_FACTOR = 5;
+
+/** The Binding limit that goes with an error-answer limit (BINDING_LIMIT_FACTOR times it). */
+export function bindingLimitFor(errors: SourceRateLimitOptions): SourceRateLimitOptions {
+  return { perSecond: errors.perSecond * BINDING_LIMIT_FACTOR, burst: errors.burst * BINDING_LIMIT_FACTOR, maxSources: errors.maxSources };
+}
 
 export interface SourceRateLimitOptions {
   /** Tokens added per second; 0 turns the limit off. */
@@ -68,11 +88,15 @@ export class SourceRateLimiter {
       bucket.tokens = Math.min(this.o.burst, bucket.tokens + (elapsedMs * this.o.perSecond) / 1000);
       bucket.updatedAtMs = nowMs;
     } else {
+      let tokens = this.o.burst;
       if (this.buckets.size >= this.maxSources) {
+        // Under pressure: this source may have been forgotten a moment ago. One answer (a
+        // client's first request needs it), then the steady rate; never a fresh burst.
+        tokens = 1;
         const oldest = this.buckets.keys().next();
         if (!oldest.done) this.buckets.delete(oldest.value);
       }
-      bucket = { tokens: this.o.burst, updatedAtMs: nowMs };
+      bucket = { tokens, updatedAtMs: nowMs };
     }
     this.buckets.set(source, bucket);
     if (bucket.tokens < 1) return false;

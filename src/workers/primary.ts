@@ -1,5 +1,6 @@
 // The primary process of `anyturn --workers N`: it relays nothing itself.
-// - It holds the UDP listening sockets (SO_REUSEADDR) and hands each datagram to
+// - It holds the UDP listening sockets (SO_REUSEPORT where Node can set it, else
+//   SO_REUSEADDR: shared-port.ts says why) and hands each datagram to
 //   the worker the client hashes to. The worker opens a session socket connected
 //   to that client once it authenticates an Allocate, and from then on the kernel
 //   delivers the client's packets to the worker, not here.
@@ -16,6 +17,7 @@ import { OpsHttpServer } from '../ops/http.js';
 import type { Logger } from '../ops/log.js';
 import { literalLookup } from '../transport/lookup.js';
 import { type FromWorker, type ToWorker, type WorkerState, asBuffer, workerFor } from './protocol.js';
+import { IpcWindow, detectPortSharing, sharedPortOptions } from './shared-port.js';
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 const RESTART_DELAY_MS = 500;
@@ -38,6 +40,8 @@ interface Slot {
   started: boolean;
   state: WorkerState | undefined;
   restarts: number;
+  /** Handed-over datagrams not yet written to this worker's IPC channel (a new window per worker process). */
+  ipc: IpcWindow;
 }
 
 function bindUdp(address: string, port: number, reuseAddr = true): Promise<dgram.Socket> {
@@ -45,7 +49,7 @@ function bindUdp(address: string, port: number, reuseAddr = true): Promise<dgram
     const socket = dgram.createSocket({
       type: address.includes(':') ? 'udp6' : 'udp4',
       // Workers' session sockets bind this same address and port.
-      reuseAddr,
+      ...(reuseAddr ? sharedPortOptions() : { reuseAddr: false }),
       recvBufferSize: SOCKET_BUFFER_BYTES,
       sendBufferSize: SOCKET_BUFFER_BYTES,
       lookup: literalLookup,
@@ -97,14 +101,17 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   const count = config.workers;
   // Every worker checks every other's nonces: one secret for all (random per start unless given).
   const nonceSecret = config.nonceSecret;
+  if ((await detectPortSharing()) === 'reuseaddr') {
+    logger.warn({}, 'this Node cannot set SO_REUSEPORT (Node >= 22.12 can): the UDP port is shared with SO_REUSEADDR, which lets any local user bind it and capture a client\'s datagrams; run --workers only on hosts without untrusted local users');
+  }
   const sockets = await bindListeners(config);
   const listeningPort = sockets[0]!.address().port;
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'anyturn_process_' });
-  const slots: Slot[] = Array.from({ length: count }, (_, index) => ({ index, worker: undefined, started: false, state: undefined, restarts: 0 }));
+  const slots: Slot[] = Array.from({ length: count }, (_, index) => ({ index, worker: undefined, started: false, state: undefined, restarts: 0, ipc: new IpcWindow() }));
   const handoffs = new Array<number>(count).fill(0);
-  const dispatch = { strays: 0, unavailable: 0, answers: 0, source_port_zero: 0, unsendable: 0 };
+  const dispatch = { strays: 0, unavailable: 0, answers: 0, ipc_full: 0, source_port_zero: 0, unsendable: 0 };
   new Gauge({
     name: 'anyturn_workers',
     help: 'Worker processes running and serving (--workers)',
@@ -146,11 +153,11 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   let seenDispatch = { ...dispatch };
   new Counter({
     name: 'anyturn_primary_datagrams_total',
-    help: 'Other datagrams through the primary: answers sent for workers, strays re-dispatched, drops because the worker was not running, datagrams from source port 0 dropped, answers that could not be sent',
+    help: 'Other datagrams through the primary: answers sent for workers, strays re-dispatched, drops because the worker was not running or its IPC channel was full, datagrams from source port 0 dropped, answers that could not be sent',
     labelNames: ['kind'],
     registers: [registry],
     collect() {
-      for (const kind of ['strays', 'unavailable', 'answers', 'source_port_zero', 'unsendable'] as const) if (dispatch[kind] > seenDispatch[kind]) this.inc({ kind }, dispatch[kind] - seenDispatch[kind]);
+      for (const kind of ['strays', 'unavailable', 'answers', 'ipc_full', 'source_port_zero', 'unsendable'] as const) if (dispatch[kind] > seenDispatch[kind]) this.inc({ kind }, dispatch[kind] - seenDispatch[kind]);
       seenDispatch = { ...dispatch };
     },
   });
@@ -163,10 +170,17 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   };
   const handOff = (l: number, a: string, p: number, d: Buffer): void => {
     const slot = slots[workerFor(a, p, count)]!;
-    if (!slot.started || !post(slot, { t: 'packet', l, a, p, d })) {
+    const w = slot.worker;
+    if (!slot.started || !w || !w.isConnected()) {
       dispatch.unavailable++;
       return;
     }
+    // IPC backpressure: send() queues here when the channel is full; bound that queue.
+    if (!slot.ipc.acquire()) {
+      dispatch.ipc_full++;
+      return;
+    }
+    w.send({ t: 'packet', l, a, p, d } satisfies ToWorker, undefined, undefined, slot.ipc.release);
     handoffs[slot.index]!++;
   };
   sockets.forEach((socket, l) => {
@@ -199,6 +213,7 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
     slot.worker = worker;
     slot.started = false;
     slot.state = undefined;
+    slot.ipc = new IpcWindow();
     worker.on('message', (message: FromWorker) => {
       switch (message.t) {
         case 'hello':

@@ -9,6 +9,7 @@ import { startServer, type RunningServer } from '../server.js';
 import { EngineCounters } from '../turn/counters.js';
 import { type FromWorker, type ToWorker, type WorkerState, asBuffer, portSlice } from './protocol.js';
 import { WorkerUdpFrontend } from './udp-frontend.js';
+import { detectPortSharing } from './shared-port.js';
 
 const STATE_EVERY_MS = 1000;
 /** Answers waiting in the IPC channel at most; past it they are dropped (a junk flood must not queue without bound). */
@@ -47,6 +48,8 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
     send({ t: 'hello' });
   });
   const logger = baseLogger.child({ worker: init.index });
+  // Session sockets must share the port the way the primary's listeners do (the same Node: the same answer).
+  await detectPortSharing();
   const counters = new EngineCounters();
   let pendingSends = 0;
   const frontend = new WorkerUdpFrontend(

@@ -9,7 +9,7 @@ import { buildConfig, type RawOptions } from '../../src/config.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { decodeUnknownAttributes, encodeAddressFamily, encodeChannelNumber, encodeRequestedTransport } from '../../src/stun/attributes.js';
-import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP, reasonPhrase } from '../../src/stun/constants.js';
+import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { longTermKey, verifyIntegritySha1 } from '../../src/stun/integrity.js';
 import { type StunMessage, getAttribute } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
@@ -37,7 +37,9 @@ function assertError(m: StunMessage | undefined, code: number, key: Buffer | und
   assert.ok(m, `expected a ${code} response, got none`);
   assert.equal(m.cls, MessageClass.ErrorResponse, `expected an error response, got class ${m.cls}`);
   assert.equal(codeOf(m), code, `expected ${code}, got ${codeOf(m)} ${reasonOf(m)}`);
-  assert.ok(reasonOf(m).length > 0, 'ERROR-CODE has a reason phrase');
+  // An unauthenticated request's source may be spoofed: its answer carries no reason phrase (fewer bytes, RFC 8489 §14.8).
+  if (key) assert.ok(reasonOf(m).length > 0, 'ERROR-CODE has a reason phrase');
+  else assert.equal(reasonOf(m), '', 'no reason phrase in an answer to an unauthenticated request');
   assert.equal(m.integritySha256Offset, -1, 'no MESSAGE-INTEGRITY-SHA256 (the request used SHA-1)');
   if (key) {
     assert.ok(m.integrityOffset >= 0, `${code} to an authenticated request carries MESSAGE-INTEGRITY`);
@@ -171,7 +173,6 @@ describe('error responses over real UDP', () => {
     const { buf, transactionId } = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
     const m = await c.transact(buf, transactionId);
     assertError(m, 401, undefined);
-    assert.equal(reasonOf(m), reasonPhrase(401));
     assert.equal(getAttribute(m, Attr.Realm)?.toString('utf8'), REALM);
     const nonce = getAttribute(m, Attr.Nonce);
     assert.ok(nonce && nonce.length > 0, 'NONCE present');

@@ -6,6 +6,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
 
 import { buildConfig, type RawOptions } from '../../src/config.js';
 import { BASE, refused } from '../helpers/config.js';
@@ -16,6 +17,7 @@ import { MessageWriter } from '../../src/stun/writer.js';
 import { portSlice, workerFor, type ToWorker } from '../../src/workers/protocol.js';
 import { isAuthenticatedAllocate } from '../../src/workers/udp-frontend.js';
 import { workerConfig } from '../../src/workers/worker.js';
+import { IpcWindow, MAX_IPC_IN_FLIGHT, detectPortSharing, sharedPortOptions } from '../../src/workers/shared-port.js';
 import { SeededRandom } from '../helpers/random.js';
 
 
@@ -230,5 +232,41 @@ describe('config: --workers', () => {
     assert.match(e.message, /at most the number of relay ports/);
     // Exactly as many workers as ports is fine.
     assert.equal(buildConfig({ ...BASE, 'min-port': 50000, 'max-port': 50003, workers: 4 }).workers, 4);
+  });
+});
+
+describe('workers: the shared UDP port and IPC backpressure (shared-port.ts)', () => {
+  it('uses SO_REUSEPORT exactly where this Node can set it, and then a SO_REUSEADDR socket cannot join the port', async () => {
+    const [major, minor] = process.versions.node.split('.').map(Number) as [number, number];
+    const canReusePort = major > 22 || (major === 22 && minor >= 12);
+    const sharing = await detectPortSharing();
+    assert.equal(sharing, canReusePort ? 'reuseport' : 'reuseaddr');
+    assert.deepEqual(sharedPortOptions(), canReusePort ? { reuseAddr: false, reusePort: true } : { reuseAddr: true });
+    if (!canReusePort) return;
+    const listener = dgram.createSocket({ type: 'udp4', ...sharedPortOptions() } as dgram.SocketOptions);
+    await new Promise<void>((resolve) => listener.bind({ address: '127.0.0.1', port: 0, exclusive: true }, () => resolve()));
+    try {
+      const intruder = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+      const code = await new Promise<string>((resolve) => {
+        intruder.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? ''));
+        intruder.bind({ address: '127.0.0.1', port: listener.address().port, exclusive: true }, () => resolve('bound'));
+      });
+      intruder.close();
+      assert.equal(code, 'EADDRINUSE');
+    } finally {
+      listener.close();
+    }
+  });
+
+  it('IpcWindow: lets `max` messages be in flight, drops and counts the rest, and takes more once some are written', () => {
+    const window = new IpcWindow(3);
+    assert.deepEqual([window.acquire(), window.acquire(), window.acquire(), window.acquire(), window.acquire()], [true, true, true, false, false]);
+    assert.equal(window.inFlight, 3);
+    assert.equal(window.dropped, 2);
+    window.release();
+    assert.equal(window.acquire(), true);
+    assert.equal(window.acquire(), false);
+    assert.equal(window.dropped, 3);
+    assert.equal(MAX_IPC_IN_FLIGHT, 10_000);
   });
 });

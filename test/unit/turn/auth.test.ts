@@ -31,7 +31,16 @@ describe('restApiExpirySeconds', () => {
     assert.equal(restApiExpirySeconds('1700000000:'), 1700000000);
     assert.equal(restApiExpirySeconds('1700000000:alice:extra'), 1700000000);
     assert.equal(restApiExpirySeconds('0'), 0);
-    assert.equal(restApiExpirySeconds('999999999999'), 999999999999);
+    assert.equal(restApiExpirySeconds('9999999999'), 9999999999);
+  });
+
+  it('refuses an expiry of more than 10 digits: a Unix time past the year 2286 is a credential that never expires', () => {
+    for (const tooLong of ['99999999999', '999999999999', '10000000000:alice', '01700000000']) {
+      assert.equal(restApiExpirySeconds(tooLong), undefined, tooLong);
+    }
+    const store = new CredentialStore({ realm: REALM, users: new Map(), authSecrets: ['north-secret'] });
+    assert.deepEqual(store.keysFor('999999999999:alice', NOW_MS), { ok: false, reason: 'unknown-user' });
+    assert.equal(store.keysFor('9999999999:alice', NOW_MS).ok, true);
   });
 
   it('rejects usernames that are not time-limited credentials', () => {

@@ -17,12 +17,13 @@ import {
   encodeAddressFamily,
   encodeChannelNumber,
   encodeEvenPort,
+  encodePasswordAlgorithm,
   encodeRequestedTransport,
   encodeUint32,
 } from '../../../src/stun/attributes.js';
 import { encodeChannelData, looksLikeChannelData, readChannelDataLength, readChannelNumber } from '../../../src/stun/channel-data.js';
-import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/constants.js';
-import { longTermKey, userhash, verifyIntegritySha1 } from '../../../src/stun/integrity.js';
+import { AddressFamily, Attr, MessageClass, Method, PasswordAlgorithm, TRANSPORT_UDP } from '../../../src/stun/constants.js';
+import { longTermKey, userhash, verifyIntegritySha1, verifyIntegritySha256 } from '../../../src/stun/integrity.js';
 import { type StunMessage, decodeMessage, getAttribute } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
 import { CredentialStore, restApiPassword } from '../../../src/turn/auth.js';
@@ -492,6 +493,30 @@ describe('TurnEngine: authentication', () => {
     const r = await c.allocate((w) => w.add(0x7ffe, Buffer.from('xx')));
     assert.equal(r.code, 420);
     assert.equal(h.engine.allocations, 0);
+  });
+
+  it('signs the response with MESSAGE-INTEGRITY-SHA256 when the request used it (RFC 8489 §9.2.4), and SHA-1 otherwise', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    // Without PASSWORD-ALGORITHM (the MD5 key) and with PASSWORD-ALGORITHM SHA-256 (the SHA-256 key).
+    for (const algorithm of [undefined, PasswordAlgorithm.SHA256]) {
+      const key = longTermKey(c.username, REALM, c.password, algorithm);
+      const transactionId = randomBytes(12);
+      const w = new MessageWriter(Method.Refresh, MessageClass.Request, transactionId);
+      w.addText(Attr.Username, c.username).addText(Attr.Realm, REALM).addText(Attr.Nonce, c.nonce!);
+      if (algorithm !== undefined) w.add(Attr.PasswordAlgorithm, encodePasswordAlgorithm(algorithm));
+      w.addIntegritySha256(key);
+      const reply = await c.send(w.toBuffer(), transactionId);
+      assert.equal(reply.code, 200, `Refresh with MESSAGE-INTEGRITY-SHA256 (${algorithm ?? 'MD5'} key)`);
+      assert.equal(reply.message.integrityOffset, -1, 'no SHA-1 MESSAGE-INTEGRITY in the response');
+      assert.ok(reply.message.integritySha256Offset >= 0, 'MESSAGE-INTEGRITY-SHA256 in the response');
+      assert.ok(verifyIntegritySha256(reply.raw, reply.message.integritySha256Offset, key), 'signed with the key the request used');
+    }
+    const plain = await c.refresh();
+    assert.equal(plain.code, 200);
+    assert.equal(plain.message.integritySha256Offset, -1, 'a SHA-1 request gets SHA-1');
+    assert.ok(verifyIntegritySha1(plain.raw, plain.message.integrityOffset, c.key()));
   });
 
   it('adds FINGERPRINT to the response when the request had one, and not otherwise', async () => {

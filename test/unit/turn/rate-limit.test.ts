@@ -18,7 +18,7 @@ import { EngineCounters } from '../../../src/turn/counters.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
 import { NonceIssuer } from '../../../src/turn/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
-import { SourceRateLimiter, type SourceRateLimitOptions, sourceBucketKey } from '../../../src/turn/rate-limit.js';
+import { BINDING_LIMIT_FACTOR, SourceRateLimiter, type SourceRateLimitOptions, sourceBucketKey } from '../../../src/turn/rate-limit.js';
 import { FakeClientPath, FakeRelayFactory } from '../../helpers/fake-io.js';
 
 const REALM = 'example.org';
@@ -101,6 +101,28 @@ describe('SourceRateLimiter', () => {
     const big = new SourceRateLimiter({ perSecond: 20, burst: 40 });
     for (let i = 0; i < 25_000; i++) big.take(`10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`, clock.now());
     assert.equal(big.size, 10_000);
+  });
+
+  it('gives a source seen while the table is full one token, not a fresh burst', () => {
+    const clock = new ManualClock();
+    const limiter = new SourceRateLimiter({ perSecond: 1, burst: 40, maxSources: 3 });
+    let victim = 0;
+    for (let i = 0; i < 100; i++) if (limiter.take('victim', clock.now())) victim++;
+    assert.equal(victim, 40, 'the burst, once');
+    // A spoofer pushes the victim out of the table with three other sources...
+    for (const s of ['x', 'y', 'z']) limiter.take(s, clock.now());
+    // ...and the victim, seen again at once, is new again: one answer, then the rate.
+    victim = 0;
+    for (let i = 0; i < 100; i++) if (limiter.take('victim', clock.now())) victim++;
+    assert.equal(victim, 1, 'one token for a source first seen under pressure');
+    clock.advance(1000);
+    assert.equal(limiter.take('victim', clock.now()), true, 'then the steady rate');
+    assert.equal(limiter.take('victim', clock.now()), false);
+    // Without pressure a new source still gets the whole burst.
+    const calm = new SourceRateLimiter({ perSecond: 1, burst: 40, maxSources: 3 });
+    let fresh = 0;
+    for (let i = 0; i < 100; i++) if (calm.take('a', clock.now())) fresh++;
+    assert.equal(fresh, 40);
   });
 
   it('is off at 0 per second', () => {
@@ -188,7 +210,7 @@ describe('the engine limits unauthenticated error answers per source IP', () => 
     await flush();
     assert.deepEqual(codes(h.path), [200]);
 
-    // Binding is never limited.
+    // Binding answers have their own, larger budget: the error bucket being empty does not stop them.
     const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
     for (let i = 0; i < 5; i++) h.engine.handleClientPacket(h.listener, binding, CLIENT_A, 41000);
     await flush();
@@ -219,6 +241,32 @@ describe('the engine limits unauthenticated error answers per source IP', () => 
     await flush();
     assert.deepEqual(codes(h.path), [400, 438, 401]);
     assert.equal(h.counters.drops.rate_limited, 2);
+  });
+
+  it('limits Binding answers per source at BINDING_LIMIT_FACTOR times the error limit, and counts 420 to a Binding as an error', async () => {
+    const h = harness({ perSecond: 1, burst: 2 });
+    const binding = (): Buffer => new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
+    for (let i = 0; i < 50; i++) h.engine.handleClientPacket(h.listener, binding(), CLIENT_A, 40000 + i);
+    await flush();
+    assert.equal(codes(h.path).length, 2 * BINDING_LIMIT_FACTOR, 'the Binding burst');
+    assert.equal(h.counters.drops.rate_limited, 50 - 2 * BINDING_LIMIT_FACTOR);
+    h.clock.advance(1000);
+    for (let i = 0; i < 50; i++) h.engine.handleClientPacket(h.listener, binding(), CLIENT_A, 41000 + i);
+    await flush();
+    assert.equal(codes(h.path).length, BINDING_LIMIT_FACTOR, 'a second later: the Binding rate');
+
+    // A Binding with an unknown comprehension-required attribute gets 420 from the error bucket, without a reason phrase.
+    const unknown = (): Buffer => new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).add(0x7ffe, Buffer.alloc(0)).toBuffer();
+    for (let i = 0; i < 10; i++) h.engine.handleClientPacket(h.listener, unknown(), CLIENT_B, 40000 + i);
+    await flush();
+    const sent = h.path.sent.slice();
+    assert.deepEqual(codes(h.path), [420, 420]);
+    const first = decodeMessage(sent[0]!.data);
+    assert.ok(first.ok);
+    assert.equal(decodeErrorCode(getAttribute(first.message, Attr.ErrorCode)!)?.reason, '');
+    h.engine.handleClientPacket(h.listener, allocateRequest(), CLIENT_B, 42000);
+    await flush();
+    assert.deepEqual(codes(h.path), [], 'the 420s used the error bucket: no 401 left for this source');
   });
 
   it('does not limit without the option', async () => {

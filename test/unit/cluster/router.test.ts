@@ -1,0 +1,110 @@
+// The cluster router's lookup budget and cache (cluster/router.ts), on a ManualClock,
+// the in-memory store and registry, and a mesh that records what it would forward.
+
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { ClusterCounters } from '../../../src/cluster/counters.js';
+import type { MeshSocket } from '../../../src/cluster/mesh.js';
+import { ClusterRouter, LOOKUP_SHARE_DIVISOR } from '../../../src/cluster/router.js';
+import { createLogger } from '../../../src/ops/log.js';
+import { MemoryAllocationStore, MemoryNodeRegistry } from '../../../src/store/memory.js';
+import { ManualClock } from '../../../src/turn/clock.js';
+import { EngineListener } from '../../../src/turn/engine.js';
+import { FakeClientPath } from '../../helpers/fake-io.js';
+import { recordFactory } from '../../helpers/records.js';
+
+const ATTACKER = '203.0.113.66';
+const REROUTED = '198.51.100.20';
+const PACKET = Buffer.from([0x40, 0x00, 0x00, 0x00]);
+
+async function flush(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+async function harness(o: { lookupsPerSecond: number; maxCached?: number }) {
+  const clock = new ManualClock();
+  const store = new MemoryAllocationStore({ now: () => clock.now() });
+  const registry = new MemoryNodeRegistry(() => clock.now());
+  await registry.heartbeat({ nodeId: 'node-b', meshAddress: '192.0.2.2', meshPort: 7000 }, 3_600_000);
+  const forwarded: string[] = [];
+  const mesh = { forward: (_to: string, _toPort: number, address: string, port: number) => forwarded.push(`${address}:${port}`) } as unknown as MeshSocket;
+  const counters = new ClusterCounters();
+  const router = new ClusterRouter({ nodeId: 'node-a', store, registry, mesh, clock, logger: createLogger('silent'), counters, ...o });
+  const listener = new EngineListener(new FakeClientPath('udp', '192.0.2.1', 3478));
+  /** An allocation of REROUTED's 5-tuple on node-b, as a reroute finds it. */
+  const remoteClient = async (port: number): Promise<void> => {
+    const record = recordFactory({ clientAddress: REROUTED, relayedAddress: '192.0.2.200', firstClientPort: port, firstRelayPort: 50000 + port }).newRecord({ ownerNodeId: 'node-b' });
+    const created = await store.create({ ...record, createdAtMs: clock.now(), expiresAtMs: clock.now() + 3_600_000 }, { userQuota: 0 });
+    assert.ok(created.ok);
+  };
+  return { clock, store, counters, router, listener, forwarded, remoteClient };
+}
+
+describe('ClusterRouter: lookup budget per source', () => {
+  it('gives one source at most its share of the lookups: junk from one host does not starve a rerouted client', async () => {
+    const h = await harness({ lookupsPerSecond: 100 });
+    const share = 100 / LOOKUP_SHARE_DIVISOR;
+    for (let port = 1000; port < 1200; port++) h.router.offer(h.listener, PACKET, ATTACKER, port);
+    await flush();
+    assert.equal(h.counters.storeLookups, share, "the attacker's share, not the whole budget");
+    assert.equal(h.counters.lookupsRateLimited, 200 - share);
+
+    await h.remoteClient(40000);
+    assert.equal(h.router.offer(h.listener, PACKET, REROUTED, 40000), true, 'the rerouted client is looked up');
+    await flush();
+    assert.deepEqual(h.forwarded, [`${REROUTED}:40000`], 'and its packet forwarded to the owner');
+
+    // An IPv6 source is one /64, however many addresses it uses.
+    for (let i = 1; i <= 50; i++) h.router.offer(h.listener, PACKET, `2001:db8:0:7::${i.toString(16)}`, 2000);
+    await flush();
+    assert.equal(h.counters.storeLookups, 2 * share + 1);
+    // A second later the attacker has its share again, no more.
+    h.clock.advance(1000);
+    const before = h.counters.storeLookups;
+    for (let port = 2000; port < 2200; port++) h.router.offer(h.listener, PACKET, ATTACKER, port);
+    await flush();
+    assert.equal(h.counters.storeLookups - before, share);
+  });
+
+  it('still holds the global rate over many sources', async () => {
+    const h = await harness({ lookupsPerSecond: 20 });
+    for (let i = 0; i < 100; i++) h.router.offer(h.listener, PACKET, `203.0.113.${i}`, 1000);
+    await flush();
+    assert.equal(h.counters.storeLookups, 20);
+  });
+});
+
+describe('ClusterRouter: bounded cache without a cliff', () => {
+  it('forgets the least recently used 5-tuple one at a time; a client in use stays cached', async () => {
+    const h = await harness({ lookupsPerSecond: 10_000, maxCached: 10 });
+    await h.remoteClient(40000);
+    h.router.offer(h.listener, PACKET, REROUTED, 40000);
+    await flush();
+    assert.equal(h.counters.storeLookups, 1);
+    // Junk from several sources fills the cache with answers of "no allocation".
+    for (let i = 0; i < 8; i++) h.router.offer(h.listener, PACKET, `203.0.113.${i}`, 1000);
+    await flush();
+    assert.equal(h.router.cachedEntries, 9);
+    // The client goes on sending; its owner is checked again, which marks it as in use.
+    h.clock.advance(6000);
+    h.router.offer(h.listener, PACKET, REROUTED, 40000);
+    await flush();
+    // More junk than the cache has room for: the oldest junk goes, not everything.
+    for (let i = 0; i < 5; i++) h.router.offer(h.listener, PACKET, `203.0.113.${100 + i}`, 1000);
+    await flush();
+    assert.equal(h.router.cachedEntries, 10, 'full, not wiped');
+    const lookups = h.counters.storeLookups;
+    h.router.offer(h.listener, PACKET, REROUTED, 40000);
+    await flush();
+    assert.equal(h.counters.storeLookups, lookups, 'the client in use was not forgotten: no new lookup');
+    assert.equal(h.forwarded.length, 3);
+    // Once ten newer 5-tuples came while it sat unused, it goes too (the next packet looks it up again).
+    for (let i = 0; i < 10; i++) h.router.offer(h.listener, PACKET, `203.0.113.${200 + i}`, 1000);
+    await flush();
+    h.router.offer(h.listener, PACKET, REROUTED, 40000);
+    await flush();
+    assert.equal(h.counters.storeLookups, lookups + 11);
+    assert.equal(h.forwarded.length, 4);
+  });
+});
