@@ -141,6 +141,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
         engine.handleClientPacket(listener, p.payload, p.clientAddress, p.clientPort, true);
       },
       onRejected: (reason) => clusterCounters.meshRejected[reason]++,
+      onTooLarge: () => clusterCounters.meshTooLarge++,
       onError: (err) => logger.warn({ err }, 'mesh socket error'),
     });
     router = new ClusterRouter({

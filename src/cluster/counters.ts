@@ -13,6 +13,8 @@ export class ClusterCounters {
   meshForwarded = 0;
   /** Authenticated client packets received from other nodes. */
   meshReceived = 0;
+  /** Client packets not forwarded because, framed, they would not fit in one UDP datagram. */
+  meshTooLarge = 0;
   /** Mesh frames refused, by reason. */
   readonly meshRejected: Record<MeshRejectReason, number> = Object.fromEntries(MESH_REJECT_REASONS.map((r) => [r, 0])) as Record<MeshRejectReason, number>;
   storeLookups = 0;

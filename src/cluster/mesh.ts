@@ -61,6 +61,9 @@ const TWO_POW_32 = 0x1_0000_0000;
 /** The high word of a sequence number stays below this, so the number is exact in a double. */
 const SEQUENCE_HIGH_LIMIT = 0x20_0000;
 const CIPHER = 'aes-256-gcm';
+/** The largest UDP payload (65535 less the IPv4 and UDP headers; IPv6 has no header in its length). */
+const MAX_UDP4_PAYLOAD = 65507;
+const MAX_UDP6_PAYLOAD = 65527;
 
 /** How far a frame's timestamp may be from the receiver's clock (NTP keeps nodes far closer). */
 export const MAX_CLOCK_SKEW_MS = 30_000;
@@ -81,6 +84,8 @@ export interface MeshHooks {
   onPacket(packet: MeshPacket): void;
   /** A frame refused (see the reasons above); counted, never logged per frame. */
   onRejected(reason: Exclude<MeshRejectReason, 'no_listener'>): void;
+  /** A client packet not forwarded: framed, it would not fit in one UDP datagram. */
+  onTooLarge?(): void;
   onError(err: Error): void;
 }
 
@@ -106,7 +111,7 @@ function addressLength(family: number | undefined): number {
 }
 
 /** The anti-replay state of one sender: its highest accepted sequence number and a bitmap below it. */
-class SenderWindow {
+export class ReplayWindow {
   /** Highest sequence number accepted; -1 before the first. */
   private top = -1;
   /** Bit (seq % REPLAY_WINDOW) is set when seq, within the window, was accepted. */
@@ -159,12 +164,13 @@ export class MeshSocket {
   private readonly senderAddress: Buffer;
   private readonly senderFamily: number;
   private boundPort = 0;
+  private readonly maxFrame: number;
   private sequence = 0;
   /** The next frame's GCM nonce: 8 random bytes, then a counter in the last 4. */
   private readonly nonce = Buffer.alloc(NONCE_LENGTH);
   private nonceCounter = 0;
   /** Replay windows by UDP source address, then port (Node's rinfo strings: no key built per packet). */
-  private readonly senders = new Map<string, Map<number, SenderWindow>>();
+  private readonly senders = new Map<string, Map<number, ReplayWindow>>();
   private senderCount = 0;
 
   constructor(
@@ -175,6 +181,7 @@ export class MeshSocket {
     options: MeshOptions = {},
   ) {
     this.socket = dgram.createSocket({ type: address.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 4 * 1024 * 1024, lookup: literalLookup });
+    this.maxFrame = address.includes(':') ? MAX_UDP6_PAYLOAD : MAX_UDP4_PAYLOAD;
     this.key = createSecretKey(deriveKey(clusterSecret, MESH_KEY_LABEL));
     this.now = options.now ?? Date.now;
     const sender = Buffer.alloc(16);
@@ -235,6 +242,11 @@ export class MeshSocket {
     const serverLength = writeAddress(out, pos, serverAddress);
     out[6] = serverLength === 4 ? 4 : 6;
     pos += serverLength;
+    if (pos + payload.length + TAG_LENGTH > this.maxFrame) {
+      // Dropped and counted here: dgram would fail the send with EMSGSIZE, on the socket's error event.
+      this.hooks.onTooLarge?.();
+      return;
+    }
     // node:crypto has no reusable AEAD context: one cipher object and one output buffer per frame.
     const cipher = createCipheriv(CIPHER, this.key, this.nonce, { authTagLength: TAG_LENGTH });
     cipher.setAAD(out.subarray(0, pos));
@@ -305,9 +317,9 @@ export class MeshSocket {
     return bytes !== undefined && sameBytes(frame, ADDRESSES_AT, bytes);
   }
 
-  private addSender(address: string, port: number, senderAddress: Buffer, nowMs: number): SenderWindow {
+  private addSender(address: string, port: number, senderAddress: Buffer, nowMs: number): ReplayWindow {
     if (this.senderCount >= MAX_SENDERS) this.forgetSenders(nowMs);
-    const window = new SenderWindow(senderAddress);
+    const window = new ReplayWindow(senderAddress);
     let byPort = this.senders.get(address);
     if (!byPort) this.senders.set(address, (byPort = new Map()));
     byPort.set(port, window);
@@ -321,7 +333,7 @@ export class MeshSocket {
    * cluster has), the least recently heard one goes.
    */
   private forgetSenders(nowMs: number): void {
-    let oldest: { byPort: Map<number, SenderWindow>; address: string; port: number; lastMs: number } | undefined;
+    let oldest: { byPort: Map<number, ReplayWindow>; address: string; port: number; lastMs: number } | undefined;
     for (const [address, byPort] of this.senders) {
       for (const [port, window] of byPort) {
         if (nowMs - window.lastMs > 2 * MAX_CLOCK_SKEW_MS) {

@@ -204,6 +204,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   if (cluster) {
     totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));
     totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () => single(cluster.meshReceived));
+    totalCounter(registry, 'anyturn_mesh_too_large_packets_total', 'Client packets not forwarded over the mesh because, framed, they would not fit in one UDP datagram', [], () => single(cluster.meshTooLarge));
     totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused, by reason (malformed, bad_tag, stale, replayed, wrong_sender, no_listener)', ['reason'], () =>
       MESH_REJECT_REASONS.map((reason) => [{ reason }, cluster.meshRejected[reason]] as const),
     );

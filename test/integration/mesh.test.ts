@@ -248,4 +248,21 @@ describe('mesh frames', () => {
     await until(() => r.decided() === 2, 'the frame after the restart');
     assert.deepEqual(r.got.map((p) => p.payload.toString()), ['before', 'after']);
   });
+
+  it('a client packet that framed would not fit in one datagram is dropped and counted, not failed on the socket', async () => {
+    const r = await receiver();
+    let tooLarge = 0;
+    const errors: Error[] = [];
+    const s = new MeshSocket('127.0.0.1', 0, SECRET, { onPacket: () => undefined, onRejected: () => undefined, onTooLarge: () => tooLarge++, onError: (err) => errors.push(err) });
+    await s.start();
+    cleanups.push(() => s.close());
+    // IPv4 client, server and sender: 52 bytes of header and 16 of tag around the packet, 65,507 bytes at most.
+    const largest = 65507 - 52 - 16;
+    s.forward('127.0.0.1', r.mesh.port, CLIENT, 40009, SERVER, 3478, Buffer.alloc(largest + 1, 7));
+    s.forward('127.0.0.1', r.mesh.port, CLIENT, 40009, SERVER, 3478, Buffer.alloc(largest, 7));
+    await until(() => r.decided() === 1, 'the largest frame');
+    assert.equal(r.got[0]?.payload.length, largest);
+    assert.equal(tooLarge, 1);
+    assert.deepEqual(errors, []);
+  });
 });
