@@ -274,6 +274,8 @@ export function buildConfig(raw: RawOptions): ServerConfig {
 
   const cluster = buildClusterConfig(raw);
   // RFC 8489 §9.2 nonces are stateless HMACs: every node with the same secret accepts the others'.
+  // This is the secret, not the key: NonceIssuer derives its key from it (keys.ts), as MeshSocket
+  // derives the mesh key from the cluster secret, so the two never share a key.
   const nonceSecret =
     raw['nonce-secret'] !== undefined ? Buffer.from(raw['nonce-secret'], 'utf8') : cluster ? cluster.clusterSecret : randomBytes(32);
   if (nonceSecret.length < 16) throw new ConfigError('nonce-secret', '***', 'at least 16 bytes, the same on every node that shares clients');
@@ -445,7 +447,7 @@ function buildClusterConfig(raw: RawOptions): ClusterConfig | undefined {
   const mesh = parseHostPort('mesh-address', raw['mesh-address']);
   const secret = raw['cluster-secret'];
   if (secret === undefined || Buffer.byteLength(secret) < 16) {
-    throw new ConfigError('cluster-secret', secret === undefined ? '' : '***', 'at least 16 bytes, the same on every node (it authenticates mesh frames and keys the nonces)', `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --${redis.flag} give every node the same secret of at least 16 bytes (it authenticates mesh frames and keys the nonces)`);
+    throw new ConfigError('cluster-secret', secret === undefined ? '' : '***', 'at least 16 bytes, the same on every node (the mesh key, and the nonce key unless --nonce-secret is given, are derived from it)', `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --${redis.flag} give every node the same secret of at least 16 bytes (the mesh key, and the nonce key unless --nonce-secret is given, are derived from it)`);
   }
   return {
     redis: redis.target,

@@ -133,14 +133,15 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
       onPacket: (p) => {
         const listener = listenersByAddress.get(p.serverAddress)?.get(p.serverPort)?.(p.clientAddress, p.clientPort);
         if (!listener) {
-          clusterCounters.meshRejected++;
+          clusterCounters.meshRejected.no_listener++;
           return;
         }
         clusterCounters.meshReceived++;
         // As if it had come straight from the client: the answer leaves from the address it was sent to.
         engine.handleClientPacket(listener, p.payload, p.clientAddress, p.clientPort, true);
       },
-      onRejected: () => clusterCounters.meshRejected++,
+      onRejected: (reason) => clusterCounters.meshRejected[reason]++,
+      onTooLarge: () => clusterCounters.meshTooLarge++,
       onError: (err) => logger.warn({ err }, 'mesh socket error'),
     });
     router = new ClusterRouter({

@@ -3,7 +3,7 @@
 // so a scrape in the middle of a call shows that call's traffic.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { ClusterCounters } from '../cluster/counters.js';
+import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.js';
 import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
@@ -205,7 +205,10 @@ export function createMetrics(sources: MetricsSources): Registry {
   if (cluster) {
     totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));
     totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () => single(cluster.meshReceived));
-    totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused (bad authentication tag or malformed)', [], () => single(cluster.meshRejected));
+    totalCounter(registry, 'anyturn_mesh_too_large_packets_total', 'Client packets not forwarded over the mesh because, framed, they would not fit in one UDP datagram', [], () => single(cluster.meshTooLarge));
+    totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused, by reason (malformed, bad_tag, stale, replayed, wrong_sender, no_listener)', ['reason'], () =>
+      MESH_REJECT_REASONS.map((reason) => [{ reason }, cluster.meshRejected[reason]] as const),
+    );
     totalCounter(registry, 'anyturn_store_lookups_total', 'Store lookups for 5-tuples with no local allocation', [], () => single(cluster.storeLookups));
     totalCounter(registry, 'anyturn_store_lookup_errors_total', 'Store lookups that failed', [], () => single(cluster.storeLookupErrors));
     totalCounter(registry, 'anyturn_store_lookups_rate_limited_total', 'Unknown 5-tuples not looked up because of the lookup rate limit', [], () => single(cluster.lookupsRateLimited));

@@ -1,8 +1,11 @@
-// Stateless nonces (RFC 8489 §9.2): base64url(timestamp || HMAC(secret, timestamp
+// Stateless nonces (RFC 8489 §9.2): base64url(timestamp || HMAC(key, timestamp
 // || client IP)). Any node holding the same secret validates any other node's
-// nonce, so an anycast reroute never causes a 438.
+// nonce, so an anycast reroute never causes a 438. The key is derived from the
+// secret with its own label (keys.ts): every 401 shows an HMAC under it, so it must
+// not be the secret itself, nor the key of anything else (the cluster's mesh frames).
 
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { NONCE_KEY_LABEL, deriveKey } from '../keys.js';
 
 const TIMESTAMP_BYTES = 4;
 const MAC_BYTES = 16;
@@ -12,13 +15,18 @@ const MAX_SKEW_MS = 30_000;
 export type NonceVerdict = 'valid' | 'stale' | 'invalid';
 
 export class NonceIssuer {
+  private readonly key: Buffer;
+
+  /** `secret` is --nonce-secret, else --cluster-secret, else random; the HMAC key is derived from it. */
   constructor(
-    private readonly secret: Buffer,
+    secret: Buffer,
     private readonly lifetimeMs: number,
-  ) {}
+  ) {
+    this.key = deriveKey(secret, NONCE_KEY_LABEL);
+  }
 
   private mac(timestamp: Buffer, clientAddress: string): Buffer {
-    return createHmac('sha256', this.secret).update(timestamp).update(clientAddress, 'utf8').digest().subarray(0, MAC_BYTES);
+    return createHmac('sha256', this.key).update(timestamp).update(clientAddress, 'utf8').digest().subarray(0, MAC_BYTES);
   }
 
   issue(clientAddress: string, nowMs: number): string {

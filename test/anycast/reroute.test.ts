@@ -100,7 +100,8 @@ test('forward mode: an allocation on N1 survives a reroute of the anycast addres
       n2Lookups: m2.get('anyturn_store_lookups_total'),
       n2Resumed: m2.get('anyturn_allocations_resumed_total'),
       n1MeshReceived: m1.get('anyturn_mesh_received_packets_total'),
-      n1MeshRejected: m1.get('anyturn_mesh_rejected_frames_total'),
+      // Labelled by reason: the sum over the reasons.
+      n1MeshRejected: [...m1].filter(([k]) => k.startsWith('anyturn_mesh_rejected_frames_total{')).reduce((n, [, v]) => n + v, 0),
     };
 
     report(t, 'relayed', summary.relayed);

@@ -68,7 +68,7 @@ async function startNode(id: string, relayIp: string, lookupsPerSecond = 1000): 
       counters.meshReceived++;
       if (p.serverAddress === ANYCAST && p.serverPort === PORT) engine!.handleClientPacket(listener!, p.payload, p.clientAddress, p.clientPort, true);
     },
-    onRejected: () => counters.meshRejected++,
+    onRejected: (reason) => counters.meshRejected[reason]++,
     onError: () => undefined,
   });
   await mesh.start();
@@ -242,12 +242,12 @@ describe('forward mode: a rerouted client keeps its allocation', () => {
     await forger.start();
     const junk = dgram.createSocket('udp4');
     try {
-      const rejected = a.counters.meshRejected;
+      const rejected = { ...a.counters.meshRejected };
       const received = a.counters.meshReceived;
       const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
       forger.forward('127.0.0.1', a.mesh.port, CLIENT, 40009, ANYCAST, PORT, binding);
       junk.send(Buffer.from('garbage'), a.mesh.port, '127.0.0.1');
-      await until(() => a.counters.meshRejected === rejected + 2, 'both frames rejected');
+      await until(() => a.counters.meshRejected.bad_tag === rejected.bad_tag + 1 && a.counters.meshRejected.malformed === rejected.malformed + 1, 'both frames rejected');
       assert.equal(a.counters.meshReceived, received);
       assert.equal(a.path.sentTo(CLIENT, 40009).length, 0);
     } finally {
