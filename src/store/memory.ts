@@ -183,4 +183,9 @@ export class MemoryNodeRegistry implements NodeRegistry {
   async removeNode(nodeId: string): Promise<void> {
     this.nodes.delete(nodeId);
   }
+
+  async listNodes(): Promise<NodeInfo[]> {
+    const now = this.now();
+    return [...this.nodes.values()].filter((e) => e.expiresAtMs > now).map((e) => ({ ...e.node }));
+  }
 }

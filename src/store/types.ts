@@ -107,6 +107,10 @@ export interface NodeInfo {
   /** Unicast address and port of the node's mesh socket (node-to-node forwarding). */
   readonly meshAddress: string;
   readonly meshPort: number;
+  /** The node's relay addresses: the other nodes refuse its service ports as peers (turn/peer-policy.ts). */
+  readonly relayAddresses?: readonly string[];
+  /** The node's service ports (client listening ports, ops/metrics, mesh). */
+  readonly servicePorts?: readonly number[];
 }
 
 /** Cluster membership by heartbeats with a TTL. */
@@ -117,6 +121,8 @@ export interface NodeRegistry {
   getNode(nodeId: string): Promise<NodeInfo | undefined>;
   /** Withdraws a node at once (graceful shutdown). */
   removeNode(nodeId: string): Promise<void>;
+  /** Every live node (membership, every few seconds: never on a request path). */
+  listNodes(): Promise<NodeInfo[]>;
 }
 
 /** The event feed's own heartbeat: published, heard back, and subscriptions made again. */

@@ -16,6 +16,8 @@ export const DROP_REASONS = [
   'request_in_flight',
   /** An error answer to an unauthenticated request over the per-source rate (turn/rate-limit.ts). */
   'rate_limited',
+  /** A Send indication or ChannelData to a service port of a server or cluster address (turn/peer-policy.ts). */
+  'peer_service_port',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -30,6 +32,8 @@ export class EngineCounters {
   authFailures = 0;
   quotaRefusals = 0;
   peerPolicyRefusals = 0;
+  /** Of those, permissions and channels in records from the store (Allocation.merge), not installed. */
+  storePeerRefusals = 0;
   allocationsCreated = 0;
   allocationsDeleted = 0;
   storeErrors = 0;

@@ -52,7 +52,7 @@ import type { AllocationRecord, AllocationStore, StoreEvent } from '../store/typ
 import { fiveTupleKey } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
 import { readAllocateRequest, requestedLifetimeSeconds } from './allocate-request.js';
-import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
+import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS, type Permission } from './allocation.js';
 import type { CredentialStore } from './auth.js';
 import type { DropReason, EngineCounters } from './counters.js';
 import { TurnError } from './errors.js';
@@ -159,6 +159,13 @@ export class TurnEngine {
   private allocationCount = 0;
   private stopped = false;
   private readonly unauthLimiter: SourceRateLimiter | undefined;
+  /** The peer policy for permissions and channels that come from the store (Allocation.merge). */
+  private readonly storePeerFilter = (address: string, port: number | undefined): boolean =>
+    (port === undefined ? this.o.peerPolicy.check(address) : this.o.peerPolicy.checkPeer(address, port)).allowed;
+  private readonly onStorePeerRefused = (): void => {
+    this.o.counters.peerPolicyRefusals++;
+    this.o.counters.storePeerRefusals++;
+  };
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   private readonly packetClock: () => number;
 
@@ -248,9 +255,23 @@ export class TurnEngine {
     const now = this.packetClock();
     if (!binding || binding.expiresAtMs <= now) return this.drop('no_channel');
     if (binding.permission.expiresAtMs <= now) return this.drop('no_permission');
+    if (this.o.peerPolicy.isServicePort(binding.peerPort) && this.isServerPeer(binding.permission)) return this.drop('peer_service_port');
     binding.permission.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += length;
+  }
+
+  /**
+   * Whether a permission's IP is one of the server's or its cluster's addresses. Asked only
+   * for a service port (rare), and cached on the permission until the policy learns more.
+   */
+  private isServerPeer(permission: Permission): boolean {
+    const policy = this.o.peerPolicy;
+    if (permission.policyGeneration !== policy.generation) {
+      permission.serverAddress = policy.isServerAddress(permission.peerAddress);
+      permission.policyGeneration = policy.generation;
+    }
+    return permission.serverAddress;
   }
 
   private noAllocation(listener: EngineListener, buf: Buffer, address: string, port: number, local: boolean): void {
@@ -268,6 +289,8 @@ export class TurnEngine {
         ? allocation.permissionsByIPv4.get(view.peerIPv4)
         : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
     if (!permission || permission.expiresAtMs <= this.packetClock()) return this.drop('no_permission');
+    // A permission is per IP (RFC 8656 §9); the port is known only here: never a server's service port.
+    if (this.o.peerPolicy.isServicePort(view.peerPort) && this.isServerPeer(permission)) return this.drop('peer_service_port');
     permission.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += view.dataLength;
@@ -598,13 +621,16 @@ export class TurnEngine {
     this.send(listener, message, w, auth.key, address, port, 'refresh', 200);
   }
 
-  /** Decodes and vets one XOR-PEER-ADDRESS: 400 malformed, 443 wrong family, 403 by policy. */
-  private checkPeer(allocation: Allocation, value: Buffer, transactionId: Buffer): { address: string; port: number } {
+  /**
+   * Decodes and vets one XOR-PEER-ADDRESS: 400 malformed, 443 wrong family, 403 by policy.
+   * `withPort`: the port matters too (ChannelBind; a CreatePermission's port is ignored, RFC 8656 §9.1).
+   */
+  private checkPeer(allocation: Allocation, value: Buffer, transactionId: Buffer, withPort = false): { address: string; port: number } {
     const peer = decodeAddress(value, transactionId);
     if (!peer) throw new TurnError(ErrorCode.BadRequest, 'Bad XOR-PEER-ADDRESS');
     // RFC 8656 §9.1/§11.1: a peer of a family the allocation has no relayed address for is 443.
     if (!allocation.relayFor(peer.family === AddressFamily.IPv6)) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
-    const verdict = this.o.peerPolicy.check(peer.address);
+    const verdict = withPort ? this.o.peerPolicy.checkPeer(peer.address, peer.port) : this.o.peerPolicy.check(peer.address);
     if (!verdict.allowed) {
       this.o.counters.peerPolicyRefusals++;
       this.o.logger.debug({ peer: peer.address, reason: verdict.reason, user: allocation.username }, 'peer refused by policy');
@@ -633,7 +659,7 @@ export class TurnEngine {
     if (!numberValue || !peerValue) throw new TurnError(ErrorCode.BadRequest, 'CHANNEL-NUMBER or XOR-PEER-ADDRESS missing');
     const number = decodeChannelNumber(numberValue);
     if (number === undefined || !isValidChannelNumber(number)) throw new TurnError(ErrorCode.BadRequest, 'Channel number out of range');
-    const peer = this.checkPeer(allocation, peerValue, message.transactionId);
+    const peer = this.checkPeer(allocation, peerValue, message.transactionId, true);
     const now = this.o.clock.now();
     // Forget bindings whose quarantine is over before judging this one: the checks below (and
     // bindChannel) must see the state the clock says, not what the last tick() left behind.
@@ -665,7 +691,7 @@ export class TurnEngine {
         // Another writer got there first (anycast relay mode: any node may change any
         // allocation): fold its record into ours and write the union. Never a lost update.
         for (let attempt = 0; attempt < 5 && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
-          allocation.merge(outcome.current);
+          allocation.merge(outcome.current, this.storePeerFilter, this.onStorePeerRefused);
           allocation.version = outcome.current.version;
           outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
         }
@@ -759,7 +785,7 @@ export class TurnEngine {
     try {
       const current = await this.o.store.get(allocation.key);
       if (current && current.expiresAtMs > now) {
-        allocation.merge(current);
+        allocation.merge(current, this.storePeerFilter, this.onStorePeerRefused);
         return;
       }
     } catch {
@@ -777,7 +803,7 @@ export class TurnEngine {
       return;
     }
     const local = this.byKey.get(event.record.key);
-    if (local) local.allocation.merge(event.record);
+    if (local) local.allocation.merge(event.record, this.storePeerFilter, this.onStorePeerRefused);
     else if (!this.pending.has(event.record.key)) void this.adopt(event.record);
   }
 
@@ -835,7 +861,7 @@ export class TurnEngine {
         },
         current.expiresAtMs,
       );
-      allocation.merge(current);
+      allocation.merge(current, this.storePeerFilter, this.onStorePeerRefused);
       relay = undefined;
       additionalRelay = undefined;
       this.register(listener, allocation);
@@ -859,7 +885,7 @@ export class TurnEngine {
     let held = 0;
     for (const record of records) {
       const local = this.byKey.get(record.key);
-      if (local) local.allocation.merge(record);
+      if (local) local.allocation.merge(record, this.storePeerFilter, this.onStorePeerRefused);
       else if (await this.adopt(record, true)) held++;
     }
     return held;
