@@ -63,6 +63,8 @@ import { SourceRateLimiter, type SourceRateLimitOptions } from './rate-limit.js'
 import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
 
 const MAX_PORT_ATTEMPTS = 64;
+/** A dual allocation's IPv6 port taken elsewhere this often: the Allocate goes on with IPv4 only (RFC 8656 §7.2). */
+const MAX_ADDITIONAL_PORT_ATTEMPTS = 8;
 /** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
 
@@ -505,6 +507,7 @@ export class TurnEngine {
     let relay: RelaySocket | undefined;
     let additionalRelay: RelaySocket | undefined;
     let reservedToken: Buffer | undefined;
+    let additionalClashes = 0;
     try {
       const now = this.o.clock.now();
       let allocation: Allocation | undefined;
@@ -552,6 +555,12 @@ export class TurnEngine {
         if (outcome.ok) {
           candidate.version = outcome.record.version;
           allocation = candidate;
+        } else if (outcome.reason === 'port-taken' && outcome.additional === true) {
+          // The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
+          // same shared address): take another one; none left is a 508 for that family only (RFC 8656 §7.2).
+          additionalRelay?.close();
+          additionalRelay = ++additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? (await this.ports.bindInFamily(true, false, false, onPacket))?.socket : undefined;
+          if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
         } else if (outcome.reason === 'port-taken' && !token) {
           relay.close();
           relay = undefined;
