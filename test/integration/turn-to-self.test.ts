@@ -155,3 +155,34 @@ describe('TURN-to-self in a cluster: another node’s mesh and listening ports a
     assert.equal((await client.channelBind(0x4003, { address: '127.0.0.1', port: second.meshPort })).code, 403, 'its own mesh port');
   });
 });
+
+describe('TURN-to-self with the listening socket on a wildcard: every local address is the server’s', () => {
+  let server: RunningServer | undefined;
+  let client: TestTurnClient | undefined;
+  after(async () => {
+    client?.close();
+    await server?.stop();
+  });
+
+  it('refuses 127.0.0.2 at the listening port: a 0.0.0.0 socket answers there too', async () => {
+    const relayPorts = await reserveRelayPortRange(20);
+    server = await startServer(
+      buildConfig({
+        'listening-ip': ['0.0.0.0'],
+        'listening-port': 0,
+        'relay-ip': ['127.0.0.1'],
+        'min-port': relayPorts.min,
+        'max-port': relayPorts.max,
+        realm: REALM,
+        user: USERS,
+        'allowed-peer-ip': ['127.0.0.0/8'],
+      }),
+      { logger: createLogger('silent') },
+    );
+    const port = server.listening[0]!.port;
+    client = await TestTurnClient.open({ address: '127.0.0.1', port }, cred('ann'));
+    assert.equal((await client.allocate()).response.code, 200);
+    assert.equal((await client.channelBind(0x4001, { address: '127.0.0.2', port })).code, 403);
+    assert.equal((await client.channelBind(0x4002, { address: '127.0.0.2', port: relayPorts.min })).code, 200, 'another port of 127.0.0.2 is allowed');
+  });
+});
