@@ -10,7 +10,7 @@ import { availableParallelism, hostname, networkInterfaces } from 'node:os';
 import { parseIPv4, parseIPv6 } from './stun/address.js';
 import { LOG_LEVELS, type LogLevel } from './ops/log.js';
 import { PeerRangeError, parseIpRange } from './turn/peer-policy.js';
-import type { RedisHostPort, RedisTarget } from './store/shared.js';
+import type { RedisHostPort, RedisTarget, RedisTls } from './store/shared.js';
 import type { AlternateServer } from './turn/admission.js';
 import { ALLOCATION_LIMIT_DEFAULTS, type AllocationLimits } from './turn/limits.js';
 
@@ -134,6 +134,8 @@ export interface RawOptions {
   readonly 'redis-sentinel-name'?: string;
   readonly 'redis-cluster'?: readonly string[];
   readonly 'redis-password'?: string;
+  readonly 'redis-tls'?: boolean;
+  readonly 'redis-ca'?: string;
   readonly 'mesh-address'?: string;
   readonly 'cluster-secret'?: string;
   readonly 'cluster-lookup-rate'?: number;
@@ -499,9 +501,13 @@ function redisTarget(raw: RawOptions): { readonly target: RedisTarget; readonly 
   if (flag !== 'redis-sentinel' && name !== undefined) throw new ConfigError('redis-sentinel-name', name, 'only with --redis-sentinel (the master group the sentinels monitor)');
   if (flag === undefined) {
     if (password !== undefined) throw new ConfigError('redis-password', '***', 'only with --redis-url, --redis-sentinel or --redis-cluster');
+    if (raw['redis-tls'] === true) throw new ConfigError('redis-tls', true, 'only with --redis-sentinel or --redis-cluster');
+    if (raw['redis-ca'] !== undefined) throw new ConfigError('redis-ca', raw['redis-ca'], 'only with --redis-tls (or a rediss:// --redis-url)');
     return undefined;
   }
   const withPassword = password !== undefined ? { password } : {};
+  const tls = redisTls(raw, flag);
+  const withTls = tls !== undefined ? { tls } : {};
   switch (flag) {
     case 'redis-url': {
       const url = String(raw['redis-url']);
@@ -515,7 +521,8 @@ function redisTarget(raw: RawOptions): { readonly target: RedisTarget; readonly 
         throw new ConfigError('redis-url', url.replace(/\/\/[^@]*@/, '//***@'), 'redis://[user:password@]host:port[/db] or rediss:// for TLS');
       }
       if (password !== undefined && parsed.password !== '') throw new ConfigError('redis-password', '***', 'not together with a password in --redis-url: give it once');
-      return { flag, target: { kind: 'url', url, ...withPassword } };
+      if (raw['redis-ca'] !== undefined && parsed.protocol !== 'rediss:') throw new ConfigError('redis-ca', raw['redis-ca'], 'only with TLS: a rediss:// --redis-url, or --redis-tls with --redis-sentinel or --redis-cluster');
+      return { flag, target: { kind: 'url', url, ...withPassword, ...withTls } };
     }
     case 'redis-sentinel': {
       const sentinels = redisNodes('redis-sentinel', raw['redis-sentinel'] ?? []);
@@ -527,11 +534,37 @@ function redisTarget(raw: RawOptions): { readonly target: RedisTarget; readonly 
           name === undefined ? 'missing --redis-sentinel-name: with --redis-sentinel give the master group the sentinels monitor ("sentinel monitor <name> ..."), e.g. --redis-sentinel-name mymaster' : undefined,
         );
       }
-      return { flag, target: { kind: 'sentinel', sentinels, name, ...withPassword } };
+      return { flag, target: { kind: 'sentinel', sentinels, name, ...withPassword, ...withTls } };
     }
     case 'redis-cluster':
-      return { flag, target: { kind: 'cluster', nodes: redisNodes('redis-cluster', raw['redis-cluster'] ?? []), ...withPassword } };
+      return { flag, target: { kind: 'cluster', nodes: redisNodes('redis-cluster', raw['redis-cluster'] ?? []), ...withPassword, ...withTls } };
   }
+}
+
+/**
+ * --redis-tls (Sentinel, Cluster; a URL says rediss:// instead) and --redis-ca FILE
+ * (PEM CA certificates that sign the Redis certificates; without it, the system's).
+ */
+function redisTls(raw: RawOptions, flag: (typeof STORE_FLAGS)[number]): RedisTls | undefined {
+  const on = raw['redis-tls'] === true;
+  const caFile = raw['redis-ca'];
+  if (on && flag === 'redis-url') throw new ConfigError('redis-tls', true, 'only with --redis-sentinel or --redis-cluster: for --redis-url write rediss:// instead of redis://');
+  if (caFile !== undefined && flag !== 'redis-url' && !on) throw new ConfigError('redis-ca', caFile, 'only with --redis-tls (or a rediss:// --redis-url)');
+  if (!on && caFile === undefined) return undefined;
+  if (caFile === undefined) return {};
+  let ca: string;
+  try {
+    ca = readFileSync(caFile, 'utf8');
+  } catch (err) {
+    throw new ConfigError('redis-ca', caFile, `a readable PEM file of CA certificates (${(err as Error).message})`);
+  }
+  try {
+    if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+    new X509Certificate(ca);
+  } catch (err) {
+    throw new ConfigError('redis-ca', caFile, `a PEM file of CA certificates (${(err as Error).message})`);
+  }
+  return { ca };
 }
 
 function relayMode(value: string | undefined): 'unicast' | 'anycast' {

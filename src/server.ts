@@ -6,7 +6,7 @@ import { Membership } from './cluster/membership.js';
 import { MeshSocket } from './cluster/mesh.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ServerConfig } from './config.js';
-import { localIPv4Addresses } from './config.js';
+import { networkInterfaces } from 'node:os';
 import { DrainSwitch } from './ops/drain.js';
 import { OpsHttpServer } from './ops/http.js';
 import type { Logger } from './ops/log.js';
@@ -25,7 +25,8 @@ import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
 import { type EngineListener, TurnEngine } from './turn/engine.js';
 import { NonceIssuer } from './turn/nonce.js';
-import { createPeerPolicy } from './turn/peer-policy.js';
+import { createPeerPolicy, type PeerPolicy } from './turn/peer-policy.js';
+import type { NodeInfo } from './store/types.js';
 
 /**
  * Takes over UDP client traffic from the listening sockets (a worker process, src/workers/):
@@ -91,6 +92,33 @@ const STORE_READY_WAIT_MS = 3000;
 /** With --listening-port 0: tries at an ephemeral port number free for both UDP and TCP. */
 const SAME_PORT_ATTEMPTS = 20;
 
+const isWildcard = (ip: string): boolean => ip === '0.0.0.0' || ip === '::';
+
+/** Every address of this host's interfaces, IPv4 and IPv6 (without a zone id), and all of loopback. */
+function hostAddresses(): string[] {
+  const out = ['127.0.0.0/8', '::1'];
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.push(a.address.split('%')[0]!);
+  return out;
+}
+
+/** At most this many cluster addresses are learned (a bound on a polluted registry). */
+const MAX_CLUSTER_ADDRESSES = 4096;
+
+/** The other nodes' relay and mesh addresses and service ports join this node's own (membership listing). */
+function learnClusterNodes(policy: PeerPolicy, nodes: readonly NodeInfo[], logger: Logger): void {
+  for (const node of nodes) {
+    for (const address of [node.meshAddress, ...(node.relayAddresses ?? [])]) {
+      if (isWildcard(address) || policy.serverAddressCount >= MAX_CLUSTER_ADDRESSES) continue;
+      try {
+        policy.addServer([address], []);
+      } catch {
+        logger.warn({ node: node.nodeId, address }, 'cluster node announces an address that is not an IP; ignored');
+      }
+    }
+    policy.addServer([], [node.meshPort, ...(node.servicePorts ?? [])]);
+  }
+}
+
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
   const logger = deps.logger ?? createLogger(config.logLevel);
   const clock = deps.clock ?? systemClock;
@@ -114,12 +142,23 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     registry = new MemoryNodeRegistry(() => clock.now());
   }
 
-  // The server's own addresses are never peers (RFC 8656 §21 security considerations).
+  // The server's own addresses and service ports (RFC 8656 §21; the rule is in turn/peer-policy.ts).
+  // A socket on a wildcard takes packets for every address of the host: then every one is ours,
+  // IPv4 and IPv6, and all of loopback (127.0.0.0/8 reaches a 0.0.0.0 socket, not just 127.0.0.1).
   const ownAddresses = new Set<string>([...config.listeningIps, ...config.relayIps, config.metricsIp]);
   if (cluster) ownAddresses.add(cluster.meshAddress);
-  if (config.listeningIps.includes('0.0.0.0') || config.metricsIp === '0.0.0.0') for (const ip of localIPv4Addresses()) ownAddresses.add(ip);
+  if ([...ownAddresses].some(isWildcard)) for (const ip of hostAddresses()) ownAddresses.add(ip);
   ownAddresses.delete('0.0.0.0');
   ownAddresses.delete('::');
+  // The configured ones now; the bound ones (with port 0, known only later) once they are bound.
+  const servicePorts = [config.listeningPort, config.tls?.port ?? 0, config.metricsPort, cluster?.meshPort ?? 0].filter((p) => p > 0);
+  const peerPolicy = createPeerPolicy({
+    allowLoopbackPeers: config.allowLoopbackPeers,
+    allowedPeerRanges: config.allowedPeerIps,
+    deniedPeerRanges: config.deniedPeerIps,
+    serverAddresses: [...ownAddresses],
+    servicePorts,
+  });
 
   // Assigned below, before anything can ask it (the engine is built next, and no packet arrives before that).
   let engineRef: TurnEngine | undefined;
@@ -162,12 +201,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     nodeId: config.nodeId,
     credentials: new CredentialStore({ realm: config.realm, users: config.users, authSecrets: config.authSecrets }),
     nonces: new NonceIssuer(config.nonceSecret, config.nonceLifetimeSeconds * 1000),
-    peerPolicy: createPeerPolicy({
-      allowLoopbackPeers: config.allowLoopbackPeers,
-      allowedPeerRanges: config.allowedPeerIps,
-      deniedPeerRanges: config.deniedPeerIps,
-      serverAddresses: [...ownAddresses],
-    }),
+    peerPolicy,
     store,
     relays: new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error')),
     clock,
@@ -295,9 +329,19 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
         streamListeners.push(tls);
       }
     }
+    const boundPorts = [...udpPorts.map((l) => l.port), ...streamListeners.map((l) => l.localPort)];
+    peerPolicy.addServer([], boundPorts);
     if (mesh && cluster && clusterCounters) {
       await mesh.start();
-      membership = new Membership({ nodeId: config.nodeId, meshAddress: cluster.meshAddress, meshPort: mesh.port }, registry, logger, clusterCounters);
+      peerPolicy.addServer([], [mesh.port]);
+      const self: NodeInfo = {
+        nodeId: config.nodeId,
+        meshAddress: cluster.meshAddress,
+        meshPort: mesh.port,
+        relayAddresses: config.relayIps,
+        servicePorts: [...new Set([...servicePorts, ...boundPorts, mesh.port])],
+      };
+      membership = new Membership(self, registry, logger, clusterCounters, (nodes) => learnClusterNodes(peerPolicy, nodes, logger));
       await membership.start();
     }
     if (cluster?.relayMode === 'anycast') {
@@ -316,6 +360,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
         state: () => ({ draining: drain.draining, allocations: engine.allocations }),
       });
       await ops.start();
+      peerPolicy.addServer([], [ops.port]);
     }
   } catch (err) {
     await closeAll().catch(() => undefined);

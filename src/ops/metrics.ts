@@ -172,7 +172,8 @@ export function createMetrics(sources: MetricsSources): Registry {
   totalCounter(registry, 'anyturn_auth_failures_total', 'Requests answered 401 (no or bad credentials)', [], () => single(counters.authFailures));
   totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () => single(counters.quotaRefusals));
   totalCounter(registry, 'anyturn_limit_refusals_total', 'CreatePermission and ChannelBind requests refused with 508 by --max-permissions-per-allocation, --max-channels-per-allocation or --max-peers-per-request', [], () => single(counters.limitRefusals));
-  totalCounter(registry, 'anyturn_peer_policy_refusals_total', 'Permissions and channel binds refused by the peer policy (403)', [], () => single(counters.peerPolicyRefusals));
+  totalCounter(registry, 'anyturn_peer_policy_refusals_total', 'Permissions and channel binds refused by the peer policy (403, or not installed from a store record)', [], () => single(counters.peerPolicyRefusals));
+  totalCounter(registry, 'anyturn_store_peer_refusals_total', 'Permissions and channels in records from the store that the peer policy refused (not installed)', [], () => single(counters.storePeerRefusals));
   totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
   totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));

@@ -29,6 +29,10 @@ function portKey(address: string, port: number): string {
   return `${address}|${port}`;
 }
 
+function additionalPortKey(r: NewAllocationRecord): string | undefined {
+  return r.additionalRelayedAddress !== undefined && r.additionalRelayedPort !== undefined ? portKey(r.additionalRelayedAddress, r.additionalRelayedPort) : undefined;
+}
+
 export class MemoryAllocationStore implements AllocationStore {
   readonly kind = 'memory';
   private readonly records = new Map<string, AllocationRecord>();
@@ -63,11 +67,16 @@ export class MemoryAllocationStore implements AllocationStore {
     const pk = portKey(input.relayedAddress, input.relayedPort);
     const holder = this.ports.get(pk);
     if (holder !== undefined && holder !== input.key) return { ok: false, reason: 'port-taken' };
+    // A dual allocation's IPv6 relayed port is claimed too (anycast relay mode binds it on every node).
+    const apk = additionalPortKey(input);
+    const additionalHolder = apk === undefined ? undefined : this.ports.get(apk);
+    if (additionalHolder !== undefined && additionalHolder !== input.key) return { ok: false, reason: 'port-taken', additional: true };
     const count = this.userCounts.get(input.username) ?? 0;
     if (limits.userQuota > 0 && count >= limits.userQuota) return { ok: false, reason: 'user-quota' };
     const record: AllocationRecord = clone({ ...input, version: 1 });
     this.records.set(record.key, record);
     this.ports.set(pk, record.key);
+    if (apk !== undefined) this.ports.set(apk, record.key);
     this.userCounts.set(record.username, count + 1);
     this.emit({ type: 'created', record: clone(record) });
     return { ok: true, record: clone(record) };
@@ -84,11 +93,15 @@ export class MemoryAllocationStore implements AllocationStore {
     const current = this.records.get(next.key);
     if (!current) return { ok: false, reason: 'missing' };
     if (current.version !== next.version) return { ok: false, reason: 'conflict', current: clone(current) };
-    // The identity of an allocation (its relayed port, user, owner) is fixed at creation.
+    // The identity of an allocation (its relayed port(s), user, owner) is fixed at creation.
+    const { additionalRelayedAddress: _a, additionalRelayedPort: _p, ...rest } = next;
     const record: AllocationRecord = clone({
-      ...next,
+      ...rest,
       relayedAddress: current.relayedAddress,
       relayedPort: current.relayedPort,
+      ...(current.additionalRelayedAddress !== undefined && current.additionalRelayedPort !== undefined
+        ? { additionalRelayedAddress: current.additionalRelayedAddress, additionalRelayedPort: current.additionalRelayedPort }
+        : {}),
       username: current.username,
       version: current.version + 1,
     });
@@ -105,6 +118,8 @@ export class MemoryAllocationStore implements AllocationStore {
     this.records.delete(key);
     const pk = portKey(current.relayedAddress, current.relayedPort);
     if (this.ports.get(pk) === key) this.ports.delete(pk);
+    const apk = additionalPortKey(current);
+    if (apk !== undefined && this.ports.get(apk) === key) this.ports.delete(apk);
     const count = (this.userCounts.get(current.username) ?? 1) - 1;
     if (count > 0) this.userCounts.set(current.username, count);
     else this.userCounts.delete(current.username);
@@ -182,5 +197,10 @@ export class MemoryNodeRegistry implements NodeRegistry {
 
   async removeNode(nodeId: string): Promise<void> {
     this.nodes.delete(nodeId);
+  }
+
+  async listNodes(): Promise<NodeInfo[]> {
+    const now = this.now();
+    return [...this.nodes.values()].filter((e) => e.expiresAtMs > now).map((e) => ({ ...e.node }));
   }
 }

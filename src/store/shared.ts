@@ -6,7 +6,7 @@ import type { RedisStoreLogger } from './redis/options.js';
 import type { RedisTarget } from './redis/target.js';
 import type { AllocationStore, NodeRegistry } from './types.js';
 
-export type { RedisHostPort, RedisTarget } from './redis/target.js';
+export type { RedisHostPort, RedisTarget, RedisTls } from './redis/target.js';
 
 export interface SharedStore {
   readonly store: AllocationStore;

@@ -46,7 +46,9 @@ export interface AllocationLimits {
 
 export type CreateOutcome =
   | { readonly ok: true; readonly record: AllocationRecord }
-  | { readonly ok: false; readonly reason: 'exists' | 'user-quota' | 'port-taken' };
+  | { readonly ok: false; readonly reason: 'exists' | 'user-quota' }
+  /** `additional`: the clash is on the additional (IPv6) relayed address of a dual allocation. */
+  | { readonly ok: false; readonly reason: 'port-taken'; readonly additional?: true };
 
 export type UpdateOutcome =
   | { readonly ok: true; readonly record: AllocationRecord }
@@ -69,9 +71,10 @@ export interface AllocationStore {
   /** False while the store can't be reached (a shared store's connection is down). */
   isAvailable(): boolean;
   /**
-   * Atomically: refuses when the key exists, when the relayed port is reserved by
-   * someone else, or when the user is at quota; otherwise inserts the record at
-   * version 1, reserves its relayed port and counts it against the user.
+   * Atomically: refuses when the key exists, when a relayed port (the additional
+   * one of a dual allocation too) is reserved by someone else, or when the user is
+   * at quota; otherwise inserts the record at version 1, reserves its relayed
+   * port(s) and counts it against the user.
    */
   create(record: NewAllocationRecord, limits: AllocationLimits): Promise<CreateOutcome>;
   get(key: string): Promise<AllocationRecord | undefined>;
@@ -107,6 +110,10 @@ export interface NodeInfo {
   /** Unicast address and port of the node's mesh socket (node-to-node forwarding). */
   readonly meshAddress: string;
   readonly meshPort: number;
+  /** The node's relay addresses: the other nodes refuse its service ports as peers (turn/peer-policy.ts). */
+  readonly relayAddresses?: readonly string[];
+  /** The node's service ports (client listening ports, ops/metrics, mesh). */
+  readonly servicePorts?: readonly number[];
 }
 
 /** Cluster membership by heartbeats with a TTL. */
@@ -117,6 +124,8 @@ export interface NodeRegistry {
   getNode(nodeId: string): Promise<NodeInfo | undefined>;
   /** Withdraws a node at once (graceful shutdown). */
   removeNode(nodeId: string): Promise<void>;
+  /** Every live node (membership, every few seconds: never on a request path). */
+  listNodes(): Promise<NodeInfo[]>;
 }
 
 /** The event feed's own heartbeat: published, heard back, and subscriptions made again. */

@@ -3,6 +3,7 @@
 // hot path. The store holds the same facts as a plain AllocationRecord.
 
 import { parseIPv4, parseIPv6 } from '../stun/address.js';
+import { isValidChannelNumber } from '../stun/channel-data.js';
 import { CHANNEL_MIN } from '../stun/constants.js';
 import type { AllocationRecord } from '../store/types.js';
 import type { ClientPath, RelaySocket } from './io.js';
@@ -19,6 +20,9 @@ export class Permission {
   channelsByPort: Map<number, ChannelBinding> | undefined;
   /** The IPv6 address as bytes (for Data indications), empty for IPv4. */
   readonly peerIPv6: Uint8Array;
+  /** Cached PeerPolicy.isServerAddress(peerAddress), valid while the policy's generation equals policyGeneration. */
+  serverAddress = false;
+  policyGeneration = -1;
   constructor(
     readonly peerAddress: string,
     /** The IPv4 address as a number, or -1 for IPv6. */
@@ -55,6 +59,14 @@ export interface AllocationIdentity {
   /** Transaction id of the Allocate that made it, to answer retransmissions (RFC 8656 §7.2). */
   readonly allocateTransactionId: string;
 }
+
+/**
+ * The peer policy as merge() asks it: may a permission for `address` (port undefined) or a
+ * channel to address:port be installed? A record from the store is no more trusted than a
+ * request: anyone who can write to Redis (or publish on its event channel) could otherwise
+ * install a permission for any address (RFC 8656 §21).
+ */
+export type PeerFilter = (address: string, port: number | undefined) => boolean;
 
 function isIPv6Relay(relay: RelaySocket): boolean {
   return relay.address.includes(':');
@@ -176,15 +188,27 @@ export class Allocation implements AllocationIdentity {
    * channels are the union. Merging (not replacing) keeps a change this node made
    * but has not written yet; two nodes changing one allocation at once both keep
    * their change. Returns false when the record is not newer than what we hold.
+   * Every permission and channel passes `allowed` first (the same policy a request
+   * meets); `onRefused` counts what did not. Channel numbers and ports are checked
+   * as ChannelBind checks them.
    */
-  merge(record: AllocationRecord): boolean {
+  merge(record: AllocationRecord, allowed: PeerFilter, onRefused: () => void): boolean {
     if (record.version <= this.version) return false;
     this.expiresAtMs = Math.max(this.expiresAtMs, record.expiresAtMs);
     for (const [address, expiresAtMs] of Object.entries(record.permissions)) {
-      if (this.relayFor(address.includes(':'))) this.permit(address, parseIPv4(address), expiresAtMs);
+      if (!this.relayFor(address.includes(':'))) continue;
+      if (!allowed(address, undefined)) {
+        onRefused();
+        continue;
+      }
+      this.permit(address, parseIPv4(address), expiresAtMs);
     }
     for (const [key, channel] of Object.entries(record.channels)) {
       const number = Number(key);
+      if (!isValidChannelNumber(number) || !Number.isInteger(channel.peerPort) || channel.peerPort < 1 || channel.peerPort > 65535) {
+        onRefused();
+        continue;
+      }
       const existing = this.channel(number);
       if (existing) {
         // The same binding elsewhere refreshed it; a different peer on the same number (a race
@@ -195,6 +219,10 @@ export class Allocation implements AllocationIdentity {
         continue;
       }
       if (!this.relayFor(channel.peerAddress.includes(':'))) continue;
+      if (!allowed(channel.peerAddress, channel.peerPort)) {
+        onRefused();
+        continue;
+      }
       const permission = this.permit(channel.peerAddress, parseIPv4(channel.peerAddress), record.permissions[channel.peerAddress] ?? 0);
       if (permission.channelsByPort?.has(channel.peerPort)) continue;
       this.bindChannel(number, permission, channel.peerPort, channel.expiresAtMs);

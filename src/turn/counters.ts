@@ -22,6 +22,8 @@ export const DROP_REASONS = [
   'bad_peer_port',
   /** A peer datagram too large to frame for the client (a Data indication's 16-bit length). */
   'too_large',
+  /** A Send indication or ChannelData to a service port of a server or cluster address (turn/peer-policy.ts). */
+  'peer_service_port',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -38,6 +40,8 @@ export class EngineCounters {
   peerPolicyRefusals = 0;
   /** Requests refused with 508 for a per-allocation or per-request cap (engine AllocationLimits). */
   limitRefusals = 0;
+  /** Of those, permissions and channels in records from the store (Allocation.merge), not installed. */
+  storePeerRefusals = 0;
   allocationsCreated = 0;
   allocationsDeleted = 0;
   storeErrors = 0;

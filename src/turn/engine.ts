@@ -56,7 +56,7 @@ import { fiveTupleKey } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
 import { readAllocateRequest, requestedLifetimeSeconds } from './allocate-request.js';
 import { ALLOCATION_LIMIT_DEFAULTS, type AllocationLimits } from './limits.js';
-import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from './allocation.js';
+import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS, type Permission } from './allocation.js';
 import type { CredentialStore } from './auth.js';
 import type { DropReason, EngineCounters } from './counters.js';
 import { TurnError } from './errors.js';
@@ -67,6 +67,8 @@ import { SourceRateLimiter, type SourceRateLimitOptions, bindingLimitFor } from 
 import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
 
 const MAX_PORT_ATTEMPTS = 64;
+/** A dual allocation's IPv6 port taken elsewhere this often: the Allocate goes on with IPv4 only (RFC 8656 §7.2). */
+const MAX_ADDITIONAL_PORT_ATTEMPTS = 8;
 /** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
 
@@ -169,6 +171,13 @@ export class TurnEngine {
   private readonly unauthLimiter: SourceRateLimiter | undefined;
   /** Binding answers per source (see bindingLimitFor): ICE needs them, so a higher rate than errors. */
   private readonly bindingLimiter: SourceRateLimiter | undefined;
+  /** The peer policy for permissions and channels that come from the store (Allocation.merge). */
+  private readonly storePeerFilter = (address: string, port: number | undefined): boolean =>
+    (port === undefined ? this.o.peerPolicy.check(address) : this.o.peerPolicy.checkPeer(address, port)).allowed;
+  private readonly onStorePeerRefused = (): void => {
+    this.o.counters.peerPolicyRefusals++;
+    this.o.counters.storePeerRefusals++;
+  };
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   private readonly packetClock: () => number;
   private readonly limits: AllocationLimits;
@@ -263,9 +272,23 @@ export class TurnEngine {
     const now = this.packetClock();
     if (!binding || binding.expiresAtMs <= now) return this.drop('no_channel');
     if (binding.permission.expiresAtMs <= now) return this.drop('no_permission');
+    if (this.o.peerPolicy.isServicePort(binding.peerPort) && this.isServerPeer(binding.permission)) return this.drop('peer_service_port');
     binding.permission.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += length;
+  }
+
+  /**
+   * Whether a permission's IP is one of the server's or its cluster's addresses. Asked only
+   * for a service port (rare), and cached on the permission until the policy learns more.
+   */
+  private isServerPeer(permission: Permission): boolean {
+    const policy = this.o.peerPolicy;
+    if (permission.policyGeneration !== policy.generation) {
+      permission.serverAddress = policy.isServerAddress(permission.peerAddress);
+      permission.policyGeneration = policy.generation;
+    }
+    return permission.serverAddress;
   }
 
   private noAllocation(listener: EngineListener, buf: Buffer, address: string, port: number, local: boolean): void {
@@ -285,6 +308,8 @@ export class TurnEngine {
         ? allocation.permissionsByIPv4.get(view.peerIPv4)
         : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
     if (!permission || permission.expiresAtMs <= this.packetClock()) return this.drop('no_permission');
+    // A permission is per IP (RFC 8656 §9); the port is known only here: never a server's service port.
+    if (this.o.peerPolicy.isServicePort(view.peerPort) && this.isServerPeer(permission)) return this.drop('peer_service_port');
     permission.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
     this.o.counters.packetsClientToPeer++;
     this.o.counters.bytesClientToPeer += view.dataLength;
@@ -525,6 +550,7 @@ export class TurnEngine {
     let relay: RelaySocket | undefined;
     let additionalRelay: RelaySocket | undefined;
     let reservedToken: Buffer | undefined;
+    let additionalClashes = 0;
     try {
       const now = this.o.clock.now();
       let allocation: Allocation | undefined;
@@ -572,6 +598,12 @@ export class TurnEngine {
         if (outcome.ok) {
           candidate.version = outcome.record.version;
           allocation = candidate;
+        } else if (outcome.reason === 'port-taken' && outcome.additional === true) {
+          // The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
+          // same shared address): take another one; none left is a 508 for that family only (RFC 8656 §7.2).
+          additionalRelay?.close();
+          additionalRelay = ++additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? (await this.ports.bindInFamily(true, false, false, onPacket))?.socket : undefined;
+          if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
         } else if (outcome.reason === 'port-taken' && !token) {
           relay.close();
           relay = undefined;
@@ -641,13 +673,16 @@ export class TurnEngine {
     this.send(listener, message, w, auth.key, address, port, 'refresh', 200);
   }
 
-  /** Decodes and vets one XOR-PEER-ADDRESS: 400 malformed, 443 wrong family, 403 by policy. */
-  private checkPeer(allocation: Allocation, value: Buffer, transactionId: Buffer): { address: string; port: number } {
+  /**
+   * Decodes and vets one XOR-PEER-ADDRESS: 400 malformed, 443 wrong family, 403 by policy.
+   * `withPort`: the port matters too (ChannelBind; a CreatePermission's port is ignored, RFC 8656 §9.1).
+   */
+  private checkPeer(allocation: Allocation, value: Buffer, transactionId: Buffer, withPort = false): { address: string; port: number } {
     const peer = decodeAddress(value, transactionId);
     if (!peer) throw new TurnError(ErrorCode.BadRequest, 'Bad XOR-PEER-ADDRESS');
     // RFC 8656 §9.1/§11.1: a peer of a family the allocation has no relayed address for is 443.
     if (!allocation.relayFor(peer.family === AddressFamily.IPv6)) throw new TurnError(ErrorCode.PeerAddressFamilyMismatch);
-    const verdict = this.o.peerPolicy.check(peer.address);
+    const verdict = withPort ? this.o.peerPolicy.checkPeer(peer.address, peer.port) : this.o.peerPolicy.check(peer.address);
     if (!verdict.allowed) {
       this.o.counters.peerPolicyRefusals++;
       this.o.logger.debug({ peer: peer.address, reason: verdict.reason, user: allocation.username }, 'peer refused by policy');
@@ -680,7 +715,7 @@ export class TurnEngine {
     if (!numberValue || !peerValue) throw new TurnError(ErrorCode.BadRequest, 'CHANNEL-NUMBER or XOR-PEER-ADDRESS missing');
     const number = decodeChannelNumber(numberValue);
     if (number === undefined || !isValidChannelNumber(number)) throw new TurnError(ErrorCode.BadRequest, 'Channel number out of range');
-    const peer = this.checkPeer(allocation, peerValue, message.transactionId);
+    const peer = this.checkPeer(allocation, peerValue, message.transactionId, true);
     // A channel carries datagrams to one transport address (RFC 8656 §11): port 0 is none.
     if (peer.port === 0) throw new TurnError(ErrorCode.BadRequest, 'Peer port 0');
     const now = this.o.clock.now();
@@ -726,7 +761,7 @@ export class TurnEngine {
         // Another writer got there first (anycast relay mode: any node may change any
         // allocation): fold its record into ours and write the union. Never a lost update.
         for (let attempt = 0; attempt < 5 && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
-          allocation.merge(outcome.current);
+          allocation.merge(outcome.current, this.storePeerFilter, this.onStorePeerRefused);
           allocation.version = outcome.current.version;
           outcome = await this.o.store.update(allocation.toRecord(this.o.nodeId));
         }
@@ -820,7 +855,7 @@ export class TurnEngine {
     try {
       const current = await this.o.store.get(allocation.key);
       if (current && current.expiresAtMs > now) {
-        allocation.merge(current);
+        allocation.merge(current, this.storePeerFilter, this.onStorePeerRefused);
         return;
       }
     } catch {
@@ -838,7 +873,7 @@ export class TurnEngine {
       return;
     }
     const local = this.byKey.get(event.record.key);
-    if (local) local.allocation.merge(event.record);
+    if (local) local.allocation.merge(event.record, this.storePeerFilter, this.onStorePeerRefused);
     else if (!this.pending.has(event.record.key)) void this.adopt(event.record);
   }
 
@@ -896,7 +931,7 @@ export class TurnEngine {
         },
         current.expiresAtMs,
       );
-      allocation.merge(current);
+      allocation.merge(current, this.storePeerFilter, this.onStorePeerRefused);
       relay = undefined;
       additionalRelay = undefined;
       this.register(listener, allocation);
@@ -920,7 +955,7 @@ export class TurnEngine {
     let held = 0;
     for (const record of records) {
       const local = this.byKey.get(record.key);
-      if (local) local.allocation.merge(record);
+      if (local) local.allocation.merge(record, this.storePeerFilter, this.onStorePeerRefused);
       else if (await this.adopt(record, true)) held++;
     }
     return held;

@@ -19,6 +19,24 @@
 // Steps 2-6 match an IPv6 address both literally and through the IPv4
 // address it embeds (IPv4-mapped, IPv4-compatible, SIIT, NAT64 64:ff9b::/96,
 // 6to4), so every written form of an IPv4 address gets the IPv4 verdict.
+//
+// The server's own service ports, whatever is allowed. A permission is per IP
+// (RFC 8656 §9) and may rightly name a server address: two allocations on the
+// same server relay to each other through their relayed transport addresses
+// (RFC 8656 §2: a peer may itself be a TURN relay), and with
+// --allow-loopback-peers or an --allowed-peer-ip range covering the server,
+// check() above allows that IP. What is never allowed is a peer ip:port that
+// is a server (or cluster) address AND a service port: the client listening
+// ports (UDP, TCP, TLS), the ops/metrics port and the mesh port, of this node
+// or of any cluster node (TURN-to-self loops, requests to the ops endpoint or
+// the mesh coming from the relay; RFC 8656 §21). checkPeer(ip, port) adds that
+// rule to check(ip) for ChannelBind (403); a Send indication or ChannelData to
+// such a peer is dropped and counted (isServicePort + isServerAddress, which
+// the engine asks only when the port is a service port). Other ports of a
+// server address follow check(ip): they are reachable only when the operator
+// allowed that IP (or loopback), and relayed ports are meant to be.
+// Server addresses and service ports grow at run time (ports bound at start,
+// cluster nodes as membership learns them): `generation` changes then.
 
 /** A stable, short reason for a refusal; safe to use as a metric label. */
 export type PeerDenyReason =
@@ -49,10 +67,25 @@ export interface PeerPolicyOptions {
   readonly deniedPeerRanges: readonly string[];
   /** The server's own listening, relay and admin addresses (single IPs or ranges). */
   readonly serverAddresses: readonly string[];
+  /** The server's service ports (listening UDP/TCP/TLS, ops/metrics, mesh); more can be added later. */
+  readonly servicePorts?: readonly number[];
 }
 
 export interface PeerPolicy {
+  /** The verdict for a peer IP (CreatePermission: a permission is per IP, RFC 8656 §9). */
   check(ip: string): PeerVerdict;
+  /** check(ip), and never a service port of a server or cluster address (ChannelBind, records from the store). */
+  checkPeer(ip: string, port: number): PeerVerdict;
+  /** True for one of the server's or its cluster's addresses, in any written form. */
+  isServerAddress(ip: string): boolean;
+  /** True for a service port of this node or a cluster node. Allocation-free: the relay path asks it per packet. */
+  isServicePort(port: number): boolean;
+  /** Adds server addresses (single IPs or ranges; a malformed one throws PeerRangeError) and service ports. */
+  addServer(addresses: readonly string[], ports: readonly number[]): void;
+  /** Bumped whenever addServer adds something: cached isServerAddress answers are stale then. */
+  readonly generation: number;
+  /** How many server addresses (and ranges) the policy holds. */
+  readonly serverAddressCount: number;
 }
 
 /** An inclusive range of addresses of one family, as numbers. */
@@ -509,7 +542,48 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
   const allowed = compileRanges(opts.allowedPeerRanges, '--allowed-peer-ip');
   const denied = compileRanges(opts.deniedPeerRanges, '--denied-peer-ip');
   const server = compileRanges(opts.serverAddresses, 'server address');
+  const serverV4 = server.v4 as { first: number; last: number }[];
+  const serverV6 = server.v6 as { first: bigint; last: bigint }[];
+  const serverTexts = new Set<string>(opts.serverAddresses);
+  /** One byte per port: 1 for a service port (no hashing on the relay path). */
+  const servicePorts = new Uint8Array(65536);
+  let generation = 0;
   const allowLoopback = opts.allowLoopbackPeers === true;
+
+  /** Adds what is new; returns true when anything was. Ports out of 1-65535 are ignored (0 is no port). */
+  function addServer(addresses: readonly string[], ports: readonly number[]): boolean {
+    let changed = false;
+    const fresh = addresses.filter((a) => !serverTexts.has(a));
+    if (fresh.length > 0) {
+      const more = compileRanges(fresh, 'server address');
+      serverV4.push(...more.v4);
+      serverV6.push(...more.v6);
+      for (const a of fresh) serverTexts.add(a);
+      changed = true;
+    }
+    for (const port of ports) {
+      if (!Number.isInteger(port) || port < 1 || port > 65535 || servicePorts[port] === 1) continue;
+      servicePorts[port] = 1;
+      changed = true;
+    }
+    if (changed) generation++;
+    return changed;
+  }
+  addServer([], opts.servicePorts ?? []);
+
+  /** The address as numbers: v6 set for IPv6 text, v4 for IPv4 text or the IPv4 an IPv6 form embeds. */
+  function numbers(ip: string): { v6: bigint | undefined; v4: number | undefined } | undefined {
+    const parsed = typeof ip === 'string' ? parseIp(ip) : undefined;
+    if (parsed === undefined) return undefined;
+    if (parsed.family === 4) return { v6: undefined, v4: parsed.value };
+    const embedding = embeddingOf(parsed.value);
+    return { v6: parsed.value, v4: embedding === 'none' ? undefined : embeddedIpv4(parsed.value, embedding) };
+  }
+
+  function isServerAddress(ip: string): boolean {
+    const n = numbers(ip);
+    return n !== undefined && matches(server, n.v6, n.v4);
+  }
 
   function check(ip: string): PeerVerdict {
     if (typeof ip !== 'string') return DENIED.invalid;
@@ -546,5 +620,24 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
     return isGlobalUnicastFormat(v6) ? ALLOWED : DENIED.reserved;
   }
 
-  return { check };
+  return {
+    check,
+    checkPeer(ip: string, port: number): PeerVerdict {
+      const verdict = check(ip);
+      if (!verdict.allowed) return verdict;
+      if (servicePorts[port] === 1 && isServerAddress(ip)) return DENIED['server-address'];
+      return verdict;
+    },
+    isServerAddress,
+    isServicePort: (port: number): boolean => servicePorts[port] === 1,
+    addServer(addresses: readonly string[], ports: readonly number[]): void {
+      addServer(addresses, ports);
+    },
+    get generation(): number {
+      return generation;
+    },
+    get serverAddressCount(): number {
+      return serverTexts.size;
+    },
+  };
 }

@@ -13,12 +13,13 @@ import { randomBytes } from 'node:crypto';
 import { createLogger } from '../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { createRedisClients } from '../../src/store/redis/clients.js';
-import { type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
-import { decodeErrorCode, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import { type AllocationRecord, type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
+import { decodeAddress } from '../../src/stun/address.js';
+import { decodeAddressErrorCode, decodeErrorCode, encodeAddressFamily, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';
-import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
+import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { longTermKey } from '../../src/stun/integrity.js';
-import { decodeMessage, getAttribute } from '../../src/stun/message.js';
+import { decodeMessage, getAttribute, getAttributes } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
 import { CredentialStore } from '../../src/turn/auth.js';
 import { systemClock } from '../../src/turn/clock.js';
@@ -31,6 +32,7 @@ import { type RedisServerHandle, startRedisServer } from '../helpers/redis-serve
 
 const ANYCAST = '198.18.100.1';
 const RELAY = '198.18.100.2';
+const RELAY6 = '2001:db8:100::2';
 const PORT = 3478;
 const REALM = 'anycast-relay.test';
 const USER = 'alice';
@@ -47,22 +49,23 @@ interface Node {
   readonly relays: FakeRelayFactory;
 }
 
-function startNode(id: string, store: AllocationStore): Node {
+function startNode(id: string, store: AllocationStore, extra: { relayAddressIPv6?: string; minPort?: number; maxPort?: number } = {}): Node {
   const path = new FakeClientPath('udp', ANYCAST, PORT);
   const relays = new FakeRelayFactory();
   const engine = new TurnEngine({
     nodeId: id,
     credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, 'secret']]), authSecrets: [] }),
     nonces,
-    peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: ['198.18.0.0/15'], deniedPeerRanges: [], serverAddresses: [ANYCAST, RELAY] }),
+    peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: ['198.18.0.0/15', '2001:db8:100::/48'], deniedPeerRanges: [], serverAddresses: [ANYCAST, RELAY, RELAY6], servicePorts: [PORT] }),
     store,
     relays,
     clock: systemClock,
     logger,
     counters: new EngineCounters(),
     relayAddressIPv4: RELAY,
-    minPort: 50000,
-    maxPort: 59999,
+    relayAddressIPv6: extra.relayAddressIPv6,
+    minPort: extra.minPort ?? 50000,
+    maxPort: extra.maxPort ?? 59999,
     maxLifetimeSeconds: 3600,
     userQuota: 0,
     totalQuota: 0,
@@ -250,5 +253,120 @@ describe('races between two nodes on real Redis', () => {
       await one.store.close();
       await two.store.close();
     }
+  });
+});
+
+describe('anycast relay mode: records from the store meet the peer policy', () => {
+  const store = new MemoryAllocationStore();
+  const nodes: Node[] = [];
+  after(async () => {
+    for (const n of nodes) await n.engine.stop();
+  });
+
+  it('a permission or channel written to the store for a refused peer is installed on no node', async () => {
+    const a = startNode('a', store);
+    const b = startNode('b', store);
+    nodes.push(a, b);
+    const clientPort = 43000;
+    assert.equal(await ask(a, clientPort, Method.Allocate, allocate), 200);
+    const key = fiveTupleKey('udp', CLIENT, clientPort, ANYCAST, PORT);
+    await until(() => b.listener.find(CLIENT, clientPort) !== undefined, 'node B taking the allocation on');
+    // Anyone who can write the store (or publish on its event channel) writes this.
+    const far = Date.now() + 600_000;
+    const stored = (await store.get(key))!;
+    const tampered: AllocationRecord = {
+      ...stored,
+      permissions: { ...stored.permissions, '169.254.169.254': far, '10.0.0.1': far, [PEER]: far },
+      channels: {
+        '16400': { peerAddress: '169.254.169.254', peerPort: 80, expiresAtMs: far },
+        '16401': { peerAddress: ANYCAST, peerPort: PORT, expiresAtMs: far }, // the server's own listening port
+        '16402': { peerAddress: PEER, peerPort: 0, expiresAtMs: far }, // no such port
+        '99999': { peerAddress: PEER, peerPort: 6200, expiresAtMs: far }, // no such channel
+        '16403': { peerAddress: PEER, peerPort: 6100, expiresAtMs: far },
+      },
+    };
+    assert.ok((await store.update(tampered)).ok);
+    const held = (n: Node) => n.listener.find(CLIENT, clientPort)!;
+    await until(() => held(a).channel(16403) !== undefined && held(b).channel(16403) !== undefined, 'the allowed channel reaching both nodes');
+    // A node that starts now takes the record on from a listing (adopt).
+    const c = startNode('c', store);
+    nodes.push(c);
+    await c.engine.syncFromStore();
+    for (const n of [a, b, c]) {
+      const allocation = held(n);
+      assert.ok(allocation.permissionsByAddress.has(PEER), 'the allowed permission is there');
+      assert.ok(allocation.channel(16403), 'the allowed channel is there');
+      assert.deepEqual([...allocation.permissionsByAddress.keys()], [PEER], 'no refused permission installed');
+      assert.deepEqual([...allocation.bindings].map((x) => x.number), [16403], 'no refused channel installed');
+    }
+    // A Send indication to the refused address goes nowhere.
+    const sendTo = (ip: string): Buffer => {
+      const w = new MessageWriter(Method.Send, MessageClass.Indication, randomBytes(12));
+      w.addXorAddress(Attr.XorPeerAddress, ip, 80);
+      w.add(Attr.Data, Buffer.from('metadata?'));
+      return w.toBuffer();
+    };
+    const relay = held(b).relay;
+    const before = b.relays.socketAt(RELAY, relay.port)!.sent.length;
+    b.engine.handleClientPacket(b.listener, sendTo('169.254.169.254'), CLIENT, clientPort);
+    assert.equal(b.relays.socketAt(RELAY, relay.port)!.sent.length, before);
+  });
+});
+
+describe('anycast relay mode: the IPv6 relayed address of a dual allocation is claimed in the store', () => {
+  // Node B never hears the store's events (a missed event, or a write racing its own):
+  // only the store's claim stands between it and an IPv6 relayed port another node holds.
+  const store = new MemoryAllocationStore();
+  const deaf: AllocationStore = new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === 'subscribe') return () => () => undefined;
+      const value = Reflect.get(target, prop, receiver) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  let b: Node | undefined;
+  after(async () => {
+    await b?.engine.stop();
+  });
+
+  it('a node does not hand out an IPv6 relayed port that another node holds; the Allocate goes on with IPv4', async () => {
+    const MIN = 50000;
+    const held = {
+      key: fiveTupleKey('udp', CLIENT, 44000, ANYCAST, PORT),
+      transport: 'udp' as const,
+      clientAddress: CLIENT,
+      clientPort: 44000,
+      serverAddress: ANYCAST,
+      serverPort: PORT,
+      relayedAddress: RELAY,
+      relayedPort: MIN,
+      additionalRelayedAddress: RELAY6,
+      additionalRelayedPort: MIN + 1,
+      ownerNodeId: 'a',
+      username: USER,
+      realm: REALM,
+      createdAtMs: Date.now(),
+      expiresAtMs: Date.now() + 600_000,
+      permissions: {},
+      channels: {},
+    };
+    assert.ok((await store.create(held, { userQuota: 0 })).ok);
+    b = startNode('b', deaf, { relayAddressIPv6: RELAY6, minPort: MIN, maxPort: MIN + 1 });
+    // Locally, B could bind only the IPv6 port node A holds.
+    b.relays.takePort(RELAY6, MIN);
+    const r = request(Method.Allocate, (w) => {
+      allocate(w);
+      w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6));
+    });
+    b.engine.handleClientPacket(b.listener, r.buf, CLIENT, 44001);
+    await until(() => responseCode(b!, 44001, r.id) !== undefined, 'the Allocate answer');
+    assert.equal(responseCode(b, 44001, r.id), 200);
+    const answer = b.path.sentTo(CLIENT, 44001).map((x) => decodeMessage(x.data)).find((d) => d.ok && d.message.transactionId.toString('hex') === r.id)!;
+    assert.ok(answer.ok);
+    const relayed = getAttributes(answer.message, Attr.XorRelayedAddress).map((v) => decodeAddress(v, answer.message.transactionId)!);
+    assert.deepEqual(relayed.map((x) => `${x.address}|${x.port}`), [`${RELAY}|${MIN + 1}`], 'IPv4 only: the IPv6 port is node A’s');
+    const refused = decodeAddressErrorCode(getAttribute(answer.message, Attr.AddressErrorCode) ?? Buffer.alloc(0));
+    assert.equal(refused?.family, AddressFamily.IPv6);
+    assert.equal(refused?.code, 508);
   });
 });

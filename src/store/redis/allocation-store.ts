@@ -31,6 +31,7 @@ import {
   checkTime,
   cloneEvent,
   decodeStoredRecord,
+  hasAdditionalRelay,
   identityOf,
   isFiniteNumber,
   isObject,
@@ -142,6 +143,9 @@ export class RedisAllocationStore implements AllocationStore {
    *      nothing and leaves no trace.
    *   1. claim the relayed port (set if free, accept if it already names this key);
    *      'port-taken' before quota, so a port clash never touches the user's count.
+   *      A dual allocation claims its additional (IPv6) relayed port the same way
+   *      (in anycast relay mode every node binds the same addresses: an unclaimed
+   *      one could be handed out twice); a clash there undoes the first claim.
    *   2. the quota script on the user's zset; 'user-quota' undoes step 1.
    *   3. create the allocation hash if absent; 'exists' (a racing create of the same
    *      5-tuple) undoes steps 1 and 2.
@@ -157,27 +161,43 @@ export class RedisAllocationStore implements AllocationStore {
     await this.beforeWrite();
     checkTime('expiresAtMs', input.expiresAtMs);
     checkPort(input.relayedPort);
+    if (input.additionalRelayedPort !== undefined) checkPort(input.additionalRelayedPort);
     const record = canonical({ ...input, version: 1 });
     const allocKey = this.keys.alloc(record.key);
     const portKey = this.keys.port(record.relayedAddress, record.relayedPort);
+    const additionalPortKey = hasAdditionalRelay(record) ? this.keys.port(record.additionalRelayedAddress, record.additionalRelayedPort) : undefined;
     const userKey = this.keys.user(record.username);
     const { deadlineMs, ttlMs } = this.backstop(record.expiresAtMs);
 
     if ((await this.client.exists(allocKey)) === 1) return { ok: false, reason: 'exists' };
 
     let undoPort = true; // unknown until step 1 answers
+    let undoAdditional = false;
     let undoUser = false;
+    const ports = (): { key: string; undo: boolean }[] => [
+      { key: portKey, undo: undoPort },
+      ...(additionalPortKey !== undefined ? [{ key: additionalPortKey, undo: undoAdditional }] : []),
+    ];
     try {
       const claimed = await CLAIM_PORT.run(this.client, portKey, record.key, ttlMs);
       if (claimed === 0) return { ok: false, reason: 'port-taken' };
       undoPort = claimed === 1;
+      if (additionalPortKey !== undefined) {
+        undoAdditional = true;
+        const also = await CLAIM_PORT.run(this.client, additionalPortKey, record.key, ttlMs);
+        undoAdditional = also === 1;
+        if (also === 0) {
+          await this.undoCreateSteps(record.key, ports(), userKey, false);
+          return { ok: false, reason: 'port-taken', additional: true };
+        }
+      }
 
       undoUser = true;
       const quota = Math.max(0, Math.floor(limits.userQuota));
       const added = await USER_ADD.run(this.client, userKey, record.key, deadlineMs, this.now(), quota, ttlMs);
       undoUser = added === 1;
       if (added === 0) {
-        await this.undoCreateSteps(record.key, portKey, undoPort, userKey, false);
+        await this.undoCreateSteps(record.key, ports(), userKey, false);
         return { ok: false, reason: 'user-quota' };
       }
 
@@ -207,24 +227,27 @@ export class RedisAllocationStore implements AllocationStore {
         } catch (e) {
           this.warnStep('undo-create', record.key, e);
           undoPort = false;
+          undoAdditional = false;
           undoUser = false;
         }
         throw err;
       }
       if (committed !== 1) {
-        await this.undoCreateSteps(record.key, portKey, undoPort, userKey, undoUser);
+        await this.undoCreateSteps(record.key, ports(), userKey, undoUser);
         return { ok: false, reason: 'exists' };
       }
       return { ok: true, record: canonical(record) };
     } catch (err) {
-      await this.undoCreateSteps(record.key, portKey, undoPort, userKey, undoUser);
+      await this.undoCreateSteps(record.key, ports(), userKey, undoUser);
       throw err;
     }
   }
 
   /** Best-effort: never throws (what it can't undo expires with the backstop TTLs). */
-  private async undoCreateSteps(key: string, portKey: string, port: boolean, userKey: string, user: boolean): Promise<void> {
-    if (port) await RELEASE_IF_HELD.run(this.client, portKey, key).catch((e: unknown) => this.warnStep('undo-port', key, e));
+  private async undoCreateSteps(key: string, ports: readonly { key: string; undo: boolean }[], userKey: string, user: boolean): Promise<void> {
+    for (const port of ports) {
+      if (port.undo) await RELEASE_IF_HELD.run(this.client, port.key, key).catch((e: unknown) => this.warnStep('undo-port', key, e));
+    }
     if (user) await this.client.zrem(userKey, key).catch((e: unknown) => this.warnStep('undo-quota', key, e));
   }
 
@@ -305,9 +328,16 @@ export class RedisAllocationStore implements AllocationStore {
       if (code === 0) return { ok: false, reason: 'missing' };
       if (code === 1) return { ok: false, reason: 'conflict', current: decodeStoredRecord(currentJson, next.key) };
       if (code === 2) {
-        // The relayed address/port and username are fixed at creation: keep the stored ones.
+        // The relayed address(es)/port(s) and username are fixed at creation: keep the stored ones.
         const stored = decodeStoredRecord(currentJson, next.key);
-        candidate = canonical({ ...candidate, relayedAddress: stored.relayedAddress, relayedPort: stored.relayedPort, username: stored.username });
+        const { additionalRelayedAddress: _a, additionalRelayedPort: _p, ...rest } = candidate;
+        candidate = canonical({
+          ...rest,
+          relayedAddress: stored.relayedAddress,
+          relayedPort: stored.relayedPort,
+          username: stored.username,
+          ...(hasAdditionalRelay(stored) ? { additionalRelayedAddress: stored.additionalRelayedAddress, additionalRelayedPort: stored.additionalRelayedPort } : {}),
+        });
         continue;
       }
       await this.afterUpdate(written, deadlineMs, ttlMs);
@@ -318,8 +348,8 @@ export class RedisAllocationStore implements AllocationStore {
 
   private async afterUpdate(record: AllocationRecord, deadlineMs: number, ttlMs: number): Promise<void> {
     await Promise.all([
-      TOUCH_IF_HELD.run(this.client, this.keys.port(record.relayedAddress, record.relayedPort), record.key, ttlMs).catch((e: unknown) =>
-        this.warnStep('port-ttl', record.key, e),
+      ...this.portKeys(record).map((portKey) =>
+        TOUCH_IF_HELD.run(this.client, portKey, record.key, ttlMs).catch((e: unknown) => this.warnStep('port-ttl', record.key, e)),
       ),
       USER_TOUCH.run(this.client, this.keys.user(record.username), record.key, deadlineMs, ttlMs).catch((e: unknown) =>
         this.warnStep('quota-score', record.key, e),
@@ -346,10 +376,17 @@ export class RedisAllocationStore implements AllocationStore {
       return true;
     }
     await Promise.all([
-      RELEASE_IF_HELD.run(this.client, this.keys.port(record.relayedAddress, record.relayedPort), key).catch((e: unknown) => this.warnStep('release-port', key, e)),
+      ...this.portKeys(record).map((portKey) => RELEASE_IF_HELD.run(this.client, portKey, key).catch((e: unknown) => this.warnStep('release-port', key, e))),
       this.client.zrem(this.keys.user(record.username), key).catch((e: unknown) => this.warnStep('release-quota', key, e)),
     ]);
     return true;
+  }
+
+  /** The port keys a record holds: its relayed port, and a dual allocation's additional one. */
+  private portKeys(record: AllocationRecord): string[] {
+    const keys = [this.keys.port(record.relayedAddress, record.relayedPort)];
+    if (hasAdditionalRelay(record)) keys.push(this.keys.port(record.additionalRelayedAddress, record.additionalRelayedPort));
+    return keys;
   }
 
   async countUserAllocations(username: string): Promise<number> {

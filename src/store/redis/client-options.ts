@@ -4,7 +4,14 @@
 import type { ClusterOptions, RedisOptions } from 'ioredis';
 
 import { DEFAULT_CONNECT_TIMEOUT_MS, type RedisStoreOptions } from './options.js';
-import type { RedisTarget } from './target.js';
+import type { ConnectionOptions } from 'node:tls';
+
+import type { RedisTarget, RedisTls } from './target.js';
+
+/** Node TLS options for a Redis connection: verified against --redis-ca, or the system's CAs. */
+export function redisTlsOptions(tls: RedisTls): ConnectionOptions {
+  return { rejectUnauthorized: true, ...(tls.ca !== undefined ? { ca: tls.ca } : {}) };
+}
 
 const DEFAULT_COMMAND_TIMEOUT_MS = 500;
 const CLUSTER_SLOTS_REFRESH_MS = 5_000;
@@ -58,6 +65,8 @@ export function sentinelRedisOptions(target: Extract<RedisTarget, { kind: 'senti
     failoverDetector: true,
     // Sentinels may be hostnames: keep the list the operator gave in front.
     updateSentinels: true,
+    // --redis-tls: TLS to the sentinels and to the master they name.
+    ...(target.tls ? { enableTLSForSentinelMode: true, sentinelTLS: redisTlsOptions(target.tls), tls: redisTlsOptions(target.tls) } : {}),
   };
 }
 
@@ -78,6 +87,8 @@ export function clusterRedisOptions(target: Extract<RedisTarget, { kind: 'cluste
       enableReadyCheck: true,
       reconnectOnError: reconnectOnReadOnly,
       ...(target.password !== undefined ? { password: target.password } : {}),
+      // --redis-tls: TLS to every node (the seeds and those CLUSTER SLOTS names).
+      ...(target.tls ? { tls: redisTlsOptions(target.tls) } : {}),
     },
     clusterRetryStrategy: reconnectForever,
     enableOfflineQueue: false,

@@ -14,7 +14,7 @@
 
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 
-import { clusterRedisOptions, requestPathRedisOptions, sentinelRedisOptions } from './client-options.js';
+import { clusterRedisOptions, redisTlsOptions, requestPathRedisOptions, sentinelRedisOptions } from './client-options.js';
 import { silentLogger, type RedisStoreLogger, type RedisStoreOptions } from './options.js';
 import { describeRedisTarget, toTarget, type RedisTarget } from './target.js';
 
@@ -72,7 +72,12 @@ export class RedisConnection<C extends RedisClient = Redis> {
     const t = this.target;
     switch (t.kind) {
       case 'url': {
-        const base = { ...requestPathRedisOptions(this.options), ...(t.password !== undefined ? { password: t.password } : {}), connectionName };
+        const base = {
+          ...requestPathRedisOptions(this.options),
+          ...(t.password !== undefined ? { password: t.password } : {}),
+          ...(t.tls ? { tls: redisTlsOptions(t.tls) } : {}),
+          connectionName,
+        };
         return new Redis(t.url, role === 'command' ? base : { ...base, ...subscriberOverrides });
       }
       case 'sentinel': {

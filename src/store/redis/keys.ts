@@ -13,6 +13,8 @@
 //                                      by their backstop deadline (ms)
 //   <p>resv:{<token tag>}        string  JSON {relayedAddress, relayedPort} (EVEN-PORT R)
 //   <p>node:{<node id tag>}      string  JSON NodeInfo, PX = heartbeat ttl
+//   <p>nodes:{all}               zset    node ids, scored by their heartbeat's deadline
+//                                      (ms, the writer's clock): listNodes() reads it
 //   <p>events                    pub/sub channel of allocation events (and each
 //                                      store's own heartbeats, see EventWatchdog)
 //
@@ -74,6 +76,10 @@ export class KeySpace {
   }
   reservation(token: string): string {
     return `${this.prefix}resv:{${this.tokenTag(token)}}`;
+  }
+  /** The index of node ids (listNodes). */
+  nodeIndex(): string {
+    return `${this.prefix}nodes:{all}`;
   }
   node(nodeId: string): string {
     return `${this.prefix}node:{${tag(nodeId, SAFE_NODE_ID)}}`;

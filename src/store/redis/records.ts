@@ -12,6 +12,11 @@ export function isFiniteNumber(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
 }
 
+/** True when the record has a second (IPv6) relayed address: both of its fields. */
+export function hasAdditionalRelay(r: AllocationRecord): r is AllocationRecord & { additionalRelayedAddress: string; additionalRelayedPort: number } {
+  return r.additionalRelayedAddress !== undefined && r.additionalRelayedPort !== undefined;
+}
+
 /** Exactly the record's fields, in a fixed order, as fresh plain data. */
 export function canonical(r: AllocationRecord): AllocationRecord {
   const permissions: Record<string, number> = {};
@@ -29,6 +34,8 @@ export function canonical(r: AllocationRecord): AllocationRecord {
     serverPort: r.serverPort,
     relayedAddress: r.relayedAddress,
     relayedPort: r.relayedPort,
+    // A dual allocation's IPv6 relayed address: claimed and replicated like the first one.
+    ...(hasAdditionalRelay(r) ? { additionalRelayedAddress: r.additionalRelayedAddress, additionalRelayedPort: r.additionalRelayedPort } : {}),
     ownerNodeId: r.ownerNodeId,
     username: r.username,
     realm: r.realm,
@@ -48,6 +55,8 @@ function toRecord(v: unknown): AllocationRecord | undefined {
   for (const f of numbers) if (!isFiniteNumber(v[f])) return undefined;
   if (typeof v.transport !== 'string' || !TRANSPORTS.has(v.transport)) return undefined;
   if (!isObject(v.permissions) || !isObject(v.channels)) return undefined;
+  if ((v.additionalRelayedAddress === undefined) !== (v.additionalRelayedPort === undefined)) return undefined;
+  if (v.additionalRelayedAddress !== undefined && (typeof v.additionalRelayedAddress !== 'string' || !isFiniteNumber(v.additionalRelayedPort))) return undefined;
   for (const e of Object.values(v.permissions)) if (!isFiniteNumber(e)) return undefined;
   for (const c of Object.values(v.channels)) {
     if (!isObject(c) || typeof c.peerAddress !== 'string' || !isFiniteNumber(c.peerPort) || !isFiniteNumber(c.expiresAtMs)) return undefined;
@@ -86,8 +95,14 @@ export function cloneEvent(e: StoreEvent): StoreEvent {
   return e.type === 'deleted' ? { ...e } : { type: e.type, record: canonical(e.record) };
 }
 
-export function identityOf(r: { relayedAddress: string; relayedPort: number; username: string }): string {
-  return JSON.stringify([r.relayedAddress, r.relayedPort, r.username]);
+/**
+ * What is fixed at creation. A dual allocation's second relayed address is part of it;
+ * a record without one keeps the three-element form records always had.
+ */
+export function identityOf(r: AllocationRecord): string {
+  return hasAdditionalRelay(r)
+    ? JSON.stringify([r.relayedAddress, r.relayedPort, r.username, r.additionalRelayedAddress, r.additionalRelayedPort])
+    : JSON.stringify([r.relayedAddress, r.relayedPort, r.username]);
 }
 
 export function checkTime(name: string, value: number): void {

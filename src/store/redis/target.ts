@@ -6,15 +6,24 @@ export interface RedisHostPort {
   readonly port: number;
 }
 
+/** TLS to Redis (--redis-tls, or a rediss:// URL): the server certificate is always verified. */
+export interface RedisTls {
+  /** --redis-ca: the CA certificate(s), PEM, that sign the Redis certificates; absent: the system's CAs. */
+  readonly ca?: string;
+}
+
 /**
  * Where the shared store lives: one Redis by URL (--redis-url), a master found
  * through Sentinel (--redis-sentinel, --redis-sentinel-name), or Redis Cluster
  * (--redis-cluster). `password` is --redis-password (a URL carries its own).
+ * `tls`: rediss:// says it for a URL; --redis-tls for Sentinel (the sentinels
+ * and the master) and Cluster (every node). Cluster data and credentials cross
+ * the network between PoPs: never in clear text there.
  */
 export type RedisTarget =
-  | { readonly kind: 'url'; readonly url: string; readonly password?: string }
-  | { readonly kind: 'sentinel'; readonly sentinels: readonly RedisHostPort[]; readonly name: string; readonly password?: string }
-  | { readonly kind: 'cluster'; readonly nodes: readonly RedisHostPort[]; readonly password?: string };
+  | { readonly kind: 'url'; readonly url: string; readonly password?: string; readonly tls?: RedisTls }
+  | { readonly kind: 'sentinel'; readonly sentinels: readonly RedisHostPort[]; readonly name: string; readonly password?: string; readonly tls?: RedisTls }
+  | { readonly kind: 'cluster'; readonly nodes: readonly RedisHostPort[]; readonly password?: string; readonly tls?: RedisTls };
 
 /** Strips credentials from a Redis URL before it is logged. */
 function redactUrl(url: string): string {
@@ -34,9 +43,9 @@ export function describeRedisTarget(target: RedisTarget): string {
     case 'url':
       return redactUrl(target.url);
     case 'sentinel':
-      return `sentinel ${target.name} via ${list(target.sentinels)}`;
+      return `sentinel ${target.name} via ${list(target.sentinels)}${target.tls ? ' (tls)' : ''}`;
     case 'cluster':
-      return `cluster ${list(target.nodes)}`;
+      return `cluster ${list(target.nodes)}${target.tls ? ' (tls)' : ''}`;
   }
 }
 

@@ -35,6 +35,8 @@ class Scope {
   private nextRelayPort = 50000;
   readonly clientAddress = `10.${this.id[0]}.${this.id[1]}.${this.id[2]}`;
   readonly relayAddress = `172.16.${this.id[2]}.${this.id[3]}`;
+  /** The IPv6 relayed address of dual allocations (ADDITIONAL-ADDRESS-FAMILY). */
+  readonly relayAddressV6 = `2001:db8::${this.id.subarray(0, 2).toString('hex')}:${this.id.subarray(2).toString('hex')}`;
   readonly tag = this.id.toString('hex');
 
   user(name = 'user'): string {
@@ -65,6 +67,11 @@ class Scope {
       channels: {},
     };
     return { ...base, ...overrides };
+  }
+
+  /** A dual allocation: an IPv4 and an IPv6 relayed address. */
+  dual(overrides: Partial<NewAllocationRecord> = {}): NewAllocationRecord {
+    return this.record({ additionalRelayedAddress: this.relayAddressV6, additionalRelayedPort: this.relayPort(), ...overrides });
   }
 
   owns(event: StoreEvent): boolean {
@@ -152,6 +159,42 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreUnd
         assert.equal(await store.countUserAllocations(s.user('clash')), 0);
         const otherAddress = s.record({ relayedPort: first.relayedPort, relayedAddress: `${s.relayAddress}9` });
         await mustCreate(store, otherAddress);
+      });
+
+      it('round-trips the IPv6 relayed address of a dual allocation, in get, list and events', async () => {
+        const events: StoreEvent[] = [];
+        const unsubscribe = store.subscribe((e) => {
+          if (s.owns(e)) events.push(e);
+        });
+        try {
+          const input = s.dual();
+          assert.deepEqual(await mustCreate(store, input), { ...input, version: 1 });
+          assert.deepEqual(await store.get(input.key), { ...input, version: 1 });
+          assert.deepEqual((await store.listAllocations()).find((r) => r.key === input.key), { ...input, version: 1 });
+          await waitFor(() => events.length === 1, 'the created event');
+          assert.deepEqual(events[0], { type: 'created', record: { ...input, version: 1 } });
+        } finally {
+          unsubscribe();
+        }
+      });
+
+      it("refuses a dual allocation whose IPv6 relayed port another allocation holds ('port-taken', additional)", async () => {
+        const first = await mustCreate(store, s.dual());
+        const clash = s.dual({ additionalRelayedPort: first.additionalRelayedPort, username: s.user('clash6') });
+        assert.deepEqual(await store.create(clash, { userQuota: 0 }), { ok: false, reason: 'port-taken', additional: true });
+        assert.equal(await store.get(clash.key), undefined);
+        assert.equal(await store.countUserAllocations(s.user('clash6')), 0);
+        // The refused create left its IPv4 port free.
+        await mustCreate(store, s.record({ relayedPort: clash.relayedPort }));
+        // An IPv6-only allocation cannot take it either: one port, one holder.
+        const v6only = s.record({ relayedAddress: s.relayAddressV6, relayedPort: first.additionalRelayedPort! });
+        assert.deepEqual(await store.create(v6only, { userQuota: 0 }), { ok: false, reason: 'port-taken' });
+        // An update cannot move it, and a delete frees it.
+        const moved = await store.update({ ...first, additionalRelayedPort: s.relayPort(), expiresAtMs: first.expiresAtMs + 1 });
+        assert.ok(moved.ok);
+        assert.equal((await store.get(first.key))!.additionalRelayedPort, first.additionalRelayedPort);
+        assert.equal(await store.delete(first.key, 'test'), true);
+        await mustCreate(store, v6only);
       });
 
       it("enforces the user quota ('user-quota') per user; 0 means unlimited", async () => {

@@ -338,6 +338,38 @@ describe('peer policy: --denied-peer-ip', () => {
   });
 });
 
+describe('peer policy: the server’s service ports (checkPeer), whatever is allowed', () => {
+  it('refuses a server address at a service port, in every written form, even when allowed', () => {
+    const p = policy({ allowLoopbackPeers: true, allowedPeerRanges: ['10.0.0.0/8'], serverAddresses: ['10.1.1.1', '127.0.0.1'], servicePorts: [3478, 9641] });
+    for (const ip of ['10.1.1.1', '::ffff:10.1.1.1', '64:ff9b::a01:101', '127.0.0.1']) {
+      assert.deepEqual(p.check(ip), { allowed: true }, `${ip}: a permission is per IP`);
+      assert.deepEqual(p.checkPeer(ip, 3478), { allowed: false, reason: 'server-address' }, ip);
+      assert.deepEqual(p.checkPeer(ip, 9641), { allowed: false, reason: 'server-address' }, ip);
+      assert.deepEqual(p.checkPeer(ip, 50000), { allowed: true }, `${ip}: a relayed port of the same server`);
+    }
+    assert.deepEqual(p.checkPeer('10.1.1.2', 3478), { allowed: true }, 'another host’s port 3478');
+    assert.deepEqual(p.checkPeer('192.168.0.1', 50000), { allowed: false, reason: 'private' }, 'the IP verdict first');
+  });
+
+  it('learns addresses and ports at run time, and says so through generation', () => {
+    const p = policy({ allowedPeerRanges: ['198.18.0.0/15'], serverAddresses: [] });
+    const g = p.generation;
+    assert.equal(p.isServerAddress('198.18.0.9'), false);
+    assert.equal(p.isServicePort(7000), false);
+    p.addServer(['198.18.0.9'], [7000]);
+    assert.ok(p.generation > g);
+    assert.equal(p.isServerAddress('198.18.0.9'), true);
+    assert.equal(p.isServerAddress('::ffff:198.18.0.9'), true);
+    assert.equal(p.isServicePort(7000), true);
+    assert.deepEqual(p.checkPeer('198.18.0.9', 7000), { allowed: false, reason: 'server-address' });
+    const again = p.generation;
+    p.addServer(['198.18.0.9'], [7000, 0, 70000]);
+    assert.equal(p.generation, again, 'nothing new, no new generation; port 0 and out of range are no ports');
+    assert.equal(p.isServicePort(0), false);
+    assert.throws(() => p.addServer(['not an ip'], []), /server address/);
+  });
+});
+
 describe('peer policy: server addresses', () => {
   it('denies the server’s own addresses in every form', () => {
     const p = policy({ serverAddresses: ['8.8.8.8', '2606:4700::1111'] });
