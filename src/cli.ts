@@ -32,7 +32,7 @@ export function parseArgs(argv: string[]): RawOptions {
     .option('relay-ip', { type: 'string', array: true, describe: 'Address relayed transport addresses are allocated on (repeatable, IPv4 and IPv6; each adds a port range of capacity). Default: the first non-loopback listening IPv4' })
     .option('min-port', { describe: 'Lowest relay port', default: 49152 })
     .option('max-port', { describe: 'Highest relay port', default: 65535 })
-    .group(['udp', 'tcp', 'tls', 'tls-listening-port', 'cert', 'pkey', 'max-tcp-connections', 'tcp-idle-timeout', 'tcp-unallocated-timeout', 'unauth-error-rate', 'unauth-error-burst'], 'Client transports:')
+    .group(['udp', 'tcp', 'tls', 'tls-listening-port', 'cert', 'pkey', 'max-tcp-connections', 'max-tcp-connections-per-ip', 'tcp-idle-timeout', 'tcp-unallocated-timeout', 'unauth-error-rate', 'unauth-error-burst'], 'Client transports:')
     // --no-udp/--no-tcp/--no-tls (coturn's names) arrive as udp/tcp/tls = false; the hidden
     // no-* options take ANYTURN_NO_UDP=true and the like from the environment.
     .option('udp', { type: 'boolean', describe: 'Listen for UDP clients on --listening-port; --no-udp (ANYTURN_NO_UDP=true) turns it off' })
@@ -45,6 +45,7 @@ export function parseArgs(argv: string[]): RawOptions {
     .option('cert', { type: 'string', describe: 'Certificate chain for TLS (PEM file); with --pkey turns TLS on' })
     .option('pkey', { type: 'string', describe: 'Private key for TLS (PEM file, no passphrase)' })
     .option('max-tcp-connections', { describe: 'Open TCP+TLS client connections at most; more are closed at once and counted (0 = no cap)', default: 10000 })
+    .option('max-tcp-connections-per-ip', { describe: 'Of those, open connections from one source IPv4 address or IPv6 /64; more from it are closed at once and counted (0 = no per-source limit). Raise it for clients behind a large NAT', default: 64 })
     .option('tcp-idle-timeout', { describe: 'Seconds a TCP/TLS connection may go without a valid STUN message after accept (TLS handshake included) before it is closed', default: 10 })
     .option('tcp-unallocated-timeout', { describe: 'After its first STUN message, a TCP/TLS connection is checked this often (seconds) and closed when it holds no allocation; 0: never', default: 60 })
     .option('unauth-error-rate', { describe: 'Error answers (400/401/438) to unauthenticated requests per second per source IPv4 address or IPv6 /64, over 10,000 tracked sources; more are dropped, so the server is no amplifier (0 = no limit)', default: 20 })

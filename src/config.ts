@@ -10,6 +10,7 @@ import { availableParallelism, hostname, networkInterfaces } from 'node:os';
 import { parseIPv4, parseIPv6 } from './stun/address.js';
 import { LOG_LEVELS, type LogLevel } from './ops/log.js';
 import { PeerRangeError, parseIpRange } from './turn/peer-policy.js';
+import { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } from './transport/counters.js';
 import type { RedisHostPort, RedisTarget } from './store/shared.js';
 import type { AlternateServer } from './turn/admission.js';
 
@@ -54,6 +55,8 @@ export interface ServerConfig {
   readonly tls?: TlsConfig;
   /** Open TCP+TLS client connections at most; more are closed at once (0: no cap). */
   readonly maxTcpConnections: number;
+  /** Of those, at most this many from one source IPv4 address or IPv6 /64 (0: no per-source limit). */
+  readonly maxTcpConnectionsPerIp: number;
   /** A TCP/TLS connection without a valid STUN message this long after accept is closed. */
   readonly tcpIdleTimeoutSeconds: number;
   /** A TCP/TLS connection found holding no allocation at a check this often is closed (0: never). */
@@ -143,6 +146,7 @@ export interface RawOptions {
   readonly 'no-tcp'?: boolean;
   readonly 'no-tls'?: boolean;
   readonly 'max-tcp-connections'?: number;
+  readonly 'max-tcp-connections-per-ip'?: number;
   readonly 'tcp-idle-timeout'?: number;
   readonly 'tcp-unallocated-timeout'?: number;
   readonly 'unauth-error-rate'?: number;
@@ -348,7 +352,7 @@ function alternateServers(values: readonly string[] | undefined): AlternateServe
 }
 
 /** Client transports and their protections (--no-udp/--no-tcp/--no-tls, --cert/--pkey, caps, rate limit). */
-function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'tcpIdleTimeoutSeconds' | 'tcpUnallocatedTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
+function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'maxTcpConnectionsPerIp' | 'tcpIdleTimeoutSeconds' | 'tcpUnallocatedTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
   const udp = raw.udp !== false && raw['no-udp'] !== true;
   const tcp = raw.tcp !== false && raw['no-tcp'] !== true;
   const tlsOn = raw.tls !== false && raw['no-tls'] !== true;
@@ -396,6 +400,7 @@ function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerCon
     tcp,
     tls,
     maxTcpConnections: integer('max-tcp-connections', raw['max-tcp-connections'], 0, 10_000_000, 10_000),
+    maxTcpConnectionsPerIp: integer('max-tcp-connections-per-ip', raw['max-tcp-connections-per-ip'], 0, 10_000_000, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'a whole number from 1 to 10000000, or 0 for no per-source limit'),
     tcpIdleTimeoutSeconds: integer('tcp-idle-timeout', raw['tcp-idle-timeout'], 1, 3600, 10),
     tcpUnallocatedTimeoutSeconds: integer('tcp-unallocated-timeout', raw['tcp-unallocated-timeout'], 0, 86_400, 60, 'a whole number of seconds from 1 to 86400, or 0 for never'),
     unauthErrorRate: integer('unauth-error-rate', raw['unauth-error-rate'], 0, 1_000_000, 20),

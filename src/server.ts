@@ -227,6 +227,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000,
     unallocatedTimeoutMs: config.tcpUnallocatedTimeoutSeconds * 1000,
     maxConnections: config.maxTcpConnections,
+    maxConnectionsPerSource: config.maxTcpConnectionsPerIp,
     shared: deps.udpFrontend !== undefined,
   };
   let ops: OpsHttpServer | undefined;
