@@ -46,6 +46,8 @@ export interface ServerConfig {
   /** The ops HTTP endpoint (/metrics, /healthz, /readyz); port 0 turns it off. */
   readonly metricsIp: string;
   readonly metricsPort: number;
+  /** /metrics is rendered at most once per this many milliseconds (0: every scrape). */
+  readonly metricsCacheMs: number;
   /** Present when a shared store is configured (--redis-url, --redis-sentinel or --redis-cluster): the node runs in a cluster. */
   readonly cluster?: ClusterConfig;
   /** UDP and TCP client listeners on --listening-port (--no-udp, --no-tcp turn them off). */
@@ -126,6 +128,7 @@ export interface RawOptions {
   readonly software?: string;
   readonly 'metrics-ip'?: string;
   readonly 'metrics-port'?: number;
+  readonly 'metrics-cache-ms'?: number;
   readonly 'redis-url'?: string;
   readonly 'redis-sentinel'?: readonly string[];
   readonly 'redis-sentinel-name'?: string;
@@ -302,6 +305,7 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     metricsIp: metricsIp(raw['metrics-ip']),
     // The CLI defaults this to 9641 (as coturn); a config built in code has no endpoint unless asked.
     metricsPort: integer('metrics-port', raw['metrics-port'], 0, 65535, 0),
+    metricsCacheMs: integer('metrics-cache-ms', raw['metrics-cache-ms'], 0, 60_000, 1000, 'a whole number of milliseconds from 1 to 60000, or 0 to render every scrape'),
     cluster,
     ...transportConfig(raw, listeningPort),
     adminToken: adminToken(raw['admin-token']),
@@ -408,8 +412,15 @@ function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerCon
   };
 }
 
+/**
+ * The ops endpoint answers without authentication (only its POSTs need the token) and
+ * tells the Node version, memory, descriptors and traffic: loopback unless the operator
+ * chooses an address (a management network, or 0.0.0.0 inside a container).
+ */
+export const DEFAULT_METRICS_IP = '127.0.0.1';
+
 function metricsIp(value: string | undefined): string {
-  if (value === undefined) return '0.0.0.0';
+  if (value === undefined) return DEFAULT_METRICS_IP;
   if (!isIp(value)) throw new ConfigError('metrics-ip', value, 'an IPv4 or IPv6 address to serve /metrics, /healthz and /readyz on');
   return value;
 }
