@@ -363,10 +363,11 @@ export class StreamClientListener {
     }
     this.counters.accepted[transport]++;
     this.counters.open[transport]++;
-    this.counters.sourceOpened(source);
     const connection = new StreamConnection(transport, socket, this.options, this.counters, this.hooks, (c) => {
       if (this.connections.get(c.remoteKey) === c) this.connections.delete(c.remoteKey);
     });
+    // Under the key its close will release (the same as `source`; 'close' comes later, never here).
+    this.counters.sourceOpened(connection.sourceKey);
     this.connections.set(connection.remoteKey, connection);
     connection.attach(this.hooks.onConnection(connection));
     this.tlsServer?.emit('connection', socket);

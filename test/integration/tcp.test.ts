@@ -376,6 +376,11 @@ describe('TCP connection protections', () => {
     sockets.push(again.socket);
     assert.equal((await again.binding()).code, 200);
     assert.equal(server.streamCounters.refused.tcp.per_source + server.streamCounters.refused.tls.per_source, 2);
+
+    // Every connection gone: no source is held any more (refused ones were never counted).
+    for (const c of [b, other, otherTls, again]) c.close();
+    await until('every close to be seen', () => server.streamCounters.openTotal === 0);
+    assert.equal(server.streamCounters.sourceCount, 0);
   });
 
   it('--no-udp and --no-tcp leave those listeners out', async () => {
