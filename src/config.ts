@@ -10,6 +10,7 @@ import { availableParallelism, hostname, networkInterfaces } from 'node:os';
 import { parseIPv4, parseIPv6 } from './stun/address.js';
 import { LOG_LEVELS, type LogLevel } from './ops/log.js';
 import { PeerRangeError, parseIpRange } from './turn/peer-policy.js';
+import { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } from './transport/counters.js';
 import type { RedisHostPort, RedisTarget, RedisTls } from './store/shared.js';
 import type { AlternateServer } from './turn/admission.js';
 import { ALLOCATION_LIMIT_DEFAULTS, type AllocationLimits } from './turn/limits.js';
@@ -48,6 +49,8 @@ export interface ServerConfig {
   /** The ops HTTP endpoint (/metrics, /healthz, /readyz); port 0 turns it off. */
   readonly metricsIp: string;
   readonly metricsPort: number;
+  /** /metrics is rendered at most once per this many milliseconds (0: every scrape). */
+  readonly metricsCacheMs: number;
   /** Present when a shared store is configured (--redis-url, --redis-sentinel or --redis-cluster): the node runs in a cluster. */
   readonly cluster?: ClusterConfig;
   /** UDP and TCP client listeners on --listening-port (--no-udp, --no-tcp turn them off). */
@@ -57,6 +60,8 @@ export interface ServerConfig {
   readonly tls?: TlsConfig;
   /** Open TCP+TLS client connections at most; more are closed at once (0: no cap). */
   readonly maxTcpConnections: number;
+  /** Of those, at most this many from one source IPv4 address or IPv6 /64 (0: no per-source limit). */
+  readonly maxTcpConnectionsPerIp: number;
   /** A TCP/TLS connection without a valid STUN message this long after accept is closed. */
   readonly tcpIdleTimeoutSeconds: number;
   /** A TCP/TLS connection found holding no allocation at a check this often is closed (0: never). */
@@ -129,6 +134,7 @@ export interface RawOptions {
   readonly software?: string;
   readonly 'metrics-ip'?: string;
   readonly 'metrics-port'?: number;
+  readonly 'metrics-cache-ms'?: number;
   readonly 'redis-url'?: string;
   readonly 'redis-sentinel'?: readonly string[];
   readonly 'redis-sentinel-name'?: string;
@@ -151,6 +157,7 @@ export interface RawOptions {
   readonly 'no-tcp'?: boolean;
   readonly 'no-tls'?: boolean;
   readonly 'max-tcp-connections'?: number;
+  readonly 'max-tcp-connections-per-ip'?: number;
   readonly 'tcp-idle-timeout'?: number;
   readonly 'tcp-unallocated-timeout'?: number;
   readonly 'unauth-error-rate'?: number;
@@ -314,6 +321,7 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     metricsIp: metricsIp(raw['metrics-ip']),
     // The CLI defaults this to 9641 (as coturn); a config built in code has no endpoint unless asked.
     metricsPort: integer('metrics-port', raw['metrics-port'], 0, 65535, 0),
+    metricsCacheMs: integer('metrics-cache-ms', raw['metrics-cache-ms'], 0, 60_000, 1000, 'a whole number of milliseconds from 1 to 60000, or 0 to render every scrape'),
     cluster,
     ...transportConfig(raw, listeningPort),
     adminToken: adminToken(raw['admin-token']),
@@ -364,7 +372,7 @@ function alternateServers(values: readonly string[] | undefined): AlternateServe
 }
 
 /** Client transports and their protections (--no-udp/--no-tcp/--no-tls, --cert/--pkey, caps, rate limit). */
-function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'tcpIdleTimeoutSeconds' | 'tcpUnallocatedTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
+function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'maxTcpConnectionsPerIp' | 'tcpIdleTimeoutSeconds' | 'tcpUnallocatedTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst'> {
   const udp = raw.udp !== false && raw['no-udp'] !== true;
   const tcp = raw.tcp !== false && raw['no-tcp'] !== true;
   const tlsOn = raw.tls !== false && raw['no-tls'] !== true;
@@ -412,6 +420,7 @@ function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerCon
     tcp,
     tls,
     maxTcpConnections: integer('max-tcp-connections', raw['max-tcp-connections'], 0, 10_000_000, 10_000),
+    maxTcpConnectionsPerIp: integer('max-tcp-connections-per-ip', raw['max-tcp-connections-per-ip'], 0, 10_000_000, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'a whole number from 1 to 10000000, or 0 for no per-source limit'),
     tcpIdleTimeoutSeconds: integer('tcp-idle-timeout', raw['tcp-idle-timeout'], 1, 3600, 10),
     tcpUnallocatedTimeoutSeconds: integer('tcp-unallocated-timeout', raw['tcp-unallocated-timeout'], 0, 86_400, 60, 'a whole number of seconds from 1 to 86400, or 0 for never'),
     unauthErrorRate: integer('unauth-error-rate', raw['unauth-error-rate'], 0, 1_000_000, 20),
@@ -419,8 +428,15 @@ function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerCon
   };
 }
 
+/**
+ * The ops endpoint answers without authentication (only its POSTs need the token) and
+ * tells the Node version, memory, descriptors and traffic: loopback unless the operator
+ * chooses an address (a management network, or 0.0.0.0 inside a container).
+ */
+export const DEFAULT_METRICS_IP = '127.0.0.1';
+
 function metricsIp(value: string | undefined): string {
-  if (value === undefined) return '0.0.0.0';
+  if (value === undefined) return DEFAULT_METRICS_IP;
   if (!isIp(value)) throw new ConfigError('metrics-ip', value, 'an IPv4 or IPv6 address to serve /metrics, /healthz and /readyz on');
   return value;
 }

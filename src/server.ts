@@ -263,6 +263,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     idleTimeoutMs: config.tcpIdleTimeoutSeconds * 1000,
     unallocatedTimeoutMs: config.tcpUnallocatedTimeoutSeconds * 1000,
     maxConnections: config.maxTcpConnections,
+    maxConnectionsPerSource: config.maxTcpConnectionsPerIp,
     shared: deps.udpFrontend !== undefined,
   };
   let ops: OpsHttpServer | undefined;
@@ -358,7 +359,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
         drain: () => drain.drain('POST /drain'),
         undrain: () => drain.undrain('POST /undrain'),
         state: () => ({ draining: drain.draining, allocations: engine.allocations }),
-      });
+      }, { metricsCacheMs: config.metricsCacheMs });
       await ops.start();
       peerPolicy.addServer([], [ops.port]);
     }
@@ -428,8 +429,15 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     meshPort: mesh?.port ?? 0,
     notReadyReason,
     isDraining: () => drain.draining,
-    drain: (source) => void drain.drain(source),
-    undrain: (source) => void drain.undrain(source),
+    // The next scrape shows the new anyturn_draining, not a cached rendering.
+    drain: (source) => {
+      drain.drain(source);
+      ops?.invalidateMetrics();
+    },
+    undrain: (source) => {
+      drain.undrain(source);
+      ops?.invalidateMetrics();
+    },
     drained,
     stop() {
       stopping ??= (async () => {

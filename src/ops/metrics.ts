@@ -6,7 +6,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.js';
 import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
-import { CONNECTION_CLOSE_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
+import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream.js';
 import { DROP_REASONS, type EngineCounters } from '../turn/counters.js';
 import type { TurnEngine } from '../turn/engine.js';
@@ -192,8 +192,8 @@ export function createMetrics(sources: MetricsSources): Registry {
     totalCounter(registry, 'anyturn_client_connections_accepted_total', 'TCP/TLS client connections accepted, by transport', ['transport'], () =>
       STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.accepted[transport]] as const),
     );
-    totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at once because --max-tcp-connections were open, by transport', ['transport'], () =>
-      STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.refused[transport]] as const),
+    totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at accept, by transport and reason (max_connections: --max-tcp-connections open; per_source: --max-tcp-connections-per-ip open from its IPv4 address or IPv6 /64; shutdown)', ['transport', 'reason'], () =>
+      STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_REFUSAL_REASONS.map((reason) => [{ transport, reason }, streams.refused[transport][reason]] as const)),
     );
     totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, no_allocation, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
       STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),

@@ -46,17 +46,28 @@ function frameLength(buf: Buffer, offset: number, maxFrameBytes: number, out: { 
 }
 
 /**
+ * The first buffer a split frame is gathered in, unless more has already arrived:
+ * a header announcing 64 KiB costs this much until the bytes themselves come.
+ */
+const MIN_GATHER_BYTES = 256;
+
+/**
  * Splits a stream into messages. Whole frames inside one chunk are handed on as
  * views of that chunk (no copy); a frame split across chunks is gathered into a
- * buffer of exactly its size, so a frame sent byte by byte costs its size once.
+ * buffer that grows with what arrives (doubling, never past the frame's length),
+ * not with what its header announces: a client that sends the head of a 64 KiB
+ * frame and then nothing holds a few hundred bytes, not 64 KiB. A frame sent
+ * byte by byte is copied about twice in all.
  * After an error the framer stays failed: the stream has lost its boundaries.
  */
 export class StreamFramer {
   private readonly head = Buffer.alloc(FRAME_HEAD_LENGTH);
   private headFill = 0;
-  /** The frame being gathered across chunks (its full length on the stream), if any. */
+  /** The frame being gathered across chunks, if any: its first partialFill bytes. */
   private partial: Buffer | undefined;
   private partialFill = 0;
+  /** The gathered frame's full length on the stream (padding included). */
+  private partialTotal = 0;
   private partialMessageLength = 0;
   private failure: FramingError | undefined;
   private readonly lengths = { messageLength: 0 };
@@ -68,6 +79,15 @@ export class StreamFramer {
   /** Bytes received but not yet handed on as a message (at most maxFrameBytes). */
   get bufferedBytes(): number {
     return this.partial ? this.partialFill : this.headFill;
+  }
+
+  /**
+   * Bytes of memory this framer holds for unparsed input: the buffer a split frame is
+   * gathered in (not counting the fixed 4-byte head). At most about twice bufferedBytes,
+   * and never more than the frame.
+   */
+  get heldBytes(): number {
+    return this.partial ? this.partial.length : 0;
   }
 
   get failed(): FramingError | undefined {
@@ -94,21 +114,17 @@ export class StreamFramer {
         if (this.headFill < FRAME_HEAD_LENGTH) return undefined;
         const total = frameLength(this.head, 0, this.maxFrameBytes, this.lengths);
         if (typeof total === 'string') return this.fail(total);
-        this.partial = Buffer.allocUnsafe(total);
-        this.head.copy(this.partial, 0);
+        this.startPartial(total, FRAME_HEAD_LENGTH + (end - offset));
+        this.head.copy(this.partial!, 0);
         this.partialFill = FRAME_HEAD_LENGTH;
-        this.partialMessageLength = this.lengths.messageLength;
         this.headFill = 0;
       }
-      const partial = this.partial;
-      const n = Math.min(partial.length - this.partialFill, end - offset);
-      chunk.copy(partial, this.partialFill, offset, offset + n);
-      this.partialFill += n;
-      offset += n;
-      if (this.partialFill < partial.length) return undefined;
+      offset += this.gather(chunk, offset, end);
+      if (this.partialFill < this.partialTotal) return undefined;
+      const whole = this.partial!;
       this.partial = undefined;
       this.partialFill = 0;
-      onFrame(partial.subarray(0, this.partialMessageLength));
+      onFrame(whole.subarray(0, this.partialMessageLength));
     }
 
     // 2. Whole frames straight from the chunk.
@@ -116,12 +132,10 @@ export class StreamFramer {
       const total = frameLength(chunk, offset, this.maxFrameBytes, this.lengths);
       if (typeof total === 'string') return this.fail(total);
       if (end - offset < total) {
-        // 3a. A frame whose head is here but not its end: gather it.
-        const partial = Buffer.allocUnsafe(total);
-        chunk.copy(partial, 0, offset, end);
-        this.partial = partial;
+        // 3a. A frame whose head is here but not its end: gather what is here.
+        this.startPartial(total, end - offset);
+        chunk.copy(this.partial!, 0, offset, end);
         this.partialFill = end - offset;
-        this.partialMessageLength = this.lengths.messageLength;
         return undefined;
       }
       onFrame(chunk.subarray(offset, offset + this.lengths.messageLength));
@@ -134,6 +148,30 @@ export class StreamFramer {
       this.headFill = end - offset;
     }
     return undefined;
+  }
+
+  /** Begins gathering a frame of `total` bytes, `available` of which are at hand. */
+  private startPartial(total: number, available: number): void {
+    // Its own memory (allocUnsafeSlow, not a slice of Node's shared pool), so that what a
+    // connection holds is what heldBytes says.
+    this.partial = Buffer.allocUnsafeSlow(Math.min(total, Math.max(MIN_GATHER_BYTES, available)));
+    this.partialTotal = total;
+    this.partialMessageLength = this.lengths.messageLength;
+  }
+
+  /** Appends chunk[start, end) to the gathered frame, up to its end; returns the bytes taken. */
+  private gather(chunk: Buffer, start: number, end: number): number {
+    const n = Math.min(this.partialTotal - this.partialFill, end - start);
+    const needed = this.partialFill + n;
+    let buf = this.partial!;
+    if (needed > buf.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.min(this.partialTotal, Math.max(needed, 2 * buf.length)));
+      buf.copy(grown, 0, 0, this.partialFill);
+      this.partial = buf = grown;
+    }
+    chunk.copy(buf, this.partialFill, start, start + n);
+    this.partialFill = needed;
+    return n;
   }
 
   private fail(error: FramingError): FramingError {

@@ -7,7 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { decodeMessage } from '../stun/message.js';
 import type { ClientPath } from '../turn/io.js';
-import type { ConnectionCloseReason, StreamCounters, StreamTransport } from './counters.js';
+import { type ConnectionCloseReason, StreamCounters, type StreamTransport } from './counters.js';
 import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from './stream.js';
 
 /** Above this many bytes queued for a client that does not read, drop what the relay sends it. */
@@ -32,6 +32,11 @@ export interface StreamListenerOptions {
   readonly unallocatedTimeoutMs: number;
   /** Open connections over every listener sharing `counters`; beyond it new ones are closed at once. 0: no cap. */
   readonly maxConnections: number;
+  /**
+   * Of those, open connections from one source (an IPv4 address, an IPv6 /64) over every
+   * listener sharing `counters`; beyond it the source's new ones are closed at once. 0: no limit.
+   */
+  readonly maxConnectionsPerSource?: number;
   /** Longest frame, and so most unparsed bytes held per connection. */
   readonly maxFrameBytes?: number;
   readonly maxWriteQueueBytes?: number;
@@ -70,6 +75,8 @@ export class StreamConnection implements ClientPath {
   readonly localPort: number;
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /** What the per-source limit counts this connection under (StreamCounters.sourceKey). */
+  readonly sourceKey: string;
   private readonly framer: StreamFramer;
   private readonly maxWriteQueueBytes: number;
   /** The socket messages are read from and written to: the TCP socket, or the TLS socket over it. */
@@ -104,6 +111,7 @@ export class StreamConnection implements ClientPath {
     this.localPort = raw.localPort ?? 0;
     this.remoteAddress = plainAddress(raw.remoteAddress);
     this.remotePort = raw.remotePort ?? 0;
+    this.sourceKey = StreamCounters.sourceKey(this.remoteAddress);
     this.framer = new StreamFramer(options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
     this.maxWriteQueueBytes = options.maxWriteQueueBytes ?? DEFAULT_MAX_WRITE_QUEUE_BYTES;
     this.unallocatedTimeoutMs = options.unallocatedTimeoutMs;
@@ -264,6 +272,7 @@ export class StreamConnection implements ClientPath {
     const reason = this.closeReason ?? (this.socket ? 'client' : 'tls_handshake');
     this.closeReason = reason;
     this.counters.open[this.transport]--;
+    this.counters.sourceClosed(this.sourceKey);
     this.counters.closed[this.transport][reason]++;
     this.onFinished(this);
     this.session?.onClose();
@@ -334,7 +343,7 @@ export class StreamClientListener {
     const max = this.options.maxConnections;
     socket.on('error', () => undefined);
     if (this.closing || (max > 0 && this.counters.openTotal >= max)) {
-      this.counters.refused[transport]++;
+      this.counters.refused[transport][this.closing ? 'shutdown' : 'max_connections']++;
       socket.destroy();
       return;
     }
@@ -343,11 +352,22 @@ export class StreamClientListener {
       socket.destroy();
       return;
     }
+    // One source may not take the whole cap (TCP and TLS together): one host with 100
+    // connections filled a cap of 100. Checked at accept, before a TLS handshake costs anything.
+    const source = StreamCounters.sourceKey(plainAddress(socket.remoteAddress));
+    const perSource = this.options.maxConnectionsPerSource ?? 0;
+    if (perSource > 0 && this.counters.openFrom(source) >= perSource) {
+      this.counters.refused[transport].per_source++;
+      socket.destroy();
+      return;
+    }
     this.counters.accepted[transport]++;
     this.counters.open[transport]++;
     const connection = new StreamConnection(transport, socket, this.options, this.counters, this.hooks, (c) => {
       if (this.connections.get(c.remoteKey) === c) this.connections.delete(c.remoteKey);
     });
+    // Under the key its close will release (the same as `source`; 'close' comes later, never here).
+    this.counters.sourceOpened(connection.sourceKey);
     this.connections.set(connection.remoteKey, connection);
     connection.attach(this.hooks.onConnection(connection));
     this.tlsServer?.emit('connection', socket);

@@ -335,7 +335,7 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
       drain: () => drainAll('POST /drain'),
       undrain: () => undrainAll('POST /undrain'),
       state: () => ({ draining, allocations: allocations() }),
-    });
+    }, { metricsCacheMs: config.metricsCacheMs });
     await ops.start();
   }
   logger.info(

@@ -56,6 +56,8 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
       '--cluster-secret', CLUSTER_SECRET,
       '--metrics-ip', own,
       '--metrics-port', String(METRICS_PORT),
+      // The harness compares scrapes taken moments apart: no cached rendering.
+      '--metrics-cache-ms', '0',
     );
   }
   return args;

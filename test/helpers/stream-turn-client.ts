@@ -57,12 +57,16 @@ export class StreamTurnClient {
     );
   }
 
-  /** Connects to 127.0.0.1 (or `server`) over TCP, or TLS with `tls: true` (the certificate is not checked). */
-  static async connect(server: Endpoint, credentials: Credentials, options: { readonly tls?: boolean } = {}): Promise<StreamTurnClient> {
+  /**
+   * Connects to 127.0.0.1 (or `server`) over TCP, or TLS with `tls: true` (the certificate is not checked),
+   * from `localAddress` when given (another loopback address is another source).
+   */
+  static async connect(server: Endpoint, credentials: Credentials, options: { readonly tls?: boolean; readonly localAddress?: string } = {}): Promise<StreamTurnClient> {
     const socket = await new Promise<net.Socket>((resolve, reject) => {
+      const { localAddress } = options;
       const s = options.tls
-        ? tls.connect({ host: server.address, port: server.port, rejectUnauthorized: false }, () => resolve(s))
-        : net.connect({ host: server.address, port: server.port }, () => resolve(s));
+        ? tls.connect({ socket: net.connect({ host: server.address, port: server.port, localAddress }), rejectUnauthorized: false }, () => resolve(s))
+        : net.connect({ host: server.address, port: server.port, localAddress }, () => resolve(s));
       s.once('error', reject);
     });
     socket.setNoDelay(true);

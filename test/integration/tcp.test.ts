@@ -59,10 +59,10 @@ function udpPortFree(port: number): Promise<boolean> {
   });
 }
 
-/** A raw TCP connection; resolves with it once connected. */
-function rawConnect(endpoint: Endpoint): Promise<net.Socket> {
+/** A raw TCP connection (from `localAddress` when given); resolves with it once connected. */
+function rawConnect(endpoint: Endpoint, localAddress?: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host: endpoint.address, port: endpoint.port }, () => resolve(s));
+    const s = net.connect({ host: endpoint.address, port: endpoint.port, localAddress }, () => resolve(s));
     s.once('error', reject);
   });
 }
@@ -323,7 +323,7 @@ describe('TCP connection protections', () => {
     const extra = await rawConnect(endpoint);
     sockets.push(extra);
     assert.equal(await closedWithin(extra, 3000), true, 'the third connection is closed at once');
-    assert.equal(server.streamCounters.refused.tcp, 1);
+    assert.equal(server.streamCounters.refused.tcp.max_connections, 1);
 
     // Below the cap again: accepted.
     a.close();
@@ -331,8 +331,56 @@ describe('TCP connection protections', () => {
     const c = await StreamTurnClient.connect(endpoint, credentials);
     sockets.push(c.socket);
     assert.equal((await c.binding()).code, 200);
-    assert.equal(server.streamCounters.refused.tcp, 1);
+    assert.equal(server.streamCounters.refused.tcp.max_connections, 1);
     assert.equal(server.streamCounters.accepted.tcp, 3);
+  });
+
+  it('gives one source IP at most --max-tcp-connections-per-ip of the cap (TCP and TLS together); another source still connects', async (t) => {
+    const cert = makeSelfSignedCertificate();
+    t.after(() => cert.remove());
+    const server = await start({ 'max-tcp-connections': 10, 'max-tcp-connections-per-ip': 2, cert: cert.certFile, pkey: cert.keyFile, 'tls-listening-port': 0 });
+    servers.push(server);
+    const tcp = endpointOf(server, 'tcp');
+    const tlsEndpoint = endpointOf(server, 'tls');
+    const a = await StreamTurnClient.connect(tcp, credentials, { localAddress: '127.0.0.1' });
+    const b = await StreamTurnClient.connect(tlsEndpoint, credentials, { tls: true, localAddress: '127.0.0.1' });
+    sockets.push(a.socket, b.socket);
+    assert.equal((await a.binding()).code, 200);
+    assert.equal((await b.binding()).code, 200);
+
+    // 127.0.0.1 has its share: a third connection from it is closed at once, over TCP or TLS,
+    // though the node-wide cap is far off.
+    const extra = await rawConnect(tcp, '127.0.0.1');
+    sockets.push(extra);
+    assert.equal(await closedWithin(extra, 3000), true, 'a third TCP connection from 127.0.0.1 is closed at once');
+    const extraTls = await rawConnect(tlsEndpoint, '127.0.0.1');
+    sockets.push(extraTls);
+    assert.equal(await closedWithin(extraTls, 3000), true, 'a third (TLS) connection from 127.0.0.1 is closed at once');
+    assert.equal(server.streamCounters.refused.tcp.per_source, 1);
+    assert.equal(server.streamCounters.refused.tls.per_source, 1);
+    assert.equal(server.streamCounters.refused.tcp.max_connections, 0);
+
+    // Another source is not held back by the first one's connections.
+    const other = await StreamTurnClient.connect(tcp, credentials, { localAddress: '127.0.0.2' });
+    sockets.push(other.socket);
+    assert.equal((await other.binding()).code, 200);
+    const otherTls = await StreamTurnClient.connect(tlsEndpoint, credentials, { tls: true, localAddress: '127.0.0.2' });
+    sockets.push(otherTls.socket);
+    assert.equal((await otherTls.binding()).code, 200);
+    assert.equal(server.streamCounters.openTotal, 4);
+
+    // A connection of 127.0.0.1 closes: its share has room again.
+    a.close();
+    await until('the close to be seen', () => server.streamCounters.openTotal === 3);
+    const again = await StreamTurnClient.connect(tcp, credentials, { localAddress: '127.0.0.1' });
+    sockets.push(again.socket);
+    assert.equal((await again.binding()).code, 200);
+    assert.equal(server.streamCounters.refused.tcp.per_source + server.streamCounters.refused.tls.per_source, 2);
+
+    // Every connection gone: no source is held any more (refused ones were never counted).
+    for (const c of [b, other, otherTls, again]) c.close();
+    await until('every close to be seen', () => server.streamCounters.openTotal === 0);
+    assert.equal(server.streamCounters.sourceCount, 0);
   });
 
   it('--no-udp and --no-tcp leave those listeners out', async () => {
@@ -412,6 +460,14 @@ describe('TLS configuration', () => {
       assert.match(e.message, /0 for never/);
     }
     assert.equal(buildConfig({ ...base, 'tcp-unallocated-timeout': 0 }).tcpUnallocatedTimeoutSeconds, 0);
+    for (const bad of [-1, 2.5, 'many']) {
+      const e = configError({ 'max-tcp-connections-per-ip': bad as number });
+      assert.equal(e.flag, 'max-tcp-connections-per-ip');
+      assert.match(e.message, /--max-tcp-connections-per-ip/);
+      assert.match(e.message, /0 for no per-source limit/);
+    }
+    assert.equal(buildConfig({ ...base, 'max-tcp-connections-per-ip': 0 }).maxTcpConnectionsPerIp, 0);
+    assert.equal(buildConfig(base).maxTcpConnectionsPerIp, 64);
     assert.equal(configError({ 'unauth-error-rate': 1.5 }).flag, 'unauth-error-rate');
     assert.equal(configError({ 'unauth-error-burst': 0 }).flag, 'unauth-error-burst');
     assert.equal(configError({ cert: cert.certFile, pkey: cert.keyFile, 'listening-port': 5349 }).flag, 'tls-listening-port');

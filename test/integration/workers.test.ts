@@ -58,7 +58,8 @@ async function startNode(t: CleanupRegistrar, extra: readonly string[] = []): Pr
       users: [{ name: USER, password: PASSWORD }],
       realm: REALM,
       allowLoopbackPeers: true,
-      extraArgs: ['--workers', String(WORKERS), '--metrics-ip', LOOPBACK_V4, '--metrics-port', String(metricsPort), '--admin-token', TOKEN, ...extra],
+      // --metrics-cache-ms 0: the tests compare scrapes taken before and after one packet.
+      extraArgs: ['--workers', String(WORKERS), '--metrics-ip', LOOPBACK_V4, '--metrics-port', String(metricsPort), '--metrics-cache-ms', '0', '--admin-token', TOKEN, ...extra],
     }),
   );
   const ready = parseLogLines(server.process.stdout()).find((l) => l.msg === 'anyturn ready');

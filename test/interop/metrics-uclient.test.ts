@@ -73,7 +73,8 @@ describe('/metrics during a turnutils_uclient run', () => {
         users: [{ name: USER, password: PASSWORD }],
         realm: REALM,
         allowLoopbackPeers: true,
-        extraArgs: ['--metrics-ip', LOOPBACK_V4, '--metrics-port', String(metricsPort), '--prometheus-username-labels'],
+        // --metrics-cache-ms 0: each scrape is compared with the allocations live at its moment.
+        extraArgs: ['--metrics-ip', LOOPBACK_V4, '--metrics-port', String(metricsPort), '--metrics-cache-ms', '0', '--prometheus-username-labels'],
       }),
     );
     const url = `http://${LOOPBACK_V4}:${metricsPort}/metrics`;

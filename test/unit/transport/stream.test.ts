@@ -180,3 +180,61 @@ describe(`StreamFramer (seed 0x${SEED.toString(16)})`, () => {
     }
   });
 });
+
+describe('StreamFramer memory: what arrives, not what a header announces', () => {
+  // A connection that sent the 4-byte head of a 64 KiB frame, and nothing after it,
+  // must not cost 64 KiB: 10,000 such connections would hold 655 MB.
+  const announced = (kind: 'stun' | 'channel'): Buffer =>
+    kind === 'stun' ? Buffer.from([0x00, 0x01, 0xff, 0xe8]) /* 20 + 65512 = 65532 */ : Buffer.from([0x40, 0x00, 0xff, 0xf8]) /* 4 + 65528 */;
+
+  for (const kind of ['stun', 'channel'] as const) {
+    it(`holds a few bytes for the head of a large ${kind === 'stun' ? 'STUN' : 'ChannelData'} frame, then grows with the bytes that come`, () => {
+      const framer = new StreamFramer();
+      const head = announced(kind);
+      assert.equal(framer.push(head, () => assert.fail('not whole yet')), undefined);
+      assert.equal(framer.bufferedBytes, 4);
+      assert.ok(framer.heldBytes <= 256, `holds ${framer.heldBytes} bytes after a 4-byte head`);
+      // The head split over two chunks: the same.
+      const split = new StreamFramer();
+      split.push(head.subarray(0, 2), () => undefined);
+      split.push(head.subarray(2), () => undefined);
+      assert.ok(split.heldBytes <= 256, `holds ${split.heldBytes} bytes after a split head`);
+
+      // 1,000 more bytes: at most about twice what arrived.
+      const total = 4 + head.readUInt16BE(2) + (kind === 'channel' ? 0 : 16);
+      framer.push(Buffer.alloc(1000, 0xab), () => assert.fail('not whole yet'));
+      assert.equal(framer.bufferedBytes, 1004);
+      assert.ok(framer.heldBytes >= 1004 && framer.heldBytes <= 2 * 1004 + 256, `holds ${framer.heldBytes} bytes for 1,004 received`);
+      // The rest, in pieces: the frame comes out whole, and nothing is held after it.
+      const got: Buffer[] = [];
+      let sent = 1004;
+      while (sent < total) {
+        const n = Math.min(7000, total - sent);
+        framer.push(Buffer.alloc(n, 0xab), (m) => got.push(Buffer.from(m)));
+        sent += n;
+        assert.ok(framer.heldBytes <= DEFAULT_MAX_FRAME_BYTES);
+      }
+      assert.equal(got.length, 1);
+      assert.equal(got[0]!.length, total);
+      assert.ok(got[0]!.subarray(0, 4).equals(head));
+      assert.ok(got[0]!.subarray(4).every((b) => b === 0xab));
+      assert.equal(framer.heldBytes, 0);
+      assert.equal(framer.bufferedBytes, 0);
+    });
+  }
+
+  it('a frame split at every possible point comes out the same (growth keeps the bytes in order)', () => {
+    const rng = prng(SEED + 5);
+    const m = stunMessage(rng, 3000);
+    for (let cut = 1; cut < m.length; cut += 97) {
+      for (const second of [1, 300, 5000]) {
+        const framer = new StreamFramer();
+        const got: Buffer[] = [];
+        framer.push(m.subarray(0, cut), (x) => got.push(Buffer.from(x)));
+        for (let o = cut; o < m.length; o += second) framer.push(m.subarray(o, o + second), (x) => got.push(Buffer.from(x)));
+        assert.equal(got.length, 1, `cut at ${cut}, then ${second}`);
+        assert.ok(got[0]!.equals(m), `cut at ${cut}, then ${second}`);
+      }
+    }
+  });
+});
