@@ -22,14 +22,13 @@ import {
   type RunningTurnServer,
   findFreeTcpPort,
   parseLogLines,
-  runToCompletion,
   startAnyturn,
   startTurnutilsPeer,
   stopAfter,
 } from '../helpers/anyturn-process.js';
 import { type Sample, get, parseMetrics, post, sum, until } from '../helpers/ops-endpoint.js';
 import { TestPeer, TestTurnClient, codeOf } from '../helpers/turn-client.js';
-import { describeRun, parseUclientStats } from '../helpers/uclient.js';
+import { describeRun, parseUclientStats, runUclient } from '../helpers/uclient.js';
 
 const USER = 'worker-user';
 const PASSWORD = 'worker-password';
@@ -153,16 +152,17 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     await echo?.stop();
   });
 
-  async function uclient(t: CleanupRegistrar, node: Node, extraArgs: readonly string[], clients: number, messages: number): Promise<void> {
+  async function uclient(t: CleanupRegistrar & { diagnostic(message: string): void }, node: Node, extraArgs: readonly string[], clients: number, messages: number): Promise<void> {
     assert.ok(echo, 'turnutils_peer did not start');
     const args = [
+      '-v', // setup logging only (UDP, TCP): shows a failed ChannelBind's place in the sequence
       '-u', USER, '-w', PASSWORD,
       ...extraArgs,
       '-e', echo.host, '-r', String(echo.port),
       '-c', '-m', String(clients), '-n', String(messages), '-l', '100', '-z', '1',
       '-L', LOOPBACK_V4, '-p', String(node.server.port), node.server.host,
     ];
-    const result = await runToCompletion('turnutils_uclient', args, UCLIENT_DEADLINE_MS, t);
+    const result = await runUclient(args, UCLIENT_DEADLINE_MS, t);
     const context = describeRun('turnutils_uclient', args, result, node.server);
     assert.equal(result.timedOut, false, `uclient did not finish\n${context}`);
     assert.equal(result.code, 0, `uclient failed\n${context}`);

@@ -16,7 +16,6 @@ import { after, before, describe, test } from 'node:test';
 
 import {
   LOOPBACK_V4,
-  runToCompletion,
   startTurnServerUnderTest,
   startTurnutilsPeer,
   stopAfter,
@@ -24,7 +23,7 @@ import {
   type RunningTurnServer,
 } from '../helpers/anyturn-process.js';
 import { makeSelfSignedCertificate, type SelfSignedCertificate } from '../helpers/tls-cert.js';
-import { describeRun, parseUclientStats } from '../helpers/uclient.js';
+import { describeRun, parseUclientStats, runUclient as runUclientProcess } from '../helpers/uclient.js';
 
 const USER = 'U';
 const PASSWORD = 'P';
@@ -65,12 +64,14 @@ describe('coturn turnutils_uclient over TCP and TLS against the server under tes
     return stopAfter(t, server);
   }
 
-  async function runUclient(t: { after(fn: () => unknown): void }, transport: 'tcp' | 'tls', modeArgs: readonly string[]): Promise<void> {
+  async function runUclient(t: { after(fn: () => unknown): void; diagnostic(message: string): void }, transport: 'tcp' | 'tls', modeArgs: readonly string[]): Promise<void> {
     assert.ok(peer, 'turnutils_peer did not start');
     const server = await startServer(t);
     const port = transport === 'tls' ? server.tlsPort : server.port;
     assert.ok(port, 'no port for this transport');
     const args = [
+      // -v shows a failed ChannelBind's place in the sequence; over TLS it logs every record too.
+      ...(transport === 'tcp' ? ['-v'] : []),
       '-u', USER,
       '-w', PASSWORD,
       '-t',
@@ -87,7 +88,7 @@ describe('coturn turnutils_uclient over TCP and TLS against the server under tes
       '-p', String(port),
       server.host,
     ];
-    const result = await runToCompletion('turnutils_uclient', args, UCLIENT_DEADLINE_MS, t);
+    const result = await runUclientProcess(args, UCLIENT_DEADLINE_MS, t);
     const context = describeRun('turnutils_uclient', args, result, server);
     assert.equal(result.timedOut, false, `uclient did not finish\n${context}`);
     assert.equal(result.code, 0, `uclient failed\n${context}`);

@@ -858,6 +858,41 @@ describe('TurnEngine: channels', () => {
     assert.equal((await c.channelBind(0x4002, { address: FORBIDDEN_PEER, port: 5000 })).code, 403);
   });
 
+  // coturn 4.6.1's turnutils_uclient (start_connection, -c): channel X to the peer's port+1 twice,
+  // then a fresh random number Y to the peer's port twice, then the same Y again from its refresh
+  // timer. Y is drawn from 0x4000-0x7FFF without excluding X.
+  it("serves turnutils_uclient's ChannelBind sequence, and refuses only its own collision (Y = X)", async () => {
+    const h = new Harness();
+    const peer = { address: PEER_A, port: 46100 };
+    const rtcp = { address: PEER_A, port: 46101 };
+
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    const codes = [];
+    for (const [number, to] of [[0x5234, rtcp], [0x5234, rtcp], [0x4a52, peer], [0x4a52, peer], [0x4a52, peer]] as const) {
+      codes.push((await c.channelBind(number, to)).code);
+    }
+    assert.deepEqual(codes, [200, 200, 200, 200, 200]);
+    socket.inject(Buffer.from('rtp'), peer.address, peer.port);
+    socket.inject(Buffer.from('rtcp'), rtcp.address, rtcp.port);
+    assert.deepEqual(
+      c.received().map((r) => (r.kind === 'channel' ? r.channel : -1)),
+      [0x4a52, 0x5234],
+    );
+
+    // The 1-in-16,384 draw where Y = X, as captured from uclient against anyturn (and answered
+    // 400 by coturn 4.6.1 too): RFC 8656 §12.2 requires 400 while X is bound to the other port,
+    // and the existing binding stays as it was.
+    const d = h.client();
+    const dSocket = h.relay(await d.mustAllocate());
+    assert.equal((await d.channelBind(0x5234, rtcp)).code, 200);
+    assert.equal((await d.channelBind(0x5234, rtcp)).code, 200);
+    const collision = await d.channelBind(0x5234, peer);
+    assert.deepEqual([collision.code, collision.reason], [400, 'Channel bound to another peer']);
+    d.channelData(0x5234, Buffer.from('still to port+1'));
+    assert.deepEqual(dSocket.sent.map((s) => s.port), [rtcp.port]);
+  });
+
   it('expires a channel after 600 s and keeps number and peer reserved for 5 more minutes', async () => {
     const h = new Harness();
     const c = h.client();
