@@ -27,6 +27,21 @@ function errorLines(server: RunningTurnServer): Record<string, unknown>[] {
   return parseLogLines(server.process.stdout()).filter((l) => typeof l.level === 'number' && l.level >= 50);
 }
 
+/**
+ * What the review sent from source port 0: a Binding (the --workers primary died answering
+ * it) and an Allocate with junk MESSAGE-INTEGRITY (a worker connect()ed a session to port 0).
+ */
+function portZeroProbes(): [Buffer, Buffer] {
+  const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12));
+  const allocate = new MessageWriter(Method.Allocate, MessageClass.Request, randomBytes(12));
+  allocate.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+  allocate.addText(Attr.Username, 'alice');
+  allocate.addText(Attr.Realm, REALM);
+  allocate.addText(Attr.Nonce, 'junk');
+  allocate.add(Attr.MessageIntegrity, randomBytes(20));
+  return [binding.toBuffer(), allocate.toBuffer()];
+}
+
 /** A client with an allocation, a permission and channel 0x4000 to `peer`, that checks it still relays both ways. */
 async function relayingPair(server: Endpoint, user: string, peer: TestPeer): Promise<{ client: TestTurnClient; relayed: Endpoint; check: (tag: string) => Promise<void> }> {
   const client = await TestTurnClient.open(server, cred(user));
@@ -128,14 +143,7 @@ describe('remote crashes, single process (CLI, loopback)', () => {
 
   it('drops and counts datagrams from UDP source port 0, logging no error', async (t) => {
     if (!(await canSendRaw())) return t.skip('needs root and python3 for a raw socket');
-    const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
-    const junkAllocate = new MessageWriter(Method.Allocate, MessageClass.Request, randomBytes(12));
-    junkAllocate.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
-    junkAllocate.addText(Attr.Username, 'alice');
-    junkAllocate.addText(Attr.Realm, REALM);
-    junkAllocate.addText(Attr.Nonce, 'junk');
-    junkAllocate.add(Attr.MessageIntegrity, randomBytes(20));
-    const junk = junkAllocate.toBuffer();
+    const [binding, junk] = portZeroProbes();
     await sendRawUdpV4(server.port, 0, Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? binding : junk)));
     await until(async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'source_port_zero' }) >= 40 ? true : undefined), 'the drops counted');
     assert.ok(server.process.isRunning(), server.process.outputTail());
@@ -158,14 +166,7 @@ describe('remote crashes, --workers 2 (CLI, loopback)', () => {
     let pair: Awaited<ReturnType<typeof relayingPair>> | undefined;
     try {
       pair = await relayingPair({ address: server.host, port: server.port }, 'carol', peer);
-      const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
-      const junkAllocate = new MessageWriter(Method.Allocate, MessageClass.Request, randomBytes(12));
-      junkAllocate.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
-      junkAllocate.addText(Attr.Username, 'alice');
-      junkAllocate.addText(Attr.Realm, REALM);
-      junkAllocate.addText(Attr.Nonce, 'junk');
-      junkAllocate.add(Attr.MessageIntegrity, randomBytes(20));
-      await sendRawUdpV4(server.port, 0, [binding, junkAllocate.toBuffer()]);
+      await sendRawUdpV4(server.port, 0, portZeroProbes());
       await until(async () => (sum(await scrape(metricsPort), 'anyturn_primary_datagrams_total', { kind: 'source_port_zero' }) >= 2 ? true : undefined), 'the drops counted');
       assert.ok(server.process.isRunning(), server.process.outputTail());
       assert.deepEqual(errorLines(server), [], 'no error logged');
