@@ -105,6 +105,26 @@ export async function startRedis(topo: Topology): Promise<Redis> {
   return redis;
 }
 
+/** redis-cli against the test's Redis, from the router namespace; stdout (raw). */
+export async function redisCli(topo: Topology, args: readonly string[]): Promise<string> {
+  const r = await topo.exec('R', 'redis-cli', ['-h', REDIS_ADDRESS, '-p', String(REDIS_PORT), '--raw', ...args]);
+  if (r.code !== 0) throw new Error(`redis-cli ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Allocation records in the store: record key -> relayed "ip:port" (SCAN is fine here: a test, a handful of keys). */
+export async function storedAllocations(topo: Topology): Promise<Map<string, string>> {
+  const allocations = new Map<string, string>();
+  const allocKeys = (await redisCli(topo, ['--scan', '--pattern', 'anyturn:alloc:*'])).split('\n').filter(Boolean);
+  for (const k of allocKeys) {
+    const raw = (await redisCli(topo, ['HGET', k, 'r'])).trim();
+    if (raw === '') continue; // deleted between SCAN and HGET
+    const rec = JSON.parse(raw) as { key: string; relayedAddress: string; relayedPort: number };
+    allocations.set(rec.key, `${rec.relayedAddress}:${rec.relayedPort}`);
+  }
+  return allocations;
+}
+
 export async function startPeer(topo: Topology): Promise<NsProcess> {
   const p = topo.spawnIn('P', process.execPath, [ECHO_PEER_PATH, '--bind', Topology.peerAddress, '--ports', PEER_PORTS.join(',')], { name: 'echo-peer', stdin: true });
   await p.waitForJsonLine((r) => r['event'] === 'listening', READY_DEADLINE_MS);

@@ -19,13 +19,22 @@
 //   {"cmd":"mark","name":"switch","atMs":<wall ms>}  records a named instant
 //   {"cmd":"ops"}  Refresh, CreatePermission (peer) and ChannelBind of a new
 //                  channel number (to --peer2) on both allocations, then 5
-//                  probes over each new channel.
+//                  probes over each new channel. The Refresh carries the nonce
+//                  from the setup; then an unauthenticated Allocate from the
+//                  allocation's own 5-tuple gets a 401 with a NONCE from the
+//                  node that receives it now (an Allocate is never forwarded),
+//                  and CreatePermission and ChannelBind carry that nonce. So
+//                  after a route switch one request is checked with a nonce
+//                  the other node issued, whichever node answers: in anycast
+//                  relay mode the Refresh (issued by the old node, checked by
+//                  the new), in forward mode the other two (issued by the new
+//                  node, checked by the owner).
 
 import type dgram from 'node:dgram';
 import { decodeAddress } from '../../src/stun/address.js';
-import { decodeErrorCode } from '../../src/stun/attributes.js';
+import { decodeErrorCode, encodeRequestedTransport } from '../../src/stun/attributes.js';
 import { looksLikeChannelData, readChannelDataLength, readChannelNumber } from '../../src/stun/channel-data.js';
-import { Attr, MessageClass, Method } from '../../src/stun/constants.js';
+import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { decodeMessage, getAttribute } from '../../src/stun/message.js';
 import { type Endpoint, TestTurnClient } from '../helpers/turn-client.js';
 import { Stream, decodeProbe, encodeProbe, nowMs, onStdinCommands, parseEndpoint, parseFlags, requireFlags } from './wire.js';
@@ -55,6 +64,8 @@ export interface StreamSummary {
   /** Every STUN error response code received on either socket, with counts. */
   readonly errorCodes: Record<string, number>;
   readonly got437: number;
+  /** 438 Stale Nonce answers received on either socket (each was retried with the fresh nonce). */
+  readonly got438: number;
   /** Sources other than the server address that sent us anything ("ip:port" -> count). */
   readonly foreignSources: Record<string, number>;
   /** Echoes whose framing did not match the stream (ChannelData expected on A, Data indication on B). */
@@ -89,6 +100,7 @@ async function main(): Promise<void> {
   const errorCodes: Record<string, number> = {};
   const foreignSources: Record<string, number> = {};
   let got437 = 0;
+  let got438 = 0;
   let wrongKind = 0;
   const sentAt = new Map<number, { stream: number; at: number }>();
   const echoedAt = new Map<number, { at: number; kind: number }>();
@@ -116,6 +128,7 @@ async function main(): Promise<void> {
           const code = decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.code ?? 0;
           errorCodes[code] = (errorCodes[code] ?? 0) + 1;
           if (code === 437) got437++;
+          if (code === 438) got438++;
           return;
         }
         if (m.cls !== MessageClass.Indication || m.method !== Method.Data) return;
@@ -166,16 +179,30 @@ async function main(): Promise<void> {
   const ops: Record<string, Record<string, OpResult>> = {};
   let opsAtMs: number | undefined;
   let opsRunning: Promise<void> | undefined;
+  /** An unauthenticated Allocate from the client's 5-tuple: the receiving node answers 401 with its own NONCE. */
+  const challenge = async (c: TestTurnClient): Promise<OpResult> => {
+    const before = c.nonce;
+    const { buf, transactionId } = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+    const m = await c.transact(buf, transactionId);
+    if (!m) return { code: 0, error: 'no answer' };
+    const code = m.cls === MessageClass.SuccessResponse ? 200 : (decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.code ?? 0);
+    const nonce = getAttribute(m, Attr.Nonce)?.toString('utf8');
+    if (code !== 401 || nonce === undefined) return { code, error: 'no 401 with a NONCE' };
+    c.nonce = nonce;
+    return nonce === before ? { code, error: 'the same NONCE as before' } : { code };
+  };
   const runOps = async (): Promise<void> => {
     opsAtMs = nowMs();
     const [ra, rb] = await Promise.all([
       (async () => ({
         refresh: await op(() => a.refresh(600)),
+        challenge: await challenge(a),
         createPermission: await op(() => a.createPermission(peer)),
         channelBind: await op(() => a.channelBind(NEW_CHANNEL_A, peer2)),
       }))(),
       (async () => ({
         refresh: await op(() => b.refresh(600)),
+        challenge: await challenge(b),
         createPermission: await op(() => b.createPermission(peer)),
         channelBind: await op(() => b.channelBind(NEW_CHANNEL_B, peer2)),
       }))(),
@@ -220,7 +247,7 @@ async function main(): Promise<void> {
     const e = echoedAt.get(seq);
     packets.push([seq, s.stream, Math.round(s.at * 10) / 10, e ? Math.round(e.at * 10) / 10 : -1, e ? e.kind : -1]);
   }
-  const summary: StreamSummary = { event: 'summary', relayed, packets, marks, ops, opsAtMs, newChannelEchoes, errorCodes, got437, foreignSources, wrongKind };
+  const summary: StreamSummary = { event: 'summary', relayed, packets, marks, ops, opsAtMs, newChannelEchoes, errorCodes, got437, got438, foreignSources, wrongKind };
   emit(summary as unknown as Record<string, unknown>);
   a.close();
   b.close();

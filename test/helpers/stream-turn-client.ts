@@ -39,6 +39,8 @@ export class StreamTurnClient {
   garbage = 0;
   nonce: string | undefined;
   realm: string;
+  /** 438 Stale Nonce answers request() retried after (counted so tests can assert "no 438"). */
+  staleNonces = 0;
   private pending = Buffer.alloc(0);
   private readonly changed = new Set<() => void>();
   private closedFlag = false;
@@ -183,6 +185,7 @@ export class StreamTurnClient {
       const { buf, transactionId } = this.build(method, decorate);
       this.write(buf);
       const r = await this.response(transactionId);
+      if (r.code === 438) this.staleNonces++;
       if (r.code === 401 || r.code === 438) {
         const hadNonce = this.nonce !== undefined;
         const nonce = getAttribute(r.message, Attr.Nonce);

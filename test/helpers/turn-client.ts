@@ -54,8 +54,23 @@ export interface Response {
   readonly code: number;
 }
 
+/**
+ * How long a request waits for its answer (retransmitting) before the client
+ * gives up: RFC 8489 §6.2.1's transaction timeout with the default RTO of
+ * 500 ms and Rc = 7, 39.5 s. A live server answers long before; this bounds
+ * only a dead or deaf one, so a slow, loaded machine is never read as "no
+ * answer". Callers that poll for a server coming up pass a shorter one.
+ */
+export const TRANSACTION_TIMEOUT_MS = 39_500;
+
 export class TestTurnClient {
   readonly socket: dgram.Socket;
+  /**
+   * 438 Stale Nonce answers received by request() (which retries with the
+   * fresh NONCE, as a real client does). Counted so the tests that claim "no
+   * 438" (e.g. across a reroute) can assert it.
+   */
+  staleNonces = 0;
   private readonly waiting = new Map<string, (m: StunMessage) => void>();
   readonly received: Received[] = [];
   private receivedWaiters: (() => void)[] = [];
@@ -148,7 +163,7 @@ export class TestTurnClient {
    * socket sent before it (one socket, one loopback path, in order). Returns
    * XOR-MAPPED-ADDRESS, or undefined when there was no answer.
    */
-  async binding(timeoutMs = 1500): Promise<Endpoint | undefined> {
+  async binding(timeoutMs = TRANSACTION_TIMEOUT_MS): Promise<Endpoint | undefined> {
     const { buf, transactionId } = this.build(Method.Binding, () => undefined, { auth: false });
     const m = await this.transact(buf, transactionId, timeoutMs);
     if (!m || m.cls !== MessageClass.SuccessResponse) return undefined;
@@ -195,7 +210,7 @@ export class TestTurnClient {
   }
 
   /** Sends one request and waits for its response (retransmitting over UDP); undefined on timeout. */
-  async transact(buf: Buffer, transactionId: Buffer, timeoutMs = 1500): Promise<StunMessage | undefined> {
+  async transact(buf: Buffer, transactionId: Buffer, timeoutMs = TRANSACTION_TIMEOUT_MS): Promise<StunMessage | undefined> {
     const id = transactionId.toString('hex');
     return new Promise((resolve) => {
       let timer: NodeJS.Timeout | undefined;
@@ -254,6 +269,7 @@ export class TestTurnClient {
       if (!m) throw new Error(`no response to method 0x${method.toString(16)}`);
       const code = m.cls === MessageClass.SuccessResponse ? 200 : (decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.code ?? 0);
       const hadNonce = this.nonce !== undefined;
+      if (code === 438) this.staleNonces++;
       if (code === 401 || code === 438) {
         const nonce = getAttribute(m, Attr.Nonce);
         const realm = getAttribute(m, Attr.Realm);

@@ -416,7 +416,9 @@ function streamThrough(client: TestTurnClient, peer: TestPeer, relayed: Endpoint
   return {
     async stop() {
       clearInterval(timer);
-      await sleep(300); // the last packets in flight
+      // The last packets in flight: wait until every one is back, or give up after a while
+      // (that only bounds the wait; the caller then reports what was lost).
+      for (let waited = 0; (atPeer.size < seq || back.size < seq) && waited < 10_000; waited += 20) await sleep(20);
       return { sent: seq, atPeer: atPeer.size, backAtClient: back.size };
     },
   };
@@ -488,8 +490,10 @@ async function acrossFailover(
   const { sent, atPeer, backAtClient } = await stream.stop();
   t.diagnostic(`failover done ${healedMs} ms after the kill; the server's store read the live record at ${storeMs} ms; a new Allocate succeeded by ${allocateMs} ms; stream: sent ${sent}, at peer ${atPeer}, back at client ${backAtClient}`);
   assert.ok(sent > 50, `the stream ran through the failover (${sent} packets)`);
-  assert.ok(sent - atPeer <= 2, `client -> peer lost ${sent - atPeer} of ${sent}`);
-  assert.ok(sent - backAtClient <= 2, `peer -> client lost ${sent - backAtClient} of ${sent}`);
+  // Redis is not on the data path (the engine relays from its own state), and this is
+  // loopback in one process: nothing may be lost.
+  assert.equal(sent - atPeer, 0, `client -> peer lost ${sent - atPeer} of ${sent}`);
+  assert.equal(sent - backAtClient, 0, `peer -> client lost ${sent - backAtClient} of ${sent}`);
 }
 
 describe('Redis failover: the whole server keeps relaying', () => {

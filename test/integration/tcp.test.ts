@@ -11,6 +11,7 @@ import net from 'node:net';
 import { ConfigError, type RawOptions, buildConfig } from '../../src/config.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
+import { COARSE_CLOCK_MS } from '../../src/turn/clock.js';
 import { encodeUint32 } from '../../src/stun/attributes.js';
 import { Attr, Method } from '../../src/stun/constants.js';
 import { reserveRelayPortRange } from '../helpers/anyturn-process.js';
@@ -64,6 +65,21 @@ function rawConnect(endpoint: Endpoint, localAddress?: string): Promise<net.Sock
   return new Promise((resolve, reject) => {
     const s = net.connect({ host: endpoint.address, port: endpoint.port, localAddress }, () => resolve(s));
     s.once('error', reject);
+  });
+}
+
+/** Turns the event loop (no timers: they may be mocked) until `predicate` holds, or 10,000 turns. */
+async function settled(predicate: () => boolean): Promise<void> {
+  for (let i = 0; i < 10_000 && !predicate(); i++) await new Promise<void>((r) => setImmediate(r));
+}
+
+/** Resolves when the socket has closed (event-driven; the test's timeout bounds a hang). */
+function closed(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    socket.on('error', () => undefined);
+    socket.resume();
+    if (socket.destroyed) return resolve();
+    socket.once('close', () => resolve());
   });
 }
 
@@ -234,12 +250,13 @@ describe('TCP connection protections', () => {
     await Promise.all(servers.map((s) => s.stop()));
   });
 
-  it('closes a connection that sends no valid STUN message within --tcp-idle-timeout, and keeps one that did', async () => {
+  // setTimeout is mocked (the idle deadline is the server's only setTimeout; its other
+  // timers are intervals), so the deadline is checked to the millisecond without sleeping.
+  it('closes a connection that sends no valid STUN message within --tcp-idle-timeout, and keeps one that did', async (t) => {
     const server = await start({ 'tcp-idle-timeout': 1 });
     servers.push(server);
     const endpoint = endpointOf(server, 'tcp');
-    // The deadline runs from the server's accept, which comes after this.
-    const started = Date.now();
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     const silent = await rawConnect(endpoint);
     sockets.push(silent);
     // ChannelData is framed fine but is not STUN: it does not count as a client speaking.
@@ -248,21 +265,36 @@ describe('TCP connection protections', () => {
     channelOnly.write(Buffer.from([0x40, 0x00, 0x00, 0x00]));
     const speaking = await StreamTurnClient.connect(endpoint, credentials);
     sockets.push(speaking.socket);
+    // Answered: the server has accepted all three (in order) and read what they sent.
     assert.equal((await speaking.binding()).code, 200);
+    const silentClosed = closed(silent);
+    const channelOnlyClosed = closed(channelOnly);
 
-    assert.equal(await closedWithin(silent, 5000), true, 'the silent connection was closed');
-    assert.ok(Date.now() - started >= 950, `not before the 1 s deadline (closed after ${Date.now() - started} ms)`);
-    assert.equal(await closedWithin(channelOnly, 5000), true, 'the ChannelData-only connection was closed');
-    await new Promise((r) => setTimeout(r, 500));
-    assert.equal(speaking.isClosed, false, 'a connection that sent a valid STUN message stays open');
+    t.mock.timers.tick(999);
+    assert.equal((await speaking.binding()).code, 200); // a round trip through the server's loop
+    assert.equal(server.streamCounters.closed.tcp.idle_timeout, 0, 'nothing closed before the 1 s deadline');
+    assert.equal(silent.destroyed || channelOnly.destroyed, false);
+    t.mock.timers.tick(1);
+    await silentClosed;
+    await channelOnlyClosed;
+    await settled(() => server.streamCounters.closed.tcp.idle_timeout === 2);
+    assert.equal(server.streamCounters.closed.tcp.idle_timeout, 2, 'both closes counted as idle_timeout');
+    // Far past the deadline: the connection that spoke STUN is still open and served.
+    t.mock.timers.tick(60_000);
     assert.equal((await speaking.binding()).code, 200);
-    await until('both closes to be counted', () => server.streamCounters.closed.tcp.idle_timeout === 2);
+    assert.equal(speaking.isClosed, false, 'a connection that sent a valid STUN message stays open');
+    assert.equal(server.streamCounters.closed.tcp.idle_timeout, 2);
   });
 
-  it('closes a connection holding no allocation at a --tcp-unallocated-timeout check: never allocated, or after Refresh 0', async () => {
+  // setInterval is mocked: the checks run when the test says, without sleeping.
+  it('closes a connection holding no allocation at a --tcp-unallocated-timeout check: never allocated, or after Refresh 0', async (t) => {
     const server = await start({ 'tcp-unallocated-timeout': 1 });
     servers.push(server);
     const endpoint = endpointOf(server, 'tcp');
+    t.mock.timers.enable({ apis: ['setInterval'] });
+    // The system clock's coarse reading refreshes on an interval too, mocked now: leave it
+    // stopped (unread for two periods) before the mock is reset, so it restarts for real.
+    t.after(() => t.mock.timers.tick(2 * COARSE_CLOCK_MS));
     // Kept a connection slot with one Binding request and nothing else.
     const bindingOnly = await StreamTurnClient.connect(endpoint, credentials);
     sockets.push(bindingOnly.socket);
@@ -273,10 +305,14 @@ describe('TCP connection protections', () => {
     assert.equal(response.code, 200);
     assert.ok(relayed);
 
+    t.mock.timers.tick(999);
+    assert.equal((await allocated.binding()).code, 200); // a round trip through the server's loop
+    assert.equal(bindingOnly.isClosed, false, 'not before the first check');
+    t.mock.timers.tick(1); // the first check
     await bindingOnly.waitUntil(() => bindingOnly.isClosed, 'the Binding-only connection to be closed', 10_000);
     await until('the close to be counted', () => server.streamCounters.closed.tcp.no_allocation === 1);
     // Two more checks later, the allocated connection is still open and served.
-    await new Promise((r) => setTimeout(r, 2500));
+    t.mock.timers.tick(2000);
     assert.equal(allocated.isClosed, false, 'a connection holding an allocation stays open');
     const peer = await TestPeer.open();
     try {
@@ -288,22 +324,29 @@ describe('TCP connection protections', () => {
     } finally {
       peer.close();
     }
+    assert.equal(server.streamCounters.closed.tcp.no_allocation, 1);
 
     // Refresh 0 deletes the allocation; the next check closes the connection.
     assert.equal((await allocated.request(Method.Refresh, (w) => w.add(Attr.Lifetime, encodeUint32(0)))).code, 200);
+    assert.equal(allocated.isClosed, false);
+    t.mock.timers.tick(1000);
     await allocated.waitUntil(() => allocated.isClosed, 'the connection whose allocation was deleted to be closed', 10_000);
     await until('both closes to be counted', () => server.streamCounters.closed.tcp.no_allocation === 2);
     assert.equal(server.streamCounters.closed.tcp.idle_timeout, 0);
   });
 
-  it('keeps a connection without an allocation with --tcp-unallocated-timeout 0', async () => {
+  it('keeps a connection without an allocation with --tcp-unallocated-timeout 0', async (t) => {
     const server = await start({ 'tcp-unallocated-timeout': 0, 'tcp-idle-timeout': 1 });
     servers.push(server);
+    // Both server timers a connection may get are mocked: the idle deadline and the check.
+    t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
     const client = await StreamTurnClient.connect(endpointOf(server, 'tcp'), credentials);
     sockets.push(client.socket);
     assert.equal((await client.binding()).code, 200);
+    t.after(() => t.mock.timers.tick(2 * COARSE_CLOCK_MS)); // as above: the coarse clock's timer
     // Past the idle deadline and past what a 1-second check period would allow.
-    await new Promise((r) => setTimeout(r, 2500));
+    t.mock.timers.tick(10_000);
+    assert.equal((await client.binding()).code, 200);
     assert.equal(client.isClosed, false);
     assert.equal((await client.binding()).code, 200);
     assert.equal(server.streamCounters.closed.tcp.no_allocation, 0);

@@ -19,7 +19,7 @@ import {
   type RunningPeer,
 } from '../helpers/anyturn-process.js';
 import { type Sample, parseMetrics, sum } from '../helpers/ops-endpoint.js';
-import { uclientChannelCollision } from '../helpers/uclient.js';
+import { parseUclientStats, uclientChannelCollision } from '../helpers/uclient.js';
 
 const USER = 'metricsuser';
 const PASSWORD = 'metrics-password';
@@ -148,11 +148,16 @@ describe('/metrics during a turnutils_uclient run', () => {
     const during = midRun.filter((s) => sum(s.samples, 'anyturn_relayed_packets_total', { direction: 'client_to_peer' }) > 0 && s.live > 0);
     assert.ok(during.length > 0, `a scrape while uclient still ran showed relayed packets (${midRun.length} mid-run scrapes)\n${context}`);
 
-    const totals = /start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$/m.exec(output.split('\n').filter((l) => !l.includes('msz=')).join('\n'));
-    assert.ok(totals, `uclient printed its totals\n${context}`);
-    const sent = Number(totals[1]);
-    const received = Number(totals[2]);
+    const stats = parseUclientStats(output);
+    assert.ok(stats, `uclient printed its totals\n${context}`);
+    const sent = stats.sentMessages;
+    const received = stats.receivedMessages;
     assert.equal(sent, CLIENTS * MESSAGES);
+    // Every echo came back (loopback, as the interop runs: 0 loss). Without this,
+    // peer->client relaying could be broken and p2c === received would still hold at 0.
+    assert.equal(received, sent, `uclient received every echo\n${context}`);
+    assert.equal(stats.lostPackets, 0, `uclient lost packets\n${context}`);
+    assert.equal(stats.sendDropped, 0, `uclient send dropped\n${context}`);
     const midPackets = Math.max(...during.map((s) => sum(s.samples, 'anyturn_relayed_packets_total', { direction: 'client_to_peer' })));
     assert.ok(midPackets < sent || during.length > 1, 'mid-run scrapes came before the end of the traffic');
 

@@ -95,6 +95,24 @@ function parseCandidate(line: string): { ip: string; port: number; type: string 
   return { ip: parts[4] ?? '', port: Number(parts[5]), type: typIndex >= 0 ? (parts[typIndex + 1] ?? '') : '' };
 }
 
+/**
+ * The transport ('udp', 'tcp', 'tls') of each TURN client werift opened for
+ * this peer connection. Reads werift 0.24.4 internals (IceTransport ->
+ * Connection.protocols -> StunOverTurnProtocol.turn.transport.type); if they
+ * move, the caller's "found" assertion fails rather than passing silently.
+ */
+function turnClientTransports(pc: RTCPeerConnection): string[] {
+  const out: string[] = [];
+  for (const iceTransport of pc.iceTransports) {
+    const protocols = (iceTransport.connection as unknown as { protocols?: unknown[] }).protocols ?? [];
+    for (const protocol of protocols) {
+      const type = (protocol as { turn?: { transport?: { type?: unknown } } }).turn?.transport?.type;
+      if (typeof type === 'string') out.push(type);
+    }
+  }
+  return out;
+}
+
 function withDeadline<T>(promise: Promise<T>, what: string, diagnostics: () => string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
@@ -252,6 +270,18 @@ async function dataChannelThroughServer(t: TestContext, extraArgs: readonly stri
     // Ordered, reliable channel: everything, in order, nothing extra.
     assert.deepEqual(receivedAtAnswerer, expectedAtAnswerer);
     assert.deepEqual(receivedAtOfferer, expectedAtOfferer);
+
+    // The allocations are TURN over UDP: werift retries over TCP when the
+    // UDP Allocate fails (see the quirks above), and the data channel would
+    // work just the same, so without this the test passes with UDP broken.
+    for (const [name, pc] of [
+      ['offerer', offerer],
+      ['answerer', answerer],
+    ] as const) {
+      const transports = turnClientTransports(pc);
+      assert.ok(transports.length > 0, `${name}: found werift's TURN client\n${diagnostics()}`);
+      assert.deepEqual(transports, transports.map(() => 'udp'), `${name}: TURN client transport\n${diagnostics()}`);
+    }
 
     // The pair in use is relay <-> relay on loopback.
     const selected = offerer.iceTransports[0]?.getSelectedCandidatePair();

@@ -144,12 +144,37 @@ describe('workers: isAuthenticatedAllocate', () => {
     const overflow = Buffer.from(good);
     overflow.writeUInt16BE(0xfff0, 22);
     assert.equal(isAuthenticatedAllocate(overflow), false);
+    // Random bytes (a fixed seed): none is a well-formed authenticated Allocate, so every
+    // answer must be false, not merely come back without throwing.
     const rng = new SeededRandom(7);
     for (let i = 0; i < 5000; i++) {
       const junk = rng.bytes(rng.int(120));
       // Half of them look like an Allocate request header: the decoder has to cope.
       if (junk.length >= 2 && rng.chance(0.5)) junk.writeUInt16BE(0x0003, 0);
-      assert.doesNotThrow(() => isAuthenticatedAllocate(junk));
+      assert.equal(isAuthenticatedAllocate(junk), false, `junk #${i}: ${junk.toString('hex')}`);
+    }
+  });
+
+  it('a flipped byte: in the type or length, no session; in the cookie, transaction id or an attribute value, still one', () => {
+    // The frontend only routes: the engine checks the cookie and the MAC, so a message
+    // that is still an Allocate request with an integrity attribute must open a session.
+    for (const integrity of ['sha1', 'sha256'] as const) {
+      const good = allocateRequest({ integrity });
+      const valueBytes = new Set<number>();
+      for (let pos = 20; pos < good.length; ) {
+        const length = good.readUInt16BE(pos + 2);
+        for (let i = 0; i < length; i++) valueBytes.add(pos + 4 + i);
+        pos += 4 + ((length + 3) & ~3);
+      }
+      for (let offset = 0; offset < good.length; offset++) {
+        const expected = offset < 4 ? false : offset < 20 || valueBytes.has(offset) ? true : undefined;
+        if (expected === undefined) continue; // an attribute header: either outcome is a fair reading
+        for (const mask of [0x01, 0x80, 0xff]) {
+          const flipped = Buffer.from(good);
+          flipped[offset]! ^= mask;
+          assert.equal(isAuthenticatedAllocate(flipped), expected, `${integrity}: byte ${offset} ^ 0x${mask.toString(16)}`);
+        }
+      }
     }
   });
 });

@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { type Clock, CoarseTime, ManualClock, systemClock } from '../../../src/turn/clock.js';
+import { COARSE_CLOCK_MS, type Clock, CoarseTime, ManualClock, systemClock } from '../../../src/turn/clock.js';
 
 /** Waits (without a fixed sleep) until `done()` holds; fails after `timeoutMs`. */
 async function waitFor(done: () => boolean, timeoutMs = 2000): Promise<void> {
@@ -45,11 +45,30 @@ describe('CoarseTime', () => {
     coarse.stop();
   });
 
-  it('lags the system clock by at most about a period', async () => {
-    const reading = systemClock.nowCoarse?.();
-    assert.ok(reading !== undefined, 'the system clock has a coarse reading');
-    const now = Date.now();
-    assert.ok(reading <= now && now - reading < 1000, `${reading} vs ${now}`);
+  // With setInterval mocked, not against the real clock's speed: the reading is Date.now()
+  // as of the first read or the last refresh (bracketed by Date.now() before and after),
+  // and it is refreshed exactly when a COARSE_CLOCK_MS period has passed.
+  it('the system clock reads Date.now() through a CoarseTime of COARSE_CLOCK_MS', (t) => {
+    t.mock.timers.enable({ apis: ['setInterval'] });
+    const read = (): number => {
+      const reading = systemClock.nowCoarse?.();
+      assert.ok(reading !== undefined, 'the system clock has a coarse reading');
+      return reading;
+    };
+    const bracket = (f: () => void): [number, number] => {
+      const before = Date.now();
+      f();
+      return [before, Date.now()];
+    };
+    let first = 0;
+    const [b1, a1] = bracket(() => (first = read()));
+    assert.ok(b1 <= first && first <= a1, `first read ${first} is Date.now() then: [${b1}, ${a1}]`);
+    t.mock.timers.tick(COARSE_CLOCK_MS - 1);
+    assert.equal(read(), first, 'within a period: the same reading');
+    const [b2, a2] = bracket(() => t.mock.timers.tick(1));
+    const second = read();
+    assert.ok(b2 <= second && second <= a2, `after one period ${second} is Date.now() at the refresh: [${b2}, ${a2}]`);
+    t.mock.timers.tick(2 * COARSE_CLOCK_MS); // unread: its timer stops before the mock is reset
   });
 
   it('is absent from ManualClock, so engine tests stay exact', () => {
