@@ -41,7 +41,7 @@
 import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type KeyObject } from 'node:crypto';
 import dgram from 'node:dgram';
 import { MESH_KEY_LABEL, deriveKey } from '../keys.js';
-import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../stun/address.js';
+import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../net/ip.js';
 import { literalLookup } from '../transport/lookup.js';
 import type { MeshRejectReason } from './counters.js';
 

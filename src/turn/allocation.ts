@@ -2,7 +2,7 @@
 // socket, permissions and channel bindings, kept in maps shaped for the relay
 // hot path. The store holds the same facts as a plain AllocationRecord.
 
-import { parseIPv4, parseIPv6 } from '../stun/address.js';
+import { parseIPv4, parseIPv6 } from '../net/ip.js';
 import { isValidChannelNumber } from '../stun/channel-data.js';
 import { CHANNEL_MIN } from '../stun/constants.js';
 import type { AllocationRecord } from '../store/types.js';

@@ -3,7 +3,8 @@
 // the store only through AllocationStore; time comes from the injected clock.
 
 import { performance } from 'node:perf_hooks';
-import { decodeAddress, formatIPv6, parseIPv4 } from '../stun/address.js';
+import { formatIPv6, parseIPv4 } from '../net/ip.js';
+import { decodeAddress } from '../stun/address.js';
 import {
   CHANNEL_DATA_HEADER_LENGTH,
   CHANNEL_DATA_MAX_LENGTH,

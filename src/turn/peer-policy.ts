@@ -4,8 +4,8 @@
 // peers to the server; a relay that forwards to loopback, link-local (cloud
 // metadata at 169.254.169.254), private or other special-purpose space turns
 // into an SSRF gateway into the operator's own network. This module is pure:
-// it parses addresses into numbers once, compares them against range tables
-// built in createPeerPolicy, and never throws from check().
+// it parses addresses into numbers once (src/net), compares them against range
+// tables built in createPeerPolicy, and never throws from check().
 //
 // Order of decisions in check(), first match wins:
 //   1. not a valid IPv4/IPv6 literal             -> 'invalid'
@@ -37,6 +37,9 @@
 // allowed that IP (or loopback), and relayed ports are meant to be.
 // Server addresses and service ports grow at run time (ports bound at start,
 // cluster nodes as membership learns them): `generation` changes then.
+
+import { embeddedIPv4, IPV4_MAPPED_FIRST, IPV4_MAPPED_LAST, ipv4EmbeddingOf, type IPv4Embedding } from '../net/embedded-ipv4.js';
+import { type IpRange, parseIpRange, parseIpValue, PeerRangeError } from '../net/range.js';
 
 /** A stable, short reason for a refusal; safe to use as a metric label. */
 export type PeerDenyReason =
@@ -86,274 +89,6 @@ export interface PeerPolicy {
   readonly generation: number;
   /** How many server addresses (and ranges) the policy holds. */
   readonly serverAddressCount: number;
-}
-
-/** An inclusive range of addresses of one family, as numbers. */
-export type IpRange =
-  | { readonly family: 4; readonly first: number; readonly last: number }
-  | { readonly family: 6; readonly first: bigint; readonly last: bigint };
-
-const RANGE_SYNTAX =
-  "expected 'a.b.c.d', 'a.b.c.d/nn' (nn 0-32), an IPv6 address 'x::y' or 'x::y/nn' (nn 0-128), " +
-  "or a 'first-last' range of one family";
-
-export class PeerRangeError extends Error {
-  readonly code = 'ERR_PEER_RANGE';
-  /** The offending text, exactly as given. */
-  readonly range: string;
-  /** What is wrong with it. */
-  readonly problem: string;
-  /** The option it came from (e.g. '--denied-peer-ip'), when known. */
-  readonly option: string | undefined;
-
-  constructor(range: string, problem: string, option?: string) {
-    const shown = range.length > 80 ? `${range.slice(0, 80)}…` : range;
-    super(`${option === undefined ? '' : `${option}: `}invalid peer IP range '${shown}': ${problem}; ${RANGE_SYNTAX}`);
-    this.name = 'PeerRangeError';
-    this.range = range;
-    this.problem = problem;
-    this.option = option;
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Address parsing. Strict on purpose: no leading zeros (octal ambiguity, the
-// classic '0177.0.0.1' bypass), no shortened or integer IPv4 forms
-// ('127.1', '2130706433'), no zone IDs, no brackets, no whitespace.
-
-// Longest textual IPv6: 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255'.
-const MAX_ADDRESS_LENGTH = 45;
-const MAX_RANGE_LENGTH = 2 * MAX_ADDRESS_LENGTH + 8;
-
-type ParsedIp = { readonly family: 4; readonly value: number } | { readonly family: 6; readonly value: bigint };
-
-const CH_0 = 48;
-const CH_9 = 57;
-const CH_DOT = 46;
-const CH_COLON = 58;
-
-/** Parses s[start, end) as dotted-quad IPv4; -1 if it is not one. */
-function parseIpv4(s: string, start: number, end: number): number {
-  let value = 0;
-  let octets = 0;
-  let octet = 0;
-  let digits = 0;
-  for (let i = start; i < end; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= CH_0 && c <= CH_9) {
-      if (digits === 1 && octet === 0) return -1; // leading zero
-      octet = octet * 10 + (c - CH_0);
-      digits++;
-      if (octet > 255) return -1;
-    } else if (c === CH_DOT) {
-      if (digits === 0 || octets === 3) return -1;
-      value = value * 256 + octet;
-      octets++;
-      octet = 0;
-      digits = 0;
-    } else {
-      return -1;
-    }
-  }
-  if (digits === 0 || octets !== 3) return -1;
-  return value * 256 + octet;
-}
-
-function hexValue(c: number): number {
-  if (c >= CH_0 && c <= CH_9) return c - CH_0;
-  const lower = c | 0x20;
-  if (lower >= 97 && lower <= 102) return lower - 87;
-  return -1;
-}
-
-/**
- * Parses s[start, end) as one IPv6 piece list (no '::'), appending 16-bit
- * groups to out. A dotted IPv4 is accepted only as the last piece when
- * allowV4Tail is set (RFC 4291 §2.2, form 3).
- */
-function parseV6Pieces(s: string, start: number, end: number, allowV4Tail: boolean, out: number[]): boolean {
-  let i = start;
-  while (true) {
-    let group = 0;
-    let digits = 0;
-    let j = i;
-    for (; j < end; j++) {
-      const c = s.charCodeAt(j);
-      if (c === CH_COLON) break;
-      if (c === CH_DOT) {
-        if (!allowV4Tail) return false;
-        // The whole remaining piece must be an IPv4 address.
-        let k = j;
-        while (k < end && s.charCodeAt(k) !== CH_COLON) k++;
-        if (k !== end) return false;
-        const v4 = parseIpv4(s, i, end);
-        if (v4 < 0) return false;
-        out.push(Math.floor(v4 / 0x10000), v4 & 0xffff);
-        return true;
-      }
-      const h = hexValue(c);
-      if (h < 0 || digits === 4) return false;
-      group = (group << 4) | h;
-      digits++;
-    }
-    if (digits === 0) return false;
-    out.push(group);
-    if (j === end) return true;
-    i = j + 1; // skip ':'
-    if (i === end) return false; // trailing single ':'
-  }
-}
-
-function parseIpv6(s: string): bigint | undefined {
-  const groups: number[] = [];
-  const gap = s.indexOf('::');
-  let headCount: number;
-  if (gap === -1) {
-    if (!parseV6Pieces(s, 0, s.length, true, groups) || groups.length !== 8) return undefined;
-    headCount = 8;
-  } else {
-    if (s.indexOf('::', gap + 1) !== -1) return undefined; // at most one '::'
-    if (gap > 0 && !parseV6Pieces(s, 0, gap, false, groups)) return undefined;
-    headCount = groups.length;
-    if (gap + 2 < s.length && !parseV6Pieces(s, gap + 2, s.length, true, groups)) return undefined;
-    // '::' stands for at least one zero group.
-    if (groups.length > 7) return undefined;
-  }
-  let value = 0n;
-  const zeros = 8 - groups.length;
-  for (let g = 0; g < groups.length; g++) {
-    if (g === headCount) value <<= BigInt(16 * zeros);
-    value = (value << 16n) | BigInt(groups[g] ?? 0);
-  }
-  if (headCount === groups.length) value <<= BigInt(16 * zeros);
-  return value;
-}
-
-function parseIp(s: string): ParsedIp | undefined {
-  if (s.length === 0 || s.length > MAX_ADDRESS_LENGTH) return undefined;
-  if (s.indexOf(':') === -1) {
-    const v4 = parseIpv4(s, 0, s.length);
-    return v4 < 0 ? undefined : { family: 4, value: v4 };
-  }
-  const v6 = parseIpv6(s);
-  return v6 === undefined ? undefined : { family: 6, value: v6 };
-}
-
-// ---------------------------------------------------------------------------
-// Formatting, only for error messages.
-
-function formatIpv4(v: number): string {
-  return `${(v >>> 24) & 255}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
-}
-
-/** RFC 5952 §4 canonical text: lower case, longest zero run (>= 2 groups) as '::'. */
-function formatIpv6(v: bigint): string {
-  const groups: number[] = [];
-  for (let shift = 112n; shift >= 0n; shift -= 16n) groups.push(Number((v >> shift) & 0xffffn));
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart === -1) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
-}
-
-// ---------------------------------------------------------------------------
-// Range parsing.
-
-function parsePrefixLength(text: string, max: number): number {
-  if (text.length === 0 || text.length > 3) return -1;
-  let n = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < CH_0 || c > CH_9) return -1;
-    if (i === 1 && n === 0) return -1; // leading zero
-    n = n * 10 + (c - CH_0);
-  }
-  return n <= max ? n : -1;
-}
-
-function parseSingleForRange(original: string, text: string): ParsedIp {
-  if (text.length === 0) throw new PeerRangeError(original, 'an address is missing');
-  if (text.includes('%')) throw new PeerRangeError(original, `'${text}' has a zone ID, which is not allowed`);
-  const ip = parseIp(text);
-  if (ip === undefined) throw new PeerRangeError(original, `'${text.length > 60 ? `${text.slice(0, 60)}…` : text}' is not an IPv4 or IPv6 address`);
-  return ip;
-}
-
-/**
- * Parses one --allowed-peer-ip / --denied-peer-ip value: a single address,
- * a CIDR block ('10.0.0.0/8', '2001:db8::/32') or a coturn-style
- * 'first-last' range of one family. Surrounding whitespace is ignored.
- * A CIDR block with bits set after the prefix is refused rather than
- * silently widened (did '10.0.0.1/8' mean /8 or /32?).
- * IPv6 text stays IPv6 ('::ffff:10.0.0.0/104' is family 6 here).
- * Throws PeerRangeError.
- */
-export function parseIpRange(text: string): IpRange {
-  const original = text;
-  if (typeof text !== 'string') throw new PeerRangeError(String(text), 'not a string');
-  if (text.length > MAX_RANGE_LENGTH) throw new PeerRangeError(original, 'too long');
-  const trimmed = text.trim();
-  if (trimmed.length === 0) throw new PeerRangeError(original, 'empty');
-
-  const dash = trimmed.indexOf('-');
-  if (dash !== -1) {
-    if (trimmed.indexOf('-', dash + 1) !== -1) throw new PeerRangeError(original, "more than one '-'");
-    if (trimmed.includes('/')) throw new PeerRangeError(original, "a 'first-last' range cannot also have a '/nn' prefix");
-    const a = parseSingleForRange(original, trimmed.slice(0, dash).trim());
-    const b = parseSingleForRange(original, trimmed.slice(dash + 1).trim());
-    if (a.family === 4 && b.family === 4) {
-      if (a.value > b.value) throw new PeerRangeError(original, 'the first address is greater than the last');
-      return { family: 4, first: a.value, last: b.value };
-    }
-    if (a.family === 6 && b.family === 6) {
-      if (a.value > b.value) throw new PeerRangeError(original, 'the first address is greater than the last');
-      return { family: 6, first: a.value, last: b.value };
-    }
-    throw new PeerRangeError(original, 'it mixes IPv4 and IPv6');
-  }
-
-  const slash = trimmed.indexOf('/');
-  if (slash === -1) {
-    const ip = parseSingleForRange(original, trimmed);
-    return ip.family === 4
-      ? { family: 4, first: ip.value, last: ip.value }
-      : { family: 6, first: ip.value, last: ip.value };
-  }
-  if (trimmed.indexOf('/', slash + 1) !== -1) throw new PeerRangeError(original, "more than one '/'");
-  const ip = parseSingleForRange(original, trimmed.slice(0, slash));
-  const lengthText = trimmed.slice(slash + 1);
-  if (ip.family === 4) {
-    const len = parsePrefixLength(lengthText, 32);
-    if (len < 0) throw new PeerRangeError(original, `'/${lengthText}' is not a prefix length from 0 to 32`);
-    const hostMask = len === 0 ? 0xffffffff : len === 32 ? 0 : 0xffffffff >>> len;
-    const first = (ip.value & ~hostMask) >>> 0;
-    if (first !== ip.value) {
-      throw new PeerRangeError(original, `bits are set after the /${len} prefix (did you mean ${formatIpv4(first)}/${len}?)`);
-    }
-    return { family: 4, first, last: (first | hostMask) >>> 0 };
-  }
-  const len = parsePrefixLength(lengthText, 128);
-  if (len < 0) throw new PeerRangeError(original, `'/${lengthText}' is not a prefix length from 0 to 128`);
-  const hostMask = (1n << BigInt(128 - len)) - 1n;
-  const first = ip.value & ~hostMask;
-  if (first !== ip.value) {
-    throw new PeerRangeError(original, `bits are set after the /${len} prefix (did you mean ${formatIpv6(first)}/${len}?)`);
-  }
-  return { family: 6, first, last: first | hostMask };
 }
 
 // ---------------------------------------------------------------------------
@@ -453,37 +188,6 @@ function lookup6(table: readonly Block6[], v: bigint): PeerVerdict | undefined {
   return undefined;
 }
 
-// ---------------------------------------------------------------------------
-// IPv4 embedded in IPv6.
-
-type Embedding =
-  | 'none'
-  | 'mapped' // ::ffff:0:0/96, RFC 4291 §2.5.5.2
-  | 'translated' // ::ffff:0:0:0/96, SIIT (RFC 2765 §2.1)
-  | 'nat64' // 64:ff9b::/96, RFC 6052 §2.1
-  | 'compatible' // ::/96 except :: and ::1, RFC 4291 §2.5.5.1 (deprecated)
-  | '6to4'; // 2002::/16, RFC 3056 §2: IPv4 in bits 16..47
-
-const PREFIX96_MAPPED = 0xffffn;
-const PREFIX96_TRANSLATED = 0xffff0000n;
-const PREFIX96_NAT64 = 0x0064ff9b0000000000000000n;
-const PREFIX16_6TO4 = 0x2002n;
-const LOW32 = 0xffffffffn;
-
-function embeddingOf(v: bigint): Embedding {
-  const hi96 = v >> 32n;
-  if (hi96 === PREFIX96_MAPPED) return 'mapped';
-  if (hi96 === PREFIX96_TRANSLATED) return 'translated';
-  if (hi96 === PREFIX96_NAT64) return 'nat64';
-  if (hi96 === 0n) return v > 1n ? 'compatible' : 'none';
-  if (v >> 112n === PREFIX16_6TO4) return '6to4';
-  return 'none';
-}
-
-function embeddedIpv4(v: bigint, e: Embedding): number {
-  return e === '6to4' ? Number((v >> 80n) & LOW32) : Number(v & LOW32);
-}
-
 /** Everything outside 2000::/3 that is not an embedding form is IANA-reserved or special. */
 function isGlobalUnicastFormat(v: bigint): boolean {
   return v >> 125n === 1n;
@@ -497,8 +201,7 @@ interface CompiledRanges {
   readonly v6: readonly { readonly first: bigint; readonly last: bigint }[];
 }
 
-const MAPPED_FIRST = PREFIX96_MAPPED << 32n;
-const MAPPED_LAST = MAPPED_FIRST | LOW32;
+const LOW32 = 0xffffffffn;
 
 function compileRanges(texts: readonly string[], option: string): CompiledRanges {
   const v4: { first: number; last: number }[] = [];
@@ -513,7 +216,7 @@ function compileRanges(texts: readonly string[], option: string): CompiledRanges
     }
     if (r.family === 4) {
       v4.push({ first: r.first, last: r.last });
-    } else if (r.first >= MAPPED_FIRST && r.last <= MAPPED_LAST) {
+    } else if (r.first >= IPV4_MAPPED_FIRST && r.last <= IPV4_MAPPED_LAST) {
       // An IPv4-mapped range means the IPv4 addresses themselves.
       v4.push({ first: Number(r.first & LOW32), last: Number(r.last & LOW32) });
     } else {
@@ -573,11 +276,11 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
 
   /** The address as numbers: v6 set for IPv6 text, v4 for IPv4 text or the IPv4 an IPv6 form embeds. */
   function numbers(ip: string): { v6: bigint | undefined; v4: number | undefined } | undefined {
-    const parsed = typeof ip === 'string' ? parseIp(ip) : undefined;
+    const parsed = typeof ip === 'string' ? parseIpValue(ip) : undefined;
     if (parsed === undefined) return undefined;
     if (parsed.family === 4) return { v6: undefined, v4: parsed.value };
-    const embedding = embeddingOf(parsed.value);
-    return { v6: parsed.value, v4: embedding === 'none' ? undefined : embeddedIpv4(parsed.value, embedding) };
+    const embedding = ipv4EmbeddingOf(parsed.value);
+    return { v6: parsed.value, v4: embedding === 'none' ? undefined : embeddedIPv4(parsed.value, embedding) };
   }
 
   function isServerAddress(ip: string): boolean {
@@ -587,18 +290,18 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
 
   function check(ip: string): PeerVerdict {
     if (typeof ip !== 'string') return DENIED.invalid;
-    const parsed = parseIp(ip);
+    const parsed = parseIpValue(ip);
     if (parsed === undefined) return DENIED.invalid;
 
     let v6: bigint | undefined;
     let v4: number | undefined;
-    let embedding: Embedding = 'none';
+    let embedding: IPv4Embedding = 'none';
     if (parsed.family === 4) {
       v4 = parsed.value;
     } else {
       v6 = parsed.value;
-      embedding = embeddingOf(v6);
-      if (embedding !== 'none') v4 = embeddedIpv4(v6, embedding);
+      embedding = ipv4EmbeddingOf(v6);
+      if (embedding !== 'none') v4 = embeddedIPv4(v6, embedding);
     }
 
     if (matches(allowed, v6, v4)) return ALLOWED;
