@@ -5,7 +5,7 @@ import { ClusterCounters } from './cluster/counters.js';
 import { Membership } from './cluster/membership.js';
 import { MeshSocket } from './cluster/mesh.js';
 import { ClusterRouter } from './cluster/router.js';
-import type { ServerConfig } from './config.js';
+import type { ServerConfig } from './config/index.js';
 import { networkInterfaces } from 'node:os';
 import { DrainSwitch } from './ops/drain.js';
 import { OpsHttpServer } from './ops/http.js';

@@ -12,7 +12,7 @@ import cluster, { type Worker } from 'node:cluster';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { AggregatorRegistry, Counter, Gauge, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client';
-import type { ServerConfig } from '../config.js';
+import type { ServerConfig } from '../config/index.js';
 import { OpsHttpServer } from '../ops/http.js';
 import type { Logger } from '../ops/log.js';
 import { literalLookup } from '../transport/lookup.js';

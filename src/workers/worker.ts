@@ -3,7 +3,7 @@
 // (udp-frontend.ts), TCP/TLS connections from the primary's shared listeners, and
 // its metrics, readiness and drain relayed over IPC.
 
-import type { ServerConfig } from '../config.js';
+import type { ServerConfig } from '../config/index.js';
 import type { Logger } from '../ops/log.js';
 import { startServer, type RunningServer } from '../server.js';
 import { EngineCounters } from '../turn/counters.js';

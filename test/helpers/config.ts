@@ -2,7 +2,7 @@
 // that an invalid flag must produce.
 
 import assert from 'node:assert/strict';
-import { ConfigError, buildConfig, type RawOptions } from '../../src/config.js';
+import { ConfigError, buildConfig, type RawOptions } from '../../src/config/index.js';
 
 /** The least a config needs to be valid: a listening address and a credential. */
 export const BASE: RawOptions = { 'listening-ip': ['127.0.0.1'], user: ['u:p'] };

@@ -5,7 +5,7 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildConfig, type RawOptions } from '../../src/config.js';
+import { buildConfig, type RawOptions } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { decodeAddress } from '../../src/stun/address.js';

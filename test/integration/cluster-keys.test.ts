@@ -8,7 +8,7 @@ import { createHmac } from 'node:crypto';
 import dgram from 'node:dgram';
 
 import { MeshSocket } from '../../src/cluster/mesh.js';
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { encodeRequestedTransport } from '../../src/stun/attributes.js';

@@ -13,7 +13,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
-import { buildConfig, type RawOptions } from '../../src/config.js';
+import { buildConfig, type RawOptions } from '../../src/config/index.js';
 import { findFreePort, findFreeTcpPort, reserveRelayPortRange, spawnProcess, stopAfter } from '../helpers/anyturn-process.js';
 
 /** dist/test/integration/docker.test.js -> the repository root */

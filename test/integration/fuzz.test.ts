@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { Writable } from 'node:stream';
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';

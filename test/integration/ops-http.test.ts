@@ -7,7 +7,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/config/index.js';
 import { OpsHttpServer, type OpsHttpLimits } from '../../src/ops/http.js';
 import { findFreeTcpPort, startAnyturn, stopAfter } from '../helpers/anyturn-process.js';
 import { BASE } from '../helpers/config.js';

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
-import { buildConfig, ConfigError, type RawOptions } from '../../src/config.js';
+import { buildConfig, ConfigError, type RawOptions } from '../../src/config/index.js';
 import { createRedisClients, type RedisClients } from '../../src/store/redis/clients.js';
 import type { RedisStoreOptions } from '../../src/store/redis/options.js';
 import type { RedisTarget } from '../../src/store/redis/target.js';

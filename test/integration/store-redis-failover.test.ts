@@ -23,7 +23,7 @@ import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
 
-import { buildConfig, type RawOptions } from '../../src/config.js';
+import { buildConfig, type RawOptions } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { createRedisClients, type RedisClients } from '../../src/store/redis/clients.js';

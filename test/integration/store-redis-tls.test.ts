@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 
-import { buildConfig, ConfigError, type RawOptions } from '../../src/config.js';
+import { buildConfig, ConfigError, type RawOptions } from '../../src/config/index.js';
 import { sentinelRedisOptions, clusterRedisOptions } from '../../src/store/redis/client-options.js';
 import { createRedisClients } from '../../src/store/redis/clients.js';
 import { fiveTupleKey } from '../../src/store/types.js';

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { ConfigError, type RawOptions, buildConfig } from '../../src/config.js';
+import { ConfigError, type RawOptions, buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { COARSE_CLOCK_MS } from '../../src/turn/clock.js';

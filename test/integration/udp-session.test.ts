@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { after, before, describe, it } from 'node:test';
 
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/config/index.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { EngineCounters } from '../../src/turn/counters.js';
 import { WorkerUdpFrontend } from '../../src/workers/udp-frontend.js';

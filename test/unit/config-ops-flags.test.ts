@@ -4,7 +4,7 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/config/index.js';
 import { BASE, refused } from '../helpers/config.js';
 
 

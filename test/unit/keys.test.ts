@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, hkdfSync } from 'node:crypto';
 
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/config/index.js';
 import { MESH_KEY_LABEL, NONCE_KEY_LABEL, deriveKey } from '../../src/keys.js';
 import { NonceIssuer } from '../../src/turn/nonce.js';
 import { workerConfig } from '../../src/workers/worker.js';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 
-import { buildConfig, type RawOptions } from '../../src/config.js';
+import { buildConfig, type RawOptions } from '../../src/config/index.js';
 import { BASE, refused } from '../helpers/config.js';
 import { encodeRequestedTransport } from '../../src/stun/attributes.js';
 import { MessageClass, Method, Attr, TRANSPORT_UDP } from '../../src/stun/constants.js';
