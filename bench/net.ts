@@ -118,3 +118,16 @@ export async function freeUdpTcpPort(): Promise<number> {
   }
   throw new Error('no port on 127.0.0.1 free for both UDP and TCP');
 }
+
+/** A TCP port on 127.0.0.1 free right now (redis-server, anyturn's ops endpoint). */
+export function freeTcpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, LOOPBACK, () => {
+      const a = s.address();
+      const port = a !== null && typeof a === 'object' ? a.port : 0;
+      s.close(() => (port > 0 ? resolve(port) : reject(new Error('no free TCP port'))));
+    });
+  });
+}

@@ -212,6 +212,44 @@ export function threadCount(pid: number): number {
   return m?.[1] === undefined ? 0 : Number(m[1]);
 }
 
+/** cpuMicros, or undefined if the process is gone or /proc cannot be read. */
+export function safeCpuMicros(pid: number): number | undefined {
+  try {
+    return cpuMicros(pid);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A "NAME: N kB" field of /proc/PID/status (VmRSS, ...). */
+export function statusKb(pid: number, field: string): number | undefined {
+  try {
+    const m = new RegExp(`^${field}:\\s*(\\d+)\\s*kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m?.[1] === undefined ? undefined : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Open file descriptors: entries in /proc/PID/fd. */
+export function fdCount(pid: number): number | undefined {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return undefined;
+  }
+}
+
+/** "soft/hard" of Max open files from /proc/PID/limits. */
+export function nofileLimit(pid: number): string | undefined {
+  try {
+    const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync(`/proc/${pid}/limits`, 'utf8'));
+    return m ? `${m[1]}/${m[2]}` : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * UDP RcvbufErrors from /proc/net/snmp: datagrams dropped because a socket's receive
  * buffer was full. Counted for the whole network namespace, not per process.

@@ -1,6 +1,11 @@
 // How each server under test is started. Both listen and relay on 127.0.0.1 only.
 import type { PortRange } from './net.js';
 
+/** The one long-term credential (RFC 8489 §9.2) every server under test is given. */
+export const USER = 'bench';
+export const PASSWORD = 'bench-password';
+export const REALM = 'bench.anyturn';
+
 export type ServerName = 'anyturn' | 'coturn' | 'floor';
 export const SERVER_NAMES: readonly ServerName[] = ['anyturn', 'coturn', 'floor'];
 
@@ -57,19 +62,26 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
   };
 }
 
+/** The flags every anyturn under test starts with: loopback only, its ports, the credential. */
+export function anyturnCommonArgs(s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm'>): string[] {
+  return [
+    '--listening-ip', '127.0.0.1',
+    '--listening-port', String(s.listeningPort),
+    '--relay-ip', '127.0.0.1',
+    '--min-port', String(s.relayPorts.min),
+    '--max-port', String(s.relayPorts.max),
+    '--user', `${s.user}:${s.password}`,
+    '--realm', s.realm,
+    '--allow-loopback-peers',
+  ];
+}
+
 export function anyturnLaunch(s: ServerSettings, nodePath: string, cliPath: string): ServerLaunch {
   return {
     command: nodePath,
     args: [
       cliPath,
-      '--listening-ip', '127.0.0.1',
-      '--listening-port', String(s.listeningPort),
-      '--relay-ip', '127.0.0.1',
-      '--min-port', String(s.relayPorts.min),
-      '--max-port', String(s.relayPorts.max),
-      '--user', `${s.user}:${s.password}`,
-      '--realm', s.realm,
-      '--allow-loopback-peers',
+      ...anyturnCommonArgs(s),
       '--metrics-port', '0',
       '--log-level', 'warn',
       ...(s.workers !== undefined && s.workers > 1 ? ['--workers', String(s.workers)] : []),

@@ -1,0 +1,66 @@
+// What every part of npm run bench:allocations shares: the servers under test, the
+// processes and directories of the run, and the TURN clients' common sequences.
+import { performance } from 'node:perf_hooks';
+
+import type { ProcessGroup } from '../processes.js';
+import { AllocationClient, type CountingPeer, type DriverStats, type Endpoint } from '../turn-driver.js';
+import { PASSWORD, USER } from '../servers.js';
+import type { Options } from './options.js';
+
+/** redis-server runs with the driver, on the client core. */
+export const REDIS_CPU = 0;
+/** How long a server or redis-server may take to answer after its start. */
+export const READY_TIMEOUT_MS = 20_000;
+/** The channel every ChannelBind of the benchmark binds (RFC 8656 §12: 0x4000-0x4FFF). */
+export const CHANNEL = 0x4000;
+/** How long a server and its memory settle before and after a measurement. */
+export const SETTLE_MS = 2_000;
+
+export type ServerKind = 'anyturn-memory' | 'anyturn-redis' | 'anyturn-redis-anycast' | 'coturn';
+
+export const LABELS: Record<ServerKind, { server: string; store: string }> = {
+  'anyturn-memory': { server: 'anyturn', store: 'memory' },
+  'anyturn-redis': { server: 'anyturn', store: 'redis (unicast relay)' },
+  'anyturn-redis-anycast': { server: 'anyturn', store: 'redis, --relay-mode anycast' },
+  coturn: { server: 'coturn', store: 'memory (its own)' },
+};
+
+/** The anyturn kinds on the Redis store need a redis-server of their own. */
+export function needsRedis(kind: ServerKind): boolean {
+  return kind !== 'anyturn-memory' && kind !== 'coturn';
+}
+
+export interface Context {
+  readonly group: ProcessGroup;
+  readonly scratchDir: string;
+  readonly logDir: string;
+  readonly repoRoot: string;
+  readonly anyturnCli: string;
+  readonly peer: CountingPeer;
+  readonly options: Options;
+  readonly stop: () => boolean;
+  /** Open-file limit (soft = hard) every server runs with (prlimit). */
+  readonly serverNofile: number;
+}
+
+/** Allocate (401, then authenticated) + CreatePermission + ChannelBind on a fresh socket; returns ms. */
+export async function fullSequence(server: Endpoint, peer: Endpoint, stats: DriverStats, keep: AllocationClient[], channel: boolean): Promise<number> {
+  const c = await AllocationClient.open(server, { username: USER, password: PASSWORD }, stats);
+  keep.push(c); // kept open: a closed socket's port could come back as a new client with a live 5-tuple
+  const t0 = performance.now();
+  await c.allocate();
+  await c.createPermission(peer);
+  if (channel) await c.channelBind(CHANNEL, peer);
+  return performance.now() - t0;
+}
+
+export async function closeAll(clients: readonly AllocationClient[]): Promise<void> {
+  await Promise.all(clients.map((c) => c.close()));
+}
+
+/** Errors counted by message, the first `max` of them: "N x message". */
+export function distinct(errors: readonly string[], max = 5): string[] {
+  const counts = new Map<string, number>();
+  for (const e of errors) counts.set(e, (counts.get(e) ?? 0) + 1);
+  return [...counts].slice(0, max).map(([e, n]) => `${n} x ${e}`);
+}

@@ -1,0 +1,49 @@
+// npm run bench:allocations's command line: which parts, and how many allocations.
+
+/** Relay ports: 20,000 of them, below Linux's default ephemeral range (32768-60999), so the
+ *  driver's own client sockets (ephemeral ports on 127.0.0.1) never hold a relay port. */
+export const RELAY_MIN = 12000;
+export const RELAY_MAX = 31999;
+
+export type Part = 1 | 2 | 3 | 4;
+
+export interface Options {
+  readonly parts: readonly Part[];
+  readonly allocations: number;
+  readonly live: number;
+  readonly lifecycles: number;
+  readonly workers: number;
+  readonly liveWorkers: number;
+}
+
+function usage(): string {
+  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4] [--allocations N] [--live N] [--lifecycles N] [--workers N]';
+}
+
+export function parseOptions(argv: readonly string[]): Options {
+  const o = { parts: [1, 2, 3, 4] as Part[], allocations: 2000, live: 10_000, lifecycles: 500, workers: 8, liveWorkers: 16 };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    if (flag === '--help' || flag === '-h') {
+      console.log(usage());
+      process.exit(0);
+    }
+    const value = argv[++i];
+    if (value === undefined) throw new Error(`${flag ?? ''} needs a value; ${usage()}`);
+    if (flag === '--parts') {
+      const parts = value.split(',').map((p) => Number(p.trim()));
+      if (parts.some((p) => ![1, 2, 3, 4].includes(p))) throw new Error(`--parts '${value}': 1, 2, 3 and/or 4`);
+      o.parts = [...new Set(parts)].sort() as Part[];
+      continue;
+    }
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${flag ?? ''} '${value}': a positive integer is required`);
+    if (flag === '--allocations') o.allocations = n;
+    else if (flag === '--live') o.live = n;
+    else if (flag === '--lifecycles') o.lifecycles = n;
+    else if (flag === '--workers') o.workers = n;
+    else throw new Error(`unknown argument '${flag ?? ''}'; ${usage()}`);
+  }
+  if (o.live > RELAY_MAX - RELAY_MIN + 1) throw new Error(`--live ${o.live}: at most ${RELAY_MAX - RELAY_MIN + 1} (the relay port range)`);
+  return o;
+}
