@@ -8,7 +8,7 @@ import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream.js';
-import { DROP_REASONS, type EngineCounters } from '../turn/counters.js';
+import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters } from '../turn/counters.js';
 import type { TurnEngine } from '../turn/engine.js';
 
 export interface MetricsSources {
@@ -171,6 +171,12 @@ export function createMetrics(sources: MetricsSources): Registry {
   );
   totalCounter(registry, 'anyturn_auth_failures_total', 'Requests answered 401 (no or bad credentials)', [], () => single(counters.authFailures));
   totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () => single(counters.quotaRefusals));
+  totalCounter(registry, 'anyturn_allocate_refusals_total', 'Allocates refused for capacity, by reason: total_quota, user_quota (486), store_unavailable, relay_ports_full, no_descriptors (EMFILE/ENFILE), bind_error (any other bind error but address in use)', ['reason'], () =>
+    ALLOCATE_REFUSAL_REASONS.map((reason) => [{ reason }, counters.allocateRefusals[reason]] as const),
+  );
+  totalCounter(registry, 'anyturn_relay_bind_attempts_total', 'Relay socket binds tried, by result: ok, in_use (another socket holds the port), no_descriptors (EMFILE/ENFILE), error', ['result'], () =>
+    BIND_RESULTS.map((result) => [{ result }, counters.relayBinds[result]] as const),
+  );
   totalCounter(registry, 'anyturn_peer_policy_refusals_total', 'Permissions and channel binds refused by the peer policy (403)', [], () => single(counters.peerPolicyRefusals));
   totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
   totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
