@@ -6,6 +6,7 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { ConfigError, buildConfig, type RawOptions } from './config.js';
+import { openFileLimitWarning, readOpenFileLimit } from './ops/fd-limit.js';
 import { LOG_LEVELS } from './ops/log.js';
 import cluster from 'node:cluster';
 import { createLogger, createSyncLogger } from './ops/log.js';
@@ -120,6 +121,10 @@ async function main(): Promise<void> {
     await runWorker(config, createSyncLogger(config.logLevel));
     return;
   }
+  // Once per node (not per worker): what the configuration may open against RLIMIT_NOFILE.
+  const limit = readOpenFileLimit();
+  const short = limit && openFileLimitWarning(config, limit);
+  if (limit && short) createSyncLogger(config.logLevel).warn({ openFileLimit: limit.soft, hardLimit: limit.hard, ...short.needs }, short.message);
   let server;
   try {
     server = config.workers > 1 ? await startPrimary(config, createSyncLogger(config.logLevel).child({ role: 'primary' })) : await startServer(config);
