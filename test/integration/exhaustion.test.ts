@@ -12,7 +12,7 @@ import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { MAX_BIND_COLLISIONS } from '../../src/turn/relay-ports.js';
 import { type RunningTurnServer, findFreeTcpPort, parseLogLines, reserveRelayPortRange, startAnyturn, stopAfter } from '../helpers/anyturn-process.js';
-import { get, parseMetrics, sum, until } from '../helpers/ops-endpoint.js';
+import { parseMetrics, sum, until } from '../helpers/ops-endpoint.js';
 import { TestTurnClient } from '../helpers/turn-client.js';
 
 const USER = 'exhauster';
@@ -24,6 +24,9 @@ const NOFILE = 200;
 const REFUSALS = 300;
 /** RSS may grow by this much over REFUSALS refused Allocates (one walk of a 64k range cost ~100 MB). */
 const RSS_BOUND_MB = 40;
+
+/** Only bounds a hung request; nothing asserts on speed. */
+const HTTP_DEADLINE_MS = 10_000;
 
 type Registrar = { after(fn: () => unknown): void };
 
@@ -52,6 +55,12 @@ async function client(node: Node, t: Registrar): Promise<TestTurnClient> {
   const c = await TestTurnClient.open({ address: node.server.host, port: node.server.port }, { username: USER, password: PASSWORD, realm: REALM });
   t.after(() => c.close());
   return c;
+}
+
+/** A GET that gives up after a while: a server out of descriptors may never accept it (that is the bug). */
+async function get(url: string): Promise<{ status: number; body: string }> {
+  const r = await fetch(url, { signal: AbortSignal.timeout(HTTP_DEADLINE_MS) });
+  return { status: r.status, body: await r.text() };
 }
 
 async function metrics(node: Node): Promise<ReturnType<typeof parseMetrics>> {
