@@ -7,7 +7,8 @@ import { hideBin } from 'yargs/helpers';
 import cluster from 'node:cluster';
 import { parseArgs } from './config/args.js';
 import { buildConfig } from './config/index.js';
-import { createLogger, createSyncLogger } from './ops/log.js';
+import { openFileLimitWarning, readOpenFileLimit } from './ops/fd-limit.js';
+import { createSyncLogger } from './ops/log.js';
 import { startServer } from './server.js';
 import { startPrimary } from './workers/primary.js';
 import { runWorker } from './workers/worker.js';
@@ -33,6 +34,10 @@ async function main(): Promise<void> {
     await runWorker(config, createSyncLogger(config.logLevel));
     return;
   }
+  // Once per node (not per worker): what the configuration may open against RLIMIT_NOFILE.
+  const limit = readOpenFileLimit();
+  const short = limit && openFileLimitWarning(config, limit);
+  if (limit && short) createSyncLogger(config.logLevel).warn({ openFileLimit: limit.soft, hardLimit: limit.hard, ...short.needs }, short.message);
   let server;
   try {
     server = config.workers > 1 ? await startPrimary(config, createSyncLogger(config.logLevel).child({ role: 'primary' })) : await startServer(config);

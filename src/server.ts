@@ -197,13 +197,14 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     });
   }
 
+  const relays = new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error'));
   const engine = new TurnEngine({
     nodeId: config.nodeId,
     credentials: new CredentialStore({ realm: config.realm, users: config.users, authSecrets: config.authSecrets }),
     nonces: new NonceIssuer(config.nonceSecret, config.nonceLifetimeSeconds * 1000),
     peerPolicy,
     store,
-    relays: new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error')),
+    relays,
     clock,
     logger,
     counters,
@@ -230,7 +231,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     if (drain.draining) return 'draining';
     if (!store.isAvailable()) return 'allocation store unavailable';
     if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
-    return undefined;
+    // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
+    return engine.capacityProblem();
   };
 
   const udpListeners: UdpClientListener[] = [];
@@ -278,6 +280,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await deps.udpFrontend?.close();
     await Promise.all(streamListeners.map((l) => l.close()));
     if (ownStore) await store.close();
+    relays.close();
   };
   const udpPorts: ListeningAddress[] = [];
   const metrics = createMetrics({ engine, counters, store, cluster: clusterCounters, streams: streamCounters, drain, usernameLabels: config.prometheusUsernameLabels });

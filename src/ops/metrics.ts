@@ -8,7 +8,7 @@ import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream.js';
-import { DROP_REASONS, type EngineCounters } from '../turn/counters.js';
+import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters } from '../turn/counters.js';
 import type { TurnEngine } from '../turn/engine.js';
 
 export interface MetricsSources {
@@ -174,6 +174,12 @@ export function createMetrics(sources: MetricsSources): Registry {
   totalCounter(registry, 'anyturn_limit_refusals_total', 'CreatePermission and ChannelBind requests refused with 508 by --max-permissions-per-allocation, --max-channels-per-allocation or --max-peers-per-request', [], () => single(counters.limitRefusals));
   totalCounter(registry, 'anyturn_peer_policy_refusals_total', 'Permissions and channel binds refused by the peer policy (403, or not installed from a store record)', [], () => single(counters.peerPolicyRefusals));
   totalCounter(registry, 'anyturn_store_peer_refusals_total', 'Permissions and channels in records from the store that the peer policy refused (not installed)', [], () => single(counters.storePeerRefusals));
+  totalCounter(registry, 'anyturn_allocate_refusals_total', 'Allocates refused for capacity, by reason: total_quota, user_quota (486), store_unavailable, relay_ports_full, no_descriptors (EMFILE/ENFILE), bind_error (any other bind error but address in use)', ['reason'], () =>
+    ALLOCATE_REFUSAL_REASONS.map((reason) => [{ reason }, counters.allocateRefusals[reason]] as const),
+  );
+  totalCounter(registry, 'anyturn_relay_bind_attempts_total', 'Relay socket binds tried, by result: ok, in_use (another socket holds the port), no_descriptors (EMFILE/ENFILE), error', ['result'], () =>
+    BIND_RESULTS.map((result) => [{ result }, counters.relayBinds[result]] as const),
+  );
   totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
   totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));

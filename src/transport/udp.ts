@@ -2,9 +2,10 @@
 // address the client sent to) and relay sockets.
 
 import dgram from 'node:dgram';
+import { closeSync, openSync } from 'node:fs';
 import { SEND_QUEUED, UdpSender, receiveFromHandle } from './dgram-fast.js';
 import { literalLookup } from './lookup.js';
-import type { ClientPath, PeerPacketHandler, RelaySocket, RelaySocketFactory } from '../turn/io.js';
+import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../turn/io.js';
 
 /** Room for the largest UDP payload plus a Data indication head and padding. */
 const SCRATCH_BYTES = 65536 + 64;
@@ -150,6 +151,7 @@ class UdpRelaySocket implements RelaySocket {
     readonly port: number,
     /** Shared by the factory's relay sockets. */
     private readonly scratch: SendScratch,
+    private readonly onClose: (socket: UdpRelaySocket) => void,
   ) {
     this.sender = new UdpSender(socket);
   }
@@ -173,6 +175,7 @@ class UdpRelaySocket implements RelaySocket {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.onClose(this);
     try {
       this.socket.close();
     } catch {
@@ -181,28 +184,109 @@ class UdpRelaySocket implements RelaySocket {
   }
 }
 
+/** Descriptors set aside (see UdpRelayFactory): enough for /readyz, a /metrics scrape and a few store reconnects. */
+export const RESERVED_DESCRIPTORS = 16;
+const IN_USE: RelayBindFailure = { failed: 'in-use' };
+
+/** Ports this process holds on one relay address, and how many it has let go. */
+interface AddressPorts {
+  readonly bound: Uint8Array;
+  closed: number;
+}
+
+/**
+ * Binds relay sockets and keeps track of the ports it holds, so that port choice never
+ * spends a system call on a port this process already has. It also sets aside a few
+ * descriptors (on /dev/null): when a bind fails for want of descriptors they are let go,
+ * so the ops endpoint can still accept /readyz and /metrics and the log can still be
+ * written while the node is out; available() takes them back before saying yes.
+ */
 export class UdpRelayFactory implements RelaySocketFactory {
   private readonly scratch = new SendScratch();
-  constructor(private readonly onError: (err: Error) => void) {}
+  private readonly ports = new Map<string, AddressPorts>();
+  private reserve: number[] = [];
 
-  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined> {
+  constructor(private readonly onError: (err: Error) => void, private readonly reserveCount = RESERVED_DESCRIPTORS) {
+    this.takeReserve();
+  }
+
+  private portsOf(address: string): AddressPorts {
+    let p = this.ports.get(address);
+    if (!p) this.ports.set(address, (p = { bound: new Uint8Array(65536), closed: 0 }));
+    return p;
+  }
+
+  holds(address: string, port: number): boolean {
+    return this.ports.get(address)?.bound[port] === 1;
+  }
+
+  closedCount(address: string): number {
+    return this.ports.get(address)?.closed ?? 0;
+  }
+
+  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure> {
     return new Promise((resolve) => {
       const socket = dgram.createSocket({ type: familyType(address), lookup: literalLookup });
-      const onBindError = (): void => {
+      const onBindError = (err: NodeJS.ErrnoException): void => {
         try {
           socket.close();
         } catch {
           // never bound
         }
-        resolve(undefined);
+        if (err.code === 'EADDRINUSE') return resolve(IN_USE);
+        if (err.code === 'EMFILE' || err.code === 'ENFILE') this.releaseReserve();
+        resolve({ failed: 'unavailable', code: err.code ?? 'EUNKNOWN' });
       };
       socket.once('error', onBindError);
       socket.bind({ address, port, exclusive: true }, () => {
         socket.off('error', onBindError);
         socket.on('error', (err) => this.onError(err));
         if (!receiveFromHandle(socket, onPacket)) socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
-        resolve(new UdpRelaySocket(socket, address, port, this.scratch));
+        const ports = this.portsOf(address);
+        ports.bound[port] = 1;
+        resolve(
+          new UdpRelaySocket(socket, address, port, this.scratch, () => {
+            ports.bound[port] = 0;
+            ports.closed++;
+          }),
+        );
       });
     });
+  }
+
+  async available(address: string): Promise<boolean> {
+    if (!this.takeReserve()) return false;
+    // A socket on an ephemeral port of the address: the same system calls a relay bind makes.
+    const probe = await this.bind(address, 0, () => undefined);
+    if ('failed' in probe) return false;
+    probe.close();
+    return true;
+  }
+
+  /** Takes the set-aside descriptors back; false (holding none) when the process has not that many free. */
+  private takeReserve(): boolean {
+    try {
+      while (this.reserve.length < this.reserveCount) this.reserve.push(openSync('/dev/null', 'r'));
+      return true;
+    } catch {
+      this.releaseReserve();
+      return false;
+    }
+  }
+
+  private releaseReserve(): void {
+    for (const fd of this.reserve) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+    this.reserve = [];
+  }
+
+  /** Lets the set-aside descriptors go (server stop). */
+  close(): void {
+    this.releaseReserve();
   }
 }

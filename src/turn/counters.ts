@@ -27,6 +27,18 @@ export const DROP_REASONS = [
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
+/** Results of relay socket binds: ok, port in use, out of descriptors (EMFILE/ENFILE), any other error. */
+export const BIND_RESULTS = ['ok', 'in_use', 'no_descriptors', 'error'] as const;
+export type BindResult = (typeof BIND_RESULTS)[number];
+
+/**
+ * Why an Allocate was refused for capacity (508, or 486 for user_quota): the quotas, the
+ * store, a full relay port range (or its collision budget spent), no descriptors
+ * (EMFILE/ENFILE), or another bind error that is not "address in use".
+ */
+export const ALLOCATE_REFUSAL_REASONS = ['total_quota', 'user_quota', 'store_unavailable', 'relay_ports_full', 'no_descriptors', 'bind_error'] as const;
+export type AllocateRefusalReason = (typeof ALLOCATE_REFUSAL_REASONS)[number];
+
 export class EngineCounters {
   readonly drops: Record<DropReason, number> = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
   /** "method code" -> count, e.g. "allocate 200", "allocate 401". */
@@ -45,6 +57,8 @@ export class EngineCounters {
   allocationsCreated = 0;
   allocationsDeleted = 0;
   storeErrors = 0;
+  readonly relayBinds: Record<BindResult, number> = { ok: 0, in_use: 0, no_descriptors: 0, error: 0 };
+  readonly allocateRefusals: Record<AllocateRefusalReason, number> = Object.fromEntries(ALLOCATE_REFUSAL_REASONS.map((r) => [r, 0])) as Record<AllocateRefusalReason, number>;
   /** Anycast relay mode: allocations taken on from the store, and ones that could not be. */
   allocationsAdopted = 0;
   replicaFailures = 0;

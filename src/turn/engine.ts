@@ -59,17 +59,19 @@ import { readAllocateRequest, requestedLifetimeSeconds } from './allocate-reques
 import { ALLOCATION_LIMIT_DEFAULTS, type AllocationLimits } from './limits.js';
 import { Allocation, CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS, type Permission } from './allocation.js';
 import type { CredentialStore } from './auth.js';
-import type { DropReason, EngineCounters } from './counters.js';
+import type { AllocateRefusalReason, DropReason, EngineCounters } from './counters.js';
 import { TurnError } from './errors.js';
-import type { ClientPath, RelaySocket } from './io.js';
+import { type ClientPath, type RelaySocket, isBindFailure } from './io.js';
 import type { NonceIssuer } from './nonce.js';
 import type { PeerPolicy } from './peer-policy.js';
 import { SourceRateLimiter, type SourceRateLimitOptions, bindingLimitFor } from './rate-limit.js';
-import { RelayPorts, type RelayPortOptions } from './relay-ports.js';
+import { RelayPorts, type RelayPortOptions, type RelayRefusal, isRelayRefusal, newBindBudget } from './relay-ports.js';
 
 const MAX_PORT_ATTEMPTS = 64;
 /** A dual allocation's IPv6 port taken elsewhere this often: the Allocate goes on with IPv4 only (RFC 8656 §7.2). */
 const MAX_ADDITIONAL_PORT_ATTEMPTS = 8;
+/** Capacity refusals are logged at most this often (with the count since), never per Allocate. */
+const REFUSAL_LOG_INTERVAL_MS = 60_000;
 /** Anycast relay mode, store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
 
@@ -182,6 +184,9 @@ export class TurnEngine {
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   private readonly packetClock: () => number;
   private readonly limits: AllocationLimits;
+  /** Capacity refusals since the last log line about them, and when that was. */
+  private refusalsUnlogged = 0;
+  private refusalLoggedAtMs = -Infinity;
 
   constructor(private readonly o: EngineOptions) {
     const clock = o.clock;
@@ -208,6 +213,40 @@ export class TurnEngine {
 
   get allocations(): number {
     return this.allocationCount;
+  }
+
+  /**
+   * Why this node cannot take new allocations for want of its own resources, or
+   * undefined: no relay socket can be opened (out of descriptors: EMFILE/ENFILE, or
+   * another bind error), or, unicast relay mode, every relay port is in use here. In
+   * anycast relay mode the range is the cluster's, full on every node at once: not this
+   * node's capacity. For /readyz; never per packet.
+   */
+  capacityProblem(): string | undefined {
+    const code = this.ports.unavailable;
+    if (code !== undefined) {
+      return code === 'EMFILE' || code === 'ENFILE'
+        ? `out of file descriptors (${code}): raise the open-file limit (ulimit -n / LimitNOFILE) or lower --total-quota`
+        : `relay sockets cannot be bound (${code})`;
+    }
+    if (!this.anycastRelay && this.ports.rangeFull()) return 'every relay port is in use (--min-port to --max-port on each --relay-ip)';
+    return undefined;
+  }
+
+  /** Counts a capacity refusal and logs about it at most once per interval (never per Allocate). */
+  private refuse(reason: AllocateRefusalReason): void {
+    this.o.counters.allocateRefusals[reason]++;
+    this.refusalsUnlogged++;
+    const now = this.o.clock.now();
+    if (now - this.refusalLoggedAtMs < REFUSAL_LOG_INTERVAL_MS) return;
+    this.o.logger.warn({ refused: this.refusalsUnlogged, reason, allocations: this.allocationCount, sinceMs: Number.isFinite(this.refusalLoggedAtMs) ? now - this.refusalLoggedAtMs : undefined }, 'Allocates refused for capacity');
+    this.refusalLoggedAtMs = now;
+    this.refusalsUnlogged = 0;
+  }
+
+  private refusalReason(refusal: RelayRefusal): AllocateRefusalReason {
+    if (refusal.refused === 'ports') return 'relay_ports_full';
+    return refusal.code === 'EMFILE' || refusal.code === 'ENFILE' ? 'no_descriptors' : 'bind_error';
   }
 
   addListener(path: ClientPath): EngineListener {
@@ -544,6 +583,7 @@ export class TurnEngine {
     let additionalError = request.additionalError;
     if (this.o.totalQuota > 0 && this.allocationCount + this.pending.size >= this.o.totalQuota) {
       this.o.counters.quotaRefusals++;
+      this.refuse('total_quota');
       throw new TurnError(ErrorCode.InsufficientCapacity);
     }
 
@@ -552,6 +592,9 @@ export class TurnEngine {
     let additionalRelay: RelaySocket | undefined;
     let reservedToken: Buffer | undefined;
     let additionalClashes = 0;
+    // Binds that may fail on ports held elsewhere, for this whole Allocate (both families, store retries).
+    const budget = newBindBudget();
+    let relayRefusal: RelayRefusal | undefined;
     try {
       const now = this.o.clock.now();
       let allocation: Allocation | undefined;
@@ -559,8 +602,9 @@ export class TurnEngine {
         if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
       };
       if (wantsDual && additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
-        additionalRelay = (await this.ports.bindInFamily(true, false, false, onPacket))?.socket;
-        if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
+        const extra = await this.ports.bindInFamily(true, false, false, onPacket, budget);
+        if (isRelayRefusal(extra)) additionalError = ErrorCode.InsufficientCapacity;
+        else additionalRelay = extra.socket;
       }
       if (token) {
         relay = await this.ports.redeem(token, onPacket);
@@ -568,8 +612,11 @@ export class TurnEngine {
       }
       for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS && !allocation; attempt++) {
         if (!relay) {
-          const bound = await this.ports.bindInFamily(family === AddressFamily.IPv6, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket);
-          if (!bound) break;
+          const bound = await this.ports.bindInFamily(family === AddressFamily.IPv6, evenPort !== undefined, evenPort?.reserveNext ?? false, onPacket, budget);
+          if (isRelayRefusal(bound)) {
+            relayRefusal = bound;
+            break;
+          }
           relay = bound.socket;
           reservedToken = bound.token;
         }
@@ -594,6 +641,7 @@ export class TurnEngine {
         } catch (err) {
           this.o.counters.storeErrors++;
           this.o.logger.warn({ err }, 'store unavailable: refusing Allocate');
+          this.refuse('store_unavailable');
           throw new TurnError(ErrorCode.InsufficientCapacity, 'Store unavailable');
         }
         if (outcome.ok) {
@@ -603,13 +651,17 @@ export class TurnEngine {
           // The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
           // same shared address): take another one; none left is a 508 for that family only (RFC 8656 §7.2).
           additionalRelay?.close();
-          additionalRelay = ++additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? (await this.ports.bindInFamily(true, false, false, onPacket))?.socket : undefined;
+          const extra = ++additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? await this.ports.bindInFamily(true, false, false, onPacket, budget) : undefined;
+          additionalRelay = extra === undefined || isRelayRefusal(extra) ? undefined : extra.socket;
           if (!additionalRelay) additionalError = ErrorCode.InsufficientCapacity;
         } else if (outcome.reason === 'port-taken' && !token) {
+          // Another node holds it (anycast relay mode): a collision like EADDRINUSE.
           relay.close();
           relay = undefined;
+          if (--budget.collisions <= 0) break;
         } else if (outcome.reason === 'user-quota') {
           this.o.counters.quotaRefusals++;
+          this.refuse('user_quota');
           throw new TurnError(ErrorCode.AllocationQuotaReached);
         } else if (!local && this.o.foreign?.offer(listener, message.raw, address, port)) {
           // Another node holds this 5-tuple's allocation (a retransmitted Allocate after a reroute):
@@ -622,7 +674,11 @@ export class TurnEngine {
           throw new TurnError(ErrorCode.AllocationMismatch);
         }
       }
-      if (!allocation || !relay) throw new TurnError(ErrorCode.InsufficientCapacity, 'No relay port available');
+      if (!allocation || !relay) {
+        const reason = relayRefusal ? this.refusalReason(relayRefusal) : 'relay_ports_full';
+        this.refuse(reason);
+        throw new TurnError(ErrorCode.InsufficientCapacity, reason === 'relay_ports_full' ? 'No relay port available' : 'No relay socket available');
+      }
       if (this.stopped || listener.closed) {
         await this.o.store.delete(key, this.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
         throw new TurnError(ErrorCode.InsufficientCapacity, this.stopped ? 'Shutting down' : 'Connection closed');
@@ -905,9 +961,11 @@ export class TurnEngine {
       const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
         if (allocation) this.onPeerPacket(allocation, payload, peerAddress, peerPort);
       };
-      relay = await this.o.relays.bind(record.relayedAddress, record.relayedPort, onPacket);
+      const bound = await this.o.relays.bind(record.relayedAddress, record.relayedPort, onPacket);
+      relay = isBindFailure(bound) ? undefined : bound;
       if (record.additionalRelayedAddress !== undefined && record.additionalRelayedPort !== undefined) {
-        additionalRelay = await this.o.relays.bind(record.additionalRelayedAddress, record.additionalRelayedPort, onPacket);
+        const extra = await this.o.relays.bind(record.additionalRelayedAddress, record.additionalRelayedPort, onPacket);
+        additionalRelay = isBindFailure(extra) ? undefined : extra;
       }
       if (!relay) {
         this.o.counters.replicaFailures++;

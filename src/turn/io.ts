@@ -28,7 +28,24 @@ export interface RelaySocket {
 
 export type PeerPacketHandler = (payload: Buffer, address: string, port: number) => void;
 
+/**
+ * Why a relay bind failed. 'in-use': that port is taken (EADDRINUSE), another may be free.
+ * 'unavailable': no socket can be had at all, whatever the port (EMFILE/ENFILE: out of
+ * descriptors; or EADDRNOTAVAIL, ENOBUFS...): `code` names the error.
+ */
+export type RelayBindFailure = { readonly failed: 'in-use' } | { readonly failed: 'unavailable'; readonly code: string };
+
+export function isBindFailure(r: RelaySocket | RelayBindFailure): r is RelayBindFailure {
+  return 'failed' in r;
+}
+
 export interface RelaySocketFactory {
-  /** Binds a UDP socket on address:port; resolves undefined when the port is in use. */
-  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined>;
+  /** Binds a UDP socket on address:port; resolves why not when it cannot. */
+  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure>;
+  /** True while a socket of this factory holds address:port (no system call: the factory keeps track). */
+  holds(address: string, port: number): boolean;
+  /** Relay sockets closed on address so far: a port found held can only be free again once this grows. */
+  closedCount(address: string): number;
+  /** After an 'unavailable' failure: whether a socket can be bound on address again (about once a second). */
+  available(address: string): Promise<boolean>;
 }

@@ -2,17 +2,54 @@
 // addresses, EVEN-PORT, and the R-bit reservation of the next port under a
 // RESERVATION-TOKEN. Knows sockets only through RelaySocketFactory and the store only
 // through its two reservation calls.
+//
+// Every Allocate makes a bounded number of bind attempts: ports this process holds are
+// skipped without a system call (the factory keeps track), a port another process holds
+// costs one failed bind out of MAX_BIND_COLLISIONS, and once no socket can be had at all
+// (out of descriptors) Allocates are refused without a bind until a probe says otherwise.
 
 import { randomBytes, randomInt } from 'node:crypto';
 
 import type { AllocationStore } from '../store/types.js';
 import type { Clock } from './clock.js';
-import type { RelaySocket, RelaySocketFactory } from './io.js';
+import type { BindResult } from './counters.js';
+import { type RelayBindFailure, type RelaySocket, type RelaySocketFactory, isBindFailure } from './io.js';
 
 /** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
 export const RESERVATION_LIFETIME_MS = 30_000;
-/** Random relay ports tried before walking the whole range. */
-const RANDOM_PORT_ATTEMPTS = 32;
+/**
+ * Binds per Allocate that may fail because another process holds the port (or, in a
+ * cluster, the store says another node does). This process's own ports are never tried,
+ * so a collision means a port of the range is used by something else on the host: if
+ * half the ports still free to us were, 16 tries would all miss with odds of 1 in 65,536,
+ * and 16 failed binds cost well under a millisecond, where the walk of a full 64k range
+ * cost seconds.
+ */
+export const MAX_BIND_COLLISIONS = 16;
+/** Random draws among the range before looking for a port this process does not hold in order. */
+const RANDOM_DRAWS = 64;
+
+/** What one Allocate may still spend on collisions (shared by its families and store retries). */
+export interface BindBudget {
+  collisions: number;
+}
+
+export function newBindBudget(): BindBudget {
+  return { collisions: MAX_BIND_COLLISIONS };
+}
+
+/**
+ * Why no relay socket could be had: 'ports' (the range is full, or the collision budget
+ * is spent) or 'unavailable' (no socket can be opened at all; `code` says why, e.g.
+ * EMFILE, ENFILE, EADDRNOTAVAIL).
+ */
+export type RelayRefusal = { readonly refused: 'ports' } | { readonly refused: 'unavailable'; readonly code: string };
+
+const PORTS_REFUSED: RelayRefusal = { refused: 'ports' };
+
+export function isRelayRefusal<T extends object>(r: T | RelayRefusal): r is RelayRefusal {
+  return 'refused' in r;
+}
 
 type OnPacket = (payload: Buffer, address: string, port: number) => void;
 
@@ -32,7 +69,13 @@ export interface RelayPortOptions {
   readonly relayPoolIPv6?: readonly string[];
   readonly minPort: number;
   readonly maxPort: number;
+  /** Says when relay sockets become unavailable and available again (once each). */
+  readonly logger?: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
+  /** Counts every bind attempt by result. */
+  readonly counters?: { readonly relayBinds: Record<BindResult, number> };
 }
+
+const EMPTY: ReadonlySet<number> = new Set();
 
 interface HeldReservation {
   readonly socket: RelaySocket;
@@ -42,31 +85,75 @@ interface HeldReservation {
 export class RelayPorts {
   /** token (hex) -> the placeholder socket holding the reserved port. */
   private readonly reservations = new Map<string, HeldReservation>();
+  /** Set when a bind failed other than EADDRINUSE; cleared when a probe binds again. */
+  private unavailableCode: string | undefined;
+  private unavailableAddress = '';
+  private probing = false;
+  /** address -> the factory's closedCount when no free port was found there (full until it grows). */
+  private readonly fullAt = new Map<string, number>();
 
   constructor(private readonly o: RelayPortOptions) {}
 
+  /** Undefined while relay sockets can be opened; else the error code (EMFILE, ENFILE...) of the last failed bind. */
+  get unavailable(): string | undefined {
+    return this.unavailableCode;
+  }
+
   /** Binds a relay socket on one of the family's relay addresses, starting from a random one. */
-  async bindInFamily(ipv6: boolean, even: boolean, reserveNext: boolean, onPacket: OnPacket): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
+  async bindInFamily(ipv6: boolean, even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget = newBindBudget()): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
     const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
-    if (first === undefined) return undefined;
+    if (first === undefined) return PORTS_REFUSED;
+    // Out of descriptors: every bind would fail the same way. Answer at once; expire() probes.
+    if (this.unavailableCode !== undefined) return { refused: 'unavailable', code: this.unavailableCode };
     const addresses = [first, ...((ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4) ?? [])];
     const start = addresses.length > 1 ? randomInt(addresses.length) : 0;
     for (let i = 0; i < addresses.length; i++) {
-      const bound = await this.bind(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket);
-      if (bound) return bound;
+      const bound = await this.bind(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket, budget);
+      if (!isRelayRefusal(bound) || bound.refused === 'unavailable') return bound;
     }
-    return undefined;
+    return PORTS_REFUSED;
+  }
+
+  /** One bind, counted; an 'unavailable' failure marks the node until a probe binds again. */
+  private async attempt(address: string, port: number, onPacket: OnPacket): Promise<RelaySocket | RelayBindFailure> {
+    const r = await this.o.relays.bind(address, port, onPacket);
+    const binds = this.o.counters?.relayBinds;
+    if (!isBindFailure(r)) {
+      if (binds) binds.ok++;
+      return r;
+    }
+    if (r.failed === 'in-use') {
+      if (binds) binds.in_use++;
+    } else {
+      if (binds) binds[r.code === 'EMFILE' || r.code === 'ENFILE' ? 'no_descriptors' : 'error']++;
+      if (this.unavailableCode === undefined) {
+        this.unavailableCode = r.code;
+        this.unavailableAddress = address;
+        this.o.logger?.warn({ code: r.code, address, port }, 'relay sockets cannot be opened: new Allocates get 508 at once until a probe binds again (checked every second)');
+      }
+    }
+    return r;
   }
 
   /** Binds a relay socket on a random port (even when asked); with reserveNext also holds port+1 under a token. */
-  private async bind(address: string, even: boolean, reserveNext: boolean, onPacket: OnPacket): Promise<{ socket: RelaySocket; token?: Buffer } | undefined> {
-    for (const port of this.candidatePorts(even, reserveNext)) {
-      const socket = await this.o.relays.bind(address, port, onPacket);
-      if (!socket) continue;
+  private async bind(address: string, even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+    const tried = new Set<number>();
+    while (budget.collisions > 0) {
+      const port = this.pickPort(address, even, reserveNext, tried);
+      if (port === undefined) return PORTS_REFUSED;
+      tried.add(port);
+      const socket = await this.attempt(address, port, onPacket);
+      if (isBindFailure(socket)) {
+        if (socket.failed === 'unavailable') return { refused: 'unavailable', code: socket.code };
+        budget.collisions--;
+        continue;
+      }
       if (!reserveNext) return { socket };
-      const next = await this.o.relays.bind(address, port + 1, () => undefined);
-      if (!next) {
+      const next = await this.attempt(address, port + 1, () => undefined);
+      if (isBindFailure(next)) {
         socket.close();
+        if (next.failed === 'unavailable') return { refused: 'unavailable', code: next.code };
+        budget.collisions--;
         continue;
       }
       const token = randomBytes(8);
@@ -80,29 +167,58 @@ export class RelayPorts {
       if (!reserved) {
         next.close();
         socket.close();
+        budget.collisions--;
         continue;
       }
       this.reservations.set(hex, { socket: next, expiresAtMs: this.o.clock.now() + RESERVATION_LIFETIME_MS });
       return { socket, token };
     }
+    return PORTS_REFUSED;
+  }
+
+  /**
+   * A port to try: random (RFC 8656 §7.2, and security: unpredictable ports) among those
+   * this process does not hold and this Allocate has not tried; when random draws keep
+   * landing on held ones (a nearly full range), the first such port from a random start,
+   * so the last free ports are still found. Undefined when there is none. Memory only.
+   */
+  private pickPort(address: string, even: boolean, reserveNext: boolean, tried: ReadonlySet<number>): number | undefined {
+    const { minPort, maxPort, relays } = this.o;
+    const step = even ? 2 : 1;
+    const first = even ? minPort + (minPort & 1) : minPort;
+    const last = reserveNext ? maxPort - 1 : maxPort;
+    if (last < first) return undefined;
+    const held = (port: number): boolean => relays.holds(address, port) || (reserveNext && relays.holds(address, port + 1));
+    const plain = !even && !reserveNext;
+    // Found full before, and nothing of ours closed on this address since: still full.
+    const closed = relays.closedCount(address);
+    if (plain && this.fullAt.get(address) === closed) return undefined;
+    const count = Math.floor((last - first) / step) + 1;
+    for (let draw = 0; draw < RANDOM_DRAWS; draw++) {
+      const port = first + randomInt(count) * step;
+      if (!held(port) && !tried.has(port)) return port;
+    }
+    const start = randomInt(count);
+    let everyPortHeld = true;
+    for (let i = 0; i < count; i++) {
+      const port = first + ((start + i) % count) * step;
+      if (held(port)) continue;
+      if (!tried.has(port)) return port;
+      everyPortHeld = false;
+    }
+    // Every port is this process's own (not merely tried by this Allocate): remember until one closes.
+    if (plain && everyPortHeld) this.fullAt.set(address, closed);
     return undefined;
   }
 
   /**
-   * Relay ports to try: random ones first (RFC 8656 §7.2 and security: unpredictable
-   * ports), then, if those were all taken, every port of the range from a random
-   * start, so that a nearly full range still yields its last free ports.
+   * True when every relay address of the family has no port this process does not hold
+   * (the range is full here); checked for /readyz, never per packet.
    */
-  private *candidatePorts(even: boolean, reserveNext: boolean): Generator<number> {
-    const { minPort, maxPort } = this.o;
-    const step = even ? 2 : 1;
-    const first = even ? minPort + (minPort & 1) : minPort;
-    const last = reserveNext ? maxPort - 1 : maxPort;
-    if (last < first) return;
-    const count = Math.floor((last - first) / step) + 1;
-    for (let attempt = 0; attempt < RANDOM_PORT_ATTEMPTS; attempt++) yield first + randomInt(count) * step;
-    const start = randomInt(count);
-    for (let i = 0; i < count; i++) yield first + ((start + i) % count) * step;
+  rangeFull(): boolean {
+    const addresses = [this.o.relayAddressIPv4, ...(this.o.relayPoolIPv4 ?? []), this.o.relayAddressIPv6, ...(this.o.relayPoolIPv6 ?? [])].filter((a): a is string => a !== undefined);
+    if (addresses.length === 0) return false;
+    return addresses.every((address) => this.pickPort(address, false, false, EMPTY) === undefined);
   }
 
   /** RFC 8656 §7.2: a RESERVATION-TOKEN hands over the port reserved by an earlier EVEN-PORT R=1. */
@@ -119,7 +235,8 @@ export class RelayPorts {
     this.reservations.delete(hex);
     // The placeholder socket only held the port; rebind it with the real handler.
     held.socket.close();
-    return this.o.relays.bind(port.relayedAddress, port.relayedPort, onPacket);
+    const socket = await this.attempt(port.relayedAddress, port.relayedPort, onPacket);
+    return isBindFailure(socket) ? undefined : socket;
   }
 
   /** Gives a reserved port back (its allocation failed, or the reservation ran out). */
@@ -132,9 +249,25 @@ export class RelayPorts {
     this.o.store.takeReservation(hex).catch(() => undefined);
   }
 
-  /** Releases the reservations that ran out by `now`. */
+  /** Releases the reservations that ran out by `now`; while relay sockets are unavailable, probes whether they are again. */
   expire(now: number): void {
     for (const [hex, held] of this.reservations) if (held.expiresAtMs <= now) this.release(hex);
+    if (this.unavailableCode !== undefined && !this.probing) void this.probe();
+  }
+
+  /** A probe bind on the address that failed; clears the mark when it works (descriptors freed, address back). */
+  private async probe(): Promise<void> {
+    this.probing = true;
+    try {
+      if (await this.o.relays.available(this.unavailableAddress)) {
+        this.o.logger?.info({ code: this.unavailableCode }, 'relay sockets can be opened again: taking new Allocates');
+        this.unavailableCode = undefined;
+      }
+    } catch {
+      // Still unavailable; the next tick tries again.
+    } finally {
+      this.probing = false;
+    }
   }
 
   /** Releases every reservation (shutdown). */

@@ -406,6 +406,8 @@ export interface TurnServerOptions {
   readonly tls?: { readonly certFile: string; readonly keyFile: string; readonly port?: number };
   /** More flags, appended as given. */
   readonly extraArgs?: readonly string[];
+  /** anyturn only: a command to run it under, e.g. ['prlimit', '--nofile=200:200'] (it must exec, so the pid stays node's). */
+  readonly runUnder?: readonly string[];
 }
 
 export interface RunningTurnServer {
@@ -511,9 +513,9 @@ export async function startAnyturn(options: TurnServerOptions = {}): Promise<Run
     const port = options.listeningPort ?? (await findFreePort(host));
     const relayPorts = options.relayPorts ?? (await reserveRelayPortRange());
     const tlsPort = options.tls ? (options.tls.port ?? (await findFreeTcpPort(host))) : undefined;
-    const proc = spawnProcess(process.execPath, [ANYTURN_CLI_PATH, ...anyturnArgs(options, port, relayPorts, tlsPort)], {
-      name: 'anyturn',
-    });
+    const args = [ANYTURN_CLI_PATH, ...anyturnArgs(options, port, relayPorts, tlsPort)];
+    const [command, ...prefix] = [...(options.runUnder ?? []), process.execPath];
+    const proc = spawnProcess(command!, [...prefix, ...args], { name: 'anyturn' });
     try {
       await waitForLogMessage(proc, 'anyturn ready', READY_DEADLINE_MS);
     } catch (error) {

@@ -3,7 +3,7 @@
 // nothing here stands in for a third-party library or a network service.
 
 import type { ClientTransportKind } from '../../src/store/types.js';
-import type { ClientPath, PeerPacketHandler, RelaySocket, RelaySocketFactory } from '../../src/turn/io.js';
+import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../src/turn/io.js';
 
 /** One message the engine sent to a client, as the client would receive it. */
 export interface SentToClient {
@@ -85,15 +85,23 @@ export class FakeRelaySocket implements RelaySocket {
   }
 }
 
-/** A RelaySocketFactory that hands out FakeRelaySockets and can report ports as taken. */
+/**
+ * A RelaySocketFactory that hands out FakeRelaySockets, can report ports as taken (by
+ * another process) and can run out of descriptors.
+ */
 export class FakeRelayFactory implements RelaySocketFactory {
   /** Every socket ever bound, in order (closed ones included). */
   readonly sockets: FakeRelaySocket[] = [];
   /** Every bind() call, successful or not. */
   readonly bindAttempts: { readonly address: string; readonly port: number }[] = [];
+  /** Every available() call (the probe while out of descriptors). */
+  readonly probes: string[] = [];
   private readonly open = new Map<string, FakeRelaySocket>();
   private readonly taken = new Set<string>();
+  private readonly closed = new Map<string, number>();
   private failNext = 0;
+  /** While set, every bind() fails with this code (as EMFILE does whatever the port). */
+  private unavailable: string | undefined;
 
   private static id(address: string, port: number): string {
     return `${address}|${port}`;
@@ -113,20 +121,40 @@ export class FakeRelayFactory implements RelaySocketFactory {
     this.failNext = count;
   }
 
-  async bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined> {
+  /** From now on every bind fails with `code` (e.g. 'EMFILE'); undefined ends it. */
+  failAllBinds(code: string | undefined): void {
+    this.unavailable = code;
+  }
+
+  async bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure> {
     this.bindAttempts.push({ address, port });
     const id = FakeRelayFactory.id(address, port);
+    if (this.unavailable !== undefined) return { failed: 'unavailable', code: this.unavailable };
     if (this.failNext > 0) {
       this.failNext--;
-      return undefined;
+      return { failed: 'in-use' };
     }
-    if (this.taken.has(id) || this.open.has(id)) return undefined;
+    if (this.taken.has(id) || this.open.has(id)) return { failed: 'in-use' };
     const socket = new FakeRelaySocket(address, port, onPacket, (s) => {
       if (this.open.get(id) === s) this.open.delete(id);
+      this.closed.set(address, (this.closed.get(address) ?? 0) + 1);
     });
     this.open.set(id, socket);
     this.sockets.push(socket);
     return socket;
+  }
+
+  holds(address: string, port: number): boolean {
+    return this.open.has(FakeRelayFactory.id(address, port));
+  }
+
+  closedCount(address: string): number {
+    return this.closed.get(address) ?? 0;
+  }
+
+  async available(address: string): Promise<boolean> {
+    this.probes.push(address);
+    return this.unavailable === undefined;
   }
 
   /** The open socket bound on address:port, if any. */

@@ -12,6 +12,7 @@ import dgram from 'node:dgram';
 import { SEND_DONE, SEND_FAILED, UdpSender, receiveFromHandle } from '../../../src/transport/dgram-fast.js';
 import { literalLookup } from '../../../src/transport/lookup.js';
 import { FramedSender, UdpRelayFactory } from '../../../src/transport/udp.js';
+import { isBindFailure } from '../../../src/turn/io.js';
 
 interface Received {
   readonly data: Buffer;
@@ -303,7 +304,7 @@ describe('UdpRelayFactory sockets', () => {
     const factory = new UdpRelayFactory(() => undefined);
     const a = await factory.bind('127.0.0.1', 0, () => undefined);
     const b = await factory.bind('127.0.0.1', 0, () => undefined);
-    assert.ok(a && b);
+    assert.ok(!isBindFailure(a) && !isBindFailure(b));
     const port = rx.socket.address().port;
     const datagram = Buffer.from('HDR.' + 'abcdefghijklmnopqrstuvwxyz'.repeat(4) + '..pad');
     // Whole, then parts at offsets 4 and 36 with lengths that share a view-cache slot, from two sockets.
@@ -325,6 +326,7 @@ describe('UdpRelayFactory sockets', () => {
     a.close();
     b.close();
     a.send(datagram, 4, 10, port, '127.0.0.1'); // closed: nothing, no throw
+    factory.close();
     close(rx.socket);
   });
 });

@@ -1,6 +1,8 @@
 // Relay port choice: random first, then the whole range, so that the last free
 // ports of a nearly full range are still found (a benchmark filling a 1,000-port
-// range saw 508s at 92-97% full when only 64 random ports were tried).
+// range saw 508s at 92-97% full when only 64 random ports were tried). Ports this
+// node holds cost no bind; ports held by another process cost at most
+// MAX_BIND_COLLISIONS failed binds per Allocate; out of descriptors, none at all.
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,6 +22,7 @@ import { EngineCounters } from '../../../src/turn/counters.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
 import { NonceIssuer } from '../../../src/turn/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
+import { MAX_BIND_COLLISIONS } from '../../../src/turn/relay-ports.js';
 import { FakeClientPath, FakeRelayFactory } from '../../helpers/fake-io.js';
 
 const RELAY = '192.0.2.100';
@@ -28,6 +31,7 @@ const MAX = 50099;
 
 function setup(pool: readonly string[] = []) {
   const clock = new ManualClock();
+  const counters = new EngineCounters();
   const nonces = new NonceIssuer(Buffer.from('0123456789abcdef0123456789abcdef'), 600_000);
   const relays = new FakeRelayFactory();
   const path = new FakeClientPath('udp', '192.0.2.1', 3478);
@@ -40,7 +44,7 @@ function setup(pool: readonly string[] = []) {
     relays,
     clock,
     logger: createLogger('silent'),
-    counters: new EngineCounters(),
+    counters,
     relayAddressIPv4: RELAY,
     relayPoolIPv4: pool,
     minPort: MIN,
@@ -71,22 +75,30 @@ function setup(pool: readonly string[] = []) {
     }
     return { code: undefined };
   };
-  return { engine, relays, allocate };
+  return { engine, relays, allocate, counters, clock };
+}
+
+/** Binds address:port through the factory, as this node's other allocations would hold it. */
+async function holdOwn(relays: FakeRelayFactory, address: string, port: number): Promise<void> {
+  const r = await relays.bind(address, port, () => undefined);
+  assert.ok(!('failed' in r), `${address}:${port} bound`);
 }
 
 describe('relay port choice', () => {
-  it('finds the one free port of a range where every other port is taken', async () => {
+  it('finds the one free port of a range where this node holds every other port, with one bind', async () => {
     const { relays, allocate, engine } = setup();
-    for (let port = MIN; port <= MAX; port++) if (port !== 50042) relays.takePort(RELAY, port);
+    for (let port = MIN; port <= MAX; port++) if (port !== 50042) await holdOwn(relays, RELAY, port);
+    const before = relays.bindAttempts.length;
     const r = await allocate(40000);
     assert.equal(r.code, 200);
     assert.equal(r.port, 50042);
+    assert.equal(relays.bindAttempts.length - before, 1, 'the ports it holds are never tried');
     await engine.stop();
   });
 
   it('adds the port range of every further relay address (--relay-ip repeated)', async () => {
     const { relays, allocate, engine } = setup(['192.0.2.101']);
-    for (let port = MIN; port <= MAX; port++) relays.takePort(RELAY, port);
+    for (let port = MIN; port <= MAX; port++) await holdOwn(relays, RELAY, port);
     const seen = new Set<string>();
     for (let i = 0; i <= MAX - MIN; i++) {
       const r = await allocate(41000 + i);
@@ -109,6 +121,72 @@ describe('relay port choice', () => {
     }
     assert.equal(ports.size, MAX - MIN + 1);
     assert.equal((await allocate(45000)).code, 508);
+    await engine.stop();
+  });
+
+  it('ports another process holds: at most MAX_BIND_COLLISIONS failed binds per Allocate, then 508', async () => {
+    const { relays, allocate, engine, counters } = setup();
+    for (let port = MIN; port <= MAX; port++) relays.takePort(RELAY, port);
+    for (let i = 0; i < 5; i++) {
+      const before = relays.bindAttempts.length;
+      assert.equal((await allocate(42000 + i)).code, 508);
+      assert.equal(relays.bindAttempts.length - before, MAX_BIND_COLLISIONS);
+    }
+    assert.equal(counters.relayBinds.in_use, 5 * MAX_BIND_COLLISIONS);
+    assert.equal(counters.allocateRefusals.relay_ports_full, 5);
+    await engine.stop();
+  });
+
+  it('a range full of its own allocations: 508 without a bind, and not ready until one goes', async () => {
+    const { relays, allocate, engine, counters, clock } = setup();
+    for (let i = 0; i <= MAX - MIN; i++) assert.equal((await allocate(40000 + i)).code, 200);
+    assert.match(engine.capacityProblem() ?? '', /every relay port is in use/);
+    const before = relays.bindAttempts.length;
+    for (let i = 0; i < 20; i++) assert.equal((await allocate(43000 + i)).code, 508);
+    assert.equal(relays.bindAttempts.length, before, 'no bind for a port it holds');
+    assert.equal(counters.allocateRefusals.relay_ports_full, 20);
+    // One allocation runs out: a port is free again, and found.
+    const first = [...engine.allAllocations()][0]!;
+    first.expiresAtMs = clock.now();
+    await engine.tick();
+    assert.equal(engine.capacityProblem(), undefined);
+    assert.equal((await allocate(44000)).code, 200);
+    await engine.stop();
+  });
+
+  it('out of descriptors: 508 after one bind, then none per Allocate, until the probe binds again', async () => {
+    const { relays, allocate, engine, counters } = setup();
+    assert.equal((await allocate(40000)).code, 200);
+    relays.failAllBinds('EMFILE');
+    let before = relays.bindAttempts.length;
+    assert.equal((await allocate(40001)).code, 508);
+    assert.equal(relays.bindAttempts.length - before, 1, 'the first EMFILE ends the Allocate');
+    assert.match(engine.capacityProblem() ?? '', /out of file descriptors \(EMFILE\)/);
+    before = relays.bindAttempts.length;
+    for (let i = 0; i < 50; i++) assert.equal((await allocate(41000 + i)).code, 508);
+    assert.equal(relays.bindAttempts.length, before, 'no bind while marked');
+    assert.equal(counters.allocateRefusals.no_descriptors, 51);
+    assert.equal(counters.relayBinds.no_descriptors, 1);
+    await engine.tick();
+    await new Promise((r) => setImmediate(r));
+    assert.ok(relays.probes.length >= 1, 'the tick probes');
+    assert.notEqual(engine.capacityProblem(), undefined, 'still out');
+    relays.failAllBinds(undefined);
+    await engine.tick();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(engine.capacityProblem(), undefined);
+    assert.equal((await allocate(42000)).code, 200);
+    await engine.stop();
+  });
+
+  it('another bind error (EADDRNOTAVAIL) is refused at once too, counted as bind_error', async () => {
+    const { relays, allocate, engine, counters } = setup();
+    relays.failAllBinds('EADDRNOTAVAIL');
+    assert.equal((await allocate(40000)).code, 508);
+    assert.equal((await allocate(40001)).code, 508);
+    assert.equal(relays.bindAttempts.length, 1);
+    assert.equal(counters.allocateRefusals.bind_error, 2);
+    assert.match(engine.capacityProblem() ?? '', /EADDRNOTAVAIL/);
     await engine.stop();
   });
 });
