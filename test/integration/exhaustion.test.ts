@@ -45,7 +45,8 @@ async function startNode(t: Registrar, options: { runUnder?: readonly string[]; 
     relayPorts: options.relayPorts,
     runUnder: options.runUnder,
     tcp: false,
-    extraArgs: ['--metrics-ip', '127.0.0.1', '--metrics-port', String(metricsPort)],
+    // Counters are compared across scrapes moments apart: no /metrics cache.
+    extraArgs: ['--metrics-ip', '127.0.0.1', '--metrics-port', String(metricsPort), '--metrics-cache-ms', '0'],
   });
   stopAfter(t, server);
   return { server, ops: `http://127.0.0.1:${metricsPort}` };
