@@ -9,10 +9,11 @@ import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream.js';
 import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters } from '../turn/counters.js';
-import type { TurnEngine } from '../turn/engine.js';
+import type { EngineStats } from '../turn/ports.js';
 
 export interface MetricsSources {
-  readonly engine: TurnEngine;
+  /** Counts of live state, read at scrape time. */
+  readonly engine: EngineStats;
   readonly counters: EngineCounters;
   readonly store: AllocationStore;
   readonly cluster?: ClusterCounters;
@@ -63,7 +64,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const a of engine.allAllocations()) this.inc({ transport: a.path.transport, family: a.additionalRelay ? 'dual' : a.relay.address.includes(':') ? 'ipv6' : 'ipv4' });
+      for (const { transport, family, count } of engine.snapshot().allocations) this.set({ transport, family }, count);
     },
   });
   new Gauge({
@@ -71,9 +72,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     help: 'Installed permissions (peer IPs) over all live allocations',
     registers: [registry],
     collect() {
-      let n = 0;
-      for (const a of engine.allAllocations()) n += a.permissionsByAddress.size;
-      this.set(n);
+      this.set(engine.snapshot().permissions);
     },
   });
   new Gauge({
@@ -81,9 +80,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     help: 'Channel bindings over all live allocations',
     registers: [registry],
     collect() {
-      let n = 0;
-      for (const a of engine.allAllocations()) n += a.channelCount;
-      this.set(n);
+      this.set(engine.snapshot().channels);
     },
   });
   new Gauge({
@@ -139,7 +136,7 @@ export function createMetrics(sources: MetricsSources): Registry {
       collect() {
         // Users whose allocations ended drop out of the scrape instead of staying at 0.
         this.reset();
-        for (const a of engine.allAllocations()) this.inc({ user: a.username });
+        for (const [user, count] of engine.snapshot().allocationsByUser) this.set({ user }, count);
       },
     });
   }

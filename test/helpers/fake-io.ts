@@ -3,7 +3,7 @@
 // nothing here stands in for a third-party library or a network service.
 
 import type { ClientTransportKind } from '../../src/store/types.js';
-import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../src/turn/io.js';
+import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../src/turn/ports.js';
 
 /** One message the engine sent to a client, as the client would receive it. */
 export interface SentToClient {
