@@ -1,4 +1,4 @@
-// In-process fakes of the engine's own transport seams (src/turn/io.ts), for
+// In-process fakes of the engine's own transport seams (src/turn/ports.ts), for
 // engine unit tests driven by a ManualClock. They fake our interfaces only:
 // nothing here stands in for a third-party library or a network service.
 

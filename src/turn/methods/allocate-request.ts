@@ -13,7 +13,7 @@ import { AddressFamily, Attr, ErrorCode, TRANSPORT_UDP } from '../../stun/consta
 import { type StunMessage, getAttribute } from '../../stun/message.js';
 import { TurnError } from '../errors.js';
 
-/** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
+/** RFC 8656 §3.2: an allocation lasts 600 s unless the client asks otherwise. */
 export const DEFAULT_LIFETIME_SECONDS = 600;
 
 export interface AllocateRequest {

@@ -20,7 +20,7 @@ export async function channelBind(ctx: TurnContext, r: MethodRequest): Promise<v
   const numberValue = getAttribute(message, Attr.ChannelNumber);
   const peerValue = getAttribute(message, Attr.XorPeerAddress);
   if (!numberValue || !peerValue) throw new TurnError(ErrorCode.BadRequest, 'CHANNEL-NUMBER or XOR-PEER-ADDRESS missing');
-  // 2. The number within 0x4000-0x4FFF (400).
+  // 2. The number within the channel range (400; stun/channel-data.ts).
   const number = decodeChannelNumber(numberValue);
   if (number === undefined || !isValidChannelNumber(number)) throw new TurnError(ErrorCode.BadRequest, 'Channel number out of range');
   // 3. The peer of the allocation's family (443) and allowed, port included (403).
