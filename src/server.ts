@@ -20,11 +20,12 @@ import { StreamCounters } from './transport/counters.js';
 import { StreamClientListener, type StreamListenerHooks } from './transport/tcp.js';
 import { UdpClientListener, UdpRelayFactory } from './transport/udp.js';
 import { createAllocateAdmission } from './turn/admission.js';
-import { CredentialStore } from './turn/auth.js';
+import { CredentialStore } from './turn/auth/credentials.js';
 import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
-import { type EngineListener, TurnEngine } from './turn/engine.js';
-import { NonceIssuer } from './turn/nonce.js';
+import type { EngineListener } from './turn/allocation/table.js';
+import { TurnEngine } from './turn/engine.js';
+import { NonceIssuer } from './turn/auth/nonce.js';
 import { createPeerPolicy, type PeerPolicy } from './turn/peer-policy.js';
 import type { NodeInfo } from './store/types.js';
 

@@ -5,7 +5,7 @@
 // service ports as it does this node's (turn/peer-policy.ts).
 
 import type { NodeInfo, NodeRegistry } from '../store/types.js';
-import type { EngineLogger } from '../turn/engine.js';
+import type { EngineLogger } from '../turn/ports.js';
 import type { ClusterCounters } from './counters.js';
 
 export const HEARTBEAT_INTERVAL_MS = 1_000;

@@ -9,8 +9,8 @@ import { performance } from 'node:perf_hooks';
 import type { AllocationRecord, AllocationStore, NodeInfo, NodeRegistry, StoreEvent } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
 import type { Clock } from '../turn/clock.js';
-import { SourceRateLimiter } from '../turn/rate-limit.js';
-import type { EngineListener, EngineLogger, ForeignPacketHandler, TurnEngine } from '../turn/engine.js';
+import { SourceRateLimiter } from '../turn/auth/rate-limit.js';
+import type { ClientPacketSink, EngineLogger, ForeignPacketHandler, ListenerHandle } from '../turn/ports.js';
 import type { ClusterCounters } from './counters.js';
 import type { MeshSocket } from './mesh.js';
 
@@ -57,7 +57,7 @@ interface PendingEntry {
 type Entry = RemoteEntry | AbsentEntry | PendingEntry;
 
 interface Place {
-  readonly listener: EngineListener;
+  readonly listener: ListenerHandle;
   readonly address: string;
   readonly port: number;
 }
@@ -85,8 +85,8 @@ export interface ClusterRouterOptions {
 }
 
 export class ClusterRouter implements ForeignPacketHandler {
-  private engine: TurnEngine | undefined;
-  private readonly cache = new Map<EngineListener, Map<string, Map<number, Entry>>>();
+  private engine: ClientPacketSink | undefined;
+  private readonly cache = new Map<ListenerHandle, Map<string, Map<number, Entry>>>();
   /** Map order is recency order: the first entry is the least recently used. */
   private readonly places = new Map<string, Place>();
   private tokens: number;
@@ -105,7 +105,7 @@ export class ClusterRouter implements ForeignPacketHandler {
   }
 
   /** The engine is built after the router (it takes the router as its ForeignPacketHandler). */
-  attach(engine: TurnEngine): void {
+  attach(engine: ClientPacketSink): void {
     this.engine = engine;
   }
 
@@ -113,7 +113,7 @@ export class ClusterRouter implements ForeignPacketHandler {
     return this.places.size;
   }
 
-  offer(listener: EngineListener, buf: Buffer, address: string, port: number): boolean {
+  offer(listener: ListenerHandle, buf: Buffer, address: string, port: number): boolean {
     // A TCP/TLS connection ends on the node that accepted it (ARCHITECTURE §4): nothing to look for elsewhere.
     if (listener.path.transport !== 'udp') return false;
     const entry = this.cache.get(listener)?.get(address)?.get(port);
@@ -152,7 +152,7 @@ export class ClusterRouter implements ForeignPacketHandler {
     return true;
   }
 
-  private forward(entry: RemoteEntry, listener: EngineListener, buf: Buffer, address: string, port: number): void {
+  private forward(entry: RemoteEntry, listener: ListenerHandle, buf: Buffer, address: string, port: number): void {
     this.o.mesh.forward(entry.node.meshAddress, entry.node.meshPort, address, port, listener.path.localAddress, listener.path.localPort, buf);
     this.o.counters.meshForwarded++;
   }

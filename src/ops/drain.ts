@@ -3,7 +3,7 @@
 // ones keep relaying until they end; /readyz says 503 "draining" so the BGP
 // speaker next to the node withdraws the anycast route.
 
-import type { EngineLogger } from '../turn/engine.js';
+import type { EngineLogger } from '../turn/ports.js';
 
 export class DrainSwitch {
   private on = false;

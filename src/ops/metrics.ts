@@ -9,10 +9,11 @@ import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream.js';
 import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters } from '../turn/counters.js';
-import type { TurnEngine } from '../turn/engine.js';
+import type { EngineStats } from '../turn/ports.js';
 
 export interface MetricsSources {
-  readonly engine: TurnEngine;
+  /** Counts of live state, read at scrape time. */
+  readonly engine: EngineStats;
   readonly counters: EngineCounters;
   readonly store: AllocationStore;
   readonly cluster?: ClusterCounters;
@@ -54,8 +55,17 @@ function single(value: number): readonly Labelled[] {
 export function createMetrics(sources: MetricsSources): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'anyturn_process_' });
-  const { engine, counters, store, cluster, drain } = sources;
+  stateGauges(registry, sources);
+  storeMetrics(registry, sources.store);
+  engineCounters(registry, sources.counters);
+  if (sources.streams) streamMetrics(registry, sources.streams);
+  if (sources.cluster) clusterMetrics(registry, sources.cluster);
+  return registry;
+}
 
+/** What is live now: allocations, permissions, channels (EngineSnapshot), the drain switch. */
+function stateGauges(registry: Registry, sources: MetricsSources): void {
+  const { engine, drain } = sources;
   new Gauge({
     name: 'anyturn_allocations',
     help: 'Live allocations on this node, by client transport and relayed address family (ipv4, ipv6, dual)',
@@ -63,7 +73,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (const a of engine.allAllocations()) this.inc({ transport: a.path.transport, family: a.additionalRelay ? 'dual' : a.relay.address.includes(':') ? 'ipv6' : 'ipv4' });
+      for (const { transport, family, count } of engine.snapshot().allocations) this.set({ transport, family }, count);
     },
   });
   new Gauge({
@@ -71,9 +81,7 @@ export function createMetrics(sources: MetricsSources): Registry {
     help: 'Installed permissions (peer IPs) over all live allocations',
     registers: [registry],
     collect() {
-      let n = 0;
-      for (const a of engine.allAllocations()) n += a.permissionsByAddress.size;
-      this.set(n);
+      this.set(engine.snapshot().permissions);
     },
   });
   new Gauge({
@@ -81,11 +89,35 @@ export function createMetrics(sources: MetricsSources): Registry {
     help: 'Channel bindings over all live allocations',
     registers: [registry],
     collect() {
-      let n = 0;
-      for (const a of engine.allAllocations()) n += a.channelCount;
-      this.set(n);
+      this.set(engine.snapshot().channels);
     },
   });
+  new Gauge({
+    name: 'anyturn_draining',
+    help: '1 while the node drains (SIGUSR1 or POST /drain): new Allocates get 403, live allocations go on',
+    registers: [registry],
+    aggregator: 'max',
+    collect() {
+      this.set(drain?.draining ? 1 : 0);
+    },
+  });
+  if (sources.usernameLabels) {
+    new Gauge({
+      name: 'anyturn_user_allocations',
+      help: 'Live allocations on this node by username (--prometheus-username-labels)',
+      labelNames: ['user'],
+      registers: [registry],
+      collect() {
+        // Users whose allocations ended drop out of the scrape instead of staying at 0.
+        this.reset();
+        for (const [user, count] of engine.snapshot().allocationsByUser) this.set({ user }, count);
+      },
+    });
+  }
+}
+
+/** The store's health and its event feed's. */
+function storeMetrics(registry: Registry, store: AllocationStore): void {
   new Gauge({
     name: 'anyturn_store_up',
     help: '1 when the allocation store is reachable',
@@ -121,28 +153,10 @@ export function createMetrics(sources: MetricsSources): Registry {
     });
   }
 
-  new Gauge({
-    name: 'anyturn_draining',
-    help: '1 while the node drains (SIGUSR1 or POST /drain): new Allocates get 403, live allocations go on',
-    registers: [registry],
-    aggregator: 'max',
-    collect() {
-      this.set(drain?.draining ? 1 : 0);
-    },
-  });
-  if (sources.usernameLabels) {
-    new Gauge({
-      name: 'anyturn_user_allocations',
-      help: 'Live allocations on this node by username (--prometheus-username-labels)',
-      labelNames: ['user'],
-      registers: [registry],
-      collect() {
-        // Users whose allocations ended drop out of the scrape instead of staying at 0.
-        this.reset();
-        for (const a of engine.allAllocations()) this.inc({ user: a.username });
-      },
-    });
-  }
+}
+
+/** The engine's running totals (EngineCounters) and its request-time histogram. */
+function engineCounters(registry: Registry, counters: EngineCounters): void {
   const requestSeconds = new Histogram({
     name: 'anyturn_request_duration_seconds',
     help: 'Time from receiving a STUN/TURN request to sending its response, by method',
@@ -183,52 +197,52 @@ export function createMetrics(sources: MetricsSources): Registry {
   totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
   totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
+}
 
-  const streams = sources.streams;
-  if (streams) {
-    new Gauge({
-      name: 'anyturn_client_connections',
-      help: 'Open TCP/TLS client connections, by transport (TLS from accept, handshake included)',
-      labelNames: ['transport'],
-      registers: [registry],
-      collect() {
-        for (const transport of STREAM_TRANSPORTS) this.set({ transport }, streams.open[transport]);
-      },
-    });
-    totalCounter(registry, 'anyturn_client_connections_accepted_total', 'TCP/TLS client connections accepted, by transport', ['transport'], () =>
-      STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.accepted[transport]] as const),
-    );
-    totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at accept, by transport and reason (max_connections: --max-tcp-connections open; per_source: --max-tcp-connections-per-ip open from its IPv4 address or IPv6 /64; shutdown)', ['transport', 'reason'], () =>
-      STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_REFUSAL_REASONS.map((reason) => [{ transport, reason }, streams.refused[transport][reason]] as const)),
-    );
-    totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, no_allocation, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
-      STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),
-    );
-    totalCounter(registry, 'anyturn_stream_framing_errors_total', 'TCP/TLS connections closed because the stream was neither STUN nor ChannelData (not_turn) or a frame was over 64 KiB (too_long)', ['transport', 'reason'], () =>
-      STREAM_TRANSPORTS.flatMap((transport) => FRAMING_ERRORS.map((reason) => [{ transport, reason }, streams.framingErrors[transport][reason]] as const)),
-    );
-  }
+/** TCP/TLS client connections. */
+function streamMetrics(registry: Registry, streams: StreamCounters): void {
+  new Gauge({
+    name: 'anyturn_client_connections',
+    help: 'Open TCP/TLS client connections, by transport (TLS from accept, handshake included)',
+    labelNames: ['transport'],
+    registers: [registry],
+    collect() {
+      for (const transport of STREAM_TRANSPORTS) this.set({ transport }, streams.open[transport]);
+    },
+  });
+  totalCounter(registry, 'anyturn_client_connections_accepted_total', 'TCP/TLS client connections accepted, by transport', ['transport'], () =>
+    STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.accepted[transport]] as const),
+  );
+  totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at accept, by transport and reason (max_connections: --max-tcp-connections open; per_source: --max-tcp-connections-per-ip open from its IPv4 address or IPv6 /64; shutdown)', ['transport', 'reason'], () =>
+    STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_REFUSAL_REASONS.map((reason) => [{ transport, reason }, streams.refused[transport][reason]] as const)),
+  );
+  totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, no_allocation, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
+    STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),
+  );
+  totalCounter(registry, 'anyturn_stream_framing_errors_total', 'TCP/TLS connections closed because the stream was neither STUN nor ChannelData (not_turn) or a frame was over 64 KiB (too_long)', ['transport', 'reason'], () =>
+    STREAM_TRANSPORTS.flatMap((transport) => FRAMING_ERRORS.map((reason) => [{ transport, reason }, streams.framingErrors[transport][reason]] as const)),
+  );
+}
 
-  if (cluster) {
-    totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));
-    totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () => single(cluster.meshReceived));
-    totalCounter(registry, 'anyturn_mesh_too_large_packets_total', 'Client packets not forwarded over the mesh because, framed, they would not fit in one UDP datagram', [], () => single(cluster.meshTooLarge));
-    totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused, by reason (malformed, bad_tag, stale, replayed, wrong_sender, no_listener)', ['reason'], () =>
-      MESH_REJECT_REASONS.map((reason) => [{ reason }, cluster.meshRejected[reason]] as const),
-    );
-    totalCounter(registry, 'anyturn_store_lookups_total', 'Store lookups for 5-tuples with no local allocation', [], () => single(cluster.storeLookups));
-    totalCounter(registry, 'anyturn_store_lookup_errors_total', 'Store lookups that failed', [], () => single(cluster.storeLookupErrors));
-    totalCounter(registry, 'anyturn_store_lookups_rate_limited_total', 'Unknown 5-tuples not looked up because of the lookup rate limit', [], () => single(cluster.lookupsRateLimited));
-    totalCounter(registry, 'anyturn_allocations_resumed_total', 'Rerouted clients found to own a live allocation on another node', [], () => single(cluster.allocationsResumed));
-    totalCounter(registry, 'anyturn_dead_owner_cleanups_total', 'Allocation records removed because their owner node was dead', [], () => single(cluster.deadOwnerCleanups));
-    totalCounter(registry, 'anyturn_heartbeat_failures_total', 'Heartbeats this node failed to write', [], () => single(cluster.heartbeatFailures));
-    const lookupSeconds = new Histogram({
-      name: 'anyturn_store_lookup_seconds',
-      help: 'Latency of store lookups for unknown 5-tuples',
-      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
-      registers: [registry],
-    });
-    cluster.observeLookupSeconds = (s) => lookupSeconds.observe(s);
-  }
-  return registry;
+/** The cluster: mesh forwarding, store lookups for unknown 5-tuples, owner cleanups. */
+function clusterMetrics(registry: Registry, cluster: ClusterCounters): void {
+  totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));
+  totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () => single(cluster.meshReceived));
+  totalCounter(registry, 'anyturn_mesh_too_large_packets_total', 'Client packets not forwarded over the mesh because, framed, they would not fit in one UDP datagram', [], () => single(cluster.meshTooLarge));
+  totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused, by reason (malformed, bad_tag, stale, replayed, wrong_sender, no_listener)', ['reason'], () =>
+    MESH_REJECT_REASONS.map((reason) => [{ reason }, cluster.meshRejected[reason]] as const),
+  );
+  totalCounter(registry, 'anyturn_store_lookups_total', 'Store lookups for 5-tuples with no local allocation', [], () => single(cluster.storeLookups));
+  totalCounter(registry, 'anyturn_store_lookup_errors_total', 'Store lookups that failed', [], () => single(cluster.storeLookupErrors));
+  totalCounter(registry, 'anyturn_store_lookups_rate_limited_total', 'Unknown 5-tuples not looked up because of the lookup rate limit', [], () => single(cluster.lookupsRateLimited));
+  totalCounter(registry, 'anyturn_allocations_resumed_total', 'Rerouted clients found to own a live allocation on another node', [], () => single(cluster.allocationsResumed));
+  totalCounter(registry, 'anyturn_dead_owner_cleanups_total', 'Allocation records removed because their owner node was dead', [], () => single(cluster.deadOwnerCleanups));
+  totalCounter(registry, 'anyturn_heartbeat_failures_total', 'Heartbeats this node failed to write', [], () => single(cluster.heartbeatFailures));
+  const lookupSeconds = new Histogram({
+    name: 'anyturn_store_lookup_seconds',
+    help: 'Latency of store lookups for unknown 5-tuples',
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [registry],
+  });
+  cluster.observeLookupSeconds = (s) => lookupSeconds.observe(s);
 }

@@ -1,7 +1,7 @@
 // Plain numbers the TCP/TLS listeners bump (no labels or hashing per packet);
 // ops/metrics turns them into Prometheus metrics at scrape time.
 
-import { sourceBucketKey } from '../turn/rate-limit.js';
+import { sourceBucketKey } from '../turn/auth/rate-limit.js';
 import { FRAMING_ERRORS, type FramingError } from './stream.js';
 
 /**

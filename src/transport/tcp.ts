@@ -6,7 +6,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { decodeMessage } from '../stun/message.js';
-import type { ClientPath } from '../turn/io.js';
+import type { ClientPath } from '../turn/ports.js';
 import { type ConnectionCloseReason, StreamCounters, type StreamTransport } from './counters.js';
 import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from './stream.js';
 

@@ -10,7 +10,7 @@
 import dgram from 'node:dgram';
 import { literalLookup } from './lookup.js';
 import { sharedPortOptions } from '../workers/shared-port.js';
-import type { ClientPath } from '../turn/io.js';
+import type { ClientPath } from '../turn/ports.js';
 
 const ZEROS = Buffer.alloc(4);
 const MAX_SEND_QUEUE = 4096;

@@ -5,7 +5,7 @@ import dgram from 'node:dgram';
 import { closeSync, openSync } from 'node:fs';
 import { SEND_QUEUED, UdpSender, receiveFromHandle } from './dgram-fast.js';
 import { literalLookup } from './lookup.js';
-import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../turn/io.js';
+import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../turn/ports.js';
 
 /** Room for the largest UDP payload plus a Data indication head and padding. */
 const SCRATCH_BYTES = 65536 + 64;

@@ -4,7 +4,7 @@
 /**
  * What one allocation may hold and one request may ask: without caps, a few datagrams
  * install tens of thousands of permissions, and every later request, tick and store
- * write walks them all. Over a cap the request gets 508 (RFC 8656 §9.2, §11.2: a
+ * write walks them all. Over a cap the request gets 508 (RFC 8656 §10.2, §12.2: a
  * capacity limit), all or nothing.
  */
 export interface AllocationLimits {

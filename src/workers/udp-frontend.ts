@@ -7,9 +7,10 @@
 import { Attr, Method, MessageClass } from '../stun/constants.js';
 import { decodeMessage, findAttribute } from '../stun/message.js';
 import { UdpSession } from '../transport/udp-session.js';
-import type { ClientPath } from '../turn/io.js';
+import type { ClientPath } from '../turn/ports.js';
 import type { EngineCounters } from '../turn/counters.js';
-import type { EngineListener, TurnEngine } from '../turn/engine.js';
+import type { EngineListener } from '../turn/allocation/table.js';
+import type { TurnEngine } from '../turn/engine.js';
 import type { ClientResolver, UdpFrontend } from '../server.js';
 
 /** A session without an allocation this long after its last packet is closed (a failed or deleted allocation). */

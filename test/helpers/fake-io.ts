@@ -1,9 +1,9 @@
-// In-process fakes of the engine's own transport seams (src/turn/io.ts), for
+// In-process fakes of the engine's own transport seams (src/turn/ports.ts), for
 // engine unit tests driven by a ManualClock. They fake our interfaces only:
 // nothing here stands in for a third-party library or a network service.
 
 import type { ClientTransportKind } from '../../src/store/types.js';
-import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../src/turn/io.js';
+import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../src/turn/ports.js';
 
 /** One message the engine sent to a client, as the client would receive it. */
 export interface SentToClient {

@@ -21,11 +21,12 @@ import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../
 import { longTermKey } from '../../src/stun/integrity.js';
 import { decodeMessage, getAttribute, getAttributes } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
-import { CredentialStore } from '../../src/turn/auth.js';
+import { CredentialStore } from '../../src/turn/auth/credentials.js';
 import { systemClock } from '../../src/turn/clock.js';
 import { EngineCounters } from '../../src/turn/counters.js';
-import { type EngineListener, TurnEngine } from '../../src/turn/engine.js';
-import { NonceIssuer } from '../../src/turn/nonce.js';
+import type { EngineListener } from '../../src/turn/allocation/table.js';
+import { TurnEngine } from '../../src/turn/engine.js';
+import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { createPeerPolicy } from '../../src/turn/peer-policy.js';
 import { FakeClientPath, FakeRelayFactory } from '../helpers/fake-io.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';

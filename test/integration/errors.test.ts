@@ -13,7 +13,7 @@ import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../
 import { longTermKey, verifyIntegritySha1 } from '../../src/stun/integrity.js';
 import { type StunMessage, getAttribute } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
-import { NonceIssuer } from '../../src/turn/nonce.js';
+import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { type Credentials, type Endpoint, TestTurnClient, attributeTypes, codeOf, reasonOf } from '../helpers/turn-client.js';
 
 const REALM = 'anyturn.errors.test';

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
-import { MAX_BIND_COLLISIONS } from '../../src/turn/relay-ports.js';
+import { MAX_BIND_COLLISIONS } from '../../src/turn/relay/relay-ports.js';
 import { type RunningTurnServer, findFreeTcpPort, parseLogLines, reserveRelayPortRange, startAnyturn, stopAfter } from '../helpers/anyturn-process.js';
 import { parseMetrics, sum, until } from '../helpers/ops-endpoint.js';
 import { TestTurnClient } from '../helpers/turn-client.js';

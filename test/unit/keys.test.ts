@@ -8,7 +8,7 @@ import { createHmac, hkdfSync } from 'node:crypto';
 
 import { buildConfig } from '../../src/config/index.js';
 import { MESH_KEY_LABEL, NONCE_KEY_LABEL, deriveKey } from '../../src/keys.js';
-import { NonceIssuer } from '../../src/turn/nonce.js';
+import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { workerConfig } from '../../src/workers/worker.js';
 import { BASE } from '../helpers/config.js';
 

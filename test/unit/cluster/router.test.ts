@@ -10,7 +10,7 @@ import { ClusterRouter, LOOKUP_SHARE_DIVISOR } from '../../../src/cluster/router
 import { createLogger } from '../../../src/ops/log.js';
 import { MemoryAllocationStore, MemoryNodeRegistry } from '../../../src/store/memory.js';
 import { ManualClock } from '../../../src/turn/clock.js';
-import { EngineListener } from '../../../src/turn/engine.js';
+import { EngineListener } from '../../../src/turn/allocation/table.js';
 import { FakeClientPath } from '../../helpers/fake-io.js';
 import { recordFactory } from '../../helpers/records.js';
 

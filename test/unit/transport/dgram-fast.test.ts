@@ -12,7 +12,7 @@ import dgram from 'node:dgram';
 import { SEND_DONE, SEND_FAILED, UdpSender, receiveFromHandle } from '../../../src/transport/dgram-fast.js';
 import { literalLookup } from '../../../src/transport/lookup.js';
 import { FramedSender, UdpRelayFactory } from '../../../src/transport/udp.js';
-import { isBindFailure } from '../../../src/turn/io.js';
+import { isBindFailure } from '../../../src/turn/ports.js';
 
 interface Received {
   readonly data: Buffer;

@@ -8,7 +8,7 @@ import { encodeAddressFamily, encodeEvenPort, encodeRequestedTransport, encodeUi
 import { AddressFamily, Attr, ErrorCode, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/constants.js';
 import { type StunMessage, decodeMessage } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
-import { DEFAULT_LIFETIME_SECONDS, readAllocateRequest, requestedLifetimeSeconds } from '../../../src/turn/allocate-request.js';
+import { DEFAULT_LIFETIME_SECONDS, readAllocateRequest, requestedLifetimeSeconds } from '../../../src/turn/methods/allocate-request.js';
 import { TurnError } from '../../../src/turn/errors.js';
 
 const MAX_LIFETIME = 3600;

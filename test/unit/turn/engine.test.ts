@@ -26,12 +26,13 @@ import { AddressFamily, Attr, MessageClass, Method, PasswordAlgorithm, TRANSPORT
 import { longTermKey, userhash, verifyIntegritySha1, verifyIntegritySha256 } from '../../../src/stun/integrity.js';
 import { type StunMessage, decodeMessage, getAttribute } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
-import { CredentialStore, restApiPassword } from '../../../src/turn/auth.js';
+import { CredentialStore, restApiPassword } from '../../../src/turn/auth/credentials.js';
 import { ManualClock } from '../../../src/turn/clock.js';
 import { EngineCounters } from '../../../src/turn/counters.js';
-import { type EngineListener, TurnEngine } from '../../../src/turn/engine.js';
+import type { EngineListener } from '../../../src/turn/allocation/table.js';
+import { TurnEngine } from '../../../src/turn/engine.js';
 import type { AllocationLimits } from '../../../src/turn/limits.js';
-import { NonceIssuer } from '../../../src/turn/nonce.js';
+import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
 import type { ClientTransportKind } from '../../../src/store/types.js';
 import { FakeClientPath, FakeRelayFactory, type FakeRelaySocket } from '../../helpers/fake-io.js';

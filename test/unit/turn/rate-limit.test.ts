@@ -12,13 +12,13 @@ import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/con
 import { longTermKey } from '../../../src/stun/integrity.js';
 import { decodeMessage, getAttribute } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
-import { CredentialStore } from '../../../src/turn/auth.js';
+import { CredentialStore } from '../../../src/turn/auth/credentials.js';
 import { ManualClock } from '../../../src/turn/clock.js';
 import { EngineCounters } from '../../../src/turn/counters.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
-import { NonceIssuer } from '../../../src/turn/nonce.js';
+import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
-import { BINDING_LIMIT_FACTOR, SourceRateLimiter, type SourceRateLimitOptions, sourceBucketKey } from '../../../src/turn/rate-limit.js';
+import { BINDING_LIMIT_FACTOR, SourceRateLimiter, type SourceRateLimitOptions, sourceBucketKey } from '../../../src/turn/auth/rate-limit.js';
 import { FakeClientPath, FakeRelayFactory } from '../../helpers/fake-io.js';
 
 const REALM = 'example.org';

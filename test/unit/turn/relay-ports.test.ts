@@ -16,13 +16,13 @@ import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/con
 import { longTermKey } from '../../../src/stun/integrity.js';
 import { decodeMessage, getAttribute } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
-import { CredentialStore } from '../../../src/turn/auth.js';
+import { CredentialStore } from '../../../src/turn/auth/credentials.js';
 import { ManualClock } from '../../../src/turn/clock.js';
 import { EngineCounters } from '../../../src/turn/counters.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
-import { NonceIssuer } from '../../../src/turn/nonce.js';
+import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
 import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
-import { MAX_BIND_COLLISIONS } from '../../../src/turn/relay-ports.js';
+import { MAX_BIND_COLLISIONS } from '../../../src/turn/relay/relay-ports.js';
 import { FakeClientPath, FakeRelayFactory } from '../../helpers/fake-io.js';
 
 const RELAY = '192.0.2.100';

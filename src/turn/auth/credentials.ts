@@ -3,8 +3,8 @@
 // password = base64(HMAC-SHA1(secret, username)).
 
 import { createHmac, randomBytes } from 'node:crypto';
-import { PasswordAlgorithm } from '../stun/constants.js';
-import { longTermKey, userhash } from '../stun/integrity.js';
+import { PasswordAlgorithm } from '../../stun/constants.js';
+import { longTermKey, userhash } from '../../stun/integrity.js';
 
 export interface CredentialOptions {
   readonly realm: string;

@@ -8,12 +8,12 @@ import {
   decodeRequestedTransport,
   decodeReservationToken,
   decodeUint32,
-} from '../stun/attributes.js';
-import { AddressFamily, Attr, ErrorCode, TRANSPORT_UDP } from '../stun/constants.js';
-import { type StunMessage, getAttribute } from '../stun/message.js';
-import { TurnError } from './errors.js';
+} from '../../stun/attributes.js';
+import { AddressFamily, Attr, ErrorCode, TRANSPORT_UDP } from '../../stun/constants.js';
+import { type StunMessage, getAttribute } from '../../stun/message.js';
+import { TurnError } from '../errors.js';
 
-/** RFC 8656 §2.2: an allocation lasts 600 s unless the client asks otherwise. */
+/** RFC 8656 §3.2: an allocation lasts 600 s unless the client asks otherwise. */
 export const DEFAULT_LIFETIME_SECONDS = 600;
 
 export interface AllocateRequest {

@@ -10,10 +10,10 @@
 
 import { randomBytes, randomInt } from 'node:crypto';
 
-import type { AllocationStore } from '../store/types.js';
-import type { Clock } from './clock.js';
-import type { BindResult } from './counters.js';
-import { type RelayBindFailure, type RelaySocket, type RelaySocketFactory, isBindFailure } from './io.js';
+import type { AllocationStore } from '../../store/types.js';
+import type { Clock } from '../clock.js';
+import type { BindResult } from '../counters.js';
+import { type RelayBindFailure, type RelaySocket, type RelaySocketFactory, isBindFailure } from '../ports.js';
 
 /** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
 export const RESERVATION_LIFETIME_MS = 30_000;

@@ -5,7 +5,7 @@
 // not be the secret itself, nor the key of anything else (the cluster's mesh frames).
 
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { NONCE_KEY_LABEL, deriveKey } from '../keys.js';
+import { NONCE_KEY_LABEL, deriveKey } from '../../keys.js';
 
 const TIMESTAMP_BYTES = 4;
 const MAC_BYTES = 16;

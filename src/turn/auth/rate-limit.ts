@@ -6,7 +6,7 @@
 // counted by its /64: one subscriber's usual prefix, whose addresses it is free
 // to rotate through, so a per-address bucket would not limit it at all.
 
-import { parseIPv6 } from '../net/ip.js';
+import { parseIPv6 } from '../../net/ip.js';
 
 /** Default: 20 responses per second per source IP, bursts of 40 (a client needs one or two per allocation). */
 export const DEFAULT_UNAUTH_RESPONSES_PER_SECOND = 20;

@@ -1,18 +1,18 @@
-// One allocation's live state on its owner node (RFC 8656 §2.2): the relay
+// One allocation's live state on its owner node (RFC 8656 §3.2, §7): the relay
 // socket, permissions and channel bindings, kept in maps shaped for the relay
 // hot path. The store holds the same facts as a plain AllocationRecord.
 
-import { parseIPv4, parseIPv6 } from '../net/ip.js';
-import { isValidChannelNumber } from '../stun/channel-data.js';
-import { CHANNEL_MIN } from '../stun/constants.js';
-import type { AllocationRecord } from '../store/types.js';
-import type { ClientPath, RelaySocket } from './io.js';
+import { parseIPv4, parseIPv6 } from '../../net/ip.js';
+import { isValidChannelNumber } from '../../stun/channel-data.js';
+import { CHANNEL_MIN } from '../../stun/constants.js';
+import type { AllocationRecord } from '../../store/types.js';
+import type { ClientPath, RelayFamily, RelaySocket } from '../ports.js';
 
 /** RFC 8656 §9: a permission lasts 300 s. */
 export const PERMISSION_LIFETIME_MS = 300_000;
-/** RFC 8656 §11: a channel binding lasts 600 s. */
+/** RFC 8656 §12: a channel binding lasts 600 s. */
 export const CHANNEL_LIFETIME_MS = 600_000;
-/** RFC 8656 §11: after a binding expires, its number and peer stay reserved to each other for 5 more minutes. */
+/** RFC 8656 §12: after a binding expires, its number and peer stay reserved to each other for 5 more minutes. */
 export const CHANNEL_QUARANTINE_MS = 300_000;
 
 export class Permission {
@@ -45,19 +45,26 @@ export class ChannelBinding {
   ) {}
 }
 
-export interface AllocationIdentity {
+/**
+ * What makes one allocation, besides its client path and relay sockets: the same fields
+ * whether a local Allocate made it (methods/allocate.ts) or another node's record is
+ * taken on (replication.ts). An AllocationRecord is one.
+ */
+export interface AllocationSeed {
   readonly key: string;
-  readonly path: ClientPath;
   readonly clientAddress: string;
   readonly clientPort: number;
   readonly username: string;
   readonly realm: string;
+  readonly createdAtMs: number;
+  readonly expiresAtMs: number;
+}
+
+/** The relay sockets of one allocation: a dual allocation has the IPv6 one as `additional`. */
+export interface AllocationRelays {
   readonly relay: RelaySocket;
   /** The second relayed address of a dual allocation (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY). */
-  readonly additionalRelay?: RelaySocket;
-  readonly createdAtMs: number;
-  /** Transaction id of the Allocate that made it, to answer retransmissions (RFC 8656 §7.2). */
-  readonly allocateTransactionId: string;
+  readonly additional: RelaySocket | undefined;
 }
 
 /**
@@ -72,7 +79,7 @@ function isIPv6Relay(relay: RelaySocket): boolean {
   return relay.address.includes(':');
 }
 
-export class Allocation implements AllocationIdentity {
+export class Allocation {
   readonly key: string;
   readonly path: ClientPath;
   readonly clientAddress: string;
@@ -84,6 +91,7 @@ export class Allocation implements AllocationIdentity {
   readonly relayIPv4: RelaySocket | undefined;
   readonly relayIPv6: RelaySocket | undefined;
   readonly createdAtMs: number;
+  /** Transaction id (hex) of the Allocate that made it, to answer retransmissions (RFC 8656 §7.2); '' for one taken on from the store. */
   readonly allocateTransactionId: string;
   allocateResponse: Buffer | undefined;
   expiresAtMs: number;
@@ -104,21 +112,27 @@ export class Allocation implements AllocationIdentity {
     return this.bindings.size;
   }
 
-  constructor(identity: AllocationIdentity, expiresAtMs: number) {
-    this.key = identity.key;
-    this.path = identity.path;
-    this.clientAddress = identity.clientAddress;
-    this.clientPort = identity.clientPort;
-    this.username = identity.username;
-    this.realm = identity.realm;
-    this.relay = identity.relay;
-    this.additionalRelay = identity.additionalRelay;
-    const relays = identity.additionalRelay ? [identity.relay, identity.additionalRelay] : [identity.relay];
-    this.relayIPv4 = relays.find((r) => !isIPv6Relay(r));
-    this.relayIPv6 = relays.find(isIPv6Relay);
-    this.createdAtMs = identity.createdAtMs;
-    this.allocateTransactionId = identity.allocateTransactionId;
-    this.expiresAtMs = expiresAtMs;
+  /** The one place an Allocation is built (a local Allocate and an adopted record alike). */
+  constructor(seed: AllocationSeed, path: ClientPath, relays: AllocationRelays, allocateTransactionId = '') {
+    this.key = seed.key;
+    this.path = path;
+    this.clientAddress = seed.clientAddress;
+    this.clientPort = seed.clientPort;
+    this.username = seed.username;
+    this.realm = seed.realm;
+    this.relay = relays.relay;
+    this.additionalRelay = relays.additional;
+    const all = relays.additional ? [relays.relay, relays.additional] : [relays.relay];
+    this.relayIPv4 = all.find((r) => !isIPv6Relay(r));
+    this.relayIPv6 = all.find(isIPv6Relay);
+    this.createdAtMs = seed.createdAtMs;
+    this.allocateTransactionId = allocateTransactionId;
+    this.expiresAtMs = seed.expiresAtMs;
+  }
+
+  /** The relayed families it serves (metrics). */
+  get family(): RelayFamily {
+    return this.additionalRelay ? 'dual' : this.relayIPv6 ? 'ipv6' : 'ipv4';
   }
 
   channel(number: number): ChannelBinding | undefined {

@@ -1,0 +1,116 @@
+// Anycast relay mode: every node holds every allocation. The relayed address is
+// shared by all nodes, so whichever node the routing brings a packet to can relay
+// it; a node's death loses nothing. Allocations other nodes made are taken on from
+// the store (its event feed, and a full listing at start and after an outage) and
+// kept current by merging each newer record.
+
+import type { AllocationRecord, StoreEvent } from '../../store/types.js';
+import type { TurnContext } from '../context.js';
+import type { RelaySocket } from '../ports.js';
+import { Allocation } from './allocation.js';
+import type { EngineListener } from './table.js';
+
+/** Store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
+const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
+
+export class Replication {
+  /** Keys whose replica is being set up. */
+  private readonly materializing = new Set<string>();
+
+  constructor(private readonly ctx: TurnContext) {}
+
+  /** One event of the store's feed: a deletion elsewhere ends our copy, a change is merged or taken on. */
+  onStoreEvent(event: StoreEvent): void {
+    const { table, writer } = this.ctx;
+    if (this.ctx.stopped) return;
+    if (event.type === 'deleted') {
+      const local = table.byStoreKey(event.key);
+      if (local) void writer.delete(local.listener, local.allocation, event.reason, false);
+      return;
+    }
+    const local = table.byStoreKey(event.record.key);
+    if (local) writer.merge(local.allocation, event.record);
+    else if (!table.pending.has(event.record.key)) void this.adopt(event.record);
+  }
+
+  /**
+   * An allocation whose lifetime ran out here: another node may have refreshed it
+   * (an event we missed or haven't seen yet), so ask the store before deleting.
+   */
+  async expire(listener: EngineListener, allocation: Allocation, now: number): Promise<void> {
+    try {
+      const current = await this.ctx.o.store.get(allocation.key);
+      if (current && current.expiresAtMs > now) {
+        this.ctx.writer.merge(allocation, current);
+        return;
+      }
+    } catch {
+      // Store unreachable: keep relaying a while rather than cut a call another node may have refreshed.
+      if (now < allocation.expiresAtMs + EXPIRY_GRACE_WITHOUT_STORE_MS) return;
+    }
+    await this.ctx.writer.delete(listener, allocation, 'expired');
+  }
+
+  /**
+   * Takes on an allocation made by another node: binds its relayed address (shared by
+   * every node in anycast relay mode) and serves it from here. Returns true when the
+   * allocation is (now) held locally. `fresh`: the record was just read from the
+   * store (no need to read it again).
+   */
+  async adopt(record: AllocationRecord, fresh = false): Promise<boolean> {
+    const { table, o } = this.ctx;
+    if (table.byStoreKey(record.key)) return true;
+    if (this.materializing.has(record.key) || this.ctx.stopped || record.transport !== 'udp') return false;
+    const listener = table.findListener(record.transport, record.serverAddress, record.serverPort);
+    if (!listener || record.expiresAtMs <= o.clock.now()) return false;
+    this.materializing.add(record.key);
+    let relay: RelaySocket | undefined;
+    let additional: RelaySocket | undefined;
+    try {
+      let allocation: Allocation | undefined;
+      const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
+        if (allocation) this.ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort);
+      };
+      relay = await this.ctx.relays.bindAt(record.relayedAddress, record.relayedPort, onPacket);
+      if (record.additionalRelayedAddress !== undefined && record.additionalRelayedPort !== undefined) {
+        additional = await this.ctx.relays.bindAt(record.additionalRelayedAddress, record.additionalRelayedPort, onPacket);
+      }
+      if (!relay) {
+        o.counters.replicaFailures++;
+        o.logger.warn({ allocation: record.key, relayed: `${record.relayedAddress}:${record.relayedPort}` }, 'cannot bind a shared relayed address here');
+        return false;
+      }
+      // An event may be old by now: read the record again (a start-up listing was just read).
+      const current = fresh ? record : await o.store.get(record.key);
+      if (!current || table.byStoreKey(record.key) || this.ctx.stopped) return table.byStoreKey(record.key) !== undefined;
+      allocation = new Allocation(current, listener.path, { relay, additional });
+      this.ctx.writer.merge(allocation, current);
+      relay = undefined;
+      additional = undefined;
+      table.add(listener, allocation);
+      o.counters.allocationsAdopted++;
+      o.logger.debug({ event: 'allocation_adopted', allocation: current.key, relayed: `${current.relayedAddress}:${current.relayedPort}`, user: current.username }, 'allocation adopted');
+      return true;
+    } catch (err) {
+      o.counters.replicaFailures++;
+      o.logger.warn({ err, allocation: record.key }, 'adopting an allocation failed');
+      return false;
+    } finally {
+      relay?.close();
+      additional?.close();
+      this.materializing.delete(record.key);
+    }
+  }
+
+  /** Takes on every allocation in the store (at start, and after a store outage). */
+  async syncFromStore(): Promise<number> {
+    const records = await this.ctx.o.store.listAllocations();
+    let held = 0;
+    for (const record of records) {
+      const local = this.ctx.table.byStoreKey(record.key);
+      if (local) this.ctx.writer.merge(local.allocation, record);
+      else if (await this.adopt(record, true)) held++;
+    }
+    return held;
+  }
+}

@@ -1,0 +1,108 @@
+// Where the engine finds allocations: per listener, client address -> client port
+// -> allocation (the packet path's lookup, no string building), and every one by
+// its store key (replication and cleanup, never on the packet path).
+
+import type { ClientTransportKind } from '../../store/types.js';
+import type { ClientPath, EngineSnapshot, ListenerHandle, RelayFamily } from '../ports.js';
+import type { Allocation } from './allocation.js';
+
+/** One place client packets arrive (a UDP socket, or a TCP/TLS connection) with its allocations. */
+export class EngineListener implements ListenerHandle {
+  /** client address -> client port -> allocation: no string building per packet. */
+  readonly allocations = new Map<string, Map<number, Allocation>>();
+  /** Set by closeListener: the connection is gone, an Allocate still in flight must not land here. */
+  closed = false;
+  constructor(readonly path: ClientPath) {}
+
+  find(address: string, port: number): Allocation | undefined {
+    return this.allocations.get(address)?.get(port);
+  }
+
+  get holdsAllocation(): boolean {
+    return this.allocations.size > 0;
+  }
+}
+
+export interface Held {
+  readonly listener: EngineListener;
+  readonly allocation: Allocation;
+}
+
+export class AllocationTable {
+  readonly listeners = new Set<EngineListener>();
+  /** Store keys of Allocates in flight (their 5-tuple is being claimed). */
+  readonly pending = new Set<string>();
+  private readonly byKey = new Map<string, Held>();
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  addListener(path: ClientPath): EngineListener {
+    const listener = new EngineListener(path);
+    this.listeners.add(listener);
+    return listener;
+  }
+
+  /** The listener on this server transport address (an adopted record names it). */
+  findListener(transport: string, address: string, port: number): EngineListener | undefined {
+    for (const listener of this.listeners) {
+      const p = listener.path;
+      if (p.transport === transport && p.localAddress === address && p.localPort === port) return listener;
+    }
+    return undefined;
+  }
+
+  byStoreKey(key: string): Held | undefined {
+    return this.byKey.get(key);
+  }
+
+  add(listener: EngineListener, allocation: Allocation): void {
+    let byPort = listener.allocations.get(allocation.clientAddress);
+    if (!byPort) listener.allocations.set(allocation.clientAddress, (byPort = new Map()));
+    byPort.set(allocation.clientPort, allocation);
+    this.byKey.set(allocation.key, { listener, allocation });
+    this.count++;
+  }
+
+  /** Takes an allocation out of both indexes (only if it is the one held there). */
+  remove(listener: EngineListener, allocation: Allocation): void {
+    const byPort = listener.allocations.get(allocation.clientAddress);
+    if (byPort?.get(allocation.clientPort) === allocation) {
+      byPort.delete(allocation.clientPort);
+      if (byPort.size === 0) listener.allocations.delete(allocation.clientAddress);
+    }
+    if (this.byKey.get(allocation.key)?.allocation === allocation) this.byKey.delete(allocation.key);
+    this.count--;
+  }
+
+  /** Every live allocation with its listener. */
+  *entries(): IterableIterator<Held> {
+    for (const listener of this.listeners) {
+      for (const byPort of listener.allocations.values()) for (const allocation of byPort.values()) yield { listener, allocation };
+    }
+  }
+
+  *all(): IterableIterator<Allocation> {
+    for (const listener of this.listeners) for (const byPort of listener.allocations.values()) yield* byPort.values();
+  }
+
+  /** Counts for metrics: one walk over the allocations, on demand (a scrape), never per packet. */
+  snapshot(): EngineSnapshot {
+    const byKind = new Map<string, { transport: ClientTransportKind; family: RelayFamily; count: number }>();
+    const allocationsByUser = new Map<string, number>();
+    let permissions = 0;
+    let channels = 0;
+    for (const a of this.all()) {
+      const id = `${a.path.transport} ${a.family}`;
+      const entry = byKind.get(id);
+      if (entry) entry.count++;
+      else byKind.set(id, { transport: a.path.transport, family: a.family, count: 1 });
+      allocationsByUser.set(a.username, (allocationsByUser.get(a.username) ?? 0) + 1);
+      permissions += a.permissionsByAddress.size;
+      channels += a.channelCount;
+    }
+    return { allocations: [...byKind.values()], permissions, channels, allocationsByUser };
+  }
+}

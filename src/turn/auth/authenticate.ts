@@ -1,0 +1,128 @@
+// The long-term credential mechanism (RFC 8489 §9.2) as the server applies it to
+// every TURN request (RFC 8656 §5): a request without integrity gets 401 with a
+// realm and a fresh nonce; a stale nonce 438; a good one the key that seals the
+// answer. Answers to requests not yet authenticated are rate limited per source
+// (rate-limit.ts): over UDP their source may be spoofed.
+
+import {
+  MAX_NONCE_BYTES,
+  MAX_REALM_BYTES,
+  MAX_USERNAME_BYTES,
+  decodePasswordAlgorithm,
+  decodeText,
+  isKnownPasswordAlgorithm,
+} from '../../stun/attributes.js';
+import { Attr, ErrorCode, PasswordAlgorithm, methodName } from '../../stun/constants.js';
+import { verifyIntegritySha1, verifyIntegritySha256 } from '../../stun/integrity.js';
+import { type StunMessage, getAttribute } from '../../stun/message.js';
+import type { Clock } from '../clock.js';
+import type { DropReason, EngineCounters } from '../counters.js';
+import type { ListenerHandle } from '../ports.js';
+import type { Replies } from '../reply.js';
+import type { CredentialStore } from './credentials.js';
+import type { NonceIssuer } from './nonce.js';
+import { SourceRateLimiter, type SourceRateLimitOptions, bindingLimitFor } from './rate-limit.js';
+
+/** Who sent an authenticated request, and the key its answer is sealed with. */
+export interface Authenticated {
+  readonly username: string;
+  readonly key: Buffer;
+}
+
+export interface AuthenticatorOptions {
+  readonly credentials: CredentialStore;
+  readonly nonces: NonceIssuer;
+  readonly clock: Clock;
+  readonly counters: EngineCounters;
+  /** Error answers per source before authentication; absent or 0 per second: no limit. */
+  readonly unauthenticatedErrorLimit?: SourceRateLimitOptions;
+}
+
+export class Authenticator {
+  private readonly errorLimiter: SourceRateLimiter | undefined;
+  /** Binding answers per source (see bindingLimitFor): ICE needs them, so a higher rate than errors. */
+  private readonly bindingLimiter: SourceRateLimiter | undefined;
+
+  constructor(
+    private readonly o: AuthenticatorOptions,
+    private readonly replies: Replies,
+    private readonly drop: (reason: DropReason) => void,
+  ) {
+    const limit = o.unauthenticatedErrorLimit;
+    this.errorLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
+    this.bindingLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(bindingLimitFor(limit)) : undefined;
+  }
+
+  /** True when an error answer to an unauthenticated request from `address` is over its rate (dropped and counted). */
+  errorLimited(address: string): boolean {
+    return this.limited(this.errorLimiter, address);
+  }
+
+  /** True when a Binding answer to `address` is over its rate (dropped and counted). */
+  bindingLimited(address: string): boolean {
+    return this.limited(this.bindingLimiter, address);
+  }
+
+  /**
+   * Not an amplifier: over UDP the source of an unauthenticated request may be spoofed,
+   * so each source IP (an IPv6 /64) gets a bounded rate of answers.
+   */
+  private limited(limiter: SourceRateLimiter | undefined, address: string): boolean {
+    if (limiter === undefined || limiter.take(address, this.o.clock.now())) return false;
+    this.drop('rate_limited');
+    return true;
+  }
+
+  /** An unauthenticated error answer (no reason phrase, no integrity), unless over the rate. */
+  private reject(listener: ListenerHandle, message: StunMessage, address: string, port: number, code: number, now: number): undefined {
+    if (this.errorLimited(address)) return undefined;
+    if (code === ErrorCode.Unauthorized) this.o.counters.authFailures++;
+    const w = this.replies.error(message, code, '');
+    if (code !== ErrorCode.BadRequest) {
+      w.addText(Attr.Realm, this.o.credentials.realm);
+      w.addText(Attr.Nonce, this.o.nonces.issue(address, now));
+    }
+    this.replies.send(listener, message, w, undefined, address, port, methodName(message.method), code);
+    return undefined;
+  }
+
+  /**
+   * RFC 8489 §9.2.4. Returns the user, or undefined after answering 400/401/438.
+   * An unknown user and a wrong password get the very same 401.
+   */
+  authenticate(listener: ListenerHandle, message: StunMessage, address: string, port: number): Authenticated | undefined {
+    const now = this.o.clock.now();
+    const hasSha256 = message.integritySha256Offset >= 0;
+    if (message.integrityOffset < 0 && !hasSha256) return this.reject(listener, message, address, port, ErrorCode.Unauthorized, now);
+
+    const credentials = this.o.credentials;
+    const usernameValue = getAttribute(message, Attr.Username);
+    const userhashValue = getAttribute(message, Attr.Userhash);
+    const realmValue = getAttribute(message, Attr.Realm);
+    const nonceValue = getAttribute(message, Attr.Nonce);
+    if ((!usernameValue && !userhashValue) || !realmValue || !nonceValue) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
+    const realm = decodeText(realmValue, MAX_REALM_BYTES);
+    const nonce = decodeText(nonceValue, MAX_NONCE_BYTES);
+    let username = usernameValue ? decodeText(usernameValue, MAX_USERNAME_BYTES) : undefined;
+    if (!username && userhashValue) username = userhashValue.length === 32 ? credentials.usernameForUserhash(userhashValue) : undefined;
+    if (realm === undefined || nonce === undefined || (usernameValue && username === undefined)) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
+
+    let algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5;
+    const algorithmValue = getAttribute(message, Attr.PasswordAlgorithm);
+    if (algorithmValue) {
+      const entry = decodePasswordAlgorithm(algorithmValue);
+      if (!entry || !isKnownPasswordAlgorithm(entry.algorithm)) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
+      algorithm = entry.algorithm;
+    }
+    if (this.o.nonces.check(nonce, address, now) !== 'valid') return this.reject(listener, message, address, port, ErrorCode.StaleNonce, now);
+
+    const lookup = username !== undefined && realm === credentials.realm ? credentials.keysFor(username, now, algorithm) : undefined;
+    const keys = lookup?.ok ? lookup.keys : [credentials.decoyKey];
+    const raw = message.raw;
+    for (const key of keys) {
+      const ok = hasSha256 ? verifyIntegritySha256(raw, message.integritySha256Offset, key) : verifyIntegritySha1(raw, message.integrityOffset, key);
+      if (ok && lookup?.ok && username !== undefined) return { username, key };
+    }
+    return this.reject(listener, message, address, port, ErrorCode.Unauthorized, now);
+  }
+}

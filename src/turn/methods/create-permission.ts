@@ -1,0 +1,34 @@
+// CreatePermission (RFC 8656 §10.2, "Receiving a CreatePermission Request"):
+// installs or refreshes a permission for each XOR-PEER-ADDRESS, all or nothing.
+
+import { parseIPv4 } from '../../net/ip.js';
+import { Attr, ErrorCode, MessageClass, Method } from '../../stun/constants.js';
+import { getAttributes } from '../../stun/message.js';
+import { MessageWriter } from '../../stun/writer.js';
+import { PERMISSION_LIFETIME_MS } from '../allocation/allocation.js';
+import type { TurnContext } from '../context.js';
+import { TurnError } from '../errors.js';
+import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './request.js';
+
+export async function createPermission(ctx: TurnContext, r: MethodRequest): Promise<void> {
+  const { message } = r;
+  const allocation = requireAllocation(r);
+  // 1. At least one XOR-PEER-ADDRESS (400), and no more than one request may ask (508).
+  const values = getAttributes(message, Attr.XorPeerAddress);
+  if (values.length === 0) throw new TurnError(ErrorCode.BadRequest, 'XOR-PEER-ADDRESS missing');
+  if (values.length > ctx.limits.peersPerRequest) return overLimit(ctx, 'Too many peers in one request');
+  // 2. Every address of the allocation's family (443) and allowed by the server (403),
+  //    checked before any is installed: all or nothing.
+  const peers = values.map((v) => checkPeer(ctx, allocation, v, message.transactionId));
+  // 3. The permissions fit under the allocation's cap (508).
+  const added = new Set<string>();
+  for (const peer of peers) if (!allocation.permissionsByAddress.has(peer.address)) added.add(peer.address);
+  if (allocation.permissionsByAddress.size + added.size > ctx.limits.permissionsPerAllocation) return overLimit(ctx, 'Too many permissions');
+  // 4. Install or refresh each for the permission lifetime (RFC 8656 §9: the port is ignored).
+  const expiresAtMs = ctx.o.clock.now() + PERMISSION_LIFETIME_MS;
+  for (const peer of peers) allocation.permit(peer.address, parseIPv4(peer.address), expiresAtMs);
+  await ctx.writer.persist(allocation);
+  // 5. A success response without attributes.
+  const w = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, message.transactionId);
+  ctx.replies.send(r.listener, message, w, r.auth.key, r.address, r.port, 'create_permission', 200);
+}

@@ -1,0 +1,110 @@
+// The engine's ports: every interface the layers around src/turn implement or use.
+// Transport implements ClientPath and RelaySocketFactory; the cluster implements
+// ForeignPacketHandler and hands packets back through ClientPacketSink; ops reads
+// EngineSnapshot; all of them log through EngineLogger. Nothing outside src/turn
+// needs engine.ts for a type: the engine never sees a socket class, and its
+// neighbours never see an allocation.
+
+import type { ClientTransportKind } from '../store/types.js';
+
+/** Where client packets arrive and answers leave: a UDP listening socket, or one TCP/TLS connection. */
+export interface ClientPath {
+  readonly transport: ClientTransportKind;
+  readonly localAddress: string;
+  readonly localPort: number;
+  /** Sends a whole STUN message to the client. */
+  sendMessage(message: Buffer, port: number, address: string): void;
+  /**
+   * Sends head[0, headLength) followed by payload[offset, offset + length) as one
+   * message. `padTo4` asks for zero padding of the payload to a multiple of 4
+   * (a Data indication's DATA attribute; ChannelData on streams).
+   */
+  sendFramed(head: Buffer, headLength: number, payload: Buffer, offset: number, length: number, padTo4: boolean, port: number, address: string): void;
+}
+
+/** A relay socket: the relayed transport address of one allocation. */
+export interface RelaySocket {
+  readonly address: string;
+  readonly port: number;
+  send(payload: Buffer, offset: number, length: number, port: number, address: string): void;
+  close(): void;
+}
+
+export type PeerPacketHandler = (payload: Buffer, address: string, port: number) => void;
+
+/**
+ * Why a relay bind failed. 'in-use': that port is taken (EADDRINUSE), another may be free.
+ * 'unavailable': no socket can be had at all, whatever the port (EMFILE/ENFILE: out of
+ * descriptors; or EADDRNOTAVAIL, ENOBUFS...): `code` names the error.
+ */
+export type RelayBindFailure = { readonly failed: 'in-use' } | { readonly failed: 'unavailable'; readonly code: string };
+
+export function isBindFailure(r: RelaySocket | RelayBindFailure): r is RelayBindFailure {
+  return 'failed' in r;
+}
+
+export interface RelaySocketFactory {
+  /** Binds a UDP socket on address:port; resolves why not when it cannot. */
+  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure>;
+  /** True while a socket of this factory holds address:port (no system call: the factory keeps track). */
+  holds(address: string, port: number): boolean;
+  /** Relay sockets closed on address so far: a port found held can only be free again once this grows. */
+  closedCount(address: string): number;
+  /** After an 'unavailable' failure: whether a socket can be bound on address again (about once a second). */
+  available(address: string): Promise<boolean>;
+}
+
+/** The subset of pino's logger the engine (and the cluster and ops) use. */
+export interface EngineLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+}
+
+/**
+ * One place client packets arrive, as the engine registered it (addListener): outside
+ * src/turn only its path is visible; the engine keeps its allocations behind it.
+ */
+export interface ListenerHandle {
+  readonly path: ClientPath;
+}
+
+/** Where the cluster hands back a packet it held (TurnEngine implements it). */
+export interface ClientPacketSink {
+  /** `local`: the cluster already looked for another owner; the engine decides, whatever the outcome. */
+  handleClientPacket(listener: ListenerHandle, buf: Buffer, address: string, port: number, local?: boolean): void;
+}
+
+/**
+ * Where packets go that belong to no local allocation: in a cluster, the node that
+ * owns the allocation may be elsewhere (an anycast reroute moved the client here).
+ */
+export interface ForeignPacketHandler {
+  /**
+   * Returns true when it takes the packet (forwards it, or decides later and then
+   * hands it back through handleClientPacket with local = true); false lets the
+   * engine treat it as belonging to no allocation (drop, or 437 for a request).
+   */
+  offer(listener: ListenerHandle, buf: Buffer, address: string, port: number): boolean;
+}
+
+/** The relayed address family of an allocation: one IPv4, one IPv6, or both (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY). */
+export type RelayFamily = 'ipv4' | 'ipv6' | 'dual';
+
+/** Live state counted at one moment, for metrics (built on demand, never on the packet path). */
+export interface EngineSnapshot {
+  /** Allocations by client transport and relayed family; absent pairs are 0. */
+  readonly allocations: ReadonlyArray<{ readonly transport: ClientTransportKind; readonly family: RelayFamily; readonly count: number }>;
+  /** Installed permissions (peer IPs) over all allocations. */
+  readonly permissions: number;
+  /** Channel bindings over all allocations (quarantined ones included). */
+  readonly channels: number;
+  /** Allocations per username. */
+  readonly allocationsByUser: ReadonlyMap<string, number>;
+}
+
+/** What ops reads from the engine. */
+export interface EngineStats {
+  snapshot(): EngineSnapshot;
+}

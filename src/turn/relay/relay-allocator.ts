@@ -1,0 +1,187 @@
+// The relay allocator: everything between "this Allocate may go ahead" and "this
+// allocation exists": which relayed transport address(es) it gets (RFC 8656 §7.2:
+// RESERVATION-TOKEN, EVEN-PORT, REQUESTED- and ADDITIONAL-ADDRESS-FAMILY), the
+// socket binds (RelayPorts: port choice and reservations), and the claim of the
+// allocation in the store, retried on another port when the store says another
+// node holds it (anycast relay mode shares the relayed addresses cluster-wide).
+
+import { AddressFamily, ErrorCode } from '../../stun/constants.js';
+import type { AllocationStore } from '../../store/types.js';
+import { Allocation, type AllocationSeed } from '../allocation/allocation.js';
+import type { AllocateRefusalReason, EngineCounters } from '../counters.js';
+import type { AllocateRequest } from '../methods/allocate-request.js';
+import { type ClientPath, type PeerPacketHandler, type RelaySocket, isBindFailure } from '../ports.js';
+import { type BindBudget, RelayPorts, type RelayPortOptions, type RelayRefusal, isRelayRefusal, newBindBudget } from './relay-ports.js';
+
+/** Store claims per Allocate (each a port another node turned out to hold). */
+const MAX_PORT_ATTEMPTS = 64;
+/** A dual allocation's IPv6 port taken elsewhere this often: the Allocate goes on with IPv4 only (RFC 8656 §7.2). */
+const MAX_ADDITIONAL_PORT_ATTEMPTS = 8;
+
+export interface RelayAllocatorOptions extends RelayPortOptions {
+  readonly nodeId: string;
+  readonly store: AllocationStore;
+  readonly userQuota: number;
+  readonly counters: EngineCounters;
+}
+
+/** Why no allocation was made: a capacity refusal, an unknown RESERVATION-TOKEN, or the 5-tuple held in the store already. */
+export type ClaimRefusal = AllocateRefusalReason | 'unknown_token' | 'five_tuple_taken';
+
+export type Claim =
+  | {
+      readonly ok: true;
+      /** Claimed in the store, not yet in the table. */
+      readonly allocation: Allocation;
+      /** RESERVATION-TOKEN for the port reserved next to it (EVEN-PORT R bit). */
+      readonly reservedToken: Buffer | undefined;
+      /** Why a dual allocation has no IPv6 half (ADDRESS-ERROR-CODE). */
+      readonly additionalError: number | undefined;
+    }
+  | { readonly ok: false; readonly refused: ClaimRefusal; readonly err?: unknown };
+
+/** The state of one Allocate's claim while it runs; every socket in it is closed unless the claim succeeds. */
+interface Attempt {
+  relay: RelaySocket | undefined;
+  additional: RelaySocket | undefined;
+  reservedToken: Buffer | undefined;
+  additionalError: number | undefined;
+  additionalClashes: number;
+  /** Binds that may fail on ports held elsewhere, for this whole Allocate (both families, store retries). */
+  readonly budget: BindBudget;
+}
+
+export class RelayAllocator {
+  private readonly ports: RelayPorts;
+
+  constructor(private readonly o: RelayAllocatorOptions) {
+    this.ports = new RelayPorts(o);
+  }
+
+  get families(): { readonly ipv4: boolean; readonly ipv6: boolean } {
+    return { ipv4: this.o.relayAddressIPv4 !== undefined, ipv6: this.o.relayAddressIPv6 !== undefined };
+  }
+
+  /**
+   * Binds the relayed address(es) an Allocate asks for and claims the allocation in the
+   * store. `request.additionalError` set means the IPv6 half is not even tried.
+   */
+  async claim(seed: AllocationSeed, transactionId: string, path: ClientPath, request: AllocateRequest, onPacket: PeerPacketHandler): Promise<Claim> {
+    const a: Attempt = { relay: undefined, additional: undefined, reservedToken: undefined, additionalError: request.additionalError, additionalClashes: 0, budget: newBindBudget() };
+    try {
+      if (request.wantsDual && a.additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
+        const extra = await this.ports.bindInFamily(true, false, false, onPacket, a.budget);
+        if (isRelayRefusal(extra)) a.additionalError = ErrorCode.InsufficientCapacity;
+        else a.additional = extra.socket;
+      }
+      if (request.token) {
+        a.relay = await this.ports.redeem(request.token, onPacket);
+        if (!a.relay) return { ok: false, refused: 'unknown_token' };
+      }
+      let relayRefusal: RelayRefusal | undefined;
+      for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
+        if (!a.relay) {
+          const bound = await this.ports.bindInFamily(request.family === AddressFamily.IPv6, request.evenPort !== undefined, request.evenPort?.reserveNext ?? false, onPacket, a.budget);
+          if (isRelayRefusal(bound)) {
+            relayRefusal = bound;
+            break;
+          }
+          a.relay = bound.socket;
+          a.reservedToken = bound.token;
+        }
+        const done = await this.claimOnce(seed, transactionId, path, request, a, a.relay, onPacket);
+        if (done === 'retry') continue;
+        if (done === 'give-up') break;
+        return done;
+      }
+      return { ok: false, refused: relayRefusal ? refusalReason(relayRefusal) : 'relay_ports_full' };
+    } finally {
+      // Anything still held here belongs to no allocation.
+      a.relay?.close();
+      a.additional?.close();
+      if (a.reservedToken) this.ports.release(a.reservedToken);
+    }
+  }
+
+  /** One store claim with the sockets bound so far; 'retry' after a port clash, 'give-up' when the budget is spent. */
+  private async claimOnce(seed: AllocationSeed, transactionId: string, path: ClientPath, request: AllocateRequest, a: Attempt, relay: RelaySocket, onPacket: PeerPacketHandler): Promise<Claim | 'retry' | 'give-up'> {
+    const candidate = new Allocation(seed, path, { relay, additional: a.additional }, transactionId);
+    let outcome;
+    try {
+      outcome = await this.o.store.create(candidate.toRecord(this.o.nodeId), { userQuota: this.o.userQuota });
+    } catch (err) {
+      return { ok: false, refused: 'store_unavailable', err };
+    }
+    if (outcome.ok) {
+      candidate.version = outcome.record.version;
+      const claimed: Claim = { ok: true, allocation: candidate, reservedToken: a.reservedToken, additionalError: a.additionalError };
+      // Owned by the allocation now.
+      a.relay = undefined;
+      a.additional = undefined;
+      a.reservedToken = undefined;
+      return claimed;
+    }
+    if (outcome.reason === 'port-taken' && outcome.additional === true) {
+      // The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
+      // same shared address): take another one; none left is a 508 for that family only (RFC 8656 §7.2).
+      a.additional?.close();
+      const extra = ++a.additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? await this.ports.bindInFamily(true, false, false, onPacket, a.budget) : undefined;
+      a.additional = extra === undefined || isRelayRefusal(extra) ? undefined : extra.socket;
+      if (!a.additional) a.additionalError = ErrorCode.InsufficientCapacity;
+      return 'retry';
+    }
+    if (outcome.reason === 'port-taken' && !request.token) {
+      // Another node holds it (anycast relay mode): a collision like EADDRINUSE.
+      relay.close();
+      a.relay = undefined;
+      return --a.budget.collisions <= 0 ? 'give-up' : 'retry';
+    }
+    if (outcome.reason === 'user-quota') return { ok: false, refused: 'user_quota' };
+    return { ok: false, refused: 'five_tuple_taken' };
+  }
+
+  /** Gives back what a claimed allocation holds when it cannot be used after all (shutdown, connection gone). */
+  abandon(claim: Claim & { ok: true }): void {
+    claim.allocation.closeRelays();
+    if (claim.reservedToken) this.ports.release(claim.reservedToken);
+  }
+
+  /** A socket on a given relayed address (anycast relay mode: another node's allocation); undefined when it cannot be bound. */
+  async bindAt(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined> {
+    const bound = await this.o.relays.bind(address, port, onPacket);
+    return isBindFailure(bound) ? undefined : bound;
+  }
+
+  /**
+   * Why this node cannot take new allocations for want of its own resources, or
+   * undefined: no relay socket can be opened (out of descriptors: EMFILE/ENFILE, or
+   * another bind error), or, unicast relay mode, every relay port is in use here. In
+   * anycast relay mode the range is the cluster's, full on every node at once: not this
+   * node's capacity.
+   */
+  capacityProblem(anycastRelay: boolean): string | undefined {
+    const code = this.ports.unavailable;
+    if (code !== undefined) {
+      return code === 'EMFILE' || code === 'ENFILE'
+        ? `out of file descriptors (${code}): raise the open-file limit (ulimit -n / LimitNOFILE) or lower --total-quota`
+        : `relay sockets cannot be bound (${code})`;
+    }
+    if (!anycastRelay && this.ports.rangeFull()) return 'every relay port is in use (--min-port to --max-port on each --relay-ip)';
+    return undefined;
+  }
+
+  /** Releases reservations that ran out; probes whether relay sockets can be opened again. */
+  expire(now: number): void {
+    this.ports.expire(now);
+  }
+
+  /** Releases every reservation (shutdown). */
+  releaseAll(): void {
+    this.ports.releaseAll();
+  }
+}
+
+function refusalReason(refusal: RelayRefusal): AllocateRefusalReason {
+  if (refusal.refused === 'ports') return 'relay_ports_full';
+  return refusal.code === 'EMFILE' || refusal.code === 'ENFILE' ? 'no_descriptors' : 'bind_error';
+}

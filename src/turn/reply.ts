@@ -1,0 +1,63 @@
+// Answers to requests: error writers, sealing (MESSAGE-INTEGRITY, FINGERPRINT,
+// SOFTWARE), sending on the request's path, and counting each answer with how
+// long it took from receipt.
+
+import { performance } from 'node:perf_hooks';
+import { Attr, MessageClass, reasonPhrase } from '../stun/constants.js';
+import type { StunMessage } from '../stun/message.js';
+import { MessageWriter } from '../stun/writer.js';
+import type { EngineCounters } from './counters.js';
+import type { ListenerHandle } from './ports.js';
+
+export class Replies {
+  /** When each request in progress arrived (performance.now()), for the handling-time histogram. */
+  private readonly receivedAt = new WeakMap<StunMessage, number>();
+
+  constructor(
+    private readonly counters: EngineCounters,
+    /** SOFTWARE attribute; empty leaves it out. */
+    private readonly software: string,
+  ) {}
+
+  /** Notes when a request arrived (performance.now() read before it was decoded). */
+  received(request: StunMessage, at: number): void {
+    this.receivedAt.set(request, at);
+  }
+
+  /**
+   * An error response. `reason` '' leaves the reason phrase out (RFC 8489 §14.8 allows an
+   * empty one): answers to unauthenticated requests carry none, they would only add bytes
+   * towards a possibly spoofed source (a 401 went from 4.2x to 3.6x the request's size).
+   */
+  error(message: StunMessage, code: number, reason?: string): MessageWriter {
+    const w = new MessageWriter(message.method, MessageClass.ErrorResponse, message.transactionId);
+    w.addErrorCode(code, reason ?? reasonPhrase(code));
+    return w;
+  }
+
+  /**
+   * Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends.
+   * RFC 8489 §9.2.4: the response is signed with the algorithm that authenticated the
+   * request. authenticate() checks MESSAGE-INTEGRITY-SHA256 whenever the request has
+   * it, so its presence says which one that was; the full 32 bytes (§14.6).
+   */
+  send(listener: ListenerHandle, request: StunMessage, w: MessageWriter, key: Buffer | undefined, address: string, port: number, label: string, code: number): Buffer {
+    if (this.software) w.addText(Attr.Software, this.software);
+    if (key) {
+      if (request.integritySha256Offset >= 0) w.addIntegritySha256(key);
+      else w.addIntegrity(key);
+    }
+    if (request.fingerprintOffset >= 0) w.addFingerprint();
+    const out = w.toBuffer();
+    listener.path.sendMessage(out, port, address);
+    this.answered(request, label, code);
+    return out;
+  }
+
+  /** Counts an answered request and how long it took from receipt to response. */
+  answered(request: StunMessage, label: string, code: number): void {
+    this.counters.countRequest(label, code);
+    const receivedAt = this.receivedAt.get(request);
+    if (receivedAt !== undefined) this.counters.observeRequestSeconds(label, (performance.now() - receivedAt) / 1000);
+  }
+}

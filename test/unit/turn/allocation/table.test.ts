@@ -1,0 +1,66 @@
+// AllocationTable.snapshot and the gauges ops/metrics builds from it: metrics read
+// counts, never allocation internals.
+
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { createMetrics } from '../../../../src/ops/metrics.js';
+import { MemoryAllocationStore } from '../../../../src/store/memory.js';
+import { Allocation } from '../../../../src/turn/allocation/allocation.js';
+import { AllocationTable } from '../../../../src/turn/allocation/table.js';
+import { EngineCounters } from '../../../../src/turn/counters.js';
+import { FakeClientPath, FakeRelaySocket } from '../../../helpers/fake-io.js';
+
+const T0 = 1_700_000_000_000;
+
+function relay(address: string, port: number): FakeRelaySocket {
+  return new FakeRelaySocket(address, port, () => undefined, () => undefined);
+}
+
+function filledTable(): AllocationTable {
+  const table = new AllocationTable();
+  const udp = table.addListener(new FakeClientPath('udp'));
+  const tcp = table.addListener(new FakeClientPath('tcp'));
+  const seed = (key: string, clientPort: number, username: string) => ({ key, clientAddress: '198.51.100.7', clientPort, username, realm: 'r', createdAtMs: T0, expiresAtMs: T0 + 600_000 });
+  const a = new Allocation(seed('a', 1, 'alice'), udp.path, { relay: relay('192.0.2.10', 50000), additional: undefined });
+  const b = new Allocation(seed('b', 2, 'alice'), udp.path, { relay: relay('192.0.2.10', 50001), additional: relay('2001:db8::10', 50001) });
+  const c = new Allocation(seed('c', 3, 'bob'), tcp.path, { relay: relay('2001:db8::10', 50002), additional: undefined });
+  const p = a.permit('203.0.113.1', 0xcb007101, T0 + 300_000);
+  a.permit('203.0.113.2', 0xcb007102, T0 + 300_000);
+  a.bindChannel(0x4000, p, 5000, T0 + 600_000);
+  b.permit('203.0.113.3', 0xcb007103, T0 + 300_000);
+  table.add(udp, a);
+  table.add(udp, b);
+  table.add(tcp, c);
+  return table;
+}
+
+describe('AllocationTable.snapshot', () => {
+  it('counts allocations by transport and family, permissions, channels and allocations per user', () => {
+    const snapshot = filledTable().snapshot();
+    assert.deepEqual(
+      snapshot.allocations.map((e) => `${e.transport} ${e.family} ${e.count}`).sort(),
+      ['tcp ipv6 1', 'udp dual 1', 'udp ipv4 1'],
+    );
+    assert.equal(snapshot.permissions, 3);
+    assert.equal(snapshot.channels, 1);
+    assert.deepEqual([...snapshot.allocationsByUser].sort(), [
+      ['alice', 2],
+      ['bob', 1],
+    ]);
+  });
+
+  it('feeds the allocation, permission, channel and per-user gauges', async () => {
+    const table = filledTable();
+    const registry = createMetrics({ engine: table, counters: new EngineCounters(), store: new MemoryAllocationStore(), usernameLabels: true });
+    const text = await registry.metrics();
+    const line = (prefix: string): string | undefined => text.split('\n').find((l) => l.startsWith(prefix));
+    assert.equal(line('anyturn_allocations{transport="udp",family="dual"}'), 'anyturn_allocations{transport="udp",family="dual"} 1');
+    assert.equal(line('anyturn_allocations{transport="udp",family="ipv4"}'), 'anyturn_allocations{transport="udp",family="ipv4"} 1');
+    assert.equal(line('anyturn_allocations{transport="tcp",family="ipv6"}'), 'anyturn_allocations{transport="tcp",family="ipv6"} 1');
+    assert.equal(line('anyturn_permissions '), 'anyturn_permissions 3');
+    assert.equal(line('anyturn_channel_bindings '), 'anyturn_channel_bindings 1');
+    assert.equal(line('anyturn_user_allocations{user="alice"}'), 'anyturn_user_allocations{user="alice"} 2');
+    assert.equal(line('anyturn_user_allocations{user="bob"}'), 'anyturn_user_allocations{user="bob"} 1');
+  });
+});
