@@ -3,6 +3,7 @@
 // node in one process, or one worker of --workers (src/workers/worker.ts).
 
 import type { ServerConfig } from './config/index.js';
+import type { Logger } from './ops/log.js';
 import { createLogger } from './ops/log.js';
 import { createMetrics } from './ops/metrics.js';
 import { ClusterNode } from './server/cluster.js';
@@ -15,10 +16,49 @@ import type { RunningServer, ServerDeps } from './server/types.js';
 import { UdpRelayFactory } from './transport/udp/relay.js';
 import { systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
+import type { TurnEngine } from './turn/engine.js';
+import type { AllocationStore } from './store/types.js';
 
 export type { ClientResolver, ListeningAddress, RunningServer, ServerDeps, UdpFrontend } from './server/types.js';
 
 const TICK_MS = 1000;
+
+/** Why this node should not get new clients, drain aside; undefined when it should. */
+function capacityProblem(config: ServerConfig, engine: TurnEngine, store: AllocationStore): string | undefined {
+  if (!store.isAvailable()) return 'allocation store unavailable';
+  if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
+  // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
+  return engine.capacityProblem();
+}
+
+/** Once a second: the store's health first, then the engine's tick (expiry, refresh of the store). */
+function startTicking(config: ServerConfig, engine: TurnEngine, store: AllocationStore, cluster: ClusterNode | undefined, logger: Logger): NodeJS.Timeout {
+  const health = new StoreHealthWatcher(store, logger, () => {
+    // After an outage the store may have lost records (a restart without persistence): write every live one again.
+    engine.resyncAll();
+    cluster?.resetRouter();
+    if (config.cluster?.relayMode === 'anycast') void engine.syncFromStore().catch(() => undefined);
+  });
+  const timer = setInterval(() => {
+    health.check();
+    engine.tick().catch((err: unknown) => logger.error({ err }, 'tick failed'));
+  }, TICK_MS);
+  timer.unref();
+  return timer;
+}
+
+/** The start-up log line's fields, besides the listening addresses. */
+function startLine(config: ServerConfig, store: AllocationStore, cluster: ClusterNode | undefined, opsPort: number): Record<string, unknown> {
+  return {
+    relay: config.relayIps,
+    ports: `${config.minPort}-${config.maxPort}`,
+    realm: config.realm,
+    store: store.kind,
+    nodeId: config.nodeId,
+    mesh: cluster ? `${config.cluster?.meshAddress}:${cluster.mesh.port}` : undefined,
+    metrics: opsPort > 0 ? `${config.metricsIp}:${opsPort}` : undefined,
+  };
+}
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
   const logger = deps.logger ?? createLogger(config.logLevel);
@@ -33,15 +73,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
-  lifecycle.watch({
-    allocations: () => engine.allocations,
-    notReadyReason: () => {
-      if (!store.isAvailable()) return 'allocation store unavailable';
-      if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
-      // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
-      return engine.capacityProblem();
-    },
-  });
+  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, store) });
   const metrics = createMetrics({ engine, counters, store, cluster: cluster?.counters, streams: listeners.streamCounters, drain: lifecycle.drainSwitch, usernameLabels: config.prometheusUsernameLabels });
   const closeAll = async (): Promise<void> => {
     await lifecycle.closeOps();
@@ -56,14 +88,6 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await listeners.open();
     peerPolicy.addServer([], listeners.boundPorts);
     await cluster?.start(peerPolicy, registry, [...servicePorts, ...listeners.boundPorts]);
-    if (config.cluster?.relayMode === 'anycast') {
-      // Every node serves every allocation: take on those that exist before serving.
-      const adopted = await engine.syncFromStore().catch((err: unknown) => {
-        logger.warn({ err }, 'start-up sync from the store failed; allocations are taken on as their events arrive');
-        return 0;
-      });
-      logger.info({ adopted }, 'anycast relay: took on the allocations in the store');
-    }
     const opsPort = await lifecycle.startOps(config, metrics);
     if (opsPort > 0) peerPolicy.addServer([], [opsPort]);
   } catch (err) {
@@ -71,30 +95,11 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     throw err;
   }
 
-  const health = new StoreHealthWatcher(store, logger, () => {
-    // After an outage the store may have lost records (a restart without persistence): write every live one again.
-    engine.resyncAll();
-    cluster?.resetRouter();
-    if (config.cluster?.relayMode === 'anycast') void engine.syncFromStore().catch(() => undefined);
-  });
-  const timer = setInterval(() => {
-    health.check();
-    engine.tick().catch((err: unknown) => logger.error({ err }, 'tick failed'));
-  }, TICK_MS);
-  timer.unref();
+  const timer = startTicking(config, engine, store, cluster, logger);
 
   const listening = listeners.listening;
   logger.info(
-    {
-      listening,
-      relay: config.relayIps,
-      ports: `${config.minPort}-${config.maxPort}`,
-      realm: config.realm,
-      store: store.kind,
-      nodeId: config.nodeId,
-      mesh: cluster ? `${config.cluster?.meshAddress}:${cluster.mesh.port}` : undefined,
-      metrics: lifecycle.opsPort > 0 ? `${config.metricsIp}:${lifecycle.opsPort}` : undefined,
-    },
+    { listening, ...startLine(config, store, cluster, lifecycle.opsPort) },
     // A worker's line must not look like the node's: the primary says 'anyturn ready' once all workers are.
     deps.udpFrontend ? 'anyturn worker ready' : 'anyturn ready',
   );

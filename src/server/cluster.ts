@@ -73,7 +73,7 @@ export class ClusterNode {
     this.router?.attach(engine);
   }
 
-  /** Starts the mesh and joins the membership, announcing the node's addresses and ports. */
+  /** Starts the mesh and joins the membership, announcing the node's addresses and ports (attach() first). */
   async start(policy: PeerPolicy, registry: NodeRegistry, servicePorts: readonly number[]): Promise<void> {
     await this.mesh.start();
     policy.addServer([], [this.mesh.port]);
@@ -86,6 +86,16 @@ export class ClusterNode {
     };
     this.membership = new Membership(self, registry, this.logger, this.counters, (nodes) => learnClusterNodes(policy, nodes, this.logger));
     await this.membership.start();
+    if (this.cluster.relayMode === 'anycast') await this.adoptAll();
+  }
+
+  /** Anycast relay mode: every node serves every allocation, so take on those that exist before serving. */
+  private async adoptAll(): Promise<void> {
+    const adopted = await this.engine!.syncFromStore().catch((err: unknown) => {
+      this.logger.warn({ err }, 'start-up sync from the store failed; allocations are taken on as their events arrive');
+      return 0;
+    });
+    this.logger.info({ adopted }, 'anycast relay: took on the allocations in the store');
   }
 
   /** Before the engine stops: leave the membership, stop routing. */
