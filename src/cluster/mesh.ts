@@ -42,7 +42,7 @@ import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type
 import dgram from 'node:dgram';
 import { MESH_KEY_LABEL, deriveKey } from '../keys.js';
 import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../net/ip.js';
-import { literalLookup } from '../transport/lookup.js';
+import { bindUdpSocket, createUdpSocket } from '../transport/udp/socket.js';
 import type { MeshRejectReason } from './counters.js';
 
 const MAGIC = 0xa7;
@@ -180,7 +180,7 @@ export class MeshSocket {
     private readonly hooks: MeshHooks,
     options: MeshOptions = {},
   ) {
-    this.socket = dgram.createSocket({ type: address.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 4 * 1024 * 1024, lookup: literalLookup });
+    this.socket = createUdpSocket(address, { recvBufferSize: 4 * 1024 * 1024 });
     this.maxFrame = address.includes(':') ? MAX_UDP6_PAYLOAD : MAX_UDP4_PAYLOAD;
     this.key = createSecretKey(deriveKey(clusterSecret, MESH_KEY_LABEL));
     this.now = options.now ?? Date.now;
@@ -195,19 +195,13 @@ export class MeshSocket {
     return this.socket.address().port;
   }
 
-  start(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.socket.once('error', reject);
-      this.socket.bind({ address: this.address, port: this.requestedPort, exclusive: true }, () => {
-        this.socket.off('error', reject);
-        this.boundPort = this.socket.address().port;
-        // Above every number this sender used before a restart (it sent fewer than one frame per microsecond).
-        this.sequence = Math.floor(this.now() * 1000);
-        this.socket.on('error', (err) => this.hooks.onError(err));
-        this.socket.on('message', (msg, rinfo) => this.receive(msg, rinfo));
-        resolve();
-      });
-    });
+  async start(): Promise<void> {
+    await bindUdpSocket(this.socket, this.address, this.requestedPort);
+    this.boundPort = this.socket.address().port;
+    // Above every number this sender used before a restart (it sent fewer than one frame per microsecond).
+    this.sequence = Math.floor(this.now() * 1000);
+    this.socket.on('error', (err) => this.hooks.onError(err));
+    this.socket.on('message', (msg, rinfo) => this.receive(msg, rinfo));
   }
 
   private nextNonce(): void {

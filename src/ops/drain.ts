@@ -1,4 +1,4 @@
-// Drain (ARCHITECTURE §5): before maintenance, a node stops taking new
+// Drain (docs/architecture.md, the lifecycle): before maintenance, a node stops taking new
 // allocations (Allocate gets 403, as coturn answers on SIGUSR1) while the live
 // ones keep relaying until they end; /readyz says 503 "draining" so the BGP
 // speaker next to the node withdraws the anycast route.

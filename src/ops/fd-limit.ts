@@ -6,7 +6,7 @@
 
 import { readFileSync } from 'node:fs';
 import type { ServerConfig } from '../config/index.js';
-import { RESERVED_DESCRIPTORS } from '../transport/udp.js';
+import { RESERVED_DESCRIPTORS } from '../transport/udp/relay.js';
 
 /** Descriptors Node itself holds (stdio, epoll, signal pipes, worker threads) and a margin for the store and the log. */
 const BASE_DESCRIPTORS = 32;

@@ -7,7 +7,7 @@ import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.j
 import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
-import { FRAMING_ERRORS } from '../transport/stream.js';
+import { FRAMING_ERRORS } from '../transport/stream/framer.js';
 import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters } from '../turn/counters.js';
 import type { EngineStats } from '../turn/ports.js';
 

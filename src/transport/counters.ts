@@ -2,7 +2,7 @@
 // ops/metrics turns them into Prometheus metrics at scrape time.
 
 import { sourceBucketKey } from '../turn/auth/rate-limit.js';
-import { FRAMING_ERRORS, type FramingError } from './stream.js';
+import { FRAMING_ERRORS, type FramingError } from './stream/framer.js';
 
 /**
  * Default share of one source (an IPv4 address, an IPv6 /64) in the open TCP+TLS

@@ -4,16 +4,27 @@
 
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 
+/**
+ * A datagram between a client and the primary's listening socket `listener` (an index into
+ * --listening-ip). Flat on purpose: one of these crosses IPC per handed-over packet.
+ */
+interface Datagram {
+  readonly listener: number;
+  readonly address: string;
+  readonly port: number;
+  readonly data: Uint8Array;
+}
+
 /** Primary -> worker. */
 export type ToWorker =
   /** Sent once, first: what the worker needs that only the primary knows. */
-  | { readonly t: 'init'; readonly index: number; readonly count: number; readonly listeningPort: number; readonly nonceSecret: string }
-  /** A datagram that reached the primary's listening socket `l` (index into --listening-ip) from a.p. */
-  | { readonly t: 'packet'; readonly l: number; readonly a: string; readonly p: number; readonly d: Uint8Array }
-  | { readonly t: 'drain' }
-  | { readonly t: 'undrain' }
-  | { readonly t: 'stop' }
-  | { readonly t: 'metrics'; readonly id: number };
+  | { readonly type: 'init'; readonly index: number; readonly count: number; readonly listeningPort: number; readonly nonceSecret: string }
+  /** A datagram from client address:port that reached the primary's listening socket. */
+  | ({ readonly type: 'packet' } & Datagram)
+  | { readonly type: 'drain' }
+  | { readonly type: 'undrain' }
+  | { readonly type: 'stop' }
+  | { readonly type: 'metrics'; readonly id: number };
 
 export interface WorkerState {
   readonly ready: boolean;
@@ -28,15 +39,15 @@ export interface WorkerState {
 /** Worker -> primary. */
 export type FromWorker =
   /** Listening for 'init' (a message sent before the worker's code has run is lost). */
-  | { readonly t: 'hello' }
+  | { readonly type: 'hello' }
   /** Serving; `state` follows once a second, after a drain or undrain, and before a metrics answer if it changed. */
-  | { readonly t: 'started' }
-  | { readonly t: 'state'; readonly state: WorkerState }
-  /** Send d to a.p from listening socket l: an answer to a client that has no session. */
-  | { readonly t: 'send'; readonly l: number; readonly a: string; readonly p: number; readonly d: Uint8Array }
+  | { readonly type: 'started' }
+  | { readonly type: 'state'; readonly state: WorkerState }
+  /** Send `data` to address:port from the listening socket: an answer to a client that has no session. */
+  | ({ readonly type: 'send' } & Datagram)
   /** A datagram from another client that reached a session socket before connect(): dispatch it again. */
-  | { readonly t: 'stray'; readonly l: number; readonly a: string; readonly p: number; readonly d: Uint8Array }
-  | { readonly t: 'metrics'; readonly id: number; readonly metrics: MetricObjectWithValues<MetricValue<string>>[] };
+  | ({ readonly type: 'stray' } & Datagram)
+  | { readonly type: 'metrics'; readonly id: number; readonly metrics: MetricObjectWithValues<MetricValue<string>>[] };
 
 /** Bytes that crossed IPC: a Buffer view without a copy. */
 export function asBuffer(bytes: Uint8Array): Buffer {

@@ -1,17 +1,18 @@
 // A worker's UDP side. The primary hands over every packet from a client that has no
 // session yet; an authenticated Allocate opens a session (a socket connected to the
-// client, src/transport/udp-session.ts), and from then on the kernel delivers that
+// client, src/transport/udp/session.ts), and from then on the kernel delivers that
 // client's packets to this worker directly. Everything else (Binding, the first
 // unauthenticated Allocate, junk) is answered through the primary's socket.
 
 import { Attr, Method, MessageClass } from '../stun/constants.js';
 import { decodeMessage, findAttribute } from '../stun/message.js';
-import { UdpSession } from '../transport/udp-session.js';
+import { framedLength, writeFramed } from '../transport/framed.js';
+import { UdpSession } from '../transport/udp/session.js';
 import type { ClientPath } from '../turn/ports.js';
 import type { EngineCounters } from '../turn/counters.js';
-import type { EngineListener } from '../turn/allocation/table.js';
 import type { TurnEngine } from '../turn/engine.js';
-import type { ClientResolver, UdpFrontend } from '../server.js';
+import type { EngineListener } from '../turn/allocation/table.js';
+import type { ClientResolver, UdpFrontend } from '../server/types.js';
 
 /** A session without an allocation this long after its last packet is closed (a failed or deleted allocation). */
 const SESSION_IDLE_MS = 10_000;
@@ -36,10 +37,9 @@ class PrimaryPath implements ClientPath {
   }
 
   sendFramed(head: Buffer, headLength: number, payload: Buffer, offset: number, length: number, padTo4: boolean, port: number, address: string): void {
-    const pad = padTo4 ? (4 - (length & 3)) & 3 : 0;
-    const out = Buffer.alloc(headLength + length + pad);
-    head.copy(out, 0, 0, headLength);
-    payload.copy(out, headLength, offset, offset + length);
+    // Its own buffer: IPC sends it later, and the engine reuses `head`.
+    const out = Buffer.allocUnsafe(framedLength(headLength, length, padTo4));
+    writeFramed(out, head, headLength, payload, offset, length, padTo4);
     this.link.send(this.index, address, port, out);
   }
 }

@@ -9,7 +9,7 @@ import { startServer, type RunningServer } from '../server.js';
 import { EngineCounters } from '../turn/counters.js';
 import { type FromWorker, type ToWorker, type WorkerState, asBuffer, portSlice } from './protocol.js';
 import { WorkerUdpFrontend } from './udp-frontend.js';
-import { detectPortSharing } from './shared-port.js';
+import { detectPortSharing } from '../transport/udp/port-sharing.js';
 
 const STATE_EVERY_MS = 1000;
 /** Answers waiting in the IPC channel at most; past it they are dropped (a junk flood must not queue without bound). */
@@ -17,11 +17,11 @@ const MAX_PENDING_SENDS = 10_000;
 
 function send(message: FromWorker, done?: () => void): boolean {
   if (!process.connected) return false;
-  return process.send!(message, undefined, undefined, done ? () => done() : undefined);
+  return process.send!(message, undefined, undefined, done);
 }
 
 /** The config a worker runs with: its port slice, its share of --total-quota, its own node id and mesh port. */
-export function workerConfig(config: ServerConfig, init: Extract<ToWorker, { t: 'init' }>): ServerConfig {
+export function workerConfig(config: ServerConfig, init: Extract<ToWorker, { type: 'init' }>): ServerConfig {
   const slice = portSlice(config.minPort, config.maxPort, init.index, init.count);
   const cluster = config.cluster ? { ...config.cluster, meshPort: config.cluster.meshPort === 0 ? 0 : config.cluster.meshPort + init.index } : undefined;
   return {
@@ -37,35 +37,48 @@ export function workerConfig(config: ServerConfig, init: Extract<ToWorker, { t: 
   };
 }
 
-export async function runWorker(config: ServerConfig, baseLogger: Logger): Promise<void> {
-  const init = await new Promise<Extract<ToWorker, { t: 'init' }>>((resolve) => {
+/** Asks the primary for what only it knows, and waits for the answer. */
+function receiveInit(): Promise<Extract<ToWorker, { type: 'init' }>> {
+  return new Promise((resolve) => {
     const onInit = (message: ToWorker): void => {
-      if (message.t !== 'init') return;
+      if (message.type !== 'init') return;
       process.off('message', onInit);
       resolve(message);
     };
     process.on('message', onInit);
-    send({ t: 'hello' });
+    send({ type: 'hello' });
   });
-  const logger = baseLogger.child({ worker: init.index });
-  // Session sockets must share the port the way the primary's listeners do (the same Node: the same answer).
-  await detectPortSharing();
-  const counters = new EngineCounters();
+}
+
+/** The UDP side: answers through the primary's sockets, at most MAX_PENDING_SENDS of them in the IPC channel. */
+function primaryFrontend(counters: EngineCounters): WorkerUdpFrontend {
   let pendingSends = 0;
-  const frontend = new WorkerUdpFrontend(
+  const sent = (): void => {
+    pendingSends--;
+  };
+  return new WorkerUdpFrontend(
     {
-      send: (l, a, p, d) => {
+      send: (listener, address, port, data) => {
         if (pendingSends >= MAX_PENDING_SENDS) {
           counters.drops.send_queue_full++;
           return;
         }
         pendingSends++;
-        if (!send({ t: 'send', l, a, p, d }, () => pendingSends--)) pendingSends--;
+        if (!send({ type: 'send', listener, address, port, data }, sent)) pendingSends--;
       },
-      stray: (l, a, p, d) => void send({ t: 'stray', l, a, p, d }),
+      stray: (listener, address, port, data) => void send({ type: 'stray', listener, address, port, data }),
     },
     counters,
   );
+}
+
+export async function runWorker(config: ServerConfig, baseLogger: Logger): Promise<void> {
+  const init = await receiveInit();
+  const logger = baseLogger.child({ worker: init.index });
+  // Session sockets must share the port the way the primary's listeners do (the same Node: the same answer).
+  await detectPortSharing();
+  const counters = new EngineCounters();
+  const frontend = primaryFrontend(counters);
   let running: RunningServer;
   try {
     running = await startServer(workerConfig(config, init), { logger, udpFrontend: frontend, counters });
@@ -73,7 +86,11 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
     logger.fatal({ err }, 'worker could not start');
     process.exit(1);
   }
+  serve(running, frontend);
+}
 
+/** Reports the worker's state to the primary and does what the primary asks, until it stops. */
+function serve(running: RunningServer, frontend: WorkerUdpFrontend): void {
   const state = (): WorkerState => {
     const reason = running.notReadyReason();
     return { ready: reason === undefined, reason, draining: running.isDraining(), allocations: running.engine.allocations, sessions: frontend.sessions };
@@ -82,7 +99,7 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
   const report = (force: boolean): void => {
     const now = state();
     const text = JSON.stringify(now);
-    if (force || text !== last) send({ t: 'state', state: now });
+    if (force || text !== last) send({ type: 'state', state: now });
     last = text;
   };
   const timer = setInterval(() => report(true), STATE_EVERY_MS);
@@ -99,9 +116,9 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
       .catch(() => process.exit(1));
   };
   process.on('message', (message: ToWorker) => {
-    switch (message.t) {
+    switch (message.type) {
       case 'packet':
-        frontend.onPacket(message.l, message.a, message.p, asBuffer(message.d));
+        frontend.onPacket(message.listener, message.address, message.port, asBuffer(message.data));
         return;
       case 'drain':
         running.drain('primary');
@@ -115,7 +132,7 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
         // State first (it reaches the primary before the metrics do): the per-worker
         // gauges of this scrape then agree with the worker's own counts.
         report(false);
-        void running.metrics.getMetricsAsJSON().then((metrics) => send({ t: 'metrics', id: message.id, metrics }));
+        void running.metrics.getMetricsAsJSON().then((metrics) => send({ type: 'metrics', id: message.id, metrics }));
         return;
       case 'stop':
         stop();
@@ -126,6 +143,6 @@ export async function runWorker(config: ServerConfig, baseLogger: Logger): Promi
   process.on('disconnect', stop);
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
-  send({ t: 'started' });
+  send({ type: 'started' });
   report(true);
 }

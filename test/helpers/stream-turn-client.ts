@@ -1,5 +1,5 @@
 // A small TURN client over one TCP or TLS connection, for integration tests.
-// It frames the stream itself (not with src/transport/stream.ts, the code under
+// It frames the stream itself (not with src/transport/stream/framer.ts, the code under
 // test) and keeps every byte it received, so tests can look at the padding.
 
 import { randomBytes } from 'node:crypto';

@@ -7,7 +7,7 @@
 // uclient flags: `-t` is TCP to the server; `-S` alone is DTLS, `-t -S` is TLS.
 // uclient's TLS reader takes one message per SSL_read, i.e. per TLS record: a
 // server that puts two messages in one record loses the second for it. anyturn
-// writes one message per record on TLS (src/transport/tcp.ts). coturn 4.6.1
+// writes one message per record on TLS (src/transport/stream/connection.ts). coturn 4.6.1
 // batches records and loses about a third of the messages in the TLS cases here,
 // so with ANYTURN_INTEROP_TARGET=coturn only the TCP cases pass.
 

@@ -62,7 +62,7 @@ describe('derived keys', () => {
     const issuers = [a, b].flatMap((config) => [
       new NonceIssuer(config.nonceSecret, 600_000),
       // The primary hands its workers the secret (random per start unless given); they derive the same key.
-      ...[0, 1].map((index) => new NonceIssuer(workerConfig(config, { t: 'init', index, count: 2, listeningPort: 3478, nonceSecret: config.nonceSecret.toString('hex') }).nonceSecret, 600_000)),
+      ...[0, 1].map((index) => new NonceIssuer(workerConfig(config, { type: 'init', index, count: 2, listeningPort: 3478, nonceSecret: config.nonceSecret.toString('hex') }).nonceSecret, 600_000)),
     ]);
     for (const issuer of issuers) {
       const nonce = issuer.issue(CLIENT, NOW);

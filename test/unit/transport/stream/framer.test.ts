@@ -5,11 +5,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { encodeChannelData } from '../../../src/stun/channel-data.js';
-import { Attr, MessageClass, Method } from '../../../src/stun/constants.js';
-import { MessageWriter } from '../../../src/stun/writer.js';
-import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from '../../../src/transport/stream.js';
-import { SeededRandom } from '../../helpers/random.js';
+import { encodeChannelData } from '../../../../src/stun/channel-data.js';
+import { Attr, MessageClass, Method } from '../../../../src/stun/constants.js';
+import { MessageWriter } from '../../../../src/stun/writer.js';
+import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from '../../../../src/transport/stream/framer.js';
+import { SeededRandom } from '../../../helpers/random.js';
 
 // ANYTURN_FRAMER_SEED replays or explores another sequence; the default is fixed.
 const SEED = process.env.ANYTURN_FRAMER_SEED !== undefined ? Number(process.env.ANYTURN_FRAMER_SEED) >>> 0 : 0xf4a3e5;

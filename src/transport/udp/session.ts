@@ -1,4 +1,4 @@
-// A UDP "session": a socket bound to the listening address and port (SO_REUSEPORT, or SO_REUSEADDR: workers/shared-port.ts)
+// A UDP "session": a socket bound to the listening address and port (SO_REUSEPORT, or SO_REUSEADDR: port-sharing.ts)
 // and connect()ed to one client. Linux delivers a datagram to the connected socket
 // that matches its 4-tuple before any unconnected one on the same port, so once a
 // session exists, that client's packets reach the process holding it, whichever
@@ -7,13 +7,12 @@
 //
 // Sends need no destination: no address parsing and no route lookup per packet.
 
-import dgram from 'node:dgram';
-import { literalLookup } from './lookup.js';
-import { sharedPortOptions } from '../workers/shared-port.js';
-import type { ClientPath } from '../turn/ports.js';
+import type dgram from 'node:dgram';
+import type { ClientPath } from '../../turn/ports.js';
+import { writeFramed } from '../framed.js';
+import { sharedPortOptions } from './port-sharing.js';
+import { DATAGRAM_SCRATCH_BYTES, MAX_SEND_QUEUE, bindUdpSocket, createUdpSocket } from './socket.js';
 
-const ZEROS = Buffer.alloc(4);
-const MAX_SEND_QUEUE = 4096;
 const SOCKET_BUFFER_BYTES = 1024 * 1024;
 
 export interface UdpSessionHooks {
@@ -27,7 +26,7 @@ export interface UdpSessionHooks {
 export class UdpSession implements ClientPath {
   readonly transport = 'udp' as const;
   private readonly socket: dgram.Socket;
-  private scratch = Buffer.allocUnsafe(65536 + 64);
+  private scratch = Buffer.allocUnsafe(DATAGRAM_SCRATCH_BYTES);
   private connected = false;
   private closed = false;
   /** Packets from the client, for the idle sweep (no clock read per packet). */
@@ -40,45 +39,43 @@ export class UdpSession implements ClientPath {
     readonly clientPort: number,
     private readonly hooks: UdpSessionHooks,
   ) {
-    this.socket = dgram.createSocket({
-      type: localAddress.includes(':') ? 'udp6' : 'udp4',
-      ...sharedPortOptions(), // SO_REUSEPORT where possible (workers/shared-port.ts)
+    this.socket = createUdpSocket(localAddress, {
+      ...sharedPortOptions(), // SO_REUSEPORT where possible (port-sharing.ts)
       recvBufferSize: SOCKET_BUFFER_BYTES,
       sendBufferSize: SOCKET_BUFFER_BYTES,
-      lookup: literalLookup,
     });
   }
 
   /** Binds next to the listening socket and connects to the client; resolves false if either fails. */
-  open(): Promise<boolean> {
-    return new Promise((resolve) => {
-      const socket = this.socket;
-      const fail = (): void => {
-        this.close();
-        resolve(false);
-      };
-      socket.once('error', fail);
-      socket.on('message', (msg, rinfo) => {
-        // Before connect() the socket was one more unconnected listener for a moment.
-        if (rinfo.port !== this.clientPort || rinfo.address !== this.clientAddress) return this.hooks.onStray(this, msg, rinfo.address, rinfo.port);
-        this.packets++;
-        this.hooks.onPacket(this, msg);
-      });
-      socket.bind({ address: this.localAddress, port: this.localPort, exclusive: true }, () => {
-        const connected = (): void => {
-          socket.off('error', fail);
-          // ICMP port unreachable surfaces as ECONNREFUSED on a connected socket: the client
-          // went away; its allocation expires as usual.
-          socket.on('error', () => undefined);
-          this.connected = true;
-          resolve(true);
-        };
-        // connect() throws synchronously for a port it refuses (0): a failed session, not a crash.
-        try {
-          socket.connect(this.clientPort, this.clientAddress, connected);
-        } catch {
-          fail();
-        }
+  async open(): Promise<boolean> {
+    const socket = this.socket;
+    socket.on('message', (msg, rinfo) => {
+      // Before connect() the socket was one more unconnected listener for a moment.
+      if (rinfo.port !== this.clientPort || rinfo.address !== this.clientAddress) return this.hooks.onStray(this, msg, rinfo.address, rinfo.port);
+      this.packets++;
+      this.hooks.onPacket(this, msg);
+    });
+    try {
+      await bindUdpSocket(socket, this.localAddress, this.localPort);
+      await this.connect(socket);
+    } catch {
+      this.close();
+      return false;
+    }
+    // ICMP port unreachable surfaces as ECONNREFUSED on a connected socket: the client
+    // went away; its allocation expires as usual.
+    socket.on('error', () => undefined);
+    this.connected = true;
+    return true;
+  }
+
+  private connect(socket: dgram.Socket): Promise<void> {
+    return new Promise((resolve, reject) => {
+      socket.once('error', reject);
+      // connect() throws synchronously for a port it refuses (0): a failed session, not a crash.
+      socket.connect(this.clientPort, this.clientAddress, () => {
+        socket.off('error', reject);
+        resolve();
       });
     });
   }
@@ -94,15 +91,10 @@ export class UdpSession implements ClientPath {
     const socket = this.socket;
     const queued = socket.getSendQueueCount();
     if (queued > MAX_SEND_QUEUE) return this.hooks.onCongestionDrop();
-    const pad = padTo4 ? (4 - (length & 3)) & 3 : 0;
-    const total = headLength + length + pad;
     // A queued send still points at the scratch buffer: use a fresh one.
-    if (queued > 0) this.scratch = Buffer.allocUnsafe(65536 + 64);
+    if (queued > 0) this.scratch = Buffer.allocUnsafe(DATAGRAM_SCRATCH_BYTES);
     const scratch = this.scratch;
-    head.copy(scratch, 0, 0, headLength);
-    payload.copy(scratch, headLength, offset, offset + length);
-    if (pad) ZEROS.copy(scratch, headLength + length, 0, pad);
-    socket.send(scratch, 0, total);
+    socket.send(scratch, 0, writeFramed(scratch, head, headLength, payload, offset, length, padTo4));
   }
 
   close(): void {

@@ -1,5 +1,5 @@
-// How the primary's listening sockets and the workers' session sockets share one UDP
-// port, and how many handed-over datagrams may wait in a worker's IPC channel.
+// How the primary's listening sockets and the workers' session sockets (src/workers/)
+// share one UDP port.
 //
 // Sharing: with SO_REUSEADDR (the only reuse option Node 20's dgram has; libuv sets
 // SO_REUSEADDR, not SO_REUSEPORT, on Linux) Linux lets ANY local user bind the same
@@ -13,7 +13,8 @@
 // found by trying it once; elsewhere SO_REUSEADDR remains, the primary logs a
 // warning at start, and such hosts must not have untrusted local users (README).
 
-import dgram from 'node:dgram';
+import type dgram from 'node:dgram';
+import { bindUdpSocket, createUdpSocket } from './socket.js';
 
 export type PortSharing = 'reuseport' | 'reuseaddr';
 
@@ -29,16 +30,16 @@ export function portSharing(): PortSharing {
   return sharing;
 }
 
-function bind(port: number): Promise<dgram.Socket | undefined> {
-  return new Promise((resolve) => {
-    // An option this Node does not know is ignored: the second bind below then fails.
-    const socket = dgram.createSocket({ type: 'udp4', reusePort: true } as dgram.SocketOptions);
-    socket.once('error', () => {
-      socket.close();
-      resolve(undefined);
-    });
-    socket.bind({ address: '127.0.0.1', port, exclusive: true }, () => resolve(socket));
-  });
+async function bind(port: number): Promise<dgram.Socket | undefined> {
+  // An option this Node does not know is ignored: the second bind below then fails.
+  const socket = createUdpSocket('127.0.0.1', { reusePort: true });
+  try {
+    await bindUdpSocket(socket, '127.0.0.1', port);
+    return socket;
+  } catch {
+    socket.close();
+    return undefined;
+  }
 }
 
 /**
@@ -53,33 +54,4 @@ export async function detectPortSharing(): Promise<PortSharing> {
   first.close();
   second?.close();
   return (sharing = second ? 'reuseport' : 'reuseaddr');
-}
-
-/** Datagrams handed to one worker and not yet written to its IPC channel, at most. */
-export const MAX_IPC_IN_FLIGHT = 10_000;
-
-/**
- * The primary's IPC backpressure towards one worker. worker.send() queues in the
- * parent's memory when the channel is full (it returns false, and its callback runs
- * once the message is written): a junk flood faster than the worker reads would queue
- * without bound. Past `max` messages in flight a datagram is dropped and counted.
- * `release` is made once per worker, not per message.
- */
-export class IpcWindow {
-  inFlight = 0;
-  dropped = 0;
-  readonly release = (): void => {
-    this.inFlight--;
-  };
-  constructor(readonly max: number = MAX_IPC_IN_FLIGHT) {}
-
-  /** True when one more message may go (counted in flight); false: drop it (counted). */
-  acquire(): boolean {
-    if (this.inFlight >= this.max) {
-      this.dropped++;
-      return false;
-    }
-    this.inFlight++;
-    return true;
-  }
 }

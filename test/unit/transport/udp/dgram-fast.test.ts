@@ -9,10 +9,11 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 
-import { SEND_DONE, SEND_FAILED, UdpSender, receiveFromHandle } from '../../../src/transport/dgram-fast.js';
-import { literalLookup } from '../../../src/transport/lookup.js';
-import { FramedSender, UdpRelayFactory } from '../../../src/transport/udp.js';
-import { isBindFailure } from '../../../src/turn/ports.js';
+import { SEND_DONE, SEND_FAILED, UdpSender, receiveFromHandle } from '../../../../src/transport/udp/dgram-fast.js';
+import { literalLookup } from '../../../../src/transport/udp/lookup.js';
+import { FramedSender } from '../../../../src/transport/udp/framed-sender.js';
+import { UdpRelayFactory } from '../../../../src/transport/udp/relay.js';
+import { isBindFailure } from '../../../../src/turn/ports.js';
 
 interface Received {
   readonly data: Buffer;
@@ -240,12 +241,14 @@ describe('FramedSender', () => {
   it('gives every queued datagram its own bytes (libuv made to queue every send)', async () => {
     // --test-udp-no-try-send makes UDPWrap skip uv_udp_try_send: every send is queued, so
     // a scratch buffer reused after a queued send would corrupt the datagrams before it.
-    const udpModule = new URL('../../../src/transport/udp.js', import.meta.url).href;
-    const fastModule = new URL('../../../src/transport/dgram-fast.js', import.meta.url).href;
-    const lookupModule = new URL('../../../src/transport/lookup.js', import.meta.url).href;
+    const framedModule = new URL('../../../../src/transport/udp/framed-sender.js', import.meta.url).href;
+    const relayModule = new URL('../../../../src/transport/udp/relay.js', import.meta.url).href;
+    const fastModule = new URL('../../../../src/transport/udp/dgram-fast.js', import.meta.url).href;
+    const lookupModule = new URL('../../../../src/transport/udp/lookup.js', import.meta.url).href;
     const script = `
       import dgram from 'node:dgram';
-      import { FramedSender, UdpRelayFactory } from ${JSON.stringify(udpModule)};
+      import { FramedSender } from ${JSON.stringify(framedModule)};
+      import { UdpRelayFactory } from ${JSON.stringify(relayModule)};
       import { UdpSender, SEND_QUEUED } from ${JSON.stringify(fastModule)};
       import { literalLookup } from ${JSON.stringify(lookupModule)};
       const bind = (s) => new Promise((r) => s.bind(0, '127.0.0.1', () => r()));

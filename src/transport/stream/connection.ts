@@ -1,14 +1,14 @@
-// TCP and TLS client listeners (RFC 8656 §3.1: TURN over TCP on the same port
-// number as UDP, TURN over TLS on its own, 5349 by default). Every connection is
-// its own ClientPath: the engine ties the connection's allocation to it, and the
+// One TCP or TLS client connection (RFC 8656 §3.1, RFC 6062 framing): the engine's
+// ClientPath for that client. The engine ties the connection's allocation to it, and the
 // allocation goes when the connection does.
 
-import net from 'node:net';
-import tls from 'node:tls';
-import { decodeMessage } from '../stun/message.js';
-import type { ClientPath } from '../turn/ports.js';
-import { type ConnectionCloseReason, StreamCounters, type StreamTransport } from './counters.js';
-import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from './stream.js';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { decodeMessage } from '../../stun/message.js';
+import type { ClientPath } from '../../turn/ports.js';
+import { type ConnectionCloseReason, StreamCounters, type StreamTransport } from '../counters.js';
+import { framedLength, writeFramed } from '../framed.js';
+import { DEFAULT_MAX_FRAME_BYTES, StreamFramer } from './framer.js';
 
 /** Above this many bytes queued for a client that does not read, drop what the relay sends it. */
 export const DEFAULT_MAX_WRITE_QUEUE_BYTES = 1024 * 1024;
@@ -16,13 +16,8 @@ export const DEFAULT_MAX_WRITE_QUEUE_BYTES = 1024 * 1024;
 const KEEPALIVE_DELAY_MS = 30_000;
 const EMPTY = Buffer.alloc(0);
 
-export interface StreamListenerOptions {
-  readonly transport: StreamTransport;
-  readonly address: string;
-  /** 0: an ephemeral port. */
-  readonly port: number;
-  /** PEM certificate chain and private key, for transport 'tls'. */
-  readonly tls?: { readonly cert: Buffer; readonly key: Buffer };
+/** What one connection is held to (a listener's options carry them). */
+export interface StreamConnectionOptions {
   /** Closes a connection that has not sent a valid STUN message this long after accept (TLS handshake included). */
   readonly idleTimeoutMs: number;
   /**
@@ -30,18 +25,9 @@ export interface StreamListenerOptions {
    * when it holds no allocation (never allocated, or deleted by Refresh 0 or expiry). 0: never.
    */
   readonly unallocatedTimeoutMs: number;
-  /** Open connections over every listener sharing `counters`; beyond it new ones are closed at once. 0: no cap. */
-  readonly maxConnections: number;
-  /**
-   * Of those, open connections from one source (an IPv4 address, an IPv6 /64) over every
-   * listener sharing `counters`; beyond it the source's new ones are closed at once. 0: no limit.
-   */
-  readonly maxConnectionsPerSource?: number;
   /** Longest frame, and so most unparsed bytes held per connection. */
   readonly maxFrameBytes?: number;
   readonly maxWriteQueueBytes?: number;
-  /** In a node:cluster worker: let the primary hold the listening socket and share out connections. */
-  readonly shared?: boolean;
 }
 
 /** What a connection's messages are handed to: the engine's side of one connection. */
@@ -61,7 +47,7 @@ export interface StreamListenerHooks {
 }
 
 /** "::ffff:192.0.2.1" (an IPv4 client on a dual-stack socket) -> "192.0.2.1". */
-function plainAddress(address: string | undefined): string {
+export function plainAddress(address: string | undefined): string {
   if (address === undefined) return '';
   return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
@@ -102,7 +88,7 @@ export class StreamConnection implements ClientPath {
   constructor(
     readonly transport: StreamTransport,
     private readonly raw: net.Socket,
-    options: StreamListenerOptions,
+    options: StreamConnectionOptions,
     private readonly counters: StreamCounters,
     private readonly hooks: StreamListenerHooks,
     private readonly onFinished: (connection: StreamConnection) => void,
@@ -246,12 +232,9 @@ export class StreamConnection implements ClientPath {
   sendFramed(head: Buffer, headLength: number, payload: Buffer, offset: number, length: number, padTo4: boolean): void {
     const socket = this.writableSocket();
     if (!socket) return;
-    const pad = padTo4 ? (4 - (length & 3)) & 3 : 0;
     // One buffer, one write: the engine reuses `head`, and nothing may come between a head and its payload.
-    const out = Buffer.allocUnsafe(headLength + length + pad);
-    head.copy(out, 0, 0, headLength);
-    payload.copy(out, headLength, offset, offset + length);
-    if (pad) out.fill(0, headLength + length);
+    const out = Buffer.allocUnsafe(framedLength(headLength, length, padTo4));
+    writeFramed(out, head, headLength, payload, offset, length, padTo4);
     this.write(socket, out);
   }
 
@@ -277,108 +260,5 @@ export class StreamConnection implements ClientPath {
     this.onFinished(this);
     this.session?.onClose();
     this.resolveClosed();
-  }
-}
-
-/** Accepts TCP (or TLS over TCP) connections on one address. */
-export class StreamClientListener {
-  private readonly server: net.Server;
-  /**
-   * For TLS: a tls.Server that never listens; accepted sockets are handed to it
-   * (its documented 'connection' injection), so the connection cap and the idle
-   * deadline apply before a handshake costs anything.
-   */
-  private readonly tlsServer: tls.Server | undefined;
-  private readonly connections = new Map<string, StreamConnection>();
-  private boundPort = 0;
-  private closing = false;
-
-  constructor(private readonly options: StreamListenerOptions, private readonly counters: StreamCounters, private readonly hooks: StreamListenerHooks) {
-    if (options.transport === 'tls') {
-      if (!options.tls) throw new Error('a TLS listener needs a certificate and a key');
-      this.tlsServer = tls.createServer({ cert: options.tls.cert, key: options.tls.key, handshakeTimeout: options.idleTimeoutMs + 1000 });
-      this.tlsServer.on('secureConnection', (socket: tls.TLSSocket) => {
-        const connection = this.connections.get(`${plainAddress(socket.remoteAddress)}|${socket.remotePort ?? 0}`);
-        if (connection) connection.secured(socket);
-        else socket.destroy();
-      });
-      // A failed handshake destroys the socket; the connection counts it when it closes.
-      this.tlsServer.on('tlsClientError', () => undefined);
-    }
-    this.server = net.createServer({ noDelay: true }, (socket) => this.onSocket(socket));
-  }
-
-  get transport(): StreamTransport {
-    return this.options.transport;
-  }
-
-  get localAddress(): string {
-    return this.options.address;
-  }
-
-  get localPort(): number {
-    return this.boundPort;
-  }
-
-  get connectionCount(): number {
-    return this.connections.size;
-  }
-
-  start(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      this.server.once('error', onError);
-      this.server.listen({ host: this.options.address, port: this.options.port, exclusive: !this.options.shared }, () => {
-        this.server.off('error', onError);
-        this.server.on('error', (err) => this.hooks.onError(err));
-        const address = this.server.address();
-        this.boundPort = typeof address === 'object' && address !== null ? address.port : 0;
-        resolve();
-      });
-    });
-  }
-
-  private onSocket(socket: net.Socket): void {
-    const transport = this.options.transport;
-    const max = this.options.maxConnections;
-    socket.on('error', () => undefined);
-    if (this.closing || (max > 0 && this.counters.openTotal >= max)) {
-      this.counters.refused[transport][this.closing ? 'shutdown' : 'max_connections']++;
-      socket.destroy();
-      return;
-    }
-    // Reset between accept and now: nothing to serve.
-    if (socket.remoteAddress === undefined) {
-      socket.destroy();
-      return;
-    }
-    // One source may not take the whole cap (TCP and TLS together): one host with 100
-    // connections filled a cap of 100. Checked at accept, before a TLS handshake costs anything.
-    const source = StreamCounters.sourceKey(plainAddress(socket.remoteAddress));
-    const perSource = this.options.maxConnectionsPerSource ?? 0;
-    if (perSource > 0 && this.counters.openFrom(source) >= perSource) {
-      this.counters.refused[transport].per_source++;
-      socket.destroy();
-      return;
-    }
-    this.counters.accepted[transport]++;
-    this.counters.open[transport]++;
-    const connection = new StreamConnection(transport, socket, this.options, this.counters, this.hooks, (c) => {
-      if (this.connections.get(c.remoteKey) === c) this.connections.delete(c.remoteKey);
-    });
-    // Under the key its close will release (the same as `source`; 'close' comes later, never here).
-    this.counters.sourceOpened(connection.sourceKey);
-    this.connections.set(connection.remoteKey, connection);
-    connection.attach(this.hooks.onConnection(connection));
-    this.tlsServer?.emit('connection', socket);
-  }
-
-  /** Stops accepting and closes every connection. */
-  close(): Promise<void> {
-    this.closing = true;
-    const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    const open = [...this.connections.values()];
-    for (const connection of open) connection.close('shutdown');
-    return Promise.all([stopped, ...open.map((c) => c.closed)]).then(() => undefined);
   }
 }

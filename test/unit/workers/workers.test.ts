@@ -8,17 +8,18 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 
-import { buildConfig, type RawOptions } from '../../src/config/index.js';
-import { BASE, refused } from '../helpers/config.js';
-import { encodeRequestedTransport } from '../../src/stun/attributes.js';
-import { MessageClass, Method, Attr, TRANSPORT_UDP } from '../../src/stun/constants.js';
-import { longTermKey } from '../../src/stun/integrity.js';
-import { MessageWriter } from '../../src/stun/writer.js';
-import { portSlice, workerFor, type ToWorker } from '../../src/workers/protocol.js';
-import { isAuthenticatedAllocate } from '../../src/workers/udp-frontend.js';
-import { workerConfig } from '../../src/workers/worker.js';
-import { IpcWindow, MAX_IPC_IN_FLIGHT, detectPortSharing, sharedPortOptions } from '../../src/workers/shared-port.js';
-import { SeededRandom } from '../helpers/random.js';
+import { buildConfig, type RawOptions } from '../../../src/config/index.js';
+import { BASE, refused } from '../../helpers/config.js';
+import { encodeRequestedTransport } from '../../../src/stun/attributes.js';
+import { MessageClass, Method, Attr, TRANSPORT_UDP } from '../../../src/stun/constants.js';
+import { longTermKey } from '../../../src/stun/integrity.js';
+import { MessageWriter } from '../../../src/stun/writer.js';
+import { portSlice, workerFor, type ToWorker } from '../../../src/workers/protocol.js';
+import { isAuthenticatedAllocate } from '../../../src/workers/udp-frontend.js';
+import { workerConfig } from '../../../src/workers/worker.js';
+import { IpcWindow, MAX_IPC_IN_FLIGHT } from '../../../src/workers/ipc-window.js';
+import { detectPortSharing, sharedPortOptions } from '../../../src/transport/udp/port-sharing.js';
+import { SeededRandom } from '../../helpers/random.js';
 
 
 /** Every slice of [min, max] for `count` workers, checked to be disjoint, in order, covering, and even. */
@@ -180,7 +181,7 @@ describe('workers: isAuthenticatedAllocate', () => {
 });
 
 describe('workers: workerConfig', () => {
-  const init = (index: number, count: number): Extract<ToWorker, { t: 'init' }> => ({ t: 'init', index, count, listeningPort: 34567, nonceSecret: 'ab'.repeat(16) });
+  const init = (index: number, count: number): Extract<ToWorker, { type: 'init' }> => ({ type: 'init', index, count, listeningPort: 34567, nonceSecret: 'ab'.repeat(16) });
 
   it('a worker gets its port slice, a share of --total-quota, its node id, the primary\'s port and nonce secret, and no ops endpoint', () => {
     const config = buildConfig({ ...BASE, 'listening-port': 0, 'min-port': 40000, 'max-port': 40099, 'total-quota': 101, 'node-id': 'pop1', 'metrics-port': 9641, 'drain-exit': true, workers: 3 });

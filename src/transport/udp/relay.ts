@@ -1,0 +1,153 @@
+// Relay sockets: the relayed transport addresses of allocations (RFC 8656 §7.2), bound
+// by a factory that keeps track of the ports it holds and of spare descriptors.
+
+import type dgram from 'node:dgram';
+import { closeSync, openSync } from 'node:fs';
+import type { PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../turn/ports.js';
+import { SEND_QUEUED, UdpSender, receiveFromHandle } from './dgram-fast.js';
+import { SendScratch } from './framed-sender.js';
+import { bindUdpSocket, createUdpSocket } from './socket.js';
+
+class UdpRelaySocket implements RelaySocket {
+  private closed = false;
+  private readonly sender: UdpSender;
+  constructor(
+    private readonly socket: dgram.Socket,
+    readonly address: string,
+    readonly port: number,
+    /** Shared by the factory's relay sockets. */
+    private readonly scratch: SendScratch,
+    private readonly onClose: (socket: UdpRelaySocket) => void,
+  ) {
+    this.sender = new UdpSender(socket);
+  }
+
+  send(payload: Buffer, offset: number, length: number, port: number, address: string): void {
+    if (this.closed) return;
+    const sender = this.sender;
+    const scratch = this.scratch;
+    // Part of a received datagram (the data of a ChannelData message or a Send indication)
+    // is copied to the scratch, whose views are cached: a view of the part would be an
+    // object per packet. The whole of one, or anything the fast path does not take, goes as
+    // it is (a queued send may keep it: nobody changes a received datagram).
+    if (!sender.fast || (offset === 0 && length === payload.length) || payload.length > scratch.buffer.length || offset < 0 || length < 0 || offset + length > payload.length) {
+      sender.sendUnchanging(payload, offset, length, port, address);
+      return;
+    }
+    scratch.buffer.set(payload, 0);
+    if (sender.send(scratch.view(offset, length), 0, length, port, address) === SEND_QUEUED) scratch.replace();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.onClose(this);
+    try {
+      this.socket.close();
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/** Descriptors set aside (see UdpRelayFactory): enough for /readyz, a /metrics scrape and a few store reconnects. */
+export const RESERVED_DESCRIPTORS = 16;
+const IN_USE: RelayBindFailure = { failed: 'in-use' };
+
+/** Ports this process holds on one relay address, and how many it has let go. */
+interface AddressPorts {
+  readonly bound: Uint8Array;
+  closed: number;
+}
+
+/**
+ * Binds relay sockets and keeps track of the ports it holds, so that port choice never
+ * spends a system call on a port this process already has. It also sets aside a few
+ * descriptors (on /dev/null): when a bind fails for want of descriptors they are let go,
+ * so the ops endpoint can still accept /readyz and /metrics and the log can still be
+ * written while the node is out; available() takes them back before saying yes.
+ */
+export class UdpRelayFactory implements RelaySocketFactory {
+  private readonly scratch = new SendScratch();
+  private readonly ports = new Map<string, AddressPorts>();
+  private reserve: number[] = [];
+
+  constructor(private readonly onError: (err: Error) => void, private readonly reserveCount = RESERVED_DESCRIPTORS) {
+    this.takeReserve();
+  }
+
+  private portsOf(address: string): AddressPorts {
+    let p = this.ports.get(address);
+    if (!p) this.ports.set(address, (p = { bound: new Uint8Array(65536), closed: 0 }));
+    return p;
+  }
+
+  holds(address: string, port: number): boolean {
+    return this.ports.get(address)?.bound[port] === 1;
+  }
+
+  closedCount(address: string): number {
+    return this.ports.get(address)?.closed ?? 0;
+  }
+
+  async bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure> {
+    const socket = createUdpSocket(address);
+    try {
+      await bindUdpSocket(socket, address, port);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      try {
+        socket.close();
+      } catch {
+        // never bound
+      }
+      if (err.code === 'EADDRINUSE') return IN_USE;
+      if (err.code === 'EMFILE' || err.code === 'ENFILE') this.releaseReserve();
+      return { failed: 'unavailable', code: err.code ?? 'EUNKNOWN' };
+    }
+    socket.on('error', (err) => this.onError(err));
+    if (!receiveFromHandle(socket, onPacket)) socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
+    const ports = this.portsOf(address);
+    ports.bound[port] = 1;
+    return new UdpRelaySocket(socket, address, port, this.scratch, () => {
+      ports.bound[port] = 0;
+      ports.closed++;
+    });
+  }
+
+  async available(address: string): Promise<boolean> {
+    if (!this.takeReserve()) return false;
+    // A socket on an ephemeral port of the address: the same system calls a relay bind makes.
+    const probe = await this.bind(address, 0, () => undefined);
+    if ('failed' in probe) return false;
+    probe.close();
+    return true;
+  }
+
+  /** Takes the set-aside descriptors back; false (holding none) when the process has not that many free. */
+  private takeReserve(): boolean {
+    try {
+      while (this.reserve.length < this.reserveCount) this.reserve.push(openSync('/dev/null', 'r'));
+      return true;
+    } catch {
+      this.releaseReserve();
+      return false;
+    }
+  }
+
+  private releaseReserve(): void {
+    for (const fd of this.reserve) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+    this.reserve = [];
+  }
+
+  /** Lets the set-aside descriptors go (server stop). */
+  close(): void {
+    this.releaseReserve();
+  }
+}
