@@ -1,4 +1,4 @@
-// Forward mode (ARCHITECTURE §4): a packet from a client 5-tuple this node holds
+// Forward mode (docs/architecture.md §4): a packet from a client 5-tuple this node holds
 // no allocation for may belong to an allocation on another node, reached here by
 // an anycast reroute. The router looks the 5-tuple up in the shared store once,
 // caches the answer (invalidated by the store's event feed), and forwards the
@@ -114,7 +114,7 @@ export class ClusterRouter implements ForeignPacketHandler {
   }
 
   offer(listener: ListenerHandle, buf: Buffer, address: string, port: number): boolean {
-    // A TCP/TLS connection ends on the node that accepted it (ARCHITECTURE §4): nothing to look for elsewhere.
+    // A TCP/TLS connection ends on the node that accepted it (docs/architecture.md §4): nothing to look for elsewhere.
     if (listener.path.transport !== 'udp') return false;
     const entry = this.cache.get(listener)?.get(address)?.get(port);
     const now = this.o.clock.now();

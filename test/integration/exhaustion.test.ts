@@ -159,9 +159,19 @@ describe('capacity exhaustion (CLI)', () => {
     }
     const node = await startNode(t, { relayPorts: range });
     const pid = node.server.process.pid;
-    const first = await fill(node, t, 24);
-    assert.equal(first.held.length, 8);
-    assert.equal(first.code, 508);
+    // Port choice is random and bounded: with the last free port among 16 held elsewhere, an
+    // Allocate tries 16 of the 17 and misses it 1 time in 17 (508). A client that asks again
+    // gets it; here at most 10 misses (17^-10) before all 8 free ports are held.
+    const first: { held: TestTurnClient[]; misses: number } = { held: [], misses: 0 };
+    while (first.held.length < 8 && first.misses < 10) {
+      const next = await fill(node, t, 8 - first.held.length);
+      first.held.push(...next.held);
+      if (next.code !== 200) {
+        assert.equal(next.code, 508);
+        first.misses++;
+      }
+    }
+    assert.equal(first.held.length, 8, `the node holds every free port (${first.misses} misses on the way)`);
 
     // Every untried port is held elsewhere: each Allocate spends its collision budget and stops.
     const c = await client(node, t);
@@ -189,7 +199,7 @@ describe('capacity exhaustion (CLI)', () => {
     after = await metrics(node);
     const rssAfter = rssMB(pid);
     assert.equal(sum(after, 'anyturn_relay_bind_attempts_total') - sum(before, 'anyturn_relay_bind_attempts_total'), 0, 'no bind on a port it holds');
-    assert.equal(sum(after, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }), 2 + 2 * REFUSALS);
+    assert.equal(sum(after, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }) - sum(before, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }), REFUSALS);
     assert.ok(rssAfter - rssBefore < RSS_BOUND_MB, `RSS ${rssBefore.toFixed(1)} -> ${rssAfter.toFixed(1)} MB over ${REFUSALS} refused Allocates`);
 
     assert.equal((await first.held[0]!.refresh(0)).code, 200);
