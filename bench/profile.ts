@@ -20,19 +20,13 @@
 // All traffic stays on 127.0.0.1; every spawned process is tracked and stopped.
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative } from 'node:path';
 
-import { ProcessGroup, clkTck } from './processes.js';
+import { CLIENT_CPU, SERVER_CPU, findRepoRoot, runMain, sleep, startWatchdog } from './host.js';
+import { ProcessGroup, cpuUserSystemMicros, type TrackedProcess } from './processes.js';
 import { freeUdpPort, freeUdpRange, stunBindingAnswers } from './net.js';
-import { anyturnLaunch, floorLaunch } from './servers.js';
+import { PASSWORD, REALM, USER, anyturnLaunch, floorLaunch } from './servers.js';
 import { defaultCases, parseUclientOutput, uclientArgs, uclientTimeoutMs } from './uclient.js';
-
-const SERVER_CPU = 1;
-const CLIENT_CPU = 0;
-const USER = 'bench';
-const PASSWORD = 'bench-password';
-const REALM = 'bench.anyturn';
 
 interface CpuProfileNode {
   readonly id: number;
@@ -113,20 +107,14 @@ export function selfTimeByFunction(p: CpuProfile): { rows: SelfTimeRow[]; totalM
   return { rows, totalMs: totalUs / 1000, idleMs: idleUs / 1000, byOrigin };
 }
 
-/** utime and stime of the whole process in µs, from /proc/PID/stat: user space vs kernel (syscalls, loopback delivery). */
-function userSystemMicros(pid: number): { user: number; system: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const tick = 1_000_000 / clkTck();
-  return { user: Number(rest[11]) * tick, system: Number(rest[12]) * tick };
+interface ProfileOptions {
+  readonly server: 'anyturn' | 'floor';
+  readonly messages: number;
+  readonly top: number;
+  readonly intervalUs: number;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function main(): Promise<number> {
-  const argv = process.argv.slice(2);
+function parseArgs(argv: readonly string[]): ProfileOptions {
   let server: 'anyturn' | 'floor' = 'anyturn';
   let messages = 10000;
   let top = 15;
@@ -140,8 +128,100 @@ async function main(): Promise<number> {
     else if (flag === '--interval-us' && Number(value) > 0) intervalUs = Number(value);
     else throw new Error('usage: node dist/bench/profile.js [--server anyturn|floor] [-n N] [--top 15] [--interval-us 250]');
   }
-  const here = dirname(fileURLToPath(import.meta.url));
-  const repoRoot = join(here, '..', '..');
+  return { server, messages, top, intervalUs };
+}
+
+/** The server under test, started under --cpu-prof, once it answers a STUN Binding. */
+interface ProfiledServer {
+  readonly proc: TrackedProcess;
+  readonly command: string;
+  readonly args: readonly string[];
+  readonly listeningPort: number;
+}
+
+async function startProfiledServer(group: ProcessGroup, o: ProfileOptions, repoRoot: string, profDir: string): Promise<ProfiledServer> {
+  const listeningPort = await freeUdpPort();
+  const settings = { listeningPort, relayPorts: await freeUdpRange(200), user: USER, password: PASSWORD, realm: REALM, scratchDir: profDir };
+  const launch =
+    o.server === 'anyturn'
+      ? anyturnLaunch(settings, process.execPath, join(repoRoot, 'dist', 'src', 'cli.js'))
+      : floorLaunch(settings, process.execPath, join(repoRoot, 'dist', 'bench', 'floor-forwarder.js'));
+  const args = ['--cpu-prof', '--cpu-prof-dir', profDir, `--cpu-prof-interval`, String(o.intervalUs), ...launch.args];
+  const proc = group.start(o.server, SERVER_CPU, launch.command, args);
+  const deadline = Date.now() + 15_000;
+  while (!(await stunBindingAnswers(listeningPort, 200))) {
+    if (Date.now() > deadline || proc.hasExited()) throw new Error(`${o.server} did not start: ${proc.tail().join('\n')}`);
+    await sleep(100);
+  }
+  return { proc, command: launch.command, args, listeningPort };
+}
+
+/** What the flood did and what it cost the server (utime/stime over the load only). */
+interface FloodResult {
+  readonly uargs: readonly string[];
+  readonly sent: number;
+  readonly received: number;
+  readonly userUs: number;
+  readonly systemUs: number;
+}
+
+async function runFlood(group: ProcessGroup, o: ProfileOptions, server: ProfiledServer, peerPort: number): Promise<FloodResult> {
+  const flood = { ...defaultCases().flood, messagesPerSession: o.messages };
+  const uargs = uclientArgs(flood, { serverPort: server.listeningPort, peerPort, user: USER, password: PASSWORD });
+  const cpu0 = cpuUserSystemMicros(server.proc.pid);
+  const uclient = group.start('uclient', CLIENT_CPU, 'turnutils_uclient', uargs);
+  const timer = setTimeout(() => void group.stop(uclient), uclientTimeoutMs(flood));
+  await uclient.exited;
+  clearTimeout(timer);
+  const cpu1 = cpuUserSystemMicros(server.proc.pid);
+  const stats = parseUclientOutput(uclient.output());
+  return { uargs, sent: stats.sent, received: stats.received, userUs: cpu1.user - cpu0.user, systemUs: cpu1.system - cpu0.system };
+}
+
+/** Stops the server with SIGINT (Node writes the profile on exit); resolves to how it ended. */
+async function stopProfiledServer(group: ProcessGroup, server: ProfiledServer): Promise<number | string> {
+  const { proc } = server;
+  proc.child.kill('SIGINT');
+  const exited = await Promise.race([proc.exited, sleep(15_000).then(() => 'timeout')]);
+  if (exited === 'timeout') await group.stop(proc);
+  return exited;
+}
+
+/** Keeps the server's log and its profile in the results; returns where the profile went. */
+function keepProfile(server: ProfiledServer, o: ProfileOptions, exited: number | string, profDir: string, resultsDir: string): string {
+  writeFileSync(join(resultsDir, 'logs', `profile-${o.server}-server.log`), `# ${server.command} ${server.args.join(' ')}\n${server.proc.output()}`);
+  const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
+  if (file === undefined) throw new Error(`no .cpuprofile written in ${profDir} (server exit: ${String(exited)})`);
+  const kept = join(resultsDir, `flood-${o.server}.cpuprofile`);
+  copyFileSync(join(profDir, file), kept);
+  return kept;
+}
+
+type SelfTime = ReturnType<typeof selfTimeByFunction>;
+
+function summary(o: ProfileOptions, f: FloodResult, s: SelfTime, kept: string): string {
+  const cpuUs = f.userUs + f.systemUs;
+  const lines: string[] = [];
+  lines.push(`${o.server} under the flood (uclient ${f.uargs.join(' ')})`);
+  lines.push(`  ${f.received}/${f.sent} msgs back = ${2 * f.received} relayed pkts; server CPU during the load ${(cpuUs / 1000).toFixed(0)} ms = ${(cpuUs / (2 * Math.max(1, f.received))).toFixed(2)} us / relayed pkt`);
+  const perPkt = (us: number): string => (us / (2 * Math.max(1, f.received))).toFixed(2);
+  lines.push(`  of which user ${(f.userUs / 1000).toFixed(0)} ms (${perPkt(f.userUs)} us/pkt), kernel ${(f.systemUs / 1000).toFixed(0)} ms (${perPkt(f.systemUs)} us/pkt: syscalls and loopback delivery)`);
+  lines.push(`  profile: ${relative(process.cwd(), kept)}; sampling every ${o.intervalUs} us; non-idle ${s.totalMs.toFixed(0)} ms (whole process life, start-up included), idle ${s.idleMs.toFixed(0)} ms`);
+  const pct = (ms: number): string => `${((100 * ms) / s.totalMs).toFixed(1)}%`;
+  lines.push(
+    `  by origin: anyturn code ${pct(s.byOrigin.anyturn)}, Node JS internals (node:*) ${pct(s.byOrigin.node)}, native/(program) ${pct(s.byOrigin.native)}, GC ${pct(s.byOrigin.gc)}, bench ${pct(s.byOrigin.bench)}, other JS ${pct(s.byOrigin.other)}`,
+  );
+  lines.push('');
+  lines.push(`  ${'self ms'.padStart(8)}  ${'%'.padStart(6)}  ${'origin'.padEnd(7)}  function (where)`);
+  for (const r of s.rows.slice(0, o.top)) {
+    lines.push(`  ${r.selfMs.toFixed(1).padStart(8)}  ${r.percent.toFixed(1).padStart(5)}%  ${r.origin.padEnd(7)}  ${r.function}${r.where === '' ? '' : ` (${r.where})`}`);
+  }
+  return lines.join('\n');
+}
+
+async function main(): Promise<number> {
+  const o = parseArgs(process.argv.slice(2));
+  const repoRoot = findRepoRoot();
   const resultsDir = join(repoRoot, 'bench', 'results');
   mkdirSync(join(resultsDir, 'logs'), { recursive: true });
   const profDir = mkdtempSync(join(tmpdir(), 'anyturn-prof-'));
@@ -152,74 +232,23 @@ async function main(): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const watchdog = setTimeout(() => {
-    console.error('profile run exceeded its time budget; stopping');
-    group.killAllNow();
-    process.exit(124);
-  }, 180_000);
-  watchdog.unref();
+  const watchdog = startWatchdog(group, 180_000, 'profile run exceeded its time budget; stopping');
 
   try {
     const peerPort = await freeUdpPort(1);
     const peer = group.start('peer', CLIENT_CPU, 'turnutils_peer', ['-L', '127.0.0.1', '-p', String(peerPort)]);
     await sleep(300);
-    const listeningPort = await freeUdpPort();
-    const settings = { listeningPort, relayPorts: await freeUdpRange(200), user: USER, password: PASSWORD, realm: REALM, scratchDir: profDir };
-    const launch =
-      server === 'anyturn'
-        ? anyturnLaunch(settings, process.execPath, join(repoRoot, 'dist', 'src', 'cli.js'))
-        : floorLaunch(settings, process.execPath, join(repoRoot, 'dist', 'bench', 'floor-forwarder.js'));
-    const args = ['--cpu-prof', '--cpu-prof-dir', profDir, `--cpu-prof-interval`, String(intervalUs), ...launch.args];
-    const proc = group.start(server, SERVER_CPU, launch.command, args);
-    const deadline = Date.now() + 15_000;
-    while (!(await stunBindingAnswers(listeningPort, 200))) {
-      if (Date.now() > deadline || proc.hasExited()) throw new Error(`${server} did not start: ${proc.tail().join('\n')}`);
-      await sleep(100);
-    }
-    const flood = { ...defaultCases().flood, messagesPerSession: messages };
-    const uargs = uclientArgs(flood, { serverPort: listeningPort, peerPort, user: USER, password: PASSWORD });
-    const cpu0 = userSystemMicros(proc.pid);
-    const uclient = group.start('uclient', CLIENT_CPU, 'turnutils_uclient', uargs);
-    const timer = setTimeout(() => void group.stop(uclient), uclientTimeoutMs(flood));
-    await uclient.exited;
-    clearTimeout(timer);
-    const cpu1 = userSystemMicros(proc.pid);
-    const userUs = cpu1.user - cpu0.user;
-    const systemUs = cpu1.system - cpu0.system;
-    const cpuUs = userUs + systemUs;
-    const stats = parseUclientOutput(uclient.output());
-    proc.child.kill('SIGINT');
-    const exited = await Promise.race([proc.exited, sleep(15_000).then(() => 'timeout')]);
-    if (exited === 'timeout') await group.stop(proc);
+    const server = await startProfiledServer(group, o, repoRoot, profDir);
+    const flood = await runFlood(group, o, server, peerPort);
+    const exited = await stopProfiledServer(group, server);
     await group.stop(peer);
-    writeFileSync(join(resultsDir, 'logs', `profile-${server}-server.log`), `# ${launch.command} ${args.join(' ')}\n${proc.output()}`);
-
-    const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
-    if (file === undefined) throw new Error(`no .cpuprofile written in ${profDir} (server exit: ${String(exited)})`);
-    const kept = join(resultsDir, `flood-${server}.cpuprofile`);
-    copyFileSync(join(profDir, file), kept);
-    const profile = JSON.parse(readFileSync(kept, 'utf8')) as CpuProfile;
-    const s = selfTimeByFunction(profile);
-
-    const lines: string[] = [];
-    lines.push(`${server} under the flood (uclient ${uargs.join(' ')})`);
-    lines.push(`  ${stats.received}/${stats.sent} msgs back = ${2 * stats.received} relayed pkts; server CPU during the load ${(cpuUs / 1000).toFixed(0)} ms = ${(cpuUs / (2 * Math.max(1, stats.received))).toFixed(2)} us / relayed pkt`);
-    const perPkt = (us: number): string => (us / (2 * Math.max(1, stats.received))).toFixed(2);
-    lines.push(`  of which user ${(userUs / 1000).toFixed(0)} ms (${perPkt(userUs)} us/pkt), kernel ${(systemUs / 1000).toFixed(0)} ms (${perPkt(systemUs)} us/pkt: syscalls and loopback delivery)`);
-    lines.push(`  profile: ${relative(process.cwd(), kept)}; sampling every ${intervalUs} us; non-idle ${s.totalMs.toFixed(0)} ms (whole process life, start-up included), idle ${s.idleMs.toFixed(0)} ms`);
-    const pct = (ms: number): string => `${((100 * ms) / s.totalMs).toFixed(1)}%`;
-    lines.push(
-      `  by origin: anyturn code ${pct(s.byOrigin.anyturn)}, Node JS internals (node:*) ${pct(s.byOrigin.node)}, native/(program) ${pct(s.byOrigin.native)}, GC ${pct(s.byOrigin.gc)}, bench ${pct(s.byOrigin.bench)}, other JS ${pct(s.byOrigin.other)}`,
-    );
-    lines.push('');
-    lines.push(`  ${'self ms'.padStart(8)}  ${'%'.padStart(6)}  ${'origin'.padEnd(7)}  function (where)`);
-    for (const r of s.rows.slice(0, top)) {
-      lines.push(`  ${r.selfMs.toFixed(1).padStart(8)}  ${r.percent.toFixed(1).padStart(5)}%  ${r.origin.padEnd(7)}  ${r.function}${r.where === '' ? '' : ` (${r.where})`}`);
-    }
-    console.log(lines.join('\n'));
+    const kept = keepProfile(server, o, exited, profDir, resultsDir);
+    const s = selfTimeByFunction(JSON.parse(readFileSync(kept, 'utf8')) as CpuProfile);
+    console.log(summary(o, flood, s, kept));
+    const cpuUs = flood.userUs + flood.systemUs;
     writeFileSync(
-      join(resultsDir, `profile-${server}.json`),
-      JSON.stringify({ generatedAt: new Date().toISOString(), server, uclientArgs: uargs, sent: stats.sent, received: stats.received, serverCpuMicros: cpuUs, serverUserMicros: userUs, serverSystemMicros: systemUs, intervalUs, ...s, rows: s.rows.slice(0, 50) }, null, 2) + '\n',
+      join(resultsDir, `profile-${o.server}.json`),
+      JSON.stringify({ generatedAt: new Date().toISOString(), server: o.server, uclientArgs: flood.uargs, sent: flood.sent, received: flood.received, serverCpuMicros: cpuUs, serverUserMicros: flood.userUs, serverSystemMicros: flood.systemUs, intervalUs: o.intervalUs, ...s, rows: s.rows.slice(0, 50) }, null, 2) + '\n',
     );
     return 0;
   } finally {
@@ -229,10 +258,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error(err instanceof Error ? err.message : err);
-    process.exit(1);
-  },
-);
+runMain(main);

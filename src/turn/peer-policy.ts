@@ -232,6 +232,110 @@ function matches(ranges: CompiledRanges, v6: bigint | undefined, v4: number | un
   return false;
 }
 
+/** The address as numbers: v6 set for IPv6 text, v4 for IPv4 text or the IPv4 an IPv6 form embeds. */
+function numbers(ip: string): { v6: bigint | undefined; v4: number | undefined } | undefined {
+  const parsed = typeof ip === 'string' ? parseIpValue(ip) : undefined;
+  if (parsed === undefined) return undefined;
+  if (parsed.family === 4) return { v6: undefined, v4: parsed.value };
+  const embedding = ipv4EmbeddingOf(parsed.value);
+  return { v6: parsed.value, v4: embedding === 'none' ? undefined : embeddedIPv4(parsed.value, embedding) };
+}
+
+/**
+ * The server's own addresses (and its cluster's) and service ports, which grow
+ * at run time; `generation` counts the additions.
+ */
+class ServerSet {
+  readonly ranges: { v4: { first: number; last: number }[]; v6: { first: bigint; last: bigint }[] };
+  private readonly texts: Set<string>;
+  /** One byte per port: 1 for a service port (no hashing on the relay path). */
+  readonly servicePorts = new Uint8Array(65536);
+  generation = 0;
+
+  constructor(addresses: readonly string[]) {
+    const compiled = compileRanges(addresses, 'server address');
+    this.ranges = { v4: [...compiled.v4], v6: [...compiled.v6] };
+    this.texts = new Set<string>(addresses);
+  }
+
+  get count(): number {
+    return this.texts.size;
+  }
+
+  /** Adds what is new; returns true when anything was. Ports out of 1-65535 are ignored (0 is no port). */
+  add(addresses: readonly string[], ports: readonly number[]): boolean {
+    let changed = false;
+    const fresh = addresses.filter((a) => !this.texts.has(a));
+    if (fresh.length > 0) {
+      const more = compileRanges(fresh, 'server address');
+      this.ranges.v4.push(...more.v4);
+      this.ranges.v6.push(...more.v6);
+      for (const a of fresh) this.texts.add(a);
+      changed = true;
+    }
+    for (const port of ports) {
+      if (!Number.isInteger(port) || port < 1 || port > 65535 || this.servicePorts[port] === 1) continue;
+      this.servicePorts[port] = 1;
+      changed = true;
+    }
+    if (changed) this.generation++;
+    return changed;
+  }
+
+  has(ip: string): boolean {
+    const n = numbers(ip);
+    return n !== undefined && matches(this.ranges, n.v6, n.v4);
+  }
+}
+
+/** What check() compares an address against (steps 2-5 of the order at the top). */
+interface OwnTables {
+  readonly allowed: CompiledRanges;
+  readonly denied: CompiledRanges;
+  readonly server: CompiledRanges;
+  readonly allowLoopback: boolean;
+}
+
+/** The verdict for a peer IP, in the order of decisions at the top of this file. */
+function verdictFor(tables: OwnTables, ip: string): PeerVerdict {
+  if (typeof ip !== 'string') return DENIED.invalid;
+  const parsed = parseIpValue(ip);
+  if (parsed === undefined) return DENIED.invalid;
+
+  let v6: bigint | undefined;
+  let v4: number | undefined;
+  let embedding: IPv4Embedding = 'none';
+  if (parsed.family === 4) {
+    v4 = parsed.value;
+  } else {
+    v6 = parsed.value;
+    embedding = ipv4EmbeddingOf(v6);
+    if (embedding !== 'none') v4 = embeddedIPv4(v6, embedding);
+  }
+
+  if (matches(tables.allowed, v6, v4)) return ALLOWED;
+  if (matches(tables.denied, v6, v4)) return DENIED['denied-by-operator'];
+
+  const loopback = v6 === 1n || (v4 !== undefined && v4 >>> 24 === 127);
+  if (tables.allowLoopback && loopback) return ALLOWED; // tests run client, server and peers on 127.0.0.1
+  if (matches(tables.server, v6, v4)) return DENIED['server-address'];
+  return defaultVerdict(v6, v4, embedding);
+}
+
+/** Steps 6-7: the default special-purpose tables, else allowed. */
+function defaultVerdict(v6: bigint | undefined, v4: number | undefined, embedding: IPv4Embedding): PeerVerdict {
+  if (v6 === undefined) return lookup4(DEFAULT_DENY_V4, v4 ?? 0) ?? ALLOWED;
+  if (v4 !== undefined) {
+    const inner = lookup4(DEFAULT_DENY_V4, v4);
+    if (inner !== undefined) return inner;
+    // RFC 4291 §2.5.5.1: IPv4-compatible addresses are deprecated; no real host has one.
+    return embedding === 'compatible' ? DENIED.reserved : ALLOWED;
+  }
+  const own = lookup6(DEFAULT_DENY_V6, v6);
+  if (own !== undefined) return own;
+  return isGlobalUnicastFormat(v6) ? ALLOWED : DENIED.reserved;
+}
+
 /**
  * Builds a policy from validated options. Throws PeerRangeError (naming the
  * option) for a malformed range, so a bad config fails at startup.
@@ -244,84 +348,12 @@ function matches(ranges: CompiledRanges, v6: bigint | undefined, v4: number | un
 export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
   const allowed = compileRanges(opts.allowedPeerRanges, '--allowed-peer-ip');
   const denied = compileRanges(opts.deniedPeerRanges, '--denied-peer-ip');
-  const server = compileRanges(opts.serverAddresses, 'server address');
-  const serverV4 = server.v4 as { first: number; last: number }[];
-  const serverV6 = server.v6 as { first: bigint; last: bigint }[];
-  const serverTexts = new Set<string>(opts.serverAddresses);
-  /** One byte per port: 1 for a service port (no hashing on the relay path). */
-  const servicePorts = new Uint8Array(65536);
-  let generation = 0;
-  const allowLoopback = opts.allowLoopbackPeers === true;
-
-  /** Adds what is new; returns true when anything was. Ports out of 1-65535 are ignored (0 is no port). */
-  function addServer(addresses: readonly string[], ports: readonly number[]): boolean {
-    let changed = false;
-    const fresh = addresses.filter((a) => !serverTexts.has(a));
-    if (fresh.length > 0) {
-      const more = compileRanges(fresh, 'server address');
-      serverV4.push(...more.v4);
-      serverV6.push(...more.v6);
-      for (const a of fresh) serverTexts.add(a);
-      changed = true;
-    }
-    for (const port of ports) {
-      if (!Number.isInteger(port) || port < 1 || port > 65535 || servicePorts[port] === 1) continue;
-      servicePorts[port] = 1;
-      changed = true;
-    }
-    if (changed) generation++;
-    return changed;
-  }
-  addServer([], opts.servicePorts ?? []);
-
-  /** The address as numbers: v6 set for IPv6 text, v4 for IPv4 text or the IPv4 an IPv6 form embeds. */
-  function numbers(ip: string): { v6: bigint | undefined; v4: number | undefined } | undefined {
-    const parsed = typeof ip === 'string' ? parseIpValue(ip) : undefined;
-    if (parsed === undefined) return undefined;
-    if (parsed.family === 4) return { v6: undefined, v4: parsed.value };
-    const embedding = ipv4EmbeddingOf(parsed.value);
-    return { v6: parsed.value, v4: embedding === 'none' ? undefined : embeddedIPv4(parsed.value, embedding) };
-  }
-
-  function isServerAddress(ip: string): boolean {
-    const n = numbers(ip);
-    return n !== undefined && matches(server, n.v6, n.v4);
-  }
-
-  function check(ip: string): PeerVerdict {
-    if (typeof ip !== 'string') return DENIED.invalid;
-    const parsed = parseIpValue(ip);
-    if (parsed === undefined) return DENIED.invalid;
-
-    let v6: bigint | undefined;
-    let v4: number | undefined;
-    let embedding: IPv4Embedding = 'none';
-    if (parsed.family === 4) {
-      v4 = parsed.value;
-    } else {
-      v6 = parsed.value;
-      embedding = ipv4EmbeddingOf(v6);
-      if (embedding !== 'none') v4 = embeddedIPv4(v6, embedding);
-    }
-
-    if (matches(allowed, v6, v4)) return ALLOWED;
-    if (matches(denied, v6, v4)) return DENIED['denied-by-operator'];
-
-    const loopback = v6 === 1n || (v4 !== undefined && v4 >>> 24 === 127);
-    if (allowLoopback && loopback) return ALLOWED; // tests run client, server and peers on 127.0.0.1
-    if (matches(server, v6, v4)) return DENIED['server-address'];
-
-    if (v6 === undefined) return lookup4(DEFAULT_DENY_V4, v4 ?? 0) ?? ALLOWED;
-    if (v4 !== undefined) {
-      const inner = lookup4(DEFAULT_DENY_V4, v4);
-      if (inner !== undefined) return inner;
-      // RFC 4291 §2.5.5.1: IPv4-compatible addresses are deprecated; no real host has one.
-      return embedding === 'compatible' ? DENIED.reserved : ALLOWED;
-    }
-    const own = lookup6(DEFAULT_DENY_V6, v6);
-    if (own !== undefined) return own;
-    return isGlobalUnicastFormat(v6) ? ALLOWED : DENIED.reserved;
-  }
+  const servers = new ServerSet(opts.serverAddresses);
+  servers.add([], opts.servicePorts ?? []);
+  const tables: OwnTables = { allowed, denied, server: servers.ranges, allowLoopback: opts.allowLoopbackPeers === true };
+  const servicePorts = servers.servicePorts;
+  const isServerAddress = (ip: string): boolean => servers.has(ip);
+  const check = (ip: string): PeerVerdict => verdictFor(tables, ip);
 
   return {
     check,
@@ -334,13 +366,13 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
     isServerAddress,
     isServicePort: (port: number): boolean => servicePorts[port] === 1,
     addServer(addresses: readonly string[], ports: readonly number[]): void {
-      addServer(addresses, ports);
+      servers.add(addresses, ports);
     },
     get generation(): number {
-      return generation;
+      return servers.generation;
     },
     get serverAddressCount(): number {
-      return serverTexts.size;
+      return servers.count;
     },
   };
 }
