@@ -62,7 +62,9 @@ function raiseNofile(): number {
 function warnIfEphemeralOverlapsRelay(): void {
   const ephemeral = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
   if ((ephemeral[0] ?? 0) <= RELAY_MAX && (ephemeral[1] ?? 0) >= RELAY_MIN) {
-    console.error(`warning: ip_local_port_range ${ephemeral.join('-')} overlaps the relay range ${RELAY_MIN}-${RELAY_MAX}; client sockets may take relay ports`);
+    console.error(
+      `warning: ip_local_port_range ${ephemeral.join('-')} overlaps the relay range ${RELAY_MIN}-${RELAY_MAX}; client sockets may take relay ports`,
+    );
   }
 }
 
@@ -110,7 +112,9 @@ async function runParts(ctx: Context, options: Options, step: Step, results: Res
 /** Prints the report and writes allocations.json; the exit status. */
 function finish(options: Options, results: Results, serverNofile: number, totalMs: number, resultsDir: string, logDir: string): number {
   const out: string[] = [];
-  out.push(`anyturn allocation benchmark (node ${process.version}, ${commandOutput('turnserver', ['--version']) ? `coturn ${commandOutput('turnserver', ['--version'])}` : 'coturn ?'}, ${commandOutput('redis-server', ['--version']).split(' ').slice(0, 3).join(' ')}); all on 127.0.0.1`);
+  out.push(
+    `anyturn allocation benchmark (node ${process.version}, ${commandOutput('turnserver', ['--version']) ? `coturn ${commandOutput('turnserver', ['--version'])}` : 'coturn ?'}, ${commandOutput('redis-server', ['--version']).split(' ').slice(0, 3).join(' ')}); all on 127.0.0.1`,
+  );
   if (results.rate.length > 0) out.push('', ...reportRate(results.rate, options));
   if (results.live.length > 0) out.push('', ...reportLive(results.live, results.slab, options, serverNofile));
   if (results.fill.length > 0) out.push('', ...reportFill(results.fill));
@@ -138,7 +142,7 @@ function finish(options: Options, results: Results, serverNofile: number, totalM
     ...results,
   };
   const file = join(resultsDir, 'allocations.json');
-  writeFileSync(file, JSON.stringify(json, null, 2) + '\n');
+  writeFileSync(file, `${JSON.stringify(json, null, 2)}\n`);
   console.log(`JSON: ${relative(process.cwd(), file)}; server logs: ${relative(process.cwd(), logDir)}/allocations-*.log`);
   return results.failures.length === 0 ? 0 : 1;
 }

@@ -57,10 +57,18 @@ function parseOptions(argv: readonly string[]): Options {
     const value = argv[i + 1];
     if (value === undefined) throw new Error(`${flag ?? ''} needs a value`);
     switch (flag) {
-      case '--listening-ip': o.listeningIp = value; break;
-      case '--listening-port': o.listeningPort = Number(value); break;
-      case '--relay-ip': o.relayIp = value; break;
-      case '--realm': o.realm = value; break;
+      case '--listening-ip':
+        o.listeningIp = value;
+        break;
+      case '--listening-port':
+        o.listeningPort = Number(value);
+        break;
+      case '--relay-ip':
+        o.relayIp = value;
+        break;
+      case '--realm':
+        o.realm = value;
+        break;
       case '--user': {
         const at = value.indexOf(':');
         if (at < 0) throw new Error('--user wants name:password');
@@ -69,8 +77,11 @@ function parseOptions(argv: readonly string[]): Options {
         break;
       }
       // Accepted and ignored, so that the same launch arguments work: relay ports are ephemeral.
-      case '--min-port': case '--max-port': break;
-      default: throw new Error(`unknown argument '${flag ?? ''}'`);
+      case '--min-port':
+      case '--max-port':
+        break;
+      default:
+        throw new Error(`unknown argument '${flag ?? ''}'`);
     }
   }
   if (!Number.isInteger(o.listeningPort) || o.listeningPort < 0 || o.listeningPort > 65535) throw new Error('bad --listening-port');

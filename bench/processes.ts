@@ -255,7 +255,9 @@ export function nofileLimit(pid: number): string | undefined {
  * buffer was full. Counted for the whole network namespace, not per process.
  */
 export function udpReceiveBufferErrors(): number | undefined {
-  const lines = readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp: '));
+  const lines = readFileSync('/proc/net/snmp', 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('Udp: '));
   const names = lines[0]?.split(/\s+/);
   const values = lines[1]?.split(/\s+/);
   if (names === undefined || values === undefined) return undefined;

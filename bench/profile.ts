@@ -203,10 +203,16 @@ function summary(o: ProfileOptions, f: FloodResult, s: SelfTime, kept: string): 
   const cpuUs = f.userUs + f.systemUs;
   const lines: string[] = [];
   lines.push(`${o.server} under the flood (uclient ${f.uargs.join(' ')})`);
-  lines.push(`  ${f.received}/${f.sent} msgs back = ${2 * f.received} relayed pkts; server CPU during the load ${(cpuUs / 1000).toFixed(0)} ms = ${(cpuUs / (2 * Math.max(1, f.received))).toFixed(2)} us / relayed pkt`);
+  lines.push(
+    `  ${f.received}/${f.sent} msgs back = ${2 * f.received} relayed pkts; server CPU during the load ${(cpuUs / 1000).toFixed(0)} ms = ${(cpuUs / (2 * Math.max(1, f.received))).toFixed(2)} us / relayed pkt`,
+  );
   const perPkt = (us: number): string => (us / (2 * Math.max(1, f.received))).toFixed(2);
-  lines.push(`  of which user ${(f.userUs / 1000).toFixed(0)} ms (${perPkt(f.userUs)} us/pkt), kernel ${(f.systemUs / 1000).toFixed(0)} ms (${perPkt(f.systemUs)} us/pkt: syscalls and loopback delivery)`);
-  lines.push(`  profile: ${relative(process.cwd(), kept)}; sampling every ${o.intervalUs} us; non-idle ${s.totalMs.toFixed(0)} ms (whole process life, start-up included), idle ${s.idleMs.toFixed(0)} ms`);
+  lines.push(
+    `  of which user ${(f.userUs / 1000).toFixed(0)} ms (${perPkt(f.userUs)} us/pkt), kernel ${(f.systemUs / 1000).toFixed(0)} ms (${perPkt(f.systemUs)} us/pkt: syscalls and loopback delivery)`,
+  );
+  lines.push(
+    `  profile: ${relative(process.cwd(), kept)}; sampling every ${o.intervalUs} us; non-idle ${s.totalMs.toFixed(0)} ms (whole process life, start-up included), idle ${s.idleMs.toFixed(0)} ms`,
+  );
   const pct = (ms: number): string => `${((100 * ms) / s.totalMs).toFixed(1)}%`;
   lines.push(
     `  by origin: anyturn code ${pct(s.byOrigin.anyturn)}, Node JS internals (node:*) ${pct(s.byOrigin.node)}, native/(program) ${pct(s.byOrigin.native)}, GC ${pct(s.byOrigin.gc)}, bench ${pct(s.byOrigin.bench)}, other JS ${pct(s.byOrigin.other)}`,
@@ -214,7 +220,9 @@ function summary(o: ProfileOptions, f: FloodResult, s: SelfTime, kept: string): 
   lines.push('');
   lines.push(`  ${'self ms'.padStart(8)}  ${'%'.padStart(6)}  ${'origin'.padEnd(7)}  function (where)`);
   for (const r of s.rows.slice(0, o.top)) {
-    lines.push(`  ${r.selfMs.toFixed(1).padStart(8)}  ${r.percent.toFixed(1).padStart(5)}%  ${r.origin.padEnd(7)}  ${r.function}${r.where === '' ? '' : ` (${r.where})`}`);
+    lines.push(
+      `  ${r.selfMs.toFixed(1).padStart(8)}  ${r.percent.toFixed(1).padStart(5)}%  ${r.origin.padEnd(7)}  ${r.function}${r.where === '' ? '' : ` (${r.where})`}`,
+    );
   }
   return lines.join('\n');
 }
@@ -248,7 +256,23 @@ async function main(): Promise<number> {
     const cpuUs = flood.userUs + flood.systemUs;
     writeFileSync(
       join(resultsDir, `profile-${o.server}.json`),
-      JSON.stringify({ generatedAt: new Date().toISOString(), server: o.server, uclientArgs: flood.uargs, sent: flood.sent, received: flood.received, serverCpuMicros: cpuUs, serverUserMicros: flood.userUs, serverSystemMicros: flood.systemUs, intervalUs: o.intervalUs, ...s, rows: s.rows.slice(0, 50) }, null, 2) + '\n',
+      `${JSON.stringify(
+        {
+          generatedAt: new Date().toISOString(),
+          server: o.server,
+          uclientArgs: flood.uargs,
+          sent: flood.sent,
+          received: flood.received,
+          serverCpuMicros: cpuUs,
+          serverUserMicros: flood.userUs,
+          serverSystemMicros: flood.systemUs,
+          intervalUs: o.intervalUs,
+          ...s,
+          rows: s.rows.slice(0, 50),
+        },
+        null,
+        2,
+      )}\n`,
     );
     return 0;
   } finally {

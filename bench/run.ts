@@ -41,14 +41,12 @@ function budgetMs(options: Options, cases: Record<CaseName, LoadCase>, rateMessa
   const perServer = READY_TIMEOUT_MS + 10_000;
   const o = DEFAULT_LATENCY_OPTIONS;
   const latencyMs = options.latency ? options.servers.length * (perServer + 20_000 + ((o.count + o.warmup) * 1000) / o.ratePerSecond) : 0;
-  const rateMs = options.rate || options.scaling
-    ? options.rateSteps.length * (options.scaling ? SCALING.length : options.servers.length) * (perServer + uclientTimeoutMs(rateCase(1, rateMessages)))
-    : 0;
+  const rateMs =
+    options.rate || options.scaling
+      ? options.rateSteps.length * (options.scaling ? SCALING.length : options.servers.length) * (perServer + uclientTimeoutMs(rateCase(1, rateMessages)))
+      : 0;
   return (
-    60_000 +
-    latencyMs +
-    rateMs +
-    options.cases.reduce((sum, c) => sum + uclientTimeoutMs(cases[c]) + perServer, 0) * options.servers.length * options.rounds
+    60_000 + latencyMs + rateMs + options.cases.reduce((sum, c) => sum + uclientTimeoutMs(cases[c]) + perServer, 0) * options.servers.length * options.rounds
   );
 }
 
@@ -82,7 +80,7 @@ async function runCases(ctx: RunContext, options: Options, cases: Record<CaseNam
 function finishScaling(scaling: RateReport, resultsDir: string, logDir: string): number {
   console.log(scalingReport(scaling).join('\n'));
   const out = join(resultsDir, 'scaling.json');
-  writeFileSync(out, JSON.stringify({ generatedAt: new Date().toISOString(), node: process.version, scaling }, null, 2) + '\n');
+  writeFileSync(out, `${JSON.stringify({ generatedAt: new Date().toISOString(), node: process.version, scaling }, null, 2)}\n`);
   console.log(`\nJSON: ${relative(process.cwd(), out)}; logs: ${relative(process.cwd(), logDir)}/`);
   return scaling.servers.every((x) => x.steps.every((st) => st.result.ok)) ? 0 : 1;
 }
@@ -121,7 +119,7 @@ function finish(options: Options, cases: Record<CaseName, LoadCase>, { results, 
     maxLosslessRate: rate,
   };
   const out = join(resultsDir, 'latest.json');
-  writeFileSync(out, JSON.stringify(json, null, 2) + '\n');
+  writeFileSync(out, `${JSON.stringify(json, null, 2)}\n`);
   console.log(`\nJSON: ${relative(process.cwd(), out)}; logs: ${relative(process.cwd(), logDir)}/`);
   const latencyOk = latency === undefined || latency.servers.every((s) => s.ok);
   const rateOk = rate === undefined || rate.servers.every((s) => s.steps.every((st) => st.result.ok));
@@ -168,7 +166,13 @@ async function main(): Promise<number> {
     const latency = options.latency && !signals.interrupted ? await runLatency(ctx, options.servers, interrupted) : undefined;
     const rate =
       options.rate && !signals.interrupted
-        ? await runRate(ctx, options.servers.map((server) => ({ server, placement: onePlacement(server) })), options.rateSteps, rateMessages, interrupted)
+        ? await runRate(
+            ctx,
+            options.servers.map((server) => ({ server, placement: onePlacement(server) })),
+            options.rateSteps,
+            rateMessages,
+            interrupted,
+          )
         : undefined;
     outcome = { results, latency, rate };
   } finally {

@@ -267,7 +267,12 @@ export interface PoolResult<T> {
  * Runs job(0..total-1) on `concurrency` workers, each taking the next index when
  * its last job is done. Stops handing out jobs once `stop()` says so.
  */
-export async function runPool<T>(total: number, concurrency: number, job: (i: number) => Promise<T>, stop: () => boolean = () => false): Promise<PoolResult<T>> {
+export async function runPool<T>(
+  total: number,
+  concurrency: number,
+  job: (i: number) => Promise<T>,
+  stop: () => boolean = () => false,
+): Promise<PoolResult<T>> {
   const results: T[] = [];
   const errors: string[] = [];
   let next = 0;

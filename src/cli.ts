@@ -6,11 +6,11 @@
 import { hideBin } from 'yargs/helpers';
 import cluster from 'node:cluster';
 import { parseArgs } from './config/args.js';
-import { buildConfig } from './config/index.js';
+import { type ServerConfig, buildConfig } from './config/index.js';
 import { openFileLimitWarning, readOpenFileLimit } from './ops/fd-limit.js';
 import { createSyncLogger } from './ops/log.js';
-import { startServer } from './server.js';
-import { startPrimary } from './workers/primary.js';
+import { type RunningServer, startServer } from './server.js';
+import { type RunningPrimary, startPrimary } from './workers/primary.js';
 import { runWorker } from './workers/worker.js';
 
 async function main(): Promise<void> {
@@ -22,7 +22,7 @@ async function main(): Promise<void> {
     drainAsked = true;
     drainNow?.();
   });
-  let config;
+  let config: ServerConfig;
   try {
     config = buildConfig(parseArgs(hideBin(process.argv)));
   } catch (err) {
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   const limit = readOpenFileLimit();
   const short = limit && openFileLimitWarning(config, limit);
   if (limit && short) createSyncLogger(config.logLevel).warn({ openFileLimit: limit.soft, hardLimit: limit.hard, ...short.needs }, short.message);
-  let server;
+  let server: RunningServer | RunningPrimary;
   try {
     server = config.workers > 1 ? await startPrimary(config, createSyncLogger(config.logLevel).child({ role: 'primary' })) : await startServer(config);
   } catch (err) {

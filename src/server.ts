@@ -74,7 +74,15 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
   lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, store) });
-  const metrics = createMetrics({ engine, counters, store, cluster: cluster?.counters, streams: listeners.streamCounters, drain: lifecycle.drainSwitch, usernameLabels: config.prometheusUsernameLabels });
+  const metrics = createMetrics({
+    engine,
+    counters,
+    store,
+    cluster: cluster?.counters,
+    streams: listeners.streamCounters,
+    drain: lifecycle.drainSwitch,
+    usernameLabels: config.prometheusUsernameLabels,
+  });
   const closeAll = async (): Promise<void> => {
     await lifecycle.closeOps();
     await cluster?.leave();

@@ -37,7 +37,11 @@ const EVENT_COST_RATE = 5_000;
  * discards it, as a forward-mode node does for allocations it has not cached) at a
  * steady rate, and reads the node's and redis-server's CPU time around it.
  */
-async function publishRun(redis: RedisHandle, server: ServerHandle, event: string): Promise<{ rate: number; receivers: number; nodeUs: number | undefined; redisUs: number | undefined }> {
+async function publishRun(
+  redis: RedisHandle,
+  server: ServerHandle,
+  event: string,
+): Promise<{ rate: number; receivers: number; nodeUs: number | undefined; redisUs: number | undefined }> {
   const idleMs = 2000;
   const n0 = safeCpuMicros(server.proc.pid);
   const r0 = safeCpuMicros(redis.proc.pid);
@@ -92,6 +96,8 @@ export async function measureEventCost(redis: RedisHandle, server: ServerHandle,
     wideSubscribers: wide?.receivers,
     wideRedisMicrosPerPublish: wide?.redisUs,
     redisMicrosPerDelivery:
-      wide?.redisUs !== undefined && narrow.redisUs !== undefined && wide.receivers > narrow.receivers ? (wide.redisUs - narrow.redisUs) / (wide.receivers - narrow.receivers) : undefined,
+      wide?.redisUs !== undefined && narrow.redisUs !== undefined && wide.receivers > narrow.receivers
+        ? (wide.redisUs - narrow.redisUs) / (wide.receivers - narrow.receivers)
+        : undefined,
   };
 }

@@ -25,7 +25,11 @@ export interface FillResult {
 export function runFill(ctx: Context, kind: ServerKind): Promise<FillResult> {
   return withRig(ctx, kind, 'fill', async (rig) => {
     const { redis, clients } = rig;
-    const server = (rig.server = await startServer(ctx, kind, { redis, name: `fill-${kind}`, relayPorts: { min: RELAY_MIN, max: RELAY_MIN + FILL_PORTS - 1 } }));
+    const server = (rig.server = await startServer(ctx, kind, {
+      redis,
+      name: `fill-${kind}`,
+      relayPorts: { min: RELAY_MIN, max: RELAY_MIN + FILL_PORTS - 1 },
+    }));
     const stats = new DriverStats();
     let ok = 0;
     let firstRefusal: number | undefined;

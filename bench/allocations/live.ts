@@ -65,7 +65,8 @@ export function runLive(ctx: Context, kind: ServerKind, keepForSync: boolean): P
     await sleep(SETTLE_MS);
     const s1 = await snapshot(server, redis);
     const ok = pool.results.length;
-    const per = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || ok === 0 ? undefined : (b - a) / ok);
+    const per = (a: number | undefined, b: number | undefined): number | undefined =>
+      a === undefined || b === undefined || ok === 0 ? undefined : (b - a) / ok;
     const result: LiveResult = {
       kind,
       ...LABELS[kind],

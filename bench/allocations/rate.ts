@@ -45,7 +45,8 @@ export function runRate(ctx: Context, kind: ServerKind): Promise<RateResult> {
     const serverCpu1 = safeCpuMicros(server.proc.pid);
     const redisCpu1 = redis ? safeCpuMicros(redis.proc.pid) : undefined;
     const ok = pool.results.length;
-    const per = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || ok === 0 ? undefined : (b - a) / ok);
+    const per = (a: number | undefined, b: number | undefined): number | undefined =>
+      a === undefined || b === undefined || ok === 0 ? undefined : (b - a) / ok;
     return {
       kind,
       ...LABELS[kind],

@@ -23,13 +23,20 @@ export async function startRedis(ctx: Context, name: string): Promise<RedisHandl
   const port = await freeTcpPort();
   const dir = mkdtempSync(join(ctx.scratchDir, `${name}-`));
   const proc = ctx.group.start(name, REDIS_CPU, 'redis-server', [
-    '--port', String(port),
-    '--bind', LOOPBACK,
-    '--save', '',
-    '--appendonly', 'no',
-    '--protected-mode', 'no',
-    '--dir', dir,
-    '--loglevel', 'warning',
+    '--port',
+    String(port),
+    '--bind',
+    LOOPBACK,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--protected-mode',
+    'no',
+    '--dir',
+    dir,
+    '--loglevel',
+    'warning',
   ]);
   const client = new Redis({ host: LOOPBACK, port, lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
   client.on('error', () => undefined); // connect failures while it starts are retried below

@@ -24,9 +24,13 @@ export interface Results {
 export function reportRate(rs: readonly RateResult[], o: Options): string[] {
   const lines: string[] = [];
   lines.push(`1. Allocation rate with authentication: Allocate (401 + authenticated) + CreatePermission + ChannelBind`);
-  lines.push(`   ${o.allocations} allocations (after ${WARMUP_ALLOCATIONS} unmeasured warm-up ones), ${o.workers} concurrent client sockets, one new socket per allocation;`);
+  lines.push(
+    `   ${o.allocations} allocations (after ${WARMUP_ALLOCATIONS} unmeasured warm-up ones), ${o.workers} concurrent client sockets, one new socket per allocation;`,
+  );
   lines.push(`   server on CPU ${SERVER_CPU}, driver and redis-server on CPU ${CLIENT_CPU}; latency = first Allocate sent -> ChannelBind success`);
-  const rows: string[][] = [['server', 'store', 'ok', 'alloc/s', 'p50 ms', 'p99 ms', 'max ms', 'retransmits', 'server CPU us/alloc', 'redis CPU us/alloc', 'driver CPU %']];
+  const rows: string[][] = [
+    ['server', 'store', 'ok', 'alloc/s', 'p50 ms', 'p99 ms', 'max ms', 'retransmits', 'server CPU us/alloc', 'redis CPU us/alloc', 'driver CPU %'],
+  ];
   for (const r of rs) {
     rows.push([
       r.server,
@@ -50,7 +54,14 @@ export function reportRate(rs: readonly RateResult[], o: Options): string[] {
     const rr: string[][] = [['server', 'store', 'alloc/s', 'p50', 'p99', 'server CPU/alloc']];
     for (const r of rs) {
       if (r.kind === 'coturn') continue;
-      rr.push([r.server, r.store, ratio(r.allocationsPerSecond, coturn.allocationsPerSecond), ratio(r.latencyMs.p50, coturn.latencyMs.p50), ratio(r.latencyMs.p99, coturn.latencyMs.p99), ratio(r.serverCpuMicrosPerAllocation, coturn.serverCpuMicrosPerAllocation)]);
+      rr.push([
+        r.server,
+        r.store,
+        ratio(r.allocationsPerSecond, coturn.allocationsPerSecond),
+        ratio(r.latencyMs.p50, coturn.latencyMs.p50),
+        ratio(r.latencyMs.p99, coturn.latencyMs.p99),
+        ratio(r.serverCpuMicrosPerAllocation, coturn.serverCpuMicrosPerAllocation),
+      ]);
     }
     lines.push(table(rr));
   }
@@ -61,10 +72,30 @@ export function reportRate(rs: readonly RateResult[], o: Options): string[] {
 export function reportLive(rs: readonly LiveResult[], slab: Results['slab'], o: Options, serverNofile: number): string[] {
   const lines: string[] = [];
   lines.push(`2. Memory and sockets per allocation: ${o.live} live allocations, each with one permission (no refresh; lifetime 600 s)`);
-  lines.push(`   before = ${SETTLE_MS / 1000} s after the server is ready; after = ${SETTLE_MS / 1000} s after the last allocation; RSS = VmRSS, fds = entries in /proc/PID/fd;`);
+  lines.push(
+    `   before = ${SETTLE_MS / 1000} s after the server is ready; after = ${SETTLE_MS / 1000} s after the last allocation; RSS = VmRSS, fds = entries in /proc/PID/fd;`,
+  );
   lines.push('   V8 heap = anyturn_process_nodejs_heap_size_used_bytes from /metrics (no forced GC: garbage included, noisy)');
-  lines.push(`   every server runs under prlimit --nofile=${serverNofile}:${serverNofile} (the bench shell's limit is ${nofileLimit(process.pid) ?? '?'}; coturn sizes its session table from it)`);
-  const rows: string[][] = [['server', 'store', 'ok', 'RSS MB before', 'RSS MB after', 'RSS KB/alloc', 'fds before', 'fds after', 'fds/alloc', 'V8 heap B/alloc', 'redis B/alloc', 'redis keys/alloc', 'create s']];
+  lines.push(
+    `   every server runs under prlimit --nofile=${serverNofile}:${serverNofile} (the bench shell's limit is ${nofileLimit(process.pid) ?? '?'}; coturn sizes its session table from it)`,
+  );
+  const rows: string[][] = [
+    [
+      'server',
+      'store',
+      'ok',
+      'RSS MB before',
+      'RSS MB after',
+      'RSS KB/alloc',
+      'fds before',
+      'fds after',
+      'fds/alloc',
+      'V8 heap B/alloc',
+      'redis B/alloc',
+      'redis keys/alloc',
+      'create s',
+    ],
+  ];
   for (const r of rs) {
     rows.push([
       r.server,
@@ -93,24 +124,38 @@ export function reportLive(rs: readonly LiveResult[], slab: Results['slab'], o: 
     lines.push('');
     lines.push('   ratio anyturn/coturn:');
     const rr: string[][] = [['server', 'store', 'RSS/alloc', 'fds/alloc']];
-    for (const r of rs) if (r.kind !== 'coturn') rr.push([r.server, r.store, ratio(r.rssKbPerAllocation, coturn.rssKbPerAllocation), ratio(r.fdsPerAllocation, coturn.fdsPerAllocation)]);
+    for (const r of rs)
+      if (r.kind !== 'coturn')
+        rr.push([r.server, r.store, ratio(r.rssKbPerAllocation, coturn.rssKbPerAllocation), ratio(r.fdsPerAllocation, coturn.fdsPerAllocation)]);
     lines.push(table(rr));
   }
   if (slab) {
     const parts = Object.entries(slab.byCache)
       .map(([c, b]) => `${c} ${b.toFixed(0)}`)
       .join(', ');
-    lines.push(`   kernel memory outside RSS: ~${fmt(slab.bytesPerSocket, 0)} bytes of slab per bound UDP socket (${parts}; /proc/slabinfo delta while the driver binds ${slab.sockets} sockets; host-wide, rough)`);
+    lines.push(
+      `   kernel memory outside RSS: ~${fmt(slab.bytesPerSocket, 0)} bytes of slab per bound UDP socket (${parts}; /proc/slabinfo delta while the driver binds ${slab.sockets} sockets; host-wide, rough)`,
+    );
   }
   return lines;
 }
 
 export function reportFill(rs: readonly FillResult[]): string[] {
   const lines: string[] = [];
-  lines.push(`2b. Filling a relay range: ${FILL_ATTEMPTS} Allocates, one after the other, on a range of ${FILL_PORTS} relay ports (the capacity bound: one port per allocation)`);
+  lines.push(
+    `2b. Filling a relay range: ${FILL_ATTEMPTS} Allocates, one after the other, on a range of ${FILL_PORTS} relay ports (the capacity bound: one port per allocation)`,
+  );
   const rows: string[][] = [['server', 'store', 'ports', 'allocated', 'first refusal at', 'refused with ports free', 'refusals']];
   for (const r of rs) {
-    rows.push([r.server, r.store, String(r.ports), `${r.ok}/${r.attempted}`, r.firstRefusal === undefined ? '-' : `#${r.firstRefusal}`, String(r.refusedWhileFree), r.errors.join('; ') || '-']);
+    rows.push([
+      r.server,
+      r.store,
+      String(r.ports),
+      `${r.ok}/${r.attempted}`,
+      r.firstRefusal === undefined ? '-' : `#${r.firstRefusal}`,
+      String(r.refusedWhileFree),
+      r.errors.join('; ') || '-',
+    ]);
   }
   lines.push(table(rows));
   return lines;
@@ -122,7 +167,22 @@ export function reportSync(s: SyncResult): string[] {
   lines.push('   node B starts in its place (same relay IP, ports, Redis) and takes on every record before serving.');
   lines.push('   sync = (B start -> "took on the allocations" line) minus the same with an empty store;');
   lines.push('   sync (B log) = B\'s own log time from "redis connection ready" to that line; us/alloc from sync ms');
-  const rows: string[][] = [['records in store', 'adopted', 'start->line ms', 'empty store ms', 'sync ms', 'sync ms (B log)', 'us/alloc', 'start->ready ms', 'RSS MB after', 'fds after', 'refresh ok', 'relay ok']];
+  const rows: string[][] = [
+    [
+      'records in store',
+      'adopted',
+      'start->line ms',
+      'empty store ms',
+      'sync ms',
+      'sync ms (B log)',
+      'us/alloc',
+      'start->ready ms',
+      'RSS MB after',
+      'fds after',
+      'refresh ok',
+      'relay ok',
+    ],
+  ];
   rows.push([
     String(s.recordsInStore),
     s.adopted === undefined ? '-' : String(s.adopted),
@@ -155,13 +215,30 @@ export function reportStoreOps(rs: readonly StoreOpsResult[]): string[] {
   lines.push('   "issued" = commands anyturn sends (round trips), "in scripts" = commands its Lua scripts run (both from MONITOR)');
   for (const r of rs) {
     lines.push('');
-    lines.push(`   ${r.kind === 'anyturn-redis' ? 'unicast relay mode (forward mode)' : 'anycast relay mode'}: ${r.ok}/${r.lifecycles} lifecycles in ${fmt(r.windowSeconds, 1)} s, p50 ${fmt(r.latencyMs.p50, 2)} ms per lifecycle; ${r.eventSubscribers ?? '?'} subscriber(s) on anyturn:events`);
+    lines.push(
+      `   ${r.kind === 'anyturn-redis' ? 'unicast relay mode (forward mode)' : 'anycast relay mode'}: ${r.ok}/${r.lifecycles} lifecycles in ${fmt(r.windowSeconds, 1)} s, p50 ${fmt(r.latencyMs.p50, 2)} ms per lifecycle; ${r.eventSubscribers ?? '?'} subscriber(s) on anyturn:events`,
+    );
     const rows: string[][] = [['command', 'calls/lifecycle', 'issued', 'in scripts', 'background/s']];
     for (const row of r.rows) {
       if (row.callsPerLifecycle < 0.005 && row.issuedPerLifecycle < 0.005 && row.inScriptsPerLifecycle < 0.005) continue;
-      rows.push([row.command, fmt(row.callsPerLifecycle, 2), fmt(row.issuedPerLifecycle, 2), fmt(row.inScriptsPerLifecycle, 2), fmt(row.backgroundPerSecond, 2)]);
+      rows.push([
+        row.command,
+        fmt(row.callsPerLifecycle, 2),
+        fmt(row.issuedPerLifecycle, 2),
+        fmt(row.inScriptsPerLifecycle, 2),
+        fmt(row.backgroundPerSecond, 2),
+      ]);
     }
-    rows.push(['total', fmt(r.commandsPerLifecycle, 2), fmt(r.roundTripsPerLifecycle, 2), fmt(r.rows.reduce((s, x) => s + x.inScriptsPerLifecycle, 0), 2), '']);
+    rows.push([
+      'total',
+      fmt(r.commandsPerLifecycle, 2),
+      fmt(r.roundTripsPerLifecycle, 2),
+      fmt(
+        r.rows.reduce((s, x) => s + x.inScriptsPerLifecycle, 0),
+        2,
+      ),
+      '',
+    ]);
     lines.push(table(rows, 1));
     const sizes = Object.entries(r.avgEventBytes)
       .map(([t, b]) => `${t} ${b.toFixed(0)} B`)

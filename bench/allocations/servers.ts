@@ -46,15 +46,21 @@ function anyturnArgs(ctx: Context, kind: ServerKind, listeningPort: number, metr
   const args = [
     ctx.anyturnCli,
     ...anyturnCommonArgs({ listeningPort, relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX }, user: USER, password: PASSWORD, realm: REALM }),
-    '--no-tcp', '--no-tls',
-    '--metrics-ip', LOOPBACK,
-    '--metrics-port', String(metricsPort),
-    '--log-level', o.logLevel ?? 'warn',
-    '--node-id', NODE_ID,
+    '--no-tcp',
+    '--no-tls',
+    '--metrics-ip',
+    LOOPBACK,
+    '--metrics-port',
+    String(metricsPort),
+    '--log-level',
+    o.logLevel ?? 'warn',
+    '--node-id',
+    NODE_ID,
     // Every client of the benchmark comes from 127.0.0.1: without this, anyturn's
     // anti-amplification limit (20 error answers/s per source IP, burst 40) would drop
     // most 401 challenges. Real clients come from many addresses.
-    '--unauth-error-rate', '0',
+    '--unauth-error-rate',
+    '0',
   ];
   if (kind === 'anyturn-redis' || kind === 'anyturn-redis-anycast') {
     if (o.redis === undefined) throw new Error(`${kind} needs a redis-server`);
@@ -75,7 +81,12 @@ async function httpStatus(port: number, path: string): Promise<number | undefine
 }
 
 /** The command line that starts `kind`, and anyturn's ops port (coturn has none). */
-async function launchOf(ctx: Context, kind: ServerKind, listeningPort: number, o: StartOptions): Promise<{ command: string; args: string[]; metricsPort: number | undefined }> {
+async function launchOf(
+  ctx: Context,
+  kind: ServerKind,
+  listeningPort: number,
+  o: StartOptions,
+): Promise<{ command: string; args: string[]; metricsPort: number | undefined }> {
   if (kind === 'coturn') {
     const launch = coturnLaunch({
       listeningPort,
@@ -184,7 +195,8 @@ export async function anyturnMetrics(s: ServerHandle): Promise<AnyturnMetrics> {
     let allocations: number | undefined;
     let heap: number | undefined;
     for (const line of text.split('\n')) {
-      if (line.startsWith('anyturn_allocations{') || line.startsWith('anyturn_allocations ')) allocations = (allocations ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
+      if (line.startsWith('anyturn_allocations{') || line.startsWith('anyturn_allocations '))
+        allocations = (allocations ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
       if (line.startsWith('anyturn_process_nodejs_heap_size_used_bytes ')) heap = Number(line.slice(line.lastIndexOf(' ') + 1));
     }
     return { allocations, heapUsedBytes: heap };

@@ -60,7 +60,18 @@ function syncLine(p: TrackedProcess): { adopted: number | undefined; logMs: numb
 }
 
 /** Starts node B in A's place and times until its sync line; returns ms (undefined if the line never came). */
-async function startAndTimeSync(ctx: Context, keep: LiveKeep, name: string): Promise<{ server: ServerHandle | undefined; lineMs: number | undefined; readyMs: number | undefined; adopted: number | undefined; logMs?: number; error?: string }> {
+async function startAndTimeSync(
+  ctx: Context,
+  keep: LiveKeep,
+  name: string,
+): Promise<{
+  server: ServerHandle | undefined;
+  lineMs: number | undefined;
+  readyMs: number | undefined;
+  adopted: number | undefined;
+  logMs?: number;
+  error?: string;
+}> {
   const t0 = performance.now();
   let lineAt: number | undefined;
   let server: ServerHandle | undefined;
@@ -88,7 +99,10 @@ async function startAndTimeSync(ctx: Context, keep: LiveKeep, name: string): Pro
 }
 
 /** Do the clients' allocations work on B? Refresh through B, and a Send indication to the peer. */
-async function probeClients(ctx: Context, clients: readonly AllocationClient[]): Promise<{ sample: number; refreshOk: number; relayOk: number; errors: string[] }> {
+async function probeClients(
+  ctx: Context,
+  clients: readonly AllocationClient[],
+): Promise<{ sample: number; refreshOk: number; relayOk: number; errors: string[] }> {
   const step = Math.max(1, Math.floor(clients.length / PROBE_SAMPLE));
   const probes = clients.filter((_, i) => i % step === 0).slice(0, PROBE_SAMPLE);
   const peer = ctx.peer.endpoint;

@@ -5,14 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import {
-  cpusAllowed,
-  processTree,
-  threadCount,
-  treeCpuMicros,
-  treeCpuUserSystemMicros,
-  udpReceiveBufferErrors,
-} from '../processes.js';
+import { cpusAllowed, processTree, threadCount, treeCpuMicros, treeCpuUserSystemMicros, udpReceiveBufferErrors } from '../processes.js';
 import { parseUclientOutput, peakSendRate, uclientArgs, uclientTimeoutMs, type CaseName, type LoadCase, type UclientStats } from '../uclient.js';
 import { PASSWORD, USER, type ServerName } from '../servers.js';
 import { onePlacement, type Placement } from './placement.js';
@@ -213,7 +206,14 @@ async function measureLoad(ctx: RunContext, s: StartedServer, c: LoadCase, place
   };
 }
 
-function loadResult(ctx: RunContext, serverName: ServerName, c: LoadCase, label: string, m: LoadMeasurement, logPaths: { server: string; uclient: string }): RunResult {
+function loadResult(
+  ctx: RunContext,
+  serverName: ServerName,
+  c: LoadCase,
+  label: string,
+  m: LoadMeasurement,
+  logPaths: { server: string; uclient: string },
+): RunResult {
   const { stats } = m;
   const serverCpuMicros = m.cpuAfter === undefined ? undefined : m.cpuAfter - m.cpuBefore;
   const relayedPackets = 2 * stats.received;

@@ -51,7 +51,9 @@ export function roundsReport(perRound: readonly RoundRatio[], rounds: number): s
 function rateLines(rate: RateReport): string[] {
   const lines: string[] = [];
   lines.push(`max lossless rate: ${rate.method}`);
-  const rateRows: string[][] = [['server', 'sessions', 'offered msg/s', 'peak sent msg/s', 'msgs sent', 'lost', 'lost %', 'CPU us / relayed pkt', 'rcvbuf drops']];
+  const rateRows: string[][] = [
+    ['server', 'sessions', 'offered msg/s', 'peak sent msg/s', 'msgs sent', 'lost', 'lost %', 'CPU us / relayed pkt', 'rcvbuf drops'],
+  ];
   for (const s of rate.servers) {
     for (const st of s.steps) {
       const r = st.result;
@@ -87,7 +89,9 @@ function rateLines(rate: RateReport): string[] {
 export function scalingReport(rate: RateReport): string[] {
   const lines = ['scaling: one core against two (--scaling)'];
   for (const x of SCALING) {
-    lines.push(`  ${x.placement.label}: server on CPU ${x.placement.serverCpus}, uclient on CPU ${x.placement.clientCpus}, turnutils_peer on CPU ${CLIENT_CPU}`);
+    lines.push(
+      `  ${x.placement.label}: server on CPU ${x.placement.serverCpus}, uclient on CPU ${x.placement.clientCpus}, turnutils_peer on CPU ${CLIENT_CPU}`,
+    );
   }
   lines.push('  on this 2-core machine the 2-core runs share both cores with the load generator, so their gain is a lower bound');
   lines.push('');
@@ -127,7 +131,20 @@ function methodLines(results: readonly RunResult[], cases: Record<CaseName, Load
 
 function resultsTable(results: readonly RunResult[]): string {
   const rows: string[][] = [
-    ['case', 'server', 'msgs sent', 'msgs recv', 'lost', 'lost %', 'server CPU ms', 'CPU us / relayed pkt', 'of which kernel', 'RTT avg/max ms', 'rcvbuf drops', 'load s'],
+    [
+      'case',
+      'server',
+      'msgs sent',
+      'msgs recv',
+      'lost',
+      'lost %',
+      'server CPU ms',
+      'CPU us / relayed pkt',
+      'of which kernel',
+      'RTT avg/max ms',
+      'rcvbuf drops',
+      'load s',
+    ],
   ];
   for (const r of results) {
     if (r.skipped) {
@@ -153,7 +170,9 @@ function resultsTable(results: readonly RunResult[]): string {
 }
 
 function ratioLines(rs: readonly Ratio[]): string[] {
-  const ratioRows: string[][] = [['case', '', 'anyturn/coturn', 'anyturn/floor', 'server CPU anyturn/coturn', 'lost % anyturn', 'lost % coturn', 'lost % floor']];
+  const ratioRows: string[][] = [
+    ['case', '', 'anyturn/coturn', 'anyturn/floor', 'server CPU anyturn/coturn', 'lost % anyturn', 'lost % coturn', 'lost % floor'],
+  ];
   const times = (n: number | undefined): string => (n === undefined ? '-' : `${n.toFixed(2)}x`);
   for (const r of rs) {
     ratioRows.push([
@@ -178,7 +197,9 @@ function latencyLines(latency: LatencyReport): string[] {
       `(after ${o.warmup} untimed), no other load, taking turns with as many direct round trips (client -> peer -> client);`,
     '  added = RTT through the server - RTT direct, at the same percentile',
   ];
-  const latRows: string[][] = [['server', '', 'recv/sent', 'RTT p50 us', 'RTT p99 us', 'RTT max us', 'direct p50 us', 'direct p99 us', 'added p50 us', 'added p99 us']];
+  const latRows: string[][] = [
+    ['server', '', 'recv/sent', 'RTT p50 us', 'RTT p99 us', 'RTT max us', 'direct p50 us', 'direct p99 us', 'added p50 us', 'added p99 us'],
+  ];
   for (const s of latency.servers) {
     const r = s.result?.rttMicros;
     const d = s.direct?.rttMicros;

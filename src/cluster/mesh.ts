@@ -39,7 +39,7 @@
 // handled once more after the restart.
 
 import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type KeyObject } from 'node:crypto';
-import dgram from 'node:dgram';
+import type dgram from 'node:dgram';
 import { MESH_KEY_LABEL, deriveKey } from '../keys.js';
 import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../net/ip.js';
 import { bindUdpSocket, createUdpSocket } from '../transport/udp/socket.js';
@@ -272,7 +272,9 @@ export class MeshSocket {
     // Bound to its sender: a frame names the mesh socket that sent it, and only that socket's datagrams may carry it.
     if (frame.readUInt16BE(SENDER_PORT_AT) !== rinfo.port) return this.hooks.onRejected('wrong_sender');
     let window = this.senders.get(rinfo.address)?.get(rinfo.port);
-    if (window ? !sameBytes(frame, ADDRESSES_AT, window.address) || window.address.length !== senderLength : !this.isSource(frame, senderFamily!, rinfo.address)) {
+    if (
+      window ? !sameBytes(frame, ADDRESSES_AT, window.address) || window.address.length !== senderLength : !this.isSource(frame, senderFamily!, rinfo.address)
+    ) {
       return this.hooks.onRejected('wrong_sender');
     }
     const nowMs = this.now();

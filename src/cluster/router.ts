@@ -179,7 +179,10 @@ export class ClusterRouter implements ForeignPacketHandler {
       const node = await this.o.registry.getNode(record.ownerNodeId);
       if (!node) {
         this.o.counters.deadOwnerCleanups++;
-        this.o.logger.info({ event: 'owner_dead', allocation: key, owner: record.ownerNodeId, user: record.username }, 'allocation owner is dead: removing its record');
+        this.o.logger.info(
+          { event: 'owner_dead', allocation: key, owner: record.ownerNodeId, user: record.username },
+          'allocation owner is dead: removing its record',
+        );
         await this.o.store.delete(key, 'owner-dead', record.version);
         return this.settleAbsent(place, key, ABSENT_TTL_MS);
       }
@@ -265,7 +268,8 @@ export class ClusterRouter implements ForeignPacketHandler {
   }
 
   private set(place: Place, entry: Entry): void {
-    if (this.places.has(entry.key)) this.places.delete(entry.key); // set again: most recently used
+    if (this.places.has(entry.key))
+      this.places.delete(entry.key); // set again: most recently used
     else if (this.places.size >= this.maxCached) this.evictOldest();
     let byAddress = this.cache.get(place.listener);
     if (!byAddress) this.cache.set(place.listener, (byAddress = new Map()));

@@ -29,7 +29,11 @@ export function parseArgs(argv: string[]): RawOptions {
     )
     .env(ENV_PREFIX)
     .strict();
-  for (const group of GROUPS) parser.group(flagNames().filter((name) => (FLAGS[name] as FlagSpec).group === group), group);
+  for (const group of GROUPS)
+    parser.group(
+      flagNames().filter((name) => (FLAGS[name] as FlagSpec).group === group),
+      group,
+    );
   for (const name of flagNames()) parser.option(name satisfies FlagName, yargsOption(FLAGS[name]));
   const parsed = parser
     .help()

@@ -122,12 +122,19 @@ function credentials(raw: RawOptions): Pick<ServerConfig, 'users' | 'authSecrets
     });
   }
 
-  const secrets = read(raw, 'static-auth-secret').map(String).filter((s) => s.length > 0);
+  const secrets = read(raw, 'static-auth-secret')
+    .map(String)
+    .filter((s) => s.length > 0);
   const useAuthSecret = read(raw, 'use-auth-secret');
   if (useAuthSecret && secrets.length === 0) throw new ConfigError('static-auth-secret', '', 'at least one secret when --use-auth-secret is on');
   if (!useAuthSecret && secrets.length > 0) throw new ConfigError('use-auth-secret', false, 'true when --static-auth-secret is given (as coturn requires)');
   if (users.size === 0 && !useAuthSecret) {
-    throw new ConfigError('user', '', 'a credential', 'no credentials configured: give --user name:password, --userdb FILE, or --use-auth-secret with --static-auth-secret (anyturn is never an open relay)');
+    throw new ConfigError(
+      'user',
+      '',
+      'a credential',
+      'no credentials configured: give --user name:password, --userdb FILE, or --use-auth-secret with --static-auth-secret (anyturn is never an open relay)',
+    );
   }
   return { users, authSecrets: useAuthSecret ? secrets : [] };
 }
@@ -143,10 +150,16 @@ function parseUser(flag: string, entry: string, users: Map<string, string>): voi
 function workers(raw: RawOptions, minPort: number, maxPort: number, cluster: ClusterConfig | undefined): number {
   const n = read(raw, 'workers');
   if (n === 1) return 1;
-  if (maxPort - minPort + 1 < n) throw new ConfigError('workers', n, `at most the number of relay ports (--min-port ${minPort} to --max-port ${maxPort}): each worker gets its own slice`);
+  if (maxPort - minPort + 1 < n)
+    throw new ConfigError('workers', n, `at most the number of relay ports (--min-port ${minPort} to --max-port ${maxPort}): each worker gets its own slice`);
   if (cluster?.relayMode === 'anycast') {
-    throw new ConfigError('workers', n, "1 with --relay-mode anycast: there every node binds every allocation's relayed port, which workers on one host cannot share");
+    throw new ConfigError(
+      'workers',
+      n,
+      "1 with --relay-mode anycast: there every node binds every allocation's relayed port, which workers on one host cannot share",
+    );
   }
-  if (cluster && cluster.meshPort !== 0 && cluster.meshPort + n - 1 > 65535) throw new ConfigError('workers', n, `a count that leaves --mesh-address port ${cluster.meshPort} + one port per worker under 65536`);
+  if (cluster && cluster.meshPort !== 0 && cluster.meshPort + n - 1 > 65535)
+    throw new ConfigError('workers', n, `a count that leaves --mesh-address port ${cluster.meshPort} + one port per worker under 65536`);
   return n;
 }

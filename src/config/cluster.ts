@@ -13,17 +13,38 @@ export function buildClusterConfig(raw: RawOptions): ClusterConfig | undefined {
   const redis = redisTarget(raw);
   if (redis === undefined) {
     for (const flag of ['mesh-address', 'cluster-secret'] as const) {
-      if (raw[flag] !== undefined) throw new ConfigError(flag, flag === 'cluster-secret' ? '***' : raw[flag], 'only with a shared store: --redis-url, --redis-sentinel or --redis-cluster');
+      if (raw[flag] !== undefined)
+        throw new ConfigError(
+          flag,
+          flag === 'cluster-secret' ? '***' : raw[flag],
+          'only with a shared store: --redis-url, --redis-sentinel or --redis-cluster',
+        );
     }
     // Read as given: without a store, the relay mode is not otherwise checked (yargs' choices are, from the CLI).
-    if (raw['relay-mode'] === 'anycast') throw new ConfigError('relay-mode', 'anycast', 'only with a shared store (--redis-url, --redis-sentinel or --redis-cluster): every node must see every allocation');
+    if (raw['relay-mode'] === 'anycast')
+      throw new ConfigError(
+        'relay-mode',
+        'anycast',
+        'only with a shared store (--redis-url, --redis-sentinel or --redis-cluster): every node must see every allocation',
+      );
     return undefined;
   }
   const mesh = read(raw, 'mesh-address');
-  if (mesh === undefined) throw new ConfigError('mesh-address', '', 'ip:port of this node for node-to-node forwarding', `missing --mesh-address: with --${redis.flag} each node needs its unicast ip:port for the mesh, e.g. --mesh-address 192.0.2.10:7000`);
+  if (mesh === undefined)
+    throw new ConfigError(
+      'mesh-address',
+      '',
+      'ip:port of this node for node-to-node forwarding',
+      `missing --mesh-address: with --${redis.flag} each node needs its unicast ip:port for the mesh, e.g. --mesh-address 192.0.2.10:7000`,
+    );
   const secret = read(raw, 'cluster-secret');
   if (secret === undefined || Buffer.byteLength(secret) < 16) {
-    throw new ConfigError('cluster-secret', secret === undefined ? '' : '***', 'at least 16 bytes, the same on every node (the mesh key, and the nonce key unless --nonce-secret is given, are derived from it)', `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --${redis.flag} give every node the same secret of at least 16 bytes (the mesh key, and the nonce key unless --nonce-secret is given, are derived from it)`);
+    throw new ConfigError(
+      'cluster-secret',
+      secret === undefined ? '' : '***',
+      'at least 16 bytes, the same on every node (the mesh key, and the nonce key unless --nonce-secret is given, are derived from it)',
+      `${secret === undefined ? 'missing' : 'too short'} --cluster-secret: with --${redis.flag} give every node the same secret of at least 16 bytes (the mesh key, and the nonce key unless --nonce-secret is given, are derived from it)`,
+    );
   }
   return {
     redis: redis.target,
@@ -49,13 +70,19 @@ function given(value: string | readonly string[] | undefined): boolean {
 function redisTarget(raw: RawOptions): { readonly target: RedisTarget; readonly flag: StoreFlag } | undefined {
   const chosen = STORE_FLAGS.filter((f) => given(raw[f]));
   if (chosen.length > 1) {
-    throw new ConfigError(chosen[1]!, chosen.map((f) => `--${f}`).join(' '), ONE_STORE, `--${chosen.join(' and --')} are ${chosen.length === 2 ? 'both' : 'all'} given: ${ONE_STORE}`);
+    throw new ConfigError(
+      chosen[1]!,
+      chosen.map((f) => `--${f}`).join(' '),
+      ONE_STORE,
+      `--${chosen.join(' and --')} are ${chosen.length === 2 ? 'both' : 'all'} given: ${ONE_STORE}`,
+    );
   }
   const password = read(raw, 'redis-password');
   if (password !== undefined && password === '') throw new ConfigError('redis-password', '', 'a non-empty password (or leave the flag out)');
   const name = read(raw, 'redis-sentinel-name');
   const flag = chosen[0];
-  if (flag !== 'redis-sentinel' && name !== undefined) throw new ConfigError('redis-sentinel-name', name, 'only with --redis-sentinel (the master group the sentinels monitor)');
+  if (flag !== 'redis-sentinel' && name !== undefined)
+    throw new ConfigError('redis-sentinel-name', name, 'only with --redis-sentinel (the master group the sentinels monitor)');
   if (flag === undefined) {
     if (password !== undefined) throw new ConfigError('redis-password', '***', 'only with --redis-url, --redis-sentinel or --redis-cluster');
     if (raw['redis-tls'] === true) throw new ConfigError('redis-tls', true, 'only with --redis-sentinel or --redis-cluster');
@@ -75,7 +102,9 @@ function redisTarget(raw: RawOptions): { readonly target: RedisTarget; readonly 
           'redis-sentinel-name',
           name ?? '',
           'the master group name the sentinels monitor (letters, digits, ._:-), e.g. mymaster',
-          name === undefined ? 'missing --redis-sentinel-name: with --redis-sentinel give the master group the sentinels monitor ("sentinel monitor <name> ..."), e.g. --redis-sentinel-name mymaster' : undefined,
+          name === undefined
+            ? 'missing --redis-sentinel-name: with --redis-sentinel give the master group the sentinels monitor ("sentinel monitor <name> ..."), e.g. --redis-sentinel-name mymaster'
+            : undefined,
         );
       }
       return { flag, target: { kind: 'sentinel', sentinels, name, ...withPassword, ...withTls } };
@@ -97,8 +126,10 @@ function redisUrl(raw: RawOptions, password: string | undefined): string {
   if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
     throw new ConfigError('redis-url', url.replace(/\/\/[^@]*@/, '//***@'), 'redis://[user:password@]host:port[/db] or rediss:// for TLS');
   }
-  if (password !== undefined && parsed.password !== '') throw new ConfigError('redis-password', '***', 'not together with a password in --redis-url: give it once');
-  if (raw['redis-ca'] !== undefined && parsed.protocol !== 'rediss:') throw new ConfigError('redis-ca', raw['redis-ca'], 'only with TLS: a rediss:// --redis-url, or --redis-tls with --redis-sentinel or --redis-cluster');
+  if (password !== undefined && parsed.password !== '')
+    throw new ConfigError('redis-password', '***', 'not together with a password in --redis-url: give it once');
+  if (raw['redis-ca'] !== undefined && parsed.protocol !== 'rediss:')
+    throw new ConfigError('redis-ca', raw['redis-ca'], 'only with TLS: a rediss:// --redis-url, or --redis-tls with --redis-sentinel or --redis-cluster');
   return url;
 }
 
@@ -109,7 +140,8 @@ function redisUrl(raw: RawOptions, password: string | undefined): string {
 function redisTls(raw: RawOptions, flag: StoreFlag): RedisTls | undefined {
   const on = raw['redis-tls'] === true;
   const caFile = raw['redis-ca'];
-  if (on && flag === 'redis-url') throw new ConfigError('redis-tls', true, 'only with --redis-sentinel or --redis-cluster: for --redis-url write rediss:// instead of redis://');
+  if (on && flag === 'redis-url')
+    throw new ConfigError('redis-tls', true, 'only with --redis-sentinel or --redis-cluster: for --redis-url write rediss:// instead of redis://');
   if (caFile !== undefined && flag !== 'redis-url' && !on) throw new ConfigError('redis-ca', caFile, 'only with --redis-tls (or a rediss:// --redis-url)');
   if (!on && caFile === undefined) return undefined;
   if (caFile === undefined) return {};

@@ -3,7 +3,12 @@
 
 export class ConfigError extends Error {
   readonly code = 'ERR_ANYTURN_CONFIG';
-  constructor(readonly flag: string, readonly value: unknown, readonly allowed: string, message?: string) {
+  constructor(
+    readonly flag: string,
+    readonly value: unknown,
+    readonly allowed: string,
+    message?: string,
+  ) {
     super(message ?? `invalid --${flag} ${typeof value === 'number' ? String(value) : JSON.stringify(value)}: ${allowed}`);
     this.name = 'ConfigError';
   }

@@ -75,7 +75,11 @@ export const text: Kind<string, string | undefined> = { tag: 'text', yargs: { ty
 export const secret: Kind<string, string | undefined> = { tag: 'secret', yargs: { type: 'string' }, parse: (_flag, value) => value };
 
 /** Repeatable secrets (a user entry name:password may contain ',', so no comma-splitting here). */
-export const secrets: Kind<readonly string[], readonly string[]> = { tag: 'secret', yargs: { type: 'string', array: true }, parse: (_flag, value) => value ?? [] };
+export const secrets: Kind<readonly string[], readonly string[]> = {
+  tag: 'secret',
+  yargs: { type: 'string', array: true },
+  parse: (_flag, value) => value ?? [],
+};
 
 export function choice<const C extends string>(choices: readonly C[], allowed: string): Kind<string, C> {
   return {
@@ -95,7 +99,12 @@ export function isIp(text: string): boolean {
 
 /** From an environment variable a list arrives as one comma-separated string. */
 function parts(values: readonly string[] | undefined): string[] {
-  return (values ?? []).flatMap((value) => String(value).split(',').map((s) => s.trim()).filter(Boolean));
+  return (values ?? []).flatMap((value) =>
+    String(value)
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
 }
 
 /** Repeatable IPv4 or IPv6 addresses. */
@@ -149,7 +158,7 @@ export const hostPort: Kind<string, { address: string; port: number } | undefine
     const address = m?.[1];
     const port = m ? Number(m[2]) : NaN;
     if (!address || !isIp(address) || address === '0.0.0.0' || address === '::' || !(port >= 1 && port <= 65535)) {
-      throw new ConfigError(flag, text, 'ip:port (or [ipv6]:port) with this node\'s unicast address, reachable from the other nodes, e.g. 192.0.2.10:7000');
+      throw new ConfigError(flag, text, "ip:port (or [ipv6]:port) with this node's unicast address, reachable from the other nodes, e.g. 192.0.2.10:7000");
     }
     return { address, port };
   },
@@ -185,7 +194,11 @@ export const alternateServers: Kind<readonly string[], AlternateServer[]> = {
       const address = m?.[1];
       const port = m?.[2] ? Number(m[2]) : 3478;
       if (!address || !isIp(address) || address === '0.0.0.0' || address === '::' || !(port >= 1 && port <= 65535)) {
-        throw new ConfigError(flag, part, 'ip:port or [ipv6]:port of another TURN server (port 1-65535, 3478 when left out), e.g. 192.0.2.20:3478 or [2001:db8::20]:3478');
+        throw new ConfigError(
+          flag,
+          part,
+          'ip:port or [ipv6]:port of another TURN server (port 1-65535, 3478 when left out), e.g. 192.0.2.20:3478 or [2001:db8::20]:3478',
+        );
       }
       return { address, port };
     }),

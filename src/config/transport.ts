@@ -8,7 +8,16 @@ import { ConfigError } from './errors.js';
 import { type RawOptions, read } from './flags.js';
 import type { ServerConfig, TlsConfig } from './types.js';
 
-type TransportFields = 'udp' | 'tcp' | 'tls' | 'maxTcpConnections' | 'maxTcpConnectionsPerIp' | 'tcpIdleTimeoutSeconds' | 'tcpUnallocatedTimeoutSeconds' | 'unauthErrorRate' | 'unauthErrorBurst';
+type TransportFields =
+  | 'udp'
+  | 'tcp'
+  | 'tls'
+  | 'maxTcpConnections'
+  | 'maxTcpConnectionsPerIp'
+  | 'tcpIdleTimeoutSeconds'
+  | 'tcpUnallocatedTimeoutSeconds'
+  | 'unauthErrorRate'
+  | 'unauthErrorBurst';
 
 export function transportConfig(raw: RawOptions, listeningPort: number): Pick<ServerConfig, TransportFields> {
   // --no-udp arrives as udp = false, ANYTURN_NO_UDP=true as no-udp = true; the same for tcp, tls.
@@ -18,7 +27,12 @@ export function transportConfig(raw: RawOptions, listeningPort: number): Pick<Se
   const port = read(raw, 'tls-listening-port');
   const tls = tlsConfig(raw, tcp ? listeningPort : undefined, tlsOn, port);
   if (!udp && !tcp && !tls) {
-    throw new ConfigError('no-udp', true, 'at least one transport', 'nothing to listen on: --no-udp and --no-tcp leave only TLS, which needs --cert and --pkey (and no --no-tls)');
+    throw new ConfigError(
+      'no-udp',
+      true,
+      'at least one transport',
+      'nothing to listen on: --no-udp and --no-tcp leave only TLS, which needs --cert and --pkey (and no --no-tls)',
+    );
   }
   return {
     udp,
@@ -43,7 +57,12 @@ function tlsConfig(raw: RawOptions, plainTcpPort: number | undefined, tlsOn: boo
   const keyFile = read(raw, 'pkey');
   if ((certFile === undefined) !== (keyFile === undefined)) {
     const [flag, other] = certFile === undefined ? ['cert', 'pkey'] : ['pkey', 'cert'];
-    throw new ConfigError(flag, '', `a PEM file when --${other} is given`, `missing --${flag}: TLS needs both --cert FILE (certificate chain, PEM) and --pkey FILE (private key, PEM)`);
+    throw new ConfigError(
+      flag,
+      '',
+      `a PEM file when --${other} is given`,
+      `missing --${flag}: TLS needs both --cert FILE (certificate chain, PEM) and --pkey FILE (private key, PEM)`,
+    );
   }
   if (certFile === undefined || keyFile === undefined || !tlsOn) return undefined;
   const cert = readPem('cert', certFile, 'PEM certificate');
@@ -63,7 +82,8 @@ function tlsConfig(raw: RawOptions, plainTcpPort: number | undefined, tlsOn: boo
   } catch (err) {
     throw new ConfigError('pkey', keyFile, `the private key of the --cert certificate ${certFile} (${(err as Error).message})`);
   }
-  if (plainTcpPort !== undefined && port !== 0 && port === plainTcpPort) throw new ConfigError('tls-listening-port', port, `a port other than --listening-port ${plainTcpPort}, where plain TCP listens (or --no-tcp)`);
+  if (plainTcpPort !== undefined && port !== 0 && port === plainTcpPort)
+    throw new ConfigError('tls-listening-port', port, `a port other than --listening-port ${plainTcpPort}, where plain TCP listens (or --no-tcp)`);
   return { port, cert, key, certFile, keyFile };
 }
 

@@ -16,9 +16,7 @@ export type IpRange =
 
 const MAX_RANGE_LENGTH = 2 * MAX_IP_TEXT_LENGTH + 8;
 
-const RANGE_SYNTAX =
-  "expected 'a.b.c.d', 'a.b.c.d/nn' (nn 0-32), an IPv6 address 'x::y' or 'x::y/nn' (nn 0-128), " +
-  "or a 'first-last' range of one family";
+const RANGE_SYNTAX = "expected 'a.b.c.d', 'a.b.c.d/nn' (nn 0-32), an IPv6 address 'x::y' or 'x::y/nn' (nn 0-128), " + "or a 'first-last' range of one family";
 
 export class PeerRangeError extends Error {
   readonly code = 'ERR_PEER_RANGE';
@@ -126,9 +124,7 @@ export function parseIpRange(text: string): IpRange {
   const slash = trimmed.indexOf('/');
   if (slash === -1) {
     const ip = parseSingleForRange(original, trimmed);
-    return ip.family === 4
-      ? { family: 4, first: ip.value, last: ip.value }
-      : { family: 6, first: ip.value, last: ip.value };
+    return ip.family === 4 ? { family: 4, first: ip.value, last: ip.value } : { family: 6, first: ip.value, last: ip.value };
   }
   if (trimmed.indexOf('/', slash + 1) !== -1) throw new PeerRangeError(original, "more than one '/'");
   const ip = parseSingleForRange(original, trimmed.slice(0, slash));

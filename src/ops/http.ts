@@ -69,7 +69,8 @@ export const OPS_HTTP_DEFAULTS: Required<OpsHttpLimits> = {
   metricsCacheMs: 1_000,
 };
 
-const NO_TOKEN_MESSAGE = 'POST /drain and /undrain are off: start anyturn with --admin-token TOKEN (or ANYTURN_ADMIN_TOKEN) to allow them; SIGUSR1 drains without one';
+const NO_TOKEN_MESSAGE =
+  'POST /drain and /undrain are off: start anyturn with --admin-token TOKEN (or ANYTURN_ADMIN_TOKEN) to allow them; SIGUSR1 drains without one';
 
 export class OpsHttpServer {
   private readonly server: http.Server;

@@ -133,14 +133,26 @@ function storeMetrics(registry: Registry, store: AllocationStore): void {
 
   const feed = store.eventStats?.bind(store);
   if (feed) {
-    totalCounter(registry, 'anyturn_store_event_heartbeats_total', "The store's event feed checks itself: heartbeats published on its own channel, and heard back", ['kind'], () => {
-      const f = feed();
-      return [
-        [{ kind: 'published' }, f.heartbeatsPublished],
-        [{ kind: 'received' }, f.heartbeatsReceived],
-      ];
-    });
-    totalCounter(registry, 'anyturn_store_event_resubscriptions_total', 'Times the event subscription went deaf or dropped and was made again (events in the gap are lost; the node re-syncs)', [], () => single(feed().resubscriptions));
+    totalCounter(
+      registry,
+      'anyturn_store_event_heartbeats_total',
+      "The store's event feed checks itself: heartbeats published on its own channel, and heard back",
+      ['kind'],
+      () => {
+        const f = feed();
+        return [
+          [{ kind: 'published' }, f.heartbeatsPublished],
+          [{ kind: 'received' }, f.heartbeatsReceived],
+        ];
+      },
+    );
+    totalCounter(
+      registry,
+      'anyturn_store_event_resubscriptions_total',
+      'Times the event subscription went deaf or dropped and was made again (events in the gap are lost; the node re-syncs)',
+      [],
+      () => single(feed().resubscriptions),
+    );
     new Gauge({
       name: 'anyturn_store_event_echo_age_seconds',
       help: 'Seconds since this node last heard its own heartbeat on the event feed (-1: not yet); above a few seconds the feed is deaf',
@@ -152,7 +164,6 @@ function storeMetrics(registry: Registry, store: AllocationStore): void {
       },
     });
   }
-
 }
 
 /** The engine's running totals (EngineCounters) and its request-time histogram. */
@@ -184,18 +195,48 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
     DROP_REASONS.map((reason) => [{ reason }, counters.drops[reason]] as const),
   );
   totalCounter(registry, 'anyturn_auth_failures_total', 'Requests answered 401 (no or bad credentials)', [], () => single(counters.authFailures));
-  totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () => single(counters.quotaRefusals));
-  totalCounter(registry, 'anyturn_limit_refusals_total', 'CreatePermission and ChannelBind requests refused with 508 by --max-permissions-per-allocation, --max-channels-per-allocation or --max-peers-per-request', [], () => single(counters.limitRefusals));
-  totalCounter(registry, 'anyturn_peer_policy_refusals_total', 'Permissions and channel binds refused by the peer policy (403, or not installed from a store record)', [], () => single(counters.peerPolicyRefusals));
-  totalCounter(registry, 'anyturn_store_peer_refusals_total', 'Permissions and channels in records from the store that the peer policy refused (not installed)', [], () => single(counters.storePeerRefusals));
-  totalCounter(registry, 'anyturn_allocate_refusals_total', 'Allocates refused for capacity, by reason: total_quota, user_quota (486), store_unavailable, relay_ports_full, no_descriptors (EMFILE/ENFILE), bind_error (any other bind error but address in use)', ['reason'], () =>
-    ALLOCATE_REFUSAL_REASONS.map((reason) => [{ reason }, counters.allocateRefusals[reason]] as const),
+  totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () =>
+    single(counters.quotaRefusals),
   );
-  totalCounter(registry, 'anyturn_relay_bind_attempts_total', 'Relay socket binds tried, by result: ok, in_use (another socket holds the port), no_descriptors (EMFILE/ENFILE), error', ['result'], () =>
-    BIND_RESULTS.map((result) => [{ result }, counters.relayBinds[result]] as const),
+  totalCounter(
+    registry,
+    'anyturn_limit_refusals_total',
+    'CreatePermission and ChannelBind requests refused with 508 by --max-permissions-per-allocation, --max-channels-per-allocation or --max-peers-per-request',
+    [],
+    () => single(counters.limitRefusals),
+  );
+  totalCounter(
+    registry,
+    'anyturn_peer_policy_refusals_total',
+    'Permissions and channel binds refused by the peer policy (403, or not installed from a store record)',
+    [],
+    () => single(counters.peerPolicyRefusals),
+  );
+  totalCounter(
+    registry,
+    'anyturn_store_peer_refusals_total',
+    'Permissions and channels in records from the store that the peer policy refused (not installed)',
+    [],
+    () => single(counters.storePeerRefusals),
+  );
+  totalCounter(
+    registry,
+    'anyturn_allocate_refusals_total',
+    'Allocates refused for capacity, by reason: total_quota, user_quota (486), store_unavailable, relay_ports_full, no_descriptors (EMFILE/ENFILE), bind_error (any other bind error but address in use)',
+    ['reason'],
+    () => ALLOCATE_REFUSAL_REASONS.map((reason) => [{ reason }, counters.allocateRefusals[reason]] as const),
+  );
+  totalCounter(
+    registry,
+    'anyturn_relay_bind_attempts_total',
+    'Relay socket binds tried, by result: ok, in_use (another socket holds the port), no_descriptors (EMFILE/ENFILE), error',
+    ['result'],
+    () => BIND_RESULTS.map((result) => [{ result }, counters.relayBinds[result]] as const),
   );
   totalCounter(registry, 'anyturn_allocations_created_total', 'Allocations created', [], () => single(counters.allocationsCreated));
-  totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () => single(counters.allocationsDeleted));
+  totalCounter(registry, 'anyturn_allocations_deleted_total', 'Allocations deleted (expired, refreshed to 0, or shut down)', [], () =>
+    single(counters.allocationsDeleted),
+  );
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
 }
 
@@ -213,30 +254,66 @@ function streamMetrics(registry: Registry, streams: StreamCounters): void {
   totalCounter(registry, 'anyturn_client_connections_accepted_total', 'TCP/TLS client connections accepted, by transport', ['transport'], () =>
     STREAM_TRANSPORTS.map((transport) => [{ transport }, streams.accepted[transport]] as const),
   );
-  totalCounter(registry, 'anyturn_connections_refused_total', 'TCP/TLS connections closed at accept, by transport and reason (max_connections: --max-tcp-connections open; per_source: --max-tcp-connections-per-ip open from its IPv4 address or IPv6 /64; shutdown)', ['transport', 'reason'], () =>
-    STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_REFUSAL_REASONS.map((reason) => [{ transport, reason }, streams.refused[transport][reason]] as const)),
+  totalCounter(
+    registry,
+    'anyturn_connections_refused_total',
+    'TCP/TLS connections closed at accept, by transport and reason (max_connections: --max-tcp-connections open; per_source: --max-tcp-connections-per-ip open from its IPv4 address or IPv6 /64; shutdown)',
+    ['transport', 'reason'],
+    () =>
+      STREAM_TRANSPORTS.flatMap((transport) =>
+        CONNECTION_REFUSAL_REASONS.map((reason) => [{ transport, reason }, streams.refused[transport][reason]] as const),
+      ),
   );
-  totalCounter(registry, 'anyturn_client_connections_closed_total', 'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, no_allocation, framing_error, tls_handshake, error, shutdown)', ['transport', 'reason'], () =>
-    STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),
+  totalCounter(
+    registry,
+    'anyturn_client_connections_closed_total',
+    'TCP/TLS client connections closed, by transport and reason (client, idle_timeout, no_allocation, framing_error, tls_handshake, error, shutdown)',
+    ['transport', 'reason'],
+    () =>
+      STREAM_TRANSPORTS.flatMap((transport) => CONNECTION_CLOSE_REASONS.map((reason) => [{ transport, reason }, streams.closed[transport][reason]] as const)),
   );
-  totalCounter(registry, 'anyturn_stream_framing_errors_total', 'TCP/TLS connections closed because the stream was neither STUN nor ChannelData (not_turn) or a frame was over 64 KiB (too_long)', ['transport', 'reason'], () =>
-    STREAM_TRANSPORTS.flatMap((transport) => FRAMING_ERRORS.map((reason) => [{ transport, reason }, streams.framingErrors[transport][reason]] as const)),
+  totalCounter(
+    registry,
+    'anyturn_stream_framing_errors_total',
+    'TCP/TLS connections closed because the stream was neither STUN nor ChannelData (not_turn) or a frame was over 64 KiB (too_long)',
+    ['transport', 'reason'],
+    () => STREAM_TRANSPORTS.flatMap((transport) => FRAMING_ERRORS.map((reason) => [{ transport, reason }, streams.framingErrors[transport][reason]] as const)),
   );
 }
 
 /** The cluster: mesh forwarding, store lookups for unknown 5-tuples, owner cleanups. */
 function clusterMetrics(registry: Registry, cluster: ClusterCounters): void {
-  totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () => single(cluster.meshForwarded));
-  totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () => single(cluster.meshReceived));
-  totalCounter(registry, 'anyturn_mesh_too_large_packets_total', 'Client packets not forwarded over the mesh because, framed, they would not fit in one UDP datagram', [], () => single(cluster.meshTooLarge));
-  totalCounter(registry, 'anyturn_mesh_rejected_frames_total', 'Mesh frames refused, by reason (malformed, bad_tag, stale, replayed, wrong_sender, no_listener)', ['reason'], () =>
-    MESH_REJECT_REASONS.map((reason) => [{ reason }, cluster.meshRejected[reason]] as const),
+  totalCounter(registry, 'anyturn_mesh_forwarded_packets_total', 'Client packets forwarded to their allocation owner over the mesh', [], () =>
+    single(cluster.meshForwarded),
+  );
+  totalCounter(registry, 'anyturn_mesh_received_packets_total', 'Client packets received from other nodes over the mesh', [], () =>
+    single(cluster.meshReceived),
+  );
+  totalCounter(
+    registry,
+    'anyturn_mesh_too_large_packets_total',
+    'Client packets not forwarded over the mesh because, framed, they would not fit in one UDP datagram',
+    [],
+    () => single(cluster.meshTooLarge),
+  );
+  totalCounter(
+    registry,
+    'anyturn_mesh_rejected_frames_total',
+    'Mesh frames refused, by reason (malformed, bad_tag, stale, replayed, wrong_sender, no_listener)',
+    ['reason'],
+    () => MESH_REJECT_REASONS.map((reason) => [{ reason }, cluster.meshRejected[reason]] as const),
   );
   totalCounter(registry, 'anyturn_store_lookups_total', 'Store lookups for 5-tuples with no local allocation', [], () => single(cluster.storeLookups));
   totalCounter(registry, 'anyturn_store_lookup_errors_total', 'Store lookups that failed', [], () => single(cluster.storeLookupErrors));
-  totalCounter(registry, 'anyturn_store_lookups_rate_limited_total', 'Unknown 5-tuples not looked up because of the lookup rate limit', [], () => single(cluster.lookupsRateLimited));
-  totalCounter(registry, 'anyturn_allocations_resumed_total', 'Rerouted clients found to own a live allocation on another node', [], () => single(cluster.allocationsResumed));
-  totalCounter(registry, 'anyturn_dead_owner_cleanups_total', 'Allocation records removed because their owner node was dead', [], () => single(cluster.deadOwnerCleanups));
+  totalCounter(registry, 'anyturn_store_lookups_rate_limited_total', 'Unknown 5-tuples not looked up because of the lookup rate limit', [], () =>
+    single(cluster.lookupsRateLimited),
+  );
+  totalCounter(registry, 'anyturn_allocations_resumed_total', 'Rerouted clients found to own a live allocation on another node', [], () =>
+    single(cluster.allocationsResumed),
+  );
+  totalCounter(registry, 'anyturn_dead_owner_cleanups_total', 'Allocation records removed because their owner node was dead', [], () =>
+    single(cluster.deadOwnerCleanups),
+  );
   totalCounter(registry, 'anyturn_heartbeat_failures_total', 'Heartbeats this node failed to write', [], () => single(cluster.heartbeatFailures));
   const lookupSeconds = new Histogram({
     name: 'anyturn_store_lookup_seconds',

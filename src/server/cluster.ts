@@ -24,7 +24,11 @@ export class ClusterNode {
   private engine: TurnEngine | undefined;
   private listeners: ClientListeners | undefined;
 
-  constructor(private readonly config: ServerConfig, private readonly cluster: ClusterConfig, private readonly logger: Logger) {
+  constructor(
+    private readonly config: ServerConfig,
+    private readonly cluster: ClusterConfig,
+    private readonly logger: Logger,
+  ) {
     const counters = this.counters;
     this.mesh = new MeshSocket(cluster.meshAddress, cluster.meshPort, cluster.clusterSecret, {
       onPacket: (p) => this.dispatch(p),

@@ -104,12 +104,19 @@ export class NodeLifecycle {
   /** Serves the ops endpoint when --metrics-port is on; resolves its bound port, or 0 when off. */
   async startOps(config: ServerConfig, metrics: MetricsSource): Promise<number> {
     if (config.metricsPort === 0) return 0;
-    const ops = new OpsHttpServer(config.metricsIp, config.metricsPort, metrics, { notReadyReason: () => this.notReadyReason() }, {
-      token: config.adminToken,
-      drain: () => this.drain('POST /drain'),
-      undrain: () => this.undrain('POST /undrain'),
-      state: () => ({ draining: this.draining, allocations: this.state?.allocations() ?? 0 }),
-    }, { metricsCacheMs: config.metricsCacheMs });
+    const ops = new OpsHttpServer(
+      config.metricsIp,
+      config.metricsPort,
+      metrics,
+      { notReadyReason: () => this.notReadyReason() },
+      {
+        token: config.adminToken,
+        drain: () => this.drain('POST /drain'),
+        undrain: () => this.undrain('POST /undrain'),
+        state: () => ({ draining: this.draining, allocations: this.state?.allocations() ?? 0 }),
+      },
+      { metricsCacheMs: config.metricsCacheMs },
+    );
     this.ops = ops;
     await ops.start();
     return ops.port;

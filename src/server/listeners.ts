@@ -29,7 +29,13 @@ export class ClientListeners {
   private readonly streamHooks: StreamListenerHooks;
   private readonly streamSettings: StreamSettings;
 
-  constructor(private readonly config: ServerConfig, private readonly engine: TurnEngine, counters: EngineCounters, logger: Logger, private readonly frontend?: UdpFrontend) {
+  constructor(
+    private readonly config: ServerConfig,
+    private readonly engine: TurnEngine,
+    counters: EngineCounters,
+    logger: Logger,
+    private readonly frontend?: UdpFrontend,
+  ) {
     this.udpHooks = {
       onPacket: (path, buf, address, port) => {
         const handle = this.handles.get(path);
@@ -45,7 +51,8 @@ export class ClientListeners {
         return {
           onMessage: (message) => engine.handleClientPacket(handle, message, connection.remoteAddress, connection.remotePort),
           hasAllocation: () => handle.holdsAllocation,
-          onClose: () => void engine.closeListener(handle, 'connection-closed').catch((err: unknown) => logger.warn({ err }, 'closing a connection\'s allocation failed')),
+          onClose: () =>
+            void engine.closeListener(handle, 'connection-closed').catch((err: unknown) => logger.warn({ err }, "closing a connection's allocation failed")),
         };
       },
       onSendDrop: () => counters.drops.send_queue_full++,

@@ -28,9 +28,16 @@ export interface StoreChoice {
  * in memory. `onEventsResubscribed`: the store's event feed came back after a gap, whose
  * events are lost.
  */
-export async function openNodeStore(config: ServerConfig, given: StoreChoice, clock: Clock, logger: Logger, onEventsResubscribed: () => void): Promise<NodeStore> {
+export async function openNodeStore(
+  config: ServerConfig,
+  given: StoreChoice,
+  clock: Clock,
+  logger: Logger,
+  onEventsResubscribed: () => void,
+): Promise<NodeStore> {
   if (given.store) return { store: given.store, registry: given.registry ?? new MemoryNodeRegistry(() => clock.now()), owned: false };
-  if (!config.cluster) return { store: new MemoryAllocationStore({ now: () => clock.now() }), registry: new MemoryNodeRegistry(() => clock.now()), owned: true };
+  if (!config.cluster)
+    return { store: new MemoryAllocationStore({ now: () => clock.now() }), registry: new MemoryNodeRegistry(() => clock.now()), owned: true };
   const shared = openSharedStore(config.cluster.redis, { logger, onEventsResubscribed });
   // Start either way: a node whose store is down says so on /readyz and answers new Allocates 508.
   if (!(await shared.waitUntilReady(STORE_READY_WAIT_MS))) logger.warn({ store: shared.store.kind }, 'allocation store not reachable yet; starting not ready');
@@ -41,7 +48,11 @@ export async function openNodeStore(config: ServerConfig, given: StoreChoice, cl
 export class StoreHealthWatcher {
   private wasUp: boolean;
 
-  constructor(private readonly store: AllocationStore, private readonly logger: Logger, private readonly onBack: () => void) {
+  constructor(
+    private readonly store: AllocationStore,
+    private readonly logger: Logger,
+    private readonly onBack: () => void,
+  ) {
     this.wasUp = store.isAvailable();
   }
 

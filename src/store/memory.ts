@@ -30,7 +30,9 @@ function portKey(address: string, port: number): string {
 }
 
 function additionalPortKey(r: NewAllocationRecord): string | undefined {
-  return r.additionalRelayedAddress !== undefined && r.additionalRelayedPort !== undefined ? portKey(r.additionalRelayedAddress, r.additionalRelayedPort) : undefined;
+  return r.additionalRelayedAddress !== undefined && r.additionalRelayedPort !== undefined
+    ? portKey(r.additionalRelayedAddress, r.additionalRelayedPort)
+    : undefined;
 }
 
 export class MemoryAllocationStore implements AllocationStore {

@@ -27,7 +27,10 @@ export function decodeUint32(value: Uint8Array): number | undefined {
   return ((value[0]! << 24) | (value[1]! << 16) | (value[2]! << 8) | value[3]!) >>> 0;
 }
 
-export interface ErrorCodeValue { readonly code: number; readonly reason: string }
+export interface ErrorCodeValue {
+  readonly code: number;
+  readonly reason: string;
+}
 
 /** RFC 8489 §14.8: class in the low 3 bits of byte 2, number in byte 3. */
 export function decodeErrorCode(value: Uint8Array): ErrorCodeValue | undefined {
@@ -56,7 +59,7 @@ export function decodeUnknownAttributes(value: Uint8Array): number[] | undefined
 
 export function encodeUnknownAttributes(types: readonly number[]): Buffer {
   const out = Buffer.alloc(types.length * 2);
-  types.forEach((t, i) => out.writeUInt16BE(t, i * 2));
+  for (let i = 0; i < types.length; i++) out.writeUInt16BE(types[i]!, i * 2);
   return out;
 }
 
@@ -140,7 +143,10 @@ export function encodeIcmp(type: number, code: number, data: number): Buffer {
   return out;
 }
 
-export interface PasswordAlgorithmEntry { readonly algorithm: number; readonly parameters: Buffer }
+export interface PasswordAlgorithmEntry {
+  readonly algorithm: number;
+  readonly parameters: Buffer;
+}
 
 /** RFC 8489 §14.11/§14.12: (algorithm u16, length u16, parameters padded to 4) entries. */
 export function decodePasswordAlgorithms(value: Uint8Array): PasswordAlgorithmEntry[] | undefined {
@@ -164,7 +170,7 @@ export function decodePasswordAlgorithm(value: Uint8Array): PasswordAlgorithmEnt
 
 export function encodePasswordAlgorithms(algorithms: readonly number[]): Buffer {
   const out = Buffer.alloc(algorithms.length * 4);
-  algorithms.forEach((a, i) => out.writeUInt16BE(a, i * 4));
+  for (let i = 0; i < algorithms.length; i++) out.writeUInt16BE(algorithms[i]!, i * 4);
   return out;
 }
 

@@ -27,14 +27,22 @@ export type Method = (typeof Method)[keyof typeof Method];
 
 export function methodName(method: number): string {
   switch (method) {
-    case Method.Binding: return 'binding';
-    case Method.Allocate: return 'allocate';
-    case Method.Refresh: return 'refresh';
-    case Method.Send: return 'send';
-    case Method.Data: return 'data';
-    case Method.CreatePermission: return 'create_permission';
-    case Method.ChannelBind: return 'channel_bind';
-    default: return 'unknown';
+    case Method.Binding:
+      return 'binding';
+    case Method.Allocate:
+      return 'allocate';
+    case Method.Refresh:
+      return 'refresh';
+    case Method.Send:
+      return 'send';
+    case Method.Data:
+      return 'data';
+    case Method.CreatePermission:
+      return 'create_permission';
+    case Method.ChannelBind:
+      return 'channel_bind';
+    default:
+      return 'unknown';
   }
 }
 
@@ -116,20 +124,35 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
 export function reasonPhrase(code: number): string {
   switch (code) {
-    case 300: return 'Try Alternate';
-    case 400: return 'Bad Request';
-    case 401: return 'Unauthorized';
-    case 403: return 'Forbidden';
-    case 420: return 'Unknown Attribute';
-    case 437: return 'Allocation Mismatch';
-    case 438: return 'Stale Nonce';
-    case 440: return 'Address Family not Supported';
-    case 441: return 'Wrong Credentials';
-    case 442: return 'Unsupported Transport Protocol';
-    case 443: return 'Peer Address Family Mismatch';
-    case 486: return 'Allocation Quota Reached';
-    case 500: return 'Server Error';
-    case 508: return 'Insufficient Capacity';
-    default: return 'Error';
+    case 300:
+      return 'Try Alternate';
+    case 400:
+      return 'Bad Request';
+    case 401:
+      return 'Unauthorized';
+    case 403:
+      return 'Forbidden';
+    case 420:
+      return 'Unknown Attribute';
+    case 437:
+      return 'Allocation Mismatch';
+    case 438:
+      return 'Stale Nonce';
+    case 440:
+      return 'Address Family not Supported';
+    case 441:
+      return 'Wrong Credentials';
+    case 442:
+      return 'Unsupported Transport Protocol';
+    case 443:
+      return 'Peer Address Family Mismatch';
+    case 486:
+      return 'Allocation Quota Reached';
+    case 500:
+      return 'Server Error';
+    case 508:
+      return 'Insufficient Capacity';
+    default:
+      return 'Error';
   }
 }

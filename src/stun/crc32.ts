@@ -11,6 +11,6 @@ for (let n = 0; n < 256; n++) {
 /** Continues a CRC over buf[start, end); pass the previous return value as `crc` (start with 0). */
 export function crc32(buf: Uint8Array, start = 0, end = buf.length, crc = 0): number {
   let c = ~crc;
-  for (let i = start; i < end; i++) c = (TABLE[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8));
+  for (let i = start; i < end; i++) c = TABLE[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
   return ~c >>> 0;
 }

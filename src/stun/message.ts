@@ -28,26 +28,12 @@ export interface StunMessage {
   readonly fingerprintOffset: number;
 }
 
-export type DecodeResult =
-  | { readonly ok: true; readonly message: StunMessage }
-  | { readonly ok: false; readonly reason: DecodeFailure };
+export type DecodeResult = { readonly ok: true; readonly message: StunMessage } | { readonly ok: false; readonly reason: DecodeFailure };
 
-export type DecodeFailure =
-  | 'too-short'
-  | 'not-stun'
-  | 'bad-length'
-  | 'attribute-overflow'
-  | 'fingerprint-not-last'
-  | 'bad-fingerprint';
+export type DecodeFailure = 'too-short' | 'not-stun' | 'bad-length' | 'attribute-overflow' | 'fingerprint-not-last' | 'bad-fingerprint';
 
 export function encodeMessageType(method: number, cls: number): number {
-  return (
-    (method & 0x000f) |
-    ((method & 0x0070) << 1) |
-    ((method & 0x0f80) << 2) |
-    ((cls & 0x1) << 4) |
-    ((cls & 0x2) << 7)
-  );
+  return (method & 0x000f) | ((method & 0x0070) << 1) | ((method & 0x0f80) << 2) | ((cls & 0x1) << 4) | ((cls & 0x2) << 7);
 }
 
 export function decodeMethod(type: number): number {

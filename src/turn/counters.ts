@@ -58,7 +58,10 @@ export class EngineCounters {
   allocationsDeleted = 0;
   storeErrors = 0;
   readonly relayBinds: Record<BindResult, number> = { ok: 0, in_use: 0, no_descriptors: 0, error: 0 };
-  readonly allocateRefusals: Record<AllocateRefusalReason, number> = Object.fromEntries(ALLOCATE_REFUSAL_REASONS.map((r) => [r, 0])) as Record<AllocateRefusalReason, number>;
+  readonly allocateRefusals: Record<AllocateRefusalReason, number> = Object.fromEntries(ALLOCATE_REFUSAL_REASONS.map((r) => [r, 0])) as Record<
+    AllocateRefusalReason,
+    number
+  >;
   /** Anycast relay mode: allocations taken on from the store, and ones that could not be. */
   allocationsAdopted = 0;
   replicaFailures = 0;

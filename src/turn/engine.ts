@@ -201,7 +201,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
     for (const listener of this.table.listeners) {
       for (const byPort of listener.allocations.values()) {
         for (const allocation of byPort.values()) {
-          if (allocation.expiresAtMs <= now) work.push(this.ctx.anycastRelay ? this.replication.expire(listener, allocation, now) : writer.delete(listener, allocation, 'expired'));
+          if (allocation.expiresAtMs <= now)
+            work.push(this.ctx.anycastRelay ? this.replication.expire(listener, allocation, now) : writer.delete(listener, allocation, 'expired'));
           else if (allocation.prune(now) || allocation.dirty) work.push(writer.persist(allocation));
         }
       }
@@ -230,7 +231,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
     // With a shared relay address the other nodes keep serving these: only our copies go.
     const writeStore = !this.ctx.anycastRelay;
     for (const listener of this.table.listeners) {
-      for (const byPort of listener.allocations.values()) for (const a of byPort.values()) work.push(this.ctx.writer.delete(listener, a, 'shutdown', writeStore));
+      for (const byPort of listener.allocations.values())
+        for (const a of byPort.values()) work.push(this.ctx.writer.delete(listener, a, 'shutdown', writeStore));
     }
     this.ctx.relays.releaseAll();
     await Promise.all(work);

@@ -57,9 +57,7 @@ export type PeerDenyReason =
   | 'server-address'
   | 'denied-by-operator';
 
-export type PeerVerdict =
-  | { readonly allowed: true }
-  | { readonly allowed: false; readonly reason: PeerDenyReason };
+export type PeerVerdict = { readonly allowed: true } | { readonly allowed: false; readonly reason: PeerDenyReason };
 
 export interface PeerPolicyOptions {
   /** --allow-loopback-peers: permit 127.0.0.0/8 and ::1 in every written form. */
@@ -96,8 +94,16 @@ export interface PeerPolicy {
 // Registries, RFC 6890). Looked up most-specific first, so a block's own
 // reason wins over an enclosing one (255.255.255.255 inside 240.0.0.0/4).
 
-interface Block4 { readonly first: number; readonly last: number; readonly verdict: PeerVerdict }
-interface Block6 { readonly first: bigint; readonly last: bigint; readonly verdict: PeerVerdict }
+interface Block4 {
+  readonly first: number;
+  readonly last: number;
+  readonly verdict: PeerVerdict;
+}
+interface Block6 {
+  readonly first: bigint;
+  readonly last: bigint;
+  readonly verdict: PeerVerdict;
+}
 
 const ALLOWED: PeerVerdict = Object.freeze({ allowed: true });
 const DENIED: { readonly [R in PeerDenyReason]: PeerVerdict } = Object.freeze({

@@ -41,7 +41,16 @@ export class Replies {
    * request. authenticate() checks MESSAGE-INTEGRITY-SHA256 whenever the request has
    * it, so its presence says which one that was; the full 32 bytes (§14.6).
    */
-  send(listener: ListenerHandle, request: StunMessage, w: MessageWriter, key: Buffer | undefined, address: string, port: number, label: string, code: number): Buffer {
+  send(
+    listener: ListenerHandle,
+    request: StunMessage,
+    w: MessageWriter,
+    key: Buffer | undefined,
+    address: string,
+    port: number,
+    label: string,
+    code: number,
+  ): Buffer {
     if (this.software) w.addText(Attr.Software, this.software);
     if (key) {
       if (request.integritySha256Offset >= 0) w.addIntegritySha256(key);

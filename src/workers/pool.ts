@@ -53,7 +53,14 @@ export class WorkerPool {
   private allStarted: { resolve: () => void; reject: (err: Error) => void } | undefined;
 
   constructor(private readonly o: PoolOptions) {
-    this.slots = Array.from({ length: o.count }, (_, index) => ({ index, worker: undefined, started: false, state: undefined, restarts: 0, ipc: new IpcWindow() }));
+    this.slots = Array.from({ length: o.count }, (_, index) => ({
+      index,
+      worker: undefined,
+      started: false,
+      state: undefined,
+      restarts: 0,
+      ipc: new IpcWindow(),
+    }));
     this.handoffs = new Array<number>(o.count).fill(0);
   }
 
@@ -78,7 +85,7 @@ export class WorkerPool {
   handOff(listener: number, address: string, port: number, data: Buffer): void {
     const slot = this.slots[workerFor(address, port, this.o.count)]!;
     const w = slot.worker;
-    if (!slot.started || !w || !w.isConnected()) {
+    if (!slot.started || !w?.isConnected()) {
       this.dispatch.unavailable++;
       return;
     }
@@ -93,7 +100,7 @@ export class WorkerPool {
 
   private post(slot: Slot, message: ToWorker): boolean {
     const w = slot.worker;
-    if (!w || !w.isConnected()) return false;
+    if (!w?.isConnected()) return false;
     w.send(message);
     return true;
   }
@@ -116,7 +123,13 @@ export class WorkerPool {
   private onMessage(slot: Slot, worker: Worker, message: FromWorker): void {
     switch (message.type) {
       case 'hello':
-        worker.send({ type: 'init', index: slot.index, count: this.o.count, listeningPort: this.o.listeningPort, nonceSecret: this.o.nonceSecret.toString('hex') } satisfies ToWorker);
+        worker.send({
+          type: 'init',
+          index: slot.index,
+          count: this.o.count,
+          listeningPort: this.o.listeningPort,
+          nonceSecret: this.o.nonceSecret.toString('hex'),
+        } satisfies ToWorker);
         if (this.o.isDraining()) worker.send({ type: 'drain' } satisfies ToWorker);
         return;
       case 'started':

@@ -41,7 +41,7 @@ function workerGauges(registry: Registry, pool: WorkerPool): void {
   });
   new Gauge({
     name: 'anyturn_worker_udp_sessions',
-    help: "UDP clients a worker serves on its own connected socket (their packets bypass the primary)",
+    help: 'UDP clients a worker serves on its own connected socket (their packets bypass the primary)',
     labelNames: ['worker'],
     registers: [registry],
     collect() {

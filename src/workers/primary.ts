@@ -36,7 +36,10 @@ function dispatchDatagrams(sockets: readonly dgram.Socket[], pool: WorkerPool, l
 
 export async function startPrimary(config: ServerConfig, logger: Logger): Promise<RunningPrimary> {
   if ((await detectPortSharing()) === 'reuseaddr') {
-    logger.warn({}, 'this Node cannot set SO_REUSEPORT (Node >= 22.12 can): the UDP port is shared with SO_REUSEADDR, which lets any local user bind it and capture a client\'s datagrams; run --workers only on hosts without untrusted local users');
+    logger.warn(
+      {},
+      "this Node cannot set SO_REUSEPORT (Node >= 22.12 can): the UDP port is shared with SO_REUSEADDR, which lets any local user bind it and capture a client's datagrams; run --workers only on hosts without untrusted local users",
+    );
   }
   const sockets = await bindListeners(config);
   const listeningPort = sockets[0]!.address().port;

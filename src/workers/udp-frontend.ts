@@ -30,7 +30,12 @@ export interface PrimaryLink {
 /** Answers for clients without a session leave through the primary's listening socket. */
 class PrimaryPath implements ClientPath {
   readonly transport = 'udp' as const;
-  constructor(readonly localAddress: string, readonly localPort: number, private readonly index: number, private readonly link: PrimaryLink) {}
+  constructor(
+    readonly localAddress: string,
+    readonly localPort: number,
+    private readonly index: number,
+    private readonly link: PrimaryLink,
+  ) {}
 
   sendMessage(message: Buffer, port: number, address: string): void {
     this.link.send(this.index, address, port, message);
@@ -68,7 +73,11 @@ export function isAuthenticatedAllocate(buf: Buffer): boolean {
   const decoded = decodeMessage(buf);
   if (!decoded.ok) return false;
   const m = decoded.message;
-  return m.method === Method.Allocate && m.cls === MessageClass.Request && (findAttribute(m, Attr.MessageIntegrity) !== undefined || findAttribute(m, Attr.MessageIntegritySha256) !== undefined);
+  return (
+    m.method === Method.Allocate &&
+    m.cls === MessageClass.Request &&
+    (findAttribute(m, Attr.MessageIntegrity) !== undefined || findAttribute(m, Attr.MessageIntegritySha256) !== undefined)
+  );
 }
 
 export class WorkerUdpFrontend implements UdpFrontend {
@@ -78,7 +87,11 @@ export class WorkerUdpFrontend implements UdpFrontend {
   private idleSessions = 0;
   private sessionCount = 0;
 
-  constructor(private readonly link: PrimaryLink, private readonly counters: EngineCounters, private readonly now: () => number = Date.now) {
+  constructor(
+    private readonly link: PrimaryLink,
+    private readonly counters: EngineCounters,
+    private readonly now: () => number = Date.now,
+  ) {
     this.timer = setInterval(() => this.sweep(), SWEEP_MS);
     this.timer.unref();
   }

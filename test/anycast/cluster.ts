@@ -38,26 +38,42 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
   const own = Topology.nodeAddress(node);
   const args = [
     CLI_PATH,
-    '--listening-ip', ANYCAST_ADDRESS,
-    '--listening-port', String(TURN_PORT),
-    '--relay-ip', own,
-    '--min-port', '50000',
-    '--max-port', '50999',
-    '--realm', REALM,
-    '--user', USER,
-    '--allowed-peer-ip', '198.18.0.0/15',
-    '--node-id', node.toLowerCase(),
-    '--log-level', 'info',
+    '--listening-ip',
+    ANYCAST_ADDRESS,
+    '--listening-port',
+    String(TURN_PORT),
+    '--relay-ip',
+    own,
+    '--min-port',
+    '50000',
+    '--max-port',
+    '50999',
+    '--realm',
+    REALM,
+    '--user',
+    USER,
+    '--allowed-peer-ip',
+    '198.18.0.0/15',
+    '--node-id',
+    node.toLowerCase(),
+    '--log-level',
+    'info',
   ];
   if (options.cluster) {
     args.push(
-      '--redis-url', `redis://${REDIS_ADDRESS}:${REDIS_PORT}`,
-      '--mesh-address', `${own}:${MESH_PORT}`,
-      '--cluster-secret', CLUSTER_SECRET,
-      '--metrics-ip', own,
-      '--metrics-port', String(METRICS_PORT),
+      '--redis-url',
+      `redis://${REDIS_ADDRESS}:${REDIS_PORT}`,
+      '--mesh-address',
+      `${own}:${MESH_PORT}`,
+      '--cluster-secret',
+      CLUSTER_SECRET,
+      '--metrics-ip',
+      own,
+      '--metrics-port',
+      String(METRICS_PORT),
       // The harness compares scrapes taken moments apart: no cached rendering.
-      '--metrics-cache-ms', '0',
+      '--metrics-cache-ms',
+      '0',
     );
   }
   return args;
@@ -66,7 +82,7 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
 /** Starts anyturn in a node namespace and waits for its "anyturn ready" log line. */
 export async function startNode(topo: Topology, node: NodeName, options: NodeOptions): Promise<NsProcess> {
   const p = topo.spawnIn(node, process.execPath, nodeArgs(node, options), { name: `anyturn-${node}` });
-  await p.waitForJsonLine((r) => r['msg'] === 'anyturn ready', READY_DEADLINE_MS);
+  await p.waitForJsonLine((r) => r.msg === 'anyturn ready', READY_DEADLINE_MS);
   return p;
 }
 
@@ -81,7 +97,22 @@ export interface Redis {
 /** redis-server in the router namespace on REDIS_ADDRESS:REDIS_PORT, no persistence. */
 export async function startRedis(topo: Topology): Promise<Redis> {
   const dir = mkdtempSync(join(tmpdir(), 'anyturn-anycast-redis-'));
-  const args = ['--bind', REDIS_ADDRESS, '--port', String(REDIS_PORT), '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--daemonize', 'no', '--dir', dir];
+  const args = [
+    '--bind',
+    REDIS_ADDRESS,
+    '--port',
+    String(REDIS_PORT),
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--protected-mode',
+    'no',
+    '--daemonize',
+    'no',
+    '--dir',
+    dir,
+  ];
   let generation = 0;
   const launch = async (): Promise<NsProcess> => {
     const p = topo.spawnIn('R', 'redis-server', args, { name: `redis-${++generation}` });
@@ -126,8 +157,11 @@ export async function storedAllocations(topo: Topology): Promise<Map<string, str
 }
 
 export async function startPeer(topo: Topology): Promise<NsProcess> {
-  const p = topo.spawnIn('P', process.execPath, [ECHO_PEER_PATH, '--bind', Topology.peerAddress, '--ports', PEER_PORTS.join(',')], { name: 'echo-peer', stdin: true });
-  await p.waitForJsonLine((r) => r['event'] === 'listening', READY_DEADLINE_MS);
+  const p = topo.spawnIn('P', process.execPath, [ECHO_PEER_PATH, '--bind', Topology.peerAddress, '--ports', PEER_PORTS.join(',')], {
+    name: 'echo-peer',
+    stdin: true,
+  });
+  await p.waitForJsonLine((r) => r.event === 'listening', READY_DEADLINE_MS);
   return p;
 }
 
@@ -137,14 +171,22 @@ export function startStreamClient(topo: Topology, durationMs: number, pps = 50):
     process.execPath,
     [
       STREAM_CLIENT_PATH,
-      '--server', SERVER,
-      '--bind', Topology.clientAddress,
-      '--peer', `${Topology.peerAddress}:${PEER_PORTS[0]}`,
-      '--peer2', `${Topology.peerAddress}:${PEER_PORTS[1]}`,
-      '--user', USER,
-      '--realm', REALM,
-      '--duration-ms', String(durationMs),
-      '--pps', String(pps),
+      '--server',
+      SERVER,
+      '--bind',
+      Topology.clientAddress,
+      '--peer',
+      `${Topology.peerAddress}:${PEER_PORTS[0]}`,
+      '--peer2',
+      `${Topology.peerAddress}:${PEER_PORTS[1]}`,
+      '--user',
+      USER,
+      '--realm',
+      REALM,
+      '--duration-ms',
+      String(durationMs),
+      '--pps',
+      String(pps),
     ],
     { name: 'stream-client', stdin: true },
   );
@@ -161,9 +203,9 @@ export async function allocateProbe(topo: Topology, options: { until?: number; d
   const args = [ALLOCATE_PROBE_PATH, '--server', SERVER, '--bind', Topology.clientAddress, '--user', USER, '--realm', REALM];
   if (options.until !== undefined) args.push('--until', String(options.until), '--deadline-ms', String(options.deadlineMs ?? 10_000));
   const r = await topo.exec('C', process.execPath, args, (options.deadlineMs ?? 10_000) + 10_000);
-  const rec = jsonLines(r.stdout).find((x) => x['event'] === 'probe');
+  const rec = jsonLines(r.stdout).find((x) => x.event === 'probe');
   if (!rec) throw new Error(`allocate-probe printed no result (exit ${String(r.code)}): ${r.stdout} ${r.stderr}`);
-  return { attempts: rec['attempts'] as ProbeResult['attempts'], final: rec['final'] as number, raw: r.stdout.trim() };
+  return { attempts: rec.attempts as ProbeResult['attempts'], final: rec.final as number, raw: r.stdout.trim() };
 }
 
 // An HTTP GET run by node inside a namespace (curl is not installed everywhere
@@ -184,7 +226,7 @@ req.on('error', (e) => console.log(JSON.stringify({ status: 0, body: String(e.me
 export async function httpGet(topo: Topology, url: string): Promise<{ status: number; body: string }> {
   const r = await topo.exec('R', process.execPath, ['-e', HTTP_GET, url]);
   const rec = jsonLines(r.stdout)[0];
-  return rec ? { status: Number(rec['status']) || 0, body: String(rec['body'] ?? '') } : { status: 0, body: r.stderr };
+  return rec ? { status: Number(rec.status) || 0, body: String(rec.body ?? '') } : { status: 0, body: r.stderr };
 }
 
 /** GET http://<node>:9641/readyz; the HTTP status, or 0 when nothing answered. */
@@ -202,16 +244,16 @@ export interface PeerReport {
 }
 
 export async function peerReport(peer: NsProcess): Promise<PeerReport> {
-  const seen = jsonLines(peer.stdout()).filter((r) => r['event'] === 'report').length;
+  const seen = jsonLines(peer.stdout()).filter((r) => r.event === 'report').length;
   peer.writeLine(JSON.stringify({ cmd: 'report' }));
   let n = 0;
-  const rec = await peer.waitForJsonLine((r) => r['event'] === 'report' && ++n > seen, 10_000);
+  const rec = await peer.waitForJsonLine((r) => r.event === 'report' && ++n > seen, 10_000);
   return rec as unknown as PeerReport;
 }
 
 export async function streamSummary(client: NsProcess, deadlineMs: number): Promise<StreamSummary> {
-  const rec = await client.waitForJsonLine((r) => r['event'] === 'summary' || r['event'] === 'error', deadlineMs);
-  if (rec['event'] === 'error') throw new Error(`stream client failed: ${JSON.stringify(rec)}`);
+  const rec = await client.waitForJsonLine((r) => r.event === 'summary' || r.event === 'error', deadlineMs);
+  if (rec.event === 'error') throw new Error(`stream client failed: ${JSON.stringify(rec)}`);
   return rec as unknown as StreamSummary;
 }
 

@@ -59,7 +59,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${JSON.stringify(r)}\n`);
   };
   onStdinCommands((cmd) => {
-    if (cmd['cmd'] === 'report') report();
+    if (cmd.cmd === 'report') report();
   });
   process.once('SIGTERM', () => {
     report();

@@ -90,7 +90,7 @@ async function main(): Promise<void> {
       process.exit(0);
     })());
   onStdinCommands((cmd) => {
-    if (cmd['cmd'] === 'release') void release();
+    if (cmd.cmd === 'release') void release();
   });
   setTimeout(() => void release(), holdMs).unref();
   // Keeps the process alive until released (stdin alone may close early).

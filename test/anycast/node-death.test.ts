@@ -123,8 +123,8 @@ interface StartedNode {
 
 async function startAnycastNode(topo: Topology, node: NodeName, name: string): Promise<StartedNode> {
   const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node), { name });
-  const sync = await p.waitForJsonLine((r) => r['msg'] === 'anycast relay: took on the allocations in the store', READY_DEADLINE_MS);
-  await p.waitForJsonLine((r) => r['msg'] === 'anyturn ready', READY_DEADLINE_MS);
+  const sync = await p.waitForJsonLine((r) => r.msg === 'anycast relay: took on the allocations in the store', READY_DEADLINE_MS);
+  await p.waitForJsonLine((r) => r.msg === 'anyturn ready', READY_DEADLINE_MS);
   return { process: p, sync };
 }
 
@@ -215,7 +215,6 @@ function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, fro
   };
 }
 
-
 function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToClient: number } {
   return {
     clientToPeer: m.get('anyturn_relayed_packets_total{direction="client_to_peer"}') ?? 0,
@@ -226,11 +225,14 @@ function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToC
 /** Warnings and errors a node logged (pino level >= 40), for the report. */
 function warnings(p: NsProcess): unknown[] {
   return jsonLines(p.stdout())
-    .filter((r) => typeof r['level'] === 'number' && (r['level'] as number) >= 40)
-    .map((r) => ({ msg: r['msg'], err: (r['err'] as { message?: string } | undefined)?.message, allocation: r['allocation'] }));
+    .filter((r) => typeof r.level === 'number' && (r.level as number) >= 40)
+    .map((r) => ({ msg: r.msg, err: (r.err as { message?: string } | undefined)?.message, allocation: r.allocation }));
 }
 
-test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, syncs and takes the traffic back without duplicate ports', { skip, timeout: 240_000 }, async (t) => {
+test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, syncs and takes the traffic back without duplicate ports', {
+  skip,
+  timeout: 240_000,
+}, async (t) => {
   const topo = await Topology.build({ nodes: 3, extraAnycast: [RELAY_ANYCAST] });
   t.after(() => topo.teardown());
   await withDump(topo, async () => {
@@ -239,26 +241,31 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     const n2 = await startAnycastNode(topo, 'N2', 'anyturn-N2');
     const n3 = await startAnycastNode(topo, 'N3', 'anyturn-N3');
     await waitReady(topo, ['N1', 'N2', 'N3']);
-    report(t, 'start-up sync (empty store)', { N1: n1.sync['adopted'], N2: n2.sync['adopted'], N3: n3.sync['adopted'] });
+    report(t, 'start-up sync (empty store)', { N1: n1.sync.adopted, N2: n2.sync.adopted, N3: n3.sync.adopted });
 
     const peer = await startPeer(topo);
     const client = startStreamClient(topo, STREAM_MS);
-    const allocated = await client.waitForJsonLine((r) => r['event'] === 'allocated' || r['event'] === 'error', 20_000);
-    assert.equal(allocated['event'], 'allocated', JSON.stringify(allocated));
-    const relayedAtStart = allocated['relayed'] as { A: { address: string; port: number }; B: { address: string; port: number } };
+    const allocated = await client.waitForJsonLine((r) => r.event === 'allocated' || r.event === 'error', 20_000);
+    assert.equal(allocated.event, 'allocated', JSON.stringify(allocated));
+    const relayedAtStart = allocated.relayed as { A: { address: string; port: number }; B: { address: string; port: number } };
     assert.equal(relayedAtStart.A.address, RELAY_ANYCAST, 'allocation A is not on the shared relay address');
     assert.equal(relayedAtStart.B.address, RELAY_ANYCAST, 'allocation B is not on the shared relay address');
     const livePorts = [relayedAtStart.A.port, relayedAtStart.B.port];
-    await client.waitForJsonLine((r) => r['event'] === 'streaming', 10_000);
+    await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
 
     // Every node has taken on both allocations (bound their relayed ports) before anything dies.
     const boundBefore = await waitBound(topo, livePorts, 10_000);
     report(t, 'relayed ports bound on each node before the kill', boundBefore);
-    for (const node of topo.nodeNames) assert.deepEqual(boundBefore[node], [...livePorts].sort((a, b) => a - b), `${node} does not bind the live relayed ports`);
+    for (const node of topo.nodeNames)
+      assert.deepEqual(
+        boundBefore[node],
+        [...livePorts].sort((a, b) => a - b),
+        `${node} does not bind the live relayed ports`,
+      );
 
     await sleep(3000);
     const m2Before = relayedPackets(await metrics(topo, 'N2'));
-    assert.equal((await redisCli(topo, ['EXISTS', 'anyturn:node:{n1}'])).trim(), '1', "no heartbeat key for N1 (key name changed?)");
+    assert.equal((await redisCli(topo, ['EXISTS', 'anyturn:node:{n1}'])).trim(), '1', 'no heartbeat key for N1 (key name changed?)');
 
     // ---- 1. N1 dies: SIGKILL, and both routes to N2 at once.
     await sleep(1000);
@@ -278,11 +285,15 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     assert.ok(heartbeatGoneMs !== undefined, "N1's heartbeat key did not expire");
     await sleep(500);
     client.writeLine(JSON.stringify({ cmd: 'ops' }));
-    const opsDone = await client.waitForJsonLine((r) => r['event'] === 'ops-done', 15_000);
-    report(t, 'ops after the kill and the heartbeat expiry (through N2)', opsDone['ops']);
+    const opsDone = await client.waitForJsonLine((r) => r.event === 'ops-done', 15_000);
+    report(t, 'ops after the kill and the heartbeat expiry (through N2)', opsDone.ops);
     await sleep(1500);
     const m2After = relayedPackets(await metrics(topo, 'N2'));
-    report(t, 'N2 anyturn_relayed_packets_total', { beforeKill: m2Before, afterKill: m2After, grew: { clientToPeer: m2After.clientToPeer - m2Before.clientToPeer, peerToClient: m2After.peerToClient - m2Before.peerToClient } });
+    report(t, 'N2 anyturn_relayed_packets_total', {
+      beforeKill: m2Before,
+      afterKill: m2After,
+      grew: { clientToPeer: m2After.clientToPeer - m2Before.clientToPeer, peerToClient: m2After.peerToClient - m2Before.peerToClient },
+    });
 
     // ---- 2. N1 comes back: same flags, it takes on what the store holds.
     const storeAtRestart = await storeView(topo);
@@ -290,8 +301,12 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     const n1b = await startAnycastNode(topo, 'N1', 'anyturn-N1-restarted');
     const restartReadyMs = nowMs();
     await waitReady(topo, ['N1']);
-    const adopted = Number(n1b.sync['adopted']);
-    report(t, 'N1 restart', { liveAllocationsInStore: storeAtRestart.allocations.size, adopted, startToSyncedAndReadyMs: Math.round(restartReadyMs - restartMs) });
+    const adopted = Number(n1b.sync.adopted);
+    report(t, 'N1 restart', {
+      liveAllocationsInStore: storeAtRestart.allocations.size,
+      adopted,
+      startToSyncedAndReadyMs: Math.round(restartReadyMs - restartMs),
+    });
     const boundAfterRestart = await waitBound(topo, livePorts, 5000);
     report(t, 'relayed ports bound on each node after N1 restarted', boundAfterRestart);
 
@@ -305,25 +320,50 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     const fresh = topo.spawnIn(
       'C',
       process.execPath,
-      [FRESH_ALLOCATIONS_PATH, '--server', SERVER, '--bind', Topology.clientAddress, '--user', USER, '--realm', REALM, '--peer', `${Topology.peerAddress}:${PEER_PORTS[1]}`, '--count', String(FRESH_COUNT), '--hold-ms', '60000'],
+      [
+        FRESH_ALLOCATIONS_PATH,
+        '--server',
+        SERVER,
+        '--bind',
+        Topology.clientAddress,
+        '--user',
+        USER,
+        '--realm',
+        REALM,
+        '--peer',
+        `${Topology.peerAddress}:${PEER_PORTS[1]}`,
+        '--count',
+        String(FRESH_COUNT),
+        '--hold-ms',
+        '60000',
+      ],
       { name: 'fresh-allocations', stdin: true },
     );
-    const freshRec = await fresh.waitForJsonLine((r) => r['event'] === 'allocated', 30_000);
-    const freshResults = freshRec['results'] as FreshResult[];
+    const freshRec = await fresh.waitForJsonLine((r) => r.event === 'allocated', 30_000);
+    const freshResults = freshRec.results as FreshResult[];
     const freshPorts = freshResults.filter((r) => r.relayed).map((r) => r.relayed!.port);
     const allPorts = [...livePorts, ...freshPorts];
     const storeWithFresh = await storeView(topo);
     const boundWithFresh = await waitBound(topo, allPorts, 10_000);
     const m1Fresh = relayedPackets(await metrics(topo, 'N1'));
     fresh.writeLine(JSON.stringify({ cmd: 'release' }));
-    const released = await fresh.waitForJsonLine((r) => r['event'] === 'released', 15_000);
+    const released = await fresh.waitForJsonLine((r) => r.event === 'released', 15_000);
     const boundAfterRelease = await waitBound(topo, livePorts, 10_000);
     const storeAfterRelease = await storeView(topo);
-    report(t, 'fresh allocations through N1', freshResults.map((r) => ({ code: r.code, relayed: r.relayed ? endpointText(r.relayed) : undefined, permission: r.permission, echoed: r.echoed })));
+    report(
+      t,
+      'fresh allocations through N1',
+      freshResults.map((r) => ({ code: r.code, relayed: r.relayed ? endpointText(r.relayed) : undefined, permission: r.permission, echoed: r.echoed })),
+    );
     report(t, 'live relayed ports', { stream: livePorts, fresh: freshPorts });
     report(t, 'store with the fresh allocations', { allocations: storeWithFresh.allocations.size, portKeys: storeWithFresh.ports.size });
     report(t, 'relayed ports bound on each node with the fresh allocations', Object.fromEntries(Object.entries(boundWithFresh).map(([n, p]) => [n, p.length])));
-    report(t, 'after releasing them', { released: released['codes'], bound: boundAfterRelease, allocations: storeAfterRelease.allocations.size, portKeys: storeAfterRelease.ports.size });
+    report(t, 'after releasing them', {
+      released: released.codes,
+      bound: boundAfterRelease,
+      allocations: storeAfterRelease.allocations.size,
+      portKeys: storeAfterRelease.ports.size,
+    });
 
     // ---- the stream's end
     const summary = await streamSummary(client, STREAM_MS + 30_000);
@@ -356,18 +396,58 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
 
     report(t, 'relayed', { A: endpointText(summary.relayed.A), B: endpointText(summary.relayed.B) });
     report(t, 'gap ms around the kill (last arrival before -> first after; max silence within [-1 s, +3 s])', {
-      channel: { clientToPeer: kill.channel.gapClientToPeerMs, peerToClient: kill.channel.gapPeerToClientMs, maxClientToPeer: kill.channel.maxGapClientToPeerMs, maxPeerToClient: kill.channel.maxGapPeerToClientMs },
-      indication: { clientToPeer: kill.indication.gapClientToPeerMs, peerToClient: kill.indication.gapPeerToClientMs, maxClientToPeer: kill.indication.maxGapClientToPeerMs, maxPeerToClient: kill.indication.maxGapPeerToClientMs },
+      channel: {
+        clientToPeer: kill.channel.gapClientToPeerMs,
+        peerToClient: kill.channel.gapPeerToClientMs,
+        maxClientToPeer: kill.channel.maxGapClientToPeerMs,
+        maxPeerToClient: kill.channel.maxGapPeerToClientMs,
+      },
+      indication: {
+        clientToPeer: kill.indication.gapClientToPeerMs,
+        peerToClient: kill.indication.gapPeerToClientMs,
+        maxClientToPeer: kill.indication.maxGapClientToPeerMs,
+        maxPeerToClient: kill.indication.maxGapPeerToClientMs,
+      },
     });
     report(t, 'gap ms around the route back to N1', {
-      channel: { clientToPeer: back.channel.gapClientToPeerMs, peerToClient: back.channel.gapPeerToClientMs, maxClientToPeer: back.channel.maxGapClientToPeerMs, maxPeerToClient: back.channel.maxGapPeerToClientMs },
-      indication: { clientToPeer: back.indication.gapClientToPeerMs, peerToClient: back.indication.gapPeerToClientMs, maxClientToPeer: back.indication.maxGapClientToPeerMs, maxPeerToClient: back.indication.maxGapPeerToClientMs },
+      channel: {
+        clientToPeer: back.channel.gapClientToPeerMs,
+        peerToClient: back.channel.gapPeerToClientMs,
+        maxClientToPeer: back.channel.maxGapClientToPeerMs,
+        maxPeerToClient: back.channel.maxGapPeerToClientMs,
+      },
+      indication: {
+        clientToPeer: back.indication.gapClientToPeerMs,
+        peerToClient: back.indication.gapPeerToClientMs,
+        maxClientToPeer: back.indication.maxGapClientToPeerMs,
+        maxPeerToClient: back.indication.maxGapPeerToClientMs,
+      },
     });
     for (const [phase, modes] of Object.entries(loss)) {
-      report(t, `lost (${phase}: sent, lost seqs client->peer, lost seqs peer->client)`, Object.fromEntries(Object.entries(modes).map(([mode, l]) => [mode, { sent: l.sent, clientToPeer: l.lostClientToPeer, peerToClient: l.lostPeerToClient }])));
+      report(
+        t,
+        `lost (${phase}: sent, lost seqs client->peer, lost seqs peer->client)`,
+        Object.fromEntries(
+          Object.entries(modes).map(([mode, l]) => [mode, { sent: l.sent, clientToPeer: l.lostClientToPeer, peerToClient: l.lostPeerToClient }]),
+        ),
+      );
     }
-    report(t, 'client saw', { ops: summary.ops, newChannelEchoes: summary.newChannelEchoes, errorCodes: summary.errorCodes, got437: summary.got437, foreignSources: summary.foreignSources, wrongKind: summary.wrongKind });
-    report(t, 'peer saw', { channel: kill.channel.peerSources, indication: kill.indication.peerSources, channelAfterKill: kill.channel.peerSourcesAfter, indicationAfterKill: kill.indication.peerSourcesAfter, channelAfterBack: back.channel.peerSourcesAfter, indicationAfterBack: back.indication.peerSourcesAfter });
+    report(t, 'client saw', {
+      ops: summary.ops,
+      newChannelEchoes: summary.newChannelEchoes,
+      errorCodes: summary.errorCodes,
+      got437: summary.got437,
+      foreignSources: summary.foreignSources,
+      wrongKind: summary.wrongKind,
+    });
+    report(t, 'peer saw', {
+      channel: kill.channel.peerSources,
+      indication: kill.indication.peerSources,
+      channelAfterKill: kill.channel.peerSourcesAfter,
+      indicationAfterKill: kill.indication.peerSourcesAfter,
+      channelAfterBack: back.channel.peerSourcesAfter,
+      indicationAfterBack: back.indication.peerSourcesAfter,
+    });
     report(t, 'anyturn_relayed_packets_total at the end', { N1restarted: m1End, N1restartedAfterFresh: m1Fresh, N2: m2End, N3: m3End });
     report(t, 'node warnings', Object.fromEntries(topo.spawned.filter((p) => p.name.startsWith('anyturn-')).map((p) => [p.name, warnings(p)])));
 
@@ -385,8 +465,14 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     assert.deepEqual(summary.newChannelEchoes, { '2': 5, '3': 5 }, 'probes over the channels bound after the kill');
     assert.deepEqual(summary.foreignSources, {}, 'datagrams from an address other than the anycast server address');
     assert.equal(summary.wrongKind, 0);
-    assert.ok(m2After.clientToPeer - m2Before.clientToPeer > 50, `N2 relayed too few client->peer packets after the kill: ${JSON.stringify({ m2Before, m2After })}`);
-    assert.ok(m2After.peerToClient - m2Before.peerToClient > 50, `N2 relayed too few peer->client packets after the kill: ${JSON.stringify({ m2Before, m2After })}`);
+    assert.ok(
+      m2After.clientToPeer - m2Before.clientToPeer > 50,
+      `N2 relayed too few client->peer packets after the kill: ${JSON.stringify({ m2Before, m2After })}`,
+    );
+    assert.ok(
+      m2After.peerToClient - m2Before.peerToClient > 50,
+      `N2 relayed too few peer->client packets after the kill: ${JSON.stringify({ m2Before, m2After })}`,
+    );
     // Loss: only what was in flight into N1 when it died (see KILL_IN_FLIGHT_MS).
     for (const mode of ['channel', 'indication'] as const) {
       for (const p of ['beforeKill', 'switchToBack', 'afterBack'] as const) {
@@ -402,15 +488,26 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     assert.equal(summary.got438, 0, `438 received: ${JSON.stringify(summary.errorCodes)}`);
     // The only errors: the 401s to each socket's first Allocate and to the two challenges in "ops".
     assert.deepEqual(summary.errorCodes, { '401': 4 }, 'error answers other than the four 401 challenges');
-    for (const alloc of ['A', 'B']) assert.deepEqual(summary.ops[alloc]?.['challenge'], { code: 401 }, `challenge on ${alloc}: ${JSON.stringify(summary.ops)}`);
+    for (const alloc of ['A', 'B']) assert.deepEqual(summary.ops[alloc]?.challenge, { code: 401 }, `challenge on ${alloc}: ${JSON.stringify(summary.ops)}`);
 
     // 2. The restart: synced at start, and the stream flows through N1 again.
-    assert.ok(Number.isInteger(adopted) && adopted >= storeAtRestart.allocations.size, `restarted N1 took on ${String(n1b.sync['adopted'])} of ${storeAtRestart.allocations.size} live allocations`);
+    assert.ok(
+      Number.isInteger(adopted) && adopted >= storeAtRestart.allocations.size,
+      `restarted N1 took on ${String(n1b.sync.adopted)} of ${storeAtRestart.allocations.size} live allocations`,
+    );
     assert.ok(storeAtRestart.allocations.size >= 2, `the store lost the stream's allocations: ${JSON.stringify([...storeAtRestart.allocations])}`);
-    for (const node of topo.nodeNames) assert.deepEqual(boundAfterRestart[node], [...livePorts].sort((a, b) => a - b), `${node} after N1's restart`);
+    for (const node of topo.nodeNames)
+      assert.deepEqual(
+        boundAfterRestart[node],
+        [...livePorts].sort((a, b) => a - b),
+        `${node} after N1's restart`,
+      );
     assert.deepEqual(back.channel.peerSourcesAfter, [endpointText(summary.relayed.A)], 'no channel-mode packet reached the peer after the route back');
     assert.deepEqual(back.indication.peerSourcesAfter, [endpointText(summary.relayed.B)], 'no indication-mode packet reached the peer after the route back');
-    assert.ok(m1End.clientToPeer - m1Fresh.clientToPeer > 50 && m1End.peerToClient - m1Fresh.peerToClient > 50, `restarted N1 did not relay the stream after the route back: ${JSON.stringify({ m1Fresh, m1End })}`);
+    assert.ok(
+      m1End.clientToPeer - m1Fresh.clientToPeer > 50 && m1End.peerToClient - m1Fresh.peerToClient > 50,
+      `restarted N1 did not relay the stream after the route back: ${JSON.stringify({ m1Fresh, m1End })}`,
+    );
 
     // 3. No duplicate ports.
     assert.equal(freshResults.length, FRESH_COUNT);
@@ -422,11 +519,29 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     }
     assert.equal(new Set(allPorts).size, allPorts.length, `duplicate relayed ports: ${JSON.stringify({ livePorts, freshPorts })}`);
     assert.equal(storeWithFresh.allocations.size, 2 + FRESH_COUNT, `allocations in the store: ${JSON.stringify([...storeWithFresh.allocations])}`);
-    assert.deepEqual([...storeWithFresh.ports.keys()].sort(), [...storeWithFresh.allocations.values()].sort(), 'port keys do not match the allocations\' relayed addresses');
-    for (const [key, relayed] of storeWithFresh.allocations) assert.equal(storeWithFresh.ports.get(relayed), key, `port key of ${relayed} does not name ${key}`);
-    for (const node of topo.nodeNames) assert.deepEqual(boundWithFresh[node], [...allPorts].sort((a, b) => a - b), `${node} does not bind exactly the live relayed ports`);
-    assert.ok((released['codes'] as number[]).every((c) => c === 200), `releasing the fresh allocations: ${JSON.stringify(released)}`);
-    for (const node of topo.nodeNames) assert.deepEqual(boundAfterRelease[node], [...livePorts].sort((a, b) => a - b), `${node} after the fresh allocations were released`);
+    assert.deepEqual(
+      [...storeWithFresh.ports.keys()].sort(),
+      [...storeWithFresh.allocations.values()].sort(),
+      "port keys do not match the allocations' relayed addresses",
+    );
+    for (const [key, relayed] of storeWithFresh.allocations)
+      assert.equal(storeWithFresh.ports.get(relayed), key, `port key of ${relayed} does not name ${key}`);
+    for (const node of topo.nodeNames)
+      assert.deepEqual(
+        boundWithFresh[node],
+        [...allPorts].sort((a, b) => a - b),
+        `${node} does not bind exactly the live relayed ports`,
+      );
+    assert.ok(
+      (released.codes as number[]).every((c) => c === 200),
+      `releasing the fresh allocations: ${JSON.stringify(released)}`,
+    );
+    for (const node of topo.nodeNames)
+      assert.deepEqual(
+        boundAfterRelease[node],
+        [...livePorts].sort((a, b) => a - b),
+        `${node} after the fresh allocations were released`,
+      );
     assert.equal(storeAfterRelease.allocations.size, 2);
     assert.equal(storeAfterRelease.ports.size, 2);
   });

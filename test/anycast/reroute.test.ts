@@ -114,9 +114,9 @@ test('forward mode: an allocation on N1 survives a reroute of the anycast addres
     await waitReady(topo, ['N1', 'N2']);
     const peer = await startPeer(topo);
     const client = startStreamClient(topo, STREAM_MS);
-    const allocated = await client.waitForJsonLine((r) => r['event'] === 'allocated' || r['event'] === 'error', 20_000);
-    assert.equal(allocated['event'], 'allocated', JSON.stringify(allocated));
-    await client.waitForJsonLine((r) => r['event'] === 'streaming', 10_000);
+    const allocated = await client.waitForJsonLine((r) => r.event === 'allocated' || r.event === 'error', 20_000);
+    assert.equal(allocated.event, 'allocated', JSON.stringify(allocated));
+    await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
 
     await sleep(STREAM_MS / 2);
     const rerouteStartMs = nowMs();
@@ -144,15 +144,32 @@ test('forward mode: an allocation on N1 survives a reroute of the anycast addres
 
     report(t, 'relayed', summary.relayed);
     report(t, 'gap ms (last echo before the switch -> first after; max silence within [-1 s, +3 s])', {
-      channel: { clientToPeer: f.channel.gapClientToPeerMs, peerToClient: f.channel.gapPeerToClientMs, maxClientToPeer: f.channel.maxGapClientToPeerMs, maxPeerToClient: f.channel.maxGapPeerToClientMs },
-      indication: { clientToPeer: f.indication.gapClientToPeerMs, peerToClient: f.indication.gapPeerToClientMs, maxClientToPeer: f.indication.maxGapClientToPeerMs, maxPeerToClient: f.indication.maxGapPeerToClientMs },
+      channel: {
+        clientToPeer: f.channel.gapClientToPeerMs,
+        peerToClient: f.channel.gapPeerToClientMs,
+        maxClientToPeer: f.channel.maxGapClientToPeerMs,
+        maxPeerToClient: f.channel.maxGapPeerToClientMs,
+      },
+      indication: {
+        clientToPeer: f.indication.gapClientToPeerMs,
+        peerToClient: f.indication.gapPeerToClientMs,
+        maxClientToPeer: f.indication.maxGapClientToPeerMs,
+        maxPeerToClient: f.indication.maxGapPeerToClientMs,
+      },
       bothModes: { clientToPeer: f.total.gapClientToPeerMs, peerToClient: f.total.gapPeerToClientMs },
     });
     report(t, 'lost', {
       channel: { sent: f.channel.sent, clientToPeer: f.channel.lostSeqClientToPeer, peerToClient: f.channel.lostSeqPeerToClient },
       indication: { sent: f.indication.sent, clientToPeer: f.indication.lostSeqClientToPeer, peerToClient: f.indication.lostSeqPeerToClient },
     });
-    report(t, 'after the switch', { ops: summary.ops, newChannelEchoes: summary.newChannelEchoes, errorCodes: summary.errorCodes, got437: summary.got437, foreignSources: summary.foreignSources, wrongKind: summary.wrongKind });
+    report(t, 'after the switch', {
+      ops: summary.ops,
+      newChannelEchoes: summary.newChannelEchoes,
+      errorCodes: summary.errorCodes,
+      got437: summary.got437,
+      foreignSources: summary.foreignSources,
+      wrongKind: summary.wrongKind,
+    });
     report(t, 'peer saw', { channel: f.channel.peerSources, indication: f.indication.peerSources });
     report(t, 'cluster metrics', cluster);
 
@@ -171,7 +188,7 @@ test('forward mode: an allocation on N1 survives a reroute of the anycast addres
       }
       // N2 answered the unauthenticated Allocate itself: CreatePermission and ChannelBind
       // carried N2's nonce to the owner N1.
-      assert.deepEqual(summary.ops[alloc]?.['challenge'], { code: 401 }, `challenge on ${alloc}: ${JSON.stringify(summary.ops)}`);
+      assert.deepEqual(summary.ops[alloc]?.challenge, { code: 401 }, `challenge on ${alloc}: ${JSON.stringify(summary.ops)}`);
     }
     // No 438, with a nonce from either node. The only errors: the 401s to each socket's first
     // Allocate (no credentials yet) and to the two challenges.
@@ -184,7 +201,10 @@ test('forward mode: an allocation on N1 survives a reroute of the anycast addres
   });
 });
 
-test('store outage: Redis down for 10 s keeps live allocations relaying, refuses new ones, recovers, writes them back, and a reroute then resumes them', { skip, timeout: 180_000 }, async (t) => {
+test('store outage: Redis down for 10 s keeps live allocations relaying, refuses new ones, recovers, writes them back, and a reroute then resumes them', {
+  skip,
+  timeout: 180_000,
+}, async (t) => {
   const STREAM_MS = 36_000;
   const OUTAGE_MS = 10_000;
   const topo = await Topology.build({ nodes: 2 });
@@ -196,11 +216,11 @@ test('store outage: Redis down for 10 s keeps live allocations relaying, refuses
     await waitReady(topo, ['N1', 'N2']);
     const peer = await startPeer(topo);
     const client = startStreamClient(topo, STREAM_MS);
-    const allocated = await client.waitForJsonLine((r) => r['event'] === 'allocated' || r['event'] === 'error', 20_000);
-    assert.equal(allocated['event'], 'allocated', JSON.stringify(allocated));
-    const relayed = allocated['relayed'] as { A: { address: string; port: number }; B: { address: string; port: number } };
+    const allocated = await client.waitForJsonLine((r) => r.event === 'allocated' || r.event === 'error', 20_000);
+    assert.equal(allocated.event, 'allocated', JSON.stringify(allocated));
+    const relayed = allocated.relayed as { A: { address: string; port: number }; B: { address: string; port: number } };
     const liveRelayed = [endpointText(relayed.A), endpointText(relayed.B)].sort();
-    await client.waitForJsonLine((r) => r['event'] === 'streaming', 10_000);
+    await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
     const storedBefore = await waitStored(topo, liveRelayed, 5000);
     assert.deepEqual(storedBefore, liveRelayed, 'the live allocations are in the store before the outage');
 
@@ -243,16 +263,41 @@ test('store outage: Redis down for 10 s keeps live allocations relaying, refuses
 
     report(t, 'outage', { killedAfterStreamingMs: 4000, outageMs: Math.round(restartMs - killMs) });
     report(t, 'allocate during the outage', duringProbe.attempts);
-    report(t, 'allocate after Redis is back', { attempts: afterProbe.attempts, firstSuccessAfterRestartMs: afterProbe.final === 200 ? Math.round(afterProbe.attempts[afterProbe.attempts.length - 1]!.atMs - restartMs) : undefined });
-    report(t, 'N1 /readyz during', readyDuring.map((r) => r.code));
+    report(t, 'allocate after Redis is back', {
+      attempts: afterProbe.attempts,
+      firstSuccessAfterRestartMs: afterProbe.final === 200 ? Math.round(afterProbe.attempts[afterProbe.attempts.length - 1]!.atMs - restartMs) : undefined,
+    });
+    report(
+      t,
+      'N1 /readyz during',
+      readyDuring.map((r) => r.code),
+    );
     report(t, 'N2 /readyz during', n2ReadyDuring);
-    report(t, 'N1 /readyz after', readyAfter.map((r) => ({ code: r.code, afterRestartMs: Math.round(r.atMs - restartMs) })));
+    report(
+      t,
+      'N1 /readyz after',
+      readyAfter.map((r) => ({ code: r.code, afterRestartMs: Math.round(r.atMs - restartMs) })),
+    );
     report(t, 'lost', {
-      channel: { sent: f.channel.sent, clientToPeer: f.channel.lostSeqClientToPeer, peerToClient: f.channel.lostSeqPeerToClient, maxSilenceMs: [f.channel.maxGapClientToPeerMs, f.channel.maxGapPeerToClientMs] },
-      indication: { sent: f.indication.sent, clientToPeer: f.indication.lostSeqClientToPeer, peerToClient: f.indication.lostSeqPeerToClient, maxSilenceMs: [f.indication.maxGapClientToPeerMs, f.indication.maxGapPeerToClientMs] },
+      channel: {
+        sent: f.channel.sent,
+        clientToPeer: f.channel.lostSeqClientToPeer,
+        peerToClient: f.channel.lostSeqPeerToClient,
+        maxSilenceMs: [f.channel.maxGapClientToPeerMs, f.channel.maxGapPeerToClientMs],
+      },
+      indication: {
+        sent: f.indication.sent,
+        clientToPeer: f.indication.lostSeqClientToPeer,
+        peerToClient: f.indication.lostSeqPeerToClient,
+        maxSilenceMs: [f.indication.maxGapClientToPeerMs, f.indication.maxGapPeerToClientMs],
+      },
     });
     report(t, 'client saw', { errorCodes: summary.errorCodes, got437: summary.got437, foreignSources: summary.foreignSources });
-    report(t, 'N1 metrics', { storeUp: m1.get('anyturn_store_up{store="redis"}'), storeErrors: m1.get('anyturn_store_errors_total'), requests: [...m1].filter(([k]) => k.startsWith('anyturn_requests_total') && !k.includes('code="200"')) });
+    report(t, 'N1 metrics', {
+      storeUp: m1.get('anyturn_store_up{store="redis"}'),
+      storeErrors: m1.get('anyturn_store_errors_total'),
+      requests: [...m1].filter(([k]) => k.startsWith('anyturn_requests_total') && !k.includes('code="200"')),
+    });
 
     report(t, 'store: live allocations', { before: storedBefore, afterRestart: storedAfter });
     report(t, 'N2 after the reroute', n2);

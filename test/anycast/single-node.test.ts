@@ -18,9 +18,9 @@ test('single node, no cluster: the stream client relays both modes and its post-
     await startNode(topo, 'N1', { cluster: false });
     const peer = await startPeer(topo);
     const client = startStreamClient(topo, STREAM_MS);
-    const allocated = await client.waitForJsonLine((r) => r['event'] === 'allocated' || r['event'] === 'error', 20_000);
-    assert.equal(allocated['event'], 'allocated', JSON.stringify(allocated));
-    await client.waitForJsonLine((r) => r['event'] === 'streaming', 10_000);
+    const allocated = await client.waitForJsonLine((r) => r.event === 'allocated' || r.event === 'error', 20_000);
+    assert.equal(allocated.event, 'allocated', JSON.stringify(allocated));
+    await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
     await new Promise((r) => setTimeout(r, STREAM_MS / 2));
     const markMs = nowMs();
     client.writeLine(JSON.stringify({ cmd: 'mark', name: 'mid', atMs: markMs }));
@@ -28,7 +28,15 @@ test('single node, no cluster: the stream client relays both modes and its post-
     const summary = await streamSummary(client, STREAM_MS + 20_000);
     const report = await peerReport(peer);
     const f = figures(summary, report, { atMs: markMs });
-    const show = { relayed: summary.relayed, figures: f, ops: summary.ops, newChannelEchoes: summary.newChannelEchoes, errorCodes: summary.errorCodes, foreignSources: summary.foreignSources, wrongKind: summary.wrongKind };
+    const show = {
+      relayed: summary.relayed,
+      figures: f,
+      ops: summary.ops,
+      newChannelEchoes: summary.newChannelEchoes,
+      errorCodes: summary.errorCodes,
+      foreignSources: summary.foreignSources,
+      wrongKind: summary.wrongKind,
+    };
     t.diagnostic(JSON.stringify(show));
     for (const mode of ['channel', 'indication'] as const) {
       assert.ok(f[mode].sent > 100, `${mode}: sent ${f[mode].sent}`);
@@ -36,7 +44,9 @@ test('single node, no cluster: the stream client relays both modes and its post-
     }
     assert.deepEqual(f.channel.peerSources, [`${summary.relayed.A.address}:${summary.relayed.A.port}`]);
     assert.deepEqual(f.indication.peerSources, [`${summary.relayed.B.address}:${summary.relayed.B.port}`]);
-    for (const alloc of ['A', 'B']) for (const m of ['refresh', 'createPermission', 'channelBind']) assert.equal(summary.ops[alloc]?.[m]?.code, 200, `${alloc} ${m}: ${JSON.stringify(summary.ops)}`);
+    for (const alloc of ['A', 'B'])
+      for (const m of ['refresh', 'createPermission', 'channelBind'])
+        assert.equal(summary.ops[alloc]?.[m]?.code, 200, `${alloc} ${m}: ${JSON.stringify(summary.ops)}`);
     assert.deepEqual(summary.newChannelEchoes, { '2': 5, '3': 5 });
     assert.equal(summary.got437, 0);
     assert.deepEqual(summary.foreignSources, {});

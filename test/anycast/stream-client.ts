@@ -161,11 +161,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const setup = [
-    await op(() => a.createPermission(peer)),
-    await op(() => a.channelBind(CHANNEL_A, peer)),
-    await op(() => b.createPermission(peer)),
-  ];
+  const setup = [await op(() => a.createPermission(peer)), await op(() => a.channelBind(CHANNEL_A, peer)), await op(() => b.createPermission(peer))];
   if (setup.some((r) => r.code !== 200)) {
     emit({ event: 'error', stage: 'setup', setup });
     a.close();
@@ -207,8 +203,8 @@ async function main(): Promise<void> {
         channelBind: await op(() => b.channelBind(NEW_CHANNEL_B, peer2)),
       }))(),
     ]);
-    ops['A'] = ra;
-    ops['B'] = rb;
+    ops.A = ra;
+    ops.B = rb;
     for (let i = 0; i < NEW_CHANNEL_PROBES; i++) {
       a.sendChannelData(NEW_CHANNEL_A, encodeProbe(Stream.newChannelA, i));
       b.sendChannelData(NEW_CHANNEL_B, encodeProbe(Stream.newChannelB, i));
@@ -217,9 +213,9 @@ async function main(): Promise<void> {
     emit({ event: 'ops-done', ops });
   };
   onStdinCommands((cmd) => {
-    if (cmd['cmd'] === 'mark' && typeof cmd['name'] === 'string') {
-      marks[cmd['name']] = typeof cmd['atMs'] === 'number' ? cmd['atMs'] : nowMs();
-    } else if (cmd['cmd'] === 'ops') {
+    if (cmd.cmd === 'mark' && typeof cmd.name === 'string') {
+      marks[cmd.name] = typeof cmd.atMs === 'number' ? cmd.atMs : nowMs();
+    } else if (cmd.cmd === 'ops') {
       opsRunning ??= runOps();
     }
   });
@@ -247,7 +243,20 @@ async function main(): Promise<void> {
     const e = echoedAt.get(seq);
     packets.push([seq, s.stream, Math.round(s.at * 10) / 10, e ? Math.round(e.at * 10) / 10 : -1, e ? e.kind : -1]);
   }
-  const summary: StreamSummary = { event: 'summary', relayed, packets, marks, ops, opsAtMs, newChannelEchoes, errorCodes, got437, got438, foreignSources, wrongKind };
+  const summary: StreamSummary = {
+    event: 'summary',
+    relayed,
+    packets,
+    marks,
+    ops,
+    opsAtMs,
+    newChannelEchoes,
+    errorCodes,
+    got437,
+    got438,
+    foreignSources,
+    wrongKind,
+  };
   emit(summary as unknown as Record<string, unknown>);
   a.close();
   b.close();

@@ -42,7 +42,7 @@ test('namespace topology: anycast answers from the routed node, reroute moves it
   t.after(() => topo.teardown());
   for (const node of topo.nodeNames) {
     const p = topo.spawnIn(node, process.execPath, ['-e', NAMED_ECHO, node], { name: `echo-${node}` });
-    await p.waitForJsonLine((r) => r['event'] === 'listening', 10_000);
+    await p.waitForJsonLine((r) => r.event === 'listening', 10_000);
   }
   const ask = async (): Promise<string> => (await topo.exec('C', process.execPath, ['-e', ASK])).stdout.trim();
 

@@ -93,11 +93,7 @@ export interface SpawnOptions {
 }
 
 /** Spawns `command args` in its own process group and records its output. */
-export function spawnProcess(
-  command: string,
-  args: readonly string[],
-  options: SpawnOptions = {},
-): SpawnedProcess {
+export function spawnProcess(command: string, args: readonly string[], options: SpawnOptions = {}): SpawnedProcess {
   installExitHook();
   const child = spawn(command, [...args], {
     detached: true,
@@ -192,12 +188,7 @@ export interface RunResult extends ProcessExit {
  * Runs a command to completion (e.g. turnutils_uclient). The deadline only
  * stops a hung tool; callers assert on the output, not on elapsed time.
  */
-export async function runToCompletion(
-  command: string,
-  args: readonly string[],
-  deadlineMs: number,
-  t?: CleanupRegistrar,
-): Promise<RunResult> {
+export async function runToCompletion(command: string, args: readonly string[], deadlineMs: number, t?: CleanupRegistrar): Promise<RunResult> {
   const proc = spawnProcess(command, args);
   if (t) stopAfter(t, proc);
   let timedOut = false;
@@ -439,7 +430,8 @@ export function anyturnArgs(options: TurnServerOptions, port: number, relayPorts
   if (options.userQuota !== undefined) args.push('--user-quota', String(options.userQuota));
   if (options.totalQuota !== undefined) args.push('--total-quota', String(options.totalQuota));
   if (options.tcp === false) args.push('--no-tcp');
-  if (options.tls) args.push('--cert', options.tls.certFile, '--pkey', options.tls.keyFile, '--tls-listening-port', String(tlsPort ?? options.tls.port ?? 5349));
+  if (options.tls)
+    args.push('--cert', options.tls.certFile, '--pkey', options.tls.keyFile, '--tls-listening-port', String(tlsPort ?? options.tls.port ?? 5349));
   args.push('--log-level', options.logLevel ?? 'info');
   // No ops endpoint on the default 9641 unless a test asks: servers in tests must not collide.
   if (!(options.extraArgs ?? []).includes('--metrics-port')) args.push('--metrics-port', '0');
@@ -477,25 +469,18 @@ function waitForLogMessage(proc: SpawnedProcess, message: string, deadlineMs: nu
       if (error) reject(error);
       else resolve();
     };
-    const scan = (): boolean => parseLogLines(buffered).some((record) => record['msg'] === message);
+    const scan = (): boolean => parseLogLines(buffered).some((record) => record.msg === message);
     const onData = (chunk: string): void => {
       buffered += chunk;
       if (scan()) finish();
     };
-    const timer = setTimeout(
-      () => finish(new Error(`${proc.name}: no "${message}" log line\n${proc.outputTail()}`)),
-      deadlineMs,
-    );
+    const timer = setTimeout(() => finish(new Error(`${proc.name}: no "${message}" log line\n${proc.outputTail()}`)), deadlineMs);
     proc.child.stdout?.on('data', onData);
     // Output that arrived before we subscribed.
     buffered = proc.stdout();
     if (scan()) finish();
     void proc.exited.then((exit) =>
-      finish(
-        new Error(
-          `${proc.name} exited (code ${String(exit.code)}, signal ${String(exit.signal)}) before "${message}"\n${proc.outputTail()}`,
-        ),
-      ),
+      finish(new Error(`${proc.name} exited (code ${String(exit.code)}, signal ${String(exit.signal)}) before "${message}"\n${proc.outputTail()}`)),
     );
   });
 }
@@ -588,7 +573,7 @@ export async function startCoturn(options: TurnServerOptions = {}): Promise<Runn
  * anyturn for a failure).
  */
 export function startTurnServerUnderTest(options: TurnServerOptions = {}): Promise<RunningTurnServer> {
-  return process.env['ANYTURN_INTEROP_TARGET'] === 'coturn' ? startCoturn(options) : startAnyturn(options);
+  return process.env.ANYTURN_INTEROP_TARGET === 'coturn' ? startCoturn(options) : startAnyturn(options);
 }
 
 // ---------------------------------------------------------------------------

@@ -53,13 +53,16 @@ export interface LinkAddresses {
  */
 export function netnsUnavailableReason(): string | undefined {
   const reason = probe();
-  return reason !== undefined && process.env['CI'] !== 'true' ? reason : undefined;
+  return reason !== undefined && process.env.CI !== 'true' ? reason : undefined;
 }
 
 function probe(): string | undefined {
   if (process.platform !== 'linux') return 'network namespaces need Linux';
   if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'network namespaces need root';
-  for (const [cmd, args] of [['ip', ['-V']], ['redis-server', ['--version']]] as const) {
+  for (const [cmd, args] of [
+    ['ip', ['-V']],
+    ['redis-server', ['--version']],
+  ] as const) {
     try {
       execFileSync(cmd, [...args], { stdio: 'ignore', timeout: 5000 });
     } catch {

@@ -28,7 +28,11 @@ export function sendRawUdpV4(port: number, sourcePort: number, payloads: readonl
 export async function canSendRaw(): Promise<boolean> {
   if (process.getuid?.() !== 0) return false;
   try {
-    await new Promise<void>((resolve, reject) => execFile('python3', ['-c', 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)'], (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      execFile('python3', ['-c', 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)'], (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
     return true;
   } catch {
     return false;

@@ -113,7 +113,24 @@ export async function startRedisServer(): Promise<RedisServerHandle> {
     mkdirSync(dir, { recursive: true }); // stop() removes it; restart() comes back here
     const proc = spawn(
       REDIS_SERVER_PATH,
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no', '--dir', dir, '--loglevel', 'warning'],
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--daemonize',
+        'no',
+        '--protected-mode',
+        'no',
+        '--dir',
+        dir,
+        '--loglevel',
+        'warning',
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     child = killOnExit(proc);

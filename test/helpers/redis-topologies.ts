@@ -122,12 +122,38 @@ async function startProcess(name: string, port: number, args: string[]): Promise
 }
 
 function serverArgs(port: number, dir: string, extra: string[] = []): string[] {
-  return ['--port', String(port), '--bind', LOCALHOST, '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no', '--dir', dir, '--loglevel', 'warning', ...extra];
+  return [
+    '--port',
+    String(port),
+    '--bind',
+    LOCALHOST,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--daemonize',
+    'no',
+    '--protected-mode',
+    'no',
+    '--dir',
+    dir,
+    '--loglevel',
+    'warning',
+    ...extra,
+  ];
 }
 
 /** A plain connection for the test's own inspection; always disconnected afterwards. */
 export async function withAdmin<T>(port: number, use: (admin: Redis) => Promise<T>): Promise<T> {
-  const admin = new Redis({ host: LOCALHOST, port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1_000, commandTimeout: 5_000 });
+  const admin = new Redis({
+    host: LOCALHOST,
+    port,
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: 1_000,
+    commandTimeout: 5_000,
+  });
   admin.on('error', () => undefined);
   try {
     await admin.connect();
@@ -208,7 +234,11 @@ export async function startSentinelTopology(name = 'mymaster', downAfterMs = 100
     const replicaPort = await pickPort();
     const master = procs.add(await startProcess('master', masterPort, serverArgs(masterPort, procs.dir, ['--dbfilename', `dump-${masterPort}.rdb`])));
     const replica = procs.add(
-      await startProcess('replica', replicaPort, serverArgs(replicaPort, procs.dir, ['--dbfilename', `dump-${replicaPort}.rdb`, '--replicaof', LOCALHOST, String(masterPort)])),
+      await startProcess(
+        'replica',
+        replicaPort,
+        serverArgs(replicaPort, procs.dir, ['--dbfilename', `dump-${replicaPort}.rdb`, '--replicaof', LOCALHOST, String(masterPort)]),
+      ),
     );
     await waitUntil(
       () => withAdmin(replicaPort, async (r) => infoField(await r.info('replication'), 'master_link_status') === 'up'),
@@ -247,7 +277,9 @@ export async function startSentinelTopology(name = 'mymaster', downAfterMs = 100
             const replicas = (await r.call('SENTINEL', 'REPLICAS', name)) as unknown[];
             const others = (await r.call('SENTINEL', 'SENTINELS', name)) as unknown[];
             const quorum = String(await r.call('SENTINEL', 'CKQUORUM', name));
-            const replicaKnown = replicas.some((entry) => Array.isArray(entry) && entry.map(String).includes(String(replicaPort)) && !/s_down|disconnected/.test(entry.map(String).join(' ')));
+            const replicaKnown = replicas.some(
+              (entry) => Array.isArray(entry) && entry.map(String).includes(String(replicaPort)) && !/s_down|disconnected/.test(entry.map(String).join(' ')),
+            );
             return replicaKnown && others.length >= 2 && quorum.startsWith('OK');
           }),
         `${s.name} to know the replica and the other sentinels`,

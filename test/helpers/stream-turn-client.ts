@@ -46,7 +46,10 @@ export class StreamTurnClient {
   private closedFlag = false;
   readonly closed: Promise<void>;
 
-  private constructor(readonly socket: net.Socket, readonly credentials: Credentials) {
+  private constructor(
+    readonly socket: net.Socket,
+    readonly credentials: Credentials,
+  ) {
     this.realm = credentials.realm;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => undefined);
@@ -63,7 +66,11 @@ export class StreamTurnClient {
    * Connects to 127.0.0.1 (or `server`) over TCP, or TLS with `tls: true` (the certificate is not checked),
    * from `localAddress` when given (another loopback address is another source).
    */
-  static async connect(server: Endpoint, credentials: Credentials, options: { readonly tls?: boolean; readonly localAddress?: string } = {}): Promise<StreamTurnClient> {
+  static async connect(
+    server: Endpoint,
+    credentials: Credentials,
+    options: { readonly tls?: boolean; readonly localAddress?: string } = {},
+  ): Promise<StreamTurnClient> {
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const { localAddress } = options;
       const s = options.tls
@@ -135,7 +142,12 @@ export class StreamTurnClient {
       const m = decoded.message;
       if (m.cls === MessageClass.Indication && m.method === Method.Data) {
         const peer = decodeAddress(getAttribute(m, Attr.XorPeerAddress) ?? Buffer.alloc(0), m.transactionId);
-        this.received.push({ kind: 'data-indication', peer: peer ? { address: peer.address, port: peer.port } : undefined, data: Buffer.from(getAttribute(m, Attr.Data) ?? Buffer.alloc(0)), wire });
+        this.received.push({
+          kind: 'data-indication',
+          peer: peer ? { address: peer.address, port: peer.port } : undefined,
+          data: Buffer.from(getAttribute(m, Attr.Data) ?? Buffer.alloc(0)),
+          wire,
+        });
       } else {
         this.responses.push(m);
       }

@@ -80,7 +80,11 @@ export class TestTurnClient {
   nonce: string | undefined;
   realm: string;
 
-  private constructor(readonly server: Endpoint, readonly credentials: Credentials, socket: dgram.Socket) {
+  private constructor(
+    readonly server: Endpoint,
+    readonly credentials: Credentials,
+    socket: dgram.Socket,
+  ) {
     this.socket = socket;
     this.realm = credentials.realm;
     socket.on('message', (buf) => this.onMessage(buf));
@@ -126,7 +130,11 @@ export class TestTurnClient {
     const m = decoded.message;
     if (m.cls === MessageClass.Indication && m.method === Method.Data) {
       const peer = decodeAddress(getAttribute(m, Attr.XorPeerAddress) ?? Buffer.alloc(0), m.transactionId);
-      this.pushReceived({ kind: 'data-indication', peer: peer ? { address: peer.address, port: peer.port } : undefined, data: Buffer.from(getAttribute(m, Attr.Data) ?? Buffer.alloc(0)) });
+      this.pushReceived({
+        kind: 'data-indication',
+        peer: peer ? { address: peer.address, port: peer.port } : undefined,
+        data: Buffer.from(getAttribute(m, Attr.Data) ?? Buffer.alloc(0)),
+      });
       return;
     }
     const id = m.transactionId.toString('hex');
@@ -220,9 +228,11 @@ export class TestTurnClient {
       // be read only after them. Two loop turns let both happen first, so a retransmission or
       // a timeout only comes when no answer is there to be read.
       const afterPendingIo = (f: () => void): void => {
-        setImmediate(() => setImmediate(() => {
-          if (!done) f();
-        }));
+        setImmediate(() =>
+          setImmediate(() => {
+            if (!done) f();
+          }),
+        );
       };
       const retransmit = setInterval(() => afterPendingIo(() => this.sendRaw(buf)), 300);
       const finish = (m: StunMessage | undefined): void => {
@@ -244,7 +254,11 @@ export class TestTurnClient {
   }
 
   /** Builds a request; with auth, adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (and FINGERPRINT if asked). */
-  build(method: number, decorate: Decorate, options: { auth?: boolean; fingerprint?: boolean; transactionId?: Buffer } = {}): { buf: Buffer; transactionId: Buffer } {
+  build(
+    method: number,
+    decorate: Decorate,
+    options: { auth?: boolean; fingerprint?: boolean; transactionId?: Buffer } = {},
+  ): { buf: Buffer; transactionId: Buffer } {
     const transactionId = options.transactionId ?? randomBytes(12);
     const w = new MessageWriter(method, MessageClass.Request, transactionId);
     decorate(w);

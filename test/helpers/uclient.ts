@@ -84,11 +84,7 @@ export function uclientChannelCollision(output: string): string | undefined {
  * returned exactly as on any other: nothing was relayed in the one that collided, and two
  * collisions in a row (about 1 in 700,000 for 20 sessions) still fail.
  */
-export async function runUclient(
-  args: readonly string[],
-  deadlineMs: number,
-  t: CleanupRegistrar & { diagnostic(message: string): void },
-): Promise<RunResult> {
+export async function runUclient(args: readonly string[], deadlineMs: number, t: CleanupRegistrar & { diagnostic(message: string): void }): Promise<RunResult> {
   const first = await runToCompletion('turnutils_uclient', args, deadlineMs, t);
   const collision = first.timedOut ? undefined : uclientChannelCollision(first.stdout + first.stderr);
   if (collision === undefined) return first;

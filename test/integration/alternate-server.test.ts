@@ -78,7 +78,7 @@ describe('--alternate-server', () => {
       assert.ok(alt);
       seen.push({ address: alt.address, port: alt.port });
       assert.ok(m.integrityOffset >= 0, 'the 300 carries MESSAGE-INTEGRITY');
-      assert.ok(verifyIntegritySha1(m.raw, m.integrityOffset, c.key()), 'MESSAGE-INTEGRITY verifies with the client\'s key');
+      assert.ok(verifyIntegritySha1(m.raw, m.integrityOffset, c.key()), "MESSAGE-INTEGRITY verifies with the client's key");
     }
     assert.deepEqual(seen, [alternates[0], alternates[1], alternates[0], alternates[1]]);
     assert.equal(frontServer.engine.allocations, 0, 'nothing was allocated on the redirecting node');

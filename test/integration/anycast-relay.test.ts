@@ -15,7 +15,14 @@ import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { createRedisClients } from '../../src/store/redis/clients.js';
 import { type AllocationRecord, type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
 import { decodeAddress } from '../../src/stun/address.js';
-import { decodeAddressErrorCode, decodeErrorCode, encodeAddressFamily, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import {
+  decodeAddressErrorCode,
+  decodeErrorCode,
+  encodeAddressFamily,
+  encodeChannelNumber,
+  encodeRequestedTransport,
+  encodeUint32,
+} from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';
 import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { longTermKey } from '../../src/stun/integrity.js';
@@ -57,7 +64,13 @@ function startNode(id: string, store: AllocationStore, extra: { relayAddressIPv6
     nodeId: id,
     credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, 'secret']]), authSecrets: [] }),
     nonces,
-    peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: ['198.18.0.0/15', '2001:db8:100::/48'], deniedPeerRanges: [], serverAddresses: [ANYCAST, RELAY, RELAY6], servicePorts: [PORT] }),
+    peerPolicy: createPeerPolicy({
+      allowLoopbackPeers: false,
+      allowedPeerRanges: ['198.18.0.0/15', '2001:db8:100::/48'],
+      deniedPeerRanges: [],
+      serverAddresses: [ANYCAST, RELAY, RELAY6],
+      servicePorts: [PORT],
+    }),
     store,
     relays,
     clock: systemClock,
@@ -113,10 +126,12 @@ async function ask(node: Node, clientPort: number, method: number, decorate?: (w
 }
 
 const allocate = (w: MessageWriter): void => void w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
-const bind = (channel: number, peerPort: number) => (w: MessageWriter): void => {
-  w.add(Attr.ChannelNumber, encodeChannelNumber(channel));
-  w.addXorAddress(Attr.XorPeerAddress, PEER, peerPort);
-};
+const bind =
+  (channel: number, peerPort: number) =>
+  (w: MessageWriter): void => {
+    w.add(Attr.ChannelNumber, encodeChannelNumber(channel));
+    w.addXorAddress(Attr.XorPeerAddress, PEER, peerPort);
+  };
 
 describe('anycast relay mode: every node serves every allocation', () => {
   const store = new MemoryAllocationStore();
@@ -155,7 +170,7 @@ describe('anycast relay mode: every node serves every allocation', () => {
     // Node A dies without a word: node B loses nothing.
     await a.engine.stop();
     nodes.splice(nodes.indexOf(a), 1);
-    assert.ok(await store.get(fiveTupleKey('udp', CLIENT, clientPort, ANYCAST, PORT)), "a stopping node leaves the shared allocations alone");
+    assert.ok(await store.get(fiveTupleKey('udp', CLIENT, clientPort, ANYCAST, PORT)), 'a stopping node leaves the shared allocations alone');
     b.engine.handleClientPacket(b.listener, encodeChannelData(0x4001, Buffer.from('still here')), CLIENT, clientPort);
     assert.equal(b.relays.socketAt(RELAY, relay.port)!.sent.at(-1)!.data.toString(), 'still here');
   });
@@ -298,7 +313,11 @@ describe('anycast relay mode: records from the store meet the peer policy', () =
       assert.ok(allocation.permissionsByAddress.has(PEER), 'the allowed permission is there');
       assert.ok(allocation.channel(16403), 'the allowed channel is there');
       assert.deepEqual([...allocation.permissionsByAddress.keys()], [PEER], 'no refused permission installed');
-      assert.deepEqual([...allocation.bindings].map((x) => x.number), [16403], 'no refused channel installed');
+      assert.deepEqual(
+        [...allocation.bindings].map((x) => x.number),
+        [16403],
+        'no refused channel installed',
+      );
     }
     // A Send indication to the refused address goes nowhere.
     const sendTo = (ip: string): Buffer => {
@@ -362,10 +381,17 @@ describe('anycast relay mode: the IPv6 relayed address of a dual allocation is c
     b.engine.handleClientPacket(b.listener, r.buf, CLIENT, 44001);
     await until(() => responseCode(b!, 44001, r.id) !== undefined, 'the Allocate answer');
     assert.equal(responseCode(b, 44001, r.id), 200);
-    const answer = b.path.sentTo(CLIENT, 44001).map((x) => decodeMessage(x.data)).find((d) => d.ok && d.message.transactionId.toString('hex') === r.id)!;
+    const answer = b.path
+      .sentTo(CLIENT, 44001)
+      .map((x) => decodeMessage(x.data))
+      .find((d) => d.ok && d.message.transactionId.toString('hex') === r.id)!;
     assert.ok(answer.ok);
     const relayed = getAttributes(answer.message, Attr.XorRelayedAddress).map((v) => decodeAddress(v, answer.message.transactionId)!);
-    assert.deepEqual(relayed.map((x) => `${x.address}|${x.port}`), [`${RELAY}|${MIN + 1}`], 'IPv4 only: the IPv6 port is node A’s');
+    assert.deepEqual(
+      relayed.map((x) => `${x.address}|${x.port}`),
+      [`${RELAY}|${MIN + 1}`],
+      'IPv4 only: the IPv6 port is node A’s',
+    );
     const refused = decodeAddressErrorCode(getAttribute(answer.message, Attr.AddressErrorCode) ?? Buffer.alloc(0));
     assert.equal(refused?.family, AddressFamily.IPv6);
     assert.equal(refused?.code, 508);

@@ -98,16 +98,46 @@ describe('anyturn CLI', () => {
 
   const bad: { name: string; args: string[]; env?: Record<string, string>; mentions: (string | RegExp)[] }[] = [
     { name: '--listening-port 70000', args: [...SAFE, ...CREDS, '--listening-port', '70000'], mentions: ['--listening-port', '70000', /0 to 65535/] },
-    { name: '--min-port 60000 --max-port 50000', args: ['--listening-ip', '127.0.0.1', '--listening-port', '0', ...CREDS, '--min-port', '60000', '--max-port', '50000'], mentions: ['--min-port', '60000', '--max-port', '50000'] },
-    { name: '--relay-ip not-an-ip', args: [...SAFE, '--listening-port', '0', ...CREDS, '--relay-ip', 'not-an-ip'], mentions: ['--relay-ip', 'not-an-ip', /IPv4 or IPv6 address/] },
-    { name: '--allowed-peer-ip 10.0.0.1/8 (host bits set)', args: [...SAFE, '--listening-port', '0', ...CREDS, '--allowed-peer-ip', '10.0.0.1/8'], mentions: ['--allowed-peer-ip', '10.0.0.1/8', /bits are set/, '10.0.0.0/8'] },
+    {
+      name: '--min-port 60000 --max-port 50000',
+      args: ['--listening-ip', '127.0.0.1', '--listening-port', '0', ...CREDS, '--min-port', '60000', '--max-port', '50000'],
+      mentions: ['--min-port', '60000', '--max-port', '50000'],
+    },
+    {
+      name: '--relay-ip not-an-ip',
+      args: [...SAFE, '--listening-port', '0', ...CREDS, '--relay-ip', 'not-an-ip'],
+      mentions: ['--relay-ip', 'not-an-ip', /IPv4 or IPv6 address/],
+    },
+    {
+      name: '--allowed-peer-ip 10.0.0.1/8 (host bits set)',
+      args: [...SAFE, '--listening-port', '0', ...CREDS, '--allowed-peer-ip', '10.0.0.1/8'],
+      mentions: ['--allowed-peer-ip', '10.0.0.1/8', /bits are set/, '10.0.0.0/8'],
+    },
     { name: '--user nocolon', args: [...SAFE, '--listening-port', '0', '--user', 'nocolon'], mentions: ['--user', 'nocolon', 'name:password'] },
-    { name: '--log-level loud', args: [...SAFE, '--listening-port', '0', ...CREDS, '--log-level', 'loud'], mentions: ['log-level', 'loud', 'info', 'debug', 'silent'] },
-    { name: 'ANYTURN_LISTENING_PORT=abc', args: [...SAFE, ...CREDS], env: { ANYTURN_LISTENING_PORT: 'abc' }, mentions: ['listening-port', 'abc', /whole number/] },
+    {
+      name: '--log-level loud',
+      args: [...SAFE, '--listening-port', '0', ...CREDS, '--log-level', 'loud'],
+      mentions: ['log-level', 'loud', 'info', 'debug', 'silent'],
+    },
+    {
+      name: 'ANYTURN_LISTENING_PORT=abc',
+      args: [...SAFE, ...CREDS],
+      env: { ANYTURN_LISTENING_PORT: 'abc' },
+      mentions: ['listening-port', 'abc', /whole number/],
+    },
     { name: 'no credentials at all', args: [...SAFE, '--listening-port', '0'], mentions: ['--user', /never an open relay/] },
     { name: '--workers 65', args: [...SAFE, '--listening-port', '0', ...CREDS, '--workers', '65'], mentions: ['--workers', '65', /1 to 64/, "'auto'"] },
-    { name: 'ANYTURN_WORKERS=abc', args: [...SAFE, '--listening-port', '0', ...CREDS], env: { ANYTURN_WORKERS: 'abc' }, mentions: ['--workers', 'abc', /not a number/, "'auto'"] },
-    { name: '--workers 3 with 2 relay ports', args: ['--listening-ip', '127.0.0.1', '--listening-port', '0', ...CREDS, '--min-port', '47000', '--max-port', '47001', '--workers', '3'], mentions: ['--workers 3', '--min-port 47000', '--max-port 47001', /at most the number of relay ports/] },
+    {
+      name: 'ANYTURN_WORKERS=abc',
+      args: [...SAFE, '--listening-port', '0', ...CREDS],
+      env: { ANYTURN_WORKERS: 'abc' },
+      mentions: ['--workers', 'abc', /not a number/, "'auto'"],
+    },
+    {
+      name: '--workers 3 with 2 relay ports',
+      args: ['--listening-ip', '127.0.0.1', '--listening-port', '0', ...CREDS, '--min-port', '47000', '--max-port', '47001', '--workers', '3'],
+      mentions: ['--workers 3', '--min-port 47000', '--max-port 47001', /at most the number of relay ports/],
+    },
     { name: 'an unknown flag', args: [...SAFE, '--listening-port', '0', ...CREDS, '--bogus-flag', '1'], mentions: ['bogus-flag', /--help/] },
   ];
   for (const c of bad) {
@@ -150,7 +180,10 @@ describe('anyturn CLI', () => {
       const ready = await until(() => jsonLines(p.stdout()).find((l) => l.msg === 'anyturn ready'), `"anyturn ready" (stderr: ${p.stderr()})`);
       assert.ok(p.stdout().includes('"msg":"anyturn ready"'));
       // UDP and TCP on the same port number (RFC 8656 §3.1); no TLS without --cert/--pkey.
-      assert.deepEqual(ready.listening, [{ transport: 'udp', address: '127.0.0.1', port }, { transport: 'tcp', address: '127.0.0.1', port }]);
+      assert.deepEqual(ready.listening, [
+        { transport: 'udp', address: '127.0.0.1', port },
+        { transport: 'tcp', address: '127.0.0.1', port },
+      ]);
       assert.equal(ready.realm, realm);
       assert.equal(ready.nodeId, 'cli-test-node');
       assert.equal(ready.ports, '47000-47999');
@@ -194,7 +227,10 @@ describe('anyturn CLI', () => {
       assert.equal(typeof shutdown.reason, 'string');
       assert.ok(lines.some((l) => l.msg === 'anyturn stopped'));
       // Every line on stdout is JSON.
-      const nonJson = p.stdout().split('\n').filter((l) => l.trim() && jsonLines(l).length === 0);
+      const nonJson = p
+        .stdout()
+        .split('\n')
+        .filter((l) => l.trim() && jsonLines(l).length === 0);
       assert.deepEqual(nonJson, []);
       assert.equal(p.stderr(), '');
     } finally {
@@ -218,7 +254,7 @@ describe('anyturn CLI', () => {
     const client = await TestTurnClient.open({ address: '127.0.0.1', port }, { username: 'listy', password: 'one,two', realm: 'anyturn' });
     try {
       // No "ready" line at warn level: the first answered Binding says it is up.
-      let answered;
+      let answered: Awaited<ReturnType<typeof client.binding>>;
       for (let i = 0; i < 50 && !answered && p.child.exitCode === null; i++) answered = await client.binding(300);
       assert.ok(answered, `the server answers (stderr: ${p.stderr()})`);
       assert.equal((await client.allocate()).response.code, 200, 'password "one,two" works');

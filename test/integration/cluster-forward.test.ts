@@ -78,7 +78,12 @@ async function startNode(id: string, relayIp: string, lookupsPerSecond = 1000): 
     nodeId: id,
     credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, PASSWORD]]), authSecrets: [] }),
     nonces,
-    peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: ['198.18.0.0/15'], deniedPeerRanges: [], serverAddresses: [ANYCAST, relayIp] }),
+    peerPolicy: createPeerPolicy({
+      allowLoopbackPeers: false,
+      allowedPeerRanges: ['198.18.0.0/15'],
+      deniedPeerRanges: [],
+      serverAddresses: [ANYCAST, relayIp],
+    }),
     store,
     relays,
     clock,
@@ -175,10 +180,13 @@ describe('forward mode: a rerouted client keeps its allocation', () => {
     for (const [method, decorate] of [
       [Method.Refresh, (w: MessageWriter) => w.add(Attr.Lifetime, encodeUint32(600))],
       [Method.CreatePermission, (w: MessageWriter) => w.addXorAddress(Attr.XorPeerAddress, '198.18.20.3', 1)],
-      [Method.ChannelBind, (w: MessageWriter) => {
-        w.add(Attr.ChannelNumber, encodeChannelNumber(0x4001));
-        w.addXorAddress(Attr.XorPeerAddress, '198.18.20.3', 7000);
-      }],
+      [
+        Method.ChannelBind,
+        (w: MessageWriter) => {
+          w.add(Attr.ChannelNumber, encodeChannelNumber(0x4001));
+          w.addXorAddress(Attr.XorPeerAddress, '198.18.20.3', 7000);
+        },
+      ],
     ] as const) {
       const r = request(method, decorate);
       b.engine.handleClientPacket(b.listener, r.buf, CLIENT, clientPort);
@@ -239,7 +247,11 @@ describe('forward mode: a rerouted client keeps its allocation', () => {
   });
 
   it('refuses mesh frames that are not signed with the cluster secret', async () => {
-    const forger = new MeshSocket('127.0.0.1', 0, Buffer.from('not the cluster secret at all!!'), { onPacket: () => undefined, onRejected: () => undefined, onError: () => undefined });
+    const forger = new MeshSocket('127.0.0.1', 0, Buffer.from('not the cluster secret at all!!'), {
+      onPacket: () => undefined,
+      onRejected: () => undefined,
+      onError: () => undefined,
+    });
     await forger.start();
     const junk = dgram.createSocket('udp4');
     try {
@@ -248,7 +260,10 @@ describe('forward mode: a rerouted client keeps its allocation', () => {
       const binding = new MessageWriter(Method.Binding, MessageClass.Request, randomBytes(12)).toBuffer();
       forger.forward('127.0.0.1', a.mesh.port, CLIENT, 40009, ANYCAST, PORT, binding);
       junk.send(Buffer.from('garbage'), a.mesh.port, '127.0.0.1');
-      await until(() => a.counters.meshRejected.bad_tag === rejected.bad_tag + 1 && a.counters.meshRejected.malformed === rejected.malformed + 1, 'both frames rejected');
+      await until(
+        () => a.counters.meshRejected.bad_tag === rejected.bad_tag + 1 && a.counters.meshRejected.malformed === rejected.malformed + 1,
+        'both frames rejected',
+      );
       assert.equal(a.counters.meshReceived, received);
       assert.equal(a.path.sentTo(CLIENT, 40009).length, 0);
     } finally {

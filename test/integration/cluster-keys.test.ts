@@ -82,13 +82,17 @@ describe('cluster keys on two real nodes', () => {
     toB.nonce = nonce;
     const { buf, transactionId } = toB.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
     const m = await toB.transact(buf, transactionId);
-    assert.equal(m?.cls, MessageClass.SuccessResponse, 'node B accepts node A\'s nonce');
+    assert.equal(m?.cls, MessageClass.SuccessResponse, "node B accepts node A's nonce");
   });
 
   it('counts refused mesh frames by reason in /metrics', async () => {
     const a = await node('keys-c', 44300);
     const junk = dgram.createSocket('udp4');
-    const peer = new MeshSocket('127.0.0.1', 0, Buffer.from(CLUSTER_SECRET), { onPacket: () => undefined, onRejected: () => undefined, onError: () => undefined });
+    const peer = new MeshSocket('127.0.0.1', 0, Buffer.from(CLUSTER_SECRET), {
+      onPacket: () => undefined,
+      onRejected: () => undefined,
+      onError: () => undefined,
+    });
     await peer.start();
     try {
       junk.send(Buffer.from('not a mesh frame'), a.server.meshPort, '127.0.0.1');

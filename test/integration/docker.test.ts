@@ -131,11 +131,16 @@ describe('docker/', () => {
       }
     }
     const promVolumes = (dict(services.prometheus, 'prometheus').volumes as unknown[]).map(String);
-    assert.ok(promVolumes.some((v) => v.startsWith('./prometheus.yml:') && v.includes('/etc/prometheus/prometheus.yml')), 'prometheus.yml is mounted as the config');
+    assert.ok(
+      promVolumes.some((v) => v.startsWith('./prometheus.yml:') && v.includes('/etc/prometheus/prometheus.yml')),
+      'prometheus.yml is mounted as the config',
+    );
     assert.ok(mounts >= 1);
     loadYaml(resolve(DOCKER, 'prometheus.yml'));
     assert.ok(existsSync(resolve(ROOT, '.dockerignore')));
-    const ignored = readFileSync(resolve(ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
+    const ignored = readFileSync(resolve(ROOT, '.dockerignore'), 'utf8')
+      .split('\n')
+      .map((l) => l.trim());
     for (const p of ['node_modules', 'dist', '.git']) assert.ok(ignored.includes(p), `.dockerignore leaves out ${p}`);
   });
 
@@ -173,7 +178,7 @@ describe('docker/', () => {
     assert.equal(command[command.indexOf('--bind') + 1], url.hostname);
   });
 
-  it('Prometheus scrapes exactly the PoPs\' metrics addresses', () => {
+  it("Prometheus scrapes exactly the PoPs' metrics addresses", () => {
     const pops = anyturnServices(composeServices());
     const expected = pops.map(([, s]) => {
       const env = { ...dockerfileEnv(), ...environment(s, SECRETS) };
@@ -197,8 +202,14 @@ describe('docker/', () => {
     assert.equal(froms.length, 2, 'multi-stage');
     for (const f of froms) assert.match(f.args, /^node:20-bookworm-slim\b/);
     const runs = ins.filter((i) => i.op === 'RUN').map((i) => i.args);
-    assert.ok(runs.some((r) => /npm ci\b(?!.*--omit=dev)/.test(r)), 'build stage: npm ci');
-    assert.ok(runs.some((r) => /npm ci .*--omit=dev/.test(r)), 'runtime stage: npm ci --omit=dev');
+    assert.ok(
+      runs.some((r) => /npm ci\b(?!.*--omit=dev)/.test(r)),
+      'build stage: npm ci',
+    );
+    assert.ok(
+      runs.some((r) => /npm ci .*--omit=dev/.test(r)),
+      'runtime stage: npm ci --omit=dev',
+    );
     assert.ok(runs.some((r) => /tsc -p docker\/tsconfig\.build\.json/.test(r)));
     assert.ok(existsSync(resolve(DOCKER, 'tsconfig.build.json')));
     const user = ins.filter((i) => i.op === 'USER').at(-1);
@@ -215,7 +226,7 @@ describe('docker/', () => {
     assert.ok(ins.some((i) => i.op === 'COPY' && /--from=build \S*dist\/src \.\/dist\/src/.test(i.args)));
   });
 
-  it('ENTRYPOINT + CMD with the image\'s ENV starts the server here, answers /healthz, passes HEALTHCHECK, exits 0 on SIGTERM', async (t) => {
+  it("ENTRYPOINT + CMD with the image's ENV starts the server here, answers /healthz, passes HEALTHCHECK, exits 0 on SIGTERM", async (t) => {
     const ins = dockerfileInstructions();
     const entrypoint = execForm(ins.filter((i) => i.op === 'ENTRYPOINT').at(-1)!.args);
     const cmd = execForm(ins.filter((i) => i.op === 'CMD').at(-1)!.args);
@@ -246,7 +257,10 @@ describe('docker/', () => {
     const deadline = Date.now() + DEADLINE_MS;
     let status = 0;
     while (Date.now() < deadline && proc.isRunning()) {
-      status = await fetch(`http://127.0.0.1:${metricsPort}/healthz`).then((r) => r.status, () => 0);
+      status = await fetch(`http://127.0.0.1:${metricsPort}/healthz`).then(
+        (r) => r.status,
+        () => 0,
+      );
       if (status === 200) break;
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -263,4 +277,3 @@ describe('docker/', () => {
     assert.equal(after.status, 1, 'HEALTHCHECK fails once the server is gone');
   });
 });
-

@@ -9,14 +9,7 @@ import assert from 'node:assert/strict';
 import { buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { startServer } from '../../src/server.js';
-import {
-  type RunningTurnServer,
-  type SpawnedProcess,
-  findFreeTcpPort,
-  parseLogLines,
-  startAnyturn,
-  stopAfter,
-} from '../helpers/anyturn-process.js';
+import { type RunningTurnServer, type SpawnedProcess, findFreeTcpPort, parseLogLines, startAnyturn, stopAfter } from '../helpers/anyturn-process.js';
 import { get, post, until } from '../helpers/ops-endpoint.js';
 import { TestPeer, TestTurnClient } from '../helpers/turn-client.js';
 
@@ -112,7 +105,10 @@ describe('drain and graceful shutdown (CLI)', () => {
     assert.deepEqual(JSON.parse(readyz.body), { ready: false, reason: 'draining' });
     assert.ok(node.server.process.isRunning(), 'SIGUSR1 does not stop the process');
     // The log line travels through a pipe and may land after /readyz already says 503.
-    await until(async () => (logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'SIGUSR1') ? true : undefined), 'the drain log line naming SIGUSR1');
+    await until(
+      async () => (logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'SIGUSR1') ? true : undefined),
+      'the drain log line naming SIGUSR1',
+    );
     assert.equal(metric((await get(`${node.ops}/metrics`)).body, 'anyturn_draining'), 1);
 
     const late = await client(node, t);
@@ -151,7 +147,10 @@ describe('drain and graceful shutdown (CLI)', () => {
     assert.deepEqual(JSON.parse((await get(`${node.ops}/readyz`)).body), { ready: false, reason: 'draining' });
     const third = await client(node, t);
     assert.equal((await third.allocate()).response.code, 403);
-    await until(async () => (logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'POST /drain') ? true : undefined), 'the drain log line naming POST /drain');
+    await until(
+      async () => (logs(node.server.process).some((l) => l.event === 'drain' && l.source === 'POST /drain') ? true : undefined),
+      'the drain log line naming POST /drain',
+    );
 
     const text = (await get(`${node.ops}/metrics`)).body;
     assert.match(text, /^anyturn_requests_total\{method="allocate",code="403"\} 2$/m);

@@ -19,7 +19,25 @@ import { type Credentials, type Endpoint, TestTurnClient, attributeTypes, codeOf
 const REALM = 'anyturn.errors.test';
 const NONCE_SECRET = 'errors-test-nonce-secret-0123456789';
 const NONCE_LIFETIME_SECONDS = 600;
-const USERS = ['u400', 'u400b', 'u401', 'u403', 'u420', 'u437a', 'u437b', 'u437c', 'u438', 'u440', 'u441a', 'u441b', 'u442', 'u443', 'u486', 'uretx', 'udrop'] as const;
+const USERS = [
+  'u400',
+  'u400b',
+  'u401',
+  'u403',
+  'u420',
+  'u437a',
+  'u437b',
+  'u437c',
+  'u438',
+  'u440',
+  'u441a',
+  'u441b',
+  'u442',
+  'u443',
+  'u486',
+  'uretx',
+  'udrop',
+] as const;
 type User = (typeof USERS)[number];
 
 function cred(name: string, password = `pw-${name}`): Credentials {
@@ -43,7 +61,7 @@ function assertError(m: StunMessage | undefined, code: number, key: Buffer | und
   assert.equal(m.integritySha256Offset, -1, 'no MESSAGE-INTEGRITY-SHA256 (the request used SHA-1)');
   if (key) {
     assert.ok(m.integrityOffset >= 0, `${code} to an authenticated request carries MESSAGE-INTEGRITY`);
-    assert.ok(verifyIntegritySha1(m.raw, m.integrityOffset, key), 'MESSAGE-INTEGRITY verifies with the requester\'s key');
+    assert.ok(verifyIntegritySha1(m.raw, m.integrityOffset, key), "MESSAGE-INTEGRITY verifies with the requester's key");
   } else {
     assert.equal(m.integrityOffset, -1, `${code} carries no MESSAGE-INTEGRITY`);
   }
@@ -115,24 +133,40 @@ describe('error responses over real UDP', () => {
     const udp = (w: MessageWriter): void => void w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
     const cases: [string, number, (w: MessageWriter) => void][] = [
       ['REQUESTED-TRANSPORT of 2 bytes', Method.Allocate, (w) => w.add(Attr.RequestedTransport, Buffer.from([17, 0]))],
-      ['REQUESTED- and ADDITIONAL-ADDRESS-FAMILY', Method.Allocate, (w) => {
-        udp(w);
-        w.add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv4));
-        w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6));
-      }],
-      ['ADDITIONAL-ADDRESS-FAMILY IPv4', Method.Allocate, (w) => {
-        udp(w);
-        w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv4));
-      }],
-      ['RESERVATION-TOKEN with EVEN-PORT', Method.Allocate, (w) => {
-        udp(w);
-        w.add(Attr.ReservationToken, Buffer.alloc(8, 1));
-        w.add(Attr.EvenPort, Buffer.from([0x80]));
-      }],
-      ['LIFETIME of 2 bytes', Method.Allocate, (w) => {
-        udp(w);
-        w.add(Attr.Lifetime, Buffer.from([0, 1]));
-      }],
+      [
+        'REQUESTED- and ADDITIONAL-ADDRESS-FAMILY',
+        Method.Allocate,
+        (w) => {
+          udp(w);
+          w.add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv4));
+          w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6));
+        },
+      ],
+      [
+        'ADDITIONAL-ADDRESS-FAMILY IPv4',
+        Method.Allocate,
+        (w) => {
+          udp(w);
+          w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv4));
+        },
+      ],
+      [
+        'RESERVATION-TOKEN with EVEN-PORT',
+        Method.Allocate,
+        (w) => {
+          udp(w);
+          w.add(Attr.ReservationToken, Buffer.alloc(8, 1));
+          w.add(Attr.EvenPort, Buffer.from([0x80]));
+        },
+      ],
+      [
+        'LIFETIME of 2 bytes',
+        Method.Allocate,
+        (w) => {
+          udp(w);
+          w.add(Attr.Lifetime, Buffer.from([0, 1]));
+        },
+      ],
       ['unknown method 0x00A', 0x00a, () => undefined],
     ];
     for (const [name, method, decorate] of cases) {
@@ -148,9 +182,27 @@ describe('error responses over real UDP', () => {
     await c.ensureNonce();
     const nonce = c.nonce!;
     const variants: [string, (w: MessageWriter) => void][] = [
-      ['no NONCE', (w) => { w.addText(Attr.Username, 'u400'); w.addText(Attr.Realm, REALM); }],
-      ['no REALM', (w) => { w.addText(Attr.Username, 'u400'); w.addText(Attr.Nonce, nonce); }],
-      ['no USERNAME', (w) => { w.addText(Attr.Realm, REALM); w.addText(Attr.Nonce, nonce); }],
+      [
+        'no NONCE',
+        (w) => {
+          w.addText(Attr.Username, 'u400');
+          w.addText(Attr.Realm, REALM);
+        },
+      ],
+      [
+        'no REALM',
+        (w) => {
+          w.addText(Attr.Username, 'u400');
+          w.addText(Attr.Nonce, nonce);
+        },
+      ],
+      [
+        'no USERNAME',
+        (w) => {
+          w.addText(Attr.Realm, REALM);
+          w.addText(Attr.Nonce, nonce);
+        },
+      ],
     ];
     for (const [name, credentialsPart] of variants) {
       const transactionId = randomBytes(12);
@@ -278,7 +330,7 @@ describe('error responses over real UDP', () => {
     assert.equal(server.engine.allocations, 0);
   });
 
-  it('441 when another user sends requests on the first user\'s allocation 5-tuple', async () => {
+  it("441 when another user sends requests on the first user's allocation 5-tuple", async () => {
     const owner = await open('u441a');
     assert.equal((await owner.allocate()).response.code, 200);
     const intruder = TestTurnClient.share(owner, cred('u441b'));
@@ -366,7 +418,11 @@ describe('error responses over real UDP', () => {
     const { buf: fp, transactionId: fpId } = c.build(Method.Binding, () => undefined, { auth: false, fingerprint: true });
     fp[fp.length - 1]! ^= 0x01;
     await probe(fp, fpId);
-    const { buf: fpAllocate, transactionId: fpAllocateId } = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { fingerprint: true });
+    const { buf: fpAllocate, transactionId: fpAllocateId } = c.build(
+      Method.Allocate,
+      (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)),
+      { fingerprint: true },
+    );
     fpAllocate[fpAllocate.length - 2]! ^= 0x80;
     await probe(fpAllocate, fpAllocateId);
     assert.equal(drops.bad_fingerprint, before2 + 2);
@@ -404,7 +460,7 @@ describe('508 over real UDP (--total-quota 1)', () => {
     await server.stop();
   });
 
-  it('508 for an Allocate beyond the node\'s total quota; freed capacity is usable again', async () => {
+  it("508 for an Allocate beyond the node's total quota; freed capacity is usable again", async () => {
     const one = await TestTurnClient.open(endpoint, cred('one'));
     const two = await TestTurnClient.open(endpoint, cred('two'));
     clients.push(one, two);

@@ -103,7 +103,9 @@ async function readyz(node: Node): Promise<{ status: number; body: string }> {
 }
 
 describe('capacity exhaustion (CLI)', () => {
-  it('at the open-file limit: 508 at once, no bind per Allocate, flat RSS, /readyz 503 then 200 once allocations go', { skip: !hasPrlimit && 'prlimit (util-linux) not installed' }, async (t) => {
+  it('at the open-file limit: 508 at once, no bind per Allocate, flat RSS, /readyz 503 then 200 once allocations go', {
+    skip: !hasPrlimit && 'prlimit (util-linux) not installed',
+  }, async (t) => {
     // A range far larger than the descriptors: the limit, not the range, is what fills.
     const node = await startNode(t, { runUnder: ['prlimit', `--nofile=${NOFILE}:${NOFILE}`], relayPorts: await reserveRelayPortRange(600) });
     const pid = node.server.process.pid;
@@ -179,7 +181,8 @@ describe('capacity exhaustion (CLI)', () => {
     const codes = await refusedAllocates(c);
     assert.deepEqual([...new Set(codes)], [508]);
     let after = await metrics(node);
-    const inUse = sum(after, 'anyturn_relay_bind_attempts_total', { result: 'in_use' }) - sum(before, 'anyturn_relay_bind_attempts_total', { result: 'in_use' });
+    const inUse =
+      sum(after, 'anyturn_relay_bind_attempts_total', { result: 'in_use' }) - sum(before, 'anyturn_relay_bind_attempts_total', { result: 'in_use' });
     assert.equal(inUse, REFUSALS * MAX_BIND_COLLISIONS, `${MAX_BIND_COLLISIONS} failed binds per refused Allocate`);
     assert.equal(sum(after, 'anyturn_relay_bind_attempts_total', { result: 'ok' }), 8);
 
@@ -199,7 +202,11 @@ describe('capacity exhaustion (CLI)', () => {
     after = await metrics(node);
     const rssAfter = rssMB(pid);
     assert.equal(sum(after, 'anyturn_relay_bind_attempts_total') - sum(before, 'anyturn_relay_bind_attempts_total'), 0, 'no bind on a port it holds');
-    assert.equal(sum(after, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }) - sum(before, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }), REFUSALS);
+    assert.equal(
+      sum(after, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }) -
+        sum(before, 'anyturn_allocate_refusals_total', { reason: 'relay_ports_full' }),
+      REFUSALS,
+    );
     assert.ok(rssAfter - rssBefore < RSS_BOUND_MB, `RSS ${rssBefore.toFixed(1)} -> ${rssAfter.toFixed(1)} MB over ${REFUSALS} refused Allocates`);
 
     assert.equal((await first.held[0]!.refresh(0)).code, 200);

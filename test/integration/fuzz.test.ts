@@ -73,7 +73,8 @@ function mutate(rng: Rng, template: Buffer): Buffer {
     case 3: {
       // random attribute type in place of an existing one
       const offsets = attributeOffsets(buf);
-      if (offsets.length > 0) buf.writeUInt16BE(rng.pick([rng.int(0x10000), rng.int(0x8000), 0x7f00, 0x0000, 0x8028, 0x0008, 0x001c, 0xffff]), rng.pick(offsets));
+      if (offsets.length > 0)
+        buf.writeUInt16BE(rng.pick([rng.int(0x10000), rng.int(0x8000), 0x7f00, 0x0000, 0x8028, 0x0008, 0x001c, 0xffff]), rng.pick(offsets));
       return buf;
     }
     case 4: {
@@ -185,7 +186,12 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     const livePeer = await TestPeer.open();
     const sinkPeer = await TestPeer.open();
     const watch = await TestTurnClient.open(endpoint, cred('watch'));
-    closers.push(() => live.close(), () => livePeer.close(), () => sinkPeer.close(), () => watch.close());
+    closers.push(
+      () => live.close(),
+      () => livePeer.close(),
+      () => sinkPeer.close(),
+      () => watch.close(),
+    );
     const liveAllocation = await live.allocate();
     assert.equal(liveAllocation.response.code, 200);
     const liveRelayed = liveAllocation.relayed!;
@@ -201,10 +207,14 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
       closers.push(() => c.close());
       fuzzers.push(c);
       await c.ensureNonce();
-      const allocate = c.build(Method.Allocate, (w) => {
-        w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
-        w.add(Attr.Lifetime, encodeUint32(900));
-      }, { fingerprint: name === 'f2' });
+      const allocate = c.build(
+        Method.Allocate,
+        (w) => {
+          w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+          w.add(Attr.Lifetime, encodeUint32(900));
+        },
+        { fingerprint: name === 'f2' },
+      );
       const allocated = await c.transact(allocate.buf, allocate.transactionId);
       assert.equal(allocated?.cls, MessageClass.SuccessResponse);
       templates.push(allocate.buf);
@@ -213,24 +223,48 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
       templates.push(c.build(Method.Refresh, (w) => w.add(Attr.Lifetime, encodeUint32(700)), fp).buf);
       templates.push(c.build(Method.Refresh, (w) => w.add(Attr.Lifetime, encodeUint32(0)), fp).buf);
       templates.push(c.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', sinkPeer.endpoint.port), fp).buf);
-      templates.push(c.build(Method.ChannelBind, (w) => {
-        w.add(Attr.ChannelNumber, encodeChannelNumber(0x4001));
-        w.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', sinkPeer.endpoint.port);
-      }, fp).buf);
+      templates.push(
+        c.build(
+          Method.ChannelBind,
+          (w) => {
+            w.add(Attr.ChannelNumber, encodeChannelNumber(0x4001));
+            w.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', sinkPeer.endpoint.port);
+          },
+          fp,
+        ).buf,
+      );
       templates.push(c.build(Method.Binding, () => undefined, { auth: false, fingerprint: true }).buf);
       templates.push(c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false }).buf);
       // Shapes that once ended the process or stalled it (the security review): peer port 0,
       // thousands of attributes, and the largest datagrams UDP carries.
-      templates.push(c.build(Method.ChannelBind, (w) => {
-        w.add(Attr.ChannelNumber, encodeChannelNumber(0x4002));
-        w.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', 0);
-      }, fp).buf);
-      templates.push(c.build(Method.CreatePermission, (w) => {
-        for (let i = 0; i < 3000; i++) w.addXorAddress(Attr.XorPeerAddress, `127.${(i >> 8) & 255}.${i & 255}.1`, 0);
-      }, fp).buf);
-      templates.push(c.build(Method.CreatePermission, (w) => {
-        for (let i = 0; i < 150; i++) w.addXorAddress(Attr.XorPeerAddress, `127.1.${i & 255}.2`, 0);
-      }, fp).buf);
+      templates.push(
+        c.build(
+          Method.ChannelBind,
+          (w) => {
+            w.add(Attr.ChannelNumber, encodeChannelNumber(0x4002));
+            w.addXorAddress(Attr.XorPeerAddress, '127.0.0.1', 0);
+          },
+          fp,
+        ).buf,
+      );
+      templates.push(
+        c.build(
+          Method.CreatePermission,
+          (w) => {
+            for (let i = 0; i < 3000; i++) w.addXorAddress(Attr.XorPeerAddress, `127.${(i >> 8) & 255}.${i & 255}.1`, 0);
+          },
+          fp,
+        ).buf,
+      );
+      templates.push(
+        c.build(
+          Method.CreatePermission,
+          (w) => {
+            for (let i = 0; i < 150; i++) w.addXorAddress(Attr.XorPeerAddress, `127.1.${i & 255}.2`, 0);
+          },
+          fp,
+        ).buf,
+      );
       assert.equal((await c.createPermission(sinkPeer.endpoint)).code, 200);
       assert.equal((await c.channelBind(0x4001, sinkPeer.endpoint)).code, 200);
       fuzzRelays.push(allocated ? decodeRelayed(allocated) : undefined);
@@ -298,7 +332,11 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     // From UDP source port 0, which no socket can bind: mutated templates through a raw socket.
     const rawZero = (await canSendRaw()) ? 60 : 0;
     if (rawZero > 0) {
-      await sendRawUdpV4(endpoint.port, 0, Array.from({ length: rawZero }, () => mutate(rng, rng.pick(templates.filter((x) => x.length < 2000)))));
+      await sendRawUdpV4(
+        endpoint.port,
+        0,
+        Array.from({ length: rawZero }, () => mutate(rng, rng.pick(templates.filter((x) => x.length < 2000)))),
+      );
       t.diagnostic(`${rawZero} mutated packets sent from source port 0`);
     }
     assert.equal(bindingFailures, 0, 'every Binding request during the run was answered');
@@ -312,8 +350,13 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     await livePeer.waitFor(livePeer.received.length + Math.max(0, liveSent - duringArrivedNow() - kernelDrops()), TRANSACTION_TIMEOUT_MS);
     const duringArrived = duringArrivedNow();
     const listeningDrops = udpReceiveDrops(endpoint.port);
-    t.diagnostic(`live packets during the fuzz: ${duringArrived} of ${liveSent} arrived; kernel receive drops: ${kernelDrops()} (listening socket ${listeningDrops})`);
-    assert.ok(duringArrived >= liveSent - kernelDrops(), `live packets during the fuzz: ${duringArrived} of ${liveSent} arrived, kernel drops ${kernelDrops()}`);
+    t.diagnostic(
+      `live packets during the fuzz: ${duringArrived} of ${liveSent} arrived; kernel receive drops: ${kernelDrops()} (listening socket ${listeningDrops})`,
+    );
+    assert.ok(
+      duringArrived >= liveSent - kernelDrops(),
+      `live packets during the fuzz: ${duringArrived} of ${liveSent} arrived, kernel drops ${kernelDrops()}`,
+    );
 
     // After: Binding still answered, and the live allocation relays every packet, both ways.
     assert.deepEqual(await watch.binding(), { address: '127.0.0.1', port: watch.localPort });
@@ -331,7 +374,10 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     const atClient = (await live.waitForReceived(clientStart + POST_FUZZ_PACKETS)).slice(clientStart);
     const expectedAfter = Array.from({ length: POST_FUZZ_PACKETS }, (_, i) => `after ${i}`);
     assert.deepEqual(atPeer.filter((s) => s.startsWith('after ')).sort(), expectedAfter.sort());
-    const back = atClient.filter((r) => r.channel === 0x4000).map((r) => r.data.toString()).filter((s) => s.startsWith('back '));
+    const back = atClient
+      .filter((r) => r.channel === 0x4000)
+      .map((r) => r.data.toString())
+      .filter((s) => s.startsWith('back '));
     assert.deepEqual(back.sort(), Array.from({ length: POST_FUZZ_PACKETS }, (_, i) => `back ${i}`).sort());
 
     // A new client can still allocate.
@@ -348,7 +394,10 @@ describe(`fuzzing the server over UDP (seed 0x${SEED.toString(16)})`, () => {
     // the server read them, and none more).
     assert.equal(server.counters.drops.source_port_zero, rawZero, 'packets from source port 0 counted');
     const notStun = server.counters.drops.not_stun;
-    assert.ok(notStun <= notStunSent && notStun >= notStunSent - listeningDrops, `not_stun counted ${notStun} of ${notStunSent} sent (kernel drops ${listeningDrops})`);
+    assert.ok(
+      notStun <= notStunSent && notStun >= notStunSent - listeningDrops,
+      `not_stun counted ${notStun} of ${notStunSent} sent (kernel drops ${listeningDrops})`,
+    );
     const internal = [...server.counters.requests].filter(([k]) => k.endsWith(' 500'));
     assert.deepEqual(internal, [], 'no request ended in 500 Server Error');
     assert.deepEqual(errorLogs, [], 'nothing logged at error level');

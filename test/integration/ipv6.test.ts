@@ -72,7 +72,11 @@ describe('IPv6 relaying on ::1', () => {
       assert.equal(response.code, 200);
       const m = response.message;
       const relayed = getAttributes(m, Attr.XorRelayedAddress).map((v) => decodeAddress(v, m.transactionId)!);
-      assert.deepEqual(relayed.map((r) => r.address), ['127.0.0.1', '::1'], 'an IPv4 and an IPv6 relayed address, in that order');
+      assert.deepEqual(
+        relayed.map((r) => r.address),
+        ['127.0.0.1', '::1'],
+        'an IPv4 and an IPv6 relayed address, in that order',
+      );
       assert.equal(getAttributes(m, Attr.AddressErrorCode).length, 0);
 
       assert.equal((await client.createPermission(peer4.endpoint, peer6.endpoint)).code, 200);

@@ -38,11 +38,17 @@ after(async () => {
 async function receiver(address = '127.0.0.1', now?: () => number): Promise<Receiver> {
   const got: MeshPacket[] = [];
   const rejected = new Map<string, number>();
-  const mesh = new MeshSocket(address, 0, SECRET, {
-    onPacket: (p) => got.push(p),
-    onRejected: (reason) => rejected.set(reason, (rejected.get(reason) ?? 0) + 1),
-    onError: () => undefined,
-  }, { now });
+  const mesh = new MeshSocket(
+    address,
+    0,
+    SECRET,
+    {
+      onPacket: (p) => got.push(p),
+      onRejected: (reason) => rejected.set(reason, (rejected.get(reason) ?? 0) + 1),
+      onError: () => undefined,
+    },
+    { now },
+  );
   await mesh.start();
   cleanups.push(() => mesh.close());
   return { mesh, got, rejected, decided: () => got.length + [...rejected.values()].reduce((a, b) => a + b, 0) };
@@ -64,13 +70,16 @@ async function udpSocket(address = '127.0.0.1', port = 0): Promise<dgram.Socket>
       resolve();
     });
   });
-  cleanups.push(() => new Promise<void>((resolve) => {
-    try {
-      socket.close(() => resolve());
-    } catch {
-      resolve();
-    }
-  }));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        try {
+          socket.close(() => resolve());
+        } catch {
+          resolve();
+        }
+      }),
+  );
   return socket;
 }
 
@@ -133,7 +142,10 @@ describe('mesh frames', () => {
     const replayer = await udpSocket('::1', captured.port);
     for (let i = 0; i < 3; i++) send(replayer, captured.frames[0]!, r.mesh, '::1');
     await until(() => r.decided() === 4, 'the replays decided');
-    assert.deepEqual(r.got.map((p) => p.payload.toString()), ['mesh on v6', 'captured on v6']);
+    assert.deepEqual(
+      r.got.map((p) => p.payload.toString()),
+      ['mesh on v6', 'captured on v6'],
+    );
     assert.equal(r.rejected.get('replayed'), 2);
   });
 
@@ -144,7 +156,7 @@ describe('mesh frames', () => {
     assert.equal(frames[0]!.includes(Buffer.from('client packet')), false);
   });
 
-  it('a captured frame sent 5 times from the sender\'s own address and port is delivered once', async () => {
+  it("a captured frame sent 5 times from the sender's own address and port is delivered once", async () => {
     const r = await receiver();
     const { frames, port } = await capture(['channel data']);
     const replayer = await udpSocket('127.0.0.1', port);
@@ -161,11 +173,14 @@ describe('mesh frames', () => {
     const replayer = await udpSocket('127.0.0.1', port);
     for (const i of [2, 0, 1, 1, 0, 2]) send(replayer, frames[i]!, r.mesh);
     await until(() => r.decided() === 6, 'six frames decided');
-    assert.deepEqual(r.got.map((p) => p.payload.toString()), ['three', 'one', 'two']);
+    assert.deepEqual(
+      r.got.map((p) => p.payload.toString()),
+      ['three', 'one', 'two'],
+    );
     assert.deepEqual([...r.rejected], [['replayed', 3]]);
   });
 
-  it('a frame sent from any other address or port than its sender\'s is refused', async () => {
+  it("a frame sent from any other address or port than its sender's is refused", async () => {
     const r = await receiver();
     const { frames, port } = await capture(['from elsewhere']);
     const elsewhere = await udpSocket();
@@ -180,7 +195,7 @@ describe('mesh frames', () => {
     assert.equal(r.got[0]?.payload.toString(), 'from elsewhere');
   });
 
-  it('a frame whose timestamp is far from the receiver\'s clock is refused as stale, in the past or the future', async () => {
+  it("a frame whose timestamp is far from the receiver's clock is refused as stale, in the past or the future", async () => {
     const r = await receiver();
     const late = await sender('127.0.0.1', 0, SECRET, () => Date.now() - 10 * 60_000);
     const early = await sender('127.0.0.1', 0, SECRET, () => Date.now() + 10 * 60_000);
@@ -224,7 +239,10 @@ describe('mesh frames', () => {
     send(replayer, frame, r.mesh);
     send(replayer, frame, r.mesh);
     await until(() => r.decided() === 6, 'the genuine frame decided');
-    assert.deepEqual(r.got.map((p) => p.payload.toString()), ['tamper with me']);
+    assert.deepEqual(
+      r.got.map((p) => p.payload.toString()),
+      ['tamper with me'],
+    );
   });
 
   it('a frame under another cluster secret is refused', async () => {
@@ -246,14 +264,22 @@ describe('mesh frames', () => {
     const again = await sender('127.0.0.1', port);
     again.forward('127.0.0.1', r.mesh.port, CLIENT, 40008, SERVER, 3478, Buffer.from('after'));
     await until(() => r.decided() === 2, 'the frame after the restart');
-    assert.deepEqual(r.got.map((p) => p.payload.toString()), ['before', 'after']);
+    assert.deepEqual(
+      r.got.map((p) => p.payload.toString()),
+      ['before', 'after'],
+    );
   });
 
   it('a client packet that framed would not fit in one datagram is dropped and counted, not failed on the socket', async () => {
     const r = await receiver();
     let tooLarge = 0;
     const errors: Error[] = [];
-    const s = new MeshSocket('127.0.0.1', 0, SECRET, { onPacket: () => undefined, onRejected: () => undefined, onTooLarge: () => tooLarge++, onError: (err) => errors.push(err) });
+    const s = new MeshSocket('127.0.0.1', 0, SECRET, {
+      onPacket: () => undefined,
+      onRejected: () => undefined,
+      onTooLarge: () => tooLarge++,
+      onError: (err) => errors.push(err),
+    });
     await s.start();
     cleanups.push(() => s.close());
     // IPv4 client, server and sender: 52 bytes of header and 16 of tag around the packet, 65,507 bytes at most.

@@ -35,11 +35,16 @@ describe('/metrics with the Redis store', () => {
       await startAnyturn({
         users: [{ name: 'u', password: 'p' }],
         extraArgs: [
-          '--redis-url', redis.url,
-          '--mesh-address', `${LOOPBACK_V4}:${mesh.min}`,
-          '--cluster-secret', 'metrics-redis-test-secret-0123456789',
-          '--metrics-ip', LOOPBACK_V4,
-          '--metrics-port', String(metricsPort),
+          '--redis-url',
+          redis.url,
+          '--mesh-address',
+          `${LOOPBACK_V4}:${mesh.min}`,
+          '--cluster-secret',
+          'metrics-redis-test-secret-0123456789',
+          '--metrics-ip',
+          LOOPBACK_V4,
+          '--metrics-port',
+          String(metricsPort),
           ...extra,
         ],
       }),
@@ -49,11 +54,17 @@ describe('/metrics with the Redis store', () => {
 
   it("exports the event feed's heartbeat", async (t) => {
     const port = await start(t, []);
-    const samples = await until(async () => {
-      const s = await scrape(port);
-      return sum(s, 'anyturn_store_event_heartbeats_total', { kind: 'received' }) >= 2 ? s : undefined;
-    }, 'two heartbeats heard back', DEADLINE_MS);
-    assert.ok(sum(samples, 'anyturn_store_event_heartbeats_total', { kind: 'published' }) >= sum(samples, 'anyturn_store_event_heartbeats_total', { kind: 'received' }));
+    const samples = await until(
+      async () => {
+        const s = await scrape(port);
+        return sum(s, 'anyturn_store_event_heartbeats_total', { kind: 'received' }) >= 2 ? s : undefined;
+      },
+      'two heartbeats heard back',
+      DEADLINE_MS,
+    );
+    assert.ok(
+      sum(samples, 'anyturn_store_event_heartbeats_total', { kind: 'published' }) >= sum(samples, 'anyturn_store_event_heartbeats_total', { kind: 'received' }),
+    );
     assert.equal(sum(samples, 'anyturn_store_event_resubscriptions_total'), 0);
     const age = samples.find((s) => s.name === 'anyturn_store_event_echo_age_seconds');
     assert.ok(age !== undefined && age.value >= 0, `echo age: ${JSON.stringify(age)}`);
@@ -62,10 +73,14 @@ describe('/metrics with the Redis store', () => {
 
   it('with --workers 2, sums counters over the workers but not the per-node gauges', async (t) => {
     const port = await start(t, ['--workers', '2']);
-    const samples = await until(async () => {
-      const s = await scrape(port);
-      return sum(s, 'anyturn_store_event_heartbeats_total', { kind: 'received' }) >= 4 ? s : undefined;
-    }, 'heartbeats heard back by both workers', DEADLINE_MS);
+    const samples = await until(
+      async () => {
+        const s = await scrape(port);
+        return sum(s, 'anyturn_store_event_heartbeats_total', { kind: 'received' }) >= 4 ? s : undefined;
+      },
+      'heartbeats heard back by both workers',
+      DEADLINE_MS,
+    );
     assert.equal(sum(samples, 'anyturn_workers'), 2);
     assert.equal(sum(samples, 'anyturn_store_up', { store: 'redis' }), 1, 'store up is the minimum over the workers, not their sum');
     assert.equal(sum(samples, 'anyturn_draining'), 0);

@@ -25,15 +25,25 @@ class CountingRegistry {
   }
 }
 
-async function startOps(t: { after(fn: () => unknown): void }, limits: OpsHttpLimits = {}): Promise<{ ops: OpsHttpServer; registry: CountingRegistry; url: string }> {
+async function startOps(
+  t: { after(fn: () => unknown): void },
+  limits: OpsHttpLimits = {},
+): Promise<{ ops: OpsHttpServer; registry: CountingRegistry; url: string }> {
   const registry = new CountingRegistry();
   let draining = false;
-  const ops = new OpsHttpServer('127.0.0.1', 0, registry, { notReadyReason: () => (draining ? 'draining' : undefined) }, {
-    token: TOKEN,
-    drain: () => (draining = true),
-    undrain: () => (draining = false),
-    state: () => ({ draining, allocations: 0 }),
-  }, limits);
+  const ops = new OpsHttpServer(
+    '127.0.0.1',
+    0,
+    registry,
+    { notReadyReason: () => (draining ? 'draining' : undefined) },
+    {
+      token: TOKEN,
+      drain: () => (draining = true),
+      undrain: () => (draining = false),
+      state: () => ({ draining, allocations: 0 }),
+    },
+    limits,
+  );
   await ops.start();
   t.after(() => ops.close());
   return { ops, registry, url: `http://127.0.0.1:${ops.port}` };
@@ -216,7 +226,10 @@ describe('ops endpoint: bounded cost', () => {
     assert.equal(buildConfig(BASE).metricsCacheMs, 1000);
     assert.equal(buildConfig({ ...BASE, 'metrics-cache-ms': 0 }).metricsCacheMs, 0);
     for (const bad of [-1, 60_001, 1.5]) {
-      assert.throws(() => buildConfig({ ...BASE, 'metrics-cache-ms': bad }), (e: Error) => /--metrics-cache-ms/.test(e.message) && e.message.includes(String(bad)) && /0 to render every scrape/.test(e.message));
+      assert.throws(
+        () => buildConfig({ ...BASE, 'metrics-cache-ms': bad }),
+        (e: Error) => /--metrics-cache-ms/.test(e.message) && e.message.includes(String(bad)) && /0 to render every scrape/.test(e.message),
+      );
     }
   });
 });

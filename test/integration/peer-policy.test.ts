@@ -133,7 +133,7 @@ describe('peer policy over the wire, default flags', () => {
     for (const ip of DENIED_V4) assert.equal(await channelCode(allocated!.v4, channel++, ip), 403, ip);
   });
 
-  it('refuses the server\'s own listening and relayed addresses', async () => {
+  it("refuses the server's own listening and relayed addresses", async () => {
     const c = allocated!.v4;
     assert.equal((await c.createPermission(endpoint)).code, 403);
     assert.equal((await c.createPermission(allocated!.relayedV4)).code, 403);
@@ -195,7 +195,7 @@ describe('peer policy over the wire, --denied-peer-ip 8.8.8.0/24', () => {
     await server.stop();
   });
 
-  it('refuses peers in the operator\'s range in every form, and still grants others', async () => {
+  it("refuses peers in the operator's range in every form, and still grants others", async () => {
     assert.equal(await permissionCode(allocated!.v4, '8.8.8.8'), 403);
     assert.equal(await permissionCode(allocated!.v4, '8.8.8.255'), 403);
     assert.equal(await channelCode(allocated!.v4, 0x4000, '8.8.8.8'), 403);
@@ -259,7 +259,12 @@ describe('peer policy over the wire, --allow-loopback-peers', () => {
 describe('peer policy: the server-address rule (not reachable over loopback, checked directly)', () => {
   // Over loopback the server's own addresses are loopback too, so the wire tests above
   // cannot tell 'server-address' from 'loopback'. A public own address can.
-  const policy = createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: [], deniedPeerRanges: [], serverAddresses: ['8.8.4.4', '2001:4860:4860::8844'] });
+  const policy = createPeerPolicy({
+    allowLoopbackPeers: false,
+    allowedPeerRanges: [],
+    deniedPeerRanges: [],
+    serverAddresses: ['8.8.4.4', '2001:4860:4860::8844'],
+  });
   const table: [string, string][] = [
     ['8.8.4.4', 'server-address'],
     ['::ffff:8.8.4.4', 'server-address'],

@@ -43,7 +43,11 @@ function portZeroProbes(): [Buffer, Buffer] {
 }
 
 /** A client with an allocation, a permission and channel 0x4000 to `peer`, that checks it still relays both ways. */
-async function relayingPair(server: Endpoint, user: string, peer: TestPeer): Promise<{ client: TestTurnClient; relayed: Endpoint; check: (tag: string) => Promise<void> }> {
+async function relayingPair(
+  server: Endpoint,
+  user: string,
+  peer: TestPeer,
+): Promise<{ client: TestTurnClient; relayed: Endpoint; check: (tag: string) => Promise<void> }> {
   const client = await TestTurnClient.open(server, cred(user));
   const a = await client.allocate();
   assert.equal(a.response.code, 200);
@@ -95,7 +99,10 @@ describe('remote crashes, single process (CLI, loopback)', () => {
       assert.equal((await c.allocate()).response.code, 200);
       assert.equal((await c.createPermission({ address: LOOPBACK_V4, port: 0 })).code, 200, 'CreatePermission ignores the port (RFC 8656 §9.1)');
       c.sendIndication({ address: LOOPBACK_V4, port: 0 }, Buffer.from('to port zero'));
-      await until(async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'bad_peer_port' }) >= 1 ? true : undefined), 'the drop counted');
+      await until(
+        async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'bad_peer_port' }) >= 1 ? true : undefined),
+        'the drop counted',
+      );
       assert.ok(server.process.isRunning(), server.process.outputTail());
       await bystander.check('after send to port 0');
       assert.equal((await c.refresh(0)).code, 200);
@@ -110,7 +117,10 @@ describe('remote crashes, single process (CLI, loopback)', () => {
       assert.equal((await c.allocate()).response.code, 200);
       assert.equal((await c.channelBind(0x4001, { address: LOOPBACK_V4, port: 0 })).code, 400);
       c.sendChannelData(0x4001, Buffer.from('on the refused channel'));
-      await until(async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'no_channel' }) >= 1 ? true : undefined), 'the drop counted');
+      await until(
+        async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'no_channel' }) >= 1 ? true : undefined),
+        'the drop counted',
+      );
       assert.ok(server.process.isRunning(), server.process.outputTail());
       await bystander.check('after channel to port 0');
       assert.equal((await c.refresh(0)).code, 200);
@@ -127,7 +137,10 @@ describe('remote crashes, single process (CLI, loopback)', () => {
       assert.equal(a.response.code, 200);
       assert.equal((await c.createPermission(peer6.endpoint)).code, 200);
       peer6.send(Buffer.alloc(65_520, 7), a.relayed!);
-      await until(async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'too_large' }) >= 1 ? true : undefined), 'the drop counted');
+      await until(
+        async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'too_large' }) >= 1 ? true : undefined),
+        'the drop counted',
+      );
       // A large datagram that fits a UDP Data indication still arrives whole.
       peer6.send(Buffer.alloc(60_000, 8), a.relayed!);
       const got = await c.waitForReceived(1, 5000);
@@ -144,8 +157,15 @@ describe('remote crashes, single process (CLI, loopback)', () => {
   it('drops and counts datagrams from UDP source port 0, logging no error', async (t) => {
     if (!(await canSendRaw())) return t.skip('needs root and python3 for a raw socket');
     const [binding, junk] = portZeroProbes();
-    await sendRawUdpV4(server.port, 0, Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? binding : junk)));
-    await until(async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'source_port_zero' }) >= 40 ? true : undefined), 'the drops counted');
+    await sendRawUdpV4(
+      server.port,
+      0,
+      Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? binding : junk)),
+    );
+    await until(
+      async () => (sum(await scrape(metricsPort), 'anyturn_dropped_packets_total', { reason: 'source_port_zero' }) >= 40 ? true : undefined),
+      'the drops counted',
+    );
     assert.ok(server.process.isRunning(), server.process.outputTail());
     assert.deepEqual(errorLines(server), [], 'no error logged');
     await bystander.check('after source port 0');
@@ -167,7 +187,10 @@ describe('remote crashes, --workers 2 (CLI, loopback)', () => {
     try {
       pair = await relayingPair({ address: server.host, port: server.port }, 'carol', peer);
       await sendRawUdpV4(server.port, 0, portZeroProbes());
-      await until(async () => (sum(await scrape(metricsPort), 'anyturn_primary_datagrams_total', { kind: 'source_port_zero' }) >= 2 ? true : undefined), 'the drops counted');
+      await until(
+        async () => (sum(await scrape(metricsPort), 'anyturn_primary_datagrams_total', { kind: 'source_port_zero' }) >= 2 ? true : undefined),
+        'the drops counted',
+      );
       assert.ok(server.process.isRunning(), server.process.outputTail());
       assert.deepEqual(errorLines(server), [], 'no error logged');
       await pair.check('after source port 0');

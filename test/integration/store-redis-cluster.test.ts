@@ -14,8 +14,7 @@ import { buildConfig, ConfigError, type RawOptions } from '../../src/config/inde
 import { createRedisClients, type RedisClients } from '../../src/store/redis/clients.js';
 import type { RedisStoreOptions } from '../../src/store/redis/options.js';
 import type { RedisTarget } from '../../src/store/redis/target.js';
-import type { NewAllocationRecord, StoreEvent } from '../../src/store/types.js';
-import { fiveTupleKey } from '../../src/store/types.js';
+import type { StoreEvent } from '../../src/store/types.js';
 import { startRedisCluster, startSentinelTopology, withAdmin, type ClusterTopology, type SentinelTopology } from '../helpers/redis-topologies.js';
 import { runStoreContract } from '../unit/store/contract.js';
 import { proveSubscriptions, recordFactory } from '../helpers/records.js';
@@ -26,7 +25,10 @@ let sentinel: SentinelTopology | undefined;
 const STALL_TOLERANT_MS = 5000;
 
 before(async () => {
-  const [c, s] = await Promise.allSettled([startRedisCluster({ masters: 3, replicasPerMaster: 0, nodeTimeoutMs: STALL_TOLERANT_MS }), startSentinelTopology('mymaster', STALL_TOLERANT_MS)]);
+  const [c, s] = await Promise.allSettled([
+    startRedisCluster({ masters: 3, replicasPerMaster: 0, nodeTimeoutMs: STALL_TOLERANT_MS }),
+    startSentinelTopology('mymaster', STALL_TOLERANT_MS),
+  ]);
   if (c.status === 'fulfilled') cluster = c.value;
   if (s.status === 'fulfilled') sentinel = s.value;
   if (c.status === 'rejected') throw c.reason;
@@ -66,7 +68,12 @@ async function waitFor(done: () => boolean | Promise<boolean>, what: string, tim
   }
 }
 
-const { newRecord, nextRelayPort } = recordFactory({ clientAddress: '198.51.100.8', relayedAddress: '203.0.113.6', firstClientPort: 21000, firstRelayPort: 31000 });
+const { newRecord, nextRelayPort } = recordFactory({
+  clientAddress: '198.51.100.8',
+  relayedAddress: '203.0.113.6',
+  firstClientPort: 21000,
+  firstRelayPort: 31000,
+});
 
 function describeEvent(e: StoreEvent): string {
   return e.type === 'deleted' ? `deleted ${e.key} ${e.ownerNodeId} ${e.reason}` : `${e.type} ${e.record.key} v${e.record.version} ${e.record.ownerNodeId}`;
@@ -158,7 +165,7 @@ describe('Redis Cluster specifics', () => {
   });
 
   // Registered last: runs after the contract suite and the workloads above.
-  it('no node ever answered CROSSSLOT to this file\'s stores', async () => {
+  it("no node ever answered CROSSSLOT to this file's stores", async () => {
     // (errorstat_ERR is ioredis' CLIENT SETINFO on connect, which Redis before 7.2 refuses.)
     for (const node of cluster!.nodes) {
       const errors = await withAdmin(node.port, (admin) => admin.info('errorstats'));
@@ -203,7 +210,12 @@ describe('flags that select a Redis HA store', () => {
   }
 
   it('--redis-sentinel (repeatable or comma-separated) with --redis-sentinel-name and --redis-password', () => {
-    const config = buildConfig({ ...base, 'redis-sentinel': ['10.0.0.1:26379', 'sentinel-b.example:26380,[2001:db8::3]:26381'], 'redis-sentinel-name': 'mymaster', 'redis-password': 'pw' });
+    const config = buildConfig({
+      ...base,
+      'redis-sentinel': ['10.0.0.1:26379', 'sentinel-b.example:26380,[2001:db8::3]:26381'],
+      'redis-sentinel-name': 'mymaster',
+      'redis-password': 'pw',
+    });
     assert.deepEqual(config.cluster?.redis, {
       kind: 'sentinel',
       sentinels: [
@@ -218,7 +230,13 @@ describe('flags that select a Redis HA store', () => {
 
   it('--redis-cluster (repeatable) puts the node in cluster mode like --redis-url', () => {
     const config = buildConfig({ ...base, 'redis-cluster': ['127.0.0.1:7001', '127.0.0.1:7002'] });
-    assert.deepEqual(config.cluster?.redis, { kind: 'cluster', nodes: [{ host: '127.0.0.1', port: 7001 }, { host: '127.0.0.1', port: 7002 }] });
+    assert.deepEqual(config.cluster?.redis, {
+      kind: 'cluster',
+      nodes: [
+        { host: '127.0.0.1', port: 7001 },
+        { host: '127.0.0.1', port: 7002 },
+      ],
+    });
     assert.equal(buildConfig({ ...base, 'redis-url': 'redis://127.0.0.1:6379' }).cluster?.redis.kind, 'url');
   });
 
@@ -226,7 +244,13 @@ describe('flags that select a Redis HA store', () => {
     const e = configError({ ...base, 'redis-url': 'redis://127.0.0.1:6379', 'redis-cluster': ['127.0.0.1:7001'] });
     assert.match(e.message, /--redis-url and --redis-cluster/);
     assert.match(e.message, /exactly one of --redis-url, --redis-sentinel .* or --redis-cluster/);
-    const all = configError({ ...base, 'redis-url': 'redis://127.0.0.1:6379', 'redis-sentinel': ['127.0.0.1:1'], 'redis-sentinel-name': 'm', 'redis-cluster': ['127.0.0.1:7001'] });
+    const all = configError({
+      ...base,
+      'redis-url': 'redis://127.0.0.1:6379',
+      'redis-sentinel': ['127.0.0.1:1'],
+      'redis-sentinel-name': 'm',
+      'redis-cluster': ['127.0.0.1:7001'],
+    });
     assert.match(all.message, /--redis-url and --redis-sentinel and --redis-cluster are all given/);
   });
 

@@ -29,10 +29,17 @@ import { type RunningServer, startServer } from '../../src/server.js';
 import { createRedisClients, type RedisClients } from '../../src/store/redis/clients.js';
 import type { RedisStoreOptions } from '../../src/store/redis/options.js';
 import type { RedisTarget } from '../../src/store/redis/target.js';
-import type { AllocationRecord, NewAllocationRecord, StoreEvent } from '../../src/store/types.js';
+import type { AllocationRecord, StoreEvent } from '../../src/store/types.js';
 import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisServer } from '../helpers/redis-server.js';
-import { startRedisCluster, startSentinelTopology, withAdmin, type ClusterTopology, type HostPort, type RedisNodeProcess } from '../helpers/redis-topologies.js';
+import {
+  startRedisCluster,
+  startSentinelTopology,
+  withAdmin,
+  type ClusterTopology,
+  type HostPort,
+  type RedisNodeProcess,
+} from '../helpers/redis-topologies.js';
 import { type Endpoint, TestPeer, TestTurnClient } from '../helpers/turn-client.js';
 import { recordFactory } from '../helpers/records.js';
 
@@ -87,7 +94,13 @@ async function openStore(t: TestContext, target: RedisTarget, options: RedisStor
   return clients;
 }
 
-const { newRecord } = recordFactory({ clientAddress: '198.51.100.9', relayedAddress: '203.0.113.7', firstClientPort: 22000, firstRelayPort: 32000, username: 'failover' });
+const { newRecord } = recordFactory({
+  clientAddress: '198.51.100.9',
+  relayedAddress: '203.0.113.7',
+  firstClientPort: 22000,
+  firstRelayPort: 32000,
+  username: 'failover',
+});
 
 function eventKey(e: StoreEvent): string {
   return e.type === 'deleted' ? e.key : e.record.key;
@@ -170,7 +183,9 @@ async function checkAfterFailover(t: TestContext, pair: Pair, records: Allocatio
   );
   const writer = pair.writer.store.eventStats();
   const listener = pair.listener.store.eventStats();
-  t.diagnostic(`events flow again ${Date.now() - killedAtMs} ms after the kill; resubscriptions writer=${writer.resubscriptions} listener=${listener.resubscriptions}`);
+  t.diagnostic(
+    `events flow again ${Date.now() - killedAtMs} ms after the kill; resubscriptions writer=${writer.resubscriptions} listener=${listener.resubscriptions}`,
+  );
   t.diagnostic(`availability transitions of the writer: ${JSON.stringify(pair.availability)}`);
 }
 
@@ -199,7 +214,9 @@ describe('Redis failover: the store', () => {
     await checkAfterFailover(t, pair, records.slice(1), killedAtMs, records[0]!);
   });
 
-  it('Cluster: a master holding records is killed, its replica takes its slots; nothing lost, writes and events resume', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  it('Cluster: a master holding records is killed, its replica takes its slots; nothing lost, writes and events resume', {
+    timeout: TEST_TIMEOUT_MS,
+  }, async (t) => {
     const topology = await startRedisCluster({ masters: 3, replicasPerMaster: 1 });
     onCleanup(t, () => topology.stop());
     const target: RedisTarget = { kind: 'cluster', nodes: topology.startupNodes };
@@ -226,7 +243,7 @@ describe('Redis failover: the store', () => {
     // Writes to the victim's slots work again once its replica has taken over.
     const probe = victimRecords[0]!;
     let probeNow = probe;
-    await retryUntil('a write to the dead master\'s slots', async () => {
+    await retryUntil("a write to the dead master's slots", async () => {
       const u = await pair.writer.store.update({ ...probeNow, expiresAtMs: probeNow.expiresAtMs + 1 });
       if (!u.ok) return undefined;
       probeNow = u.record;
@@ -254,7 +271,9 @@ describe('Redis failover: the store', () => {
     const keyPrefix = freshPrefix();
     const target: RedisTarget = { kind: 'url', url: `redis://127.0.0.1:${proxy.port}` };
     const resubscribed: number[] = [];
-    const store = (await openStore(t, target, { keyPrefix, eventHeartbeatMs: 100, eventStaleMs: 1_000, onEventsResubscribed: () => resubscribed.push(Date.now()) })).store;
+    const store = (
+      await openStore(t, target, { keyPrefix, eventHeartbeatMs: 100, eventStaleMs: 1_000, onEventsResubscribed: () => resubscribed.push(Date.now()) })
+    ).store;
     const seen: StoreEvent[] = [];
     store.subscribe((e) => seen.push(e));
     const first = await store.create(newRecord(), { userQuota: 0 });
@@ -264,7 +283,11 @@ describe('Redis failover: the store', () => {
 
     // The subscriber's socket stays open but nothing passes any more: ioredis can't tell.
     const frozenAtMs = Date.now();
-    assert.equal(proxy.freeze((c) => /subscribe/i.test(c.sent)), 1, 'exactly the subscriber connection is frozen');
+    assert.equal(
+      proxy.freeze((c) => /subscribe/i.test(c.sent)),
+      1,
+      'exactly the subscriber connection is frozen',
+    );
     await retryUntil('the watchdog to recreate the subscriber', async () => (store.eventStats().resubscriptions >= 1 ? true : undefined), 10_000);
     assert.equal(resubscribed.length, store.eventStats().resubscriptions, 'onEventsResubscribed is called each time');
     assert.equal(store.isAvailable(), true, 'commands kept working');
@@ -305,7 +328,9 @@ interface ProxiedConnection {
   frozen: boolean;
 }
 
-async function startFreezableProxy(targetPort: number): Promise<{ port: number; freeze(match: (c: ProxiedConnection) => boolean): number; connections(): number; close(): Promise<void> }> {
+async function startFreezableProxy(
+  targetPort: number,
+): Promise<{ port: number; freeze(match: (c: ProxiedConnection) => boolean): number; connections(): number; close(): Promise<void> }> {
   const all: ProxiedConnection[] = [];
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
@@ -369,7 +394,10 @@ function freeUdpPort(): Promise<number> {
   });
 }
 
-async function startClusterServer(t: TestContext, store: Pick<RawOptions, 'redis-sentinel' | 'redis-sentinel-name' | 'redis-cluster'>): Promise<{ server: RunningServer; endpoint: Endpoint }> {
+async function startClusterServer(
+  t: TestContext,
+  store: Pick<RawOptions, 'redis-sentinel' | 'redis-sentinel-name' | 'redis-cluster'>,
+): Promise<{ server: RunningServer; endpoint: Endpoint }> {
   const config = buildConfig({
     'node-id': `ha-${randomBytes(3).toString('hex')}`,
     'listening-ip': ['127.0.0.1'],
@@ -394,7 +422,12 @@ async function startClusterServer(t: TestContext, store: Pick<RawOptions, 'redis
  * A ChannelData stream client -> relay -> peer -> relay -> client every 20 ms,
  * numbered, until stop(); counts what came through each way.
  */
-function streamThrough(client: TestTurnClient, peer: TestPeer, relayed: Endpoint, channel: number): { stop(): Promise<{ sent: number; atPeer: number; backAtClient: number }> } {
+function streamThrough(
+  client: TestTurnClient,
+  peer: TestPeer,
+  relayed: Endpoint,
+  channel: number,
+): { stop(): Promise<{ sent: number; atPeer: number; backAtClient: number }> } {
   let seq = 0;
   const atPeer = new Set<number>();
   const back = new Set<number>();
@@ -479,16 +512,18 @@ async function acrossFailover(
   await kill();
   await healed();
   const healedMs = Date.now() - killedAtMs;
-  const record = await retryUntil('the server\'s store to read the live allocation after the failover', () => server.store.get(key).then((r) => r ?? null));
-  assert.ok(record, 'the live allocation\'s record survived the failover');
+  const record = await retryUntil("the server's store to read the live allocation after the failover", () => server.store.get(key).then((r) => r ?? null));
+  assert.ok(record, "the live allocation's record survived the failover");
   const storeMs = Date.now() - killedAtMs;
   await retryUntil('isAvailable() after the failover', async () => (server.store.isAvailable() ? true : undefined));
   await allocateAgain(endpoint);
   const allocateMs = Date.now() - killedAtMs;
-  assert.equal((await live.client.refresh(600)).code, 200, 'the live allocation is still the server\'s');
+  assert.equal((await live.client.refresh(600)).code, 200, "the live allocation is still the server's");
   await sleep(500);
   const { sent, atPeer, backAtClient } = await stream.stop();
-  t.diagnostic(`failover done ${healedMs} ms after the kill; the server's store read the live record at ${storeMs} ms; a new Allocate succeeded by ${allocateMs} ms; stream: sent ${sent}, at peer ${atPeer}, back at client ${backAtClient}`);
+  t.diagnostic(
+    `failover done ${healedMs} ms after the kill; the server's store read the live record at ${storeMs} ms; a new Allocate succeeded by ${allocateMs} ms; stream: sent ${sent}, at peer ${atPeer}, back at client ${backAtClient}`,
+  );
   assert.ok(sent > 50, `the stream ran through the failover (${sent} packets)`);
   // Redis is not on the data path (the engine relays from its own state), and this is
   // loopback in one process: nothing may be lost.
@@ -538,7 +573,9 @@ describe('Redis failover: the whole server keeps relaying', () => {
       () => victim.kill(),
       // Healed: another node serves the live allocation's slot as its master.
       async () => {
-        await retryUntil('a replica to take the dead master\'s slots', async () => ((await topology.masterForKey(`anyturn:alloc:{${key}}`)) !== victim ? true : undefined));
+        await retryUntil("a replica to take the dead master's slots", async () =>
+          (await topology.masterForKey(`anyturn:alloc:{${key}}`)) !== victim ? true : undefined,
+        );
       },
     );
   });

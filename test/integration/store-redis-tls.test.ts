@@ -28,7 +28,23 @@ function makeCertificate(dir: string, name: string): { cert: string; key: string
   const key = join(dir, `${name}.key`);
   const run = spawnSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ],
     { encoding: 'utf8' },
   );
   if (run.error || run.status !== 0) throw new Error(`openssl failed (install openssl; .ci/run does): ${run.error?.message ?? run.stderr}`);
@@ -113,9 +129,15 @@ describe('--redis-tls with a real Sentinel and master that speak only TLS', () =
   const tlsPing = (port: number): Promise<boolean> =>
     new Promise((resolve) => {
       const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => socket.write('PING\r\n'));
-      socket.setTimeout(500, () => (socket.destroy(), resolve(false)));
+      socket.setTimeout(500, () => {
+        socket.destroy();
+        resolve(false);
+      });
       socket.once('error', () => resolve(false));
-      socket.once('data', (d) => (socket.destroy(), resolve(d.toString().startsWith('+PONG'))));
+      socket.once('data', (d) => {
+        socket.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
     });
   const waitReady = async (port: number): Promise<void> => {
     for (let i = 0; i < 100; i++) {
@@ -132,7 +154,23 @@ describe('--redis-tls with a real Sentinel and master that speak only TLS', () =
     otherCa = readFileSync(makeCertificate(dir, 'other').cert, 'utf8');
     const tlsArgs = ['--tls-cert-file', own.cert, '--tls-key-file', own.key, '--tls-ca-cert-file', own.cert, '--tls-auth-clients', 'no'];
     const masterPort = await findFreePort();
-    start(['--port', '0', '--tls-port', String(masterPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', dir, ...tlsArgs]);
+    start([
+      '--port',
+      '0',
+      '--tls-port',
+      String(masterPort),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--protected-mode',
+      'no',
+      '--dir',
+      dir,
+      ...tlsArgs,
+    ]);
     await waitReady(masterPort);
     sentinelPort = await findFreePort();
     const conf = join(dir, 'sentinel.conf');

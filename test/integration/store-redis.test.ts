@@ -15,7 +15,6 @@ import { createRedisClients, type RedisClients } from '../../src/store/redis/cli
 import { RedisConnection } from '../../src/store/redis/connection.js';
 import type { RedisStoreOptions } from '../../src/store/redis/options.js';
 import type { AllocationRecord, NewAllocationRecord, StoreEvent } from '../../src/store/types.js';
-import { fiveTupleKey } from '../../src/store/types.js';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server.js';
 import { runStoreContract } from '../unit/store/contract.js';
 import { proveSubscriptions, recordFactory } from '../helpers/records.js';
@@ -73,7 +72,12 @@ async function waitFor(done: () => boolean | Promise<boolean>, what: string, tim
   }
 }
 
-const { newRecord, nextRelayPort } = recordFactory({ clientAddress: '198.51.100.7', relayedAddress: '203.0.113.5', firstClientPort: 20000, firstRelayPort: 30000 });
+const { newRecord, nextRelayPort } = recordFactory({
+  clientAddress: '198.51.100.7',
+  relayedAddress: '203.0.113.5',
+  firstClientPort: 20000,
+  firstRelayPort: 30000,
+});
 
 async function mustCreate(clients: RedisClients, record: NewAllocationRecord, userQuota = 0): Promise<AllocationRecord> {
   const outcome = await clients.store.create(record, { userQuota });
@@ -203,13 +207,13 @@ describe('RedisAllocationStore specifics', () => {
     await waitFor(() => seen.length >= 5, 'the workload events');
 
     const stats = await admin.info('commandstats');
-    assert.match(stats, /cmdstat_evalsha:/, 'the stats do count the store\'s commands');
+    assert.match(stats, /cmdstat_evalsha:/, "the stats do count the store's commands");
     for (const cmd of ['keys', 'scan', 'hscan', 'sscan', 'zscan']) {
       assert.doesNotMatch(stats, new RegExp(`^cmdstat_${cmd}:`, 'm'), `the store issued ${cmd.toUpperCase()}`);
     }
   });
 
-  it('lets two nodes on one Redis see each other\'s records and events', async (t) => {
+  it("lets two nodes on one Redis see each other's records and events", async (t) => {
     const prefix = freshPrefix();
     const nodeA = await openClients({ keyPrefix: prefix });
     const nodeB = await openClients({ keyPrefix: prefix });
@@ -226,14 +230,18 @@ describe('RedisAllocationStore specifics', () => {
     const created = await mustCreate(nodeA, newRecord({ ownerNodeId: 'node-a', username: 'shared' }), 1);
     assert.deepEqual(await nodeB.store.get(created.key), created, 'B reads what A wrote');
     assert.equal(await nodeB.store.countUserAllocations('shared'), 1);
-    assert.deepEqual(await nodeB.store.create(newRecord({ username: 'shared' }), { userQuota: 1 }), { ok: false, reason: 'user-quota' }, 'the quota is cluster-wide');
+    assert.deepEqual(
+      await nodeB.store.create(newRecord({ username: 'shared' }), { userQuota: 1 }),
+      { ok: false, reason: 'user-quota' },
+      'the quota is cluster-wide',
+    );
     assert.deepEqual(await nodeB.store.create(newRecord({ relayedPort: created.relayedPort }), { userQuota: 0 }), { ok: false, reason: 'port-taken' });
 
     // B adopts the allocation: a compare-and-set on A's version.
     const adopted = await nodeB.store.update({ ...created, ownerNodeId: 'node-b' });
     assert.ok(adopted.ok);
     const stale = await nodeA.store.update({ ...created, expiresAtMs: 1 });
-    assert.equal(stale.ok ? '' : stale.reason, 'conflict', 'A\'s copy is now stale');
+    assert.equal(stale.ok ? '' : stale.reason, 'conflict', "A's copy is now stale");
     assert.equal(await nodeA.store.delete(created.key, 'expired'), true);
 
     const expected = [`created ${created.key} v1 node-a`, `updated ${created.key} v2 node-b`, `deleted ${created.key} node-b expired`];
@@ -255,7 +263,16 @@ describe('RedisAllocationStore specifics', () => {
     // Make sure the subscription is live before the garbage is sent.
     const warm = await mustCreate(clients, newRecord());
     await waitFor(() => seen.length === 1, 'the warm-up event');
-    for (const junk of ['', 'not json', '[]', 'null', '{"type":"created"}', '{"type":"created","record":{"key":1}}', '{"type":"deleted","key":"k"}', '{"type":"nope"}']) {
+    for (const junk of [
+      '',
+      'not json',
+      '[]',
+      'null',
+      '{"type":"created"}',
+      '{"type":"created","record":{"key":1}}',
+      '{"type":"deleted","key":"k"}',
+      '{"type":"nope"}',
+    ]) {
       await admin.publish(channel, junk);
     }
     await clients.store.delete(warm.key, 'test');
@@ -315,7 +332,9 @@ describe('RedisAllocationStore specifics', () => {
     assert.throws(() => new RedisConnection('http://127.0.0.1:6379'), /--redis-url/);
   });
 
-  it('survives an outage: calls reject fast while Redis is down, availability follows, writes and events resume after a restart', { timeout: 60_000 }, async (t) => {
+  it('survives an outage: calls reject fast while Redis is down, availability follows, writes and events resume after a restart', {
+    timeout: 60_000,
+  }, async (t) => {
     const transitions: boolean[] = [];
     const clients = await openClients({ onAvailability: (up) => transitions.push(up) });
     const other = await openClients();
@@ -350,10 +369,14 @@ describe('RedisAllocationStore specifics', () => {
       ['getNode', () => clients.registry.getNode('n')],
     ];
     for (const [name, call] of calls) {
-      await assert.rejects(call(), (err: Error) => {
-        assert.doesNotMatch(err.message, /timed out/i, `${name} waited for a command timeout instead of failing at once`);
-        return true;
-      }, `${name} rejects while Redis is down`);
+      await assert.rejects(
+        call(),
+        (err: Error) => {
+          assert.doesNotMatch(err.message, /timed out/i, `${name} waited for a command timeout instead of failing at once`);
+          return true;
+        },
+        `${name} rejects while Redis is down`,
+      );
     }
     // close() while Redis is down doesn't throw.
     await other.close();

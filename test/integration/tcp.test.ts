@@ -128,7 +128,12 @@ for (const transport of ['tcp', 'tls'] as const) {
       const udp = endpointOf(server, 'udp');
       assert.equal(endpointOf(server, 'tcp').port, udp.port);
       if (transport === 'tls') assert.notEqual(endpointOf(server, 'tls').port, udp.port);
-      else assert.equal(server.listening.some((l) => l.transport === 'tls'), false, 'no TLS without --cert/--pkey');
+      else
+        assert.equal(
+          server.listening.some((l) => l.transport === 'tls'),
+          false,
+          'no TLS without --cert/--pkey',
+        );
     });
 
     it('relays ChannelData both ways, padded to 4 bytes on the stream in both directions', async () => {
@@ -152,7 +157,10 @@ for (const transport of ['tcp', 'tls'] as const) {
         assert.equal(back?.channel, 0x4001);
         assert.equal(back?.data.length, size);
         assert.equal(back?.wire.length, 4 + Math.ceil(size / 4) * 4, `${size} bytes of data padded to a multiple of 4`);
-        assert.ok(back?.wire.subarray(4 + size).every((b) => b === 0), 'zero padding');
+        assert.ok(
+          back?.wire.subarray(4 + size).every((b) => b === 0),
+          'zero padding',
+        );
       }
       assert.equal(client.garbage, 0);
     });
@@ -195,7 +203,10 @@ for (const transport of ['tcp', 'tls'] as const) {
       assert.equal((await client.response(b1.transactionId)).code, 200);
       assert.equal((await client.response(b2.transactionId)).code, 200);
       const got = await p.waitFor(3);
-      assert.deepEqual(got.map((g) => g.data.toString()), ['one', 'two', 'three...']);
+      assert.deepEqual(
+        got.map((g) => g.data.toString()),
+        ['one', 'two', 'three...'],
+      );
 
       // An authenticated Refresh, one byte per write.
       const refresh = client.build(Method.Refresh);
@@ -381,7 +392,13 @@ describe('TCP connection protections', () => {
   it('gives one source IP at most --max-tcp-connections-per-ip of the cap (TCP and TLS together); another source still connects', async (t) => {
     const cert = makeSelfSignedCertificate();
     t.after(() => cert.remove());
-    const server = await start({ 'max-tcp-connections': 10, 'max-tcp-connections-per-ip': 2, cert: cert.certFile, pkey: cert.keyFile, 'tls-listening-port': 0 });
+    const server = await start({
+      'max-tcp-connections': 10,
+      'max-tcp-connections-per-ip': 2,
+      cert: cert.certFile,
+      pkey: cert.keyFile,
+      'tls-listening-port': 0,
+    });
     servers.push(server);
     const tcp = endpointOf(server, 'tcp');
     const tlsEndpoint = endpointOf(server, 'tls');
@@ -429,14 +446,20 @@ describe('TCP connection protections', () => {
   it('--no-udp and --no-tcp leave those listeners out', async () => {
     const tcpOnly = await start({ 'no-udp': true });
     servers.push(tcpOnly);
-    assert.deepEqual(tcpOnly.listening.map((l) => l.transport), ['tcp']);
+    assert.deepEqual(
+      tcpOnly.listening.map((l) => l.transport),
+      ['tcp'],
+    );
     const client = await StreamTurnClient.connect(endpointOf(tcpOnly, 'tcp'), credentials);
     sockets.push(client.socket);
     assert.equal((await client.allocate()).response.code, 200);
 
     const udpOnly = await start({ tcp: false });
     servers.push(udpOnly);
-    assert.deepEqual(udpOnly.listening.map((l) => l.transport), ['udp']);
+    assert.deepEqual(
+      udpOnly.listening.map((l) => l.transport),
+      ['udp'],
+    );
   });
 });
 

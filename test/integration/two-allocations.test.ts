@@ -159,7 +159,7 @@ describe('two allocations relaying to each other', () => {
     assert.equal((await alice2.allocate()).response.code, 508, 'total full again');
 
     assert.equal((await a.refresh(0)).code, 200);
-    assert.equal((await alice2.allocate()).response.code, 200, 'alice\'s quota was freed by her delete');
+    assert.equal((await alice2.allocate()).response.code, 200, "alice's quota was freed by her delete");
     assert.equal(server.engine.allocations, 2);
 
     // And the relays of the new pair work: alice2 <-> carol.

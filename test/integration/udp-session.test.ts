@@ -20,7 +20,7 @@ const PASSWORD = 'session-password';
 const REALM = 'sessions.test';
 const IDLE_MS = 10_000;
 
-describe('UDP sessions (a worker\'s connected client sockets)', () => {
+describe("UDP sessions (a worker's connected client sockets)", () => {
   let now = 1_700_000_000_000;
   let primary: dgram.Socket;
   let frontend: WorkerUdpFrontend;
@@ -48,7 +48,15 @@ describe('UDP sessions (a worker\'s connected client sockets)', () => {
       frontend.onPacket(0, rinfo.address, rinfo.port, msg);
     });
     server = await startServer(
-      buildConfig({ 'listening-ip': ['127.0.0.1'], 'listening-port': port, 'relay-ip': ['127.0.0.1'], user: [`${USER}:${PASSWORD}`], realm: REALM, 'no-tcp': true, tcp: false }),
+      buildConfig({
+        'listening-ip': ['127.0.0.1'],
+        'listening-port': port,
+        'relay-ip': ['127.0.0.1'],
+        user: [`${USER}:${PASSWORD}`],
+        realm: REALM,
+        'no-tcp': true,
+        tcp: false,
+      }),
       { udpFrontend: frontend, counters },
     );
   });

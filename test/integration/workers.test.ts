@@ -58,7 +58,19 @@ async function startNode(t: CleanupRegistrar, extra: readonly string[] = []): Pr
       realm: REALM,
       allowLoopbackPeers: true,
       // --metrics-cache-ms 0: the tests compare scrapes taken before and after one packet.
-      extraArgs: ['--workers', String(WORKERS), '--metrics-ip', LOOPBACK_V4, '--metrics-port', String(metricsPort), '--metrics-cache-ms', '0', '--admin-token', TOKEN, ...extra],
+      extraArgs: [
+        '--workers',
+        String(WORKERS),
+        '--metrics-ip',
+        LOOPBACK_V4,
+        '--metrics-port',
+        String(metricsPort),
+        '--metrics-cache-ms',
+        '0',
+        '--admin-token',
+        TOKEN,
+        ...extra,
+      ],
     }),
   );
   const ready = parseLogLines(server.process.stdout()).find((l) => l.msg === 'anyturn ready');
@@ -66,7 +78,10 @@ async function startNode(t: CleanupRegistrar, extra: readonly string[] = []): Pr
   assert.equal(ready.role, 'primary');
   assert.equal(ready.workers, WORKERS);
   const pids = ready.pids as number[];
-  assert.ok(Array.isArray(pids) && pids.length === WORKERS && pids.every((p) => Number.isInteger(p) && p > 0), `pids in the ready line: ${JSON.stringify(ready.pids)}`);
+  assert.ok(
+    Array.isArray(pids) && pids.length === WORKERS && pids.every((p) => Number.isInteger(p) && p > 0),
+    `pids in the ready line: ${JSON.stringify(ready.pids)}`,
+  );
   assert.ok(!pids.includes(server.process.pid), 'workers are processes of their own');
   // Each worker said it was ready before the primary did.
   const workerReady = parseLogLines(server.process.stdout()).filter((l) => l.msg === 'anyturn worker ready');
@@ -119,7 +134,10 @@ async function allocateOn(node: Node, c: TestTurnClient, worker: number, peer: T
   const relayed = allocated.relayed!;
   assert.equal(relayed.address, LOOPBACK_V4);
   const slice = sliceOf(node, worker);
-  assert.ok(relayed.port >= slice.minPort && relayed.port <= slice.maxPort, `relayed port ${relayed.port} is in worker ${worker}'s slice ${slice.minPort}-${slice.maxPort}`);
+  assert.ok(
+    relayed.port >= slice.minPort && relayed.port <= slice.maxPort,
+    `relayed port ${relayed.port} is in worker ${worker}'s slice ${slice.minPort}-${slice.maxPort}`,
+  );
   assert.equal((await c.createPermission(peer.endpoint)).code, 200);
   return relayed;
 }
@@ -152,15 +170,39 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     await echo?.stop();
   });
 
-  async function uclient(t: CleanupRegistrar & { diagnostic(message: string): void }, node: Node, extraArgs: readonly string[], clients: number, messages: number): Promise<void> {
+  async function uclient(
+    t: CleanupRegistrar & { diagnostic(message: string): void },
+    node: Node,
+    extraArgs: readonly string[],
+    clients: number,
+    messages: number,
+  ): Promise<void> {
     assert.ok(echo, 'turnutils_peer did not start');
     const args = [
       '-v', // setup logging only (UDP, TCP): shows a failed ChannelBind's place in the sequence
-      '-u', USER, '-w', PASSWORD,
+      '-u',
+      USER,
+      '-w',
+      PASSWORD,
       ...extraArgs,
-      '-e', echo.host, '-r', String(echo.port),
-      '-c', '-m', String(clients), '-n', String(messages), '-l', '100', '-z', '1',
-      '-L', LOOPBACK_V4, '-p', String(node.server.port), node.server.host,
+      '-e',
+      echo.host,
+      '-r',
+      String(echo.port),
+      '-c',
+      '-m',
+      String(clients),
+      '-n',
+      String(messages),
+      '-l',
+      '100',
+      '-z',
+      '1',
+      '-L',
+      LOOPBACK_V4,
+      '-p',
+      String(node.server.port),
+      node.server.host,
     ];
     const result = await runUclient(args, UCLIENT_DEADLINE_MS, t);
     const context = describeRun('turnutils_uclient', args, result, node.server);
@@ -174,7 +216,9 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     assert.equal(stats.receivedMessages, clients * messages, `messages received\n${context}`);
   }
 
-  it('turnutils_uclient over UDP: nothing lost, both workers serve clients, relayed packets bypass the primary', { timeout: UCLIENT_TEST_TIMEOUT_MS }, async (t) => {
+  it('turnutils_uclient over UDP: nothing lost, both workers serve clients, relayed packets bypass the primary', {
+    timeout: UCLIENT_TEST_TIMEOUT_MS,
+  }, async (t) => {
     const node = await startNode(t);
     const CLIENTS = 16;
     const MESSAGES = 500;
@@ -203,7 +247,11 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
       return perWorker(s, 'anyturn_worker_allocations').every((n) => n > 0) && perWorker(s, 'anyturn_worker_udp_sessions').every((n) => n > 0) ? s : undefined;
     }, 'allocations and UDP sessions on both workers');
     const live = sum(samples, 'anyturn_allocations');
-    assert.equal(perWorker(samples, 'anyturn_worker_allocations').reduce((a, b) => a + b, 0), live, 'the per-worker gauges add up to the summed anyturn_allocations');
+    assert.equal(
+      perWorker(samples, 'anyturn_worker_allocations').reduce((a, b) => a + b, 0),
+      live,
+      'the per-worker gauges add up to the summed anyturn_allocations',
+    );
     assert.equal(sum(samples, 'anyturn_allocations_created_total'), created.length, 'the summed counter agrees with the logs');
     assert.equal(sum(samples, 'anyturn_workers'), WORKERS);
 
@@ -213,11 +261,17 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     assert.equal(p2c, CLIENTS * MESSAGES, 'every echo was relayed back');
     const handoffs = perWorker(samples, 'anyturn_worker_handoffs_total');
     const totalHandoffs = handoffs.reduce((a, b) => a + b, 0);
-    assert.ok(handoffs.every((n) => n > 0), `both workers got first packets from the primary: ${JSON.stringify(handoffs)}`);
+    assert.ok(
+      handoffs.every((n) => n > 0),
+      `both workers got first packets from the primary: ${JSON.stringify(handoffs)}`,
+    );
     // A client's first packets (the unauthenticated Allocate, the authenticated one) cross the
     // primary; everything after goes to the worker's connected socket. Were relayed packets
     // handed over too, this would be in the thousands.
-    assert.ok(totalHandoffs <= 4 * created.length, `handoffs ${totalHandoffs} <= 4 x ${created.length} client sockets, while ${c2p + p2c} packets were relayed`);
+    assert.ok(
+      totalHandoffs <= 4 * created.length,
+      `handoffs ${totalHandoffs} <= 4 x ${created.length} client sockets, while ${c2p + p2c} packets were relayed`,
+    );
     assert.equal(sum(samples, 'anyturn_primary_datagrams_total', { kind: 'unavailable' }), 0, 'no datagram was dropped for want of a worker');
   });
 
@@ -227,8 +281,15 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     await uclient(t, node, ['-t'], CLIENTS, 500);
     const created = logsOf(node).filter((l) => l.event === 'allocation_created');
     assert.ok(created.length >= CLIENTS, `at least one allocation per client: ${created.length}`);
-    assert.ok(created.every((l) => l.transport === 'tcp'), 'over TCP');
-    for (let w = 0; w < WORKERS; w++) assert.ok(created.some((l) => l.worker === w), `worker ${w} got connections (${created.map((l) => l.worker).join(',')})`);
+    assert.ok(
+      created.every((l) => l.transport === 'tcp'),
+      'over TCP',
+    );
+    for (let w = 0; w < WORKERS; w++)
+      assert.ok(
+        created.some((l) => l.worker === w),
+        `worker ${w} got connections (${created.map((l) => l.worker).join(',')})`,
+      );
     const samples = await scrape(node);
     assert.equal(sum(samples, 'anyturn_relayed_packets_total', { direction: 'client_to_peer' }), CLIENTS * 500);
     assert.equal(sum(samples, 'anyturn_relayed_packets_total', { direction: 'peer_to_client' }), CLIENTS * 500);
@@ -236,7 +297,9 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     assert.equal(sum(samples, 'anyturn_worker_handoffs_total'), 0);
   });
 
-  it('Binding and the 401 come back through the primary; a full allocation on each worker relays without crossing it', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  it('Binding and the 401 come back through the primary; a full allocation on each worker relays without crossing it', {
+    timeout: TEST_TIMEOUT_MS,
+  }, async (t) => {
     const node = await startNode(t);
     const peer = await TestPeer.open();
     t.after(() => peer.close());
@@ -245,7 +308,7 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
       const before = await scrape(node);
 
       // A Binding request from a fresh socket: the primary hands it to worker w, which answers through the primary.
-      assert.deepEqual(await c.binding(), { address: LOOPBACK_V4, port: c.localPort }, 'XOR-MAPPED-ADDRESS is the client\'s own address');
+      assert.deepEqual(await c.binding(), { address: LOOPBACK_V4, port: c.localPort }, "XOR-MAPPED-ADDRESS is the client's own address");
 
       // An Allocate without credentials: 401 with REALM and NONCE, also through the primary.
       const { buf, transactionId } = c.build(Method.Allocate, (m) => m.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
@@ -258,9 +321,13 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
       const afterStateless = await scrape(node);
       const handed = (s: Sample[]): number => sum(s, 'anyturn_worker_handoffs_total', { worker: String(w) });
       assert.ok(handed(afterStateless) - handed(before) >= 2, `worker ${w} got the Binding and the Allocate from the primary`);
-      assert.equal(sum(afterStateless, 'anyturn_worker_handoffs_total', { worker: String(1 - w) }), sum(before, 'anyturn_worker_handoffs_total', { worker: String(1 - w) }), 'and the other worker got nothing');
+      assert.equal(
+        sum(afterStateless, 'anyturn_worker_handoffs_total', { worker: String(1 - w) }),
+        sum(before, 'anyturn_worker_handoffs_total', { worker: String(1 - w) }),
+        'and the other worker got nothing',
+      );
       const answers = (s: Sample[]): number => sum(s, 'anyturn_primary_datagrams_total', { kind: 'answers' });
-      assert.ok(answers(afterStateless) - answers(before) >= 2, 'both answers left through the primary\'s socket');
+      assert.ok(answers(afterStateless) - answers(before) >= 2, "both answers left through the primary's socket");
 
       // Authenticated: the worker opens its session; from here the client bypasses the primary.
       const relayed = await allocateOn(node, c, w, peer);
@@ -270,11 +337,17 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
       const relayedAfter = await scrape(node);
       assert.equal(handed(relayedAfter), handed(allocated), `no packet of worker ${w}'s client crossed the primary after the Allocate`);
       assert.equal(answers(relayedAfter), answers(allocated), 'and no answer left through it');
-      assert.equal(sum(relayedAfter, 'anyturn_relayed_packets_total') - sum(allocated, 'anyturn_relayed_packets_total'), 6, 'three packets each way were relayed');
+      assert.equal(
+        sum(relayedAfter, 'anyturn_relayed_packets_total') - sum(allocated, 'anyturn_relayed_packets_total'),
+        6,
+        'three packets each way were relayed',
+      );
     }
   });
 
-  it('SIGUSR1 drains every worker: /readyz 503, new Allocates 403 on both, live allocations relay; POST /undrain makes it ready again', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  it('SIGUSR1 drains every worker: /readyz 503, new Allocates 403 on both, live allocations relay; POST /undrain makes it ready again', {
+    timeout: TEST_TIMEOUT_MS,
+  }, async (t) => {
     const node = await startNode(t);
     const peer = await TestPeer.open();
     t.after(() => peer.close());
@@ -302,7 +375,10 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
       await roundTrip(c, peer, relayed, `draining, worker ${w}`);
       assert.equal((await c.refresh(600)).code, 200);
     }
-    await until(() => (logsOf(node).some((l) => l.role === 'primary' && l.source === 'SIGUSR1') ? true : undefined), 'the primary logs the drain, naming SIGUSR1');
+    await until(
+      () => (logsOf(node).some((l) => l.role === 'primary' && l.source === 'SIGUSR1') ? true : undefined),
+      'the primary logs the drain, naming SIGUSR1',
+    );
 
     assert.equal((await post(`${node.ops}/undrain`)).status, 401, 'no token, no undrain');
     assert.equal((await get(`${node.ops}/readyz`)).status, 503);
@@ -310,7 +386,11 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     assert.equal(undrained.status, 200, undrained.body);
     assert.equal(JSON.parse(undrained.body).draining, false);
     const ready = await get(`${node.ops}/readyz`);
-    assert.deepEqual({ status: ready.status, body: JSON.parse(ready.body) }, { status: 200, body: { ready: true } }, 'ready again as soon as POST /undrain answered');
+    assert.deepEqual(
+      { status: ready.status, body: JSON.parse(ready.body) },
+      { status: 200, body: { ready: true } },
+      'ready again as soon as POST /undrain answered',
+    );
     for (let w = 0; w < WORKERS; w++) {
       const again = await clientOn(node, w, t);
       assert.equal((await again.allocate()).response.code, 200, `worker ${w} takes Allocates again`);
@@ -318,7 +398,9 @@ describe('anyturn --workers 2 (CLI, loopback)', () => {
     assert.equal(sum(await scrape(node), 'anyturn_draining'), 0);
   });
 
-  it('a worker killed with SIGKILL is restarted: restarts_total 1, /readyz back to 200, new allocations on it work, the other worker is untouched', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  it('a worker killed with SIGKILL is restarted: restarts_total 1, /readyz back to 200, new allocations on it work, the other worker is untouched', {
+    timeout: TEST_TIMEOUT_MS,
+  }, async (t) => {
     const node = await startNode(t);
     const peer = await TestPeer.open();
     t.after(() => peer.close());

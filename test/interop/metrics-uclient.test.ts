@@ -88,10 +88,28 @@ describe('/metrics during a turnutils_uclient run', () => {
 
     const args = [
       '-v', // setup logging only over UDP: shows a failed ChannelBind's place in the sequence
-      '-u', USER, '-w', PASSWORD,
-      '-e', peer.host, '-r', String(peer.port),
-      '-c', '-m', String(CLIENTS), '-n', String(MESSAGES), '-l', String(MESSAGE_BYTES), '-z', '1',
-      '-L', LOOPBACK_V4, '-p', String(server.port), server.host,
+      '-u',
+      USER,
+      '-w',
+      PASSWORD,
+      '-e',
+      peer.host,
+      '-r',
+      String(peer.port),
+      '-c',
+      '-m',
+      String(CLIENTS),
+      '-n',
+      String(MESSAGES),
+      '-l',
+      String(MESSAGE_BYTES),
+      '-z',
+      '1',
+      '-L',
+      LOOPBACK_V4,
+      '-p',
+      String(server.port),
+      server.host,
     ];
     interface Scrape {
       readonly samples: Sample[];
@@ -139,11 +157,7 @@ describe('/metrics during a turnutils_uclient run', () => {
     for (const { samples, live } of midRun) {
       assert.equal(sum(samples, 'anyturn_allocations'), live, 'anyturn_allocations equals the allocations live at the scrape');
       assert.equal(sum(samples, 'anyturn_user_allocations', { user: USER }), live, 'the per-user gauge agrees');
-      assert.equal(
-        sum(samples, 'anyturn_allocations_created_total') - sum(samples, 'anyturn_allocations_deleted_total'),
-        live,
-        'created - deleted = live',
-      );
+      assert.equal(sum(samples, 'anyturn_allocations_created_total') - sum(samples, 'anyturn_allocations_deleted_total'), live, 'created - deleted = live');
     }
     const during = midRun.filter((s) => sum(s.samples, 'anyturn_relayed_packets_total', { direction: 'client_to_peer' }) > 0 && s.live > 0);
     assert.ok(during.length > 0, `a scrape while uclient still ran showed relayed packets (${midRun.length} mid-run scrapes)\n${context}`);

@@ -14,14 +14,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import {
-  LOOPBACK_V4,
-  startTurnServerUnderTest,
-  startTurnutilsPeer,
-  stopAfter,
-  type RunningPeer,
-  type RunningTurnServer,
-} from '../helpers/anyturn-process.js';
+import { LOOPBACK_V4, startTurnServerUnderTest, startTurnutilsPeer, stopAfter, type RunningPeer, type RunningTurnServer } from '../helpers/anyturn-process.js';
 import { makeSelfSignedCertificate, type SelfSignedCertificate } from '../helpers/tls-cert.js';
 import { describeRun, parseUclientStats, runUclient as runUclientProcess } from '../helpers/uclient.js';
 
@@ -64,7 +57,11 @@ describe('coturn turnutils_uclient over TCP and TLS against the server under tes
     return stopAfter(t, server);
   }
 
-  async function runUclient(t: { after(fn: () => unknown): void; diagnostic(message: string): void }, transport: 'tcp' | 'tls', modeArgs: readonly string[]): Promise<void> {
+  async function runUclient(
+    t: { after(fn: () => unknown): void; diagnostic(message: string): void },
+    transport: 'tcp' | 'tls',
+    modeArgs: readonly string[],
+  ): Promise<void> {
     assert.ok(peer, 'turnutils_peer did not start');
     const server = await startServer(t);
     const port = transport === 'tls' ? server.tlsPort : server.port;
@@ -72,20 +69,30 @@ describe('coturn turnutils_uclient over TCP and TLS against the server under tes
     const args = [
       // -v shows a failed ChannelBind's place in the sequence; over TLS it logs every record too.
       ...(transport === 'tcp' ? ['-v'] : []),
-      '-u', USER,
-      '-w', PASSWORD,
+      '-u',
+      USER,
+      '-w',
+      PASSWORD,
       '-t',
       ...(transport === 'tls' ? ['-S'] : []),
       ...modeArgs,
-      '-e', peer.host,
-      '-r', String(peer.port),
+      '-e',
+      peer.host,
+      '-r',
+      String(peer.port),
       '-c',
-      '-m', String(CLIENTS),
-      '-n', String(MESSAGES_PER_CLIENT),
-      '-l', String(MESSAGE_BYTES),
-      '-z', String(INTERVAL_MS),
-      '-L', LOOPBACK_V4,
-      '-p', String(port),
+      '-m',
+      String(CLIENTS),
+      '-n',
+      String(MESSAGES_PER_CLIENT),
+      '-l',
+      String(MESSAGE_BYTES),
+      '-z',
+      String(INTERVAL_MS),
+      '-L',
+      LOOPBACK_V4,
+      '-p',
+      String(port),
       server.host,
     ];
     const result = await runUclientProcess(args, UCLIENT_DEADLINE_MS, t);

@@ -185,9 +185,7 @@ async function dataChannelThroughServer(t: TestContext, extraArgs: readonly stri
         isLoopback(pair.localCandidate.host) &&
         isLoopback(pair.remoteCandidate.host);
       if (!ok) {
-        rejectedPairs.push(
-          `${pair.localCandidate.type} ${pair.localCandidate.host} -> ${pair.remoteCandidate.type} ${pair.remoteCandidate.host}`,
-        );
+        rejectedPairs.push(`${pair.localCandidate.type} ${pair.localCandidate.host} -> ${pair.remoteCandidate.type} ${pair.remoteCandidate.host}`);
       }
       return ok;
     },
@@ -263,8 +261,10 @@ async function dataChannelThroughServer(t: TestContext, extraArgs: readonly stri
     const offererDone = collect(toAnswerer, receivedAtOfferer);
     for (const message of expectedAtAnswerer) toAnswerer.send(message);
     for (const message of expectedAtOfferer) fromOfferer.send(message);
-    await withDeadline(Promise.all([answererDone, offererDone]), 'messages delivered both ways', () =>
-      `at answerer: ${JSON.stringify(receivedAtAnswerer)}\nat offerer: ${JSON.stringify(receivedAtOfferer)}\n${diagnostics()}`,
+    await withDeadline(
+      Promise.all([answererDone, offererDone]),
+      'messages delivered both ways',
+      () => `at answerer: ${JSON.stringify(receivedAtAnswerer)}\nat offerer: ${JSON.stringify(receivedAtOfferer)}\n${diagnostics()}`,
     );
 
     // Ordered, reliable channel: everything, in order, nothing extra.
@@ -280,7 +280,11 @@ async function dataChannelThroughServer(t: TestContext, extraArgs: readonly stri
     ] as const) {
       const transports = turnClientTransports(pc);
       assert.ok(transports.length > 0, `${name}: found werift's TURN client\n${diagnostics()}`);
-      assert.deepEqual(transports, transports.map(() => 'udp'), `${name}: TURN client transport\n${diagnostics()}`);
+      assert.deepEqual(
+        transports,
+        transports.map(() => 'udp'),
+        `${name}: TURN client transport\n${diagnostics()}`,
+      );
     }
 
     // The pair in use is relay <-> relay on loopback.
@@ -305,6 +309,6 @@ test('werift: two relay-only peers open a data channel through the server and ex
 // its source port hashes to (the two may differ), and DTLS/SCTP ride through it.
 test(
   'werift, anyturn --workers 2: two relay-only peers open a data channel and exchange messages',
-  { skip: process.env['ANYTURN_INTEROP_TARGET'] === 'coturn' ? 'coturn has no --workers' : false },
+  { skip: process.env.ANYTURN_INTEROP_TARGET === 'coturn' ? 'coturn has no --workers' : false },
   (t) => dataChannelThroughServer(t, ['--workers', '2']),
 );

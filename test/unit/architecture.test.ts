@@ -26,7 +26,17 @@ const RULES: Record<string, readonly string[]> = {
   'store/': ['net/', 'stun/'],
   'transport/': ['net/', 'stun/', 'turn/ports.ts', 'turn/counters.ts', 'turn/auth/rate-limit.ts'],
   'cluster/': ['net/', 'stun/', 'keys.ts', 'store/types.ts', 'transport/', 'turn/ports.ts', 'turn/counters.ts', 'turn/clock.ts', 'turn/auth/rate-limit.ts'],
-  'ops/': ['net/', 'turn/ports.ts', 'turn/counters.ts', 'store/types.ts', 'transport/counters.ts', 'transport/stream/framer.ts', 'transport/udp/', 'cluster/counters.ts', 'config/'],
+  'ops/': [
+    'net/',
+    'turn/ports.ts',
+    'turn/counters.ts',
+    'store/types.ts',
+    'transport/counters.ts',
+    'transport/stream/framer.ts',
+    'transport/udp/',
+    'cluster/counters.ts',
+    'config/',
+  ],
   'config/': ['net/', 'turn/limits.ts', 'turn/admission.ts', 'store/shared.ts', 'transport/counters.ts', 'ops/log.ts'],
 };
 
@@ -73,7 +83,11 @@ function violations(): string[] {
         if (FORBIDDEN_PACKAGES[layer]?.includes(spec)) found.push(`${relative} imports ${spec}`);
         continue;
       }
-      const target = path.relative(SRC, path.resolve(path.dirname(file), spec)).split(path.sep).join('/').replace(/\.js$/, '.ts');
+      const target = path
+        .relative(SRC, path.resolve(path.dirname(file), spec))
+        .split(path.sep)
+        .join('/')
+        .replace(/\.js$/, '.ts');
       const ok = layerOf(target) === layer || allowed.some((a) => (a.endsWith('/') ? target.startsWith(a) : target === a));
       if (!ok) found.push(`${relative} imports ${target}`);
     }

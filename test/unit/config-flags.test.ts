@@ -136,7 +136,9 @@ describe('config: the flag table', () => {
   it('a config built in code gets the CLI defaults, but for the deliberate metrics-port difference', () => {
     const fromCli = buildConfig(parseWithEnv(['--listening-ip', '127.0.0.1', '--user', 'u:p'], {}));
     const inCode = buildConfig(BASE);
-    const differ = Object.keys(fromCli).filter((k) => k !== 'nonceSecret' && !isDeepStrictEqual(fromCli[k as keyof typeof fromCli], inCode[k as keyof typeof inCode]));
+    const differ = Object.keys(fromCli).filter(
+      (k) => k !== 'nonceSecret' && !isDeepStrictEqual(fromCli[k as keyof typeof fromCli], inCode[k as keyof typeof inCode]),
+    );
     // nonceSecret: random at each start unless given.
     assert.deepEqual(differ, ['metricsPort']);
     assert.equal(fromCli.metricsPort, spec('metrics-port').cliDefault);

@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { buildConfig } from '../../src/config/index.js';
 import { BASE, refused } from '../helpers/config.js';
 
-
 describe('config: ops flags', () => {
   it('defaults: no token, no drain-exit, 5 s shutdown, no alternates, no username labels', () => {
     const c = buildConfig(BASE);
@@ -19,7 +18,10 @@ describe('config: ops flags', () => {
   });
 
   it('--alternate-server: ip:port, [ipv6]:port, a bare address (port 3478), comma lists from the environment', () => {
-    const c = buildConfig({ ...BASE, 'alternate-server': ['192.0.2.1:3479', '[2001:db8::1]:5000', '198.51.100.2', '203.0.113.5:1, [2001:db8::2]', '2001:db8::3'] });
+    const c = buildConfig({
+      ...BASE,
+      'alternate-server': ['192.0.2.1:3479', '[2001:db8::1]:5000', '198.51.100.2', '203.0.113.5:1, [2001:db8::2]', '2001:db8::3'],
+    });
     assert.deepEqual(c.alternateServers, [
       { address: '192.0.2.1', port: 3479 },
       { address: '2001:db8::1', port: 5000 },

@@ -18,9 +18,18 @@ function config(extra: Record<string, unknown> = {}) {
 
 describe('open-file limit check', () => {
   it('reads soft and hard "Max open files" from /proc/self/limits (unlimited as Infinity)', () => {
-    assert.deepEqual(readOpenFileLimit(() => LIMITS), { soft: 1024, hard: 524288 });
-    assert.deepEqual(readOpenFileLimit(() => LIMITS.replace('1024                 524288', 'unlimited            unlimited')), { soft: Infinity, hard: Infinity });
-    assert.equal(readOpenFileLimit(() => 'nothing here'), undefined);
+    assert.deepEqual(
+      readOpenFileLimit(() => LIMITS),
+      { soft: 1024, hard: 524288 },
+    );
+    assert.deepEqual(
+      readOpenFileLimit(() => LIMITS.replace('1024                 524288', 'unlimited            unlimited')),
+      { soft: Infinity, hard: Infinity },
+    );
+    assert.equal(
+      readOpenFileLimit(() => 'nothing here'),
+      undefined,
+    );
     assert.equal(
       readOpenFileLimit(() => {
         throw new Error('ENOENT');
@@ -44,7 +53,8 @@ describe('open-file limit check', () => {
   it('warns naming --min-port/--max-port, --relay-ip, --total-quota and --max-tcp-connections when they do not fit', () => {
     const w = openFileLimitWarning(config(), { soft: 1024, hard: 1024 });
     assert.ok(w);
-    for (const flag of ['--min-port 1024', '--max-port 65535', '1 --relay-ip', 'no --total-quota', '--max-tcp-connections', 'ulimit -n', 'LimitNOFILE']) assert.ok(w.message.includes(flag), `${flag} in: ${w.message}`);
+    for (const flag of ['--min-port 1024', '--max-port 65535', '1 --relay-ip', 'no --total-quota', '--max-tcp-connections', 'ulimit -n', 'LimitNOFILE'])
+      assert.ok(w.message.includes(flag), `${flag} in: ${w.message}`);
     const fits = openFileLimitWarning(config({ 'total-quota': 500, 'max-tcp-connections': 100 }), { soft: 1024, hard: 1024 });
     assert.equal(fits, undefined);
     const quota = openFileLimitWarning(config({ 'max-tcp-connections': 100 }), { soft: 1024, hard: 1024 });

@@ -54,7 +54,7 @@ describe('derived keys', () => {
     assert.deepEqual(macOf(nonce), macUnder(deriveKey(secret, NONCE_KEY_LABEL), nonce, CLIENT), 'it is an HMAC under the nonce key');
   });
 
-  it('every node and every worker of a cluster accepts the others\' nonces', () => {
+  it("every node and every worker of a cluster accepts the others' nonces", () => {
     const node = (id: string, mesh: string) =>
       buildConfig({ ...BASE, 'node-id': id, 'redis-url': 'redis://127.0.0.1:6379', 'mesh-address': mesh, 'cluster-secret': CLUSTER_SECRET, workers: 2 });
     const a = node('a', '127.0.0.1:7000');
@@ -62,7 +62,13 @@ describe('derived keys', () => {
     const issuers = [a, b].flatMap((config) => [
       new NonceIssuer(config.nonceSecret, 600_000),
       // The primary hands its workers the secret (random per start unless given); they derive the same key.
-      ...[0, 1].map((index) => new NonceIssuer(workerConfig(config, { type: 'init', index, count: 2, listeningPort: 3478, nonceSecret: config.nonceSecret.toString('hex') }).nonceSecret, 600_000)),
+      ...[0, 1].map(
+        (index) =>
+          new NonceIssuer(
+            workerConfig(config, { type: 'init', index, count: 2, listeningPort: 3478, nonceSecret: config.nonceSecret.toString('hex') }).nonceSecret,
+            600_000,
+          ),
+      ),
     ]);
     for (const issuer of issuers) {
       const nonce = issuer.issue(CLIENT, NOW);
@@ -72,7 +78,13 @@ describe('derived keys', () => {
   });
 
   it('--nonce-secret, when given, keys the nonces (through its own derivation), not --cluster-secret', () => {
-    const config = buildConfig({ ...BASE, 'redis-url': 'redis://127.0.0.1:6379', 'mesh-address': '127.0.0.1:7000', 'cluster-secret': CLUSTER_SECRET, 'nonce-secret': 'a separate nonce secret, 32 bytes' });
+    const config = buildConfig({
+      ...BASE,
+      'redis-url': 'redis://127.0.0.1:6379',
+      'mesh-address': '127.0.0.1:7000',
+      'cluster-secret': CLUSTER_SECRET,
+      'nonce-secret': 'a separate nonce secret, 32 bytes',
+    });
     const nonce = new NonceIssuer(config.nonceSecret, 600_000).issue(CLIENT, NOW);
     assert.equal(new NonceIssuer(Buffer.from('a separate nonce secret, 32 bytes'), 600_000).check(nonce, CLIENT, NOW), 'valid');
     assert.equal(new NonceIssuer(Buffer.from(CLUSTER_SECRET), 600_000).check(nonce, CLIENT, NOW), 'invalid');

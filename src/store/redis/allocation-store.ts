@@ -120,7 +120,10 @@ export class RedisAllocationStore implements AllocationStore {
   }
 
   private warnStep(step: string, key: string, err: unknown): void {
-    this.logger.warn({ step, allocation: key, err: err instanceof Error ? err.message : String(err) }, 'redis store: follow-up step failed; the key TTL will clean up');
+    this.logger.warn(
+      { step, allocation: key, err: err instanceof Error ? err.message : String(err) },
+      'redis store: follow-up step failed; the key TTL will clean up',
+    );
   }
 
   private deletedEventPrefix(key: string, reason: string): string {
@@ -219,7 +222,9 @@ export class RedisAllocationStore implements AllocationStore {
           relayedAddress: stored.relayedAddress,
           relayedPort: stored.relayedPort,
           username: stored.username,
-          ...(hasAdditionalRelay(stored) ? { additionalRelayedAddress: stored.additionalRelayedAddress, additionalRelayedPort: stored.additionalRelayedPort } : {}),
+          ...(hasAdditionalRelay(stored)
+            ? { additionalRelayedAddress: stored.additionalRelayedAddress, additionalRelayedPort: stored.additionalRelayedPort }
+            : {}),
         });
         continue;
       }

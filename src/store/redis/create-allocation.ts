@@ -139,7 +139,17 @@ async function commit(ctx: StoreContext, plan: CreatePlan, undo: CreateUndo): Pr
   const event = JSON.stringify({ type: 'created', record, ownerNodeId: record.ownerNodeId, origin: ctx.origin });
   let committed: unknown;
   try {
-    committed = await CREATE_ALLOC.run(ctx.client, plan.allocKey, recordJson, identityOf(record), JSON.stringify(record.ownerNodeId), plan.ttlMs, nonce, ctx.keys.events, event);
+    committed = await CREATE_ALLOC.run(
+      ctx.client,
+      plan.allocKey,
+      recordJson,
+      identityOf(record),
+      JSON.stringify(record.ownerNodeId),
+      plan.ttlMs,
+      nonce,
+      ctx.keys.events,
+      event,
+    );
   } catch (err) {
     // The reply is lost, not necessarily the write: take the record back first, and
     // only if that worked release the port and quota (else they'd be pulled from

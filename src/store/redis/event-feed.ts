@@ -107,7 +107,10 @@ export class RedisEventFeed {
   private resubscribe(): void {
     if (this.connection.isClosed()) return;
     const { keys, logger } = this.options;
-    logger.warn({ channel: keys.events, resubscriptions: this.watchdog.resubscriptions }, 'redis store: own heartbeat did not come back on the event channel; recreating the subscriber');
+    logger.warn(
+      { channel: keys.events, resubscriptions: this.watchdog.resubscriptions },
+      'redis store: own heartbeat did not come back on the event channel; recreating the subscriber',
+    );
     this.connection.resetSubscriber();
     void this.attachSubscriber();
     try {

@@ -56,7 +56,8 @@ function toRecord(v: unknown): AllocationRecord | undefined {
   if (typeof v.transport !== 'string' || !TRANSPORTS.has(v.transport)) return undefined;
   if (!isObject(v.permissions) || !isObject(v.channels)) return undefined;
   if ((v.additionalRelayedAddress === undefined) !== (v.additionalRelayedPort === undefined)) return undefined;
-  if (v.additionalRelayedAddress !== undefined && (typeof v.additionalRelayedAddress !== 'string' || !isFiniteNumber(v.additionalRelayedPort))) return undefined;
+  if (v.additionalRelayedAddress !== undefined && (typeof v.additionalRelayedAddress !== 'string' || !isFiniteNumber(v.additionalRelayedPort)))
+    return undefined;
   for (const e of Object.values(v.permissions)) if (!isFiniteNumber(e)) return undefined;
   for (const c of Object.values(v.channels)) {
     if (!isObject(c) || typeof c.peerAddress !== 'string' || !isFiniteNumber(c.peerPort) || !isFiniteNumber(c.expiresAtMs)) return undefined;

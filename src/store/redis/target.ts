@@ -55,7 +55,8 @@ export function toTarget(target: string | RedisTarget): RedisTarget {
   if (t.kind === 'url' && !/^rediss?:\/\//i.test(t.url)) {
     throw new Error(`--redis-url must start with redis:// or rediss:// (got ${JSON.stringify(redactUrl(t.url))})`);
   }
-  if (t.kind === 'sentinel' && (t.sentinels.length === 0 || t.name === '')) throw new Error('--redis-sentinel needs at least one host:port and --redis-sentinel-name');
+  if (t.kind === 'sentinel' && (t.sentinels.length === 0 || t.name === ''))
+    throw new Error('--redis-sentinel needs at least one host:port and --redis-sentinel-name');
   if (t.kind === 'cluster' && t.nodes.length === 0) throw new Error('--redis-cluster needs at least one host:port');
   return t;
 }

@@ -34,7 +34,11 @@ export class StreamClientListener {
   private boundPort = 0;
   private closing = false;
 
-  constructor(private readonly options: StreamListenerOptions, private readonly counters: StreamCounters, private readonly hooks: StreamListenerHooks) {
+  constructor(
+    private readonly options: StreamListenerOptions,
+    private readonly counters: StreamCounters,
+    private readonly hooks: StreamListenerHooks,
+  ) {
     if (options.transport === 'tls') {
       if (!options.tls) throw new Error('a TLS listener needs a certificate and a key');
       this.tls = new TlsAcceptor(options.tls, options.idleTimeoutMs + 1000, (socket) => this.onSecured(socket));

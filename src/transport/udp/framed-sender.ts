@@ -25,7 +25,8 @@ export class SendScratch {
     const slot = (length ^ (offset << 3)) & (VIEW_CACHE_SLOTS - 1);
     const byteOffset = this.buffer.byteOffset + offset;
     let view = views[slot];
-    if (view === undefined || view.length !== length || view.byteOffset !== byteOffset) views[slot] = view = new Uint8Array(this.buffer.buffer, byteOffset, length);
+    if (view === undefined || view.length !== length || view.byteOffset !== byteOffset)
+      views[slot] = view = new Uint8Array(this.buffer.buffer, byteOffset, length);
     return view;
   }
 
@@ -49,7 +50,11 @@ export class FramedSender {
   private readonly sender: UdpSender;
 
   /** allowFast false: always through Socket.send (see UdpSender). */
-  constructor(socket: dgram.Socket, private readonly onCongestionDrop: () => void, allowFast = true) {
+  constructor(
+    socket: dgram.Socket,
+    private readonly onCongestionDrop: () => void,
+    allowFast = true,
+  ) {
     this.sender = new UdpSender(socket, allowFast);
   }
 

@@ -21,7 +21,11 @@ export class UdpClientListener implements ClientPath {
   private readonly framed: FramedSender;
   private boundPort = 0;
 
-  constructor(readonly localAddress: string, private readonly requestedPort: number, private readonly hooks: UdpListenerHooks) {
+  constructor(
+    readonly localAddress: string,
+    private readonly requestedPort: number,
+    private readonly hooks: UdpListenerHooks,
+  ) {
     this.socket = createUdpSocket(localAddress, { recvBufferSize: SOCKET_BUFFER_BYTES, sendBufferSize: SOCKET_BUFFER_BYTES });
     this.framed = new FramedSender(this.socket, hooks.onCongestionDrop);
   }

@@ -30,7 +30,14 @@ class UdpRelaySocket implements RelaySocket {
     // is copied to the scratch, whose views are cached: a view of the part would be an
     // object per packet. The whole of one, or anything the fast path does not take, goes as
     // it is (a queued send may keep it: nobody changes a received datagram).
-    if (!sender.fast || (offset === 0 && length === payload.length) || payload.length > scratch.buffer.length || offset < 0 || length < 0 || offset + length > payload.length) {
+    if (
+      !sender.fast ||
+      (offset === 0 && length === payload.length) ||
+      payload.length > scratch.buffer.length ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > payload.length
+    ) {
       sender.sendUnchanging(payload, offset, length, port, address);
       return;
     }
@@ -72,7 +79,10 @@ export class UdpRelayFactory implements RelaySocketFactory {
   private readonly ports = new Map<string, AddressPorts>();
   private reserve: number[] = [];
 
-  constructor(private readonly onError: (err: Error) => void, private readonly reserveCount = RESERVED_DESCRIPTORS) {
+  constructor(
+    private readonly onError: (err: Error) => void,
+    private readonly reserveCount = RESERVED_DESCRIPTORS,
+  ) {
     this.takeReserve();
   }
 

@@ -89,7 +89,10 @@ export class Replication {
       additional = undefined;
       table.add(listener, allocation);
       o.counters.allocationsAdopted++;
-      o.logger.debug({ event: 'allocation_adopted', allocation: current.key, relayed: `${current.relayedAddress}:${current.relayedPort}`, user: current.username }, 'allocation adopted');
+      o.logger.debug(
+        { event: 'allocation_adopted', allocation: current.key, relayed: `${current.relayedAddress}:${current.relayedPort}`, user: current.username },
+        'allocation adopted',
+      );
       return true;
     } catch (err) {
       o.counters.replicaFailures++;

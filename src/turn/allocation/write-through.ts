@@ -88,7 +88,13 @@ export class WriteThrough {
     this.o.counters.allocationsDeleted++;
     allocation.closeRelays();
     this.o.logger.info(
-      { event: 'allocation_deleted', client: `${allocation.clientAddress}:${allocation.clientPort}`, relayed: `${allocation.relay.address}:${allocation.relay.port}`, user: allocation.username, reason },
+      {
+        event: 'allocation_deleted',
+        client: `${allocation.clientAddress}:${allocation.clientPort}`,
+        relayed: `${allocation.relay.address}:${allocation.relay.port}`,
+        user: allocation.username,
+        reason,
+      },
       'allocation deleted',
     );
     if (!writeStore) return;

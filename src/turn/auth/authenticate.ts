@@ -4,14 +4,7 @@
 // answer. Answers to requests not yet authenticated are rate limited per source
 // (rate-limit.ts): over UDP their source may be spoofed.
 
-import {
-  MAX_NONCE_BYTES,
-  MAX_REALM_BYTES,
-  MAX_USERNAME_BYTES,
-  decodePasswordAlgorithm,
-  decodeText,
-  isKnownPasswordAlgorithm,
-} from '../../stun/attributes.js';
+import { MAX_NONCE_BYTES, MAX_REALM_BYTES, MAX_USERNAME_BYTES, decodePasswordAlgorithm, decodeText, isKnownPasswordAlgorithm } from '../../stun/attributes.js';
 import { Attr, ErrorCode, PasswordAlgorithm, methodName } from '../../stun/constants.js';
 import { verifyIntegritySha1, verifyIntegritySha256 } from '../../stun/integrity.js';
 import { type StunMessage, getAttribute } from '../../stun/message.js';
@@ -105,7 +98,8 @@ export class Authenticator {
     const nonce = decodeText(nonceValue, MAX_NONCE_BYTES);
     let username = usernameValue ? decodeText(usernameValue, MAX_USERNAME_BYTES) : undefined;
     if (!username && userhashValue) username = userhashValue.length === 32 ? credentials.usernameForUserhash(userhashValue) : undefined;
-    if (realm === undefined || nonce === undefined || (usernameValue && username === undefined)) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
+    if (realm === undefined || nonce === undefined || (usernameValue && username === undefined))
+      return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
 
     let algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5;
     const algorithmValue = getAttribute(message, Attr.PasswordAlgorithm);

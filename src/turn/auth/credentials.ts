@@ -14,9 +14,7 @@ export interface CredentialOptions {
   readonly authSecrets: readonly string[];
 }
 
-export type KeyLookup =
-  | { readonly ok: true; readonly keys: readonly Buffer[] }
-  | { readonly ok: false; readonly reason: 'unknown-user' | 'expired' };
+export type KeyLookup = { readonly ok: true; readonly keys: readonly Buffer[] } | { readonly ok: false; readonly reason: 'unknown-user' | 'expired' };
 
 export class CredentialStore {
   readonly realm: string;

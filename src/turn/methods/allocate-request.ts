@@ -2,13 +2,7 @@
 // against RFC 8656 §7.2 before any port is bound or any state changes. Pure: no
 // sockets, no store, no clock; a bad request throws the TurnError it is answered with.
 
-import {
-  decodeAddressFamily,
-  decodeEvenPort,
-  decodeRequestedTransport,
-  decodeReservationToken,
-  decodeUint32,
-} from '../../stun/attributes.js';
+import { decodeAddressFamily, decodeEvenPort, decodeRequestedTransport, decodeReservationToken, decodeUint32 } from '../../stun/attributes.js';
 import { AddressFamily, Attr, ErrorCode, TRANSPORT_UDP } from '../../stun/constants.js';
 import { type StunMessage, getAttribute } from '../../stun/message.js';
 import { TurnError } from '../errors.js';

@@ -46,7 +46,15 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
   ctx.table.pending.add(key);
   try {
     const now = ctx.o.clock.now();
-    const seed: AllocationSeed = { key, clientAddress: address, clientPort: port, username: r.auth.username, realm: ctx.o.credentials.realm, createdAtMs: now, expiresAtMs: now + request.lifetimeSeconds * 1000 };
+    const seed: AllocationSeed = {
+      key,
+      clientAddress: address,
+      clientPort: port,
+      username: r.auth.username,
+      realm: ctx.o.credentials.realm,
+      createdAtMs: now,
+      expiresAtMs: now + request.lifetimeSeconds * 1000,
+    };
     let allocation: Allocation | undefined;
     const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
       if (allocation) ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort);
@@ -145,7 +153,10 @@ export class CapacityRefusals {
     this.unlogged++;
     const now = this.o.clock.now();
     if (now - this.loggedAtMs < REFUSAL_LOG_INTERVAL_MS) return;
-    this.o.logger.warn({ refused: this.unlogged, reason, allocations: this.allocations(), sinceMs: Number.isFinite(this.loggedAtMs) ? now - this.loggedAtMs : undefined }, 'Allocates refused for capacity');
+    this.o.logger.warn(
+      { refused: this.unlogged, reason, allocations: this.allocations(), sinceMs: Number.isFinite(this.loggedAtMs) ? now - this.loggedAtMs : undefined },
+      'Allocates refused for capacity',
+    );
     this.loggedAtMs = now;
     this.unlogged = 0;
   }

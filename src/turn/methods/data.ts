@@ -41,7 +41,16 @@ export class PeerData {
       // 2. A channel bound to the peer: ChannelData (§12.7), padded to 4 bytes on streams (§12.5).
       if (length > CHANNEL_DATA_MAX_LENGTH) return this.drop('too_large');
       writeChannelDataHeader(this.channelHead, 0, binding.number, length);
-      path.sendFramed(this.channelHead, CHANNEL_DATA_HEADER_LENGTH, payload, 0, length, path.transport !== 'udp', allocation.clientPort, allocation.clientAddress);
+      path.sendFramed(
+        this.channelHead,
+        CHANNEL_DATA_HEADER_LENGTH,
+        payload,
+        0,
+        length,
+        path.transport !== 'udp',
+        allocation.clientPort,
+        allocation.clientAddress,
+      );
     } else {
       // 3. Otherwise a Data indication with XOR-PEER-ADDRESS and DATA (§11.3).
       // RFC 8489 §5: the message length is 16 bits; a datagram close to 64 KiB does not fit

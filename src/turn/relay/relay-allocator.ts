@@ -67,7 +67,14 @@ export class RelayAllocator {
    * store. `request.additionalError` set means the IPv6 half is not even tried.
    */
   async claim(seed: AllocationSeed, transactionId: string, path: ClientPath, request: AllocateRequest, onPacket: PeerPacketHandler): Promise<Claim> {
-    const a: Attempt = { relay: undefined, additional: undefined, reservedToken: undefined, additionalError: request.additionalError, additionalClashes: 0, budget: newBindBudget() };
+    const a: Attempt = {
+      relay: undefined,
+      additional: undefined,
+      reservedToken: undefined,
+      additionalError: request.additionalError,
+      additionalClashes: 0,
+      budget: newBindBudget(),
+    };
     try {
       if (request.wantsDual && a.additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
         const extra = await this.ports.bindInFamily(true, false, false, onPacket, a.budget);
@@ -81,7 +88,13 @@ export class RelayAllocator {
       let relayRefusal: RelayRefusal | undefined;
       for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
         if (!a.relay) {
-          const bound = await this.ports.bindInFamily(request.family === AddressFamily.IPv6, request.evenPort !== undefined, request.evenPort?.reserveNext ?? false, onPacket, a.budget);
+          const bound = await this.ports.bindInFamily(
+            request.family === AddressFamily.IPv6,
+            request.evenPort !== undefined,
+            request.evenPort?.reserveNext ?? false,
+            onPacket,
+            a.budget,
+          );
           if (isRelayRefusal(bound)) {
             relayRefusal = bound;
             break;
@@ -104,9 +117,17 @@ export class RelayAllocator {
   }
 
   /** One store claim with the sockets bound so far; 'retry' after a port clash, 'give-up' when the budget is spent. */
-  private async claimOnce(seed: AllocationSeed, transactionId: string, path: ClientPath, request: AllocateRequest, a: Attempt, relay: RelaySocket, onPacket: PeerPacketHandler): Promise<Claim | 'retry' | 'give-up'> {
+  private async claimOnce(
+    seed: AllocationSeed,
+    transactionId: string,
+    path: ClientPath,
+    request: AllocateRequest,
+    a: Attempt,
+    relay: RelaySocket,
+    onPacket: PeerPacketHandler,
+  ): Promise<Claim | 'retry' | 'give-up'> {
     const candidate = new Allocation(seed, path, { relay, additional: a.additional }, transactionId);
-    let outcome;
+    let outcome: Awaited<ReturnType<AllocationStore['create']>>;
     try {
       outcome = await this.o.store.create(candidate.toRecord(this.o.nodeId), { userQuota: this.o.userQuota });
     } catch (err) {

@@ -100,7 +100,13 @@ export class RelayPorts {
   }
 
   /** Binds a relay socket on one of the family's relay addresses, starting from a random one. */
-  async bindInFamily(ipv6: boolean, even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget = newBindBudget()): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+  async bindInFamily(
+    ipv6: boolean,
+    even: boolean,
+    reserveNext: boolean,
+    onPacket: OnPacket,
+    budget: BindBudget = newBindBudget(),
+  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
     const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
     if (first === undefined) return PORTS_REFUSED;
     // Out of descriptors: every bind would fail the same way. Answer at once; expire() probes.
@@ -129,14 +135,23 @@ export class RelayPorts {
       if (this.unavailableCode === undefined) {
         this.unavailableCode = r.code;
         this.unavailableAddress = address;
-        this.o.logger?.warn({ code: r.code, address, port }, 'relay sockets cannot be opened: new Allocates get 508 at once until a probe binds again (checked every second)');
+        this.o.logger?.warn(
+          { code: r.code, address, port },
+          'relay sockets cannot be opened: new Allocates get 508 at once until a probe binds again (checked every second)',
+        );
       }
     }
     return r;
   }
 
   /** Binds a relay socket on a random port (even when asked); with reserveNext also holds port+1 under a token. */
-  private async bind(address: string, even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+  private async bind(
+    address: string,
+    even: boolean,
+    reserveNext: boolean,
+    onPacket: OnPacket,
+    budget: BindBudget,
+  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
     const tried = new Set<number>();
     while (budget.collisions > 0) {
       const port = this.pickPort(address, even, reserveNext, tried);
@@ -216,7 +231,9 @@ export class RelayPorts {
    * (the range is full here); checked for /readyz, never per packet.
    */
   rangeFull(): boolean {
-    const addresses = [this.o.relayAddressIPv4, ...(this.o.relayPoolIPv4 ?? []), this.o.relayAddressIPv6, ...(this.o.relayPoolIPv6 ?? [])].filter((a): a is string => a !== undefined);
+    const addresses = [this.o.relayAddressIPv4, ...(this.o.relayPoolIPv4 ?? []), this.o.relayAddressIPv6, ...(this.o.relayPoolIPv6 ?? [])].filter(
+      (a): a is string => a !== undefined,
+    );
     if (addresses.length === 0) return false;
     return addresses.every((address) => this.pickPort(address, false, false, EMPTY) === undefined);
   }
@@ -225,7 +242,7 @@ export class RelayPorts {
   async redeem(token: Buffer, onPacket: OnPacket): Promise<RelaySocket | undefined> {
     const hex = token.toString('hex');
     const held = this.reservations.get(hex);
-    let port;
+    let port: Awaited<ReturnType<AllocationStore['takeReservation']>>;
     try {
       port = await this.o.store.takeReservation(hex);
     } catch {

@@ -34,7 +34,9 @@ async function harness(o: { lookupsPerSecond: number; maxCached?: number }) {
   const listener = new EngineListener(new FakeClientPath('udp', '192.0.2.1', 3478));
   /** An allocation of REROUTED's 5-tuple on node-b, as a reroute finds it. */
   const remoteClient = async (port: number): Promise<void> => {
-    const record = recordFactory({ clientAddress: REROUTED, relayedAddress: '192.0.2.200', firstClientPort: port, firstRelayPort: 50000 + port }).newRecord({ ownerNodeId: 'node-b' });
+    const record = recordFactory({ clientAddress: REROUTED, relayedAddress: '192.0.2.200', firstClientPort: port, firstRelayPort: 50000 + port }).newRecord({
+      ownerNodeId: 'node-b',
+    });
     const created = await store.create({ ...record, createdAtMs: clock.now(), expiresAtMs: clock.now() + 3_600_000 }, { userQuota: 0 });
     assert.ok(created.ok);
   };

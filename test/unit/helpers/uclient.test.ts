@@ -40,7 +40,10 @@ describe('uclientChannelCollision', () => {
     }
     // An earlier session that went through, and an ignored stale response, change nothing.
     const earlier = session(['0: : success: 0x4a52', '0: : success: 0x4a52', '0: : success: 0x72b2', '0: : success: 0x72b2']);
-    const output = [...earlier, ...session(['0: : success: 0x5234', '0: : Received wrong response tid; trying again...\n0: : success: 0x5234', ANYTURN_ERROR])].join('\n');
+    const output = [
+      ...earlier,
+      ...session(['0: : success: 0x5234', '0: : Received wrong response tid; trying again...\n0: : success: 0x5234', ANYTURN_ERROR]),
+    ].join('\n');
     assert.ok(uclientChannelCollision(output));
   });
 

@@ -10,13 +10,32 @@ import { formatIPv4, formatIPv6, parseIPv4, parseIPv6, parseIPv6Into } from '../
 import { mulberry32, SeededRandom } from '../../helpers/random.js';
 
 const ITERATIONS = 20_000;
-const SEED = process.env['STUN_FUZZ_SEED'] !== undefined ? Number(process.env['STUN_FUZZ_SEED']) >>> 0 : 0x5eed5eed;
+const SEED = process.env.STUN_FUZZ_SEED !== undefined ? Number(process.env.STUN_FUZZ_SEED) >>> 0 : 0x5eed5eed;
 const seedText = `0x${SEED.toString(16)}`;
 const Random = SeededRandom;
 
 test('IPv4 text: parse/format agree with net.isIPv4', () => {
-  const table = ['0.0.0.0', '1.2.3.4', '10.0.0.1', '192.168.100.200', '255.255.255.255', '256.0.0.1', '1.2.3', '1.2.3.4.5', '01.2.3.4', '1.2.3.04',
-    '1..2.3', '.1.2.3', '1.2.3.', '', 'a.b.c.d', '1.2.3.4 ', '1000.1.1.1', '0.0.0.00', '1.2.3.-4'];
+  const table = [
+    '0.0.0.0',
+    '1.2.3.4',
+    '10.0.0.1',
+    '192.168.100.200',
+    '255.255.255.255',
+    '256.0.0.1',
+    '1.2.3',
+    '1.2.3.4.5',
+    '01.2.3.4',
+    '1.2.3.04',
+    '1..2.3',
+    '.1.2.3',
+    '1.2.3.',
+    '',
+    'a.b.c.d',
+    '1.2.3.4 ',
+    '1000.1.1.1',
+    '0.0.0.00',
+    '1.2.3.-4',
+  ];
   for (const text of table) {
     const parsed = parseIPv4(text);
     assert.equal(parsed >= 0, net.isIPv4(text), JSON.stringify(text));
@@ -27,9 +46,38 @@ test('IPv4 text: parse/format agree with net.isIPv4', () => {
 });
 
 test('IPv6 text: parseIPv6 accepts exactly what net.isIPv6 accepts', () => {
-  const table = ['::', '::1', '1::', '1:2:3:4:5:6:7:8', '1:2:3:4:5:6:7::', '::2:3:4:5:6:7:8', '1:2:3:4:5:6:7:8:9', '1::2::3', ':::', ':', '1:', ':1',
-    '::ffff:1.2.3.4', '::1.2.3.4', '1:2:3:4:5:6:1.2.3.4', '1:2:3:4:5:6:7:1.2.3.4', '1.2.3.4::', '1.2.3.4::1', 'ab:1.2.3.4::', '::1.2.3', '::1.2.3.04',
-    '::ffff:256.1.1.1', '12345::', '::g', 'fe80::1%eth0', '2001:DB8::A', '0:0:0:0:0:0:0:0', '::0:0', ' ::1', '1:2:3:4:5:6:7:8%1'];
+  const table = [
+    '::',
+    '::1',
+    '1::',
+    '1:2:3:4:5:6:7:8',
+    '1:2:3:4:5:6:7::',
+    '::2:3:4:5:6:7:8',
+    '1:2:3:4:5:6:7:8:9',
+    '1::2::3',
+    ':::',
+    ':',
+    '1:',
+    ':1',
+    '::ffff:1.2.3.4',
+    '::1.2.3.4',
+    '1:2:3:4:5:6:1.2.3.4',
+    '1:2:3:4:5:6:7:1.2.3.4',
+    '1.2.3.4::',
+    '1.2.3.4::1',
+    'ab:1.2.3.4::',
+    '::1.2.3',
+    '::1.2.3.04',
+    '::ffff:256.1.1.1',
+    '12345::',
+    '::g',
+    'fe80::1%eth0',
+    '2001:DB8::A',
+    '0:0:0:0:0:0:0:0',
+    '::0:0',
+    ' ::1',
+    '1:2:3:4:5:6:7:8%1',
+  ];
   for (const text of table) assert.equal(parseIPv6(text) !== undefined, net.isIPv6(text), JSON.stringify(text));
   // Structured random texts: groups, '::' and dotted parts in random places.
   const rand = mulberry32(0x1b6);
@@ -80,8 +128,11 @@ test('IPv6 text: formatIPv6 prints what Node prints (inet_ntop, as in rinfo.addr
   for (let i = 0; i < 20000; i++) {
     for (let j = 0; j < 16; j++) bytes[1 + j] = rand() < 0.55 ? 0 : Math.floor(rand() * 256);
     const shape = rand();
-    if (shape < 0.1) { bytes.fill(0, 1, 11); bytes[11] = 0xff; bytes[12] = 0xff; }
-    else if (shape < 0.2) bytes.fill(0, 1, 13);
+    if (shape < 0.1) {
+      bytes.fill(0, 1, 11);
+      bytes[11] = 0xff;
+      bytes[12] = 0xff;
+    } else if (shape < 0.2) bytes.fill(0, 1, 13);
     const text = formatIPv6(bytes, 1);
     const groups: string[] = [];
     for (let j = 0; j < 8; j++) groups.push(((bytes[1 + j * 2]! << 8) | bytes[2 + j * 2]!).toString(16));
@@ -89,7 +140,6 @@ test('IPv6 text: formatIPv6 prints what Node prints (inet_ntop, as in rinfo.addr
     assert.deepEqual(parseIPv6(text), bytes.subarray(1, 17), `re-parses: ${text}`);
   }
 });
-
 
 test(`fuzz: address text parsers are total and canonical (seed ${seedText})`, () => {
   const rnd = new Random(SEED ^ 0x27d4eb2f);

@@ -170,7 +170,10 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreUnd
           const input = s.dual();
           assert.deepEqual(await mustCreate(store, input), { ...input, version: 1 });
           assert.deepEqual(await store.get(input.key), { ...input, version: 1 });
-          assert.deepEqual((await store.listAllocations()).find((r) => r.key === input.key), { ...input, version: 1 });
+          assert.deepEqual(
+            (await store.listAllocations()).find((r) => r.key === input.key),
+            { ...input, version: 1 },
+          );
           await waitFor(() => events.length === 1, 'the created event');
           assert.deepEqual(events[0], { type: 'created', record: { ...input, version: 1 } });
         } finally {

@@ -5,12 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import {
-  addressValueLength,
-  decodeAddress,
-  familyOf,
-  writeAddress,
-} from '../../../src/stun/address.js';
+import { addressValueLength, decodeAddress, familyOf, writeAddress } from '../../../src/stun/address.js';
 import {
   MAX_NONCE_BYTES,
   MAX_USERNAME_BYTES,
@@ -215,13 +210,20 @@ test('addresses: malformed values and texts are refused', () => {
 test('addresses in a message: several XOR-PEER-ADDRESS, XOR-RELAYED-ADDRESS, MAPPED-ADDRESS', () => {
   const peers = ['192.0.2.10', '2001:db8::10', '198.51.100.7'];
   const w = new MessageWriter(Method.CreatePermission, MessageClass.Request, TID);
-  peers.forEach((p, i) => w.addXorAddress(Attr.XorPeerAddress, p, 1000 + i));
+  for (const [i, p] of peers.entries()) w.addXorAddress(Attr.XorPeerAddress, p, 1000 + i);
   w.addXorAddress(Attr.XorRelayedAddress, '2001:db8::99', 50000);
   w.addAddress(Attr.MappedAddress, '203.0.113.5', 4000);
   const message = decodeOk(w.toBuffer());
   const decoded = getAttributes(message, Attr.XorPeerAddress).map((v) => decodeAddress(v, message.transactionId));
-  assert.deepEqual(decoded, peers.map((address, i) => ({ family: familyOf(address), address, port: 1000 + i })));
-  assert.deepEqual(decodeAddress(getAttribute(message, Attr.XorRelayedAddress)!, message.transactionId), { family: AddressFamily.IPv6, address: '2001:db8::99', port: 50000 });
+  assert.deepEqual(
+    decoded,
+    peers.map((address, i) => ({ family: familyOf(address), address, port: 1000 + i })),
+  );
+  assert.deepEqual(decodeAddress(getAttribute(message, Attr.XorRelayedAddress)!, message.transactionId), {
+    family: AddressFamily.IPv6,
+    address: '2001:db8::99',
+    port: 50000,
+  });
   assert.deepEqual(decodeAddress(getAttribute(message, Attr.MappedAddress)!), { family: AddressFamily.IPv4, address: '203.0.113.5', port: 4000 });
   assert.equal(getAttribute(message, Attr.Data), undefined);
 });
@@ -296,7 +298,11 @@ test('UNKNOWN-ATTRIBUTES', () => {
   }
   assert.equal(decodeUnknownAttributes(Buffer.alloc(3)), undefined);
   // Odd counts are padded on the wire; the value length says how many there are.
-  const message = decodeOk(new MessageWriter(Method.Allocate, MessageClass.ErrorResponse, TID).add(Attr.UnknownAttributes, encodeUnknownAttributes([0x0031, 0x0032, 0x0033])).toBuffer());
+  const message = decodeOk(
+    new MessageWriter(Method.Allocate, MessageClass.ErrorResponse, TID)
+      .add(Attr.UnknownAttributes, encodeUnknownAttributes([0x0031, 0x0032, 0x0033]))
+      .toBuffer(),
+  );
   assert.deepEqual(decodeUnknownAttributes(getAttribute(message, Attr.UnknownAttributes)!), [0x0031, 0x0032, 0x0033]);
 });
 
@@ -326,9 +332,12 @@ test('REQUESTED-/ADDITIONAL-ADDRESS-FAMILY', () => {
     assert.equal(decodeAddressFamily(encoded), family);
   }
   assert.equal(decodeAddressFamily(Buffer.from([1, 0])), undefined);
-  const message = decodeOk(new MessageWriter(Method.Allocate, MessageClass.Request, TID)
-    .add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv6))
-    .add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6)).toBuffer());
+  const message = decodeOk(
+    new MessageWriter(Method.Allocate, MessageClass.Request, TID)
+      .add(Attr.RequestedAddressFamily, encodeAddressFamily(AddressFamily.IPv6))
+      .add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6))
+      .toBuffer(),
+  );
   assert.equal(decodeAddressFamily(getAttribute(message, Attr.RequestedAddressFamily)!), AddressFamily.IPv6);
   assert.equal(decodeAddressFamily(getAttribute(message, Attr.AdditionalAddressFamily)!), AddressFamily.IPv6);
 });
@@ -364,7 +373,10 @@ test('PASSWORD-ALGORITHM(S) (RFC 8489 §14.11, §14.12)', () => {
   assert.deepEqual(decodePasswordAlgorithm(encodePasswordAlgorithm(PasswordAlgorithm.MD5)), { algorithm: 1, parameters: Buffer.alloc(0) });
   const list = encodePasswordAlgorithms([PasswordAlgorithm.SHA256, PasswordAlgorithm.MD5]);
   assert.deepEqual(list, Buffer.from([0, 2, 0, 0, 0, 1, 0, 0]));
-  assert.deepEqual(decodePasswordAlgorithms(list)?.map((e) => e.algorithm), [2, 1]);
+  assert.deepEqual(
+    decodePasswordAlgorithms(list)?.map((e) => e.algorithm),
+    [2, 1],
+  );
   assert.equal(decodePasswordAlgorithm(list), undefined, 'PASSWORD-ALGORITHM holds exactly one');
   assert.deepEqual(decodePasswordAlgorithms(Buffer.alloc(0)), []);
   // Parameters are padded to four bytes; the length field says how many count.
@@ -382,7 +394,12 @@ test('PASSWORD-ALGORITHM(S) (RFC 8489 §14.11, §14.12)', () => {
 });
 
 test('ICMP (RFC 8656 §18.14)', () => {
-  for (const [type, code, data] of [[3, 4, 1280], [0, 0, 0], [255, 255, 0xffffffff], [11, 0, 0x80000000]] as const) {
+  for (const [type, code, data] of [
+    [3, 4, 1280],
+    [0, 0, 0],
+    [255, 255, 0xffffffff],
+    [11, 0, 0x80000000],
+  ] as const) {
     const encoded = encodeIcmp(type, code, data);
     assert.equal(encoded.length, 8);
     assert.equal(encoded.readUInt16BE(0), 0, 'reserved');
@@ -448,7 +465,9 @@ test('MESSAGE-INTEGRITY and -SHA256 written by the writer verify; truncated SHA-
     out.writeUInt16BE(out.length - 20, 2);
     out.writeUInt16BE(Attr.MessageIntegritySha256, prefix.length);
     out.writeUInt16BE(length, prefix.length + 2);
-    computeIntegrity(out, prefix.length, KEY, 'sha256', length).subarray(0, length).copy(out, prefix.length + 4);
+    computeIntegrity(out, prefix.length, KEY, 'sha256', length)
+      .subarray(0, length)
+      .copy(out, prefix.length + 4);
     const valid = length >= 16 && length <= 32 && length % 4 === 0;
     assert.equal(verifyIntegritySha256(out, prefix.length, KEY), valid, `length ${length}`);
   }
@@ -467,7 +486,10 @@ test('attributes after MESSAGE-INTEGRITY are ignored, except MESSAGE-INTEGRITY-S
     .addFingerprint()
     .toBuffer();
   const message = decodeOk(buf);
-  assert.deepEqual(message.attributes.map((a) => a.type), [Attr.Software, Attr.MessageIntegrity, Attr.MessageIntegritySha256, Attr.Fingerprint]);
+  assert.deepEqual(
+    message.attributes.map((a) => a.type),
+    [Attr.Software, Attr.MessageIntegrity, Attr.MessageIntegritySha256, Attr.Fingerprint],
+  );
   assert.equal(getAttribute(message, Attr.Lifetime), undefined);
   assert.equal(getAttribute(message, Attr.Username), undefined);
   assert.equal(getAttribute(message, Attr.Data), undefined);
@@ -480,13 +502,23 @@ test('attributes after MESSAGE-INTEGRITY are ignored, except MESSAGE-INTEGRITY-S
   const twice = new MessageWriter(Method.Binding, MessageClass.Request, TID).addIntegrity(KEY).addIntegrity(Buffer.from('x')).toBuffer();
   const m2 = decodeOk(twice);
   assert.equal(m2.integrityOffset, 20);
-  assert.deepEqual(m2.attributes.map((a) => a.type), [Attr.MessageIntegrity]);
+  assert.deepEqual(
+    m2.attributes.map((a) => a.type),
+    [Attr.MessageIntegrity],
+  );
   assert.equal(verifyIntegritySha1(twice, m2.integrityOffset, KEY), true);
 
   // Only FINGERPRINT counts after MESSAGE-INTEGRITY-SHA256 (§14.6).
-  const sha = new MessageWriter(Method.Binding, MessageClass.Request, TID).addIntegritySha256(KEY).addIntegrity(KEY).add(Attr.Lifetime, encodeUint32(1)).toBuffer();
+  const sha = new MessageWriter(Method.Binding, MessageClass.Request, TID)
+    .addIntegritySha256(KEY)
+    .addIntegrity(KEY)
+    .add(Attr.Lifetime, encodeUint32(1))
+    .toBuffer();
   const m3 = decodeOk(sha);
-  assert.deepEqual(m3.attributes.map((a) => a.type), [Attr.MessageIntegritySha256]);
+  assert.deepEqual(
+    m3.attributes.map((a) => a.type),
+    [Attr.MessageIntegritySha256],
+  );
   assert.equal(m3.integrityOffset, -1);
 });
 
@@ -514,12 +546,30 @@ test('framing: length, overflow, not STUN', () => {
   const good = new MessageWriter(Method.Binding, MessageClass.Request, TID).addText(Attr.Software, 'hello').toBuffer();
   assert.equal(good.length, 20 + 12);
   assert.equal(decodeMessage(good).ok, true);
-  const edit = (f: (b: Buffer) => void): Buffer => { const b = Buffer.from(good); f(b); return b; };
+  const edit = (f: (b: Buffer) => void): Buffer => {
+    const b = Buffer.from(good);
+    f(b);
+    return b;
+  };
 
   assert.deepEqual(decodeMessage(good.subarray(0, 19)), { ok: false, reason: 'too-short' });
   assert.deepEqual(decodeMessage(Buffer.alloc(0)), { ok: false, reason: 'too-short' });
-  assert.deepEqual(decodeMessage(edit((b) => { b[0]! |= 0x80; })), { ok: false, reason: 'not-stun' });
-  assert.deepEqual(decodeMessage(edit((b) => { b[0]! |= 0x40; })), { ok: false, reason: 'not-stun' });
+  assert.deepEqual(
+    decodeMessage(
+      edit((b) => {
+        b[0]! |= 0x80;
+      }),
+    ),
+    { ok: false, reason: 'not-stun' },
+  );
+  assert.deepEqual(
+    decodeMessage(
+      edit((b) => {
+        b[0]! |= 0x40;
+      }),
+    ),
+    { ok: false, reason: 'not-stun' },
+  );
   // Length not a multiple of 4.
   for (const length of [9, 10, 11, 13]) {
     const b = Buffer.concat([good.subarray(0, 20), Buffer.alloc(length)]);
@@ -539,7 +589,14 @@ test('framing: length, overflow, not STUN', () => {
   tail.writeUInt16BE(tail.length - 20, 2);
   assert.deepEqual(decodeMessage(tail), { ok: false, reason: 'attribute-overflow' });
   // Padding that is not zero is accepted (RFC 5769 pads with spaces).
-  assert.equal(decodeMessage(edit((b) => { b[31] = 0x20; })).ok, true);
+  assert.equal(
+    decodeMessage(
+      edit((b) => {
+        b[31] = 0x20;
+      }),
+    ).ok,
+    true,
+  );
   // A header with no attributes.
   assert.equal(decodeMessage(Buffer.from(good.subarray(0, 20)).fill(0, 2, 4)).ok, true);
 });

@@ -46,7 +46,7 @@ import {
 import { SeededRandom } from '../../helpers/random.js';
 
 const ITERATIONS = 20_000;
-const SEED = process.env['STUN_FUZZ_SEED'] !== undefined ? Number(process.env['STUN_FUZZ_SEED']) >>> 0 : 0x5eed5eed;
+const SEED = process.env.STUN_FUZZ_SEED !== undefined ? Number(process.env.STUN_FUZZ_SEED) >>> 0 : 0x5eed5eed;
 const seedText = `0x${SEED.toString(16)}`;
 
 const Random = SeededRandom;
@@ -98,10 +98,7 @@ function corpus(): Buffer[] {
       .addIntegritySha256(KEY)
       .addFingerprint()
       .toBuffer(),
-    w(Method.Send, MessageClass.Indication)
-      .addXorAddress(Attr.XorPeerAddress, '192.0.2.7', 4000)
-      .add(Attr.Data, Buffer.from('some payload bytes!'))
-      .toBuffer(),
+    w(Method.Send, MessageClass.Indication).addXorAddress(Attr.XorPeerAddress, '192.0.2.7', 4000).add(Attr.Data, Buffer.from('some payload bytes!')).toBuffer(),
     w(Method.Data, MessageClass.Indication)
       .addXorAddress(Attr.XorPeerAddress, '2001:db8::7', 4000)
       .add(Attr.Icmp, encodeIcmp(3, 4, 1280))
@@ -225,7 +222,10 @@ test(`fuzz: ${ITERATIONS} random buffers never make decodeMessage throw (seed ${
       const body: Buffer[] = [];
       const count = rnd.int(8);
       for (let k = 0; k < count; k++) {
-        if (shape === 1) { body.push(rnd.bytes(4 * rnd.int(12))); continue; }
+        if (shape === 1) {
+          body.push(rnd.bytes(4 * rnd.int(12)));
+          continue;
+        }
         const type = rnd.chance(0.8) ? rnd.pick(KNOWN_TYPES) : rnd.int(0x10000);
         const length = rnd.chance(0.8) ? rnd.int(40) : rnd.int(0x10000);
         const value = rnd.bytes(Math.min(length, 40));
@@ -265,43 +265,56 @@ test(`fuzz: ${ITERATIONS} mutations of valid messages never make decodeMessage t
     const rounds = 1 + (rnd.chance(0.3) ? rnd.int(3) : 0);
     for (let r = 0; r < rounds; r++) {
       switch (rnd.int(9)) {
-        case 0: { // bit flips
+        case 0: {
+          // bit flips
           for (let k = 1 + rnd.int(4); k > 0; k--) buf[rnd.int(buf.length)]! ^= 1 << rnd.int(8);
           break;
         }
         case 1: // truncation
           buf = buf.subarray(0, rnd.int(buf.length + 1));
           break;
-        case 2: { // truncation to a 4-byte boundary with the length fixed up
+        case 2: {
+          // truncation to a 4-byte boundary with the length fixed up
           const cut = HEADER_LENGTH + 4 * rnd.int((buf.length - HEADER_LENGTH) / 4 + 1);
           buf = Buffer.from(buf.subarray(0, Math.min(cut, buf.length)));
           if (buf.length >= 4) buf.writeUInt16BE(Math.max(0, buf.length - HEADER_LENGTH), 2);
           break;
         }
         case 3: // length field edits
-          if (buf.length >= 4) buf.writeUInt16BE(rnd.pick([0, 4, buf.length, buf.length - 20 + 4, buf.length - 20 - 4, (buf.length - 20 + 1) & 0xffff, rnd.int(0x10000)]) & 0xffff, 2);
+          if (buf.length >= 4)
+            buf.writeUInt16BE(
+              rnd.pick([0, 4, buf.length, buf.length - 20 + 4, buf.length - 20 - 4, (buf.length - 20 + 1) & 0xffff, rnd.int(0x10000)]) & 0xffff,
+              2,
+            );
           break;
-        case 4: { // attribute length edits
+        case 4: {
+          // attribute length edits
           const at = attrs.length ? rnd.pick(attrs) : -1;
           if (at >= 0 && at + 4 <= buf.length) {
             const length = buf.readUInt16BE(at + 2);
-            buf.writeUInt16BE(rnd.pick([0, 1, 3, 4, 0xffff, length + 1, length + 4, Math.max(0, length - 1), Math.max(0, length - 4), rnd.int(0x10000)]) & 0xffff, at + 2);
+            buf.writeUInt16BE(
+              rnd.pick([0, 1, 3, 4, 0xffff, length + 1, length + 4, Math.max(0, length - 1), Math.max(0, length - 4), rnd.int(0x10000)]) & 0xffff,
+              at + 2,
+            );
           }
           break;
         }
-        case 5: { // attribute type edits, towards the types with rules
+        case 5: {
+          // attribute type edits, towards the types with rules
           const at = attrs.length ? rnd.pick(attrs) : -1;
           if (at >= 0 && at + 4 <= buf.length) {
             buf.writeUInt16BE(rnd.pick([Attr.Fingerprint, Attr.MessageIntegrity, Attr.MessageIntegritySha256, rnd.pick(KNOWN_TYPES), rnd.int(0x10000)]), at);
           }
           break;
         }
-        case 6: { // append bytes, sometimes with a consistent length
+        case 6: {
+          // append bytes, sometimes with a consistent length
           buf = Buffer.concat([buf, rnd.bytes(rnd.pick([1, 2, 4, 8, 12, rnd.int(40)]))]);
           if (rnd.chance(0.5) && buf.length >= 4) buf.writeUInt16BE((buf.length - HEADER_LENGTH) & 0xffff, 2);
           break;
         }
-        case 7: { // splice: duplicate or move an attribute, length fixed up
+        case 7: {
+          // splice: duplicate or move an attribute, length fixed up
           if (attrs.length >= 1 && buf.length === original.length) {
             const a = rnd.pick(attrs);
             const end = Math.min(buf.length, a + 4 + ((buf.readUInt16BE(a + 2) + 3) & ~3));
@@ -312,7 +325,8 @@ test(`fuzz: ${ITERATIONS} mutations of valid messages never make decodeMessage t
           }
           break;
         }
-        default: { // overwrite a random run with random bytes
+        default: {
+          // overwrite a random run with random bytes
           const from = rnd.int(buf.length + 1);
           rnd.bytes(Math.min(rnd.int(8) + 1, buf.length - from)).copy(buf, from);
         }
@@ -349,7 +363,8 @@ test(`fuzz: single-bit corruption of a sealed message is always caught (seed ${s
     const sha1Covers = at !== 2 && at !== 3 && at < b.integrityOffset + 24 && !(at >= b.integrityOffset && at < b.integrityOffset + 4);
     if (b.integrityOffset >= 0 && m.integrityOffset === b.integrityOffset && sha1Covers) {
       // The key is known only for the messages built here; the RFC vectors use their own.
-      if (verifyIntegritySha1(original, b.integrityOffset, KEY)) assert.equal(verifyIntegritySha1(buf, m.integrityOffset, KEY), false, `bit ${bit}: MESSAGE-INTEGRITY missed a flip`);
+      if (verifyIntegritySha1(original, b.integrityOffset, KEY))
+        assert.equal(verifyIntegritySha1(buf, m.integrityOffset, KEY), false, `bit ${bit}: MESSAGE-INTEGRITY missed a flip`);
     }
   }
 });

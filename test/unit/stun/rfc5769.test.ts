@@ -117,9 +117,22 @@ test('RFC 5769 §2.1 sample request (short-term credentials)', async (t) => {
 });
 
 for (const v of [
-  { section: '§2.2', name: 'IPv4', vector: RFC5769_SAMPLE_IPV4_RESPONSE, family: AddressFamily.IPv4, address: '192.0.2.1', fingerprint: 0xc07d4c96, xorValue: '00 01 a1 47 e1 12 a6 43' },
   {
-    section: '§2.3', name: 'IPv6', vector: RFC5769_SAMPLE_IPV6_RESPONSE, family: AddressFamily.IPv6, address: '2001:db8:1234:5678:11:2233:4455:6677', fingerprint: 0xc8fb0b4c,
+    section: '§2.2',
+    name: 'IPv4',
+    vector: RFC5769_SAMPLE_IPV4_RESPONSE,
+    family: AddressFamily.IPv4,
+    address: '192.0.2.1',
+    fingerprint: 0xc07d4c96,
+    xorValue: '00 01 a1 47 e1 12 a6 43',
+  },
+  {
+    section: '§2.3',
+    name: 'IPv6',
+    vector: RFC5769_SAMPLE_IPV6_RESPONSE,
+    family: AddressFamily.IPv6,
+    address: '2001:db8:1234:5678:11:2233:4455:6677',
+    fingerprint: 0xc8fb0b4c,
     xorValue: '00 02 a1 47 01 13 a9 fa a5 d3 f1 79 bc 25 f4 b5 be d2 b9 d9',
   },
 ] as const) {
@@ -134,7 +147,10 @@ for (const v of [
     });
 
     await t.test('attributes: SOFTWARE and XOR-MAPPED-ADDRESS', () => {
-      assert.deepEqual(message.attributes.map((a) => a.type), [Attr.Software, Attr.XorMappedAddress, Attr.MessageIntegrity, Attr.Fingerprint]);
+      assert.deepEqual(
+        message.attributes.map((a) => a.type),
+        [Attr.Software, Attr.XorMappedAddress, Attr.MessageIntegrity, Attr.Fingerprint],
+      );
       // The SOFTWARE value is 11 bytes; the 0x20 after it is padding, not part of the text.
       assert.equal(text(message, Attr.Software), 'test vector');
       const value = attr(message, Attr.XorMappedAddress);
@@ -177,7 +193,10 @@ test('RFC 5769 §2.4 sample request with long-term credentials', async (t) => {
   });
 
   await t.test('attributes: USERNAME, NONCE, REALM; no FINGERPRINT', () => {
-    assert.deepEqual(message.attributes.map((a) => a.type), [Attr.Username, Attr.Nonce, Attr.Realm, Attr.MessageIntegrity]);
+    assert.deepEqual(
+      message.attributes.map((a) => a.type),
+      [Attr.Username, Attr.Nonce, Attr.Realm, Attr.MessageIntegrity],
+    );
     assert.equal(text(message, Attr.Username), RFC5769_LONG_TERM_USERNAME);
     assert.equal(attr(message, Attr.Username).length, 18);
     assert.equal(text(message, Attr.Nonce), RFC5769_LONG_TERM_NONCE);
@@ -189,7 +208,10 @@ test('RFC 5769 §2.4 sample request with long-term credentials', async (t) => {
     assert.equal(longTermKeyMd5.length, 16);
     assert.equal(verifyIntegritySha1(vector, message.integrityOffset, longTermKeyMd5), true);
     // The key is built from the prepared password; the raw one gives another key.
-    assert.equal(verifyIntegritySha1(vector, message.integrityOffset, longTermKey(RFC5769_LONG_TERM_USERNAME, RFC5769_LONG_TERM_REALM, RFC5769_LONG_TERM_PASSWORD_RAW)), false);
+    assert.equal(
+      verifyIntegritySha1(vector, message.integrityOffset, longTermKey(RFC5769_LONG_TERM_USERNAME, RFC5769_LONG_TERM_REALM, RFC5769_LONG_TERM_PASSWORD_RAW)),
+      false,
+    );
     // What SASLprep does to this password: NFKC (U+00AA -> a, U+2168 -> IX) and U+00AD mapped to nothing.
     assert.equal(RFC5769_LONG_TERM_PASSWORD_RAW.normalize('NFKC').replace(/\u00AD/g, ''), RFC5769_LONG_TERM_PASSWORD);
     assert.equal(verifyIntegritySha1(vector, message.integrityOffset, longTermKey(RFC5769_LONG_TERM_USERNAME, RFC5769_LONG_TERM_REALM, 'thematrix')), false);

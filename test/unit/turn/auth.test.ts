@@ -44,7 +44,22 @@ describe('restApiExpirySeconds', () => {
   });
 
   it('rejects usernames that are not time-limited credentials', () => {
-    for (const garbage of ['', 'alice', ':1700000000', 'alice:1700000000', '17000000x0:alice', '-1700000000', '+1700000000', ' 1700000000', '1700000000 :a', '1e9', '0x10', '1700000000.5', '1234567890123', '１７００']) {
+    for (const garbage of [
+      '',
+      'alice',
+      ':1700000000',
+      'alice:1700000000',
+      '17000000x0:alice',
+      '-1700000000',
+      '+1700000000',
+      ' 1700000000',
+      '1700000000 :a',
+      '1e9',
+      '0x10',
+      '1700000000.5',
+      '1234567890123',
+      '１７００',
+    ]) {
       assert.equal(restApiExpirySeconds(garbage), undefined, JSON.stringify(garbage));
     }
   });

@@ -116,7 +116,13 @@ class Harness {
     this.path = new FakeClientPath(o.transport ?? 'udp', SERVER_IP, SERVER_PORT);
     this.credentials = new CredentialStore({
       realm: REALM,
-      users: new Map(o.users ?? [['alice', 'alice-pw'], ['bob', 'bob-pw'], ['carol', 'carol-pw']]),
+      users: new Map(
+        o.users ?? [
+          ['alice', 'alice-pw'],
+          ['bob', 'bob-pw'],
+          ['carol', 'carol-pw'],
+        ],
+      ),
       authSecrets: o.authSecrets ?? [],
     });
     this.nonces = new NonceIssuer(o.nonceSecret ?? NONCE_SECRET, NONCE_LIFETIME_MS);
@@ -461,7 +467,7 @@ describe('TurnEngine: authentication', () => {
     assert.equal(viaHash.code, 200);
   });
 
-  it('answers 441 when another user sends requests on an allocation\'s 5-tuple', async () => {
+  it("answers 441 when another user sends requests on an allocation's 5-tuple", async () => {
     const h = new Harness();
     const alice = h.client('alice', 'alice-pw', '198.51.100.10', 42000);
     await alice.mustAllocate();
@@ -523,7 +529,10 @@ describe('TurnEngine: authentication', () => {
   it('adds FINGERPRINT to the response when the request had one, and not otherwise', async () => {
     const h = new Harness();
     const c = h.client();
-    const challenge = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false, fingerprint: true });
+    const challenge = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), {
+      auth: false,
+      fingerprint: true,
+    });
     const r401 = await c.send(challenge.buf, challenge.transactionId);
     assert.equal(r401.code, 401);
     assert.ok(r401.message.fingerprintOffset >= 0, '401 with FINGERPRINT');
@@ -870,7 +879,13 @@ describe('TurnEngine: channels', () => {
     const c = h.client();
     const socket = h.relay(await c.mustAllocate());
     const codes = [];
-    for (const [number, to] of [[0x5234, rtcp], [0x5234, rtcp], [0x4a52, peer], [0x4a52, peer], [0x4a52, peer]] as const) {
+    for (const [number, to] of [
+      [0x5234, rtcp],
+      [0x5234, rtcp],
+      [0x4a52, peer],
+      [0x4a52, peer],
+      [0x4a52, peer],
+    ] as const) {
       codes.push((await c.channelBind(number, to)).code);
     }
     assert.deepEqual(codes, [200, 200, 200, 200, 200]);
@@ -891,7 +906,10 @@ describe('TurnEngine: channels', () => {
     const collision = await d.channelBind(0x5234, peer);
     assert.deepEqual([collision.code, collision.reason], [400, 'Channel bound to another peer']);
     d.channelData(0x5234, Buffer.from('still to port+1'));
-    assert.deepEqual(dSocket.sent.map((s) => s.port), [rtcp.port]);
+    assert.deepEqual(
+      dSocket.sent.map((s) => s.port),
+      [rtcp.port],
+    );
   });
 
   it('expires a channel after 600 s and keeps number and peer reserved for 5 more minutes', async () => {
@@ -1187,7 +1205,10 @@ describe('TurnEngine: port 0 and oversized datagrams', () => {
     c.sendIndication({ address: PEER_A, port: 0 }, Buffer.from('to port zero'));
     c.sendIndication({ address: PEER_A, port: 9 }, Buffer.from('to port nine'));
     const sent = h.relay(relayed).sent;
-    assert.deepEqual(sent.map((s) => s.port), [9]);
+    assert.deepEqual(
+      sent.map((s) => s.port),
+      [9],
+    );
     assert.equal(h.counters.drops.bad_peer_port, 1);
   });
 
@@ -1224,7 +1245,8 @@ describe('TurnEngine: port 0 and oversized datagrams', () => {
 });
 
 describe('TurnEngine: per-allocation and per-request caps', () => {
-  const peers = (n: number, base = 0): string[] => Array.from({ length: n }, (_, i) => `8.${(base + i) >> 16 & 255}.${((base + i) >> 8) & 255}.${(base + i) & 255}`);
+  const peers = (n: number, base = 0): string[] =>
+    Array.from({ length: n }, (_, i) => `8.${((base + i) >> 16) & 255}.${((base + i) >> 8) & 255}.${(base + i) & 255}`);
 
   it('answers 508 to a CreatePermission with more peers than --max-peers-per-request, installing none', async () => {
     const h = new Harness({ limits: { peersPerRequest: 3 } });

@@ -5,11 +5,7 @@ import assert from 'node:assert/strict';
 import { isIP } from 'node:net';
 
 import { PeerRangeError } from '../../../src/net/range.js';
-import {
-  createPeerPolicy,
-  type PeerPolicyOptions,
-  type PeerVerdict,
-} from '../../../src/turn/peer-policy.js';
+import { createPeerPolicy, type PeerPolicyOptions, type PeerVerdict } from '../../../src/turn/peer-policy.js';
 
 function policy(overrides: Partial<PeerPolicyOptions> = {}) {
   return createPeerPolicy({

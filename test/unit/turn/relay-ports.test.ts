@@ -65,7 +65,10 @@ function setup(pool: readonly string[] = []) {
     w.addIntegrity(longTermKey('u', 'r', 'p'));
     engine.handleClientPacket(listener, w.toBuffer(), '198.51.100.7', clientPort);
     for (let i = 0; i < 1000; i++) {
-      const sent = path.sentTo('198.51.100.7', clientPort).map((x) => decodeMessage(x.data)).find((d) => d.ok && d.message.transactionId.equals(id));
+      const sent = path
+        .sentTo('198.51.100.7', clientPort)
+        .map((x) => decodeMessage(x.data))
+        .find((d) => d.ok && d.message.transactionId.equals(id));
       if (sent?.ok) {
         const m = sent.message;
         if (m.cls === MessageClass.SuccessResponse) return { code: 200, port: decodeAddress(getAttribute(m, Attr.XorRelayedAddress)!, m.transactionId)!.port };

@@ -21,7 +21,6 @@ import { IpcWindow, MAX_IPC_IN_FLIGHT } from '../../../src/workers/ipc-window.js
 import { detectPortSharing, sharedPortOptions } from '../../../src/transport/udp/port-sharing.js';
 import { SeededRandom } from '../../helpers/random.js';
 
-
 /** Every slice of [min, max] for `count` workers, checked to be disjoint, in order, covering, and even. */
 function checkSlices(min: number, max: number, count: number): void {
   const slices = Array.from({ length: count }, (_, i) => portSlice(min, max, i, count));
@@ -55,7 +54,13 @@ function allocateRequest(options: { integrity?: 'sha1' | 'sha256'; method?: numb
 
 describe('workers: portSlice', () => {
   it('cuts a range into disjoint, covering, even slices for every count from 1 to 64', () => {
-    for (const [min, max] of [[49152, 65535], [1024, 1024 + 99], [40000, 40009], [50000, 50063], [60000, 60001]] as const) {
+    for (const [min, max] of [
+      [49152, 65535],
+      [1024, 1024 + 99],
+      [40000, 40009],
+      [50000, 50063],
+      [60000, 60001],
+    ] as const) {
       for (let count = 1; count <= Math.min(64, max - min + 1); count++) checkSlices(min, max, count);
     }
   });
@@ -101,15 +106,30 @@ describe('workers: workerFor', () => {
       });
     }
   };
-  spread('one address, 1000 consecutive ports', Array.from({ length: 1000 }, (_, i) => ({ a: '127.0.0.1', p: 40000 + i })));
-  spread('one address, 1000 random ports', (() => {
-    const rng = new SeededRandom(42);
-    return Array.from({ length: 1000 }, () => ({ a: '203.0.113.7', p: 1024 + rng.int(64512) }));
-  })());
+  spread(
+    'one address, 1000 consecutive ports',
+    Array.from({ length: 1000 }, (_, i) => ({ a: '127.0.0.1', p: 40000 + i })),
+  );
+  spread(
+    'one address, 1000 random ports',
+    (() => {
+      const rng = new SeededRandom(42);
+      return Array.from({ length: 1000 }, () => ({ a: '203.0.113.7', p: 1024 + rng.int(64512) }));
+    })(),
+  );
   // A NAT that preserves port parity (RFC 4787 §4.2.2) hands out even ports only.
-  spread('one address, 128 even ports of one 256-port block', Array.from({ length: 128 }, (_, i) => ({ a: '198.51.100.9', p: 0x9c00 + 2 * i })));
-  spread('one address, ports spaced by 4', Array.from({ length: 1000 }, (_, i) => ({ a: '198.51.100.9', p: 20000 + 4 * i })));
-  spread('1000 addresses, one port', Array.from({ length: 1000 }, (_, i) => ({ a: `10.${(i >> 8) & 255}.${i & 255}.1`, p: 3478 })));
+  spread(
+    'one address, 128 even ports of one 256-port block',
+    Array.from({ length: 128 }, (_, i) => ({ a: '198.51.100.9', p: 0x9c00 + 2 * i })),
+  );
+  spread(
+    'one address, ports spaced by 4',
+    Array.from({ length: 1000 }, (_, i) => ({ a: '198.51.100.9', p: 20000 + 4 * i })),
+  );
+  spread(
+    '1000 addresses, one port',
+    Array.from({ length: 1000 }, (_, i) => ({ a: `10.${(i >> 8) & 255}.${i & 255}.1`, p: 3478 })),
+  );
 });
 
 describe('workers: isAuthenticatedAllocate', () => {
@@ -181,10 +201,26 @@ describe('workers: isAuthenticatedAllocate', () => {
 });
 
 describe('workers: workerConfig', () => {
-  const init = (index: number, count: number): Extract<ToWorker, { type: 'init' }> => ({ type: 'init', index, count, listeningPort: 34567, nonceSecret: 'ab'.repeat(16) });
+  const init = (index: number, count: number): Extract<ToWorker, { type: 'init' }> => ({
+    type: 'init',
+    index,
+    count,
+    listeningPort: 34567,
+    nonceSecret: 'ab'.repeat(16),
+  });
 
-  it('a worker gets its port slice, a share of --total-quota, its node id, the primary\'s port and nonce secret, and no ops endpoint', () => {
-    const config = buildConfig({ ...BASE, 'listening-port': 0, 'min-port': 40000, 'max-port': 40099, 'total-quota': 101, 'node-id': 'pop1', 'metrics-port': 9641, 'drain-exit': true, workers: 3 });
+  it("a worker gets its port slice, a share of --total-quota, its node id, the primary's port and nonce secret, and no ops endpoint", () => {
+    const config = buildConfig({
+      ...BASE,
+      'listening-port': 0,
+      'min-port': 40000,
+      'max-port': 40099,
+      'total-quota': 101,
+      'node-id': 'pop1',
+      'metrics-port': 9641,
+      'drain-exit': true,
+      workers: 3,
+    });
     assert.equal(config.workers, 3);
     const configs = [0, 1, 2].map((i) => workerConfig(config, init(i, 3)));
     configs.forEach((c, i) => {
@@ -192,7 +228,7 @@ describe('workers: workerConfig', () => {
       assert.equal(c.nodeId, `pop1/w${i}`);
       assert.equal(c.totalQuota, 34, 'ceil(101 / 3)');
       assert.equal(c.listeningPort, 34567, 'the port the primary bound (--listening-port 0)');
-      assert.deepEqual(c.nonceSecret, Buffer.from('ab'.repeat(16), 'hex'), 'every worker checks the others\' nonces');
+      assert.deepEqual(c.nonceSecret, Buffer.from('ab'.repeat(16), 'hex'), "every worker checks the others' nonces");
       assert.equal(c.metricsPort, 0, 'the primary serves /metrics');
       assert.equal(c.drainExit, false, 'the primary decides when to exit');
       assert.equal(c.cluster, undefined);
@@ -207,9 +243,12 @@ describe('workers: workerConfig', () => {
   it('each worker meshes on --mesh-address port + its index (port 0 stays 0)', () => {
     const cluster: RawOptions = { 'redis-url': 'redis://127.0.0.1:6379', 'cluster-secret': 'cluster-secret-0123456789' };
     const config = buildConfig({ ...BASE, ...cluster, 'mesh-address': '127.0.0.1:7000', workers: 4 });
-    assert.deepEqual([0, 1, 2, 3].map((i) => workerConfig(config, init(i, 4)).cluster?.meshPort), [7000, 7001, 7002, 7003]);
+    assert.deepEqual(
+      [0, 1, 2, 3].map((i) => workerConfig(config, init(i, 4)).cluster?.meshPort),
+      [7000, 7001, 7002, 7003],
+    );
     assert.equal(workerConfig(config, init(2, 4)).cluster?.meshAddress, '127.0.0.1');
-    assert.equal(config.cluster?.meshPort, 7000, 'the primary\'s config is not changed');
+    assert.equal(config.cluster?.meshPort, 7000, "the primary's config is not changed");
     // Mesh port 65534 + 4 workers would run past 65535.
     const high = refused({ ...cluster, 'mesh-address': '127.0.0.1:65534', workers: 4 });
     assert.match(high.message, /--workers 4/);
@@ -236,7 +275,7 @@ describe('config: --workers', () => {
     });
   }
 
-  it("--workers abc (e.g. from ANYTURN_WORKERS) is refused as not a number, with what is allowed", () => {
+  it('--workers abc (e.g. from ANYTURN_WORKERS) is refused as not a number, with what is allowed', () => {
     const e = refused({ workers: 'abc' });
     assert.equal(e.flag, 'workers');
     assert.match(e.message, /--workers "abc": not a number/);
@@ -244,7 +283,13 @@ describe('config: --workers', () => {
   });
 
   it('--workers with --relay-mode anycast is refused', () => {
-    const e = refused({ 'redis-url': 'redis://127.0.0.1:6379', 'mesh-address': '127.0.0.1:7000', 'cluster-secret': 'cluster-secret-0123456789', 'relay-mode': 'anycast', workers: 2 });
+    const e = refused({
+      'redis-url': 'redis://127.0.0.1:6379',
+      'mesh-address': '127.0.0.1:7000',
+      'cluster-secret': 'cluster-secret-0123456789',
+      'relay-mode': 'anycast',
+      workers: 2,
+    });
     assert.equal(e.flag, 'workers');
     assert.match(e.message, /--workers 2/);
     assert.match(e.message, /1 with --relay-mode anycast/);

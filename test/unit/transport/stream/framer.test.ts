@@ -90,7 +90,10 @@ describe(`StreamFramer (seed 0x${SEED.toString(16)})`, () => {
     const c = stunMessage(rng, 0);
     const framer = new StreamFramer();
     const got: Buffer[] = [];
-    assert.equal(framer.push(Buffer.concat([a, b, c]), (m) => got.push(Buffer.from(m))), undefined);
+    assert.equal(
+      framer.push(Buffer.concat([a, b, c]), (m) => got.push(Buffer.from(m))),
+      undefined,
+    );
     assert.equal(got.length, 3);
     assert.ok(got[0]!.equals(a));
     assert.deepEqual([...got[1]!], [0x40, 0x01, 0x00, 0x03, 0x78, 0x79, 0x7a], 'ChannelData without its stream padding');
@@ -98,7 +101,10 @@ describe(`StreamFramer (seed 0x${SEED.toString(16)})`, () => {
 
     got.length = 0;
     for (let i = 0; i < a.length; i++) {
-      assert.equal(framer.push(a.subarray(i, i + 1), (m) => got.push(Buffer.from(m))), undefined);
+      assert.equal(
+        framer.push(a.subarray(i, i + 1), (m) => got.push(Buffer.from(m))),
+        undefined,
+      );
       assert.equal(got.length, i === a.length - 1 ? 1 : 0, `after byte ${i}`);
       assert.equal(framer.bufferedBytes, i === a.length - 1 ? 0 : i + 1);
     }
@@ -131,7 +137,10 @@ describe(`StreamFramer (seed 0x${SEED.toString(16)})`, () => {
       assert.equal(error, 'not_turn', `first byte 0x${first.toString(16)}`);
       assert.equal(messages.length, 1);
       // Failed for good: later data is not looked at.
-      assert.equal(framer.push(good, () => assert.fail('no message after an error')), 'not_turn');
+      assert.equal(
+        framer.push(good, () => assert.fail('no message after an error')),
+        'not_turn',
+      );
     }
     // A STUN length that is not a multiple of 4.
     const odd = Buffer.from(good);
@@ -147,8 +156,14 @@ describe(`StreamFramer (seed 0x${SEED.toString(16)})`, () => {
     assert.equal(feed(new StreamFramer(), [Buffer.from([0x40, 0x00, 0xff, 0xff])]).error, 'too_long');
     // Split header: the error comes once the 4th byte is in.
     const split = new StreamFramer();
-    assert.equal(split.push(Buffer.from([0x40, 0x00, 0xff]), () => undefined), undefined);
-    assert.equal(split.push(Buffer.from([0xff]), () => undefined), 'too_long');
+    assert.equal(
+      split.push(Buffer.from([0x40, 0x00, 0xff]), () => undefined),
+      undefined,
+    );
+    assert.equal(
+      split.push(Buffer.from([0xff]), () => undefined),
+      'too_long',
+    );
     // A small cap: a 100-byte STUN message passes a 100-byte cap, a 104-byte one does not.
     const rng = prng(SEED + 3);
     const small = new StreamFramer(100);
@@ -191,7 +206,10 @@ describe('StreamFramer memory: what arrives, not what a header announces', () =>
     it(`holds a few bytes for the head of a large ${kind === 'stun' ? 'STUN' : 'ChannelData'} frame, then grows with the bytes that come`, () => {
       const framer = new StreamFramer();
       const head = announced(kind);
-      assert.equal(framer.push(head, () => assert.fail('not whole yet')), undefined);
+      assert.equal(
+        framer.push(head, () => assert.fail('not whole yet')),
+        undefined,
+      );
       assert.equal(framer.bufferedBytes, 4);
       assert.ok(framer.heldBytes <= 256, `holds ${framer.heldBytes} bytes after a 4-byte head`);
       // The head split over two chunks: the same.

@@ -309,7 +309,7 @@ describe('UdpRelayFactory sockets', () => {
     const b = await factory.bind('127.0.0.1', 0, () => undefined);
     assert.ok(!isBindFailure(a) && !isBindFailure(b));
     const port = rx.socket.address().port;
-    const datagram = Buffer.from('HDR.' + 'abcdefghijklmnopqrstuvwxyz'.repeat(4) + '..pad');
+    const datagram = Buffer.from(`HDR.${'abcdefghijklmnopqrstuvwxyz'.repeat(4)}..pad`);
     // Whole, then parts at offsets 4 and 36 with lengths that share a view-cache slot, from two sockets.
     const sends = [
       { socket: a, offset: 0, length: datagram.length },
@@ -322,10 +322,7 @@ describe('UdpRelayFactory sockets', () => {
     for (const x of sends) x.socket.send(datagram, x.offset, x.length, port, '127.0.0.1');
     await waitFor(() => rx.got.length === sends.length);
     const expected = sends.map((x) => datagram.subarray(x.offset, x.offset + x.length).toString());
-    assert.deepEqual(
-      rx.got.map((r) => r.data.toString()).sort(),
-      expected.sort(),
-    );
+    assert.deepEqual(rx.got.map((r) => r.data.toString()).sort(), expected.sort());
     a.close();
     b.close();
     a.send(datagram, 4, 10, port, '127.0.0.1'); // closed: nothing, no throw

@@ -11,10 +11,23 @@ import { Allocation, type AllocationSeed, type PeerFilter } from '../../../../sr
 import { FakeClientPath, FakeRelaySocket } from '../../../helpers/fake-io.js';
 
 const T0 = 1_700_000_000_000;
-const seed: AllocationSeed = { key: 'k1', clientAddress: '198.51.100.7', clientPort: 40000, username: 'alice', realm: 'example.org', createdAtMs: T0, expiresAtMs: T0 + 600_000 };
+const seed: AllocationSeed = {
+  key: 'k1',
+  clientAddress: '198.51.100.7',
+  clientPort: 40000,
+  username: 'alice',
+  realm: 'example.org',
+  createdAtMs: T0,
+  expiresAtMs: T0 + 600_000,
+};
 
 function relay(address: string, port: number): FakeRelaySocket {
-  return new FakeRelaySocket(address, port, () => undefined, () => undefined);
+  return new FakeRelaySocket(
+    address,
+    port,
+    () => undefined,
+    () => undefined,
+  );
 }
 
 function make(dual = false): Allocation {
@@ -35,7 +48,10 @@ describe('Allocation.merge', () => {
     a.version = 3;
     const stale = recordOf(a, { version: 3, expiresAtMs: T0 + 3_600_000, permissions: { '203.0.113.5': T0 + 300_000 } });
     let refused = 0;
-    assert.equal(a.merge(stale, allowAll, () => refused++), false);
+    assert.equal(
+      a.merge(stale, allowAll, () => refused++),
+      false,
+    );
     assert.equal(a.expiresAtMs, T0 + 600_000);
     assert.equal(a.permissionsByAddress.size, 0);
     assert.equal(a.version, 3);
@@ -44,11 +60,17 @@ describe('Allocation.merge', () => {
 
   it('keeps the later expiry of the allocation, whichever side has it, and takes the record version', () => {
     const a = make();
-    assert.equal(a.merge(recordOf(a, { version: 1, expiresAtMs: T0 + 900_000 }), allowAll, () => undefined), true);
+    assert.equal(
+      a.merge(recordOf(a, { version: 1, expiresAtMs: T0 + 900_000 }), allowAll, () => undefined),
+      true,
+    );
     assert.equal(a.expiresAtMs, T0 + 900_000);
     assert.equal(a.version, 1);
     // An older expiry from a newer record (a node that missed our refresh) does not shorten it.
-    assert.equal(a.merge(recordOf(a, { version: 2, expiresAtMs: T0 + 100_000 }), allowAll, () => undefined), true);
+    assert.equal(
+      a.merge(recordOf(a, { version: 2, expiresAtMs: T0 + 100_000 }), allowAll, () => undefined),
+      true,
+    );
     assert.equal(a.expiresAtMs, T0 + 900_000);
     assert.equal(a.version, 2);
   });
@@ -59,14 +81,11 @@ describe('Allocation.merge', () => {
     a.permit('203.0.113.2', 0xcb007102, T0 + 400_000);
     const record = recordOf(a, { version: 1, permissions: { '203.0.113.2': T0 + 500_000, '203.0.113.3': T0 + 200_000 } });
     a.merge(record, allowAll, () => undefined);
-    assert.deepEqual(
-      [...a.permissionsByAddress].map(([address, p]) => [address, p.expiresAtMs]).sort(),
-      [
-        ['203.0.113.1', T0 + 300_000],
-        ['203.0.113.2', T0 + 500_000],
-        ['203.0.113.3', T0 + 200_000],
-      ],
-    );
+    assert.deepEqual([...a.permissionsByAddress].map(([address, p]) => [address, p.expiresAtMs]).sort(), [
+      ['203.0.113.1', T0 + 300_000],
+      ['203.0.113.2', T0 + 500_000],
+      ['203.0.113.3', T0 + 200_000],
+    ]);
     // The IPv4 index of the hot path knows the merged one too.
     assert.equal(a.permissionsByIPv4.get(0xcb007103)?.peerAddress, '203.0.113.3');
   });
@@ -94,7 +113,11 @@ describe('Allocation.merge', () => {
     assert.equal(a.permissionsByAddress.get('203.0.113.1')!.channelsByPort!.get(5001), added);
     assert.equal(a.channelCount, 2);
     // The same binding, refreshed elsewhere: the later expiry wins.
-    a.merge(recordOf(a, { version: 2, channels: { [String(0x4001)]: { peerAddress: '203.0.113.1', peerPort: 5001, expiresAtMs: T0 + 800_000 } } }), allowAll, () => undefined);
+    a.merge(
+      recordOf(a, { version: 2, channels: { [String(0x4001)]: { peerAddress: '203.0.113.1', peerPort: 5001, expiresAtMs: T0 + 800_000 } } }),
+      allowAll,
+      () => undefined,
+    );
     assert.equal(a.channel(0x4001)!.expiresAtMs, T0 + 800_000);
   });
 
@@ -102,7 +125,11 @@ describe('Allocation.merge', () => {
     const a = make();
     const p = a.permit('203.0.113.1', 0xcb007101, T0 + 300_000);
     a.bindChannel(0x4000, p, 5000, T0 + 600_000);
-    a.merge(recordOf(a, { version: 1, channels: { [String(0x4005)]: { peerAddress: '203.0.113.1', peerPort: 5000, expiresAtMs: T0 + 600_000 } } }), allowAll, () => undefined);
+    a.merge(
+      recordOf(a, { version: 1, channels: { [String(0x4005)]: { peerAddress: '203.0.113.1', peerPort: 5000, expiresAtMs: T0 + 600_000 } } }),
+      allowAll,
+      () => undefined,
+    );
     assert.equal(a.channel(0x4005), undefined);
     assert.equal(a.channelCount, 1);
   });
@@ -154,7 +181,15 @@ describe('Allocation.merge', () => {
   it('skips peers of a family the allocation has no relayed address for, without counting them as refused', () => {
     const v4 = make();
     let refused = 0;
-    v4.merge(recordOf(v4, { version: 1, permissions: { '2001:db8::99': T0 + 300_000 }, channels: { [String(0x4000)]: { peerAddress: '2001:db8::99', peerPort: 5000, expiresAtMs: T0 + 600_000 } } }), allowAll, () => refused++);
+    v4.merge(
+      recordOf(v4, {
+        version: 1,
+        permissions: { '2001:db8::99': T0 + 300_000 },
+        channels: { [String(0x4000)]: { peerAddress: '2001:db8::99', peerPort: 5000, expiresAtMs: T0 + 600_000 } },
+      }),
+      allowAll,
+      () => refused++,
+    );
     assert.equal(v4.permissionsByAddress.size, 0);
     assert.equal(v4.channelCount, 0);
     assert.equal(refused, 0);
@@ -172,7 +207,10 @@ describe('Allocation.merge', () => {
     a.version = 4;
     const record = a.toRecord('node-a');
     const replica = new Allocation(record, new FakeClientPath(), { relay: relay(record.relayedAddress, record.relayedPort), additional: undefined });
-    assert.equal(replica.merge(record, allowAll, () => undefined), true);
+    assert.equal(
+      replica.merge(record, allowAll, () => undefined),
+      true,
+    );
     assert.deepEqual({ ...replica.toRecord('node-a') }, { ...record });
   });
 });

@@ -14,14 +14,27 @@ import { FakeClientPath, FakeRelaySocket } from '../../../helpers/fake-io.js';
 const T0 = 1_700_000_000_000;
 
 function relay(address: string, port: number): FakeRelaySocket {
-  return new FakeRelaySocket(address, port, () => undefined, () => undefined);
+  return new FakeRelaySocket(
+    address,
+    port,
+    () => undefined,
+    () => undefined,
+  );
 }
 
 function filledTable(): AllocationTable {
   const table = new AllocationTable();
   const udp = table.addListener(new FakeClientPath('udp'));
   const tcp = table.addListener(new FakeClientPath('tcp'));
-  const seed = (key: string, clientPort: number, username: string) => ({ key, clientAddress: '198.51.100.7', clientPort, username, realm: 'r', createdAtMs: T0, expiresAtMs: T0 + 600_000 });
+  const seed = (key: string, clientPort: number, username: string) => ({
+    key,
+    clientAddress: '198.51.100.7',
+    clientPort,
+    username,
+    realm: 'r',
+    createdAtMs: T0,
+    expiresAtMs: T0 + 600_000,
+  });
   const a = new Allocation(seed('a', 1, 'alice'), udp.path, { relay: relay('192.0.2.10', 50000), additional: undefined });
   const b = new Allocation(seed('b', 2, 'alice'), udp.path, { relay: relay('192.0.2.10', 50001), additional: relay('2001:db8::10', 50001) });
   const c = new Allocation(seed('c', 3, 'bob'), tcp.path, { relay: relay('2001:db8::10', 50002), additional: undefined });
@@ -38,10 +51,7 @@ function filledTable(): AllocationTable {
 describe('AllocationTable.snapshot', () => {
   it('counts allocations by transport and family, permissions, channels and allocations per user', () => {
     const snapshot = filledTable().snapshot();
-    assert.deepEqual(
-      snapshot.allocations.map((e) => `${e.transport} ${e.family} ${e.count}`).sort(),
-      ['tcp ipv6 1', 'udp dual 1', 'udp ipv4 1'],
-    );
+    assert.deepEqual(snapshot.allocations.map((e) => `${e.transport} ${e.family} ${e.count}`).sort(), ['tcp ipv6 1', 'udp dual 1', 'udp ipv4 1']);
     assert.equal(snapshot.permissions, 3);
     assert.equal(snapshot.channels, 1);
     assert.deepEqual([...snapshot.allocationsByUser].sort(), [
