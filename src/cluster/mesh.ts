@@ -42,7 +42,7 @@ import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type
 import type dgram from 'node:dgram';
 import { MESH_KEY_LABEL, deriveKey } from '../keys.js';
 import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../net/ip.js';
-import { bindUdpSocket, createUdpSocket } from '../transport/udp/socket.js';
+import { bindUdpSocket, closeUdpSocket, createUdpSocket } from '../transport/udp/socket.js';
 import type { MeshRejectReason } from './counters.js';
 
 const MAGIC = 0xa7;
@@ -349,12 +349,6 @@ export class MeshSocket {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      try {
-        this.socket.close(() => resolve());
-      } catch {
-        resolve();
-      }
-    });
+    return closeUdpSocket(this.socket);
   }
 }

@@ -5,7 +5,7 @@ import type dgram from 'node:dgram';
 import type { ClientPath } from '../../turn/ports.js';
 import { receiveFromHandle } from './dgram-fast.js';
 import { FramedSender } from './framed-sender.js';
-import { bindUdpSocket, createUdpSocket } from './socket.js';
+import { bindUdpSocket, closeUdpSocket, createUdpSocket } from './socket.js';
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 
@@ -51,12 +51,6 @@ export class UdpClientListener implements ClientPath {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      try {
-        this.socket.close(() => resolve());
-      } catch {
-        resolve();
-      }
-    });
+    return closeUdpSocket(this.socket);
   }
 }

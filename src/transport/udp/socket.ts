@@ -45,3 +45,14 @@ export function bindUdpSocket(socket: dgram.Socket, address: string, port: numbe
     });
   });
 }
+
+/** Closes a socket and resolves once it is closed; one that was never bound or is closed already resolves at once. */
+export function closeUdpSocket(socket: dgram.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    try {
+      socket.close(() => resolve());
+    } catch {
+      resolve();
+    }
+  });
+}
