@@ -65,7 +65,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const clock = deps.clock ?? systemClock;
   const counters = deps.counters ?? new EngineCounters();
   const cluster = config.cluster ? new ClusterNode(config, config.cluster, logger) : undefined;
-  const { store, registry, owned } = await openNodeStore(config, deps, clock, logger, () => cluster?.resetRouter());
+  const { store, registry, owned } = await openNodeStore(config, deps, clock, logger, () => cluster?.afterEventGap());
   const { policy: peerPolicy, servicePorts } = nodePeerPolicy(config);
   const lifecycle = new NodeLifecycle(logger);
   const relays = new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error'));

@@ -71,6 +71,18 @@ export class ClusterNode {
     this.router?.reset();
   }
 
+  /**
+   * The store's event feed was recreated after a gap: the events published meanwhile are
+   * lost. Forget what the router cached and, in anycast relay mode, take on again what the
+   * store holds (allocations made, permissions and channels added elsewhere meanwhile).
+   */
+  afterEventGap(): void {
+    this.router?.reset();
+    if (this.cluster.relayMode === 'anycast' && this.engine) {
+      void this.engine.syncFromStore().catch((err: unknown) => this.logger.warn({ err }, 'sync from the store after an event gap failed'));
+    }
+  }
+
   attach(engine: TurnEngine, listeners: ClientListeners): void {
     this.engine = engine;
     this.listeners = listeners;
