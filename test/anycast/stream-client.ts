@@ -31,12 +31,10 @@
 //                  node, checked by the owner).
 
 import type dgram from 'node:dgram';
-import { decodeAddress } from '../../src/stun/address.js';
-import { decodeErrorCode, encodeRequestedTransport } from '../../src/stun/attributes.js';
-import { looksLikeChannelData, readChannelDataLength, readChannelNumber } from '../../src/stun/channel-data.js';
+import { encodeRequestedTransport } from '../../src/stun/attributes.js';
 import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
-import { decodeMessage, getAttribute } from '../../src/stun/message.js';
-import { type Endpoint, TestTurnClient } from '../helpers/turn-client.js';
+import { getAttribute } from '../../src/stun/message.js';
+import { type Endpoint, TestTurnClient, codeOf, parseIncoming } from '../helpers/turn-client.js';
 import { Stream, decodeProbe, encodeProbe, nowMs, onStdinCommands, parseEndpoint, parseFlags, requireFlags } from './wire.js';
 
 const CHANNEL_A = 0x4000;
@@ -114,29 +112,20 @@ async function main(): Promise<void> {
       const at = nowMs();
       const from = `${rinfo.address}:${rinfo.port}`;
       if (from !== serverKey) foreignSources[from] = (foreignSources[from] ?? 0) + 1;
-      let kind = -1;
-      let payload: Buffer | undefined;
-      if (looksLikeChannelData(buf)) {
-        kind = 0;
-        void readChannelNumber(buf);
-        payload = buf.subarray(4, 4 + readChannelDataLength(buf));
-      } else {
-        const d = decodeMessage(buf);
-        if (!d.ok) return;
-        const m = d.message;
-        if (m.cls === MessageClass.ErrorResponse) {
-          const code = decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.code ?? 0;
-          errorCodes[code] = (errorCodes[code] ?? 0) + 1;
-          if (code === 437) got437++;
-          if (code === 438) got438++;
-          return;
-        }
-        if (m.cls !== MessageClass.Indication || m.method !== Method.Data) return;
-        kind = 1;
-        void decodeAddress(getAttribute(m, Attr.XorPeerAddress) ?? Buffer.alloc(0), m.transactionId);
-        payload = getAttribute(m, Attr.Data);
+      const incoming = parseIncoming(buf);
+      if (!incoming) return;
+      if (incoming.kind === 'message') {
+        const m = incoming.message;
+        if (m.cls !== MessageClass.ErrorResponse) return;
+        const code = codeOf(m);
+        errorCodes[code] = (errorCodes[code] ?? 0) + 1;
+        if (code === 437) got437++;
+        if (code === 438) got438++;
+        return;
       }
-      const p = payload ? decodeProbe(Buffer.from(payload)) : undefined;
+      const kind = incoming.kind === 'channel-data' ? 0 : 1;
+      const payload = incoming.data;
+      const p = decodeProbe(payload);
       if (!p) return;
       if (p.stream === Stream.newChannelA || p.stream === Stream.newChannelB) {
         newChannelEchoes[p.stream] = (newChannelEchoes[p.stream] ?? 0) + 1;
@@ -181,7 +170,7 @@ async function main(): Promise<void> {
     const { buf, transactionId } = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
     const m = await c.transact(buf, transactionId);
     if (!m) return { code: 0, error: 'no answer' };
-    const code = m.cls === MessageClass.SuccessResponse ? 200 : (decodeErrorCode(getAttribute(m, Attr.ErrorCode) ?? Buffer.alloc(0))?.code ?? 0);
+    const code = codeOf(m);
     const nonce = getAttribute(m, Attr.Nonce)?.toString('utf8');
     if (code !== 401 || nonce === undefined) return { code, error: 'no 401 with a NONCE' };
     c.nonce = nonce;

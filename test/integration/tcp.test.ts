@@ -15,9 +15,8 @@ import { COARSE_CLOCK_MS } from '../../src/turn/clock.js';
 import { encodeUint32 } from '../../src/stun/attributes.js';
 import { Attr, Method } from '../../src/stun/constants.js';
 import { reserveRelayPortRange } from '../helpers/anyturn-process.js';
-import { StreamTurnClient } from '../helpers/stream-turn-client.js';
 import { makeSelfSignedCertificate, type SelfSignedCertificate } from '../helpers/tls-cert.js';
-import { type Endpoint, TestPeer } from '../helpers/turn-client.js';
+import { type Endpoint, StreamTurnClient, TestPeer } from '../helpers/turn-client.js';
 
 const credentials = { username: 'alice', password: 'wonderland', realm: 'anyturn.tcp.test' };
 

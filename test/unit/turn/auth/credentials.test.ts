@@ -4,8 +4,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { PasswordAlgorithm } from '../../../src/stun/constants.js';
-import { CredentialStore, restApiExpirySeconds, restApiPassword } from '../../../src/turn/auth/credentials.js';
+import { PasswordAlgorithm } from '../../../../src/stun/constants.js';
+import { CredentialStore, restApiExpirySeconds, restApiPassword } from '../../../../src/turn/auth/credentials.js';
 
 const REALM = 'example.org';
 const NOW_MS = 1_700_000_000_000;

@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
+import { NonceIssuer } from '../../../../src/turn/auth/nonce.js';
 
 const SECRET = Buffer.from('cluster nonce secret');
 const LIFETIME_MS = 600_000;

@@ -9,13 +9,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
-import { parseArgs } from '../../src/config/args.js';
-import { FLAGS, type FlagName, type FlagSpec, GROUPS, envName, flagNames } from '../../src/config/flags.js';
-import { ConfigError, buildConfig, type RawOptions } from '../../src/config/index.js';
-import { BASE } from '../helpers/config.js';
+import { parseArgs } from '../../../src/config/args.js';
+import { FLAGS, type FlagName, type FlagSpec, GROUPS, envName, flagNames } from '../../../src/config/flags.js';
+import { ConfigError, buildConfig, type RawOptions } from '../../../src/config/index.js';
+import { BASE } from '../../helpers/config.js';
 
-/** dist/test/unit/config-flags.test.js -> dist/src/cli.js */
-const CLI = fileURLToPath(new URL('../../src/cli.js', import.meta.url));
+/** dist/test/unit/config/config-flags.test.js -> dist/src/cli.js */
+const CLI = fileURLToPath(new URL('../../../src/cli.js', import.meta.url));
 
 const spec = (flag: FlagName): FlagSpec => FLAGS[flag];
 

@@ -4,12 +4,12 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { encodeAddressFamily, encodeEvenPort, encodeRequestedTransport, encodeUint32 } from '../../../src/stun/attributes.js';
-import { AddressFamily, Attr, ErrorCode, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/constants.js';
-import { type StunMessage, decodeMessage } from '../../../src/stun/message.js';
-import { MessageWriter } from '../../../src/stun/writer.js';
-import { DEFAULT_LIFETIME_SECONDS, readAllocateRequest, requestedLifetimeSeconds } from '../../../src/turn/methods/allocate-request.js';
-import { TurnError } from '../../../src/turn/errors.js';
+import { encodeAddressFamily, encodeEvenPort, encodeRequestedTransport, encodeUint32 } from '../../../../src/stun/attributes.js';
+import { AddressFamily, Attr, ErrorCode, MessageClass, Method, TRANSPORT_UDP } from '../../../../src/stun/constants.js';
+import { type StunMessage, decodeMessage } from '../../../../src/stun/message.js';
+import { MessageWriter } from '../../../../src/stun/writer.js';
+import { DEFAULT_LIFETIME_SECONDS, readAllocateRequest, requestedLifetimeSeconds } from '../../../../src/turn/methods/allocate-request.js';
+import { TurnError } from '../../../../src/turn/errors.js';
 
 const MAX_LIFETIME = 3600;
 const BOTH = { ipv4: true, ipv6: true };

@@ -4,8 +4,8 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildConfig } from '../../src/config/index.js';
-import { BASE, refused } from '../helpers/config.js';
+import { buildConfig } from '../../../src/config/index.js';
+import { BASE, refused } from '../../helpers/config.js';
 
 describe('config: ops flags', () => {
   it('defaults: no token, no drain-exit, 5 s shutdown, no alternates, no username labels', () => {

@@ -3,8 +3,8 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildConfig } from '../../src/config/index.js';
-import { descriptorNeeds, openFileLimitWarning, readOpenFileLimit } from '../../src/ops/fd-limit.js';
+import { buildConfig } from '../../../src/config/index.js';
+import { descriptorNeeds, openFileLimitWarning, readOpenFileLimit } from '../../../src/ops/fd-limit.js';
 
 const LIMITS = `Limit                     Soft Limit           Hard Limit           Units
 Max cpu time              unlimited            unlimited            seconds
