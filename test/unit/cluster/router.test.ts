@@ -110,3 +110,28 @@ describe('ClusterRouter: bounded cache without a cliff', () => {
     assert.equal(h.forwarded.length, 4);
   });
 });
+
+describe('ClusterRouter: the negative cache', () => {
+  it('looks an unknown 5-tuple up once per 5 s, drops its packets in between, and finds an allocation made after that', async () => {
+    const h = await harness({ lookupsPerSecond: 10_000 });
+    assert.equal(h.router.offer(h.listener, PACKET, REROUTED, 41000), true);
+    await flush();
+    assert.equal(h.counters.storeLookups, 1);
+    // "No allocation anywhere" is remembered: more packets within 5 s cost no lookup.
+    for (let i = 0; i < 20; i++) h.router.offer(h.listener, PACKET, REROUTED, 41000);
+    await flush();
+    assert.equal(h.counters.storeLookups, 1);
+    assert.deepEqual(h.forwarded, []);
+    h.clock.advance(4_999);
+    h.router.offer(h.listener, PACKET, REROUTED, 41000);
+    await flush();
+    assert.equal(h.counters.storeLookups, 1, 'still cached at 4,999 ms');
+    // An allocation that appears elsewhere is found once the entry has aged out.
+    await h.remoteClient(41000);
+    h.clock.advance(1);
+    h.router.offer(h.listener, PACKET, REROUTED, 41000);
+    await flush();
+    assert.equal(h.counters.storeLookups, 2, 'looked up again at 5 s');
+    assert.deepEqual(h.forwarded, [`${REROUTED}:41000`]);
+  });
+});
