@@ -37,22 +37,8 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
     command: 'turnserver',
     args: [
       '-n',
-      '--listening-ip',
-      '127.0.0.1',
-      '--listening-port',
-      String(s.listeningPort),
-      '--relay-ip',
-      '127.0.0.1',
-      '--min-port',
-      String(s.relayPorts.min),
-      '--max-port',
-      String(s.relayPorts.max),
-      '--lt-cred-mech',
-      '--user',
-      `${s.user}:${s.password}`,
-      '--realm',
-      s.realm,
-      '--allow-loopback-peers',
+      '--lt-cred-mech', // before --user, where it always was
+      ...loopbackTurnArgs(s),
       ...(s.tcp === true ? [] : ['--no-tcp']),
       '--no-tls',
       '--no-dtls',
@@ -76,8 +62,11 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
   };
 }
 
-/** The flags every anyturn under test starts with: loopback only, its ports, the credential. */
-export function anyturnCommonArgs(s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm'>): string[] {
+/**
+ * The flags every anyturn and coturn under test starts with (anyturn takes coturn's
+ * names for them): loopback only, its ports, the credential.
+ */
+export function loopbackTurnArgs(s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm'>): string[] {
   return [
     '--listening-ip',
     '127.0.0.1',
@@ -102,7 +91,7 @@ export function anyturnLaunch(s: ServerSettings, nodePath: string, cliPath: stri
     command: nodePath,
     args: [
       cliPath,
-      ...anyturnCommonArgs(s),
+      ...loopbackTurnArgs(s),
       '--metrics-port',
       '0',
       '--log-level',

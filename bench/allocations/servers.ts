@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 
 import { fdCount, statusKb, type TrackedProcess } from '../processes.js';
 import { freeTcpPort, freeUdpPort, stunBindingAnswers } from '../net.js';
-import { PASSWORD, REALM, USER, anyturnCommonArgs, coturnLaunch } from '../servers.js';
+import { PASSWORD, REALM, USER, loopbackTurnArgs, coturnLaunch } from '../servers.js';
 import { LOOPBACK, type AllocationClient, type Endpoint } from '../turn-driver.js';
 import { SERVER_CPU, sleep } from '../host.js';
 import { RELAY_MAX, RELAY_MIN } from './options.js';
@@ -45,7 +45,7 @@ export interface StartOptions {
 function anyturnArgs(ctx: Context, kind: ServerKind, listeningPort: number, metricsPort: number, meshPort: number, o: StartOptions): string[] {
   const args = [
     ctx.anyturnCli,
-    ...anyturnCommonArgs({ listeningPort, relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX }, user: USER, password: PASSWORD, realm: REALM }),
+    ...loopbackTurnArgs({ listeningPort, relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX }, user: USER, password: PASSWORD, realm: REALM }),
     '--no-tcp',
     '--no-tls',
     '--metrics-ip',

@@ -102,6 +102,29 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** A throwaway redis-server on 127.0.0.1:`port`: no persistence, quiet, in the foreground. */
+export function redisServerArgs(port: number, dir: string, extra: string[] = []): string[] {
+  return [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--daemonize',
+    'no',
+    '--protected-mode',
+    'no',
+    '--dir',
+    dir,
+    '--loglevel',
+    'warning',
+    ...extra,
+  ];
+}
+
 export async function startRedisServer(): Promise<RedisServerHandle> {
   const port = await findFreePort();
   const dir = mkdtempSync(join(tmpdir(), 'anyturn-redis-'));
@@ -111,28 +134,7 @@ export async function startRedisServer(): Promise<RedisServerHandle> {
 
   const launch = async (): Promise<void> => {
     mkdirSync(dir, { recursive: true }); // stop() removes it; restart() comes back here
-    const proc = spawn(
-      REDIS_SERVER_PATH,
-      [
-        '--port',
-        String(port),
-        '--bind',
-        '127.0.0.1',
-        '--save',
-        '',
-        '--appendonly',
-        'no',
-        '--daemonize',
-        'no',
-        '--protected-mode',
-        'no',
-        '--dir',
-        dir,
-        '--loglevel',
-        'warning',
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const proc = spawn(REDIS_SERVER_PATH, redisServerArgs(port, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
     child = killOnExit(proc);
     const keep = (chunk: Buffer): void => {
       tail = (tail + chunk.toString('utf8')).slice(-4_000);

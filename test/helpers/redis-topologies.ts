@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 
 import { ephemeralLowBound } from './ports.js';
-import { REDIS_SERVER_PATH, isLive, killOnExit, ping, sleep } from './redis-server.js';
+import { REDIS_SERVER_PATH, isLive, killOnExit, ping, redisServerArgs, sleep } from './redis-server.js';
 
 export const REDIS_CLI_PATH = process.env.REDIS_CLI_PATH ?? '/usr/bin/redis-cli';
 export const LOCALHOST = '127.0.0.1';
@@ -121,28 +121,6 @@ async function startProcess(name: string, port: number, args: string[]): Promise
   return { name, port, address: { host: LOCALHOST, port }, kill, isRunning: () => isLive(proc), output: () => tail };
 }
 
-function serverArgs(port: number, dir: string, extra: string[] = []): string[] {
-  return [
-    '--port',
-    String(port),
-    '--bind',
-    LOCALHOST,
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-    '--daemonize',
-    'no',
-    '--protected-mode',
-    'no',
-    '--dir',
-    dir,
-    '--loglevel',
-    'warning',
-    ...extra,
-  ];
-}
-
 /** A plain connection for the test's own inspection; always disconnected afterwards. */
 export async function withAdmin<T>(port: number, use: (admin: Redis) => Promise<T>): Promise<T> {
   const admin = new Redis({
@@ -232,12 +210,12 @@ export async function startSentinelTopology(name = 'mymaster', downAfterMs = 100
   try {
     const masterPort = await pickPort();
     const replicaPort = await pickPort();
-    const master = procs.add(await startProcess('master', masterPort, serverArgs(masterPort, procs.dir, ['--dbfilename', `dump-${masterPort}.rdb`])));
+    const master = procs.add(await startProcess('master', masterPort, redisServerArgs(masterPort, procs.dir, ['--dbfilename', `dump-${masterPort}.rdb`])));
     const replica = procs.add(
       await startProcess(
         'replica',
         replicaPort,
-        serverArgs(replicaPort, procs.dir, ['--dbfilename', `dump-${replicaPort}.rdb`, '--replicaof', LOCALHOST, String(masterPort)]),
+        redisServerArgs(replicaPort, procs.dir, ['--dbfilename', `dump-${replicaPort}.rdb`, '--replicaof', LOCALHOST, String(masterPort)]),
       ),
     );
     await waitUntil(
@@ -374,7 +352,7 @@ export async function startRedisCluster(options: { masters?: number; replicasPer
           await startProcess(
             `node-${port}`,
             port,
-            serverArgs(port, procs.dir, [
+            redisServerArgs(port, procs.dir, [
               '--dbfilename',
               `dump-${port}.rdb`,
               '--cluster-enabled',

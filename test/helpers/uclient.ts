@@ -3,7 +3,9 @@
 // line without `msz=` (the lines with `msz=` are per-second progress) and
 // `Total lost packets L (P%), total send dropped D (P%)`.
 
-import { runToCompletion, type CleanupRegistrar, type RunResult, type RunningTurnServer } from './anyturn-process.js';
+import assert from 'node:assert/strict';
+
+import { LOOPBACK_V4, runToCompletion, type CleanupRegistrar, type RunResult, type RunningTurnServer } from './anyturn-process.js';
 
 export interface UclientStats {
   readonly sentMessages: number;
@@ -90,4 +92,41 @@ export async function runUclient(args: readonly string[], deadlineMs: number, t:
   if (collision === undefined) return first;
   t.diagnostic(`${collision}; running uclient once more`);
   return runToCompletion('turnutils_uclient', args, deadlineMs, t);
+}
+
+/**
+ * uclient's load: `clients` sessions (-m) each sending `messages` (-n) of `bytes` (-l)
+ * every `intervalMs` (-z) from 127.0.0.1 (-L) to host:port, without its second RTCP
+ * allocation (-c). These are the last arguments: the server address ends the list.
+ */
+export function uclientLoadArgs(o: { clients: number; messages: number; bytes: number; intervalMs: number; port: number; host: string }): string[] {
+  return [
+    '-c',
+    '-m',
+    String(o.clients),
+    '-n',
+    String(o.messages),
+    '-l',
+    String(o.bytes),
+    '-z',
+    String(o.intervalMs),
+    '-L',
+    LOOPBACK_V4,
+    '-p',
+    String(o.port),
+    o.host,
+  ];
+}
+
+/** uclient finished on its own, exited 0, and each of the `expected` messages was sent and came back. */
+export function assertEveryMessageBack(args: readonly string[], result: RunResult, server: RunningTurnServer, expected: number): void {
+  const context = describeRun('turnutils_uclient', args, result, server);
+  assert.equal(result.timedOut, false, `uclient did not finish\n${context}`);
+  assert.equal(result.code, 0, `uclient failed\n${context}`);
+  const stats = parseUclientStats(result.stdout + result.stderr);
+  assert.ok(stats, `no final statistics in uclient output\n${context}`);
+  assert.equal(stats.lostPackets, 0, `lost packets\n${context}`);
+  assert.equal(stats.sendDropped, 0, `send dropped\n${context}`);
+  assert.equal(stats.sentMessages, expected, `messages sent\n${context}`);
+  assert.equal(stats.receivedMessages, expected, `messages received\n${context}`);
 }

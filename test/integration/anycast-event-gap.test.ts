@@ -8,64 +8,16 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
-import net from 'node:net';
 
 import { buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { type RedisClients, createRedisClients } from '../../src/store/redis/clients.js';
 import { type AllocationRecord, fiveTupleKey } from '../../src/store/types.js';
+import { type FreezableProxy, startFreezableProxy } from '../helpers/freezable-proxy.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
 
 const MIN_PORT = 44100;
-
-/** A TCP proxy to Redis whose connections can be frozen one by one (open, but nothing passes). */
-async function startFreezableProxy(targetPort: number): Promise<{ port: number; freeze(match: RegExp): number; close(): Promise<void> }> {
-  const conns: { sent: string; frozen: boolean }[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const conn = { sent: '', frozen: false };
-    conns.push(conn);
-    const upstream = net.connect({ host: '127.0.0.1', port: targetPort });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.on('data', (chunk: Buffer) => {
-      if (conn.sent.length < 4096) conn.sent += chunk.toString('latin1');
-      if (!conn.frozen) upstream.write(chunk);
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      if (!conn.frozen) client.write(chunk);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  assert.ok(address && typeof address === 'object');
-  return {
-    port: address.port,
-    freeze(match) {
-      let n = 0;
-      for (const c of conns) {
-        if (!c.frozen && match.test(c.sent)) {
-          c.frozen = true;
-          n++;
-        }
-      }
-      return n;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 function freeUdpPort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -88,7 +40,7 @@ async function until(predicate: () => boolean, what: string, timeoutMs: number):
 
 describe('anycast relay mode: a gap in the store’s event feed', () => {
   let redis: RedisServerHandle | undefined;
-  let proxy: Awaited<ReturnType<typeof startFreezableProxy>> | undefined;
+  let proxy: FreezableProxy | undefined;
   let server: RunningServer | undefined;
   let other: RedisClients | undefined;
   before(async () => {
@@ -128,7 +80,11 @@ describe('anycast relay mode: a gap in the store’s event feed', () => {
       'a first heartbeat',
       10_000,
     );
-    assert.equal(proxy!.freeze(/subscribe/i), 1, 'exactly the subscriber connection is frozen');
+    assert.equal(
+      proxy!.freeze((c) => /subscribe/i.test(c.sent)),
+      1,
+      'exactly the subscriber connection is frozen',
+    );
 
     // Another node makes an allocation on the shared address: the event is lost to this node.
     const now = Date.now();

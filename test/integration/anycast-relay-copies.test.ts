@@ -12,31 +12,20 @@ import { randomBytes } from 'node:crypto';
 import { createLogger } from '../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { type AllocationStore, type StoreEventListener, fiveTupleKey } from '../../src/store/types.js';
-import { decodeErrorCode, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import { encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';
 import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
-import { longTermKey } from '../../src/stun/integrity.js';
-import { decodeMessage, getAttribute } from '../../src/stun/message.js';
+import { decodeMessage } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
 import type { Allocation } from '../../src/turn/allocation/allocation.js';
 import { CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from '../../src/turn/allocation/allocation.js';
-import type { EngineListener } from '../../src/turn/allocation/table.js';
-import { CredentialStore } from '../../src/turn/auth/credentials.js';
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { ManualClock } from '../../src/turn/clock.js';
 import { EngineCounters } from '../../src/turn/counters.js';
-import { TurnEngine } from '../../src/turn/engine.js';
-import { createPeerPolicy } from '../../src/turn/peer-policy.js';
-import { FakeClientPath, FakeRelayFactory } from '../helpers/fake-io.js';
+import { ANYCAST, CLIENT, type EngineNode, PEER, PORT, responseCode as answer, signedRequest, startEngineNode, until } from '../helpers/engine-node.js';
 
-const ANYCAST = '198.18.100.1';
 const RELAY = '198.18.100.2';
-const PORT = 3478;
 const REALM = 'anycast-copies.test';
-const USER = 'alice';
-const KEY = longTermKey(USER, REALM, 'secret');
-const CLIENT = '198.18.10.2';
-const PEER = '198.18.20.2';
 /** How long past its expiry a copy is kept while the store is unreachable (replication.ts). */
 const GRACE_MS = 60_000;
 const logger = createLogger('silent');
@@ -70,11 +59,7 @@ class NodeView {
   }
 }
 
-interface Node {
-  readonly engine: TurnEngine;
-  readonly path: FakeClientPath;
-  readonly listener: EngineListener;
-  readonly relays: FakeRelayFactory;
+interface Node extends EngineNode {
   readonly view: NodeView;
   readonly counters: EngineCounters;
 }
@@ -86,50 +71,32 @@ class Cluster {
   readonly nodes: Node[] = [];
 
   start(id: string): Node {
-    const path = new FakeClientPath('udp', ANYCAST, PORT);
-    const relays = new FakeRelayFactory();
     const view = new NodeView(this.shared);
     const counters = new EngineCounters();
-    const engine = new TurnEngine({
-      nodeId: id,
-      credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, 'secret']]), authSecrets: [] }),
-      nonces: this.nonces,
-      peerPolicy: createPeerPolicy({
-        allowLoopbackPeers: false,
-        allowedPeerRanges: ['198.18.0.0/15'],
-        deniedPeerRanges: [],
+    const node = {
+      ...startEngineNode({
+        nodeId: id,
+        realm: REALM,
+        nonces: this.nonces,
+        store: view.store,
+        clock: this.clock,
+        logger,
+        counters,
+        relayAddressIPv4: RELAY,
         serverAddresses: [ANYCAST, RELAY],
         servicePorts: [PORT],
+        engine: { relayMode: 'anycast' },
       }),
-      store: view.store,
-      relays,
-      clock: this.clock,
-      logger,
+      view,
       counters,
-      relayAddressIPv4: RELAY,
-      minPort: 50000,
-      maxPort: 50999,
-      maxLifetimeSeconds: 3600,
-      userQuota: 0,
-      totalQuota: 0,
-      software: '',
-      relayMode: 'anycast',
-    });
-    const node = { engine, path, listener: engine.addListener(path), relays, view, counters };
+    };
     this.nodes.push(node);
     return node;
   }
 
   async ask(node: Node, clientPort: number, method: number, decorate: (w: MessageWriter) => void = () => undefined): Promise<number | undefined> {
-    const transactionId = randomBytes(12);
-    const w = new MessageWriter(method, MessageClass.Request, transactionId);
-    decorate(w);
-    w.addText(Attr.Username, USER);
-    w.addText(Attr.Realm, REALM);
-    w.addText(Attr.Nonce, this.nonces.issue(CLIENT, this.clock.now()));
-    w.addIntegrity(KEY);
-    const id = transactionId.toString('hex');
-    node.engine.handleClientPacket(node.listener, w.toBuffer(), CLIENT, clientPort);
+    const { buf, id } = signedRequest(method, REALM, this.nonces.issue(CLIENT, this.clock.now()), decorate);
+    node.engine.handleClientPacket(node.listener, buf, CLIENT, clientPort);
     await until(() => answer(node, clientPort, id) !== undefined, `an answer to method ${method}`);
     return answer(node, clientPort, id);
   }
@@ -152,24 +119,6 @@ class Cluster {
       n.view.down = false;
       await n.engine.stop();
     }
-  }
-}
-
-function answer(node: Node, clientPort: number, id: string): number | undefined {
-  for (const sent of node.path.sentTo(CLIENT, clientPort)) {
-    const d = decodeMessage(sent.data);
-    if (!d.ok || d.message.transactionId.toString('hex') !== id) continue;
-    if (d.message.cls === MessageClass.SuccessResponse) return 200;
-    return decodeErrorCode(getAttribute(d.message, Attr.ErrorCode) ?? Buffer.alloc(0))?.code;
-  }
-  return undefined;
-}
-
-async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
   }
 }
 

@@ -15,107 +15,42 @@ import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { createRedisClients } from '../../src/store/redis/clients.js';
 import { type AllocationRecord, type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
 import { decodeAddress } from '../../src/stun/address.js';
-import {
-  decodeAddressErrorCode,
-  decodeErrorCode,
-  encodeAddressFamily,
-  encodeChannelNumber,
-  encodeRequestedTransport,
-  encodeUint32,
-} from '../../src/stun/attributes.js';
+import { decodeAddressErrorCode, encodeAddressFamily, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';
 import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
-import { longTermKey } from '../../src/stun/integrity.js';
 import { decodeMessage, getAttribute, getAttributes } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
-import { CredentialStore } from '../../src/turn/auth/credentials.js';
 import { systemClock } from '../../src/turn/clock.js';
-import { EngineCounters } from '../../src/turn/counters.js';
-import type { EngineListener } from '../../src/turn/allocation/table.js';
-import { TurnEngine } from '../../src/turn/engine.js';
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
-import { createPeerPolicy } from '../../src/turn/peer-policy.js';
-import { FakeClientPath, FakeRelayFactory } from '../helpers/fake-io.js';
+import { ANYCAST, CLIENT, type EngineNode, PEER, PORT, USER, responseCode, signedRequest, startEngineNode, until } from '../helpers/engine-node.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
 
-const ANYCAST = '198.18.100.1';
 const RELAY = '198.18.100.2';
 const RELAY6 = '2001:db8:100::2';
-const PORT = 3478;
 const REALM = 'anycast-relay.test';
-const USER = 'alice';
-const KEY = longTermKey(USER, REALM, 'secret');
-const CLIENT = '198.18.10.2';
-const PEER = '198.18.20.2';
 const nonces = new NonceIssuer(Buffer.from('shared nonce secret, 32 bytes..'), 600_000);
 const logger = createLogger('silent');
 
-interface Node {
-  readonly engine: TurnEngine;
-  readonly path: FakeClientPath;
-  readonly listener: EngineListener;
-  readonly relays: FakeRelayFactory;
-}
+type Node = EngineNode;
 
 function startNode(id: string, store: AllocationStore, extra: { relayAddressIPv6?: string; minPort?: number; maxPort?: number } = {}): Node {
-  const path = new FakeClientPath('udp', ANYCAST, PORT);
-  const relays = new FakeRelayFactory();
-  const engine = new TurnEngine({
+  return startEngineNode({
     nodeId: id,
-    credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, 'secret']]), authSecrets: [] }),
+    realm: REALM,
     nonces,
-    peerPolicy: createPeerPolicy({
-      allowLoopbackPeers: false,
-      allowedPeerRanges: ['198.18.0.0/15', '2001:db8:100::/48'],
-      deniedPeerRanges: [],
-      serverAddresses: [ANYCAST, RELAY, RELAY6],
-      servicePorts: [PORT],
-    }),
     store,
-    relays,
     clock: systemClock,
     logger,
-    counters: new EngineCounters(),
     relayAddressIPv4: RELAY,
-    relayAddressIPv6: extra.relayAddressIPv6,
-    minPort: extra.minPort ?? 50000,
-    maxPort: extra.maxPort ?? 59999,
-    maxLifetimeSeconds: 3600,
-    userQuota: 0,
-    totalQuota: 0,
-    software: '',
-    relayMode: 'anycast',
+    serverAddresses: [ANYCAST, RELAY, RELAY6],
+    allowedPeerRanges: ['198.18.0.0/15', '2001:db8:100::/48'],
+    servicePorts: [PORT],
+    engine: { relayAddressIPv6: extra.relayAddressIPv6, minPort: extra.minPort ?? 50000, maxPort: extra.maxPort ?? 59999, relayMode: 'anycast' },
   });
-  return { engine, path, listener: engine.addListener(path), relays };
 }
 
 function request(method: number, decorate: (w: MessageWriter) => void = () => undefined): { buf: Buffer; id: string } {
-  const transactionId = randomBytes(12);
-  const w = new MessageWriter(method, MessageClass.Request, transactionId);
-  decorate(w);
-  w.addText(Attr.Username, USER);
-  w.addText(Attr.Realm, REALM);
-  w.addText(Attr.Nonce, nonces.issue(CLIENT, Date.now()));
-  w.addIntegrity(KEY);
-  return { buf: w.toBuffer(), id: transactionId.toString('hex') };
-}
-
-function responseCode(node: Node, clientPort: number, id: string): number | undefined {
-  for (const sent of node.path.sentTo(CLIENT, clientPort)) {
-    const d = decodeMessage(sent.data);
-    if (!d.ok || d.message.transactionId.toString('hex') !== id) continue;
-    if (d.message.cls === MessageClass.SuccessResponse) return 200;
-    return decodeErrorCode(getAttribute(d.message, Attr.ErrorCode) ?? Buffer.alloc(0))?.code;
-  }
-  return undefined;
-}
-
-async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  return signedRequest(method, REALM, nonces.issue(CLIENT, Date.now()), decorate);
 }
 
 async function ask(node: Node, clientPort: number, method: number, decorate?: (w: MessageWriter) => void): Promise<number | undefined> {

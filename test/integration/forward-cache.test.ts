@@ -6,47 +6,19 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
-import { ClusterCounters } from '../../src/cluster/counters.js';
-import { MeshSocket } from '../../src/cluster/mesh.js';
-import { ClusterRouter } from '../../src/cluster/router.js';
 import { createLogger } from '../../src/ops/log.js';
 import { MemoryAllocationStore, MemoryNodeRegistry } from '../../src/store/memory.js';
-import { decodeErrorCode, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import { encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';
 import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
-import { longTermKey } from '../../src/stun/integrity.js';
-import { decodeMessage, getAttribute } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
 import { PERMISSION_LIFETIME_MS } from '../../src/turn/allocation/allocation.js';
-import type { EngineListener } from '../../src/turn/allocation/table.js';
-import { CredentialStore } from '../../src/turn/auth/credentials.js';
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { ManualClock } from '../../src/turn/clock.js';
-import { EngineCounters } from '../../src/turn/counters.js';
-import { TurnEngine } from '../../src/turn/engine.js';
-import { createPeerPolicy } from '../../src/turn/peer-policy.js';
-import { FakeClientPath, FakeRelayFactory } from '../helpers/fake-io.js';
+import { CLIENT, type MeshNode as Node, PEER, responseCode as answer, signedRequest, startMeshNode, until } from '../helpers/engine-node.js';
 
-const ANYCAST = '198.18.100.1';
-const PORT = 3478;
 const REALM = 'forward-cache.test';
-const USER = 'alice';
 const SECRET = Buffer.from('a cluster secret of enough bytes');
-const CLIENT = '198.18.10.2';
-const PEER = '198.18.20.2';
-const KEY = longTermKey(USER, REALM, 'secret');
-
-interface Node {
-  readonly id: string;
-  readonly engine: TurnEngine;
-  readonly path: FakeClientPath;
-  readonly listener: EngineListener;
-  readonly relays: FakeRelayFactory;
-  readonly mesh: MeshSocket;
-  readonly router: ClusterRouter;
-  readonly counters: ClusterCounters;
-  readonly engineCounters: EngineCounters;
-}
 
 const clock = new ManualClock(1_800_000_000_000);
 const logger = createLogger('silent');
@@ -56,49 +28,7 @@ const nonces = new NonceIssuer(SECRET, 600_000);
 const nodes: Node[] = [];
 
 async function startNode(id: string, relayIp: string): Promise<Node> {
-  const path = new FakeClientPath('udp', ANYCAST, PORT);
-  const relays = new FakeRelayFactory();
-  const counters = new ClusterCounters();
-  const engineCounters = new EngineCounters();
-  let engine: TurnEngine | undefined;
-  let listener: EngineListener | undefined;
-  const mesh = new MeshSocket('127.0.0.1', 0, SECRET, {
-    onPacket: (p) => {
-      counters.meshReceived++;
-      engine!.handleClientPacket(listener!, p.payload, p.clientAddress, p.clientPort, true);
-    },
-    onRejected: (reason) => counters.meshRejected[reason]++,
-    onError: () => undefined,
-  });
-  await mesh.start();
-  const router = new ClusterRouter({ nodeId: id, store, registry, mesh, clock, logger, counters, lookupsPerSecond: 1000 });
-  engine = new TurnEngine({
-    nodeId: id,
-    credentials: new CredentialStore({ realm: REALM, users: new Map([[USER, 'secret']]), authSecrets: [] }),
-    nonces,
-    peerPolicy: createPeerPolicy({
-      allowLoopbackPeers: false,
-      allowedPeerRanges: ['198.18.0.0/15'],
-      deniedPeerRanges: [],
-      serverAddresses: [ANYCAST, relayIp],
-    }),
-    store,
-    relays,
-    clock,
-    logger,
-    counters: engineCounters,
-    relayAddressIPv4: relayIp,
-    minPort: 50000,
-    maxPort: 50999,
-    maxLifetimeSeconds: 3600,
-    userQuota: 0,
-    totalQuota: 0,
-    software: '',
-    foreign: router,
-  });
-  router.attach(engine);
-  listener = engine.addListener(path);
-  const node = { id, engine, path, listener, relays, mesh, router, counters, engineCounters };
+  const node = await startMeshNode({ id, realm: REALM, secret: SECRET, nonces, store, registry, clock, logger, relayIp, lookupsPerSecond: 1000 });
   nodes.push(node);
   await heartbeat();
   return node;
@@ -109,24 +39,6 @@ async function heartbeat(): Promise<void> {
   for (const n of nodes) await registry.heartbeat({ nodeId: n.id, meshAddress: '127.0.0.1', meshPort: n.mesh.port }, 5_000);
 }
 
-async function until(predicate: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-function answer(node: Node, clientPort: number, id: string): number | undefined {
-  for (const sent of node.path.sentTo(CLIENT, clientPort)) {
-    const d = decodeMessage(sent.data);
-    if (!d.ok || d.message.transactionId.toString('hex') !== id) continue;
-    if (d.message.cls === MessageClass.SuccessResponse) return 200;
-    return decodeErrorCode(getAttribute(d.message, Attr.ErrorCode) ?? Buffer.alloc(0))?.code;
-  }
-  return undefined;
-}
-
 /** A request sent to `via`, answered by `by` (the owner, when `via` forwards it). */
 async function ask(
   via: Node,
@@ -135,15 +47,8 @@ async function ask(
   method: number,
   decorate: (w: MessageWriter) => void = () => undefined,
 ): Promise<number | undefined> {
-  const transactionId = randomBytes(12);
-  const w = new MessageWriter(method, MessageClass.Request, transactionId);
-  decorate(w);
-  w.addText(Attr.Username, USER);
-  w.addText(Attr.Realm, REALM);
-  w.addText(Attr.Nonce, nonces.issue(CLIENT, clock.now()));
-  w.addIntegrity(KEY);
-  const id = transactionId.toString('hex');
-  via.engine.handleClientPacket(via.listener, w.toBuffer(), CLIENT, clientPort);
+  const { buf, id } = signedRequest(method, REALM, nonces.issue(CLIENT, clock.now()), decorate);
+  via.engine.handleClientPacket(via.listener, buf, CLIENT, clientPort);
   await until(() => answer(by, clientPort, id) !== undefined, `an answer to method ${method}`);
   return answer(by, clientPort, id);
 }

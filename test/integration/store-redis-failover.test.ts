@@ -21,7 +21,6 @@ import { after, describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
-import net from 'node:net';
 
 import { buildConfig, type RawOptions } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
@@ -31,6 +30,7 @@ import type { RedisStoreOptions } from '../../src/store/redis/options.js';
 import type { RedisTarget } from '../../src/store/redis/target.js';
 import type { AllocationRecord, StoreEvent } from '../../src/store/types.js';
 import { fiveTupleKey } from '../../src/store/types.js';
+import { startFreezableProxy } from '../helpers/freezable-proxy.js';
 import { startRedisServer } from '../helpers/redis-server.js';
 import {
   startRedisCluster,
@@ -317,65 +317,6 @@ async function nodesWithSubscribers(topology: ClusterTopology): Promise<Set<numb
     if (String(list).trim() !== '') ports.add(n.port);
   }
   return ports;
-}
-
-// ---------------------------------------------------------------------------
-// A TCP proxy whose connections can be frozen: still open, nothing passes.
-
-interface ProxiedConnection {
-  /** What the client sent so far (latin1), to tell connections apart. */
-  sent: string;
-  frozen: boolean;
-}
-
-async function startFreezableProxy(
-  targetPort: number,
-): Promise<{ port: number; freeze(match: (c: ProxiedConnection) => boolean): number; connections(): number; close(): Promise<void> }> {
-  const all: ProxiedConnection[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const conn: ProxiedConnection = { sent: '', frozen: false };
-    all.push(conn);
-    const upstream = net.connect({ host: '127.0.0.1', port: targetPort });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.on('data', (chunk: Buffer) => {
-      if (conn.sent.length < 4096) conn.sent += chunk.toString('latin1');
-      if (!conn.frozen) upstream.write(chunk);
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      if (!conn.frozen) client.write(chunk);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  assert.ok(address && typeof address === 'object');
-  return {
-    port: address.port,
-    freeze(match) {
-      let n = 0;
-      for (const c of all) {
-        if (!c.frozen && match(c)) {
-          c.frozen = true;
-          n++;
-        }
-      }
-      return n;
-    },
-    connections: () => all.length,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
 }
 
 // ---------------------------------------------------------------------------

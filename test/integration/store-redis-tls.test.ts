@@ -17,7 +17,7 @@ import { buildConfig, ConfigError, type RawOptions } from '../../src/config/inde
 import { sentinelRedisOptions, clusterRedisOptions } from '../../src/store/redis/client-options.js';
 import { createRedisClients } from '../../src/store/redis/clients.js';
 import { fiveTupleKey } from '../../src/store/types.js';
-import { findFreePort, killOnExit } from '../helpers/redis-server.js';
+import { findFreePort, killOnExit, redisServerArgs } from '../helpers/redis-server.js';
 
 const REDIS_SERVER = process.env.REDIS_SERVER_PATH ?? '/usr/bin/redis-server';
 const CLUSTER: RawOptions = { 'listening-ip': ['127.0.0.1'], user: ['u:p'], 'mesh-address': '127.0.0.1:7000', 'cluster-secret': 'a-cluster-secret-of-16+' };
@@ -154,23 +154,8 @@ describe('--redis-tls with a real Sentinel and master that speak only TLS', () =
     otherCa = readFileSync(makeCertificate(dir, 'other').cert, 'utf8');
     const tlsArgs = ['--tls-cert-file', own.cert, '--tls-key-file', own.key, '--tls-ca-cert-file', own.cert, '--tls-auth-clients', 'no'];
     const masterPort = await findFreePort();
-    start([
-      '--port',
-      '0',
-      '--tls-port',
-      String(masterPort),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-      '--protected-mode',
-      'no',
-      '--dir',
-      dir,
-      ...tlsArgs,
-    ]);
+    // --port 0: no plain port, TLS only.
+    start(redisServerArgs(0, dir, ['--tls-port', String(masterPort), ...tlsArgs]));
     await waitReady(masterPort);
     sentinelPort = await findFreePort();
     const conf = join(dir, 'sentinel.conf');

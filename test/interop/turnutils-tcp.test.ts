@@ -16,7 +16,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { LOOPBACK_V4, startTurnServerUnderTest, startTurnutilsPeer, stopAfter, type RunningPeer, type RunningTurnServer } from '../helpers/anyturn-process.js';
 import { makeSelfSignedCertificate, type SelfSignedCertificate } from '../helpers/tls-cert.js';
-import { describeRun, parseUclientStats, runUclient as runUclientProcess } from '../helpers/uclient.js';
+import { assertEveryMessageBack, runUclient as runUclientProcess, uclientLoadArgs } from '../helpers/uclient.js';
 
 const USER = 'U';
 const PASSWORD = 'P';
@@ -80,32 +80,10 @@ describe('coturn turnutils_uclient over TCP and TLS against the server under tes
       peer.host,
       '-r',
       String(peer.port),
-      '-c',
-      '-m',
-      String(CLIENTS),
-      '-n',
-      String(MESSAGES_PER_CLIENT),
-      '-l',
-      String(MESSAGE_BYTES),
-      '-z',
-      String(INTERVAL_MS),
-      '-L',
-      LOOPBACK_V4,
-      '-p',
-      String(port),
-      server.host,
+      ...uclientLoadArgs({ clients: CLIENTS, messages: MESSAGES_PER_CLIENT, bytes: MESSAGE_BYTES, intervalMs: INTERVAL_MS, port, host: server.host }),
     ];
     const result = await runUclientProcess(args, UCLIENT_DEADLINE_MS, t);
-    const context = describeRun('turnutils_uclient', args, result, server);
-    assert.equal(result.timedOut, false, `uclient did not finish\n${context}`);
-    assert.equal(result.code, 0, `uclient failed\n${context}`);
-    const stats = parseUclientStats(result.stdout + result.stderr);
-    assert.ok(stats, `no final statistics in uclient output\n${context}`);
-    const expected = CLIENTS * MESSAGES_PER_CLIENT;
-    assert.equal(stats.lostPackets, 0, `lost packets\n${context}`);
-    assert.equal(stats.sendDropped, 0, `send dropped\n${context}`);
-    assert.equal(stats.sentMessages, expected, `messages sent\n${context}`);
-    assert.equal(stats.receivedMessages, expected, `messages received\n${context}`);
+    assertEveryMessageBack(args, result, server, CLIENTS * MESSAGES_PER_CLIENT);
     if (server.kind === 'anyturn') {
       const exit = await server.stop();
       assert.deepEqual(exit, { code: 0, signal: null }, `anyturn must exit 0 on SIGTERM\n${server.process.outputTail()}`);

@@ -39,7 +39,7 @@ import {
   type RunningPeer,
   type RunningTurnServer,
 } from '../helpers/anyturn-process.js';
-import { describeRun, parseUclientStats, runUclient as runUclientProcess } from '../helpers/uclient.js';
+import { assertEveryMessageBack, describeRun, runUclient as runUclientProcess, uclientLoadArgs } from '../helpers/uclient.js';
 
 const USER = 'U';
 const PASSWORD = 'P';
@@ -78,32 +78,17 @@ async function runUclient(
     '-w',
     PASSWORD,
     ...modeArgs,
-    '-c',
-    '-m',
-    String(CLIENTS),
-    '-n',
-    String(MESSAGES_PER_CLIENT),
-    '-l',
-    String(MESSAGE_BYTES),
-    '-z',
-    String(INTERVAL_MS),
-    '-L',
-    LOOPBACK_V4,
-    '-p',
-    String(server.port),
-    server.host,
+    ...uclientLoadArgs({
+      clients: CLIENTS,
+      messages: MESSAGES_PER_CLIENT,
+      bytes: MESSAGE_BYTES,
+      intervalMs: INTERVAL_MS,
+      port: server.port,
+      host: server.host,
+    }),
   ];
   const result = await runUclientProcess(args, UCLIENT_DEADLINE_MS, t);
-  const context = describeRun('turnutils_uclient', args, result, server);
-  assert.equal(result.timedOut, false, `uclient did not finish\n${context}`);
-  assert.equal(result.code, 0, `uclient failed\n${context}`);
-  const stats = parseUclientStats(result.stdout + result.stderr);
-  assert.ok(stats, `no final statistics in uclient output\n${context}`);
-  const expected = CLIENTS * MESSAGES_PER_CLIENT;
-  assert.equal(stats.lostPackets, 0, `lost packets\n${context}`);
-  assert.equal(stats.sendDropped, 0, `send dropped\n${context}`);
-  assert.equal(stats.sentMessages, expected, `messages sent\n${context}`);
-  assert.equal(stats.receivedMessages, expected, `messages received\n${context}`);
+  assertEveryMessageBack(args, result, server, CLIENTS * MESSAGES_PER_CLIENT);
 }
 
 describe('coturn turnutils against the server under test (UDP, loopback)', () => {
