@@ -7,7 +7,6 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
 
 import { buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
@@ -16,19 +15,9 @@ import { type RedisClients, createRedisClients } from '../../src/store/redis/cli
 import { type AllocationRecord, fiveTupleKey } from '../../src/store/types.js';
 import { type FreezableProxy, startFreezableProxy } from '../helpers/freezable-proxy.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
+import { findFreeUdpPort } from '../helpers/anyturn-process.js';
 
 const MIN_PORT = 44100;
-
-function freeUdpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket('udp4');
-    socket.once('error', reject);
-    socket.bind(0, '127.0.0.1', () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
-}
 
 async function until(predicate: () => boolean, what: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -63,7 +52,7 @@ describe('anycast relay mode: a gap in the store’s event feed', () => {
       'max-port': MIN_PORT + 99,
       realm: 'gap.test',
       user: ['alice:secret'],
-      'mesh-address': `127.0.0.1:${await freeUdpPort()}`,
+      'mesh-address': `127.0.0.1:${await findFreeUdpPort()}`,
       'cluster-secret': 'a cluster secret of enough bytes',
       'relay-mode': 'anycast',
       'redis-url': `redis://127.0.0.1:${proxy!.port}`,

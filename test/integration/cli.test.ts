@@ -6,10 +6,10 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { TestTurnClient } from '../helpers/turn-client.js';
+import { findFreeUdpPort } from '../helpers/anyturn-process.js';
 
 /** dist/test/integration/cli.test.js -> dist/src/cli.js */
 const CLI = fileURLToPath(new URL('../../src/cli.js', import.meta.url));
@@ -76,14 +76,6 @@ function jsonLines(text: string): Record<string, unknown>[] {
     }
   }
   return out;
-}
-
-async function freeUdpPort(): Promise<number> {
-  const s = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', () => resolve()));
-  const port = s.address().port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
 }
 
 // Safe defaults for the bad-value runs: if validation ever let one through, it would
@@ -163,7 +155,7 @@ describe('anyturn CLI', () => {
   });
 
   it('runs from ANYTURN_* variables: logs ready, answers, logs allocations, exits 0 on SIGTERM', async () => {
-    const port = await freeUdpPort();
+    const port = await findFreeUdpPort();
     const realm = 'env.realm.test';
     const p = spawnCli([], {
       ANYTURN_USER: 'envuser:envpass',
@@ -240,7 +232,7 @@ describe('anyturn CLI', () => {
   });
 
   it('repeatable address flags take a comma-separated list from the environment; a user entry is not split', async () => {
-    const port = await freeUdpPort();
+    const port = await findFreeUdpPort();
     const p = spawnCli([], {
       // The epilogue promises lists for address flags only: a password may contain ','.
       ANYTURN_USER: 'listy:one,two',

@@ -17,18 +17,11 @@ import { MessageWriter } from '../../src/stun/writer.js';
 import { parseMetrics, sum, until } from '../helpers/ops-endpoint.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
 import { type Endpoint, TestTurnClient } from '../helpers/turn-client.js';
+import { findFreeUdpPort } from '../helpers/anyturn-process.js';
 
 const CLUSTER_SECRET = 'cluster-keys-test-secret-0123456789';
 const REALM = 'cluster-keys.test';
 const credentials = { username: 'u', password: 'p', realm: REALM };
-
-async function freeUdpPort(): Promise<number> {
-  const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
-  const { port } = socket.address();
-  await new Promise<void>((resolve) => socket.close(() => resolve()));
-  return port;
-}
 
 describe('cluster keys on two real nodes', () => {
   let redis: RedisServerHandle;
@@ -55,7 +48,7 @@ describe('cluster keys on two real nodes', () => {
         realm: REALM,
         user: [`${credentials.username}:${credentials.password}`],
         'redis-url': redis.url,
-        'mesh-address': `127.0.0.1:${await freeUdpPort()}`,
+        'mesh-address': `127.0.0.1:${await findFreeUdpPort()}`,
         'cluster-secret': CLUSTER_SECRET,
       }),
       { logger: createLogger('silent') },

@@ -20,7 +20,6 @@
 import { after, describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import dgram from 'node:dgram';
 
 import { buildConfig, type RawOptions } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
@@ -42,6 +41,7 @@ import {
 } from '../helpers/redis-topologies.js';
 import { type Endpoint, TestPeer, TestTurnClient } from '../helpers/turn-client.js';
 import { recordFactory } from '../helpers/records.js';
+import { findFreeUdpPort } from '../helpers/anyturn-process.js';
 
 /** Every bounded wait for the cluster to heal. */
 const RECOVERY_DEADLINE_MS = 30_000;
@@ -324,17 +324,6 @@ async function nodesWithSubscribers(topology: ClusterTopology): Promise<Set<numb
 
 const credentials = { username: 'alice', password: 'wonderland', realm: 'anyturn.test' };
 
-function freeUdpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket('udp4');
-    socket.once('error', reject);
-    socket.bind(0, '127.0.0.1', () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
-}
-
 async function startClusterServer(
   t: TestContext,
   store: Pick<RawOptions, 'redis-sentinel' | 'redis-sentinel-name' | 'redis-cluster'>,
@@ -348,7 +337,7 @@ async function startClusterServer(
     realm: credentials.realm,
     user: [`${credentials.username}:${credentials.password}`],
     'allow-loopback-peers': true,
-    'mesh-address': `127.0.0.1:${await freeUdpPort()}`,
+    'mesh-address': `127.0.0.1:${await findFreeUdpPort()}`,
     'cluster-secret': 'a cluster secret of enough bytes',
     ...store,
   });
