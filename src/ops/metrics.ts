@@ -17,34 +17,7 @@ export interface MetricsSources {
   readonly counters: EngineCounters;
   readonly store: AllocationStore;
   readonly cluster?: ClusterCounters;
-  /** Degraded mode (docs/architecture.md §5): allocations made while the store was unreachable, and what happened when it returned. */
-function outageCounters(registry: Registry, counters: EngineCounters): void {
-  totalCounter(registry, 'anyturn_allocations_local_only_total', 'Allocations made while the store was unreachable (local-only until written back)', [], () =>
-    single(counters.allocationsLocalOnly),
-  );
-  totalCounter(registry, 'anyturn_allocations_written_back_total', 'Local-only allocations written to the store once it came back', [], () =>
-    single(counters.allocationsWrittenBack),
-  );
-  totalCounter(
-    registry,
-    'anyturn_store_conflicts_total',
-    'Claims made twice during a store outage, settled when it returned: kind relay_port (anycast relay mode) or five_tuple; outcome kept (here) or lost (served here only until it ends)',
-    ['kind', 'outcome'],
-    () =>
-      STORE_CONFLICT_KINDS.flatMap((kind) =>
-        (['kept', 'lost'] as const).map((outcome) => [{ kind, outcome }, counters.storeConflicts[kind][outcome]] as const),
-      ),
-  );
-  totalCounter(
-    registry,
-    'anyturn_user_quota_overruns_total',
-    'Allocations written back after a store outage that put their user over --user-quota (tolerated)',
-    [],
-    () => single(counters.userQuotaOverruns),
-  );
-}
-
-/** TCP/TLS client connections. */
+  /** TCP/TLS client connections. */
   readonly streams?: StreamCounters;
   readonly drain?: DrainSwitch;
   /** anyturn_user_allocations{user}: one series per username, so only when asked (--prometheus-username-labels). */
