@@ -116,6 +116,23 @@ export class StoreConflicts {
     return true;
   }
 
+  /** Another node settled a conflict against this allocation (its record was removed or taken over): counted and logged here too. */
+  lost(allocation: Allocation, kind: StoreConflictKind, winnerNode: string | undefined): void {
+    this.o.counters.storeConflicts[kind].lost++;
+    this.o.logger.warn(
+      {
+        event: 'store_conflict',
+        kind,
+        relayed: `${allocation.relay.address}:${allocation.relay.port}`,
+        allocation: allocation.key,
+        winner: { node: winnerNode },
+        keptHere: false,
+      },
+      'store conflict after an outage settled by another node: this allocation is served here only (local-only) until it ends',
+    );
+    this.detach(allocation);
+  }
+
   /** The allocation lost its claim: served here only, the store is never asked about it again. */
   detach(allocation: Allocation): void {
     allocation.detached = true;

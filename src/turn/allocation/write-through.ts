@@ -91,6 +91,14 @@ export class WriteThrough {
   /** Compare-and-set of a record the store held; a conflict merges the winner's record in and writes the union. */
   private async update(allocation: Allocation): Promise<SettleOutcome | 'refused'> {
     const { store, nodeId } = this.o;
+    if (allocation.throughOutage) {
+      // The store's compare-and-set keeps a record's identity but would take our fields over
+      // another allocation's record on this 5-tuple (a conflict after the outage that another
+      // node won): look first. (A settlement between this read and the write is caught below.)
+      const current = await store.get(allocation.key);
+      if (!current) return this.conflicts.create(allocation);
+      if (!allocation.matches(current)) return this.conflicts.otherOnFiveTuple(allocation, current);
+    }
     let outcome = await store.update(allocation.toRecord(nodeId));
     // Another writer got there first: fold its record into ours and write the union.
     for (let attempt = 0; attempt < MAX_CONFLICT_RETRIES && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
@@ -103,7 +111,15 @@ export class WriteThrough {
     // The store lost the record (a Redis restart without persistence): write it again. A
     // live allocation is never refused for quota here.
     if (!outcome.ok && outcome.reason === 'missing') return this.conflicts.create(allocation);
-    return outcome.ok ? { written: outcome.record } : 'refused';
+    if (!outcome.ok) return 'refused';
+    // The store keeps a record's relayed address (its identity): another one means the
+    // record on this 5-tuple became another allocation's, the winner of a conflict after an
+    // outage that this node had not heard of yet. This one lost.
+    if (!allocation.matches({ ...outcome.record, createdAtMs: allocation.createdAtMs })) {
+      this.conflicts.lost(allocation, 'five_tuple', outcome.record.ownerNodeId);
+      return 'detached';
+    }
+    return { written: outcome.record };
   }
 
   /**
@@ -112,7 +128,7 @@ export class WriteThrough {
    */
   lostConflict(allocation: Allocation, reason: string): boolean {
     if (!allocation.madeHere || (reason !== RELAY_PORT_CONFLICT && reason !== FIVE_TUPLE_CONFLICT)) return false;
-    this.conflicts.detach(allocation);
+    this.conflicts.lost(allocation, reason === RELAY_PORT_CONFLICT ? 'relay_port' : 'five_tuple', undefined);
     return true;
   }
 
