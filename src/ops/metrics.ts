@@ -94,7 +94,7 @@ function dataplaneMetrics(registry: Registry, dataplane: DataplaneStatus): void 
   totalCounter(
     registry,
     'anyturn_dataplane_kernel_packets_total',
-    'Packets the kernel program looked at, by what it did: relayed (to_peer, to_client) or passed to user space and why',
+    'Packets the kernel program looked at, by what it did: relayed (relayed_to_peer, relayed_to_client) or passed to user space and why (expired, no_route, too_big, malformed, ...)',
     ['event'],
     () => Object.entries(dataplane.totals()).map(([event, value]) => [{ event }, value] as const),
   );

@@ -226,8 +226,8 @@ function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToC
   return {
     clientToPeer: m.get('anyturn_relayed_packets_total{direction="client_to_peer"}') ?? 0,
     peerToClient: m.get('anyturn_relayed_packets_total{direction="peer_to_client"}') ?? 0,
-    kernelToPeer: m.get('anyturn_dataplane_kernel_packets_total{event="to_peer"}') ?? 0,
-    kernelToClient: m.get('anyturn_dataplane_kernel_packets_total{event="to_client"}') ?? 0,
+    kernelToPeer: m.get('anyturn_dataplane_kernel_packets_total{event="relayed_to_peer"}') ?? 0,
+    kernelToClient: m.get('anyturn_dataplane_kernel_packets_total{event="relayed_to_client"}') ?? 0,
   };
 }
 

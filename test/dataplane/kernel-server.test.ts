@@ -19,8 +19,8 @@ import { Stream } from '../anycast/wire.js';
 const skip = netnsUnavailableReason() ?? kernelDataplaneUnavailableReason();
 const STREAM_MS = 4000;
 
-const TO_PEER = 'anyturn_dataplane_kernel_packets_total{event="to_peer"}';
-const TO_CLIENT = 'anyturn_dataplane_kernel_packets_total{event="to_client"}';
+const TO_PEER = 'anyturn_dataplane_kernel_packets_total{event="relayed_to_peer"}';
+const TO_CLIENT = 'anyturn_dataplane_kernel_packets_total{event="relayed_to_client"}';
 const RELAYED_TO_PEER = 'anyturn_relayed_packets_total{direction="client_to_peer"}';
 const RELAYED_TO_CLIENT = 'anyturn_relayed_packets_total{direction="peer_to_client"}';
 const KERNEL_CHANNELS = 'anyturn_dataplane_kernel_channels';
