@@ -5,8 +5,10 @@
 import type { ServerConfig } from './config/index.js';
 import type { Logger } from './ops/log.js';
 import { createLogger } from './ops/log.js';
+import type { Dataplane } from './dataplane/open.js';
 import { createMetrics } from './ops/metrics.js';
 import { ClusterNode } from './server/cluster.js';
+import { openNodeDataplane } from './server/dataplane.js';
 import { createEngine } from './server/engine.js';
 import { NodeLifecycle } from './server/lifecycle.js';
 import { ClientListeners } from './server/listeners.js';
@@ -58,8 +60,15 @@ function startTicking(
 }
 
 /** The start-up log line's fields, besides the listening addresses. */
-function startLine(config: ServerConfig, store: AllocationStore, cluster: ClusterNode | undefined, opsPort: number): Record<string, unknown> {
+function startLine(
+  config: ServerConfig,
+  store: AllocationStore,
+  cluster: ClusterNode | undefined,
+  opsPort: number,
+  dataplane: Dataplane,
+): Record<string, unknown> {
   return {
+    dataplane: dataplane.mode,
     relay: config.relayIps,
     ports: `${config.minPort}-${config.maxPort}`,
     realm: config.realm,
@@ -68,6 +77,11 @@ function startLine(config: ServerConfig, store: AllocationStore, cluster: Cluste
     mesh: cluster ? `${config.cluster?.meshAddress}:${cluster.mesh.port}` : undefined,
     metrics: opsPort > 0 ? `${config.metricsIp}:${opsPort}` : undefined,
   };
+}
+
+async function closeOwned(owned: boolean, store: AllocationStore, err: unknown): Promise<never> {
+  if (owned) await store.close().catch(() => undefined);
+  throw err;
 }
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
@@ -80,7 +94,10 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const lifecycle = new NodeLifecycle(logger);
   const relays = new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error'));
   const foreign = cluster?.route(store, registry, clock);
-  const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, isDraining: () => lifecycle.draining });
+  // --dataplane kernel refuses to start without the kernel path: the store opened above goes first.
+  const dataplane = await openNodeDataplane(config, deps.udpFrontend !== undefined, counters, logger).catch((err: unknown) => closeOwned(owned, store, err));
+  const { offload } = dataplane;
+  const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, offload, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
   lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine) });
@@ -91,6 +108,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     cluster: cluster?.counters,
     streams: listeners.streamCounters,
     drain: lifecycle.drainSwitch,
+    dataplane,
     usernameLabels: config.prometheusUsernameLabels,
   });
   const closeAll = async (): Promise<void> => {
@@ -101,6 +119,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await listeners.close();
     if (owned) await store.close();
     relays.close();
+    // After engine.stop() removed every allocation's entries: detach the program.
+    await dataplane.close();
   };
   try {
     await listeners.open();
@@ -117,7 +137,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
 
   const listening = listeners.listening;
   logger.info(
-    { listening, ...startLine(config, store, cluster, lifecycle.opsPort) },
+    { listening, ...startLine(config, store, cluster, lifecycle.opsPort, dataplane) },
     // A worker's line must not look like the node's: the primary says 'anyturn ready' once all workers are.
     deps.udpFrontend ? 'anyturn worker ready' : 'anyturn ready',
   );

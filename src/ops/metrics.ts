@@ -4,6 +4,7 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.js';
+import type { DataplaneStatus } from '../dataplane/open.js';
 import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
@@ -20,6 +21,8 @@ export interface MetricsSources {
   /** TCP/TLS client connections. */
   readonly streams?: StreamCounters;
   readonly drain?: DrainSwitch;
+  /** Who relays ChannelData (src/dataplane): its mode, entries and the kernel program's counters. */
+  readonly dataplane?: DataplaneStatus;
   /** anyturn_user_allocations{user}: one series per username, so only when asked (--prometheus-username-labels). */
   readonly usernameLabels?: boolean;
 }
@@ -61,7 +64,41 @@ export function createMetrics(sources: MetricsSources): Registry {
   outageCounters(registry, sources.counters);
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
+  if (sources.dataplane) dataplaneMetrics(registry, sources.dataplane);
   return registry;
+}
+
+/**
+ * The data plane (docs/dataplane.md). What the kernel relays is already in
+ * anyturn_relayed_* (read back into the engine's counters); these say which path is on
+ * and what the kernel program did with the packets it looked at.
+ */
+function dataplaneMetrics(registry: Registry, dataplane: DataplaneStatus): void {
+  new Gauge({
+    name: 'anyturn_dataplane_info',
+    help: "Who relays ChannelData over UDP: mode 'kernel' (eBPF at tc ingress) or 'js'; always 1",
+    labelNames: ['mode'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.set({ mode: dataplane.mode }, 1);
+    },
+  });
+  new Gauge({
+    name: 'anyturn_dataplane_kernel_channels',
+    help: 'Channel bindings installed in the kernel data plane (each relays both directions)',
+    registers: [registry],
+    collect() {
+      this.set(dataplane.entries());
+    },
+  });
+  totalCounter(
+    registry,
+    'anyturn_dataplane_kernel_packets_total',
+    'Packets the kernel program looked at, by what it did: relayed (relayed_to_peer, relayed_to_client) or passed to user space and why (expired, no_route, too_big, malformed, ...)',
+    ['event'],
+    () => Object.entries(dataplane.totals()).map(([event, value]) => [{ event }, value] as const),
+  );
 }
 
 /** What is live now: allocations, permissions, channels (EngineSnapshot), the drain switch. */

@@ -211,6 +211,7 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       }
     }
     this.ctx.relays.expire(now);
+    writer.offload.syncAllIfPolicyChanged(this.table.all(), now);
     await Promise.all(work);
   }
 

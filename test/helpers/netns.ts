@@ -1,4 +1,4 @@
-// Network namespaces for the anycast tests (docs: ARCHITECTURE.md §6): a
+// Network namespaces for the anycast tests (docs/architecture.md §6): a
 // router, two or three TURN nodes that all carry the same anycast address on
 // their loopback, a client and a peer, joined by veth links.
 //

@@ -7,10 +7,12 @@
 // Also the one way an allocation ends.
 
 import type { AllocationRecord, AllocationStore } from '../../store/types.js';
+import type { Clock } from '../clock.js';
 import type { EngineCounters } from '../counters.js';
 import type { PeerPolicy } from '../peer-policy.js';
-import type { EngineLogger } from '../ports.js';
+import type { ChannelOffload, EngineLogger } from '../ports.js';
 import type { Allocation } from './allocation.js';
+import { OffloadSync } from './offload.js';
 import { FIVE_TUPLE_CONFLICT, RELAY_PORT_CONFLICT, type SettleOutcome, StoreConflicts } from './store-conflicts.js';
 import type { AllocationTable, EngineListener } from './table.js';
 
@@ -24,16 +26,22 @@ export interface WriteThroughOptions {
   readonly peerPolicy: PeerPolicy;
   readonly counters: EngineCounters;
   readonly logger: EngineLogger;
+  readonly clock: Clock;
+  /** The kernel data plane, when one is loaded: told every allocation's channels after each change. */
+  readonly offload?: ChannelOffload;
 }
 
 export class WriteThrough {
   private readonly conflicts: StoreConflicts;
+  /** Every change below passes through here, so the kernel data plane hears of each one. */
+  readonly offload: OffloadSync;
 
   constructor(
     private readonly o: WriteThroughOptions,
     private readonly table: AllocationTable,
   ) {
     this.conflicts = new StoreConflicts(o);
+    this.offload = new OffloadSync(o.offload, o.peerPolicy);
   }
 
   /** The peer policy for permissions and channels that come from the store (Allocation.merge). */
@@ -47,11 +55,14 @@ export class WriteThrough {
 
   /** Folds a record from the store into a live allocation, through the peer policy. */
   merge(allocation: Allocation, record: AllocationRecord): boolean {
-    return allocation.merge(record, this.storePeerFilter, this.onStorePeerRefused);
+    const merged = allocation.merge(record, this.storePeerFilter, this.onStorePeerRefused);
+    if (merged) this.offload.sync(allocation, this.o.clock.now());
+    return merged;
   }
 
-  /** Writes the allocation through to the store, one write at a time per allocation. */
+  /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
+    this.offload.sync(allocation, this.o.clock.now());
     allocation.persisting = allocation.persisting.then(() => this.write(allocation));
     return allocation.persisting;
   }
@@ -136,9 +147,11 @@ export class WriteThrough {
   async delete(listener: EngineListener, allocation: Allocation, reason: string, writeStore = true): Promise<void> {
     if (allocation.deleted) return;
     allocation.deleted = true;
+    this.offload.sync(allocation, this.o.clock.now());
     this.table.remove(listener, allocation);
     this.o.counters.allocationsDeleted++;
     allocation.closeRelays();
+    const kernel = this.offload.trafficOf(allocation.key);
     this.o.logger.info(
       {
         event: 'allocation_deleted',
@@ -146,6 +159,7 @@ export class WriteThrough {
         relayed: `${allocation.relay.address}:${allocation.relay.port}`,
         user: allocation.username,
         reason,
+        ...(kernel ? { kernelPackets: kernel.packets, kernelBytes: kernel.bytes } : {}),
       },
       'allocation deleted',
     );
