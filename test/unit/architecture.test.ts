@@ -40,7 +40,6 @@ const RULES: Record<string, readonly string[]> = {
   ],
   'dataplane/': ['net/', 'turn/ports.ts', 'turn/counters.ts'],
   'config/': ['net/', 'turn/limits.ts', 'turn/admission.ts', 'store/shared.ts', 'transport/counters.ts', 'ops/log.ts'],
-  'dataplane/': ['net/'],
 };
 
 /** Layers that must never touch a socket, Redis or the process: the pure codec and the engine. */
