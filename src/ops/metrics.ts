@@ -2,10 +2,12 @@
 // (cheap on the packet path); this module turns them into metrics at scrape time,
 // so a scrape in the middle of a call shows that call's traffic.
 
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.js';
 import type { DataplaneStatus } from '../dataplane/open.js';
+import { dataplaneMetrics } from './dataplane-metrics.js';
 import type { DrainSwitch } from './drain.js';
+import { type Labelled, totalCounter } from './total-counter.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream/framer.js';
@@ -30,27 +32,6 @@ export interface MetricsSources {
 /** Request handling time, receipt to response: sub-millisecond normally; a slow store shows in the tail. */
 const REQUEST_SECONDS_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
-type Labelled = readonly [Record<string, string>, number];
-
-/** A counter whose value is read from a running total at scrape time. */
-function totalCounter(registry: Registry, name: string, help: string, labelNames: string[], read: () => readonly Labelled[]): void {
-  const seen = new Map<string, number>();
-  new Counter({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      for (const [labels, value] of read()) {
-        const id = JSON.stringify(labels);
-        const delta = value - (seen.get(id) ?? 0);
-        if (delta > 0) this.inc(labels, delta);
-        seen.set(id, value);
-      }
-    },
-  });
-}
-
 function single(value: number): readonly Labelled[] {
   return [[{}, value]];
 }
@@ -66,39 +47,6 @@ export function createMetrics(sources: MetricsSources): Registry {
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
   if (sources.dataplane) dataplaneMetrics(registry, sources.dataplane);
   return registry;
-}
-
-/**
- * The data plane (docs/dataplane.md). What the kernel relays is already in
- * anyturn_relayed_* (read back into the engine's counters); these say which path is on
- * and what the kernel program did with the packets it looked at.
- */
-function dataplaneMetrics(registry: Registry, dataplane: DataplaneStatus): void {
-  new Gauge({
-    name: 'anyturn_dataplane_info',
-    help: "Who relays ChannelData over UDP: mode 'kernel' (eBPF at tc ingress) or 'js'; always 1",
-    labelNames: ['mode'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      this.set({ mode: dataplane.mode }, 1);
-    },
-  });
-  new Gauge({
-    name: 'anyturn_dataplane_kernel_channels',
-    help: 'Channel bindings installed in the kernel data plane (each relays both directions)',
-    registers: [registry],
-    collect() {
-      this.set(dataplane.entries());
-    },
-  });
-  totalCounter(
-    registry,
-    'anyturn_dataplane_kernel_packets_total',
-    'Packets the kernel program looked at, by what it did: relayed (relayed_to_peer, relayed_to_client) or passed to user space and why (expired, no_route, too_big, malformed, ...)',
-    ['event'],
-    () => Object.entries(dataplane.totals()).map(([event, value]) => [{ event }, value] as const),
-  );
 }
 
 /** What is live now: allocations, permissions, channels (EngineSnapshot), the drain switch. */
