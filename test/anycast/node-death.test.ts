@@ -251,7 +251,7 @@ for (const dataplane of ['js', 'kernel'] as const) {
 
 /** The scenario above; `dataplane` 'kernel' runs every node with --dataplane kernel (its ChannelData then relayed by the eBPF program). */
 async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<void> {
-  const topo = await Topology.build({ nodes: 3, extraAnycast: [RELAY_ANYCAST] });
+  const topo = await Topology.build({ nodes: 3, extraAnycast: [RELAY_ANYCAST], softwareChecksums: dataplane === 'kernel' });
   t.after(() => topo.teardown());
   await withDump(topo, async () => {
     await startRedis(topo);

@@ -32,7 +32,7 @@ function value(m: Map<string, number>, name: string): number {
 describe('kernel data plane: the server in namespaces', { skip, timeout: 120_000 }, () => {
   let topo: Topology;
   before(async () => {
-    topo = await Topology.build();
+    topo = await Topology.build({ softwareChecksums: true });
   });
   after(async () => {
     await topo?.teardown();

@@ -285,6 +285,12 @@ export interface TopologyOptions {
    * Moved with rerouteAddress(); reroute() moves ANYCAST_ADDRESS only.
    */
   readonly extraAnycast?: readonly string[];
+  /**
+   * The client's and the peer's eth0 compute UDP checksums in software (ethtool -K tx off),
+   * as a host behind a real NIC does: the kernel data plane passes a datagram whose
+   * checksum a veth left for later (CHECKSUM_PARTIAL) to user space (docs/dataplane.md).
+   */
+  readonly softwareChecksums?: boolean;
 }
 
 /** True for a dotted-quad IPv4 address inside 198.18.0.0/15. */
@@ -308,6 +314,7 @@ export class Topology {
   /** The extra anycast addresses (TopologyOptions.extraAnycast). */
   readonly extraAnycast: readonly string[];
   private readonly extraRoutes = new Map<string, NodeName>();
+  private readonly softwareChecksums: boolean;
 
   private constructor(options: TopologyOptions) {
     this.prefix = `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
@@ -318,6 +325,7 @@ export class Topology {
       if (a === ANYCAST_ADDRESS || a === REDIS_ADDRESS) throw new Error(`extra anycast address ${a} is already in use by the topology`);
     }
     this.extraAnycast = extra;
+    this.softwareChecksums = options.softwareChecksums === true;
     const ns: Record<string, string> = {};
     for (const role of ['R', ...this.nodeNames, 'C', 'P']) ns[role] = `${this.prefix}${role.toLowerCase()}`;
     this.ns = ns;
@@ -411,6 +419,9 @@ export class Topology {
       for (const address of [ANYCAST_ADDRESS, ...this.extraAnycast]) {
         await must('ip', ['-n', this.nsOf(node), 'addr', 'add', `${address}/32`, 'dev', 'lo']);
       }
+    }
+    if (this.softwareChecksums) {
+      for (const role of ['C', 'P'] as const) await must('ip', ['netns', 'exec', this.nsOf(role), 'ethtool', '-K', 'eth0', 'tx', 'off']);
     }
     await must('ip', ['-n', router, 'route', 'add', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress('N1')]);
     this.currentRoute = 'N1';
