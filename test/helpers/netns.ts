@@ -302,6 +302,27 @@ function inTestRange(address: string): boolean {
 
 let topologyCounter = 0;
 
+/**
+ * A fresh name prefix `at-<pid>-<n>-` for a helper that builds its own namespaces
+ * (test/helpers/dataplane-topology.ts): the stale cleanup above applies to them.
+ */
+export function namespacePrefix(): string {
+  return `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
+}
+
+/** Registers a namespace (before `ip netns add`) for the exit-time cleanup. */
+export function trackNamespace(name: string): void {
+  installHooks();
+  liveNamespaces.add(name);
+}
+
+/** Kills what runs in a tracked namespace and deletes it. */
+export async function deleteNamespace(name: string): Promise<void> {
+  killNamespacePidsSync(name);
+  await run('ip', ['netns', 'del', name]);
+  liveNamespaces.delete(name);
+}
+
 export class Topology {
   readonly prefix: string;
   readonly nodeNames: readonly NodeName[];

@@ -6,7 +6,7 @@
 // install/update/remove return at once: they write to the helper's stdin, and the pipe
 // keeps them in order with every later command. An error the helper reports for one of
 // them (a full map, say) is counted in readTotals()'s `command_errors` and passed to
-// `onError` when set.
+// `onError` when set. flush() waits until the kernel holds all of them.
 
 import { type ChannelEntries, encodeChannel, type KernelChannel, parseCounters, parseTotals } from './entries.js';
 import { DataplaneUnavailableError, defaultBuildDir, Helper } from './loader.js';
@@ -178,6 +178,15 @@ export class KernelDataplane {
     const totals = parseTotals(await this.helper.request('totals'));
     totals.command_errors = this.commandErrors;
     return totals;
+  }
+
+  /**
+   * Resolves when the kernel holds every earlier install, update and remove (the helper
+   * answers in order). Packets that arrive before then take the socket path.
+   */
+  async flush(): Promise<void> {
+    this.checkOpen();
+    await this.helper.request('totals');
   }
 
   /** Detaches the program from every interface; the helper exits. Idempotent. */
