@@ -14,7 +14,7 @@
 // Start: prints "ready <possible cpus>" or "error <reason>" (and exits 1).
 // SIGTERM, SIGINT, stdin EOF and the parent's death (PR_SET_PDEATHSIG) detach
 // its filters before it exits. The TypeScript side owns the key and value
-// layouts; this program only checks their sizes against the object's BTF.
+// layouts; this program only checks their sizes against the maps in the object.
 
 #define _GNU_SOURCE
 #include <bpf/bpf.h>

@@ -9,7 +9,8 @@
 // the first packet. In every namespace a python3 endpoint (ENDPOINT below) binds UDP
 // sockets, sends on request, and reports as JSON lines what its sockets receive and, in
 // C and P, every UDP datagram that arrives on eth0 (AF_PACKET) with its checksum checked
-// here, since the receiving kernel may not check it.
+// here, since the receiving kernel may not check it. The script needs only what Debian's
+// python3-minimal has (no json module).
 //
 // Names and cleanup follow test/helpers/netns.ts (prefix at-<pid>-<n>-, exit handler,
 // stale cleanup of dead runs). Root, iproute2, ethtool and python3 are needed.
@@ -34,7 +35,7 @@ export const ADDR = {
 export const SERVER_INTERFACES = ['s-c', 's-p'] as const;
 
 const ENDPOINT = `
-import json, os, select, socket, struct, sys
+import os, select, socket, struct, sys
 binds = [tuple(b.rsplit('/', 1)) for b in sys.argv[2:]]
 capture = sys.argv[1] == 'capture'
 socks = {}
@@ -47,8 +48,13 @@ raw = None
 if capture:
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
     raw.bind(('eth0', 0))
+def lit(v):
+    if v is True or v is False: return 'true' if v else 'false'
+    return '"%s"' % v if isinstance(v, str) else str(v)
 def out(o):
-    sys.stdout.write(json.dumps(o) + '\\n'); sys.stdout.flush()
+    # JSON by hand: python3-minimal has no json module; values are numbers, booleans,
+    # addresses and hex.
+    sys.stdout.write('{' + ','.join('"%s":%s' % (k, lit(v)) for k, v in o.items()) + '}\\n'); sys.stdout.flush()
 def fold(s):
     while s > 0xffff: s = (s & 0xffff) + (s >> 16)
     return s
@@ -90,9 +96,9 @@ while True:
             buf += chunk
             while b'\\n' in buf:
                 line, buf = buf.split(b'\\n', 1)
-                cmd = json.loads(line)
-                s = next(v[0] for v in socks.values() if v[1] == cmd['from'] and v[2] == cmd['fromPort'])
-                s.sendto(bytes.fromhex(cmd['payload']), (cmd['to'], cmd['toPort']))
+                frm, frm_port, to, to_port, payload = line.decode().split(' ')
+                s = next(v[0] for v in socks.values() if v[1] == frm and v[2] == int(frm_port))
+                s.sendto(bytes.fromhex(payload), (to, int(to_port)))
         elif raw is not None and fd == raw.fileno():
             frame, info = raw.recvfrom(65536)
             if info[2] == socket.PACKET_OUTGOING: continue
@@ -162,7 +168,7 @@ export class Endpoint {
   }
 
   send(from: string, fromPort: number, to: string, toPort: number, payload: Buffer): void {
-    this.child.stdin.write(`${JSON.stringify({ from, fromPort, to, toPort, payload: payload.toString('hex') })}\n`);
+    this.child.stdin.write(`${from} ${fromPort} ${to} ${toPort} ${payload.toString('hex')}\n`);
   }
 
   /** Resolves with the first event (from index `after` on) that matches; rejects after WAIT_MS or on exit. */
