@@ -253,7 +253,19 @@ static __always_inline int load_ipv6(struct __sk_buff *skb, struct pkt *p)
 }
 
 // Looks up the route for a datagram the relay originates; fills the MACs and
-// the egress ifindex. Returns a reason when it must pass, or -1 on success.
+// the egress ifindex. Returns a reason when it must pass, VIA_NEIGH when the
+// kernel must route it (below), or -1 on success.
+//
+// bpf_fib_lookup answers only on a host that forwards on the ingress
+// interface (it checks IN_DEV_FORWARD first, with or without
+// BPF_FIB_LOOKUP_OUTPUT). A TURN server usually does not forward (ip_forward=0,
+// and it should not have to become a router to relay): then the datagram is
+// sent out of the interface it came in on with bpf_redirect_neigh, where the
+// kernel looks up the route from that interface and resolves the next hop
+// (queueing behind ARP/ND as a socket's send would). The MTU is checked first
+// with bpf_check_mtu. A host whose clients and peers sit behind different
+// interfaces enables forwarding on them (docs/dataplane.md).
+#define VIA_NEIGH (-2)
 static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *fib, const __u8 *src, const __u8 *dst, __u8 family,
 				 __be16 sport, __be16 dport, __u16 tot_len)
 {
@@ -273,12 +285,12 @@ static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *f
 	}
 	long rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED) {
-		// A host that does not forward (ip_forward=0, the usual TURN server):
-		// look up from the egress side, which limits the answer to routes out
-		// of the interface the packet came in on (one-NIC hosts).
-		fib->ifindex = skb->ingress_ifindex;
-		fib->tot_len = tot_len;
-		rc = bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
+		__u32 ifindex = skb->ingress_ifindex;
+		__u32 mtu_len = tot_len;
+		if (bpf_check_mtu(skb, ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+			return R_TOO_BIG;
+		fib->ifindex = ifindex;
+		return VIA_NEIGH;
 	}
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
@@ -289,10 +301,19 @@ static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *f
 	return R_NO_ROUTE;
 }
 
+// Sends the rewritten datagram on: to the interface and next hop the FIB gave,
+// or through the kernel's own route and neighbour lookup (route() above).
+static __always_inline int send_on(struct bpf_fib_lookup *fib, int via_neigh)
+{
+	if (via_neigh)
+		return bpf_redirect_neigh(fib->ifindex, 0, 0, 0);
+	return bpf_redirect(fib->ifindex, 0);
+}
+
 // Writes the new IP header (addresses, lengths, TTL/hop limit 64: the relay
 // originates a new datagram), the UDP header, and the MACs.
 static __always_inline int write_headers(struct __sk_buff *skb, struct pkt *p, const __u8 *src, const __u8 *dst, __u8 *udp, __u32 udp_bytes,
-					 __u16 new_udp_len, struct bpf_fib_lookup *fib)
+					 __u16 new_udp_len, struct bpf_fib_lookup *fib, int via_neigh)
 {
 	__u8 *ip = p->ip;
 	if (p->family == AF_INET) {
@@ -328,6 +349,9 @@ static __always_inline int write_headers(struct __sk_buff *skb, struct pkt *p, c
 	} else if (bpf_skb_store_bytes(skb, l4, udp, UDP_LEN + CD_LEN, BPF_F_RECOMPUTE_CSUM) < 0) {
 		return -1;
 	}
+	// bpf_redirect_neigh writes the MACs itself.
+	if (via_neigh)
+		return 0;
 	// The MACs lie outside skb->csum at ingress: no recompute.
 	__u8 macs[12];
 	__builtin_memcpy(macs, fib->dmac, 6);
@@ -401,6 +425,7 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct pkt *p, const _
 	why = route(skb, &fib, e->relay, e->peer, p->family, e->relay_port, e->peer_port, p->l3_len + new_udp_len);
 	if (why >= 0)
 		return count(why);
+	int via_neigh = why == VIA_NEIGH;
 
 	__u32 l4 = ETH_LEN + p->l3_len;
 	// The old datagram's sum of everything but the checksum, minus what goes
@@ -441,11 +466,11 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct pkt *p, const _
 	__u32 want = ETH_LEN + p->l3_len + new_udp_len;
 	if (skb->len > want && bpf_skb_change_tail(skb, want, 0) < 0)
 		return drop_error();
-	if (write_headers(skb, p, e->relay, e->peer, udp, UDP_LEN, new_udp_len, &fib) < 0)
+	if (write_headers(skb, p, e->relay, e->peer, udp, UDP_LEN, new_udp_len, &fib, via_neigh) < 0)
 		return drop_error();
 	count(R_RELAYED_TO_PEER);
 	add_traffic(e->stat_id, 1, len);
-	return bpf_redirect(fib.ifindex, 0);
+	return send_on(&fib, via_neigh);
 }
 
 // Peer to client (RFC 8656 §12.7): prepend the ChannelData header (no padding
@@ -463,6 +488,7 @@ static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, const
 	why = route(skb, &fib, e->server, e->client, p->family, e->server_port, e->client_port, p->l3_len + new_udp_len);
 	if (why >= 0)
 		return count(why);
+	int via_neigh = why == VIA_NEIGH;
 
 	__u32 s = (__u16)~p->udp_check;
 	s = addr_sub(s, p->src, p->family);
@@ -496,11 +522,11 @@ static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, const
 	__u32 want = ETH_LEN + p->l3_len + new_udp_len;
 	if (old_len + CD_LEN > want && bpf_skb_change_tail(skb, want, 0) < 0)
 		return drop_error();
-	if (write_headers(skb, p, e->server, e->client, udp, UDP_LEN + CD_LEN, new_udp_len, &fib) < 0)
+	if (write_headers(skb, p, e->server, e->client, udp, UDP_LEN + CD_LEN, new_udp_len, &fib, via_neigh) < 0)
 		return drop_error();
 	count(R_RELAYED_TO_CLIENT);
 	add_traffic(e->stat_id, 0, len);
-	return bpf_redirect(fib.ifindex, 0);
+	return send_on(&fib, via_neigh);
 }
 
 SEC("tc")
@@ -530,10 +556,11 @@ int anyturn_relay(struct __sk_buff *skb)
 	__builtin_memcpy(&p.dport, &hdr[2], 2);
 	__builtin_memcpy(&p.udp_check, &hdr[6], 2);
 
-	// RFC 8656 §12.4: ChannelData starts with a channel number in
-	// 0x4000-0x4FFF (first byte 0x40-0x4F).
+	// RFC 8656 §12.4: ChannelData starts with the bits 01, a channel number
+	// in 0x4000-0x4FFF; the engine also binds RFC 5766's 0x5000-0x7FFF (old
+	// clients use them), and only numbers it bound have an entry.
 	if (p.udp_len >= UDP_LEN + CD_LEN && bpf_skb_load_bytes(skb, l4 + UDP_LEN, &hdr[UDP_LEN], CD_LEN) == 0 &&
-	    (hdr[UDP_LEN] & 0xf0) == 0x40) {
+	    (hdr[UDP_LEN] & 0xc0) == 0x40) {
 		struct c2p_key k;
 		__builtin_memset(&k, 0, sizeof(k));
 		__builtin_memcpy(k.client, p.src, 16);

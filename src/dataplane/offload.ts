@@ -14,6 +14,8 @@ export interface KernelEntries {
   update(handle: number, channel: KernelChannel): void;
   remove(handle: number): void;
   readTraffic(): Promise<KernelTraffic[]>;
+  /** Resolves once the kernel holds every earlier install, update and remove. */
+  flush(): Promise<void>;
 }
 
 interface Installed {
@@ -48,6 +50,8 @@ export class KernelOffload implements ChannelOffload {
   private readonly removedSinceRead = new Set<number>();
   private readonly traffic = new Map<string, Traffic>();
   private entries = 0;
+  /** Writes to the kernel so far: set() waits for a flush only when it wrote. */
+  private writes = 0;
   private dead = false;
 
   constructor(
@@ -63,10 +67,11 @@ export class KernelOffload implements ChannelOffload {
     return this.entries;
   }
 
-  set(key: string, channels: readonly OffloadChannel[], nowMs: number): void {
-    if (this.dead) return;
+  set(key: string, channels: readonly OffloadChannel[], nowMs: number): Promise<void> | undefined {
+    if (this.dead) return undefined;
     const before = this.installed.get(key);
-    if (!before && channels.length === 0) return;
+    if (!before && channels.length === 0) return undefined;
+    const written = this.writes;
     const nowNs = this.monotonicNs();
     const after = new Map<number, Installed>();
     try {
@@ -75,12 +80,16 @@ export class KernelOffload implements ChannelOffload {
         before?.delete(channel.channel);
         const entry = this.toKernel(channel, nowMs, nowNs);
         if (old && sameTuple(old.channel, channel)) {
-          if (old.channel.expiresAtMs !== channel.expiresAtMs) this.kernel.update(old.handle, entry);
+          if (old.channel.expiresAtMs !== channel.expiresAtMs) {
+            this.kernel.update(old.handle, entry);
+            this.writes++;
+          }
           after.set(channel.channel, { handle: old.handle, channel });
           continue;
         }
         if (old) this.remove(old.handle);
         const handle = this.kernel.install(entry);
+        this.writes++;
         this.keyOf.set(handle, key);
         this.entries++;
         after.set(channel.channel, { handle, channel });
@@ -92,6 +101,8 @@ export class KernelOffload implements ChannelOffload {
     }
     if (after.size > 0) this.installed.set(key, after);
     else this.installed.delete(key);
+    // A dead helper resolves it at once (its pending answers are settled on exit).
+    return this.writes === written ? undefined : this.kernel.flush().catch(() => undefined);
   }
 
   trafficOf(key: string): { readonly packets: number; readonly bytes: number } | undefined {
@@ -134,6 +145,7 @@ export class KernelOffload implements ChannelOffload {
 
   private remove(handle: number): void {
     this.kernel.remove(handle);
+    this.writes++;
     this.removedSinceRead.add(handle);
     this.entries--;
   }

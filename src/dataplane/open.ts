@@ -106,6 +106,7 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
     read().catch((err: unknown) => logger.warn({ err }, 'reading the kernel data plane counters failed'));
   }, POLL_MS);
   timer.unref();
+  kernel.onError = (message) => logger.warn({ dataplane: 'kernel', error: message }, 'the kernel data plane refused a map write');
   kernel.onExit = (why) => {
     if (closed) return;
     clearInterval(timer);

@@ -136,8 +136,13 @@ export interface OffloadChannel {
  * every change, so what is installed never outlives what the engine would relay.
  */
 export interface ChannelOffload {
-  /** From now on, exactly these channels of allocation `key` (none: an empty list). `nowMs` is the engine clock's reading. */
-  set(key: string, channels: readonly OffloadChannel[], nowMs: number): void;
+  /**
+   * From now on, exactly these channels of allocation `key` (none: an empty list). `nowMs` is
+   * the engine clock's reading. When it changed anything, resolves once the kernel holds the
+   * change (never rejects): a ChannelBind is answered after that, so the client's first
+   * ChannelData already finds its entry.
+   */
+  set(key: string, channels: readonly OffloadChannel[], nowMs: number): Promise<void> | undefined;
   /** Packets and payload bytes relayed without the engine so far for `key`, both directions (logs). */
   trafficOf(key: string): { readonly packets: number; readonly bytes: number } | undefined;
 }

@@ -14,7 +14,7 @@ export interface KernelChannel {
   /** The listening address:port the client sends to (never a wildcard). */
   readonly serverAddress: string;
   readonly serverPort: number;
-  /** 0x4000-0x4FFF (RFC 8656 §12). */
+  /** 0x4000-0x4FFF (RFC 8656 §12), or RFC 5766's 0x5000-0x7FFF, which the engine binds too (stun/channel-data.ts). */
   readonly channel: number;
   readonly relayAddress: string;
   readonly relayPort: number;
@@ -30,7 +30,8 @@ export const P2C_KEY_SIZE = 36;
 export const P2C_VALUE_SIZE = 56;
 
 export const MIN_CHANNEL = 0x4000;
-export const MAX_CHANNEL = 0x4fff;
+// The engine's range, not RFC 8656's alone: it binds RFC 5766's 0x5000-0x7FFF too (stun/channel-data.ts).
+export const MAX_CHANNEL = 0x7fff;
 
 /** The helper's reason counters, in relay.bpf.c's order (the helper prints them by name). */
 export const REASONS = [
@@ -98,7 +99,7 @@ export function channelAddresses(ch: KernelChannel): { client: Buffer; server: B
     checkPort(name, port);
   }
   if (!Number.isInteger(ch.channel) || ch.channel < MIN_CHANNEL || ch.channel > MAX_CHANNEL) {
-    throw new Error(`channel must be 0x4000-0x4FFF, not ${ch.channel}`);
+    throw new Error(`channel must be 0x4000-0x7FFF, not ${ch.channel}`);
   }
   if (ch.expiresAtNs < 0n || ch.expiresAtNs >= 1n << 64n) throw new Error(`expiresAtNs out of range: ${ch.expiresAtNs}`);
   return { client: client.bytes, server: server.bytes, relay: relay.bytes, peer: peer.bytes, family: client.family };

@@ -31,11 +31,11 @@ export class OffloadSync {
     return this.offload !== undefined;
   }
 
-  /** Lists the allocation's offloadable channels (none once it is deleted). */
-  sync(allocation: Allocation, nowMs: number): void {
+  /** Lists the allocation's offloadable channels (none once it is deleted); resolves once the kernel holds them. */
+  sync(allocation: Allocation, nowMs: number): Promise<void> | undefined {
     const offload = this.offload;
-    if (!offload) return;
-    offload.set(allocation.key, allocation.deleted ? [] : this.channelsOf(allocation, nowMs), nowMs);
+    if (!offload) return undefined;
+    return offload.set(allocation.key, allocation.deleted ? [] : this.channelsOf(allocation, nowMs), nowMs);
   }
 
   /** After the peer policy learned server addresses: lists every allocation again. */

@@ -62,9 +62,9 @@ export class WriteThrough {
 
   /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
-    this.offload.sync(allocation, this.o.clock.now());
+    const installed = this.offload.sync(allocation, this.o.clock.now());
     allocation.persisting = allocation.persisting.then(() => this.write(allocation));
-    return allocation.persisting;
+    return installed ? Promise.all([installed, allocation.persisting]).then(() => undefined) : allocation.persisting;
   }
 
   private async write(allocation: Allocation): Promise<void> {

@@ -87,8 +87,9 @@ test('refused: mixed families, wildcards, bad channel numbers, ports and times',
   assert.throws(() => encodeChannel({ ...V4, serverAddress: '0.0.0.0' }, 1), /server address/);
   assert.throws(() => encodeChannel({ ...V6, serverAddress: '::' }, 1), /server address/);
   assert.throws(() => encodeChannel({ ...V4, relayAddress: '0.0.0.0' }, 1), /relay address/);
-  assert.throws(() => encodeChannel({ ...V4, channel: 0x3fff }, 1), /0x4000-0x4FFF/);
-  assert.throws(() => encodeChannel({ ...V4, channel: 0x5000 }, 1), /0x4000-0x4FFF/);
+  // The engine's range (stun/channel-data.ts): RFC 8656's 0x4000-0x4FFF and RFC 5766's up to 0x7FFF.
+  assert.throws(() => encodeChannel({ ...V4, channel: 0x3fff }, 1), /0x4000-0x7FFF/);
+  assert.throws(() => encodeChannel({ ...V4, channel: 0x8000 }, 1), /0x4000-0x7FFF/);
   assert.throws(() => encodeChannel({ ...V4, peerPort: 0 }, 1), /peerPort/);
   assert.throws(() => encodeChannel({ ...V4, clientPort: 65536 }, 1), /clientPort/);
   assert.throws(() => encodeChannel({ ...V4, expiresAtNs: -1n }, 1), /expiresAtNs/);
@@ -97,6 +98,7 @@ test('refused: mixed families, wildcards, bad channel numbers, ports and times',
   // The edges are accepted.
   encodeChannel({ ...V4, channel: 0x4000 }, 0);
   encodeChannel({ ...V4, channel: 0x4fff }, 0xffffffff);
+  encodeChannel({ ...V4, channel: 0x7fff }, 1);
 });
 
 test("the helper's answers: counters and totals", () => {

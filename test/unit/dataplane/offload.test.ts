@@ -35,6 +35,11 @@ class FakeKernel implements KernelEntries {
     this.log.push(`remove ${handle}`);
   }
 
+  flush(): Promise<void> {
+    this.log.push('flush');
+    return Promise.resolve();
+  }
+
   readTraffic(): Promise<KernelTraffic[]> {
     const out = this.pending;
     this.pending = [];
@@ -68,21 +73,21 @@ function harness(): { kernel: FakeKernel; counters: EngineCounters; offload: Ker
 describe('KernelOffload', () => {
   it('installs each channel once, updates it when only its expiry moves, and removes what is no longer listed', () => {
     const { kernel, offload } = harness();
-    offload.set('a', [channel(0x4000, 5000, 10_300), channel(0x4001, 5001, 10_600)], 10_000);
-    assert.deepEqual(kernel.log, ['install 1', 'install 2']);
+    assert.ok(offload.set('a', [channel(0x4000, 5000, 10_300), channel(0x4001, 5001, 10_600)], 10_000), 'a change waits for the kernel');
+    assert.deepEqual(kernel.log, ['install 1', 'install 2', 'flush']);
     // The engine clock's 300 ms ahead becomes the monotonic clock's 5 s + 300 ms.
     assert.equal(kernel.entries.get(1)?.expiresAtNs, 5_300_000_000n);
     assert.equal(offload.size, 2);
 
-    offload.set('a', [channel(0x4000, 5000, 10_300), channel(0x4001, 5001, 10_600)], 10_000);
-    assert.deepEqual(kernel.log.slice(2), [], 'the same list again changes nothing');
+    assert.equal(offload.set('a', [channel(0x4000, 5000, 10_300), channel(0x4001, 5001, 10_600)], 10_000), undefined, 'nothing to wait for');
+    assert.deepEqual(kernel.log.slice(3), [], 'the same list again changes nothing');
     offload.set('a', [channel(0x4000, 5000, 20_000), channel(0x4001, 5001, 10_600)], 10_000);
-    assert.deepEqual(kernel.log.slice(2), ['update 1']);
+    assert.deepEqual(kernel.log.slice(3), ['update 1', 'flush']);
     // Another peer on number 0x4001 (a rebinding after quarantine): a new entry, not an update.
     offload.set('a', [channel(0x4000, 5000, 20_000), channel(0x4001, 6000, 10_600)], 10_000);
-    assert.deepEqual(kernel.log.slice(3), ['remove 2', 'install 3']);
+    assert.deepEqual(kernel.log.slice(5), ['remove 2', 'install 3', 'flush']);
     offload.set('a', [], 10_000);
-    assert.deepEqual(kernel.log.slice(5), ['remove 1', 'remove 3']);
+    assert.deepEqual(kernel.log.slice(8), ['remove 1', 'remove 3', 'flush']);
     assert.equal(kernel.entries.size, 0);
     assert.equal(offload.size, 0);
   });
@@ -114,7 +119,7 @@ describe('KernelOffload', () => {
     assert.equal(kernel.entries.get(1)?.expiresAtNs, 5_000_000_000n, 'already expired: now, never in the past');
     offload.markDead();
     offload.set('b', [channel(0x4001, 5001, 99_000)], 1000);
-    assert.deepEqual(kernel.log, ['install 1']);
+    assert.deepEqual(kernel.log, ['install 1', 'flush']);
     assert.equal(offload.size, 0);
   });
 });

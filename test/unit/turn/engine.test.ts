@@ -1309,10 +1309,11 @@ class RecordingOffload implements ChannelOffload {
   readonly listed = new Map<string, readonly OffloadChannel[]>();
   calls = 0;
 
-  set(key: string, channels: readonly OffloadChannel[]): void {
+  set(key: string, channels: readonly OffloadChannel[]): Promise<void> | undefined {
     this.calls++;
     if (channels.length > 0) this.listed.set(key, channels);
     else this.listed.delete(key);
+    return undefined;
   }
 
   trafficOf(): undefined {
@@ -1352,6 +1353,36 @@ describe('TurnEngine: the kernel data plane port (allocation/offload.ts)', () =>
     await h.advance(200_000);
     await c.createPermission(PEER_A);
     assert.equal(offload.listed.get(h.key(c))?.[0]?.expiresAtMs, t0 + 600_000);
+  });
+
+  it('answers a ChannelBind only once the kernel holds the channel', async () => {
+    let release: (() => void) | undefined;
+    const offload = new RecordingOffload();
+    const h = new Harness({ offload });
+    const c = h.client();
+    await c.mustAllocate();
+    offload.set = (key, channels) => {
+      RecordingOffload.prototype.set.call(offload, key, channels);
+      return new Promise<void>((resolve) => {
+        release = resolve;
+      });
+    };
+    const { buf, transactionId } = c.build(Method.ChannelBind, (w) => {
+      w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+      w.addXorAddress(Attr.XorPeerAddress, PEER_A, 5000);
+    });
+    const sentBefore = h.path.sent.length;
+    await c.deliver(buf);
+    assert.equal(offload.listed.size, 1, 'listed at once');
+    assert.equal(h.path.sent.length, sentBefore, 'no answer while the kernel has not confirmed the entry');
+    assert.ok(release);
+    release();
+    await flush();
+    const answers = h.path.sent.slice(sentBefore).flatMap((sent) => {
+      const decoded = decodeMessage(sent.data);
+      return decoded.ok && decoded.message.transactionId.equals(transactionId) ? [codeOf(decoded.message).code] : [];
+    });
+    assert.deepEqual(answers, [200], 'answered once the kernel confirmed');
   });
 
   it('empties the list on Refresh 0, on expiry, and once a channel is pruned', async () => {
