@@ -29,10 +29,12 @@ export interface EngineParts {
 export function createEngine(config: ServerConfig, parts: EngineParts): TurnEngine {
   const ipv4 = config.relayIps.filter((ip) => !ip.includes(':'));
   const ipv6 = config.relayIps.filter((ip) => ip.includes(':'));
+  const credentials = new CredentialStore({ realm: config.realm, users: config.users, authSecrets: config.authSecrets });
   return new TurnEngine({
     nodeId: config.nodeId,
-    credentials: new CredentialStore({ realm: config.realm, users: config.users, authSecrets: config.authSecrets }),
-    nonces: new NonceIssuer(config.nonceSecret, config.nonceLifetimeSeconds * 1000),
+    credentials,
+    // The cookie announces what the credentials support (RFC 8489 §9.2, §18.1).
+    nonces: new NonceIssuer(config.nonceSecret, config.nonceLifetimeSeconds * 1000, credentials.securityFeatures),
     peerPolicy: parts.peerPolicy,
     store: parts.store,
     relays: parts.relays,

@@ -4,7 +4,7 @@
 
 import { performance } from 'node:perf_hooks';
 import { Attr, MessageClass, reasonPhrase } from '../stun/constants.js';
-import type { StunMessage } from '../stun/message.js';
+import { type StunMessage, findAttribute } from '../stun/message.js';
 import { MessageWriter } from '../stun/writer.js';
 import type { EngineCounters } from './counters.js';
 import type { ListenerHandle } from './ports.js';
@@ -37,9 +37,10 @@ export class Replies {
 
   /**
    * Seals (integrity when authenticated; FINGERPRINT when the request had one) and sends.
-   * RFC 8489 §9.2.4: the response is signed with the algorithm that authenticated the
-   * request. authenticate() checks MESSAGE-INTEGRITY-SHA256 whenever the request has
-   * it, so its presence says which one that was; the full 32 bytes (§14.6).
+   * RFC 8489 §9.2.4: MESSAGE-INTEGRITY-SHA256 (the full 32 bytes, §14.6), unless the
+   * request was taken as MD5 for want of PASSWORD-ALGORITHM(S) (an RFC 5389 client): then
+   * MESSAGE-INTEGRITY, except that a request signed with MESSAGE-INTEGRITY-SHA256 alone gets
+   * the same back (authenticate() checked that one, so the client has it).
    */
   send(
     listener: ListenerHandle,
@@ -53,7 +54,7 @@ export class Replies {
   ): Buffer {
     if (this.software) w.addText(Attr.Software, this.software);
     if (key) {
-      if (request.integritySha256Offset >= 0) w.addIntegritySha256(key);
+      if (request.integritySha256Offset >= 0 || findAttribute(request, Attr.PasswordAlgorithm) !== undefined) w.addIntegritySha256(key);
       else w.addIntegrity(key);
     }
     if (request.fingerprintOffset >= 0) w.addFingerprint();

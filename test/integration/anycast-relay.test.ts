@@ -15,7 +15,14 @@ import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { createRedisClients } from '../../src/store/redis/clients.js';
 import { type AllocationRecord, type AllocationStore, fiveTupleKey } from '../../src/store/types.js';
 import { decodeAddress } from '../../src/stun/address.js';
-import { decodeAddressErrorCode, encodeAddressFamily, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import {
+  decodeAddressErrorCode,
+  encodeAddressFamily,
+  encodeChannelNumber,
+  encodeEvenPort,
+  encodeRequestedTransport,
+  encodeUint32,
+} from '../../src/stun/attributes.js';
 import { encodeChannelData } from '../../src/stun/channel-data.js';
 import { AddressFamily, Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { decodeMessage, getAttribute, getAttributes } from '../../src/stun/message.js';
@@ -200,6 +207,91 @@ describe('races between two nodes on real Redis', () => {
         const loser = x.ok ? y : x;
         assert.deepEqual(loser, { ok: false, reason: 'port-taken' });
       }
+    } finally {
+      await one.store.close();
+      await two.store.close();
+    }
+  });
+});
+
+/** The success response node `node` sent to CLIENT:clientPort for transaction `id`. */
+function responseTo(node: Node, clientPort: number, id: string) {
+  for (const sent of node.path.sentTo(CLIENT, clientPort)) {
+    const d = decodeMessage(sent.data);
+    if (d.ok && d.message.transactionId.toString('hex') === id) return d.message;
+  }
+  return undefined;
+}
+
+/**
+ * RFC 8656 §7.2 across nodes: node A issues a RESERVATION-TOKEN (EVEN-PORT R), the client's
+ * next Allocate reaches node B, which redeems it on the shared relayed address; node A
+ * lets its placeholder go and takes the new allocation on like any other.
+ */
+async function reservationAcrossNodes(storeA: AllocationStore, storeB: AllocationStore, clientPort: number): Promise<void> {
+  const a = startNode('resv-a', storeA);
+  const b = startNode('resv-b', storeB);
+  try {
+    const even = request(Method.Allocate, (w) => {
+      allocate(w);
+      w.add(Attr.EvenPort, encodeEvenPort(true));
+    });
+    a.engine.handleClientPacket(a.listener, even.buf, CLIENT, clientPort);
+    await until(() => responseTo(a, clientPort, even.id) !== undefined, "node A's answer to EVEN-PORT R");
+    const first = responseTo(a, clientPort, even.id)!;
+    const token = getAttribute(first, Attr.ReservationToken);
+    assert.ok(token, 'a RESERVATION-TOKEN');
+    const firstPort = decodeAddress(getAttribute(first, Attr.XorRelayedAddress)!, first.transactionId)!.port;
+    assert.equal(firstPort % 2, 0);
+    assert.ok(a.relays.socketAt(RELAY, firstPort + 1), "node A's placeholder holds the next port");
+
+    const redeem = request(Method.Allocate, (w) => {
+      allocate(w);
+      w.add(Attr.ReservationToken, token);
+    });
+    b.engine.handleClientPacket(b.listener, redeem.buf, CLIENT, clientPort + 1);
+    await until(() => responseTo(b, clientPort + 1, redeem.id) !== undefined, "node B's answer to RESERVATION-TOKEN");
+    const second = responseTo(b, clientPort + 1, redeem.id)!;
+    assert.equal(responseCode(b, clientPort + 1, redeem.id), 200, 'node B redeems the token node A issued');
+    assert.equal(decodeAddress(getAttribute(second, Attr.XorRelayedAddress)!, second.transactionId)!.port, firstPort + 1);
+
+    // Node A takes the allocation on: its placeholder had to make room on that port.
+    await until(() => a.listener.find(CLIENT, clientPort + 1) !== undefined, 'node A taking on the allocation made on B');
+    assert.equal(a.listener.find(CLIENT, clientPort + 1)!.relay.port, firstPort + 1);
+
+    // The token worked once, cluster-wide.
+    const again = request(Method.Allocate, (w) => {
+      allocate(w);
+      w.add(Attr.ReservationToken, token);
+    });
+    a.engine.handleClientPacket(a.listener, again.buf, CLIENT, clientPort + 2);
+    await until(() => responseCode(a, clientPort + 2, again.id) !== undefined, 'an answer to the spent token');
+    assert.equal(responseCode(a, clientPort + 2, again.id), 508);
+  } finally {
+    await a.engine.stop();
+    await b.engine.stop();
+  }
+}
+
+describe('anycast relay mode: a RESERVATION-TOKEN is redeemed on any node', () => {
+  let redis: RedisServerHandle;
+  before(async () => {
+    redis = await startRedisServer();
+  });
+  after(() => redis.stop());
+
+  it('over one memory store', async () => {
+    const store = new MemoryAllocationStore();
+    await reservationAcrossNodes(store, store, 43000);
+  });
+
+  it('over real Redis, one store client per node', async () => {
+    const one = createRedisClients(redis.url);
+    const two = createRedisClients(redis.url);
+    await one.store.waitUntilReady(5000);
+    await two.store.waitUntilReady(5000);
+    try {
+      await reservationAcrossNodes(one.store, two.store, 43100);
     } finally {
       await one.store.close();
       await two.store.close();

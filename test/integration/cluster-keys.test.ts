@@ -9,6 +9,7 @@ import dgram from 'node:dgram';
 
 import { MeshSocket } from '../../src/cluster/mesh.js';
 import { buildConfig } from '../../src/config/index.js';
+import { NONCE_KEY_LABEL, deriveKey } from '../../src/keys.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { encodeRequestedTransport } from '../../src/stun/attributes.js';
@@ -65,9 +66,18 @@ describe('cluster keys on two real nodes', () => {
     await toA.ensureNonce();
     const nonce = toA.nonce!;
 
-    const raw = Buffer.from(nonce, 'base64url');
-    const underSecret = createHmac('sha256', CLUSTER_SECRET).update(raw.subarray(0, 4)).update('127.0.0.1', 'utf8').digest().subarray(0, 16);
-    assert.notDeepEqual(raw.subarray(4), underSecret, 'the 401 is no offline oracle for --cluster-secret');
+    // The nonce: the RFC 8489 cookie (13 characters), then base64url(timestamp || MAC of timestamp, cookie and client IP).
+    const cookie = nonce.slice(0, 13);
+    const raw = Buffer.from(nonce.slice(13), 'base64url');
+    const macUnder = (key: Buffer | string): Buffer =>
+      createHmac('sha256', key)
+        .update(raw.subarray(0, 4))
+        .update(cookie, 'latin1')
+        .update('127.0.0.1', 'utf8')
+        .digest()
+        .subarray(0, raw.length - 4);
+    assert.deepEqual(raw.subarray(4), macUnder(deriveKey(Buffer.from(CLUSTER_SECRET), NONCE_KEY_LABEL)), 'the MAC is under the derived nonce key');
+    assert.notDeepEqual(raw.subarray(4), macUnder(CLUSTER_SECRET), 'the 401 is no offline oracle for --cluster-secret');
 
     // The other node takes the nonce at once: no 401 or 438 first.
     const toB = await TestTurnClient.open(b.endpoint, credentials);

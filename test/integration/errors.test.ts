@@ -236,7 +236,7 @@ describe('error responses over real UDP', () => {
       const req = c.build(method, () => undefined, { auth: false, fingerprint: true });
       const challenge = await c.transact(req.buf, req.transactionId);
       assertError(challenge, 401, undefined);
-      assert.deepEqual(attributeTypes(challenge), [Attr.ErrorCode, Attr.Realm, Attr.Nonce, Attr.Fingerprint]);
+      assert.deepEqual(attributeTypes(challenge), [Attr.ErrorCode, Attr.Realm, Attr.Nonce, Attr.PasswordAlgorithms, Attr.Fingerprint]);
     }
   });
 
@@ -250,7 +250,8 @@ describe('error responses over real UDP', () => {
     assertError(b.response.message, 401, undefined);
     assert.equal(reasonOf(a.response.message), reasonOf(b.response.message));
     assert.deepEqual(attributeTypes(a.response.message), attributeTypes(b.response.message));
-    assert.deepEqual(attributeTypes(a.response.message), [Attr.ErrorCode, Attr.Realm, Attr.Nonce]);
+    // RFC 8489 §9.2.4: a 401 for a bad USERNAME or key MUST carry PASSWORD-ALGORITHMS.
+    assert.deepEqual(attributeTypes(a.response.message), [Attr.ErrorCode, Attr.Realm, Attr.Nonce, Attr.PasswordAlgorithms]);
     assert.ok(server.counters.authFailures > failuresBefore);
     assert.equal(server.engine.allocations, 0);
   });

@@ -16,14 +16,24 @@ const CLUSTER_SECRET = 'a cluster secret of enough bytes';
 const CLIENT = '198.51.100.7';
 const NOW = 1_700_000_000_000;
 
-/** The 16-byte MAC of a nonce as the pre-HKDF code computed it: HMAC-SHA256 under `key` of timestamp || client IP. */
+/** The nonce after its RFC 8489 cookie (13 characters): timestamp (4 bytes) || MAC. */
+function bodyOf(nonce: string): Buffer {
+  return Buffer.from(nonce.slice(13), 'base64url');
+}
+
+/** The MAC of a nonce as computed under `key`: HMAC-SHA256 of timestamp || cookie || client IP, truncated. */
 function macUnder(key: Buffer, nonce: string, clientAddress: string): Buffer {
-  const raw = Buffer.from(nonce, 'base64url');
-  return createHmac('sha256', key).update(raw.subarray(0, 4)).update(clientAddress, 'utf8').digest().subarray(0, 16);
+  const raw = bodyOf(nonce);
+  return createHmac('sha256', key)
+    .update(raw.subarray(0, 4))
+    .update(nonce.slice(0, 13), 'latin1')
+    .update(clientAddress, 'utf8')
+    .digest()
+    .subarray(0, raw.length - 4);
 }
 
 function macOf(nonce: string): Buffer {
-  return Buffer.from(nonce, 'base64url').subarray(4);
+  return bodyOf(nonce).subarray(4);
 }
 
 describe('derived keys', () => {

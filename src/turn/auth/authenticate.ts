@@ -3,11 +3,17 @@
 // realm and a fresh nonce; a stale nonce 438; a good one the key that seals the
 // answer. Answers to requests not yet authenticated are rate limited per source
 // (rate-limit.ts): over UDP their source may be spoofed.
+//
+// RFC 8489 password algorithms: every 401 and 438 carries PASSWORD-ALGORITHMS (SHA-256 and
+// MD5) and a nonce whose cookie says so (nonce.ts); a request that names an algorithm must
+// echo the offer unchanged (the bid-down checks of §9.2.4); one that names none is an RFC
+// 5389 client's and uses MD5, as every browser does.
 
 import { MAX_NONCE_BYTES, MAX_REALM_BYTES, MAX_USERNAME_BYTES, decodePasswordAlgorithm, decodeText, isKnownPasswordAlgorithm } from '../../stun/attributes.js';
 import { Attr, ErrorCode, PasswordAlgorithm, methodName } from '../../stun/constants.js';
 import { verifyIntegritySha1, verifyIntegritySha256 } from '../../stun/integrity.js';
 import { type StunMessage, getAttribute } from '../../stun/message.js';
+import { SecurityFeature, nonceCookieFeatures } from '../../stun/nonce-cookie.js';
 import type { Clock } from '../clock.js';
 import type { DropReason, EngineCounters } from '../counters.js';
 import type { ListenerHandle } from '../ports.js';
@@ -74,9 +80,36 @@ export class Authenticator {
     if (code !== ErrorCode.BadRequest) {
       w.addText(Attr.Realm, this.o.credentials.realm);
       w.addText(Attr.Nonce, this.o.nonces.issue(address, now));
+      // §9.2.4: a 401 or 438 MUST carry PASSWORD-ALGORITHMS once the cookie says "Password algorithms".
+      w.add(Attr.PasswordAlgorithms, this.o.credentials.passwordAlgorithms);
     }
     this.replies.send(listener, message, w, undefined, address, port, methodName(message.method), code);
     return undefined;
+  }
+
+  /**
+   * The password algorithm of a request, or undefined for 400 (RFC 8489 §9.2.4). With a
+   * nonce cookie that announces "Password algorithms": neither PASSWORD-ALGORITHM nor
+   * PASSWORD-ALGORITHMS is MD5 (an RFC 5389 client); otherwise both must be there,
+   * PASSWORD-ALGORITHMS byte for byte what the 401 offered (an attacker on the path who
+   * struck SHA-256 from the offer is found out here), and PASSWORD-ALGORITHM one of its
+   * entries. A nonce without the cookie is none of ours (the nonce check answers 438 next):
+   * its PASSWORD-ALGORITHM is taken as it stands.
+   */
+  private passwordAlgorithm(message: StunMessage, nonce: string): PasswordAlgorithm | undefined {
+    const algorithmValue = getAttribute(message, Attr.PasswordAlgorithm);
+    const offeredValue = getAttribute(message, Attr.PasswordAlgorithms);
+    const features = nonceCookieFeatures(nonce);
+    if (features !== undefined && (features & SecurityFeature.PasswordAlgorithms) !== 0) {
+      if (!algorithmValue && !offeredValue) return PasswordAlgorithm.MD5;
+      if (!algorithmValue || !offeredValue?.equals(this.o.credentials.passwordAlgorithms)) return undefined;
+      const entry = decodePasswordAlgorithm(algorithmValue);
+      if (entry?.parameters.length !== 0) return undefined;
+      return this.o.credentials.offeredAlgorithms.find((a) => a === entry.algorithm);
+    }
+    if (!algorithmValue) return PasswordAlgorithm.MD5;
+    const entry = decodePasswordAlgorithm(algorithmValue);
+    return entry && isKnownPasswordAlgorithm(entry.algorithm) ? entry.algorithm : undefined;
   }
 
   /**
@@ -101,13 +134,8 @@ export class Authenticator {
     if (realm === undefined || nonce === undefined || (usernameValue && username === undefined))
       return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
 
-    let algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5;
-    const algorithmValue = getAttribute(message, Attr.PasswordAlgorithm);
-    if (algorithmValue) {
-      const entry = decodePasswordAlgorithm(algorithmValue);
-      if (!entry || !isKnownPasswordAlgorithm(entry.algorithm)) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
-      algorithm = entry.algorithm;
-    }
+    const algorithm = this.passwordAlgorithm(message, nonce);
+    if (algorithm === undefined) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
     if (this.o.nonces.check(nonce, address, now) !== 'valid') return this.reject(listener, message, address, port, ErrorCode.StaleNonce, now);
 
     const lookup = username !== undefined && realm === credentials.realm ? credentials.keysFor(username, now, algorithm) : undefined;

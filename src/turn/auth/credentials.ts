@@ -3,8 +3,10 @@
 // password = base64(HMAC-SHA1(secret, username)).
 
 import { createHmac, randomBytes } from 'node:crypto';
+import { encodePasswordAlgorithms } from '../../stun/attributes.js';
 import { PasswordAlgorithm } from '../../stun/constants.js';
 import { longTermKey, userhash } from '../../stun/integrity.js';
+import { SecurityFeature } from '../../stun/nonce-cookie.js';
 
 export interface CredentialOptions {
   readonly realm: string;
@@ -23,6 +25,22 @@ export class CredentialStore {
   private readonly byUserhash = new Map<string, string>();
   /** Verified against when the user is unknown, so that both cases cost the same. */
   readonly decoyKey = randomBytes(16);
+  /**
+   * RFC 8489 §9.2.4: the password algorithms offered in every 401 and 438, in order of
+   * preference; a client takes the first it supports (§9.2.5). SHA-256 first, unless a
+   * static user is given only as its MD5 key ("0x..."): that user has no SHA-256 key, and
+   * an RFC 8489 client following the list would then never get in.
+   */
+  readonly offeredAlgorithms: readonly PasswordAlgorithm[];
+  /** offeredAlgorithms as the PASSWORD-ALGORITHMS value (§14.11); a request must echo these bytes. */
+  readonly passwordAlgorithms: Buffer;
+  /**
+   * The RFC 8489 §18.1 bits of the nonce cookie. "Username anonymity" only when every
+   * credential can be found from its USERHASH: static users, no --use-auth-secret. With
+   * the bit set a client MUST send USERHASH (§9.2.5), and a time-limited username cannot
+   * be recovered from its hash (its name is not known in advance).
+   */
+  readonly securityFeatures: number;
 
   constructor(private readonly options: CredentialOptions) {
     this.realm = options.realm;
@@ -32,6 +50,11 @@ export class CredentialStore {
       if (!hexKey) this.passwords.set(name, password);
       this.byUserhash.set(userhash(name, options.realm).toString('hex'), name);
     }
+    const md5Only = this.md5Keys.size > this.passwords.size;
+    this.offeredAlgorithms = md5Only ? [PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256] : [PasswordAlgorithm.SHA256, PasswordAlgorithm.MD5];
+    this.passwordAlgorithms = encodePasswordAlgorithms(this.offeredAlgorithms);
+    const anonymity = this.md5Keys.size > 0 && options.authSecrets.length === 0;
+    this.securityFeatures = SecurityFeature.PasswordAlgorithms | (anonymity ? SecurityFeature.UsernameAnonymity : 0);
   }
 
   get hasAnyCredentials(): boolean {

@@ -1,14 +1,25 @@
-// Stateless nonces (RFC 8489 §9.2): base64url(timestamp || HMAC(key, timestamp
-// || client IP)). Any node holding the same secret validates any other node's
-// nonce, so an anycast reroute never causes a 438. The key is derived from the
-// secret with its own label (keys.ts): every 401 shows an HMAC under it, so it must
-// not be the secret itself, nor the key of anything else (the cluster's mesh frames).
+// Stateless nonces (RFC 8489 §9.2): cookie || base64url(timestamp || HMAC(key, timestamp
+// || cookie || client IP)). The cookie ("obMatJos2" and the security feature bits,
+// ../../stun/nonce-cookie.ts) comes first because RFC 8489 clients look for it there; the
+// MAC covers it, so a nonce whose feature bits were changed is not valid. Any node holding
+// the same secret validates any other node's nonce, so an anycast reroute never causes a
+// 438. The key is derived from the secret with its own label (keys.ts): every 401 shows an
+// HMAC under it, so it must not be the secret itself, nor the key of anything else (the
+// cluster's mesh frames).
+//
+// The MAC is truncated to 64 bits: a forged nonce gains nothing without the password (the
+// request's MESSAGE-INTEGRITY still needs the key), guessing one takes 2^64 requests at the
+// per-source answer rate, and every byte of a 401 is a byte a spoofed request gets sent to
+// its victim (docs/security.md).
 
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { NONCE_KEY_LABEL, deriveKey } from '../../keys.js';
+import { NONCE_COOKIE_LENGTH, SecurityFeature, nonceCookie } from '../../stun/nonce-cookie.js';
 
 const TIMESTAMP_BYTES = 4;
-const MAC_BYTES = 16;
+const MAC_BYTES = 8;
+/** base64url of TIMESTAMP_BYTES + MAC_BYTES (12 bytes: 16 characters, no padding). */
+const BODY_CHARS = 16;
 /** Clock skew between nodes we tolerate for a nonce stamped "in the future". */
 const MAX_SKEW_MS = 30_000;
 
@@ -16,32 +27,40 @@ export type NonceVerdict = 'valid' | 'stale' | 'invalid';
 
 export class NonceIssuer {
   private readonly key: Buffer;
+  /** The cookie every nonce of this issuer starts with. */
+  readonly cookie: string;
 
-  /** `secret` is --nonce-secret, else --cluster-secret, else random; the HMAC key is derived from it. */
+  /**
+   * `secret` is --nonce-secret, else --cluster-secret, else random; the HMAC key is derived from it.
+   * `features`: the RFC 8489 §18.1 bits the cookie announces (CredentialStore.securityFeatures).
+   */
   constructor(
     secret: Buffer,
     private readonly lifetimeMs: number,
+    readonly features: number = SecurityFeature.PasswordAlgorithms,
   ) {
     this.key = deriveKey(secret, NONCE_KEY_LABEL);
+    this.cookie = nonceCookie(features);
   }
 
-  private mac(timestamp: Buffer, clientAddress: string): Buffer {
-    return createHmac('sha256', this.key).update(timestamp).update(clientAddress, 'utf8').digest().subarray(0, MAC_BYTES);
+  private mac(timestamp: Buffer, cookie: string, clientAddress: string): Buffer {
+    return createHmac('sha256', this.key).update(timestamp).update(cookie, 'latin1').update(clientAddress, 'utf8').digest().subarray(0, MAC_BYTES);
   }
 
   issue(clientAddress: string, nowMs: number): string {
     const timestamp = Buffer.alloc(TIMESTAMP_BYTES);
     timestamp.writeUInt32BE(Math.floor(nowMs / 1000) >>> 0, 0);
-    return Buffer.concat([timestamp, this.mac(timestamp, clientAddress)]).toString('base64url');
+    return this.cookie + Buffer.concat([timestamp, this.mac(timestamp, this.cookie, clientAddress)]).toString('base64url');
   }
 
   /** Bound to the client IP (not its port), so a NAT rebinding keeps the nonce. */
   check(nonce: string, clientAddress: string, nowMs: number): NonceVerdict {
-    if (nonce.length !== 27) return 'invalid';
-    const raw = Buffer.from(nonce, 'base64url');
+    if (nonce.length !== NONCE_COOKIE_LENGTH + BODY_CHARS) return 'invalid';
+    const cookie = nonce.slice(0, NONCE_COOKIE_LENGTH);
+    const raw = Buffer.from(nonce.slice(NONCE_COOKIE_LENGTH), 'base64url');
     if (raw.length !== TIMESTAMP_BYTES + MAC_BYTES) return 'invalid';
     const timestamp = raw.subarray(0, TIMESTAMP_BYTES);
-    if (!timingSafeEqual(this.mac(timestamp, clientAddress), raw.subarray(TIMESTAMP_BYTES))) return 'invalid';
+    if (!timingSafeEqual(this.mac(timestamp, cookie, clientAddress), raw.subarray(TIMESTAMP_BYTES))) return 'invalid';
     const issuedMs = timestamp.readUInt32BE(0) * 1000;
     if (issuedMs > nowMs + MAX_SKEW_MS) return 'invalid';
     return nowMs - issuedMs >= this.lifetimeMs ? 'stale' : 'valid';

@@ -197,6 +197,8 @@ export class RelayAllocator {
 
   /** A socket on a given relayed address (anycast relay mode: another node's allocation); undefined when it cannot be bound. */
   async bindAt(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | undefined> {
+    // A placeholder of ours on this port: its token was redeemed on another node (RelayPorts.redeem).
+    this.ports.releaseHeldAt(address, port);
     const bound = await this.o.relays.bind(address, port, onPacket);
     return isBindFailure(bound) ? undefined : bound;
   }

@@ -69,6 +69,11 @@ export interface RelayPortOptions {
   readonly relayPoolIPv6?: readonly string[];
   readonly minPort: number;
   readonly maxPort: number;
+  /**
+   * 'anycast': the relay addresses are shared by every node of the cluster, so a
+   * RESERVATION-TOKEN another node issued names a port this node can bind too.
+   */
+  readonly relayMode?: 'unicast' | 'anycast';
   /** Says when relay sockets become unavailable and available again (once each). */
   readonly logger?: { warn(obj: object, msg: string): void; info(obj: object, msg: string): void };
   /** Counts every bind attempt by result. */
@@ -238,22 +243,55 @@ export class RelayPorts {
     return addresses.every((address) => this.pickPort(address, false, false, EMPTY) === undefined);
   }
 
-  /** RFC 8656 §7.2: a RESERVATION-TOKEN hands over the port reserved by an earlier EVEN-PORT R=1. */
+  /**
+   * RFC 8656 §7.2: a RESERVATION-TOKEN hands over the port reserved by an earlier EVEN-PORT
+   * R=1; undefined (508) when it cannot. The token is taken from the store, so it works once,
+   * cluster-wide. A token this node did not issue:
+   * - anycast relay mode: the cluster is one server with one relayed address, so the token is
+   *   good here too (the node that issued it may have died, or the client's packets moved):
+   *   the port is bound here. The issuer's placeholder goes once it takes on the allocation
+   *   (releaseHeldAt) or its reservation runs out.
+   * - forward (unicast) mode: the token names a port on the issuer's own relay address,
+   *   which only the issuer can bind; RFC 8656 §7.2 makes a token valid at the server that
+   *   issued it alone. 508, and the token is left in the store, so the same Allocate still
+   *   succeeds where it was issued (docs/architecture.md §4).
+   */
   async redeem(token: Buffer, onPacket: OnPacket): Promise<RelaySocket | undefined> {
     const hex = token.toString('hex');
     const held = this.reservations.get(hex);
+    if (!held && this.o.relayMode !== 'anycast') return undefined;
     let port: Awaited<ReturnType<AllocationStore['takeReservation']>>;
     try {
       port = await this.o.store.takeReservation(hex);
     } catch {
       return undefined;
     }
-    if (!held || !port) return undefined;
-    this.reservations.delete(hex);
-    // The placeholder socket only held the port; rebind it with the real handler.
-    held.socket.close();
+    if (!port) return undefined;
+    if (held) {
+      this.reservations.delete(hex);
+      // The placeholder socket only held the port; rebind it with the real handler.
+      held.socket.close();
+    } else if (!this.ownsAddress(port.relayedAddress)) {
+      return undefined;
+    }
     const socket = await this.attempt(port.relayedAddress, port.relayedPort, onPacket);
     return isBindFailure(socket) ? undefined : socket;
+  }
+
+  /** One of this node's relay addresses (a record from the store may name any address). */
+  private ownsAddress(address: string): boolean {
+    const o = this.o;
+    return address === o.relayAddressIPv4 || address === o.relayAddressIPv6 || !!o.relayPoolIPv4?.includes(address) || !!o.relayPoolIPv6?.includes(address);
+  }
+
+  /**
+   * Anycast relay mode: an allocation made elsewhere claims `address:port`, so a
+   * reservation this node holds on it was redeemed on another node: its placeholder goes.
+   */
+  releaseHeldAt(address: string, port: number): void {
+    for (const [hex, held] of this.reservations) {
+      if (held.socket.port === port && held.socket.address === address) this.release(hex);
+    }
   }
 
   /** Gives a reserved port back (its allocation failed, or the reservation ran out). */

@@ -5,10 +5,17 @@
 
 import { randomBytes } from 'node:crypto';
 import { decodeAddress } from '../../../src/stun/address.js';
-import { decodeUint32, encodeChannelNumber, encodeRequestedTransport } from '../../../src/stun/attributes.js';
-import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../../src/stun/constants.js';
-import { longTermKey } from '../../../src/stun/integrity.js';
+import {
+  decodePasswordAlgorithms,
+  decodeUint32,
+  encodeChannelNumber,
+  encodePasswordAlgorithm,
+  encodeRequestedTransport,
+} from '../../../src/stun/attributes.js';
+import { Attr, MessageClass, Method, PasswordAlgorithm, TRANSPORT_UDP } from '../../../src/stun/constants.js';
+import { longTermKey, userhash } from '../../../src/stun/integrity.js';
 import { type StunMessage, getAttribute } from '../../../src/stun/message.js';
+import { SecurityFeature, nonceCookieFeatures } from '../../../src/stun/nonce-cookie.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
 import { type Credentials, type Decorate, type Endpoint, type Response, codeOf } from './messages.js';
 
@@ -27,6 +34,20 @@ export abstract class TurnSession {
   staleNonces = 0;
   nonce: string | undefined;
   realm: string;
+  /**
+   * Behave as an RFC 8489 client (§9.2.5): echo the PASSWORD-ALGORITHMS of the last 401 or
+   * 438, name the first algorithm of it this client supports (SHA-256, MD5) in
+   * PASSWORD-ALGORITHM, sign with MESSAGE-INTEGRITY-SHA256, and send USERHASH when the nonce
+   * cookie says "Username anonymity". Off (the default): an RFC 5389 client, MD5 and
+   * MESSAGE-INTEGRITY, as browsers are.
+   */
+  rfc8489 = false;
+  /** PASSWORD-ALGORITHMS as the server last sent it (RFC 8489 mode). */
+  offeredAlgorithms: Buffer | undefined;
+  /** The algorithm chosen from it; MD5 for an RFC 5389 client. */
+  algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5;
+  /** USERHASH in place of USERNAME (RFC 8489 mode, when the cookie asks for it). */
+  useUserhash = false;
 
   protected constructor(readonly credentials: Credentials) {
     this.realm = credentials.realm;
@@ -36,7 +57,28 @@ export abstract class TurnSession {
   protected abstract exchange(method: number, buf: Buffer, transactionId: Buffer): Promise<StunMessage>;
 
   key(): Buffer {
-    return longTermKey(this.credentials.username, this.realm, this.credentials.password);
+    return longTermKey(this.credentials.username, this.realm, this.credentials.password, this.algorithm);
+  }
+
+  /** Takes REALM, NONCE and (RFC 8489 mode) PASSWORD-ALGORITHMS and the cookie's bits from a 401 or 438. */
+  learnChallenge(m: StunMessage): void {
+    const nonce = getAttribute(m, Attr.Nonce);
+    const realm = getAttribute(m, Attr.Realm);
+    if (nonce) this.nonce = nonce.toString('utf8');
+    if (realm) this.realm = realm.toString('utf8');
+    if (!this.rfc8489 || this.nonce === undefined) return;
+    const features = nonceCookieFeatures(this.nonce) ?? 0;
+    const offered = getAttribute(m, Attr.PasswordAlgorithms);
+    // §9.2.5: the cookie announces PASSWORD-ALGORITHMS but there is none: MUST NOT retry.
+    if (features & SecurityFeature.PasswordAlgorithms && !offered)
+      throw new Error('the nonce cookie says "Password algorithms" but the answer has no PASSWORD-ALGORITHMS');
+    this.offeredAlgorithms = offered ? Buffer.from(offered) : undefined;
+    const supported = (decodePasswordAlgorithms(offered ?? Buffer.alloc(0)) ?? []).find(
+      (e) => e.algorithm === PasswordAlgorithm.SHA256 || e.algorithm === PasswordAlgorithm.MD5,
+    );
+    if (offered && !supported) throw new Error('no supported algorithm in PASSWORD-ALGORITHMS');
+    this.algorithm = (supported?.algorithm as PasswordAlgorithm | undefined) ?? PasswordAlgorithm.MD5;
+    this.useUserhash = (features & SecurityFeature.UsernameAnonymity) !== 0;
   }
 
   /** Builds a request; with auth, adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (and FINGERPRINT if asked). */
@@ -45,10 +87,16 @@ export abstract class TurnSession {
     const w = new MessageWriter(method, MessageClass.Request, transactionId);
     decorate(w);
     if (options.auth !== false && this.nonce !== undefined) {
-      w.addText(Attr.Username, this.credentials.username);
+      if (this.rfc8489 && this.useUserhash) w.add(Attr.Userhash, userhash(this.credentials.username, this.realm));
+      else w.addText(Attr.Username, this.credentials.username);
       w.addText(Attr.Realm, this.realm);
       w.addText(Attr.Nonce, this.nonce);
-      w.addIntegrity(this.key());
+      if (this.rfc8489 && this.offeredAlgorithms) {
+        w.add(Attr.PasswordAlgorithms, this.offeredAlgorithms);
+        w.add(Attr.PasswordAlgorithm, encodePasswordAlgorithm(this.algorithm));
+      }
+      if (this.rfc8489) w.addIntegritySha256(this.key());
+      else w.addIntegrity(this.key());
     }
     if (options.fingerprint) w.addFingerprint();
     return { buf: w.toBuffer(), transactionId };
@@ -66,10 +114,7 @@ export abstract class TurnSession {
       const hadNonce = this.nonce !== undefined;
       if (code === 438) this.staleNonces++;
       if (code === 401 || code === 438) {
-        const nonce = getAttribute(m, Attr.Nonce);
-        const realm = getAttribute(m, Attr.Realm);
-        if (nonce) this.nonce = nonce.toString('utf8');
-        if (realm) this.realm = realm.toString('utf8');
+        this.learnChallenge(m);
         if (code === 438 || !hadNonce) continue;
       }
       return { message: m, code };

@@ -113,11 +113,8 @@ export class TestTurnClient extends TurnSession {
     if (this.nonce !== undefined) return;
     const { buf, transactionId } = this.build(Method.Refresh, () => undefined, { auth: false });
     const m = await this.transact(buf, transactionId);
-    const nonce = m ? getAttribute(m, Attr.Nonce) : undefined;
-    const realm = m ? getAttribute(m, Attr.Realm) : undefined;
-    if (!nonce) throw new Error('no NONCE in the challenge');
-    this.nonce = nonce.toString('utf8');
-    if (realm) this.realm = realm.toString('utf8');
+    if (!m || !getAttribute(m, Attr.Nonce)) throw new Error('no NONCE in the challenge');
+    this.learnChallenge(m);
   }
 
   private pushReceived(r: Received): void {

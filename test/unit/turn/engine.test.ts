@@ -4,7 +4,7 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 
 import { createLogger } from '../../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../../src/store/memory.js';
@@ -25,6 +25,7 @@ import { encodeChannelData, looksLikeChannelData, readChannelDataLength, readCha
 import { AddressFamily, Attr, MessageClass, Method, PasswordAlgorithm, TRANSPORT_UDP } from '../../../src/stun/constants.js';
 import { longTermKey, userhash, verifyIntegritySha1, verifyIntegritySha256 } from '../../../src/stun/integrity.js';
 import { type StunMessage, decodeMessage, getAttribute } from '../../../src/stun/message.js';
+import { SecurityFeature, nonceCookieFeatures } from '../../../src/stun/nonce-cookie.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
 import { CredentialStore, restApiPassword } from '../../../src/turn/auth/credentials.js';
 import { ManualClock } from '../../../src/turn/clock.js';
@@ -130,7 +131,8 @@ class Harness {
       ),
       authSecrets: o.authSecrets ?? [],
     });
-    this.nonces = new NonceIssuer(o.nonceSecret ?? NONCE_SECRET, NONCE_LIFETIME_MS);
+    // As the server builds it (src/server/engine.ts): the cookie says what the credentials support.
+    this.nonces = new NonceIssuer(o.nonceSecret ?? NONCE_SECRET, NONCE_LIFETIME_MS, this.credentials.securityFeatures);
     this.peerPolicy = createPeerPolicy({
       allowLoopbackPeers: false,
       allowedPeerRanges: o.allowedPeerRanges ?? [],
@@ -519,13 +521,17 @@ describe('TurnEngine: authentication', () => {
     const h = new Harness();
     const c = h.client();
     await c.mustAllocate();
-    // Without PASSWORD-ALGORITHM (the MD5 key) and with PASSWORD-ALGORITHM SHA-256 (the SHA-256 key).
+    // Without PASSWORD-ALGORITHM (the MD5 key) and with PASSWORD-ALGORITHM SHA-256 (the SHA-256 key),
+    // which RFC 8489 §9.2.4 takes only beside the PASSWORD-ALGORITHMS the 401 offered.
     for (const algorithm of [undefined, PasswordAlgorithm.SHA256]) {
       const key = longTermKey(c.username, REALM, c.password, algorithm);
       const transactionId = randomBytes(12);
       const w = new MessageWriter(Method.Refresh, MessageClass.Request, transactionId);
       w.addText(Attr.Username, c.username).addText(Attr.Realm, REALM).addText(Attr.Nonce, c.nonce!);
-      if (algorithm !== undefined) w.add(Attr.PasswordAlgorithm, encodePasswordAlgorithm(algorithm));
+      if (algorithm !== undefined) {
+        w.add(Attr.PasswordAlgorithms, h.credentials.passwordAlgorithms);
+        w.add(Attr.PasswordAlgorithm, encodePasswordAlgorithm(algorithm));
+      }
       w.addIntegritySha256(key);
       const reply = await c.send(w.toBuffer(), transactionId);
       assert.equal(reply.code, 200, `Refresh with MESSAGE-INTEGRITY-SHA256 (${algorithm ?? 'MD5'} key)`);
@@ -556,6 +562,158 @@ describe('TurnEngine: authentication', () => {
     const plain = await c.refresh();
     assert.equal(plain.code, 200);
     assert.equal(plain.message.fingerprintOffset, -1);
+  });
+});
+
+// ------------------------------------------------------------------ RFC 8489 password algorithms
+
+/** The attributes an RFC 8489 client adds after a 401 (§9.2.5); `undefined` leaves one out. */
+interface Negotiation {
+  readonly algorithms?: Buffer;
+  readonly algorithm?: Buffer;
+  /** The key's algorithm (default: the one PASSWORD-ALGORITHM names, else MD5). */
+  readonly keyAlgorithm?: PasswordAlgorithm;
+  readonly integrity: 'sha1' | 'sha256';
+  readonly userhash?: boolean;
+}
+
+/** A Refresh signed as `n` says, with the client's current nonce. */
+async function negotiated(c: Client, n: Negotiation): Promise<Reply & { key: Buffer }> {
+  const keyAlgorithm = n.keyAlgorithm ?? (n.algorithm ? (n.algorithm.readUInt16BE(0) as PasswordAlgorithm) : PasswordAlgorithm.MD5);
+  const key = longTermKey(c.username, REALM, c.password, keyAlgorithm);
+  const transactionId = randomBytes(12);
+  const w = new MessageWriter(Method.Refresh, MessageClass.Request, transactionId);
+  if (n.userhash) w.add(Attr.Userhash, userhash(c.username, REALM));
+  else w.addText(Attr.Username, c.username);
+  w.addText(Attr.Realm, REALM).addText(Attr.Nonce, c.nonce!);
+  if (n.algorithms) w.add(Attr.PasswordAlgorithms, n.algorithms);
+  if (n.algorithm) w.add(Attr.PasswordAlgorithm, n.algorithm);
+  if (n.integrity === 'sha1') w.addIntegrity(key);
+  else w.addIntegritySha256(key);
+  return { ...(await c.send(w.toBuffer(), transactionId)), key };
+}
+
+const SHA256_THEN_MD5 = Buffer.from([0, 2, 0, 0, 0, 1, 0, 0]);
+const SHA256 = encodePasswordAlgorithm(PasswordAlgorithm.SHA256);
+
+describe('TurnEngine: RFC 8489 password algorithms (§9.2)', () => {
+  it('offers SHA-256 then MD5 in every 401 and 438, under a nonce cookie that says so', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const first = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+    const challenge = await c.send(first.buf, first.transactionId);
+    assert.equal(challenge.code, 401);
+    assert.deepEqual(getAttribute(challenge.message, Attr.PasswordAlgorithms), SHA256_THEN_MD5);
+    const nonce = getAttribute(challenge.message, Attr.Nonce)!.toString('utf8');
+    // Static users only: "Password algorithms" and "Username anonymity" (0x000003).
+    assert.equal(nonceCookieFeatures(nonce), SecurityFeature.PasswordAlgorithms | SecurityFeature.UsernameAnonymity);
+    assert.match(nonce, /^obMatJos2AAAD/);
+    await c.mustAllocate();
+    await h.advance(NONCE_LIFETIME_MS);
+    const stale = await negotiated(c, { integrity: 'sha1' });
+    assert.equal(stale.code, 438);
+    assert.deepEqual(getAttribute(stale.message, Attr.PasswordAlgorithms), SHA256_THEN_MD5, '438 carries PASSWORD-ALGORITHMS too');
+    assert.ok(nonceCookieFeatures(getAttribute(stale.message, Attr.Nonce)!.toString('utf8'))! & SecurityFeature.PasswordAlgorithms);
+  });
+
+  it('sets "Username anonymity" only when every credential has a USERHASH, and offers MD5 first when a user has only an MD5 key', async () => {
+    const rest = new Harness({ authSecrets: ['s3cret'] });
+    assert.equal(rest.credentials.securityFeatures, SecurityFeature.PasswordAlgorithms, 'time-limited usernames cannot be found from a hash');
+    assert.match(rest.nonces.issue('198.51.100.1', 0), /^obMatJos2AAAB/);
+    const md5Key = new Harness({ users: [['alice', `0x${longTermKey('alice', REALM, 'alice-pw').toString('hex')}`]] });
+    assert.deepEqual(md5Key.credentials.passwordAlgorithms, Buffer.from([0, 1, 0, 0, 0, 2, 0, 0]));
+  });
+
+  it('with PASSWORD-ALGORITHM SHA-256 the key is SHA-256(username:realm:password) and MESSAGE-INTEGRITY-SHA256 answers', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    for (const integrity of ['sha256', 'sha1'] as const) {
+      const r = await negotiated(c, { algorithms: SHA256_THEN_MD5, algorithm: SHA256, integrity });
+      assert.equal(r.code, 200, `MESSAGE-INTEGRITY${integrity === 'sha256' ? '-SHA256' : ''} under the SHA-256 key`);
+      assert.deepEqual(r.key, createHash('sha256').update(`alice:${REALM}:alice-pw`).digest());
+      // §9.2.4: the response carries MESSAGE-INTEGRITY-SHA256 unless the request was taken as MD5 by default.
+      assert.equal(r.message.integrityOffset, -1);
+      assert.ok(verifyIntegritySha256(r.raw, r.message.integritySha256Offset, r.key), 'signed with the SHA-256 key');
+    }
+    // The MD5 key does not pass for SHA-256.
+    const wrongKey = await negotiated(c, { algorithms: SHA256_THEN_MD5, algorithm: SHA256, keyAlgorithm: PasswordAlgorithm.MD5, integrity: 'sha256' });
+    assert.equal(wrongKey.code, 401);
+    // MD5 chosen from the offer is MD5, and still answered with MESSAGE-INTEGRITY-SHA256.
+    const md5 = await negotiated(c, { algorithms: SHA256_THEN_MD5, algorithm: encodePasswordAlgorithm(PasswordAlgorithm.MD5), integrity: 'sha1' });
+    assert.equal(md5.code, 200);
+    assert.ok(verifyIntegritySha256(md5.raw, md5.message.integritySha256Offset, longTermKey('alice', REALM, 'alice-pw')));
+  });
+
+  it('takes a request with neither attribute as MD5 and answers with MESSAGE-INTEGRITY, as RFC 5389 clients expect', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    const r = await negotiated(c, { integrity: 'sha1' });
+    assert.equal(r.code, 200);
+    assert.equal(r.message.integritySha256Offset, -1);
+    assert.ok(verifyIntegritySha1(r.raw, r.message.integrityOffset, longTermKey('alice', REALM, 'alice-pw')));
+  });
+
+  for (const [what, n] of [
+    ['PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS', { algorithm: SHA256 }],
+    ['PASSWORD-ALGORITHMS without PASSWORD-ALGORITHM', { algorithms: SHA256_THEN_MD5, keyAlgorithm: PasswordAlgorithm.MD5 }],
+    [
+      'PASSWORD-ALGORITHMS with SHA-256 struck (a bid-down on the path)',
+      { algorithms: Buffer.from([0, 1, 0, 0]), algorithm: encodePasswordAlgorithm(PasswordAlgorithm.MD5) },
+    ],
+    ['PASSWORD-ALGORITHMS reordered', { algorithms: Buffer.from([0, 1, 0, 0, 0, 2, 0, 0]), algorithm: SHA256 }],
+    ['PASSWORD-ALGORITHMS with one more algorithm', { algorithms: Buffer.from([0, 2, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0]), algorithm: SHA256 }],
+    [
+      'PASSWORD-ALGORITHM not among those offered',
+      { algorithms: SHA256_THEN_MD5, algorithm: Buffer.from([0, 3, 0, 0]), keyAlgorithm: PasswordAlgorithm.SHA256 },
+    ],
+    [
+      'PASSWORD-ALGORITHM SHA-256 with parameters',
+      { algorithms: SHA256_THEN_MD5, algorithm: Buffer.from([0, 2, 0, 4, 1, 2, 3, 4]), keyAlgorithm: PasswordAlgorithm.SHA256 },
+    ],
+  ] as const) {
+    it(`answers 400 to ${what} (RFC 8489 §9.2.4), whatever the key`, async () => {
+      const h = new Harness();
+      const c = h.client();
+      await c.mustAllocate();
+      for (const integrity of ['sha1', 'sha256'] as const) {
+        const r = await negotiated(c, { ...n, integrity });
+        assert.equal(r.code, 400, integrity);
+        assert.equal(r.message.integrityOffset, -1, 'a 400 carries no integrity');
+        assert.equal(r.message.integritySha256Offset, -1);
+        assert.equal(getAttribute(r.message, Attr.Nonce), undefined);
+      }
+    });
+  }
+
+  it('time-limited (REST) credentials work with SHA-256: SHA-256(username:realm:base64(HMAC-SHA1(secret, username)))', async () => {
+    const h = new Harness({ authSecrets: ['s3cret'] });
+    const username = `${Math.floor(h.clock.now() / 1000) + 3600}:alice`;
+    const c = h.client(username, restApiPassword('s3cret', username));
+    await c.mustAllocate();
+    const r = await negotiated(c, { algorithms: SHA256_THEN_MD5, algorithm: SHA256, integrity: 'sha256' });
+    assert.equal(r.code, 200);
+    assert.deepEqual(
+      r.key,
+      createHash('sha256')
+        .update(`${username}:${REALM}:${restApiPassword('s3cret', username)}`)
+        .digest(),
+    );
+    assert.ok(verifyIntegritySha256(r.raw, r.message.integritySha256Offset, r.key));
+    const expired = `${Math.floor(h.clock.now() / 1000) - 1}:alice`;
+    const old = h.client(expired, restApiPassword('s3cret', expired));
+    old.nonce = c.nonce;
+    assert.equal((await negotiated(old, { algorithms: SHA256_THEN_MD5, algorithm: SHA256, integrity: 'sha256' })).code, 401);
+  });
+
+  it('takes USERHASH with SHA-256, as a client must once the cookie says "Username anonymity"', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    const r = await negotiated(c, { algorithms: SHA256_THEN_MD5, algorithm: SHA256, integrity: 'sha256', userhash: true });
+    assert.equal(r.code, 200);
+    assert.ok(verifyIntegritySha256(r.raw, r.message.integritySha256Offset, r.key));
   });
 });
 

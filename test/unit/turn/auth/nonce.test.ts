@@ -4,6 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
+import { NONCE_COOKIE_LENGTH, SecurityFeature, nonceCookie, nonceCookieFeatures } from '../../../../src/stun/nonce-cookie.js';
 import { NonceIssuer } from '../../../../src/turn/auth/nonce.js';
 
 const SECRET = Buffer.from('cluster nonce secret');
@@ -12,10 +13,12 @@ const NOW = 1_700_000_000_000;
 const CLIENT = '198.51.100.7';
 
 describe('NonceIssuer', () => {
-  it('issues a 27-character base64url nonce that checks as valid for the same client IP', () => {
+  it('issues the RFC 8489 nonce cookie and 16 base64url characters, valid for the same client IP', () => {
     const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
     const nonce = issuer.issue(CLIENT, NOW);
-    assert.match(nonce, /^[A-Za-z0-9_-]{27}$/);
+    // RFC 8489 §9.2: "obMatJos2" and the feature bits; "Password algorithms" is bit 0 (0x000001).
+    assert.match(nonce, /^obMatJos2AAAB[A-Za-z0-9_-]{16}$/);
+    assert.equal(nonceCookieFeatures(nonce), SecurityFeature.PasswordAlgorithms);
     assert.equal(issuer.check(nonce, CLIENT, NOW), 'valid');
     assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS - 1), 'valid');
   });
@@ -43,18 +46,24 @@ describe('NonceIssuer', () => {
   it('rejects tampered nonces: any changed character, a moved timestamp, wrong length, garbage', () => {
     const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
     const nonce = issuer.issue(CLIENT, NOW);
+    const cookie = nonce.slice(0, NONCE_COOKIE_LENGTH);
+    const body = nonce.slice(NONCE_COOKIE_LENGTH);
+    // The body is 12 bytes in 16 characters: no padding bits, every character counts.
     for (let i = 0; i < nonce.length; i++) {
       const c = nonce[i] === 'A' ? 'B' : 'A';
       const tampered = nonce.slice(0, i) + c + nonce.slice(i + 1);
-      // The last character carries 2 padding bits base64url may decode identically; skip it if so.
-      if (Buffer.from(tampered, 'base64url').equals(Buffer.from(nonce, 'base64url'))) continue;
       assert.equal(issuer.check(tampered, CLIENT, NOW), 'invalid', `character ${i}`);
     }
     // A later timestamp with the original MAC (an attempt to make an old nonce fresh again).
-    const raw = Buffer.from(nonce, 'base64url');
+    const raw = Buffer.from(body, 'base64url');
     raw.writeUInt32BE(raw.readUInt32BE(0) + 3600, 0);
-    assert.equal(issuer.check(raw.toString('base64url'), CLIENT, NOW + 3_600_000 + LIFETIME_MS), 'invalid');
-    for (const garbage of ['', 'x', nonce.slice(1), `${nonce}A`, '!'.repeat(27), ' '.repeat(27), 'A'.repeat(27)]) {
+    assert.equal(issuer.check(cookie + raw.toString('base64url'), CLIENT, NOW + 3_600_000 + LIFETIME_MS), 'invalid');
+    // The body with another cookie: the MAC covers the feature bits (bid-down, RFC 8489 §9.2.1).
+    assert.equal(issuer.check(nonceCookie(0) + body, CLIENT, NOW), 'invalid', 'feature bits cleared');
+    assert.equal(issuer.check(nonceCookie(SecurityFeature.PasswordAlgorithms | SecurityFeature.UsernameAnonymity) + body, CLIENT, NOW), 'invalid');
+    // An RFC 5389-era nonce of this server (27 characters, no cookie) is no longer valid: 438, then a fresh one.
+    assert.equal(issuer.check(body + 'A'.repeat(11), CLIENT, NOW), 'invalid');
+    for (const garbage of ['', 'x', nonce.slice(1), `${nonce}A`, '!'.repeat(29), ' '.repeat(29), 'A'.repeat(29), cookie + '!'.repeat(16)]) {
       assert.equal(issuer.check(garbage, CLIENT, NOW), 'invalid', JSON.stringify(garbage));
     }
   });
@@ -65,6 +74,14 @@ describe('NonceIssuer', () => {
     assert.equal(issuer.check(fromAheadNode, CLIENT, NOW), 'valid', '20 s of skew is fine');
     const farFuture = issuer.issue(CLIENT, NOW + 3_600_000);
     assert.equal(issuer.check(farFuture, CLIENT, NOW), 'invalid');
+  });
+
+  it('announces the features it was built with, and its nonces are valid only under them', () => {
+    const anonymous = new NonceIssuer(SECRET, LIFETIME_MS, SecurityFeature.PasswordAlgorithms | SecurityFeature.UsernameAnonymity);
+    const nonce = anonymous.issue(CLIENT, NOW);
+    assert.match(nonce, /^obMatJos2AAAD/);
+    assert.equal(anonymous.check(nonce, CLIENT, NOW), 'valid');
+    assert.equal(new NonceIssuer(SECRET, LIFETIME_MS).check(nonce, CLIENT, NOW), 'valid', 'the features are in the nonce, not the checker');
   });
 
   it('issues the same nonce within one second for one IP, and different ones across seconds or IPs', () => {
