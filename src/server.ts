@@ -5,8 +5,10 @@
 import type { ServerConfig } from './config/index.js';
 import type { Logger } from './ops/log.js';
 import { createLogger } from './ops/log.js';
+import type { Dataplane } from './dataplane/open.js';
 import { createMetrics } from './ops/metrics.js';
 import { ClusterNode } from './server/cluster.js';
+import { openNodeDataplane } from './server/dataplane.js';
 import { createEngine } from './server/engine.js';
 import { NodeLifecycle } from './server/lifecycle.js';
 import { ClientListeners } from './server/listeners.js';
@@ -14,7 +16,7 @@ import { nodePeerPolicy } from './server/peers.js';
 import { StoreHealthWatcher, openNodeStore } from './server/store.js';
 import type { RunningServer, ServerDeps } from './server/types.js';
 import { UdpRelayFactory } from './transport/udp/relay.js';
-import { systemClock } from './turn/clock.js';
+import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
 import type { TurnEngine } from './turn/engine.js';
 import type { AllocationStore } from './store/types.js';
@@ -23,17 +25,27 @@ export type { ClientResolver, ListeningAddress, RunningServer, ServerDeps, UdpFr
 
 const TICK_MS = 1000;
 
-/** Why this node should not get new clients, drain aside; undefined when it should. */
-function capacityProblem(config: ServerConfig, engine: TurnEngine, store: AllocationStore): string | undefined {
-  if (!store.isAvailable()) return 'allocation store unavailable';
+/**
+ * Why this node should not get new clients, drain aside; undefined when it should. Only
+ * this node's own faults: a store outage is not one (new Allocates fail open,
+ * docs/architecture.md §6), else one Redis behind every PoP would withdraw them all at once.
+ */
+function capacityProblem(config: ServerConfig, engine: TurnEngine): string | undefined {
   if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
   // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
   return engine.capacityProblem();
 }
 
 /** Once a second: the store's health first, then the engine's tick (expiry, refresh of the store). */
-function startTicking(config: ServerConfig, engine: TurnEngine, store: AllocationStore, cluster: ClusterNode | undefined, logger: Logger): NodeJS.Timeout {
-  const health = new StoreHealthWatcher(store, logger, () => {
+function startTicking(
+  config: ServerConfig,
+  engine: TurnEngine,
+  store: AllocationStore,
+  cluster: ClusterNode | undefined,
+  clock: Clock,
+  logger: Logger,
+): NodeJS.Timeout {
+  const health = new StoreHealthWatcher(store, clock, logger, () => {
     // After an outage the store may have lost records (a restart without persistence): write every live one again.
     engine.resyncAll();
     cluster?.resetRouter();
@@ -48,8 +60,15 @@ function startTicking(config: ServerConfig, engine: TurnEngine, store: Allocatio
 }
 
 /** The start-up log line's fields, besides the listening addresses. */
-function startLine(config: ServerConfig, store: AllocationStore, cluster: ClusterNode | undefined, opsPort: number): Record<string, unknown> {
+function startLine(
+  config: ServerConfig,
+  store: AllocationStore,
+  cluster: ClusterNode | undefined,
+  opsPort: number,
+  dataplane: Dataplane,
+): Record<string, unknown> {
   return {
+    dataplane: dataplane.mode,
     relay: config.relayIps,
     ports: `${config.minPort}-${config.maxPort}`,
     realm: config.realm,
@@ -58,6 +77,11 @@ function startLine(config: ServerConfig, store: AllocationStore, cluster: Cluste
     mesh: cluster ? `${config.cluster?.meshAddress}:${cluster.mesh.port}` : undefined,
     metrics: opsPort > 0 ? `${config.metricsIp}:${opsPort}` : undefined,
   };
+}
+
+async function closeOwned(owned: boolean, store: AllocationStore, err: unknown): Promise<never> {
+  if (owned) await store.close().catch(() => undefined);
+  throw err;
 }
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
@@ -70,10 +94,13 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const lifecycle = new NodeLifecycle(logger);
   const relays = new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error'));
   const foreign = cluster?.route(store, registry, clock);
-  const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, isDraining: () => lifecycle.draining });
+  // --dataplane kernel refuses to start without the kernel path: the store opened above goes first.
+  const dataplane = await openNodeDataplane(config, deps.udpFrontend !== undefined, counters, logger).catch((err: unknown) => closeOwned(owned, store, err));
+  const { offload } = dataplane;
+  const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, offload, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
-  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, store) });
+  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine) });
   const metrics = createMetrics({
     engine,
     counters,
@@ -81,6 +108,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     cluster: cluster?.counters,
     streams: listeners.streamCounters,
     drain: lifecycle.drainSwitch,
+    dataplane,
     usernameLabels: config.prometheusUsernameLabels,
   });
   const closeAll = async (): Promise<void> => {
@@ -91,6 +119,8 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await listeners.close();
     if (owned) await store.close();
     relays.close();
+    // After engine.stop() removed every allocation's entries: detach the program.
+    await dataplane.close();
   };
   try {
     await listeners.open();
@@ -103,11 +133,11 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     throw err;
   }
 
-  const timer = startTicking(config, engine, store, cluster, logger);
+  const timer = startTicking(config, engine, store, cluster, clock, logger);
 
   const listening = listeners.listening;
   logger.info(
-    { listening, ...startLine(config, store, cluster, lifecycle.opsPort) },
+    { listening, ...startLine(config, store, cluster, lifecycle.opsPort, dataplane) },
     // A worker's line must not look like the node's: the primary says 'anyturn ready' once all workers are.
     deps.udpFrontend ? 'anyturn worker ready' : 'anyturn ready',
   );

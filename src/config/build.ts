@@ -11,7 +11,7 @@ import { buildClusterConfig } from './cluster.js';
 import { ConfigError } from './errors.js';
 import { type RawOptions, read } from './flags.js';
 import { transportConfig } from './transport.js';
-import type { ClusterConfig, ServerConfig } from './types.js';
+import type { ClusterConfig, DataplaneConfig, ServerConfig } from './types.js';
 
 /** The machine's own IPv4 addresses, loopback included: the default listening set. */
 export function localIPv4Addresses(): string[] {
@@ -71,7 +71,7 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     shutdownTimeoutSeconds: read(raw, 'shutdown-timeout'),
     alternateServers: read(raw, 'alternate-server'),
     prometheusUsernameLabels: read(raw, 'prometheus-username-labels'),
-    workers: workers(raw, minPort, maxPort, cluster),
+    ...processModel(raw, minPort, maxPort, cluster),
   };
 }
 
@@ -144,6 +144,17 @@ function parseUser(flag: string, entry: string, users: Map<string, string>): voi
   const colon = entry.indexOf(':');
   if (colon <= 0 || colon === entry.length - 1) throw new ConfigError(flag, entry.replace(/:.*/, ':***'), 'name:password, with a non-empty name and password');
   users.set(entry.slice(0, colon), entry.slice(colon + 1));
+}
+
+/** --workers and --dataplane: the kernel data plane serves one process; with workers only the JavaScript path relays. */
+function processModel(raw: RawOptions, minPort: number, maxPort: number, cluster: ClusterConfig | undefined): Pick<ServerConfig, 'workers' | 'dataplane'> {
+  const n = workers(raw, minPort, maxPort, cluster);
+  const mode = read(raw, 'dataplane');
+  if (mode === 'kernel' && n !== 1) {
+    throw new ConfigError('dataplane', mode, `'auto' or 'js' with --workers ${n}: the kernel data plane serves one process (or give --workers 1)`);
+  }
+  const dataplane: DataplaneConfig = { mode, interfaces: read(raw, 'dataplane-interface') };
+  return { workers: n, dataplane };
 }
 
 /** --workers: each worker relays on its own slice of the port range, so no two bind the same port. */

@@ -13,6 +13,7 @@ import {
   choice,
   hostPort,
   int,
+  interfaceNames,
   ip,
   ips,
   type Kind,
@@ -29,6 +30,7 @@ import {
 export const GROUPS = [
   'Network:',
   'Client transports:',
+  'Data plane:',
   'Authentication (long-term credentials):',
   'Peer policy and quotas:',
   'Cluster (anycast):',
@@ -55,6 +57,7 @@ export interface FlagSpec {
 
 const NET: Group = 'Network:';
 const TRANSPORT: Group = 'Client transports:';
+const DATAPLANE: Group = 'Data plane:';
 const AUTH: Group = 'Authentication (long-term credentials):';
 const PEERS: Group = 'Peer policy and quotas:';
 const CLUSTER: Group = 'Cluster (anycast):';
@@ -121,6 +124,20 @@ export const FLAGS = {
   'no-udp': { hidden: true, kind: bool },
   'no-tcp': { hidden: true, kind: bool },
   'no-tls': { hidden: true, kind: bool },
+
+  dataplane: {
+    group: DATAPLANE,
+    kind: choice(['auto', 'kernel', 'js'], "'auto', 'kernel' or 'js'"),
+    default: 'auto',
+    describe:
+      "Who relays ChannelData over UDP: 'kernel' (an eBPF program at tc ingress; needs root or CAP_BPF+CAP_NET_ADMIN and the program built by `npm run build:dataplane`; refuses to start without it), 'js' (this process), 'auto' (the kernel where it loads, else js with one log line saying why)",
+  },
+  'dataplane-interface': {
+    group: DATAPLANE,
+    kind: interfaceNames,
+    describe:
+      'Interface client and peer packets arrive on, where the kernel data plane attaches (repeatable). Default: the non-loopback interfaces holding --listening-ip and --relay-ip; name them when those addresses live on lo (anycast)',
+  },
 
   realm: { group: AUTH, kind: text, default: 'anyturn', describe: 'Realm of the long-term credentials' },
   user: { group: AUTH, kind: secrets, describe: 'Static user name:password (repeatable); a password written 0x<32 hex> is the MD5 key itself' },

@@ -118,6 +118,22 @@ export const ips: Kind<readonly string[], string[]> = {
   },
 };
 
+/** Linux network interface names (IFNAMSIZ: at most 15 bytes; no '/', ':' or white space). */
+const INTERFACE_NAME = /^[A-Za-z0-9_.@-]{1,15}$/;
+
+/** Repeatable network interface names (--dataplane-interface). */
+export const interfaceNames: Kind<readonly string[], string[]> = {
+  tag: 'text',
+  yargs: { type: 'string', array: true },
+  parse: (flag, values) => {
+    const out = parts(values);
+    for (const part of out) {
+      if (!INTERFACE_NAME.test(part)) throw new ConfigError(flag, part, 'a network interface name of 1-15 letters, digits, or _ . @ -, e.g. eth0');
+    }
+    return out;
+  },
+};
+
 /** One IPv4 or IPv6 address. */
 export function ip(allowed: string): Kind<string, string | undefined> {
   return {

@@ -6,6 +6,15 @@ import type { RedisTarget } from '../store/shared.js';
 import type { AlternateServer } from '../turn/admission.js';
 import type { AllocationLimits } from '../turn/limits.js';
 
+export type DataplaneMode = 'auto' | 'kernel' | 'js';
+
+export interface DataplaneConfig {
+  /** 'kernel': refuse to start without the eBPF path; 'js': never try; 'auto': the kernel path where it loads. */
+  readonly mode: DataplaneMode;
+  /** --dataplane-interface; empty: the interfaces holding the listening and relay addresses. */
+  readonly interfaces: readonly string[];
+}
+
 export interface ServerConfig {
   readonly nodeId: string;
   readonly listeningIps: readonly string[];
@@ -62,6 +71,8 @@ export interface ServerConfig {
   readonly alternateServers: readonly AlternateServer[];
   /** anyturn_user_allocations{user}: off by default (one series per user). */
   readonly prometheusUsernameLabels: boolean;
+  /** Who relays ChannelData over UDP (src/dataplane): the kernel path where it loads, and where it attaches. */
+  readonly dataplane: DataplaneConfig;
   /** Worker processes (one per core): 1 runs everything in this process; more forks them (src/workers/). */
   readonly workers: number;
 }

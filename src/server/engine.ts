@@ -8,8 +8,7 @@ import { CredentialStore } from '../turn/auth/credentials.js';
 import type { Clock } from '../turn/clock.js';
 import type { EngineCounters } from '../turn/counters.js';
 import { TurnEngine } from '../turn/engine.js';
-import type { ForeignPacketHandler } from '../turn/ports.js';
-import type { RelaySocketFactory } from '../turn/ports.js';
+import type { ChannelOffload, ForeignPacketHandler, RelaySocketFactory } from '../turn/ports.js';
 import { NonceIssuer } from '../turn/auth/nonce.js';
 import type { PeerPolicy } from '../turn/peer-policy.js';
 
@@ -22,6 +21,8 @@ export interface EngineParts {
   readonly counters: EngineCounters;
   /** In a cluster: where packets for other nodes' allocations go. */
   readonly foreign: ForeignPacketHandler | undefined;
+  /** The kernel data plane, when loaded (src/dataplane/open.ts). */
+  readonly offload: ChannelOffload | undefined;
   readonly isDraining: () => boolean;
 }
 
@@ -50,6 +51,7 @@ export function createEngine(config: ServerConfig, parts: EngineParts): TurnEngi
     limits: config.allocationLimits,
     software: config.software,
     foreign: parts.foreign,
+    offload: parts.offload,
     relayMode: config.cluster?.relayMode,
     unauthenticatedErrorLimit: { perSecond: config.unauthErrorRate, burst: config.unauthErrorBurst },
     admission: createAllocateAdmission({ alternateServers: config.alternateServers, isDraining: parts.isDraining }),

@@ -10,7 +10,7 @@ import type { SourceRateLimitOptions } from './auth/rate-limit.js';
 import type { EngineCounters } from './counters.js';
 import type { AllocationLimits } from './limits.js';
 import type { PeerPolicy } from './peer-policy.js';
-import type { EngineLogger, ForeignPacketHandler } from './ports.js';
+import type { ChannelOffload, EngineLogger, ForeignPacketHandler } from './ports.js';
 import type { RelayPortOptions } from './relay/relay-ports.js';
 
 /** With the relay addresses and port range of RelayPortOptions; a family without a relay address answers 440. */
@@ -46,4 +46,9 @@ export interface EngineOptions extends RelayPortOptions {
   readonly relayMode?: 'unicast' | 'anycast';
   /** Caps on one allocation's state and one request's work; absent fields take ALLOCATION_LIMIT_DEFAULTS. */
   readonly limits?: Partial<AllocationLimits>;
+  /**
+   * The kernel data plane (src/dataplane), when loaded: told which channels it may relay
+   * (allocation/offload.ts). Absent: every packet takes the JavaScript path.
+   */
+  readonly offload?: ChannelOffload;
 }

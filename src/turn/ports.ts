@@ -102,9 +102,42 @@ export interface EngineSnapshot {
   readonly channels: number;
   /** Allocations per username. */
   readonly allocationsByUser: ReadonlyMap<string, number>;
+  /** Allocations with no record of their own in the store: made while it was unreachable, or that lost a conflict after (docs/architecture.md §5). */
+  readonly localOnly: number;
 }
 
 /** What ops reads from the engine. */
 export interface EngineStats {
   snapshot(): EngineSnapshot;
+}
+
+/**
+ * One bound channel as the kernel data plane relays it (docs/dataplane.md): both directions
+ * of the 5-tuple, the relayed address and the peer. Expiry is the engine clock's: the
+ * earliest of the channel's, its permission's and the allocation's.
+ */
+export interface OffloadChannel {
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly serverAddress: string;
+  readonly serverPort: number;
+  readonly channel: number;
+  readonly relayAddress: string;
+  readonly relayPort: number;
+  readonly peerAddress: string;
+  readonly peerPort: number;
+  readonly expiresAtMs: number;
+}
+
+/**
+ * Where the engine says which channels may be relayed without it (the kernel data plane,
+ * src/dataplane). The engine decides everything a packet on them could be refused for
+ * before it lists a channel (permission, peer policy, lifetimes), and lists them again on
+ * every change, so what is installed never outlives what the engine would relay.
+ */
+export interface ChannelOffload {
+  /** From now on, exactly these channels of allocation `key` (none: an empty list). `nowMs` is the engine clock's reading. */
+  set(key: string, channels: readonly OffloadChannel[], nowMs: number): void;
+  /** Packets and payload bytes relayed without the engine so far for `key`, both directions (logs). */
+  trafficOf(key: string): { readonly packets: number; readonly bytes: number } | undefined;
 }

@@ -64,6 +64,8 @@ export async function startPrimary(config: ServerConfig, logger: Logger): Promis
   logger.info(
     {
       workers: config.workers,
+      // The kernel data plane serves one process (docs/dataplane.md): workers relay in JavaScript.
+      dataplane: 'js',
       listening: config.listeningIps.map((address) => ({ address, port: listeningPort })),
       relay: config.relayIps,
       ports: `${config.minPort}-${config.maxPort}`,

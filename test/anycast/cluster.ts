@@ -32,6 +32,11 @@ const READY_DEADLINE_MS = 20_000;
 export interface NodeOptions {
   /** Add the cluster flags (--redis-url, --mesh-address, --cluster-secret, --metrics-*). */
   readonly cluster: boolean;
+  /**
+   * --dataplane: 'kernel' attaches the eBPF path to the node's eth0 (the anycast address
+   * lives on lo, so the interface is named) and serves /metrics also without a cluster.
+   */
+  readonly dataplane?: 'kernel' | 'js';
 }
 
 export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
@@ -60,21 +65,12 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
     'info',
   ];
   if (options.cluster) {
-    args.push(
-      '--redis-url',
-      `redis://${REDIS_ADDRESS}:${REDIS_PORT}`,
-      '--mesh-address',
-      `${own}:${MESH_PORT}`,
-      '--cluster-secret',
-      CLUSTER_SECRET,
-      '--metrics-ip',
-      own,
-      '--metrics-port',
-      String(METRICS_PORT),
-      // The harness compares scrapes taken moments apart: no cached rendering.
-      '--metrics-cache-ms',
-      '0',
-    );
+    args.push('--redis-url', `redis://${REDIS_ADDRESS}:${REDIS_PORT}`, '--mesh-address', `${own}:${MESH_PORT}`, '--cluster-secret', CLUSTER_SECRET);
+  }
+  if (options.dataplane !== undefined) args.push('--dataplane', options.dataplane, '--dataplane-interface', 'eth0');
+  if (options.cluster || options.dataplane !== undefined) {
+    // The harness compares scrapes taken moments apart: no cached rendering.
+    args.push('--metrics-ip', own, '--metrics-port', String(METRICS_PORT), '--metrics-cache-ms', '0');
   }
   return args;
 }
@@ -165,7 +161,8 @@ export async function startPeer(topo: Topology): Promise<NsProcess> {
   return p;
 }
 
-export function startStreamClient(topo: Topology, durationMs: number, pps = 50): NsProcess {
+/** `release`: the client ends both allocations with Refresh LIFETIME 0 before its summary. */
+export function startStreamClient(topo: Topology, durationMs: number, pps = 50, options: { release?: boolean } = {}): NsProcess {
   return topo.spawnIn(
     'C',
     process.execPath,
@@ -187,6 +184,7 @@ export function startStreamClient(topo: Topology, durationMs: number, pps = 50):
       String(durationMs),
       '--pps',
       String(pps),
+      ...(options.release ? ['--release'] : []),
     ],
     { name: 'stream-client', stdin: true },
   );

@@ -1,4 +1,4 @@
-// Anycast relay mode (ARCHITECTURE.md §4 "anycast relay", §6) when a node dies,
+// Anycast relay mode (docs/architecture.md §4 "anycast relay", §6) when a node dies,
 // in network namespaces (topology in test/helpers/netns.ts). Needs root,
 // iproute2 and redis-server; skipped otherwise. Run with `npm run test:anycast`.
 //
@@ -25,10 +25,16 @@
 //    relayed ports different from each other and from the live ones; Redis
 //    holds exactly one port key per allocation (naming it), and every node
 //    binds exactly the live relayed ports on 198.18.101.1 (ss).
+//
+// The scenario runs twice: with the JavaScript data plane, and with the kernel data
+// plane (docs/dataplane.md) on every node, each node programming its kernel from the
+// allocations it takes on; there N2's eBPF program must have relayed the channel stream
+// after the kill.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
+import { kernelDataplaneUnavailableReason } from '../helpers/dataplane.js';
 import { ANYCAST_ADDRESS, Topology, jsonLines, netnsUnavailableReason, type NodeName, type NsProcess } from '../helpers/netns.js';
 import {
   PEER_PORTS,
@@ -106,8 +112,8 @@ async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
 }
 
 /** nodeArgs(cluster) with the shared relay address and --relay-mode anycast. */
-function anycastRelayArgs(node: NodeName): string[] {
-  const args = nodeArgs(node, { cluster: true });
+function anycastRelayArgs(node: NodeName, dataplane: 'js' | 'kernel'): string[] {
+  const args = nodeArgs(node, { cluster: true, dataplane });
   const i = args.indexOf('--relay-ip');
   assert.ok(i >= 0, 'nodeArgs has no --relay-ip');
   args[i + 1] = RELAY_ANYCAST;
@@ -121,8 +127,8 @@ interface StartedNode {
   readonly sync: Record<string, unknown>;
 }
 
-async function startAnycastNode(topo: Topology, node: NodeName, name: string): Promise<StartedNode> {
-  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node), { name });
+async function startAnycastNode(topo: Topology, node: NodeName, name: string, dataplane: 'js' | 'kernel'): Promise<StartedNode> {
+  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node, dataplane), { name });
   const sync = await p.waitForJsonLine((r) => r.msg === 'anycast relay: took on the allocations in the store', READY_DEADLINE_MS);
   await p.waitForJsonLine((r) => r.msg === 'anyturn ready', READY_DEADLINE_MS);
   return { process: p, sync };
@@ -215,10 +221,13 @@ function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, fro
   };
 }
 
-function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToClient: number } {
+/** Relayed packets (the kernel's included), and of those what the kernel data plane relayed. */
+function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToClient: number; kernelToPeer: number; kernelToClient: number } {
   return {
     clientToPeer: m.get('anyturn_relayed_packets_total{direction="client_to_peer"}') ?? 0,
     peerToClient: m.get('anyturn_relayed_packets_total{direction="peer_to_client"}') ?? 0,
+    kernelToPeer: m.get('anyturn_dataplane_kernel_packets_total{event="relayed_to_peer"}') ?? 0,
+    kernelToClient: m.get('anyturn_dataplane_kernel_packets_total{event="relayed_to_client"}') ?? 0,
   };
 }
 
@@ -229,17 +238,26 @@ function warnings(p: NsProcess): unknown[] {
     .map((r) => ({ msg: r.msg, err: (r.err as { message?: string } | undefined)?.message, allocation: r.allocation }));
 }
 
-test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, syncs and takes the traffic back without duplicate ports', {
-  skip,
-  timeout: 240_000,
-}, async (t) => {
-  const topo = await Topology.build({ nodes: 3, extraAnycast: [RELAY_ANYCAST] });
+for (const dataplane of ['js', 'kernel'] as const) {
+  test(
+    `anycast relay${dataplane === 'kernel' ? ', kernel data plane on every node' : ''}: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, syncs and takes the traffic back without duplicate ports`,
+    {
+      skip: dataplane === 'kernel' ? (skip ?? kernelDataplaneUnavailableReason()) : skip,
+      timeout: 240_000,
+    },
+    (t) => nodeDeath(t, dataplane),
+  );
+}
+
+/** The scenario above; `dataplane` 'kernel' runs every node with --dataplane kernel (its ChannelData then relayed by the eBPF program). */
+async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<void> {
+  const topo = await Topology.build({ nodes: 3, extraAnycast: [RELAY_ANYCAST], softwareChecksums: dataplane === 'kernel' });
   t.after(() => topo.teardown());
   await withDump(topo, async () => {
     await startRedis(topo);
-    const n1 = await startAnycastNode(topo, 'N1', 'anyturn-N1');
-    const n2 = await startAnycastNode(topo, 'N2', 'anyturn-N2');
-    const n3 = await startAnycastNode(topo, 'N3', 'anyturn-N3');
+    const n1 = await startAnycastNode(topo, 'N1', 'anyturn-N1', dataplane);
+    const n2 = await startAnycastNode(topo, 'N2', 'anyturn-N2', dataplane);
+    const n3 = await startAnycastNode(topo, 'N3', 'anyturn-N3', dataplane);
     await waitReady(topo, ['N1', 'N2', 'N3']);
     report(t, 'start-up sync (empty store)', { N1: n1.sync.adopted, N2: n2.sync.adopted, N3: n3.sync.adopted });
 
@@ -298,7 +316,7 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     // ---- 2. N1 comes back: same flags, it takes on what the store holds.
     const storeAtRestart = await storeView(topo);
     const restartMs = nowMs();
-    const n1b = await startAnycastNode(topo, 'N1', 'anyturn-N1-restarted');
+    const n1b = await startAnycastNode(topo, 'N1', 'anyturn-N1-restarted', dataplane);
     const restartReadyMs = nowMs();
     await waitReady(topo, ['N1']);
     const adopted = Number(n1b.sync.adopted);
@@ -473,6 +491,13 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
       m2After.peerToClient - m2Before.peerToClient > 50,
       `N2 relayed too few peer->client packets after the kill: ${JSON.stringify({ m2Before, m2After })}`,
     );
+    if (dataplane === 'kernel') {
+      // The channel stream went through N2's kernel path: its program relayed both ways.
+      assert.ok(
+        m2After.kernelToPeer - m2Before.kernelToPeer > 50 && m2After.kernelToClient - m2Before.kernelToClient > 50,
+        `N2's kernel data plane relayed too few packets after the kill: ${JSON.stringify({ m2Before, m2After })}`,
+      );
+    }
     // Loss: only what was in flight into N1 when it died (see KILL_IN_FLIGHT_MS).
     for (const mode of ['channel', 'indication'] as const) {
       for (const p of ['beforeKill', 'switchToBack', 'afterBack'] as const) {
@@ -545,4 +570,4 @@ test('anycast relay: N1 is SIGKILLed mid-stream, N2 serves on, N1 restarts, sync
     assert.equal(storeAfterRelease.allocations.size, 2);
     assert.equal(storeAfterRelease.ports.size, 2);
   });
-});
+}

@@ -54,6 +54,8 @@ export interface StreamSummary {
   /** [seq, stream, sentAtMs, echoedAtMs or -1, arrival kind: 0 channel-data, 1 data-indication, -1 none] */
   readonly packets: [number, number, number, number, number][];
   readonly marks: Record<string, number>;
+  /** With --release: the codes of the Refresh LIFETIME 0 that ended A and B. */
+  readonly released?: { readonly A: number; readonly B: number };
   /** Results of the "ops" command by allocation and method. */
   readonly ops: Record<string, Record<string, OpResult>>;
   readonly opsAtMs?: number;
@@ -226,6 +228,8 @@ async function main(): Promise<void> {
   }
   await new Promise((r) => setTimeout(r, DRAIN_MS));
   if (opsRunning) await opsRunning;
+  // --release: both allocations end with Refresh LIFETIME 0 (RFC 8656 §7.3) before the summary.
+  const released = flags.has('release') ? { A: (await op(() => a.refresh(0))).code, B: (await op(() => b.refresh(0))).code } : undefined;
 
   const packets: StreamSummary['packets'] = [];
   for (const [seq, s] of sentAt) {
@@ -245,6 +249,7 @@ async function main(): Promise<void> {
     got438,
     foreignSources,
     wrongKind,
+    released,
   };
   emit(summary as unknown as Record<string, unknown>);
   a.close();

@@ -1,4 +1,4 @@
-// Network namespaces for the anycast tests (docs: ARCHITECTURE.md §6): a
+// Network namespaces for the anycast tests (docs/architecture.md §6): a
 // router, two or three TURN nodes that all carry the same anycast address on
 // their loopback, a client and a peer, joined by veth links.
 //
@@ -285,6 +285,12 @@ export interface TopologyOptions {
    * Moved with rerouteAddress(); reroute() moves ANYCAST_ADDRESS only.
    */
   readonly extraAnycast?: readonly string[];
+  /**
+   * The client's and the peer's eth0 compute UDP checksums in software (ethtool -K tx off),
+   * as a host behind a real NIC does: the kernel data plane passes a datagram whose
+   * checksum a veth left for later (CHECKSUM_PARTIAL) to user space (docs/dataplane.md).
+   */
+  readonly softwareChecksums?: boolean;
 }
 
 /** True for a dotted-quad IPv4 address inside 198.18.0.0/15. */
@@ -295,6 +301,27 @@ function inTestRange(address: string): boolean {
 }
 
 let topologyCounter = 0;
+
+/**
+ * A fresh name prefix `at-<pid>-<n>-` for a helper that builds its own namespaces
+ * (test/helpers/dataplane-topology.ts): the stale cleanup above applies to them.
+ */
+export function namespacePrefix(): string {
+  return `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
+}
+
+/** Registers a namespace (before `ip netns add`) for the exit-time cleanup. */
+export function trackNamespace(name: string): void {
+  installHooks();
+  liveNamespaces.add(name);
+}
+
+/** Kills what runs in a tracked namespace and deletes it. */
+export async function deleteNamespace(name: string): Promise<void> {
+  killNamespacePidsSync(name);
+  await run('ip', ['netns', 'del', name]);
+  liveNamespaces.delete(name);
+}
 
 export class Topology {
   readonly prefix: string;
@@ -308,6 +335,7 @@ export class Topology {
   /** The extra anycast addresses (TopologyOptions.extraAnycast). */
   readonly extraAnycast: readonly string[];
   private readonly extraRoutes = new Map<string, NodeName>();
+  private readonly softwareChecksums: boolean;
 
   private constructor(options: TopologyOptions) {
     this.prefix = `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
@@ -318,6 +346,7 @@ export class Topology {
       if (a === ANYCAST_ADDRESS || a === REDIS_ADDRESS) throw new Error(`extra anycast address ${a} is already in use by the topology`);
     }
     this.extraAnycast = extra;
+    this.softwareChecksums = options.softwareChecksums === true;
     const ns: Record<string, string> = {};
     for (const role of ['R', ...this.nodeNames, 'C', 'P']) ns[role] = `${this.prefix}${role.toLowerCase()}`;
     this.ns = ns;
@@ -411,6 +440,9 @@ export class Topology {
       for (const address of [ANYCAST_ADDRESS, ...this.extraAnycast]) {
         await must('ip', ['-n', this.nsOf(node), 'addr', 'add', `${address}/32`, 'dev', 'lo']);
       }
+    }
+    if (this.softwareChecksums) {
+      for (const role of ['C', 'P'] as const) await must('ip', ['netns', 'exec', this.nsOf(role), 'ethtool', '-K', 'eth0', 'tx', 'off']);
     }
     await must('ip', ['-n', router, 'route', 'add', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress('N1')]);
     this.currentRoute = 'N1';

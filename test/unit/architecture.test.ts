@@ -36,13 +36,21 @@ const RULES: Record<string, readonly string[]> = {
     'transport/udp/',
     'cluster/counters.ts',
     'config/',
+    'dataplane/open.ts',
   ],
+  'dataplane/': ['net/', 'turn/ports.ts', 'turn/counters.ts'],
   'config/': ['net/', 'turn/limits.ts', 'turn/admission.ts', 'store/shared.ts', 'transport/counters.ts', 'ops/log.ts'],
 };
 
 /** Layers that must never touch a socket, Redis or the process: the pure codec and the engine. */
 const PURE = ['node:dgram', 'node:net', 'node:tls', 'node:http', 'ioredis', 'pino', 'prom-client'];
-const FORBIDDEN_PACKAGES: Record<string, readonly string[]> = { 'net/': PURE, 'stun/': PURE, 'turn/': PURE, 'config/': ['node:dgram', 'node:net', 'ioredis'] };
+const FORBIDDEN_PACKAGES: Record<string, readonly string[]> = {
+  'net/': PURE,
+  'stun/': PURE,
+  'turn/': PURE,
+  'config/': ['node:dgram', 'node:net', 'ioredis'],
+  'dataplane/': ['ioredis', 'pino', 'prom-client'],
+};
 
 /** docs/architecture.md: one concept per file. */
 const MAX_FILE_LINES = 400;

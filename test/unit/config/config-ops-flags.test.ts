@@ -67,4 +67,25 @@ describe('config: ops flags', () => {
     assert.equal(c.drainExit, true);
     assert.equal(c.prometheusUsernameLabels, true);
   });
+
+  it('--dataplane: auto by default; --dataplane-interface takes names, repeated or comma-separated', () => {
+    assert.deepEqual(buildConfig(BASE).dataplane, { mode: 'auto', interfaces: [] });
+    const c = buildConfig({ ...BASE, dataplane: 'kernel', 'dataplane-interface': ['eth0', 'veth-a,bond0.100'] });
+    assert.deepEqual(c.dataplane, { mode: 'kernel', interfaces: ['eth0', 'veth-a', 'bond0.100'] });
+  });
+
+  it('--dataplane kernel with --workers above 1 is refused: the kernel path serves one process', () => {
+    const e = refused({ dataplane: 'kernel', workers: 2 });
+    assert.match(e.message, /--dataplane "kernel"/);
+    assert.match(e.message, /--workers 2/);
+    assert.equal(buildConfig({ ...BASE, dataplane: 'auto', workers: 2 }).dataplane.mode, 'auto');
+  });
+
+  for (const bad of ['eth0/1', 'a name', 'sixteen-chars-xx', 'eth:0']) {
+    it(`--dataplane-interface ${JSON.stringify(bad)} is refused naming flag, value and form`, () => {
+      const e = refused({ 'dataplane-interface': [bad] });
+      assert.match(e.message, /--dataplane-interface/);
+      assert.match(e.message, /network interface name/);
+    });
+  }
 });

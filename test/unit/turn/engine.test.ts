@@ -33,8 +33,9 @@ import type { EngineListener } from '../../../src/turn/allocation/table.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
 import type { AllocationLimits } from '../../../src/turn/limits.js';
 import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
-import { createPeerPolicy } from '../../../src/turn/peer-policy.js';
+import { type PeerPolicy, createPeerPolicy } from '../../../src/turn/peer-policy.js';
 import type { ClientTransportKind } from '../../../src/store/types.js';
+import type { ChannelOffload, OffloadChannel } from '../../../src/turn/ports.js';
 import { FakeClientPath, FakeRelayFactory, type FakeRelaySocket } from '../../helpers/fake-io.js';
 
 const REALM = 'example.org';
@@ -62,6 +63,9 @@ interface HarnessOptions {
   readonly nonceSecret?: Buffer;
   readonly transport?: ClientTransportKind;
   readonly limits?: Partial<AllocationLimits>;
+  readonly offload?: ChannelOffload;
+  /** --allowed-peer-ip ranges (the server's own addresses are denied without them). */
+  readonly allowedPeerRanges?: readonly string[];
 }
 
 interface Reply {
@@ -108,6 +112,7 @@ class Harness {
   readonly path: FakeClientPath;
   readonly credentials: CredentialStore;
   readonly nonces: NonceIssuer;
+  readonly peerPolicy: PeerPolicy;
   readonly engine: TurnEngine;
   readonly listener: EngineListener;
 
@@ -126,11 +131,18 @@ class Harness {
       authSecrets: o.authSecrets ?? [],
     });
     this.nonces = new NonceIssuer(o.nonceSecret ?? NONCE_SECRET, NONCE_LIFETIME_MS);
+    this.peerPolicy = createPeerPolicy({
+      allowLoopbackPeers: false,
+      allowedPeerRanges: o.allowedPeerRanges ?? [],
+      deniedPeerRanges: [],
+      serverAddresses: [SERVER_IP, RELAY_IP],
+      servicePorts: [SERVER_PORT],
+    });
     this.engine = new TurnEngine({
       nodeId: 'node-a',
       credentials: this.credentials,
       nonces: this.nonces,
-      peerPolicy: createPeerPolicy({ allowLoopbackPeers: false, allowedPeerRanges: [], deniedPeerRanges: [], serverAddresses: [SERVER_IP, RELAY_IP] }),
+      peerPolicy: this.peerPolicy,
       store: this.store,
       relays: this.relays,
       clock: this.clock,
@@ -145,6 +157,7 @@ class Harness {
       totalQuota: o.totalQuota ?? 0,
       software: 'anyturn-test',
       limits: o.limits,
+      offload: o.offload,
     });
     this.listener = this.engine.addListener(this.path);
   }
@@ -1288,5 +1301,120 @@ describe('TurnEngine: per-allocation and per-request caps', () => {
     assert.equal((await c.channelBind(0x4002, { address: PEER_A, port: 1002 })).code, 508);
     assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 1001 })).code, 200, 'a refresh is no new binding');
     assert.equal(h.counters.limitRefusals, 1);
+  });
+});
+
+/** The kernel data plane as the engine sees it: what it was last told per allocation. */
+class RecordingOffload implements ChannelOffload {
+  readonly listed = new Map<string, readonly OffloadChannel[]>();
+  calls = 0;
+
+  set(key: string, channels: readonly OffloadChannel[]): void {
+    this.calls++;
+    if (channels.length > 0) this.listed.set(key, channels);
+    else this.listed.delete(key);
+  }
+
+  trafficOf(): undefined {
+    return undefined;
+  }
+}
+
+describe('TurnEngine: the kernel data plane port (allocation/offload.ts)', () => {
+  it('lists a bound channel with the earliest of the channel, permission and allocation expiries', async () => {
+    const offload = new RecordingOffload();
+    const h = new Harness({ offload });
+    const c = h.client();
+    const relayed = await c.mustAllocate();
+    assert.equal(offload.listed.size, 0, 'no channel yet, nothing listed');
+    const t0 = h.clock.now();
+    assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 5000 })).code, 200);
+    assert.deepEqual(offload.listed.get(h.key(c)), [
+      {
+        clientAddress: c.address,
+        clientPort: c.port,
+        serverAddress: SERVER_IP,
+        serverPort: SERVER_PORT,
+        channel: 0x4001,
+        relayAddress: relayed.address,
+        relayPort: relayed.port,
+        peerAddress: PEER_A,
+        peerPort: 5000,
+        // The permission (300 s) ends first.
+        expiresAtMs: t0 + 300_000,
+      },
+    ]);
+    // CreatePermission at 200 s moves the permission to 500 s: the entry follows.
+    await h.advance(200_000);
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    assert.equal(offload.listed.get(h.key(c))?.[0]?.expiresAtMs, t0 + 500_000);
+    // A second CreatePermission at 400 s: now the channel (600 s) ends first.
+    await h.advance(200_000);
+    await c.createPermission(PEER_A);
+    assert.equal(offload.listed.get(h.key(c))?.[0]?.expiresAtMs, t0 + 600_000);
+  });
+
+  it('empties the list on Refresh 0, on expiry, and once a channel is pruned', async () => {
+    const offload = new RecordingOffload();
+    const h = new Harness({ offload });
+    const a = h.client();
+    await a.mustAllocate();
+    await a.channelBind(0x4000, { address: PEER_A, port: 5000 });
+    assert.equal(offload.listed.has(h.key(a)), true);
+    await a.refresh(0);
+    assert.equal(offload.listed.has(h.key(a)), false, 'Refresh 0');
+
+    const b = h.client();
+    await b.mustAllocate();
+    await b.channelBind(0x4000, { address: PEER_A, port: 5000 });
+    await h.advance(600_000);
+    assert.equal(h.engine.allocations, 0);
+    assert.equal(offload.listed.has(h.key(b)), false, 'allocation expiry');
+
+    const c = h.client();
+    await c.mustAllocate();
+    await c.channelBind(0x4000, { address: PEER_A, port: 5000 });
+    await c.channelBind(0x4001, { address: PEER_B, port: 5000 });
+    // Keep the allocation and PEER_B's binding alive past PEER_A's binding and its quarantine.
+    for (let t = 0; t < 3; t++) {
+      await h.advance(290_000);
+      await c.refresh();
+      await c.channelBind(0x4001, { address: PEER_B, port: 5000 });
+    }
+    assert.deepEqual(
+      offload.listed.get(h.key(c))?.map((ch) => ch.channel),
+      [0x4001],
+    );
+  });
+
+  it('never lists a service port of the server, a peer of the other family, or a TCP client', async () => {
+    const offload = new RecordingOffload();
+    const h = new Harness({ offload, allowedPeerRanges: ['192.0.2.0/24', '2001:db8::/32'], relayAddressIPv6: RELAY_IPV6 });
+    const c = h.client();
+    await c.mustAllocate((w) => w.add(Attr.AdditionalAddressFamily, encodeAddressFamily(AddressFamily.IPv6)));
+    // The server's own listening port: ChannelBind refuses it with 403 before anything is listed.
+    assert.equal((await c.channelBind(0x4000, { address: SERVER_IP, port: SERVER_PORT })).code, 403);
+    assert.equal((await c.channelBind(0x4001, { address: '2001:db8::5', port: 5000 })).code, 200);
+    assert.equal((await c.channelBind(0x4002, { address: PEER_A, port: 5000 })).code, 200);
+    assert.equal((await c.channelBind(0x4003, { address: '192.0.2.50', port: 4000 })).code, 200);
+    assert.deepEqual(
+      offload.listed.get(h.key(c))?.map((ch) => ch.channel),
+      [0x4002, 0x4003],
+      'the IPv6 peer of an IPv4 client stays on the JavaScript path',
+    );
+    // The cluster learns that 192.0.2.50 is a node with a service on port 4000: the next tick takes it out.
+    h.peerPolicy.addServer(['192.0.2.50'], [4000]);
+    await h.advance(1000);
+    assert.deepEqual(
+      offload.listed.get(h.key(c))?.map((ch) => ch.channel),
+      [0x4002],
+    );
+
+    const tcp = new RecordingOffload();
+    const t = new Harness({ offload: tcp, transport: 'tcp' });
+    const tc = t.client();
+    await tc.mustAllocate();
+    assert.equal((await tc.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
+    assert.equal(tcp.listed.size, 0);
   });
 });

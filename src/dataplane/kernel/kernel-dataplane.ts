@@ -1,0 +1,234 @@
+// The kernel data plane behind one class (docs/dataplane.md): the engine installs a
+// bound channel (both directions), updates its expiry, removes it, and reads back the
+// traffic the kernel relayed for it. Everything below is native/dataplane/: the tc
+// program (relay.bpf.c) and the helper that loads it and writes its maps (loader.c).
+//
+// install/update/remove return at once: they write to the helper's stdin, and the pipe
+// keeps them in order with every later command. An error the helper reports for one of
+// them (a full map, say) is counted in readTotals()'s `command_errors` and passed to
+// `onError` when set. flush() waits until the kernel holds all of them.
+
+import { type ChannelEntries, encodeChannel, type KernelChannel, parseCounters, parseTotals } from './entries.js';
+import { DataplaneUnavailableError, defaultBuildDir, Helper } from './loader.js';
+
+export type { KernelChannel } from './entries.js';
+export { DataplaneUnavailableError } from './loader.js';
+
+export interface KernelTraffic {
+  readonly handle: number;
+  readonly toPeerPackets: number;
+  readonly toPeerBytes: number;
+  readonly toClientPackets: number;
+  readonly toClientBytes: number;
+}
+
+export interface KernelDataplaneOptions {
+  readonly interfaces: readonly string[];
+  /** Size of each map: bound channels at most (default DEFAULT_MAX_ENTRIES). */
+  readonly maxEntries?: number;
+  /** Where relay.bpf.o and anyturn-dataplane are (default: build/dataplane of this package). */
+  readonly buildDir?: string;
+  /** Run the helper in this network namespace (`ip netns exec`): for tests. */
+  readonly namespace?: string;
+}
+
+/**
+ * 65536 channels: each costs a c2p and a p2c hash entry (allocated on install) and a
+ * per-CPU counter slot of 32 bytes (allocated up front: 2 MiB per CPU at this size).
+ */
+export const DEFAULT_MAX_ENTRIES = 65536;
+const MAX_MAX_ENTRIES = 1 << 24;
+/** Counter slots asked for in one `read` line. */
+const READ_BATCH = 512;
+const INTERFACE_NAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
+
+interface Installed {
+  c2pKey: string;
+  p2cKey: string;
+}
+
+type Counts = [number, number, number, number];
+
+export class KernelDataplane {
+  /** Called once if the helper dies unexpectedly (the kernel path is gone). */
+  onExit: ((reason: string) => void) | undefined;
+  /** Called with the helper's answer when an install, update or remove failed in the kernel. */
+  onError: ((message: string) => void) | undefined;
+
+  private readonly live = new Map<number, Installed>();
+  /** Removed handles whose last traffic the next readTraffic() reports. */
+  private readonly removed = new Set<number>();
+  private readonly last = new Map<number, Counts>();
+  private readonly free: number[] = [];
+  private nextId = 0;
+  private commandErrors = 0;
+  private closing: Promise<void> | undefined;
+  private dead = false;
+
+  private constructor(
+    private readonly helper: Helper,
+    readonly interfaces: readonly string[],
+    private readonly maxEntries: number,
+  ) {
+    helper.onExit = (reason) => {
+      this.dead = true;
+      if (this.closing === undefined) this.onExit?.(reason);
+    };
+  }
+
+  /**
+   * Builds nothing: finds build/dataplane/*, starts the helper, loads and attaches on
+   * every interface. Rejects with DataplaneUnavailableError naming why.
+   */
+  static async open(options: KernelDataplaneOptions): Promise<KernelDataplane> {
+    const maxEntries = options.maxEntries ?? DEFAULT_MAX_ENTRIES;
+    if (!Number.isInteger(maxEntries) || maxEntries < 1 || maxEntries > MAX_MAX_ENTRIES) {
+      throw new DataplaneUnavailableError(`maxEntries must be 1-${MAX_MAX_ENTRIES}, not ${maxEntries}`);
+    }
+    for (const name of options.interfaces) {
+      if (!INTERFACE_NAME.test(name)) throw new DataplaneUnavailableError(`no such interface: ${JSON.stringify(name)}`);
+    }
+    const helper = await Helper.start({
+      interfaces: options.interfaces,
+      maxEntries,
+      buildDir: options.buildDir ?? defaultBuildDir(),
+      ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+    });
+    return new KernelDataplane(helper, [...options.interfaces], maxEntries);
+  }
+
+  /** The helper's process id (tests: it must die with us). */
+  get helperPid(): number {
+    return this.helper.pid;
+  }
+
+  /** Both directions of one bound channel; returns a handle. Throws on mixed families. */
+  install(channel: KernelChannel): number {
+    this.checkOpen();
+    const id = this.allocateId();
+    let entries: ChannelEntries;
+    try {
+      entries = encodeChannel(channel, id);
+    } catch (err) {
+      this.free.push(id);
+      throw err;
+    }
+    // The slot may hold a former handle's counts: zero it before the entries point at it.
+    this.command(`zero ${id}`);
+    this.put(entries);
+    this.live.set(id, { c2pKey: entries.c2pKey.toString('hex'), p2cKey: entries.p2cKey.toString('hex') });
+    this.last.set(id, [0, 0, 0, 0]);
+    return id;
+  }
+
+  /** Same handle, new fields (usually a later expiry): the counters are kept. */
+  update(handle: number, channel: KernelChannel): void {
+    this.checkOpen();
+    const installed = this.live.get(handle);
+    if (installed === undefined) throw new Error(`no kernel channel with handle ${handle}`);
+    const entries = encodeChannel(channel, handle);
+    const c2pKey = entries.c2pKey.toString('hex');
+    const p2cKey = entries.p2cKey.toString('hex');
+    if (c2pKey !== installed.c2pKey) this.command(`del c2p ${installed.c2pKey}`);
+    if (p2cKey !== installed.p2cKey) this.command(`del p2c ${installed.p2cKey}`);
+    this.put(entries);
+    this.live.set(handle, { c2pKey, p2cKey });
+  }
+
+  remove(handle: number): void {
+    const installed = this.live.get(handle);
+    if (installed === undefined) return;
+    this.live.delete(handle);
+    if (this.dead) return;
+    this.command(`del c2p ${installed.c2pKey}`);
+    this.command(`del p2c ${installed.p2cKey}`);
+    this.removed.add(handle);
+  }
+
+  /** Traffic since the previous call, only for handles whose counters moved (removed handles report their last traffic once). */
+  async readTraffic(): Promise<KernelTraffic[]> {
+    this.checkOpen();
+    const finished = [...this.removed];
+    const ids = [...this.live.keys(), ...finished];
+    const out: KernelTraffic[] = [];
+    for (let i = 0; i < ids.length; i += READ_BATCH) {
+      const fields = await this.helper.request(`read ${ids.slice(i, i + READ_BATCH).join(' ')}`);
+      for (const c of parseCounters(fields)) {
+        const before = this.last.get(c.id);
+        if (before === undefined) continue;
+        const now: Counts = [c.toPeerPackets, c.toPeerBytes, c.toClientPackets, c.toClientBytes];
+        if (now.every((v, j) => v === before[j])) continue;
+        this.last.set(c.id, now);
+        out.push({
+          handle: c.id,
+          toPeerPackets: now[0] - before[0],
+          toPeerBytes: now[1] - before[1],
+          toClientPackets: now[2] - before[2],
+          toClientBytes: now[3] - before[3],
+        });
+      }
+    }
+    for (const id of finished) this.release(id);
+    return out;
+  }
+
+  /** Program-wide per-reason counters (docs/dataplane.md, "What passes to user space"), plus `command_errors`. */
+  async readTotals(): Promise<Record<string, number>> {
+    this.checkOpen();
+    const totals = parseTotals(await this.helper.request('totals'));
+    totals.command_errors = this.commandErrors;
+    return totals;
+  }
+
+  /**
+   * Resolves when the kernel holds every earlier install, update and remove (the helper
+   * answers in order). Packets that arrive before then take the socket path.
+   */
+  async flush(): Promise<void> {
+    this.checkOpen();
+    await this.helper.request('totals');
+  }
+
+  /** Detaches the program from every interface; the helper exits. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.helper.stop();
+    return this.closing;
+  }
+
+  private checkOpen(): void {
+    if (this.closing !== undefined || this.dead) throw new Error('the kernel dataplane is closed');
+  }
+
+  private allocateId(): number {
+    const reused = this.free.pop();
+    if (reused !== undefined) return reused;
+    if (this.nextId < this.maxEntries) return this.nextId++;
+    // Full of removed handles nobody read: reuse one (its last traffic is lost).
+    const oldest = this.removed.values().next();
+    if (!oldest.done) {
+      this.removed.delete(oldest.value);
+      this.last.delete(oldest.value);
+      return oldest.value;
+    }
+    throw new Error(`the kernel dataplane holds ${this.maxEntries} channels already (maxEntries)`);
+  }
+
+  private release(id: number): void {
+    if (!this.removed.delete(id)) return;
+    this.last.delete(id);
+    this.free.push(id);
+  }
+
+  private put(entries: ChannelEntries): void {
+    this.command(`put c2p ${entries.c2pKey.toString('hex')} ${entries.c2pValue.toString('hex')}`);
+    this.command(`put p2c ${entries.p2cKey.toString('hex')} ${entries.p2cValue.toString('hex')}`);
+  }
+
+  private command(line: string): void {
+    this.helper.send(line, (error) => {
+      if (error === undefined || this.dead) return;
+      this.commandErrors++;
+      this.onError?.(error);
+    });
+  }
+}
