@@ -108,6 +108,12 @@ async function main(): Promise<number> {
   try {
     const peer = await startEcho(group, topo, loadgen);
     const ctx: DataplaneContext = { group, topo, loadgen, peer, scratchDir, logDir, anyturnCli, floorScript, anyturnHasDataplane };
+    // One untimed second of the direct load first: the first run after the namespaces are
+    // built would otherwise pay for cold caches and first-touch page faults in every process.
+    progress(
+      'warm-up direct',
+      await runOnce(ctx, 'direct', { sessions: o.sessions, rate: o.rate, count: o.rate, size: o.size, warmup: 0 }, 'warmup', 0, false),
+    );
     cost = await rounds(ctx, o, 'cost', { sessions: o.sessions, rate: o.rate, count: o.messages, size: o.size, warmup: 0 }, true, stop);
     if (o.latency) {
       const spec = { sessions: 1, rate: o.latencyRate, count: o.latencyMessages + LATENCY_WARMUP, size: o.size, warmup: LATENCY_WARMUP };

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { PASSWORD, USER } from '../servers.js';
 import { breakdown, descendants, difference, snapshot, type CpuBreakdown } from './cpu.js';
 import { finish, go, startLoad, type LoadOutput, type LoadSpec } from './loadgen.js';
-import { LISTENING_PORT, startServer, stopServer, type DataplaneContext, type Target } from './servers.js';
+import { LISTENING_PORT, kernelCounters, startServer, stopServer, type DataplaneContext, type Target } from './servers.js';
 import { LISTENING_ADDRESS } from './topology.js';
 
 export interface RunResult {
@@ -22,6 +22,8 @@ export interface RunResult {
   readonly load: LoadOutput | undefined;
   readonly lost: number;
   readonly cpu: CpuBreakdown | undefined;
+  /** anyturn-kernel: the kernel program's packet counters by event (anyturn's /metrics), after the load. */
+  readonly kernel?: Record<string, number>;
 }
 
 /** Messages lost or never sent: counted against the run. */
@@ -64,7 +66,17 @@ export async function runOnce(ctx: DataplaneContext, target: Target, spec: LoadS
       const roles = { server: server === undefined ? new Set<number>() : descendants(after, server.process.pid), generator: gen.pid, peer: ctx.peer.pid };
       cpu = breakdown(difference(before, after), roles);
     }
-    return { ...base, load, lost: lostOf(load), cpu, ok: load.received > 0, skipped: false, failure: load.received > 0 ? undefined : 'no message came back' };
+    const kernel = target === 'anyturn-kernel' ? await kernelCounters(ctx) : undefined;
+    return {
+      ...base,
+      load,
+      lost: lostOf(load),
+      cpu,
+      kernel,
+      ok: load.received > 0,
+      skipped: false,
+      failure: load.received > 0 ? undefined : 'no message came back',
+    };
   } finally {
     if (server !== undefined) await stopServer(ctx, server, join(ctx.logDir, `${fileName}-server.log`));
   }
@@ -81,4 +93,11 @@ export function relayCostMicros(run: RunResult, direct: RunResult | undefined): 
 export function serverOwnMicros(run: RunResult): number | undefined {
   if (!run.ok || run.cpu === undefined || run.load === undefined || run.load.received === 0) return undefined;
   return (run.cpu.serverMs * 1000) / (2 * run.load.received);
+}
+
+/** The share of relayed packets the kernel program relayed (anyturn-kernel), 0-1. */
+export function kernelShare(run: RunResult): number | undefined {
+  const k = run.kernel;
+  if (k === undefined || run.load === undefined || run.load.received === 0) return undefined;
+  return ((k.relayed_to_peer ?? 0) + (k.relayed_to_client ?? 0)) / (2 * run.load.received);
 }

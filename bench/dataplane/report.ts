@@ -2,7 +2,7 @@
 // (relay cost, ratio to coturn, max lossless rate, added latency), the rounds.
 import { fmt, table } from '../format.js';
 import type { Options } from './options.js';
-import { relayCostMicros, serverOwnMicros, type RunResult } from './measure.js';
+import { kernelShare, relayCostMicros, serverOwnMicros, type RunResult } from './measure.js';
 import type { ServerTarget, Target } from './servers.js';
 
 export function methodNotes(o: Options, irqTime: string): string[] {
@@ -20,6 +20,7 @@ export function methodNotes(o: Options, irqTime: string): string[] {
     'cannot see: interrupts and softirqs taken while a CPU is idle (charged to the idle task); time of tasks that came and went ' +
       'is at clock-tick resolution; other processes on the machine count too (column "other": large = not a quiet machine)',
     "server own = the server process tree alone (what npm run bench measures): the kernel path's work is not in it",
+    "in kernel = share of relayed pkts the eBPF program relayed (anyturn_dataplane_kernel_packets_total on anyturn's /metrics, read after the load)",
   ];
 }
 
@@ -52,6 +53,7 @@ export function runsTable(runs: readonly RunResult[]): string {
       'other',
       'relay cost us/pkt',
       'server own us/pkt',
+      'in kernel',
     ],
   ];
   for (const r of runs) {
@@ -77,6 +79,7 @@ export function runsTable(runs: readonly RunResult[]): string {
       fmt(c?.otherMs, 0),
       r.target === 'direct' ? '-' : fmt(relayCostMicros(r, directOf(runs, r)), 2),
       r.target === 'direct' ? '-' : fmt(serverOwnMicros(r), 2),
+      r.target === 'anyturn-kernel' ? `${fmt(100 * (kernelShare(r) ?? Number.NaN), 1)} %` : '-',
     ]);
   }
   return table(rows);

@@ -14,6 +14,7 @@ export type ServerTarget = Exclude<Target, 'direct'>;
 export const SERVER_TARGETS: readonly ServerTarget[] = ['anyturn-kernel', 'anyturn-js', 'coturn', 'floor'];
 
 export const LISTENING_PORT = 3478;
+const METRICS_PORT = 9641;
 const READY_MS = 15_000;
 
 export interface DataplaneContext {
@@ -48,7 +49,9 @@ function launch(ctx: DataplaneContext, target: ServerTarget): ServerLaunch {
   };
   if (target === 'coturn') return coturnLaunch(settings);
   if (target === 'floor') return floorLaunch(settings, process.execPath, ctx.floorScript);
-  const base = anyturnLaunch(settings, process.execPath, ctx.anyturnCli);
+  const anyturn = anyturnLaunch(settings, process.execPath, ctx.anyturnCli);
+  // The ops endpoint on S's loopback, so that kernelCounters can read what the kernel relayed.
+  const base = { ...anyturn, args: anyturn.args.map((a, i) => (anyturn.args[i - 1] === '--metrics-port' ? String(METRICS_PORT) : a)) };
   // 198.18.0.0/15 is a special-purpose block anyturn refuses as a peer by default (src/turn/peer-policy.ts).
   const extra = ['--allowed-peer-ip', '198.18.0.0/15'];
   if (target === 'anyturn-kernel') {
@@ -81,4 +84,19 @@ export async function startServer(ctx: DataplaneContext, target: ServerTarget): 
 export async function stopServer(ctx: DataplaneContext, s: RunningServer, logPath: string): Promise<void> {
   await ctx.group.stop(s.process);
   writeFileSync(logPath, `# ${s.commandLine}\n${s.process.output()}`);
+}
+
+/**
+ * anyturn_dataplane_kernel_packets_total by event (relayed_to_peer, relayed_to_client, and
+ * why packets went to user space), from anyturn's /metrics in S: the proof that the kernel
+ * path carried the load. The engine reads the kernel's counters every second, hence the wait.
+ */
+export async function kernelCounters(ctx: DataplaneContext): Promise<Record<string, number> | undefined> {
+  await new Promise((r) => setTimeout(r, 1200));
+  const script = `fetch('http://127.0.0.1:${METRICS_PORT}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t), () => process.exit(1))`;
+  const r = spawnSync('ip', ['netns', 'exec', ctx.topo.ns.S, process.execPath, '-e', script], { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) return undefined;
+  const out: Record<string, number> = {};
+  for (const m of (r.stdout ?? '').matchAll(/^anyturn_dataplane_kernel_packets_total\{event="([^"]+)"\} (\S+)$/gm)) out[m[1]!] = Number(m[2]);
+  return out;
 }
