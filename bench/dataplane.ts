@@ -131,6 +131,12 @@ async function main(): Promise<number> {
   const lines = ['kernel data plane benchmark (bench/dataplane.ts)', ...methodNotes(o, irqTime).map((n) => `  ${n}`)];
   if (!anyturnHasDataplane) lines.push('  this build of anyturn has no --dataplane: anyturn-kernel is n/a, anyturn-js is anyturn as built');
   lines.push('', 'cost runs (CPU in ms during the load, by who spent it):', runsTable(cost));
+  const noisy = cost.filter((r) => r.cpu !== undefined && r.cpu.otherMs > 0.05 * Math.abs(r.cpu.totalMs));
+  if (noisy.length > 0) {
+    lines.push(
+      `WARNING: in ${noisy.length} of ${cost.length} runs other processes used over 5 % of the CPU counted: the machine was not quiet; do not use these relay costs`,
+    );
+  }
   if (latency.length > 0) {
     lines.push(
       '',
