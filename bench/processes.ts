@@ -24,11 +24,17 @@ const STOP_GRACE_MS = 3000;
 export class ProcessGroup {
   readonly #alive = new Set<TrackedProcess>();
 
-  /** Starts `command args` pinned to `cpus` (a core, or a list like '0,1') with taskset (taskset execs, so the pid is the command's). */
-  start(name: string, cpus: number | string, command: string, args: readonly string[]): TrackedProcess {
-    const child = spawn('taskset', ['-c', String(cpus), command, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+  /**
+   * Starts `command args` pinned to `cpus` (a core, or a list like '0,1') with taskset (taskset execs, so the pid is the
+   * command's); `cpus` undefined: not pinned. `stdin` true: a pipe the caller writes (TrackedProcess.child.stdin).
+   */
+  start(name: string, cpus: number | string | undefined, command: string, args: readonly string[], stdin = false): TrackedProcess {
+    const argv = cpus === undefined ? [command, ...args] : ['taskset', '-c', String(cpus), command, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), {
+      stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
+    // EPIPE on a write after the child died is reported by the exit, not as an uncaught error.
+    child.stdin?.on('error', () => undefined);
     if (child.pid === undefined) {
       throw new Error(`${name}: spawn of ${command} failed`);
     }

@@ -1,4 +1,5 @@
-// How each server under test is started. Both listen and relay on 127.0.0.1 only.
+// How each server under test is started. They listen and relay on 127.0.0.1 unless the
+// settings name other addresses (bench/dataplane.ts: a namespace's veths).
 import type { PortRange } from './net.js';
 
 /** The one long-term credential (RFC 8489 §9.2) every server under test is given. */
@@ -23,6 +24,9 @@ export interface ServerSettings {
   readonly workers?: number;
   /** coturn --relay-threads (default 0: relaying on the listener thread). */
   readonly relayThreads?: number;
+  /** Listening and relay address (default 127.0.0.1; bench/dataplane.ts puts them on a namespace's veths). */
+  readonly listeningIp?: string;
+  readonly relayIp?: string;
 }
 
 export interface ServerLaunch {
@@ -66,14 +70,16 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
  * The flags every anyturn and coturn under test starts with (anyturn takes coturn's
  * names for them): loopback only, its ports, the credential.
  */
-export function loopbackTurnArgs(s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm'>): string[] {
+export function loopbackTurnArgs(
+  s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm' | 'listeningIp' | 'relayIp'>,
+): string[] {
   return [
     '--listening-ip',
-    '127.0.0.1',
+    s.listeningIp ?? '127.0.0.1',
     '--listening-port',
     String(s.listeningPort),
     '--relay-ip',
-    '127.0.0.1',
+    s.relayIp ?? '127.0.0.1',
     '--min-port',
     String(s.relayPorts.min),
     '--max-port',
@@ -112,11 +118,11 @@ export function floorLaunch(s: ServerSettings, nodePath: string, floorPath: stri
     args: [
       floorPath,
       '--listening-ip',
-      '127.0.0.1',
+      s.listeningIp ?? '127.0.0.1',
       '--listening-port',
       String(s.listeningPort),
       '--relay-ip',
-      '127.0.0.1',
+      s.relayIp ?? '127.0.0.1',
       '--user',
       `${s.user}:${s.password}`,
       '--realm',
