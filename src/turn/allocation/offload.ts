@@ -4,7 +4,11 @@
 // listed only while a ChannelData on it would be relayed by methods/send.ts and a peer's
 // datagram by methods/data.ts: the binding, its permission and the allocation alive, a
 // UDP client on a concrete listening address, client and peer of one family (the kernel
-// rewrites headers in place), and never a service port of the server (peer-policy.ts).
+// rewrites headers in place), and a peer that is not one of the server's or its cluster's
+// own addresses (peer-policy.ts): never a service port, and two allocations of one server
+// talking to each other (two browsers on one TURN service) stay on the JavaScript path,
+// which delivers locally, where the kernel path would send the datagram out of the
+// interface to come back.
 // The expiry given is the earliest of the three lifetimes: past it the kernel hands the
 // packets to user space, which decides as it always did.
 
@@ -59,7 +63,7 @@ export class OffloadSync {
       const permission = binding.permission;
       if (binding.expiresAtMs <= nowMs || permission.expiresAtMs <= nowMs) continue;
       if (binding.peerAddress.includes(':') !== clientIPv6) continue;
-      if (this.policy.isServicePort(binding.peerPort) && this.policy.isServerAddress(binding.peerAddress)) continue;
+      if (this.policy.isServerAddress(binding.peerAddress)) continue;
       channels.push({
         clientAddress: allocation.clientAddress,
         clientPort: allocation.clientPort,

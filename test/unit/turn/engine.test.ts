@@ -1576,7 +1576,7 @@ describe('TurnEngine: the kernel data plane port (allocation/offload.ts)', () =>
     );
   });
 
-  it('never lists a service port of the server, a peer of the other family, or a TCP client', async () => {
+  it("never lists a peer on the server's own addresses, a peer of the other family, or a TCP client", async () => {
     const offload = new RecordingOffload();
     const h = new Harness({ offload, allowedPeerRanges: ['192.0.2.0/24', '2001:db8::/32'], relayAddressIPv6: RELAY_IPV6 });
     const c = h.client();
@@ -1586,12 +1586,14 @@ describe('TurnEngine: the kernel data plane port (allocation/offload.ts)', () =>
     assert.equal((await c.channelBind(0x4001, { address: '2001:db8::5', port: 5000 })).code, 200);
     assert.equal((await c.channelBind(0x4002, { address: PEER_A, port: 5000 })).code, 200);
     assert.equal((await c.channelBind(0x4003, { address: '192.0.2.50', port: 4000 })).code, 200);
+    // Another allocation of this server (its relayed address): JavaScript relays between them.
+    assert.equal((await c.channelBind(0x4004, { address: RELAY_IP, port: 50_000 })).code, 200);
     assert.deepEqual(
       offload.listed.get(h.key(c))?.map((ch) => ch.channel),
       [0x4002, 0x4003],
       'the IPv6 peer of an IPv4 client stays on the JavaScript path',
     );
-    // The cluster learns that 192.0.2.50 is a node with a service on port 4000: the next tick takes it out.
+    // The cluster learns that 192.0.2.50 is one of its nodes: the next tick takes the channel out.
     h.peerPolicy.addServer(['192.0.2.50'], [4000]);
     await h.advance(1000);
     assert.deepEqual(
