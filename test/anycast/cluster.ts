@@ -79,6 +79,19 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
   return args;
 }
 
+/**
+ * nodeArgs(cluster) for anycast relay mode (docs/architecture.md §4): every node
+ * relays from `relayAddress`, an anycast address on every node's loopback.
+ */
+export function anycastRelayArgs(node: NodeName, relayAddress: string): string[] {
+  const args = nodeArgs(node, { cluster: true });
+  const i = args.indexOf('--relay-ip');
+  if (i < 0) throw new Error('nodeArgs has no --relay-ip');
+  args[i + 1] = relayAddress;
+  args.push('--relay-mode', 'anycast');
+  return args;
+}
+
 /** Starts anyturn in a node namespace and waits for its "anyturn ready" log line. */
 export async function startNode(topo: Topology, node: NodeName, options: NodeOptions): Promise<NsProcess> {
   const p = topo.spawnIn(node, process.execPath, nodeArgs(node, options), { name: `anyturn-${node}` });
@@ -165,7 +178,8 @@ export async function startPeer(topo: Topology): Promise<NsProcess> {
   return p;
 }
 
-export function startStreamClient(topo: Topology, durationMs: number, pps = 50): NsProcess {
+/** `release`: the client deletes both allocations after the stream (stream-client --release). */
+export function startStreamClient(topo: Topology, durationMs: number, pps = 50, options: { release?: boolean } = {}): NsProcess {
   return topo.spawnIn(
     'C',
     process.execPath,
@@ -187,13 +201,14 @@ export function startStreamClient(topo: Topology, durationMs: number, pps = 50):
       String(durationMs),
       '--pps',
       String(pps),
+      ...(options.release ? ['--release'] : []),
     ],
     { name: 'stream-client', stdin: true },
   );
 }
 
 export interface ProbeResult {
-  readonly attempts: { atMs: number; code: number; reason?: string; error?: string }[];
+  readonly attempts: { atMs: number; code: number; reason?: string; error?: string; relayed?: string }[];
   readonly final: number;
   readonly raw: string;
 }

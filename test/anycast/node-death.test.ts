@@ -35,10 +35,10 @@ import {
   REALM,
   SERVER,
   USER,
+  anycastRelayArgs,
   dumpAll,
   metrics,
   modeFigures,
-  nodeArgs,
   peerReport,
   pollReadyz,
   redisCli,
@@ -105,16 +105,6 @@ async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
   }
 }
 
-/** nodeArgs(cluster) with the shared relay address and --relay-mode anycast. */
-function anycastRelayArgs(node: NodeName): string[] {
-  const args = nodeArgs(node, { cluster: true });
-  const i = args.indexOf('--relay-ip');
-  assert.ok(i >= 0, 'nodeArgs has no --relay-ip');
-  args[i + 1] = RELAY_ANYCAST;
-  args.push('--relay-mode', 'anycast');
-  return args;
-}
-
 interface StartedNode {
   readonly process: NsProcess;
   /** The "took on the allocations in the store" log record. */
@@ -122,7 +112,7 @@ interface StartedNode {
 }
 
 async function startAnycastNode(topo: Topology, node: NodeName, name: string): Promise<StartedNode> {
-  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node), { name });
+  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node, RELAY_ANYCAST), { name });
   const sync = await p.waitForJsonLine((r) => r.msg === 'anycast relay: took on the allocations in the store', READY_DEADLINE_MS);
   await p.waitForJsonLine((r) => r.msg === 'anyturn ready', READY_DEADLINE_MS);
   return { process: p, sync };

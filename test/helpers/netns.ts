@@ -285,6 +285,12 @@ export interface TopologyOptions {
    * Moved with rerouteAddress(); reroute() moves ANYCAST_ADDRESS only.
    */
   readonly extraAnycast?: readonly string[];
+  /**
+   * false: the router gets no static route for the anycast addresses; a BGP
+   * speaker in the router namespace installs them (test/bgp). reroute() and
+   * rerouteAddress() then refuse. Default true.
+   */
+  readonly staticAnycastRoutes?: boolean;
 }
 
 /** True for a dotted-quad IPv4 address inside 198.18.0.0/15. */
@@ -308,6 +314,7 @@ export class Topology {
   /** The extra anycast addresses (TopologyOptions.extraAnycast). */
   readonly extraAnycast: readonly string[];
   private readonly extraRoutes = new Map<string, NodeName>();
+  private readonly staticRoutes: boolean;
 
   private constructor(options: TopologyOptions) {
     this.prefix = `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
@@ -318,6 +325,7 @@ export class Topology {
       if (a === ANYCAST_ADDRESS || a === REDIS_ADDRESS) throw new Error(`extra anycast address ${a} is already in use by the topology`);
     }
     this.extraAnycast = extra;
+    this.staticRoutes = options.staticAnycastRoutes ?? true;
     const ns: Record<string, string> = {};
     for (const role of ['R', ...this.nodeNames, 'C', 'P']) ns[role] = `${this.prefix}${role.toLowerCase()}`;
     this.ns = ns;
@@ -412,6 +420,7 @@ export class Topology {
         await must('ip', ['-n', this.nsOf(node), 'addr', 'add', `${address}/32`, 'dev', 'lo']);
       }
     }
+    if (!this.staticRoutes) return;
     await must('ip', ['-n', router, 'route', 'add', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress('N1')]);
     this.currentRoute = 'N1';
     for (const address of this.extraAnycast) {
@@ -423,6 +432,7 @@ export class Topology {
   /** The "BGP reroute": the router now sends anycast traffic to `node`. */
   async reroute(node: NodeName): Promise<void> {
     if (!this.nodeNames.includes(node)) throw new Error(`${node} is not in this topology`);
+    if (!this.staticRoutes) throw new Error('this topology routes the anycast addresses by BGP (staticAnycastRoutes: false)');
     await must('ip', ['-n', this.nsOf('R'), 'route', 'replace', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress(node)]);
     this.currentRoute = node;
   }
