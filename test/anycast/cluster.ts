@@ -351,6 +351,24 @@ export function modeFigures(summary: StreamSummary, peer: PeerReport, stream: nu
   };
 }
 
+export interface PhaseLoss {
+  readonly sent: number;
+  readonly lostClientToPeer: number[];
+  readonly lostPeerToClient: number[];
+}
+
+/** Loss per direction of one mode among the packets sent in [from, to). */
+export function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, from: number, to: number): PhaseLoss {
+  const atPeer = new Set<number>();
+  for (const [s, seq] of peer.probes) if (s === stream) atPeer.add(seq);
+  const sent = summary.packets.filter((p) => p[1] === stream && p[2] >= from && p[2] < to);
+  return {
+    sent: sent.length,
+    lostClientToPeer: sent.filter((p) => !atPeer.has(p[0])).map((p) => p[0]),
+    lostPeerToClient: sent.filter((p) => atPeer.has(p[0]) && p[3] < 0).map((p) => p[0]),
+  };
+}
+
 export interface Figures {
   readonly channel: ModeFigures;
   readonly indication: ModeFigures;

@@ -47,10 +47,10 @@ import {
   startStreamClient,
   storedAllocations,
   streamSummary,
-  type PeerReport,
+  phaseLoss,
+  type PhaseLoss,
 } from './cluster.js';
 import type { FreshResult } from './fresh-allocations.js';
-import type { StreamSummary } from './stream-client.js';
 import { Stream, nowMs } from './wire.js';
 
 const skip = netnsUnavailableReason();
@@ -186,24 +186,6 @@ async function waitBound(topo: Topology, expected: readonly number[], deadlineMs
 }
 
 // ---------------------------------------------------------------- figures
-
-interface PhaseLoss {
-  readonly sent: number;
-  readonly lostClientToPeer: number[];
-  readonly lostPeerToClient: number[];
-}
-
-/** Loss per direction of one mode among the packets sent in [from, to). */
-function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, from: number, to: number): PhaseLoss {
-  const atPeer = new Set<number>();
-  for (const [s, seq] of peer.probes) if (s === stream) atPeer.add(seq);
-  const sent = summary.packets.filter((p) => p[1] === stream && p[2] >= from && p[2] < to);
-  return {
-    sent: sent.length,
-    lostClientToPeer: sent.filter((p) => !atPeer.has(p[0])).map((p) => p[0]),
-    lostPeerToClient: sent.filter((p) => atPeer.has(p[0]) && p[3] < 0).map((p) => p[0]),
-  };
-}
 
 function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToClient: number } {
   return {

@@ -39,6 +39,7 @@ import {
   figures,
   nodeArgs,
   peerReport,
+  phaseLoss,
   readyz,
   startPeer,
   startRedis,
@@ -49,7 +50,7 @@ import {
   type Redis,
 } from '../anycast/cluster.js';
 import type { StreamSummary } from '../anycast/stream-client.js';
-import { nowMs } from '../anycast/wire.js';
+import { Stream as StreamId, nowMs } from '../anycast/wire.js';
 import { Bgp, RouteWatch, announcerEvents, anycastPrefixes, bgpUnavailableReason } from './speakers.js';
 
 const skip = bgpUnavailableReason();
@@ -61,6 +62,17 @@ const IN_FLIGHT_MS = 100;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** The process's exit, or undefined if it is still running after `ms` (the timer does not outlive the answer). */
+async function exitedWithin(p: NsProcess, ms: number): Promise<{ code: number | null; signal: NodeJS.Signals | null } | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)));
+  try {
+    return await Promise.race([p.exited, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function round1(x: number): number {
@@ -175,13 +187,21 @@ function assertNoLoss(f: Figures): void {
   }
 }
 
-async function startStream(scene: Scene, durationMs: number, release = false): Promise<{ client: NsProcess; peer: NsProcess }> {
+interface Stream {
+  readonly client: NsProcess;
+  readonly peer: NsProcess;
+  readonly relayed: { readonly A: { address: string; port: number }; readonly B: { address: string; port: number } };
+  /** When the first packet left (nowMs). */
+  readonly startMs: number;
+}
+
+async function startStream(scene: Scene, durationMs: number, release = false): Promise<Stream> {
   const peer = await startPeer(scene.topo);
   const client = startStreamClient(scene.topo, durationMs, 50, { release });
   const allocated = await client.waitForJsonLine((r) => r.event === 'allocated' || r.event === 'error', 20_000);
   assert.equal(allocated.event, 'allocated', JSON.stringify(allocated));
-  await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
-  return { client, peer };
+  const streaming = await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
+  return { client, peer, relayed: allocated.relayed as Stream['relayed'], startMs: Number(streaming.startMs) };
 }
 
 test('BGP: drain N1, its routes are withdrawn, new clients land on N2, its allocations relay through N2 until they end, then it exits', {
@@ -209,7 +229,7 @@ test('BGP: drain N1, its routes are withdrawn, new clients land on N2, its alloc
 
     const summary = await streamSummary(client, STREAM_MS + 20_000);
     const peerSeen = await peerReport(peer);
-    const exit = await Promise.race([scene.nodes.get('N1')!.exited, sleep(DEADLINE_MS).then(() => undefined)]);
+    const exit = await exitedWithin(scene.nodes.get('N1')!, DEADLINE_MS);
     report('client deleted its allocations (Refresh 0 through N2)', summary.released);
     report('N1 exit (--drain-exit)', exit ?? 'still running');
     const f = figures(summary, peerSeen, { atMs: moved.atMs, window: [moved.atMs - 1000, moved.atMs + 3000] });
@@ -235,5 +255,166 @@ test('BGP: drain N1, its routes are withdrawn, new clients land on N2, its alloc
       ['announce'],
       "N2's announcer changed state",
     );
+  });
+});
+
+/** UDP ports bound on `address` inside a node's namespace. */
+async function boundPorts(topo: Topology, node: NodeName, address: string): Promise<number[]> {
+  const r = await topo.exec(node, 'ss', ['-H', '-u', '-a', '-n']);
+  if (r.code !== 0) throw new Error(`ss in ${node}: ${r.stderr}`);
+  const ports: number[] = [];
+  for (const line of r.stdout.split('\n')) {
+    const local = line.trim().split(/\s+/)[3];
+    if (local?.startsWith(`${address}:`)) ports.push(Number(local.slice(address.length + 1)));
+  }
+  return ports;
+}
+
+test("BGP: N1's host dies in anycast relay mode, BFD moves both routes to N2, the stream goes on from the same relayed addresses", {
+  skip,
+  timeout: 120_000,
+}, async (t) => {
+  const STREAM_MS = 10_000;
+  const scene = await setUp(t, RELAY_ANYCAST, (node) => anycastRelayArgs(node, RELAY_ANYCAST));
+  const { topo, bgp, routes } = scene;
+  await withDump(topo, async () => {
+    const stream = await startStream(scene, STREAM_MS);
+    const live = [stream.relayed.A.port, stream.relayed.B.port];
+    // N2 has taken on both allocations (binds their relayed ports) before N1 dies.
+    const end = Date.now() + DEADLINE_MS;
+    while ((await boundPorts(topo, 'N2', RELAY_ANYCAST)).filter((p) => live.includes(p)).length < live.length) {
+      assert.ok(Date.now() < end, 'N2 never bound the live relayed ports');
+      await sleep(100);
+    }
+    await sleep(2000);
+
+    // The host dies: nothing leaves it any more (no FIN, no NOTIFICATION), then its processes go.
+    const from = routes.changes.length;
+    const deathMs = nowMs();
+    const flushed = await topo.exec('N1', 'ip', ['addr', 'flush', 'dev', 'eth0']);
+    assert.equal(flushed.code, 0, flushed.stderr);
+    const speaker = bgp.speaker('N1');
+    await Promise.all([scene.nodes.get('N1')!.stop('SIGKILL'), speaker.bird.stop('SIGKILL'), speaker.announcer.stop('SIGKILL')]);
+    const moved = await Promise.all(scene.prefixes.map((address) => routes.waitVia(address, 'N2', DEADLINE_MS, from)));
+    const convergedMs = Math.max(...moved.map((m) => m.atMs));
+    const why = await bgp.session('N1');
+    stream.client.writeLine(JSON.stringify({ cmd: 'mark', name: 'converged', atMs: convergedMs }));
+    report('convergence: host death -> router route via N2 (ms)', Object.fromEntries(moved.map((m) => [m.address, round1(m.atMs - deathMs)])));
+    report("router's session to N1 after", why);
+
+    const summary = await streamSummary(stream.client, STREAM_MS + 20_000);
+    const peerSeen = await peerReport(stream.peer);
+    const f = figures(summary, peerSeen, { atMs: deathMs, window: [deathMs - 1000, convergedMs + 2000] });
+    printFigures('host death', f);
+    const phase = (a: number, b: number) => ({
+      channel: phaseLoss(summary, peerSeen, StreamId.channel, a, b),
+      indication: phaseLoss(summary, peerSeen, StreamId.indication, a, b),
+    });
+    const loss = {
+      before: phase(0, deathMs - IN_FLIGHT_MS),
+      deathToConvergence: phase(deathMs - IN_FLIGHT_MS, convergedMs),
+      after: phase(convergedMs, Number.POSITIVE_INFINITY),
+    };
+    report('lost seqs per phase (before the death, from it to convergence, after)', loss);
+
+    for (const m of moved) assert.equal(m.proto, 'bird', m.line);
+    assert.match(why, /BFD session down/, 'the router should have noticed the silent PoP by BFD');
+    assertSameAllocations(f, summary);
+    // Only what was sent towards the dead host before the routes moved may be lost.
+    for (const p of ['before', 'after'] as const) {
+      for (const mode of ['channel', 'indication'] as const) {
+        const l = loss[p][mode];
+        assert.ok(l.sent >= 25, `${p} ${mode}: only ${l.sent} packets sent`);
+        assert.deepEqual(l.lostClientToPeer, [], `${p} ${mode}: client->peer lost of ${l.sent}`);
+        assert.deepEqual(l.lostPeerToClient, [], `${p} ${mode}: peer->client lost of ${l.sent}`);
+      }
+    }
+  });
+});
+
+test('BGP: Redis stops for 20 s, no route is withdrawn, the stream and new Allocates go on, a reroute afterwards resumes the allocations', {
+  skip,
+  timeout: 150_000,
+}, async (t) => {
+  const STREAM_MS = 32_000;
+  const OUTAGE_MS = 20_000;
+  const scene = await setUp(t, undefined, (node) => [...nodeArgs(node, { cluster: true }), '--admin-token', ADMIN_TOKEN]);
+  const { topo, bgp, routes, redis } = scene;
+  await withDump(topo, async () => {
+    const stream = await startStream(scene, STREAM_MS);
+    await sleep(2000);
+    const from = routes.changes.length;
+    const outageMs = nowMs();
+    await redis.kill();
+    const readiness: Record<NodeName, number[]> = { N1: [], N2: [], N3: [] };
+    const probes: unknown[] = [];
+    let probed = false;
+    while (nowMs() - outageMs < OUTAGE_MS) {
+      for (const node of topo.nodeNames) readiness[node].push(await readyz(topo, node));
+      if (!probed && nowMs() - outageMs > 5000) {
+        probed = true;
+        // No answer at all (no route to any node) is a result too: recorded, asserted below.
+        probes.push(await allocateProbe(topo).catch((err: Error) => ({ final: 0, error: err.message })));
+      }
+      await sleep(500);
+    }
+    const sessions = await Promise.all(topo.nodeNames.map((n) => bgp.session(n)));
+    const changedDuringOutage = routes.changesOf(ANYCAST_ADDRESS, from);
+    await redis.restart();
+    const backMs = nowMs();
+    report('during the outage: /readyz statuses', { N1: readiness.N1, N2: readiness.N2 });
+    report('during the outage: a new Allocate', probes);
+    report(
+      'during the outage: route changes in the router',
+      changedDuringOutage.map((c) => c.line),
+    );
+    report("at the outage's end: the router's sessions", sessions);
+
+    // The store is back (empty): the live allocations are written to it again.
+    const want = [endpointText(stream.relayed.A), endpointText(stream.relayed.B)].sort();
+    let stored: string[] = [];
+    for (const end = Date.now() + DEADLINE_MS; Date.now() < end; await sleep(250)) {
+      stored = [...(await storedAllocations(topo)).values()];
+      if (want.every((w) => stored.includes(w))) break;
+    }
+    report('store after the outage', { afterMs: Math.round(nowMs() - backMs), stored });
+
+    // A reroute: N1 drains, BGP moves the route, N2 finds the allocations in the store and forwards.
+    const fromReroute = routes.changes.length;
+    assert.equal(await postDrain(topo, 'N1'), 200, 'POST /drain');
+    const moved = await routes.waitVia(ANYCAST_ADDRESS, 'N2', DEADLINE_MS, fromReroute);
+    stream.client.writeLine(JSON.stringify({ cmd: 'mark', name: 'reroute', atMs: moved.atMs }));
+    await sleep(1000);
+    stream.client.writeLine(JSON.stringify({ cmd: 'ops' }));
+    const opsDone = await stream.client.waitForJsonLine((r) => r.event === 'ops-done', DEADLINE_MS);
+    report('Refresh, CreatePermission, ChannelBind through N2 after the reroute', opsDone.ops);
+
+    const summary = await streamSummary(stream.client, STREAM_MS + 20_000);
+    const peerSeen = await peerReport(stream.peer);
+    const outage = figures(summary, peerSeen, { atMs: outageMs, window: [outageMs, backMs] });
+    const reroute = figures(summary, peerSeen, { atMs: moved.atMs, window: [moved.atMs - 1000, moved.atMs + 3000] });
+    printFigures('redis outage', outage);
+    printFigures('reroute after the outage', reroute);
+
+    assert.deepEqual(changedDuringOutage, [], 'a route changed while Redis was down');
+    for (const node of ['N1', 'N2'] as const) {
+      assert.ok(readiness[node].length > 10 && readiness[node].every((c) => c === 200), `${node} /readyz during the outage: ${readiness[node].join(' ')}`);
+      assert.ok(!announcerEvents(bgp.speaker(node)).some((e) => e.event === 'withdraw' && Number(e.time) < backMs), `${node} withdrew during the outage`);
+    }
+    for (const s of sessions) assert.match(s, /Established/);
+    assert.equal((probes[0] as { final: number }).final, 200, `a new Allocate during the outage: ${JSON.stringify(probes)}`);
+    assert.deepEqual(
+      want.filter((w) => !stored.includes(w)),
+      [],
+      'the live allocations were not written back to the store',
+    );
+    assert.ok(moved.atMs < stream.startMs + STREAM_MS - 3000, 'the reroute came too late in the stream to be measured');
+    assertSameAllocations(reroute, summary);
+    assertNoLoss(reroute);
+    for (const alloc of ['A', 'B']) {
+      for (const method of ['refresh', 'createPermission', 'channelBind']) {
+        assert.equal(summary.ops[alloc]?.[method]?.code, 200, `${method} on ${alloc} after the reroute: ${JSON.stringify(summary.ops)}`);
+      }
+    }
   });
 });
