@@ -14,7 +14,7 @@ import { nodePeerPolicy } from './server/peers.js';
 import { StoreHealthWatcher, openNodeStore } from './server/store.js';
 import type { RunningServer, ServerDeps } from './server/types.js';
 import { UdpRelayFactory } from './transport/udp/relay.js';
-import { systemClock } from './turn/clock.js';
+import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
 import type { TurnEngine } from './turn/engine.js';
 import type { AllocationStore } from './store/types.js';
@@ -23,17 +23,27 @@ export type { ClientResolver, ListeningAddress, RunningServer, ServerDeps, UdpFr
 
 const TICK_MS = 1000;
 
-/** Why this node should not get new clients, drain aside; undefined when it should. */
-function capacityProblem(config: ServerConfig, engine: TurnEngine, store: AllocationStore): string | undefined {
-  if (!store.isAvailable()) return 'allocation store unavailable';
+/**
+ * Why this node should not get new clients, drain aside; undefined when it should. Only
+ * this node's own faults: a store outage is not one (new Allocates fail open,
+ * docs/architecture.md §6), else one Redis behind every PoP would withdraw them all at once.
+ */
+function capacityProblem(config: ServerConfig, engine: TurnEngine): string | undefined {
   if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
   // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
   return engine.capacityProblem();
 }
 
 /** Once a second: the store's health first, then the engine's tick (expiry, refresh of the store). */
-function startTicking(config: ServerConfig, engine: TurnEngine, store: AllocationStore, cluster: ClusterNode | undefined, logger: Logger): NodeJS.Timeout {
-  const health = new StoreHealthWatcher(store, logger, () => {
+function startTicking(
+  config: ServerConfig,
+  engine: TurnEngine,
+  store: AllocationStore,
+  cluster: ClusterNode | undefined,
+  clock: Clock,
+  logger: Logger,
+): NodeJS.Timeout {
+  const health = new StoreHealthWatcher(store, clock, logger, () => {
     // After an outage the store may have lost records (a restart without persistence): write every live one again.
     engine.resyncAll();
     cluster?.resetRouter();
@@ -73,7 +83,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
-  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, store) });
+  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine) });
   const metrics = createMetrics({
     engine,
     counters,
@@ -103,7 +113,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     throw err;
   }
 
-  const timer = startTicking(config, engine, store, cluster, logger);
+  const timer = startTicking(config, engine, store, cluster, clock, logger);
 
   const listening = listeners.listening;
   logger.info(

@@ -8,7 +8,7 @@ import type { DrainSwitch } from './drain.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream/framer.js';
-import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters } from '../turn/counters.js';
+import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters, STORE_CONFLICT_KINDS } from '../turn/counters.js';
 import type { EngineStats } from '../turn/ports.js';
 
 export interface MetricsSources {
@@ -58,6 +58,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   stateGauges(registry, sources);
   storeMetrics(registry, sources.store);
   engineCounters(registry, sources.counters);
+  outageCounters(registry, sources.counters);
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
   return registry;
@@ -90,6 +91,14 @@ function stateGauges(registry: Registry, sources: MetricsSources): void {
     registers: [registry],
     collect() {
       this.set(engine.snapshot().channels);
+    },
+  });
+  new Gauge({
+    name: 'anyturn_allocations_local_only',
+    help: 'Live allocations with no record of their own in the store: made while it was unreachable (not yet written back), or that lost a conflict after the outage',
+    registers: [registry],
+    collect() {
+      this.set(engine.snapshot().localOnly);
     },
   });
   new Gauge({
@@ -128,6 +137,16 @@ function storeMetrics(registry: Registry, store: AllocationStore): void {
     collect() {
       this.reset();
       this.set({ store: store.kind }, store.isAvailable() ? 1 : 0);
+    },
+  });
+
+  new Gauge({
+    name: 'anyturn_store_degraded',
+    help: '1 while the allocation store is unreachable: the node runs degraded, new Allocates are local-only (a reroute cannot resume them until they are written back)',
+    registers: [registry],
+    aggregator: 'max',
+    collect() {
+      this.set(store.isAvailable() ? 0 : 1);
     },
   });
 
@@ -222,7 +241,7 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
   totalCounter(
     registry,
     'anyturn_allocate_refusals_total',
-    'Allocates refused for capacity, by reason: total_quota, user_quota (486), store_unavailable, relay_ports_full, no_descriptors (EMFILE/ENFILE), bind_error (any other bind error but address in use)',
+    'Allocates refused for capacity, by reason: total_quota, user_quota (486), relay_ports_full, no_descriptors (EMFILE/ENFILE), bind_error (any other bind error but address in use)',
     ['reason'],
     () => ALLOCATE_REFUSAL_REASONS.map((reason) => [{ reason }, counters.allocateRefusals[reason]] as const),
   );
@@ -238,6 +257,33 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
     single(counters.allocationsDeleted),
   );
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
+}
+
+/** Degraded mode (docs/architecture.md §5): allocations made while the store was unreachable, and what happened when it returned. */
+function outageCounters(registry: Registry, counters: EngineCounters): void {
+  totalCounter(registry, 'anyturn_allocations_local_only_total', 'Allocations made while the store was unreachable (local-only until written back)', [], () =>
+    single(counters.allocationsLocalOnly),
+  );
+  totalCounter(registry, 'anyturn_allocations_written_back_total', 'Local-only allocations written to the store once it came back', [], () =>
+    single(counters.allocationsWrittenBack),
+  );
+  totalCounter(
+    registry,
+    'anyturn_store_conflicts_total',
+    'Claims made twice during a store outage, settled when it returned: kind relay_port (anycast relay mode) or five_tuple; outcome kept (here) or lost (served here only until it ends)',
+    ['kind', 'outcome'],
+    () =>
+      STORE_CONFLICT_KINDS.flatMap((kind) =>
+        (['kept', 'lost'] as const).map((outcome) => [{ kind, outcome }, counters.storeConflicts[kind][outcome]] as const),
+      ),
+  );
+  totalCounter(
+    registry,
+    'anyturn_user_quota_overruns_total',
+    'Allocations written back after a store outage that put their user over --user-quota (tolerated)',
+    [],
+    () => single(counters.userQuotaOverruns),
+  );
 }
 
 /** TCP/TLS client connections. */

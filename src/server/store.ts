@@ -39,31 +39,48 @@ export async function openNodeStore(
   if (!config.cluster)
     return { store: new MemoryAllocationStore({ now: () => clock.now() }), registry: new MemoryNodeRegistry(() => clock.now()), owned: true };
   const shared = openSharedStore(config.cluster.redis, { logger, onEventsResubscribed });
-  // Start either way: a node whose store is down says so on /readyz and answers new Allocates 508.
-  if (!(await shared.waitUntilReady(STORE_READY_WAIT_MS))) logger.warn({ store: shared.store.kind }, 'allocation store not reachable yet; starting not ready');
+  // Start either way: a node whose store is down runs degraded (new Allocates are local-only, docs/architecture.md §5).
+  if (!(await shared.waitUntilReady(STORE_READY_WAIT_MS))) logger.warn({ store: shared.store.kind }, 'allocation store not reachable yet; starting degraded');
   return { store: shared.store, registry: shared.registry, owned: true };
 }
 
-/** Looks at the store's availability once a tick and logs each change; `onBack` runs when it returns. */
+/**
+ * Looks at the store's availability once a tick and logs each change: one line on
+ * entering degraded mode, one on leaving it (docs/architecture.md §5); `onBack` runs when
+ * the store returns.
+ */
 export class StoreHealthWatcher {
   private wasUp: boolean;
+  private downSinceMs: number | undefined;
 
   constructor(
     private readonly store: AllocationStore,
+    private readonly clock: Clock,
     private readonly logger: Logger,
     private readonly onBack: () => void,
   ) {
     this.wasUp = store.isAvailable();
+    if (!this.wasUp) this.downSinceMs = clock.now();
   }
 
   check(): void {
     const up = this.store.isAvailable();
     if (up === this.wasUp) return;
-    this.logger.warn(
-      { store: this.store.kind, available: up },
-      up ? 'allocation store is back: re-syncing live allocations' : 'allocation store unavailable: live allocations keep relaying, new Allocates get 508',
-    );
-    if (up) this.onBack();
     this.wasUp = up;
+    if (!up) {
+      this.downSinceMs = this.clock.now();
+      this.logger.warn(
+        { event: 'store_degraded', store: this.store.kind, degraded: true },
+        'allocation store unreachable: degraded mode. Live allocations keep relaying; new Allocates are local-only (a reroute cannot resume them) until the store returns',
+      );
+      return;
+    }
+    const outageMs = this.downSinceMs === undefined ? undefined : this.clock.now() - this.downSinceMs;
+    this.downSinceMs = undefined;
+    this.logger.warn(
+      { event: 'store_degraded', store: this.store.kind, degraded: false, outageMs },
+      'allocation store is back: leaving degraded mode, writing every live allocation to it',
+    );
+    this.onBack();
   }
 }

@@ -32,12 +32,16 @@ export const BIND_RESULTS = ['ok', 'in_use', 'no_descriptors', 'error'] as const
 export type BindResult = (typeof BIND_RESULTS)[number];
 
 /**
- * Why an Allocate was refused for capacity (508, or 486 for user_quota): the quotas, the
- * store, a full relay port range (or its collision budget spent), no descriptors
+ * Why an Allocate was refused for capacity (508, or 486 for user_quota): the quotas, a full relay port range (or its collision budget spent), no descriptors
  * (EMFILE/ENFILE), or another bind error that is not "address in use".
  */
-export const ALLOCATE_REFUSAL_REASONS = ['total_quota', 'user_quota', 'store_unavailable', 'relay_ports_full', 'no_descriptors', 'bind_error'] as const;
+export const ALLOCATE_REFUSAL_REASONS = ['total_quota', 'user_quota', 'relay_ports_full', 'no_descriptors', 'bind_error'] as const;
 export type AllocateRefusalReason = (typeof ALLOCATE_REFUSAL_REASONS)[number];
+
+/** What two allocations made during a store outage can claim twice: a relayed port (anycast relay mode), a 5-tuple. */
+export const STORE_CONFLICT_KINDS = ['relay_port', 'five_tuple'] as const;
+export type StoreConflictKind = (typeof STORE_CONFLICT_KINDS)[number];
+export type StoreConflictOutcome = 'kept' | 'lost';
 
 export class EngineCounters {
   readonly drops: Record<DropReason, number> = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
@@ -65,6 +69,17 @@ export class EngineCounters {
   /** Anycast relay mode: allocations taken on from the store, and ones that could not be. */
   allocationsAdopted = 0;
   replicaFailures = 0;
+  /** Allocations made while the store was unreachable (fail open, docs/architecture.md §5). */
+  allocationsLocalOnly = 0;
+  /** Of those, written to the store once it came back. */
+  allocationsWrittenBack = 0;
+  /** Conflicts settled after an outage (store-conflicts.ts), by what was claimed twice and whether this node kept it. */
+  readonly storeConflicts: Record<StoreConflictKind, Record<StoreConflictOutcome, number>> = {
+    relay_port: { kept: 0, lost: 0 },
+    five_tuple: { kept: 0, lost: 0 },
+  };
+  /** Allocations written back after an outage that put their user over --user-quota (tolerated, logged). */
+  userQuotaOverruns = 0;
 
   /** Observer for request handling time, receipt to response, in seconds (set by the metrics module). */
   observeRequestSeconds: (method: string, seconds: number) => void = () => undefined;

@@ -58,7 +58,7 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       replies,
       auth: new Authenticator(o, replies, drop),
       writer: new WriteThrough(o, table),
-      relays: new RelayAllocator(o),
+      relays: new RelayAllocator(o, (username) => table.userCount(username)),
       refusals: new CapacityRefusals(o, () => table.size),
       peerData: new PeerData(o.counters, packetClock, drop),
       packetClock,
@@ -182,7 +182,10 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
 
   /** Marks every allocation for a write on the next tick: after the store comes back, it may have lost them. */
   resyncAll(): void {
-    for (const allocation of this.table.all()) allocation.dirty = true;
+    for (const allocation of this.table.all()) {
+      allocation.dirty = true;
+      allocation.throughOutage = true;
+    }
   }
 
   /** Removes the allocations of a client transport that went away (a closed TCP/TLS connection). */

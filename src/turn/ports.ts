@@ -102,6 +102,8 @@ export interface EngineSnapshot {
   readonly channels: number;
   /** Allocations per username. */
   readonly allocationsByUser: ReadonlyMap<string, number>;
+  /** Allocations with no record of their own in the store: made while it was unreachable, or that lost a conflict after (docs/architecture.md §5). */
+  readonly localOnly: number;
 }
 
 /** What ops reads from the engine. */

@@ -98,6 +98,19 @@ export class Allocation {
   version = 0;
   /** True when the store missed a write (store down); tick() writes it again. */
   dirty = false;
+  /**
+   * Made while the store was unreachable (docs/architecture.md §5, fail open): no record
+   * yet, so a reroute cannot resume it. WriteThrough creates its record once the store is back.
+   */
+  localOnly = false;
+  /**
+   * Lost a conflict settled after a store outage (allocation/store-conflicts.ts): the record
+   * belongs to another allocation. Served here until it ends; never written to, merged
+   * from, or deleted from the store.
+   */
+  detached = false;
+  /** Lived through a store outage: its deletion checks that the record is still its own. */
+  throughOutage = false;
   deleted = false;
   persisting: Promise<void> = Promise.resolve();
 
@@ -128,6 +141,19 @@ export class Allocation {
     this.createdAtMs = seed.createdAtMs;
     this.allocateTransactionId = allocateTransactionId;
     this.expiresAtMs = seed.expiresAtMs;
+  }
+
+  /** Made here by an Allocate (not taken on from another node's record). */
+  get madeHere(): boolean {
+    return this.allocateTransactionId !== '';
+  }
+
+  /**
+   * True when `record` is this allocation, not another one on the same 5-tuple: the
+   * relayed address and the creation time are fixed at creation (store/types.ts).
+   */
+  matches(record: AllocationRecord): boolean {
+    return record.relayedAddress === this.relay.address && record.relayedPort === this.relay.port && record.createdAtMs === this.createdAtMs;
   }
 
   /** The relayed families it serves (metrics). */
@@ -207,7 +233,8 @@ export class Allocation {
    * as ChannelBind checks them.
    */
   merge(record: AllocationRecord, allowed: PeerFilter, onRefused: () => void): boolean {
-    if (record.version <= this.version) return false;
+    // Another allocation's record on this 5-tuple (a conflict after a store outage) is never folded in.
+    if (record.version <= this.version || this.detached || !this.matches(record)) return false;
     this.expiresAtMs = Math.max(this.expiresAtMs, record.expiresAtMs);
     for (const [address, expiresAtMs] of Object.entries(record.permissions)) {
       if (!this.relayFor(address.includes(':'))) continue;

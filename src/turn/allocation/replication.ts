@@ -25,7 +25,10 @@ export class Replication {
     if (this.ctx.stopped) return;
     if (event.type === 'deleted') {
       const local = table.byStoreKey(event.key);
-      if (local) void writer.delete(local.listener, local.allocation, event.reason, false);
+      // A conflict settled after an outage removed this node's own record: it lost, and keeps serving its client here.
+      if (local && !local.allocation.localOnly && !writer.lostConflict(local.allocation, event.reason)) {
+        void writer.delete(local.listener, local.allocation, event.reason, false);
+      }
       return;
     }
     const local = table.byStoreKey(event.record.key);
@@ -38,9 +41,11 @@ export class Replication {
    * (an event we missed or haven't seen yet), so ask the store before deleting.
    */
   async expire(listener: EngineListener, allocation: Allocation, now: number): Promise<void> {
+    // Nobody else refreshes an allocation that has no record of its own.
+    if (allocation.localOnly || allocation.detached) return this.ctx.writer.delete(listener, allocation, 'expired');
     try {
       const current = await this.ctx.o.store.get(allocation.key);
-      if (current && current.expiresAtMs > now) {
+      if (current && current.expiresAtMs > now && allocation.matches(current)) {
         this.ctx.writer.merge(allocation, current);
         return;
       }

@@ -33,6 +33,8 @@ export class AllocationTable {
   /** Store keys of Allocates in flight (their 5-tuple is being claimed). */
   readonly pending = new Set<string>();
   private readonly byKey = new Map<string, Held>();
+  /** Allocations per username held here: the user quota while the store is unreachable (relay/relay-allocator.ts). */
+  private readonly byUser = new Map<string, number>();
   private count = 0;
 
   get size(): number {
@@ -54,6 +56,11 @@ export class AllocationTable {
     return undefined;
   }
 
+  /** Allocations of `username` held here (made here or taken on). */
+  userCount(username: string): number {
+    return this.byUser.get(username) ?? 0;
+  }
+
   byStoreKey(key: string): Held | undefined {
     return this.byKey.get(key);
   }
@@ -63,6 +70,7 @@ export class AllocationTable {
     if (!byPort) listener.allocations.set(allocation.clientAddress, (byPort = new Map()));
     byPort.set(allocation.clientPort, allocation);
     this.byKey.set(allocation.key, { listener, allocation });
+    this.byUser.set(allocation.username, this.userCount(allocation.username) + 1);
     this.count++;
   }
 
@@ -74,6 +82,9 @@ export class AllocationTable {
       if (byPort.size === 0) listener.allocations.delete(allocation.clientAddress);
     }
     if (this.byKey.get(allocation.key)?.allocation === allocation) this.byKey.delete(allocation.key);
+    const users = this.userCount(allocation.username) - 1;
+    if (users > 0) this.byUser.set(allocation.username, users);
+    else this.byUser.delete(allocation.username);
     this.count--;
   }
 
@@ -94,7 +105,9 @@ export class AllocationTable {
     const allocationsByUser = new Map<string, number>();
     let permissions = 0;
     let channels = 0;
+    let localOnly = 0;
     for (const a of this.all()) {
+      if (a.localOnly || a.detached) localOnly++;
       const id = `${a.path.transport} ${a.family}`;
       const entry = byKind.get(id);
       if (entry) entry.count++;
@@ -103,6 +116,6 @@ export class AllocationTable {
       permissions += a.permissionsByAddress.size;
       channels += a.channelCount;
     }
-    return { allocations: [...byKind.values()], permissions, channels, allocationsByUser };
+    return { allocations: [...byKind.values()], permissions, channels, allocationsByUser, localOnly };
   }
 }

@@ -2,13 +2,16 @@
 // one write at a time per allocation, with compare-and-set on the record's version.
 // A write that lost the race (anycast relay mode: any node may change any
 // allocation) folds the winner's record in (Allocation.merge) and writes the union:
-// never a lost update. Also the one way an allocation ends.
+// never a lost update. An allocation the store does not hold (made during an outage,
+// or lost by a Redis restart) is created, its conflicts settled by store-conflicts.ts.
+// Also the one way an allocation ends.
 
 import type { AllocationRecord, AllocationStore } from '../../store/types.js';
 import type { EngineCounters } from '../counters.js';
 import type { PeerPolicy } from '../peer-policy.js';
 import type { EngineLogger } from '../ports.js';
 import type { Allocation } from './allocation.js';
+import { FIVE_TUPLE_CONFLICT, RELAY_PORT_CONFLICT, type SettleOutcome, StoreConflicts } from './store-conflicts.js';
 import type { AllocationTable, EngineListener } from './table.js';
 
 /** Conflicting writes retried per persist before the allocation waits for a later tick. */
@@ -17,16 +20,21 @@ const MAX_CONFLICT_RETRIES = 5;
 export interface WriteThroughOptions {
   readonly nodeId: string;
   readonly store: AllocationStore;
+  readonly userQuota: number;
   readonly peerPolicy: PeerPolicy;
   readonly counters: EngineCounters;
   readonly logger: EngineLogger;
 }
 
 export class WriteThrough {
+  private readonly conflicts: StoreConflicts;
+
   constructor(
     private readonly o: WriteThroughOptions,
     private readonly table: AllocationTable,
-  ) {}
+  ) {
+    this.conflicts = new StoreConflicts(o);
+  }
 
   /** The peer policy for permissions and channels that come from the store (Allocation.merge). */
   private readonly storePeerFilter = (address: string, port: number | undefined): boolean =>
@@ -49,28 +57,28 @@ export class WriteThrough {
   }
 
   private async write(allocation: Allocation): Promise<void> {
-    if (allocation.deleted) return;
-    const { store, nodeId } = this.o;
+    if (allocation.deleted || allocation.detached) return;
+    // Unreachable: nothing to try (and nothing to log per allocation each tick); the
+    // store health watcher marks every allocation for a write when it returns.
+    if (!this.o.store.isAvailable()) {
+      allocation.dirty = true;
+      return;
+    }
     try {
-      let outcome = await store.update(allocation.toRecord(nodeId));
-      // Another writer got there first: fold its record into ours and write the union.
-      for (let attempt = 0; attempt < MAX_CONFLICT_RETRIES && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
-        this.merge(allocation, outcome.current);
-        allocation.version = outcome.current.version;
-        outcome = await store.update(allocation.toRecord(nodeId));
-      }
-      if (!outcome.ok && outcome.reason === 'missing') {
-        // The store lost the record (a Redis restart without persistence): write it
-        // again. A live allocation is never refused for quota here.
-        const created = await store.create(allocation.toRecord(nodeId), { userQuota: 0 });
-        if (created.ok) outcome = created;
-      }
-      if (outcome.ok) {
-        allocation.version = outcome.record.version;
-        allocation.dirty = false;
-      } else {
+      const wasLocalOnly = allocation.localOnly;
+      const outcome = wasLocalOnly ? await this.conflicts.create(allocation) : await this.update(allocation);
+      if (outcome === 'detached') return;
+      if (outcome === 'retry' || outcome === 'refused') {
         allocation.dirty = true;
-        this.o.logger.warn({ allocation: allocation.key, reason: outcome.reason }, 'store update refused');
+        if (outcome === 'refused') this.o.logger.warn({ allocation: allocation.key }, 'store update refused');
+        return;
+      }
+      allocation.version = outcome.written.version;
+      allocation.dirty = false;
+      allocation.localOnly = false;
+      if (wasLocalOnly) {
+        this.o.counters.allocationsWrittenBack++;
+        this.o.logger.debug({ event: 'allocation_written_back', allocation: allocation.key }, 'local-only allocation written to the store');
       }
     } catch (err) {
       // RFC-level state stays live locally; the store catches up on a later tick.
@@ -78,6 +86,50 @@ export class WriteThrough {
       this.o.counters.storeErrors++;
       this.o.logger.warn({ err, allocation: allocation.key }, 'store write failed; will retry');
     }
+  }
+
+  /** Compare-and-set of a record the store held; a conflict merges the winner's record in and writes the union. */
+  private async update(allocation: Allocation): Promise<SettleOutcome | 'refused'> {
+    const { store, nodeId } = this.o;
+    if (allocation.throughOutage) {
+      // The store's compare-and-set keeps a record's identity but would take our fields over
+      // another allocation's record on this 5-tuple (a conflict after the outage that another
+      // node won): look first. (A settlement between this read and the write is caught below.)
+      const current = await store.get(allocation.key);
+      if (!current) return this.conflicts.create(allocation);
+      if (!allocation.matches(current)) return this.conflicts.otherOnFiveTuple(allocation, current);
+    }
+    let outcome = await store.update(allocation.toRecord(nodeId));
+    // Another writer got there first: fold its record into ours and write the union.
+    for (let attempt = 0; attempt < MAX_CONFLICT_RETRIES && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
+      // Not ours: another allocation on this 5-tuple, made during an outage.
+      if (!allocation.matches(outcome.current)) return this.conflicts.otherOnFiveTuple(allocation, outcome.current);
+      this.merge(allocation, outcome.current);
+      allocation.version = outcome.current.version;
+      outcome = await store.update(allocation.toRecord(nodeId));
+    }
+    // The store lost the record (a Redis restart without persistence): write it again. A
+    // live allocation is never refused for quota here.
+    if (!outcome.ok && outcome.reason === 'missing') return this.conflicts.create(allocation);
+    if (!outcome.ok) return 'refused';
+    // The store keeps a record's relayed address (its identity): another one means the
+    // record on this 5-tuple became another allocation's, the winner of a conflict after an
+    // outage that this node had not heard of yet. This one lost.
+    if (!allocation.matches({ ...outcome.record, createdAtMs: allocation.createdAtMs })) {
+      this.conflicts.lost(allocation, 'five_tuple', outcome.record.ownerNodeId);
+      return 'detached';
+    }
+    return { written: outcome.record };
+  }
+
+  /**
+   * A deletion elsewhere of this node's allocation to settle a conflict after an outage
+   * (anycast relay mode hears it as an event): this one lost; it keeps serving here.
+   */
+  lostConflict(allocation: Allocation, reason: string): boolean {
+    if (!allocation.madeHere || (reason !== RELAY_PORT_CONFLICT && reason !== FIVE_TUPLE_CONFLICT)) return false;
+    this.conflicts.lost(allocation, reason === RELAY_PORT_CONFLICT ? 'relay_port' : 'five_tuple', undefined);
+    return true;
   }
 
   /** Deletes a local allocation; with writeStore false only this node's copy goes (a replica). */
@@ -97,10 +149,21 @@ export class WriteThrough {
       },
       'allocation deleted',
     );
-    if (!writeStore) return;
+    // A local-only allocation has no record: the one on its 5-tuple, if any, is another's.
+    if (!writeStore || allocation.localOnly || allocation.detached) return;
     try {
       await allocation.persisting;
-      await this.o.store.delete(allocation.key, reason);
+      if (allocation.localOnly || allocation.detached) return;
+      if (!allocation.throughOutage) {
+        await this.o.store.delete(allocation.key, reason);
+        return;
+      }
+      // After an outage the record on this 5-tuple may be another allocation's (a conflict
+      // this node has not heard of yet): delete it only if it is this one.
+      for (let attempt = 0; attempt < MAX_CONFLICT_RETRIES; attempt++) {
+        const current = await this.o.store.get(allocation.key);
+        if (!current || !allocation.matches(current) || (await this.o.store.delete(allocation.key, reason, current.version))) return;
+      }
     } catch (err) {
       this.o.counters.storeErrors++;
       this.o.logger.warn({ err, allocation: allocation.key }, 'store delete failed');

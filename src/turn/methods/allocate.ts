@@ -65,7 +65,7 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
     allocation = claim.allocation;
     if (ctx.stopped || listener.closed) {
       ctx.relays.abandon(claim);
-      await ctx.o.store.delete(key, ctx.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
+      if (!allocation.localOnly) await ctx.o.store.delete(key, ctx.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
       throw new TurnError(ErrorCode.InsufficientCapacity, ctx.stopped ? 'Shutting down' : 'Connection closed');
     }
     ctx.table.add(listener, allocation);
@@ -95,11 +95,6 @@ function refused(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: false 
       ctx.o.counters.quotaRefusals++;
       ctx.refusals.refuse('user_quota');
       throw new TurnError(ErrorCode.AllocationQuotaReached);
-    case 'store_unavailable':
-      ctx.o.counters.storeErrors++;
-      ctx.o.logger.warn({ err: claim.err }, 'store unavailable: refusing Allocate');
-      ctx.refusals.refuse('store_unavailable');
-      throw new TurnError(ErrorCode.InsufficientCapacity, 'Store unavailable');
     case 'five_tuple_taken':
       // Another node holds this 5-tuple's allocation (a retransmitted Allocate after a reroute):
       // its owner answers, with the original response.
@@ -131,6 +126,7 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
       relayedIPv6: allocation.additionalRelay ? `[${allocation.additionalRelay.address}]:${allocation.additionalRelay.port}` : undefined,
       user: r.auth.username,
       lifetimeSeconds: lifetime,
+      localOnly: allocation.localOnly || undefined,
     },
     'allocation created',
   );

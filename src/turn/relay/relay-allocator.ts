@@ -4,6 +4,9 @@
 // socket binds (RelayPorts: port choice and reservations), and the claim of the
 // allocation in the store, retried on another port when the store says another
 // node holds it (anycast relay mode shares the relayed addresses cluster-wide).
+// With the store unreachable the allocation is made from this node's own state
+// (fail open, docs/architecture.md §5): the store makes allocations resumable, it is
+// never needed for one to exist.
 
 import { AddressFamily, ErrorCode } from '../../stun/constants.js';
 import type { AllocationStore } from '../../store/types.js';
@@ -38,7 +41,7 @@ export type Claim =
       /** Why a dual allocation has no IPv6 half (ADDRESS-ERROR-CODE). */
       readonly additionalError: number | undefined;
     }
-  | { readonly ok: false; readonly refused: ClaimRefusal; readonly err?: unknown };
+  | { readonly ok: false; readonly refused: ClaimRefusal };
 
 /** The state of one Allocate's claim while it runs; every socket in it is closed unless the claim succeeds. */
 interface Attempt {
@@ -54,7 +57,11 @@ interface Attempt {
 export class RelayAllocator {
   private readonly ports: RelayPorts;
 
-  constructor(private readonly o: RelayAllocatorOptions) {
+  constructor(
+    private readonly o: RelayAllocatorOptions,
+    /** Allocations of a user held on this node: the user quota while the store is unreachable. */
+    private readonly localUserCount: (username: string) => number,
+  ) {
     this.ports = new RelayPorts(o);
   }
 
@@ -128,19 +135,16 @@ export class RelayAllocator {
   ): Promise<Claim | 'retry' | 'give-up'> {
     const candidate = new Allocation(seed, path, { relay, additional: a.additional }, transactionId);
     let outcome: Awaited<ReturnType<AllocationStore['create']>>;
+    if (!this.o.store.isAvailable()) return this.claimLocally(candidate, a);
     try {
       outcome = await this.o.store.create(candidate.toRecord(this.o.nodeId), { userQuota: this.o.userQuota });
-    } catch (err) {
-      return { ok: false, refused: 'store_unavailable', err };
+    } catch {
+      // The store went away under this Allocate: fail open as well.
+      return this.claimLocally(candidate, a);
     }
     if (outcome.ok) {
       candidate.version = outcome.record.version;
-      const claimed: Claim = { ok: true, allocation: candidate, reservedToken: a.reservedToken, additionalError: a.additionalError };
-      // Owned by the allocation now.
-      a.relay = undefined;
-      a.additional = undefined;
-      a.reservedToken = undefined;
-      return claimed;
+      return this.claimed(candidate, a);
     }
     if (outcome.reason === 'port-taken' && outcome.additional === true) {
       // The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
@@ -159,6 +163,30 @@ export class RelayAllocator {
     }
     if (outcome.reason === 'user-quota') return { ok: false, refused: 'user_quota' };
     return { ok: false, refused: 'five_tuple_taken' };
+  }
+
+  /** The claim succeeded: the sockets and the reservation belong to the allocation now. */
+  private claimed(allocation: Allocation, a: Attempt): Claim {
+    const claim: Claim = { ok: true, allocation, reservedToken: a.reservedToken, additionalError: a.additionalError };
+    a.relay = undefined;
+    a.additional = undefined;
+    a.reservedToken = undefined;
+    return claim;
+  }
+
+  /**
+   * Store unreachable: the allocation exists from this node's state alone (local-only: a
+   * reroute cannot resume it until its record is written, WriteThrough after the store's
+   * return). The user quota is counted over this node's allocations meanwhile; the
+   * cluster-wide count is checked, and an overrun logged, when the record is written.
+   */
+  private claimLocally(allocation: Allocation, a: Attempt): Claim {
+    if (this.o.userQuota > 0 && this.localUserCount(allocation.username) >= this.o.userQuota) return { ok: false, refused: 'user_quota' };
+    allocation.localOnly = true;
+    allocation.throughOutage = true;
+    allocation.dirty = true;
+    this.o.counters.allocationsLocalOnly++;
+    return this.claimed(allocation, a);
   }
 
   /** Gives back what a claimed allocation holds when it cannot be used after all (shutdown, connection gone). */
