@@ -113,7 +113,7 @@ async function setUp(t: { after(fn: () => Promise<void>): void }, relay: string 
     const prefixes = anycastPrefixes(relay);
     for (const node of topo.nodeNames) await bgp.startSpeaker(node, prefixes);
     await bgp.waitEstablished();
-    for (const node of topo.nodeNames) await bgp.speaker(node).announcer.waitForJsonLine((r) => r.event === 'announce', DEADLINE_MS);
+    for (const node of topo.nodeNames) await bgp.speaker(node).process.waitForJsonLine((r) => r.event === 'announce', DEADLINE_MS);
     for (const address of prefixes) {
       const route = await routes.waitRouted(address, 'N1', DEADLINE_MS);
       assert.equal(route.proto, 'bird', `the router's route for ${address} is not from BGP: ${route.line}`);
@@ -293,8 +293,7 @@ test("BGP: N1's host dies in anycast relay mode, BFD moves both routes to N2, th
     const deathMs = nowMs();
     const flushed = await topo.exec('N1', 'ip', ['addr', 'flush', 'dev', 'eth0']);
     assert.equal(flushed.code, 0, flushed.stderr);
-    const speaker = bgp.speaker('N1');
-    await Promise.all([scene.nodes.get('N1')!.stop('SIGKILL'), speaker.bird.stop('SIGKILL'), speaker.announcer.stop('SIGKILL')]);
+    await Promise.all([scene.nodes.get('N1')!.stop('SIGKILL'), bgp.speaker('N1').process.stop('SIGKILL')]);
     const moved = await Promise.all(scene.prefixes.map((address) => routes.waitVia(address, 'N2', DEADLINE_MS, from)));
     const convergedMs = Math.max(...moved.map((m) => m.atMs));
     const why = await bgp.session('N1');

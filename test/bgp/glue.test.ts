@@ -52,7 +52,26 @@ function fakeBirdc(dir: string): { path: string; calls: () => string[] } {
 function startAnnouncer(url: string, birdc: string, extra: readonly string[] = []) {
   const child = spawn(
     process.execPath,
-    [ANNOUNCE_PATH, '--url', url, '--birdc', birdc, '--socket', '/nonexistent.ctl', '--interval-ms', '20', '--timeout-ms', '100', '--rise', '3', '--fall', '2', '--reassert-ms', '3600000', ...extra],
+    [
+      ANNOUNCE_PATH,
+      '--url',
+      url,
+      '--birdc',
+      birdc,
+      '--socket',
+      '/nonexistent.ctl',
+      '--interval-ms',
+      '20',
+      '--timeout-ms',
+      '100',
+      '--rise',
+      '3',
+      '--fall',
+      '2',
+      '--reassert-ms',
+      '3600000',
+      ...extra,
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';

@@ -3,17 +3,18 @@
 // in each node namespace the speaker we ship: bird2 with
 // docker/bgp/bird.conf.template (rendered by docker/bgp/render-bird-conf.mjs)
 // and docker/bgp/readyz-announce.mjs, which announces the node's anycast
-// prefixes only while its /readyz answers 200. The topology is
+// prefixes only while its /readyz answers 200, both run by the sidecar's
+// docker/bgp/entrypoint.sh. The topology is
 // test/helpers/netns.ts's, built without its static anycast routes: the
 // router's kernel routes for the anycast /32s come from bird.
 //
 //   R: bird (AS 65000), sessions pop_n1, pop_n2 (, pop_n3) over the node links
-//   Nx: bird (AS 65010) + readyz-announce -> http://<Nx>:9641/readyz
+//   Nx: entrypoint.sh: bird (AS 65010) + readyz-announce -> http://<Nx>:9641/readyz
 
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ANYCAST_ADDRESS, Topology, jsonLines, netnsUnavailableReason, run, type NodeName, type NsProcess } from '../helpers/netns.js';
 import { METRICS_PORT } from '../anycast/cluster.js';
@@ -24,6 +25,7 @@ const SHIPPED = fileURLToPath(new URL('../../../docker/bgp/', import.meta.url));
 export const RENDER_PATH = join(SHIPPED, 'render-bird-conf.mjs');
 export const ANNOUNCE_PATH = join(SHIPPED, 'readyz-announce.mjs');
 export const TEMPLATE_PATH = join(SHIPPED, 'bird.conf.template');
+const ENTRYPOINT_PATH = join(SHIPPED, 'entrypoint.sh');
 
 export const ROUTER_AS = 65000;
 export const POP_AS = 65010;
@@ -113,8 +115,8 @@ async function waitBird(socket: string, proc: NsProcess): Promise<void> {
 
 export interface Speaker {
   readonly node: NodeName;
-  readonly bird: NsProcess;
-  readonly announcer: NsProcess;
+  /** entrypoint.sh: bird2 and readyz-announce in one process group (stdout: the announcer's lines). */
+  readonly process: NsProcess;
   readonly socket: string;
 }
 
@@ -144,55 +146,43 @@ export class Bgp {
   }
 
   /**
-   * The speaker of `node`, as shipped: bird2 with the rendered template and
-   * readyz-announce polling the node's /readyz. Resolves once bird answers.
+   * The speaker of `node`, as shipped: docker/bgp/entrypoint.sh (the sidecar's
+   * entry point) renders the template, runs bird2 and readyz-announce against
+   * the node's /readyz. Resolves once bird answers on its control socket.
    */
   async startSpeaker(node: NodeName, prefixes: readonly string[]): Promise<Speaker> {
     const link = Topology.link(node);
-    const conf = join(this.dir, `${node}.conf`);
-    execFileSync(process.execPath, [RENDER_PATH, '--template', TEMPLATE_PATH, '--out', conf], {
-      env: {
-        PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-        BGP_LOCAL_ADDRESS: link.local,
-        BGP_LOCAL_AS: String(POP_AS),
-        BGP_NEIGHBOR_ADDRESS: link.router,
-        BGP_NEIGHBOR_AS: String(ROUTER_AS),
-        BGP_ANYCAST_PREFIXES: prefixes.map((p) => `${p}/32`).join(' '),
-        BGP_HOLD_TIME: String(HOLD_TIME),
-        BGP_KEEPALIVE_TIME: '1',
-        BGP_CONNECT_DELAY: '1',
-        BGP_CONNECT_RETRY: '1',
-        BGP_BFD: 'on',
-        BGP_BFD_INTERVAL_MS: String(BFD_INTERVAL_MS),
-        BGP_BFD_MULTIPLIER: String(BFD_MULTIPLIER),
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
-      timeout: 10_000,
+    const runDir = join(this.dir, node);
+    const socket = join(runDir, 'bird.ctl');
+    const env: Record<string, string> = {
+      // The entry point runs `node` and `bird` by name: this node first.
+      PATH: `${dirname(process.execPath)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+      BIRD_RUN_DIR: runDir,
+      BIRD_SOCKET: socket,
+      BGP_LOCAL_ADDRESS: link.local,
+      BGP_LOCAL_AS: String(POP_AS),
+      BGP_NEIGHBOR_ADDRESS: link.router,
+      BGP_NEIGHBOR_AS: String(ROUTER_AS),
+      BGP_ANYCAST_PREFIXES: prefixes.map((p) => `${p}/32`).join(' '),
+      BGP_HOLD_TIME: String(HOLD_TIME),
+      BGP_KEEPALIVE_TIME: '1',
+      BGP_CONNECT_DELAY: '1',
+      BGP_CONNECT_RETRY: '1',
+      BGP_BFD: 'on',
+      BGP_BFD_INTERVAL_MS: String(BFD_INTERVAL_MS),
+      BGP_BFD_MULTIPLIER: String(BFD_MULTIPLIER),
+      READYZ_URL: `http://${Topology.nodeAddress(node)}:${METRICS_PORT}/readyz`,
+      READYZ_INTERVAL_MS: String(READYZ_INTERVAL_MS),
+      READYZ_TIMEOUT_MS: '1000',
+      READYZ_RISE: String(READYZ_RISE),
+      READYZ_FALL: String(READYZ_FALL),
+    };
+    // `env -i` so that nothing of the test's environment reaches the sidecar's scripts.
+    const process_ = this.topo.spawnIn(node, 'env', ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ENTRYPOINT_PATH], {
+      name: `speaker-${node}`,
     });
-    const socket = join(this.dir, `${node}.ctl`);
-    const bird = this.topo.spawnIn(node, 'bird', ['-f', '-c', conf, '-s', socket], { name: `bird-${node}` });
-    await waitBird(socket, bird);
-    const announcer = this.topo.spawnIn(
-      node,
-      process.execPath,
-      [
-        ANNOUNCE_PATH,
-        '--url',
-        `http://${Topology.nodeAddress(node)}:${METRICS_PORT}/readyz`,
-        '--socket',
-        socket,
-        '--interval-ms',
-        String(READYZ_INTERVAL_MS),
-        '--timeout-ms',
-        '1000',
-        '--rise',
-        String(READYZ_RISE),
-        '--fall',
-        String(READYZ_FALL),
-      ],
-      { name: `announce-${node}` },
-    );
-    const speaker = { node, bird, announcer, socket };
+    await waitBird(socket, process_);
+    const speaker = { node, process: process_, socket };
     this.speakers.set(node, speaker);
     return speaker;
   }
@@ -225,7 +215,7 @@ export class Bgp {
 
 /** The readyz-announce lines (JSON) a speaker printed, in order. */
 export function announcerEvents(s: Speaker): Record<string, unknown>[] {
-  return jsonLines(s.announcer.stdout()).filter((r) => typeof r.event === 'string' && r.event !== 'start');
+  return jsonLines(s.process.stdout()).filter((r) => typeof r.event === 'string' && r.event !== 'start');
 }
 
 // ---------------------------------------------------------------------------
