@@ -27,6 +27,8 @@
 //    Allocate succeeds; once Redis is back, the live allocations are in it
 //    again and a reroute (N1 drained) resumes them on N2 through the mesh.
 //    This is the fail-open store of issue 14 item 1.
+// 4. The sidecar fails closed: N1's announcer is killed, the entry point stops
+//    bird with it, the router's session goes down and N1's route with it.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -415,5 +417,37 @@ test('BGP: Redis stops for 20 s, no route is withdrawn, the stream and new Alloc
         assert.equal(summary.ops[alloc]?.[method]?.code, 200, `${method} on ${alloc} after the reroute: ${JSON.stringify(summary.ops)}`);
       }
     }
+  });
+});
+
+/** Pids of the processes whose parent is `ppid` and whose command is `name`. */
+async function childPids(topo: Topology, ppid: number, name: string): Promise<number[]> {
+  const r = await topo.exec('R', 'ps', ['-o', 'pid=,comm=', '--ppid', String(ppid)]);
+  return r.stdout
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter(([, comm]) => comm === name)
+    .map(([pid]) => Number(pid));
+}
+
+test("BGP: the sidecar fails closed: when N1's announcer dies its bird goes too and the router withdraws N1's route", { skip, timeout: 60_000 }, async (t) => {
+  const scene = await setUp(t, undefined, (node) => nodeArgs(node, { cluster: true }));
+  const { topo, bgp, routes } = scene;
+  await withDump(topo, async () => {
+    const speaker = bgp.speaker('N1');
+    const [announcer] = await childPids(topo, speaker.process.pid, 'node');
+    assert.ok(announcer !== undefined, 'no announcer under the entry point');
+    const from = routes.changes.length;
+    const killMs = nowMs();
+    process.kill(announcer, 'SIGKILL');
+    const moved = await routes.waitVia(ANYCAST_ADDRESS, 'N2', DEADLINE_MS, from);
+    const exit = await exitedWithin(speaker.process, DEADLINE_MS);
+    const session = await bgp.session('N1');
+    report('announcer killed -> route via N2 (ms)', round1(moved.atMs - killMs));
+    report('sidecar exit', exit ?? 'still running');
+    report("router's session to N1", session);
+    assert.ok(exit !== undefined && exit.code !== 0, `the entry point did not exit non-zero: ${JSON.stringify(exit)}`);
+    assert.doesNotMatch(session, /Established/, 'bird did not go down with its announcer');
+    assert.equal(moved.proto, 'bird');
   });
 });

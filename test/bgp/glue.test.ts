@@ -19,7 +19,7 @@ type Answer = number | 'hang';
 async function scriptedReadyz(script: readonly Answer[]): Promise<{ url: string; served: () => number; close: () => Promise<void> }> {
   let served = 0;
   const hung = new Set<http.ServerResponse>();
-  const server = http.createServer((req, res) => {
+  const server = http.createServer((_req, res) => {
     const answer = script[Math.min(served, script.length - 1)]!;
     served++;
     if (answer === 'hang') return void hung.add(res);
