@@ -11,6 +11,7 @@
 // Every link is its own /30: the router end is .1, the far end .2; the far
 // ends route everything via the router. The router routes the anycast /32 to
 // one node; a "BGP reroute" is `ip route replace` of that /32 in the router.
+// (test/bgp builds it without those routes: bird2 in the router learns them.)
 // Redis runs in the router namespace on an address of the router's loopback
 // (198.18.0.1/32), so it is reachable from every node over its default route
 // and stays reachable whichever node link a later test takes down.
