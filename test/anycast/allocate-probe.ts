@@ -3,7 +3,8 @@
 //     --user alice:secret --realm anycast.test [--until 200 --deadline-ms 15000 --interval-ms 500]
 // Each attempt opens a fresh socket (a fresh 5-tuple) and sends an Allocate;
 // a successful allocation is released again (Refresh lifetime 0). Without
-// --until it makes one attempt. Prints {"event":"probe","attempts":[...],"final":code}.
+// --until it makes one attempt. Prints {"event":"probe","attempts":[...],"final":code};
+// an attempt that got 200 carries its relayed address ("ip:port").
 
 import { TestTurnClient, reasonOf } from '../helpers/turn-client.js';
 import { nowMs, parseEndpoint, parseFlags, requireFlags } from './wire.js';
@@ -18,14 +19,15 @@ async function main(): Promise<void> {
   const until = flags.has('until') ? Number(flags.get('until')) : undefined;
   const deadline = nowMs() + Number(flags.get('deadline-ms') ?? 15000);
   const intervalMs = Number(flags.get('interval-ms') ?? 500);
-  const attempts: { atMs: number; code: number; reason?: string; error?: string }[] = [];
+  const attempts: { atMs: number; code: number; reason?: string; error?: string; relayed?: string }[] = [];
   for (;;) {
     const client = await TestTurnClient.open(server, credentials, { address: flags.get('bind')! });
     const atMs = Math.round(nowMs());
     try {
-      const { response } = await client.allocate();
+      const { response, relayed } = await client.allocate();
       const reason = response.code === 200 ? undefined : reasonOf(response.message);
-      attempts.push({ atMs, code: response.code, ...(reason ? { reason } : {}) });
+      // The relayed address tells which node answered (forward mode: the node's own address).
+      attempts.push({ atMs, code: response.code, ...(reason ? { reason } : {}), ...(relayed ? { relayed: `${relayed.address}:${relayed.port}` } : {}) });
       if (response.code === 200) await client.refresh(0).catch(() => undefined);
     } catch (err) {
       attempts.push({ atMs, code: 0, error: (err as Error).message });

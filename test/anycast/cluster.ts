@@ -75,6 +75,19 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
   return args;
 }
 
+/**
+ * nodeArgs(cluster) for anycast relay mode (docs/architecture.md §4): every node
+ * relays from `relayAddress`, an anycast address on every node's loopback.
+ */
+export function anycastRelayArgs(node: NodeName, relayAddress: string, dataplane?: 'js' | 'kernel'): string[] {
+  const args = nodeArgs(node, { cluster: true, dataplane });
+  const i = args.indexOf('--relay-ip');
+  if (i < 0) throw new Error('nodeArgs has no --relay-ip');
+  args[i + 1] = relayAddress;
+  args.push('--relay-mode', 'anycast');
+  return args;
+}
+
 /** Starts anyturn in a node namespace and waits for its "anyturn ready" log line. */
 export async function startNode(topo: Topology, node: NodeName, options: NodeOptions): Promise<NsProcess> {
   const p = topo.spawnIn(node, process.execPath, nodeArgs(node, options), { name: `anyturn-${node}` });
@@ -161,7 +174,7 @@ export async function startPeer(topo: Topology): Promise<NsProcess> {
   return p;
 }
 
-/** `release`: the client ends both allocations with Refresh LIFETIME 0 before its summary. */
+/** `release`: the client deletes both allocations after the stream (stream-client --release). */
 export function startStreamClient(topo: Topology, durationMs: number, pps = 50, options: { release?: boolean } = {}): NsProcess {
   return topo.spawnIn(
     'C',
@@ -191,7 +204,7 @@ export function startStreamClient(topo: Topology, durationMs: number, pps = 50, 
 }
 
 export interface ProbeResult {
-  readonly attempts: { atMs: number; code: number; reason?: string; error?: string }[];
+  readonly attempts: { atMs: number; code: number; reason?: string; error?: string; relayed?: string }[];
   readonly final: number;
   readonly raw: string;
 }
@@ -331,6 +344,24 @@ export function modeFigures(summary: StreamSummary, peer: PeerReport, stream: nu
     maxGapPeerToClientMs: window === undefined ? undefined : maxGapWithin(clientTimes, window),
     peerSources: [...new Set([...atPeer.values()].map((v) => v.source))],
     peerSourcesAfter: [...new Set([...atPeer.entries()].filter(([seq]) => sentAfter.has(seq)).map(([, v]) => v.source))],
+  };
+}
+
+export interface PhaseLoss {
+  readonly sent: number;
+  readonly lostClientToPeer: number[];
+  readonly lostPeerToClient: number[];
+}
+
+/** Loss per direction of one mode among the packets sent in [from, to). */
+export function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, from: number, to: number): PhaseLoss {
+  const atPeer = new Set<number>();
+  for (const [s, seq] of peer.probes) if (s === stream) atPeer.add(seq);
+  const sent = summary.packets.filter((p) => p[1] === stream && p[2] >= from && p[2] < to);
+  return {
+    sent: sent.length,
+    lostClientToPeer: sent.filter((p) => !atPeer.has(p[0])).map((p) => p[0]),
+    lostPeerToClient: sent.filter((p) => atPeer.has(p[0]) && p[3] < 0).map((p) => p[0]),
   };
 }
 

@@ -41,10 +41,10 @@ import {
   REALM,
   SERVER,
   USER,
+  anycastRelayArgs,
   dumpAll,
   metrics,
   modeFigures,
-  nodeArgs,
   peerReport,
   pollReadyz,
   redisCli,
@@ -53,10 +53,10 @@ import {
   startStreamClient,
   storedAllocations,
   streamSummary,
-  type PeerReport,
+  phaseLoss,
+  type PhaseLoss,
 } from './cluster.js';
 import type { FreshResult } from './fresh-allocations.js';
-import type { StreamSummary } from './stream-client.js';
 import { Stream, nowMs } from './wire.js';
 
 const skip = netnsUnavailableReason();
@@ -111,16 +111,6 @@ async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
   }
 }
 
-/** nodeArgs(cluster) with the shared relay address and --relay-mode anycast. */
-function anycastRelayArgs(node: NodeName, dataplane: 'js' | 'kernel'): string[] {
-  const args = nodeArgs(node, { cluster: true, dataplane });
-  const i = args.indexOf('--relay-ip');
-  assert.ok(i >= 0, 'nodeArgs has no --relay-ip');
-  args[i + 1] = RELAY_ANYCAST;
-  args.push('--relay-mode', 'anycast');
-  return args;
-}
-
 interface StartedNode {
   readonly process: NsProcess;
   /** The "took on the allocations in the store" log record. */
@@ -128,7 +118,7 @@ interface StartedNode {
 }
 
 async function startAnycastNode(topo: Topology, node: NodeName, name: string, dataplane: 'js' | 'kernel'): Promise<StartedNode> {
-  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node, dataplane), { name });
+  const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node, RELAY_ANYCAST, dataplane), { name });
   const sync = await p.waitForJsonLine((r) => r.msg === 'anycast relay: took on the allocations in the store', READY_DEADLINE_MS);
   await p.waitForJsonLine((r) => r.msg === 'anyturn ready', READY_DEADLINE_MS);
   return { process: p, sync };
@@ -202,24 +192,6 @@ async function waitBound(topo: Topology, expected: readonly number[], deadlineMs
 }
 
 // ---------------------------------------------------------------- figures
-
-interface PhaseLoss {
-  readonly sent: number;
-  readonly lostClientToPeer: number[];
-  readonly lostPeerToClient: number[];
-}
-
-/** Loss per direction of one mode among the packets sent in [from, to). */
-function phaseLoss(summary: StreamSummary, peer: PeerReport, stream: number, from: number, to: number): PhaseLoss {
-  const atPeer = new Set<number>();
-  for (const [s, seq] of peer.probes) if (s === stream) atPeer.add(seq);
-  const sent = summary.packets.filter((p) => p[1] === stream && p[2] >= from && p[2] < to);
-  return {
-    sent: sent.length,
-    lostClientToPeer: sent.filter((p) => !atPeer.has(p[0])).map((p) => p[0]),
-    lostPeerToClient: sent.filter((p) => atPeer.has(p[0]) && p[3] < 0).map((p) => p[0]),
-  };
-}
 
 /** Relayed packets (the kernel's included), and of those what the kernel data plane relayed. */
 function relayedPackets(m: Map<string, number>): { clientToPeer: number; peerToClient: number; kernelToPeer: number; kernelToClient: number } {

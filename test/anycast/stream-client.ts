@@ -15,6 +15,8 @@
 //   {"event":"streaming"}                            after the first packet
 //   {"event":"ops-done",...}                         after an "ops" command
 //   {"event":"summary",...}                          at the end; then it exits
+// With --release, both allocations are deleted (Refresh lifetime 0) after the
+// stream, before the summary, and the summary says with what codes.
 // Stdin commands (JSON lines):
 //   {"cmd":"mark","name":"switch","atMs":<wall ms>}  records a named instant
 //   {"cmd":"ops"}  Refresh, CreatePermission (peer) and ChannelBind of a new
@@ -54,8 +56,6 @@ export interface StreamSummary {
   /** [seq, stream, sentAtMs, echoedAtMs or -1, arrival kind: 0 channel-data, 1 data-indication, -1 none] */
   readonly packets: [number, number, number, number, number][];
   readonly marks: Record<string, number>;
-  /** With --release: the codes of the Refresh LIFETIME 0 that ended A and B. */
-  readonly released?: { readonly A: number; readonly B: number };
   /** Results of the "ops" command by allocation and method. */
   readonly ops: Record<string, Record<string, OpResult>>;
   readonly opsAtMs?: number;
@@ -70,6 +70,8 @@ export interface StreamSummary {
   readonly foreignSources: Record<string, number>;
   /** Echoes whose framing did not match the stream (ChannelData expected on A, Data indication on B). */
   readonly wrongKind: number;
+  /** With --release: the codes of the Refresh (lifetime 0) of A and B. */
+  readonly released?: { readonly A: OpResult; readonly B: OpResult };
 }
 
 function emit(record: Record<string, unknown>): void {
@@ -87,7 +89,7 @@ async function op(fn: () => Promise<{ code: number }>): Promise<OpResult> {
 async function main(): Promise<void> {
   const flags = parseFlags(process.argv.slice(2));
   const needed = ['server', 'bind', 'peer', 'peer2', 'user', 'realm', 'duration-ms'];
-  if (!requireFlags(flags, needed, `usage: stream-client ${needed.map((n) => `--${n} X`).join(' ')} [--pps 50]`)) return;
+  if (!requireFlags(flags, needed, `usage: stream-client ${needed.map((n) => `--${n} X`).join(' ')} [--pps 50] [--release]`)) return;
   const server = parseEndpoint(flags.get('server')!);
   const bind = flags.get('bind')!;
   const peer = parseEndpoint(flags.get('peer')!);
@@ -228,8 +230,7 @@ async function main(): Promise<void> {
   }
   await new Promise((r) => setTimeout(r, DRAIN_MS));
   if (opsRunning) await opsRunning;
-  // --release: both allocations end with Refresh LIFETIME 0 (RFC 8656 §7.3) before the summary.
-  const released = flags.has('release') ? { A: (await op(() => a.refresh(0))).code, B: (await op(() => b.refresh(0))).code } : undefined;
+  const released = flags.has('release') ? { A: await op(() => a.refresh(0)), B: await op(() => b.refresh(0)) } : undefined;
 
   const packets: StreamSummary['packets'] = [];
   for (const [seq, s] of sentAt) {
@@ -249,7 +250,7 @@ async function main(): Promise<void> {
     got438,
     foreignSources,
     wrongKind,
-    released,
+    ...(released ? { released } : {}),
   };
   emit(summary as unknown as Record<string, unknown>);
   a.close();

@@ -11,6 +11,7 @@
 // Every link is its own /30: the router end is .1, the far end .2; the far
 // ends route everything via the router. The router routes the anycast /32 to
 // one node; a "BGP reroute" is `ip route replace` of that /32 in the router.
+// (test/bgp builds it without those routes: bird2 in the router learns them.)
 // Redis runs in the router namespace on an address of the router's loopback
 // (198.18.0.1/32), so it is reachable from every node over its default route
 // and stays reachable whichever node link a later test takes down.
@@ -291,6 +292,12 @@ export interface TopologyOptions {
    * checksum a veth left for later (CHECKSUM_PARTIAL) to user space (docs/dataplane.md).
    */
   readonly softwareChecksums?: boolean;
+  /**
+   * false: the router gets no static route for the anycast addresses; a BGP
+   * speaker in the router namespace installs them (test/bgp). reroute() and
+   * rerouteAddress() then refuse. Default true.
+   */
+  readonly staticAnycastRoutes?: boolean;
 }
 
 /** True for a dotted-quad IPv4 address inside 198.18.0.0/15. */
@@ -336,6 +343,7 @@ export class Topology {
   readonly extraAnycast: readonly string[];
   private readonly extraRoutes = new Map<string, NodeName>();
   private readonly softwareChecksums: boolean;
+  private readonly staticRoutes: boolean;
 
   private constructor(options: TopologyOptions) {
     this.prefix = `${NAME_PREFIX}${process.pid}-${++topologyCounter}-`;
@@ -347,6 +355,7 @@ export class Topology {
     }
     this.extraAnycast = extra;
     this.softwareChecksums = options.softwareChecksums === true;
+    this.staticRoutes = options.staticAnycastRoutes ?? true;
     const ns: Record<string, string> = {};
     for (const role of ['R', ...this.nodeNames, 'C', 'P']) ns[role] = `${this.prefix}${role.toLowerCase()}`;
     this.ns = ns;
@@ -444,6 +453,7 @@ export class Topology {
     if (this.softwareChecksums) {
       for (const role of ['C', 'P'] as const) await must('ip', ['netns', 'exec', this.nsOf(role), 'ethtool', '-K', 'eth0', 'tx', 'off']);
     }
+    if (!this.staticRoutes) return;
     await must('ip', ['-n', router, 'route', 'add', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress('N1')]);
     this.currentRoute = 'N1';
     for (const address of this.extraAnycast) {
@@ -455,6 +465,7 @@ export class Topology {
   /** The "BGP reroute": the router now sends anycast traffic to `node`. */
   async reroute(node: NodeName): Promise<void> {
     if (!this.nodeNames.includes(node)) throw new Error(`${node} is not in this topology`);
+    if (!this.staticRoutes) throw new Error('this topology routes the anycast addresses by BGP (staticAnycastRoutes: false)');
     await must('ip', ['-n', this.nsOf('R'), 'route', 'replace', `${ANYCAST_ADDRESS}/32`, 'via', Topology.nodeAddress(node)]);
     this.currentRoute = node;
   }
