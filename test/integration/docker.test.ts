@@ -196,10 +196,15 @@ describe('docker/', () => {
     assert.deepEqual([...targets].sort(), [...expected].sort());
   });
 
-  it('the Dockerfile: two stages, npm ci then --omit=dev, non-root, HEALTHCHECK in node, the ports EXPOSEd', () => {
+  it('the Dockerfile: build, dataplane and runtime stages, npm ci then --omit=dev, non-root, HEALTHCHECK in node, the ports EXPOSEd', () => {
     const ins = dockerfileInstructions();
     const froms = ins.filter((i) => i.op === 'FROM');
-    assert.equal(froms.length, 2, 'multi-stage');
+    // TypeScript, the kernel data plane (built from source, docs/dataplane.md), and the runtime image.
+    assert.deepEqual(
+      froms.map((f) => / AS (\S+)$/.exec(f.args)?.[1] ?? 'runtime'),
+      ['build', 'dataplane', 'runtime'],
+      'multi-stage',
+    );
     for (const f of froms) assert.match(f.args, /^node:20-bookworm-slim\b/);
     const runs = ins.filter((i) => i.op === 'RUN').map((i) => i.args);
     assert.ok(
@@ -224,6 +229,11 @@ describe('docker/', () => {
     assert.deepEqual(execForm(entrypoint.args), ['node', 'dist/src/cli.js']);
     // COPY --from=build puts dist/src where the entry point looks.
     assert.ok(ins.some((i) => i.op === 'COPY' && /--from=build \S*dist\/src \.\/dist\/src/.test(i.args)));
+    // The kernel data plane: built by the repository's own script, copied where KernelDataplane looks,
+    // and only its helper gets CAP_BPF and CAP_NET_ADMIN.
+    assert.ok(runs.some((r) => /sh native\/dataplane\/build\.sh/.test(r)), 'dataplane stage: npm run build:dataplane');
+    assert.ok(ins.some((i) => i.op === 'COPY' && /--from=dataplane \S*build\/dataplane \.\/build\/dataplane/.test(i.args)));
+    assert.ok(runs.some((r) => /setcap cap_bpf,cap_net_admin\+ep build\/dataplane\/anyturn-dataplane/.test(r)));
   });
 
   it("ENTRYPOINT + CMD with the image's ENV starts the server here, answers /healthz, passes HEALTHCHECK, exits 0 on SIGTERM", async (t) => {
