@@ -417,3 +417,13 @@ export async function pollReadyz(topo: Topology, node: NodeName, code: number, d
 export function dumpAll(topo: Topology): string {
   return topo.spawned.map((p) => p.dump()).join('\n');
 }
+
+/** Runs `body`; when it throws, prints every process's output in the topology first (the test's own failure stays as it is). */
+export async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (err) {
+    console.error(dumpAll(topo));
+    throw err;
+  }
+}

@@ -42,7 +42,7 @@ import {
   SERVER,
   USER,
   anycastRelayArgs,
-  dumpAll,
+  withDump,
   metrics,
   modeFigures,
   peerReport,
@@ -100,15 +100,6 @@ function endpointText(e: { address: string; port: number }): string {
 
 function report(_t: TestContext, label: string, value: unknown): void {
   console.log(`[anycast node-death] ${label}: ${JSON.stringify(value)}`);
-}
-
-async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
-  try {
-    return await body();
-  } catch (err) {
-    console.error(dumpAll(topo));
-    throw err;
-  }
 }
 
 interface StartedNode {

@@ -22,7 +22,7 @@ import assert from 'node:assert/strict';
 import { Topology, netnsUnavailableReason, type NodeName } from '../helpers/netns.js';
 import {
   allocateProbe,
-  dumpAll,
+  withDump,
   figures,
   metrics,
   type Figures,
@@ -75,15 +75,6 @@ async function waitReady(topo: Topology, nodes: readonly NodeName[]): Promise<vo
   for (const node of nodes) {
     const seen = await pollReadyz(topo, node, 200, 15_000);
     assert.equal(seen[seen.length - 1]?.code, 200, `${node} /readyz never 200: ${JSON.stringify(seen)}`);
-  }
-}
-
-async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
-  try {
-    return await body();
-  } catch (err) {
-    console.error(dumpAll(topo));
-    throw err;
   }
 }
 

@@ -48,6 +48,7 @@ import {
   startStreamClient,
   storedAllocations,
   streamSummary,
+  withDump,
   type Figures,
   type Redis,
 } from '../anycast/cluster.js';
@@ -121,15 +122,6 @@ async function setUp(t: { after(fn: () => Promise<void>): void }, relay: string 
       assert.equal(route.proto, 'bird', `the router's route for ${address} is not from BGP: ${route.line}`);
     }
     return { topo, redis, bgp, routes, nodes, prefixes };
-  } catch (err) {
-    console.error(dumpAll(topo));
-    throw err;
-  }
-}
-
-async function withDump<T>(topo: Topology, body: () => Promise<T>): Promise<T> {
-  try {
-    return await body();
   } catch (err) {
     console.error(dumpAll(topo));
     throw err;

@@ -13,7 +13,7 @@ import { kernelDataplaneUnavailableReason, WITHOUT_BPF_CAPABILITIES } from '../h
 import { Topology, jsonLines, netnsUnavailableReason } from '../helpers/netns.js';
 import { LOOPBACK_V4, parseLogLines, runToCompletion, ANYTURN_CLI_PATH, startAnyturn, startTurnutilsPeer, stopAfter } from '../helpers/anyturn-process.js';
 import { TestTurnClient } from '../helpers/turn-client.js';
-import { dumpAll, metrics, peerReport, startNode, startPeer, startStreamClient, streamSummary } from '../anycast/cluster.js';
+import { metrics, peerReport, startNode, startPeer, startStreamClient, streamSummary, withDump } from '../anycast/cluster.js';
 import { Stream } from '../anycast/wire.js';
 
 const skip = netnsUnavailableReason() ?? kernelDataplaneUnavailableReason();
@@ -39,7 +39,7 @@ describe('kernel data plane: the server in namespaces', { skip, timeout: 120_000
   });
 
   it('relays ChannelData in the kernel both ways, Send indications in JavaScript, and Refresh 0 takes the entries out', async () => {
-    try {
+    await withDump(topo, async () => {
       const node = await startNode(topo, 'N1', { cluster: false, dataplane: 'kernel' });
       const attached = jsonLines(node.stdout()).find((r) => r.msg === 'kernel data plane attached');
       assert.ok(attached, 'no "kernel data plane attached" log line');
@@ -69,9 +69,7 @@ describe('kernel data plane: the server in namespaces', { skip, timeout: 120_000
       assert.equal(value(m, RELAYED_TO_PEER) - value(m, TO_PEER), indication.length, 'JavaScript relayed the Send indications only');
       assert.equal(value(m, RELAYED_TO_CLIENT) - value(m, TO_CLIENT), indication.length, 'JavaScript relayed the Data indications only');
       assert.equal(value(m, KERNEL_CHANNELS), 0, 'Refresh 0 removed the channel entries');
-    } catch (err) {
-      throw new Error(`${(err as Error).message}\n${dumpAll(topo)}`);
-    }
+    });
   });
 });
 
