@@ -176,6 +176,21 @@ export function responseCode(node: EngineNode, clientPort: number, id: string): 
   return undefined;
 }
 
+/** Sends `node` a request signed with a fresh nonce from `nonce` and waits for its answer's code (200 for success). */
+export async function askEngine(
+  node: EngineNode,
+  nonce: string,
+  clientPort: number,
+  method: number,
+  realm: string,
+  decorate: (w: MessageWriter) => void = () => undefined,
+): Promise<number | undefined> {
+  const { buf, id } = signedRequest(method, realm, nonce, decorate);
+  node.engine.handleClientPacket(node.listener, buf, CLIENT, clientPort);
+  await until(() => responseCode(node, clientPort, id) !== undefined, `an answer to method ${method}`);
+  return responseCode(node, clientPort, id);
+}
+
 /** Polls `predicate` every 5 ms; the deadline only bounds how long a broken test hangs. */
 export async function until(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

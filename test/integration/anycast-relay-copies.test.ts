@@ -22,7 +22,7 @@ import { CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } fr
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { ManualClock } from '../../src/turn/clock.js';
 import { EngineCounters } from '../../src/turn/counters.js';
-import { ANYCAST, CLIENT, type EngineNode, PEER, PORT, responseCode as answer, signedRequest, startEngineNode, until } from '../helpers/engine-node.js';
+import { ANYCAST, CLIENT, type EngineNode, PEER, PORT, askEngine, startEngineNode, until } from '../helpers/engine-node.js';
 
 const RELAY = '198.18.100.2';
 const REALM = 'anycast-copies.test';
@@ -95,10 +95,7 @@ class Cluster {
   }
 
   async ask(node: Node, clientPort: number, method: number, decorate: (w: MessageWriter) => void = () => undefined): Promise<number | undefined> {
-    const { buf, id } = signedRequest(method, REALM, this.nonces.issue(CLIENT, this.clock.now()), decorate);
-    node.engine.handleClientPacket(node.listener, buf, CLIENT, clientPort);
-    await until(() => answer(node, clientPort, id) !== undefined, `an answer to method ${method}`);
-    return answer(node, clientPort, id);
+    return askEngine(node, this.nonces.issue(CLIENT, this.clock.now()), clientPort, method, REALM, decorate);
   }
 
   /** A: the allocation's maker; B: a node holding a copy (taken on from A's created event). */

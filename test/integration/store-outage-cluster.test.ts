@@ -22,19 +22,7 @@ import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { ManualClock } from '../../src/turn/clock.js';
 import { EngineCounters } from '../../src/turn/counters.js';
 import type { EngineOptions } from '../../src/turn/options.js';
-import {
-  ANYCAST,
-  CLIENT,
-  type EngineNode,
-  type MeshNode,
-  PEER,
-  PORT,
-  responseCode,
-  signedRequest,
-  startEngineNode,
-  startMeshNode,
-  until,
-} from '../helpers/engine-node.js';
+import { ANYCAST, CLIENT, type EngineNode, type MeshNode, PEER, PORT, askEngine, startEngineNode, startMeshNode, until } from '../helpers/engine-node.js';
 
 const REALM = 'store-outage.test';
 const SECRET = Buffer.from('a cluster secret of enough bytes');
@@ -102,10 +90,7 @@ class Cluster {
   }
 
   async ask(node: EngineNode, clientPort: number, method: number, decorate: (w: MessageWriter) => void = () => undefined): Promise<number | undefined> {
-    const { buf, id } = signedRequest(method, REALM, this.nonces.issue(CLIENT, this.clock.now()), decorate);
-    node.engine.handleClientPacket(node.listener, buf, CLIENT, clientPort);
-    await until(() => responseCode(node, clientPort, id) !== undefined, `an answer to method ${method}`);
-    return responseCode(node, clientPort, id);
+    return askEngine(node, this.nonces.issue(CLIENT, this.clock.now()), clientPort, method, REALM, decorate);
   }
 
   allocate(node: EngineNode, clientPort: number): Promise<number | undefined> {
