@@ -140,6 +140,7 @@ describe('kernel data plane: coturn uclient and werift relay through the kernel'
     const peer = topo.spawnIn('P', 'turnutils_peer', ['-L', Topology.peerAddress, '-p', String(UCLIENT_PEER_PORT)], { name: 'turnutils_peer' });
     await udpListening(topo, 'P', Topology.peerAddress, UCLIENT_PEER_PORT, peer);
     const { now: base } = await relayedSince(topo, undefined);
+    const checksumErrorsBefore = (await udpCounters(topo, 'C')).InCsumErrors! + (await udpCounters(topo, 'P')).InCsumErrors!;
 
     const [user, password] = USER.split(':') as [string, string];
     const args = [
@@ -182,6 +183,10 @@ describe('kernel data plane: coturn uclient and werift relay through the kernel'
     t.diagnostic(`relayed: ${JSON.stringify(delta)}`);
     const context = `${JSON.stringify(delta)}\n${dumpAll(topo)}`;
     const lookalikes = checksumLookalikes(delta, context);
+    // The relayed datagrams carry valid checksums (docs/dataplane.md §3): C's and P's stacks
+    // verify them in software and count the bad ones.
+    const checksumErrors = (await udpCounters(topo, 'C')).InCsumErrors! + (await udpCounters(topo, 'P')).InCsumErrors! - checksumErrorsBefore;
+    assert.equal(checksumErrors, 0, `no UDP checksum errors in C or P\n${context}`);
     assert.equal(delta.kernelToPeer + delta.jsToPeer, messages, `every ChannelData relayed to the peer once (client_to_peer)\n${context}`);
     assert.equal(delta.kernelToClient + delta.jsToClient, messages, `every echo relayed to the client once (peer_to_client)\n${context}`);
     assert.equal(
