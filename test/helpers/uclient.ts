@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 
-import { LOOPBACK_V4, runToCompletion, type CleanupRegistrar, type RunResult, type RunningTurnServer } from './anyturn-process.js';
+import { LOOPBACK_V4, runToCompletion, type CleanupRegistrar, type RunResult } from './anyturn-process.js';
 
 export interface UclientStats {
   readonly sentMessages: number;
@@ -33,8 +33,13 @@ export function parseUclientStats(output: string): UclientStats | undefined {
   };
 }
 
+/** What describeRun needs of the server: its output (a RunningTurnServer, or a server in a namespace). */
+export interface ServerOutput {
+  readonly process: { outputTail(): string };
+}
+
 /** The command, its exit and output tails, and the server's output: context for an assertion message. */
-export function describeRun(command: string, args: readonly string[], result: RunResult, server: RunningTurnServer): string {
+export function describeRun(command: string, args: readonly string[], result: RunResult, server: ServerOutput): string {
   const tail = (s: string): string => (s.length > 3000 ? `...${s.slice(-3000)}` : s);
   return [
     `$ ${command} ${args.join(' ')}`,
@@ -86,20 +91,39 @@ export function uclientChannelCollision(output: string): string | undefined {
  * returned exactly as on any other: nothing was relayed in the one that collided, and two
  * collisions in a row (about 1 in 700,000 for 20 sessions) still fail.
  */
-export async function runUclient(args: readonly string[], deadlineMs: number, t: CleanupRegistrar & { diagnostic(message: string): void }): Promise<RunResult> {
-  const first = await runToCompletion('turnutils_uclient', args, deadlineMs, t);
+export async function runUclient(
+  args: readonly string[],
+  deadlineMs: number,
+  t: CleanupRegistrar & { diagnostic(message: string): void },
+  options: UclientRunOptions = {},
+): Promise<RunResult> {
+  const [command = 'turnutils_uclient', ...prefix] = [...(options.runUnder ?? []), 'turnutils_uclient'];
+  const first = await runToCompletion(command, [...prefix, ...args], deadlineMs, t);
   const collision = first.timedOut ? undefined : uclientChannelCollision(first.stdout + first.stderr);
   if (collision === undefined) return first;
   t.diagnostic(`${collision}; running uclient once more`);
-  return runToCompletion('turnutils_uclient', args, deadlineMs, t);
+  return runToCompletion(command, [...prefix, ...args], deadlineMs, t);
+}
+
+export interface UclientRunOptions {
+  /** A command that execs uclient, e.g. ['ip', 'netns', 'exec', ns] (it must exec, so the process group is uclient's). */
+  readonly runUnder?: readonly string[];
 }
 
 /**
  * uclient's load: `clients` sessions (-m) each sending `messages` (-n) of `bytes` (-l)
- * every `intervalMs` (-z) from 127.0.0.1 (-L) to host:port, without its second RTCP
- * allocation (-c). These are the last arguments: the server address ends the list.
+ * every `intervalMs` (-z) from `localAddress` (-L, default 127.0.0.1) to host:port, without
+ * its second RTCP allocation (-c). These are the last arguments: the server address ends the list.
  */
-export function uclientLoadArgs(o: { clients: number; messages: number; bytes: number; intervalMs: number; port: number; host: string }): string[] {
+export function uclientLoadArgs(o: {
+  clients: number;
+  messages: number;
+  bytes: number;
+  intervalMs: number;
+  port: number;
+  host: string;
+  localAddress?: string;
+}): string[] {
   return [
     '-c',
     '-m',
@@ -111,7 +135,7 @@ export function uclientLoadArgs(o: { clients: number; messages: number; bytes: n
     '-z',
     String(o.intervalMs),
     '-L',
-    LOOPBACK_V4,
+    o.localAddress ?? LOOPBACK_V4,
     '-p',
     String(o.port),
     o.host,
@@ -119,7 +143,7 @@ export function uclientLoadArgs(o: { clients: number; messages: number; bytes: n
 }
 
 /** uclient finished on its own, exited 0, and each of the `expected` messages was sent and came back. */
-export function assertEveryMessageBack(args: readonly string[], result: RunResult, server: RunningTurnServer, expected: number): void {
+export function assertEveryMessageBack(args: readonly string[], result: RunResult, server: ServerOutput, expected: number): void {
   const context = describeRun('turnutils_uclient', args, result, server);
   assert.equal(result.timedOut, false, `uclient did not finish\n${context}`);
   assert.equal(result.code, 0, `uclient failed\n${context}`);
