@@ -110,6 +110,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     drain: lifecycle.drainSwitch,
     dataplane,
     usernameLabels: config.prometheusUsernameLabels,
+    tlsCertificate: config.tls?.cert,
   });
   const closeAll = async (): Promise<void> => {
     await lifecycle.closeOps();

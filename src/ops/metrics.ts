@@ -7,6 +7,7 @@ import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.j
 import type { DataplaneStatus } from '../dataplane/open.js';
 import { dataplaneMetrics } from './dataplane-metrics.js';
 import type { DrainSwitch } from './drain.js';
+import { tlsCertificateMetrics } from './tls-metrics.js';
 import { type Labelled, totalCounter } from './total-counter.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
@@ -27,6 +28,8 @@ export interface MetricsSources {
   readonly dataplane?: DataplaneStatus;
   /** anyturn_user_allocations{user}: one series per username, so only when asked (--prometheus-username-labels). */
   readonly usernameLabels?: boolean;
+  /** The PEM chain of --cert, when TURN over TLS is on: anyturn_tls_certificate_expiry_seconds. */
+  readonly tlsCertificate?: Buffer;
 }
 
 /** Request handling time, receipt to response: sub-millisecond normally; a slow store shows in the tail. */
@@ -46,6 +49,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
   if (sources.dataplane) dataplaneMetrics(registry, sources.dataplane);
+  if (sources.tlsCertificate) tlsCertificateMetrics(registry, sources.tlsCertificate);
   return registry;
 }
 

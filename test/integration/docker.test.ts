@@ -107,7 +107,7 @@ function environment(service: Dict, vars: Record<string, string>): Record<string
 const SECRETS = { ANYTURN_CLUSTER_SECRET: 'x'.repeat(32), TURN_SECRET: 'y'.repeat(32), ANYTURN_ADMIN_TOKEN: 'z'.repeat(32) };
 
 describe('docker/', () => {
-  it('compose.yml and prometheus.yml parse; compose builds docker/Dockerfile from the repository root and mounts files that exist', () => {
+  it('compose.yml and prometheus/prometheus.yml parse; compose builds docker/Dockerfile from the repository root and mounts files that exist', () => {
     const services = composeServices();
     const pops = anyturnServices(services);
     assert.equal(pops.length, 2, 'two anyturn PoPs');
@@ -130,13 +130,16 @@ describe('docker/', () => {
         }
       }
     }
-    const promVolumes = (dict(services.prometheus, 'prometheus').volumes as unknown[]).map(String);
-    assert.ok(
-      promVolumes.some((v) => v.startsWith('./prometheus.yml:') && v.includes('/etc/prometheus/prometheus.yml')),
-      'prometheus.yml is mounted as the config',
-    );
+    // docker/prometheus/ is mounted whole: the scrape config and the rule files it names beside it.
+    const prometheus = dict(services.prometheus, 'prometheus');
+    const promVolumes = (prometheus.volumes as unknown[]).map(String);
+    const mount = promVolumes.map((v) => v.split(':')).find(([host]) => host === './prometheus');
+    assert.ok(mount?.[1], 'docker/prometheus/ is mounted');
+    const configFlag = (prometheus.command as unknown[]).map(String).find((a) => a.startsWith('--config.file='));
+    assert.equal(configFlag, `--config.file=${mount[1]}/prometheus.yml`, 'the mounted prometheus.yml is the config');
     assert.ok(mounts >= 1);
-    loadYaml(resolve(DOCKER, 'prometheus.yml'));
+    const promConfig = loadYaml(resolve(DOCKER, 'prometheus', 'prometheus.yml'));
+    for (const f of promConfig.rule_files as string[]) assert.ok(existsSync(resolve(DOCKER, 'prometheus', f)), `rule file ${f} exists beside prometheus.yml`);
     assert.ok(existsSync(resolve(ROOT, '.dockerignore')));
     const ignored = readFileSync(resolve(ROOT, '.dockerignore'), 'utf8')
       .split('\n')
@@ -184,7 +187,7 @@ describe('docker/', () => {
       const env = { ...dockerfileEnv(), ...environment(s, SECRETS) };
       return `${env.ANYTURN_METRICS_IP ?? '127.0.0.1'}:${env.ANYTURN_METRICS_PORT}`;
     });
-    const prom = loadYaml(resolve(DOCKER, 'prometheus.yml'));
+    const prom = loadYaml(resolve(DOCKER, 'prometheus', 'prometheus.yml'));
     const jobs = prom.scrape_configs as unknown[];
     assert.ok(Array.isArray(jobs));
     const targets: string[] = [];
