@@ -59,7 +59,7 @@ export class RateBucket {
   has(bytes: number, nowMs: number): boolean {
     if (nowMs > this.lastMs) {
       const tokens = this.tokens + (nowMs - this.lastMs) * this.perMs;
-      this.tokens = tokens < this.capacity ? tokens : this.capacity;
+      this.tokens = Math.min(tokens, this.capacity);
       this.lastMs = nowMs;
     }
     return this.tokens >= bytes;
@@ -142,7 +142,7 @@ export const NO_BANDWIDTH_LIMITS: BandwidthOptions = { maxBps: 0, userMaxBps: 0,
 export function userShare(limit: number, mine: number, others: number, otherNodes: number): number {
   const share = mine + others <= limit ? limit - others : (limit * mine) / (mine + others);
   const floor = limit / (otherNodes + 1);
-  return share > floor ? share : floor;
+  return Math.max(share, floor);
 }
 
 export class BandwidthLimits {
@@ -235,7 +235,10 @@ export class BandwidthLimits {
       const down = (user.down.offered * 1000) / elapsedMs;
       user.up.offered = 0;
       user.down.offered = 0;
-      if (up === 0 && down === 0 && !user.reported) continue;
+      // Quiet here, said so, and holding the whole limit: nothing to tell or learn. A quiet user
+      // with a smaller share keeps asking, or a flow starting here later would get a stale share.
+      const limit = this.o.userMaxBps;
+      if (up === 0 && down === 0 && !user.reported && user.up.rate === limit && user.down.rate === limit) continue;
       user.reported = up > 0 || down > 0;
       reports.push({ username: user.username, up, down });
     }
