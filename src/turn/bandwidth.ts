@@ -16,8 +16,9 @@
 // reported. It then sets its local bucket for that user to a share of the limit:
 // - everyone together under the limit: the limit less what the others use (nobody drops);
 // - over it: the limit split in proportion to demand (fair, and the shares add up to it);
-// - never less than the limit over the number of nodes with traffic for that user, so a
-//   flow that starts here is not starved until its first report.
+// - quiet here: what the others leave, but never less than the limit over the number of
+//   nodes with traffic for that user, so a flow that starts here is not starved until its
+//   first report.
 // Shares lag demand by one exchange: the cluster holds the limit to within one exchange
 // period of traffic. Without an answer from the store for EXCHANGE_STALE_EXCHANGES periods
 // the node falls back to the whole limit for each user (fail open, docs/architecture.md §5).
@@ -140,9 +141,9 @@ export const NO_BANDWIDTH_LIMITS: BandwidthOptions = { maxBps: 0, userMaxBps: 0,
 
 /** The share of `limit` this node takes, from its own demand and the others' (see the file comment). */
 export function userShare(limit: number, mine: number, others: number, otherNodes: number): number {
-  const share = mine + others <= limit ? limit - others : (limit * mine) / (mine + others);
-  const floor = limit / (otherNodes + 1);
-  return Math.max(share, floor);
+  // Quiet here: what the others leave, but at least an even split, for a flow that starts.
+  if (mine === 0) return Math.max(limit - others, limit / (otherNodes + 1));
+  return mine + others <= limit ? limit - others : (limit * mine) / (mine + others);
 }
 
 export class BandwidthLimits {

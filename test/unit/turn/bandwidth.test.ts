@@ -11,20 +11,17 @@ describe('userShare', () => {
   });
   it('everyone together under the limit: the limit less what the others use', () => {
     assert.equal(userShare(10_000, 2000, 3000, 1), 7000);
-    // ...but never under the floor (the limit over the nodes with traffic).
-    assert.equal(userShare(10_000, 2000, 6000, 1), 5000);
+    assert.equal(userShare(10_000, 2000, 6000, 1), 4000);
   });
   it('over it: in proportion to demand, the shares adding up to the limit', () => {
-    const a = userShare(10_000, 30_000, 10_000, 1);
-    const b = userShare(10_000, 10_000, 30_000, 1);
-    assert.equal(a, 7500);
-    // B's proportional 2500 is under its floor of 10,000 / 2.
-    assert.equal(b, 5000);
+    assert.equal(userShare(10_000, 30_000, 10_000, 1), 7500);
+    assert.equal(userShare(10_000, 10_000, 30_000, 1), 2500);
     assert.equal(userShare(10_000, 10_000, 30_000, 3), 2500);
   });
-  it('never under the limit over the nodes with traffic, so a new flow is not starved', () => {
+  it('quiet here: what the others leave, never under the limit over the nodes with traffic, so a new flow is not starved', () => {
     assert.equal(userShare(10_000, 0, 20_000, 1), 5000);
     assert.equal(userShare(10_000, 0, 20_000, 3), 2500);
+    assert.equal(userShare(10_000, 0, 3000, 1), 7000);
   });
 });
 
