@@ -54,6 +54,7 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     deniedPeerIps: read(raw, 'denied-peer-ip'),
     userQuota: read(raw, 'user-quota'),
     totalQuota: read(raw, 'total-quota'),
+    bandwidth: { maxBps: bandwidthLimit(raw, 'max-bps'), userMaxBps: bandwidthLimit(raw, 'user-max-bps'), bpsCapacity: bandwidthLimit(raw, 'bps-capacity') },
     allocationLimits: {
       permissionsPerAllocation: read(raw, 'max-permissions-per-allocation'),
       channelsPerAllocation: read(raw, 'max-channels-per-allocation'),
@@ -173,4 +174,12 @@ function workers(raw: RawOptions, minPort: number, maxPort: number, cluster: Clu
   if (cluster && cluster.meshPort !== 0 && cluster.meshPort + n - 1 > 65535)
     throw new ConfigError('workers', n, `a count that leaves --mesh-address port ${cluster.meshPort} + one port per worker under 65536`);
   return n;
+}
+
+/** A bandwidth limit: 0 (none) or enough for a full-size datagram, since a token bucket holds one second of it (turn/bandwidth.ts). */
+function bandwidthLimit(raw: RawOptions, flag: 'max-bps' | 'user-max-bps' | 'bps-capacity'): number {
+  const value = read(raw, flag);
+  if (value > 0 && value < 1500)
+    throw new ConfigError(flag, value, '0 (no limit), or at least 1500 bytes per second (below it no full-size datagram ever passes)');
+  return value;
 }

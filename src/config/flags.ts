@@ -161,6 +161,28 @@ export const FLAGS = {
   'denied-peer-ip': { group: PEERS, kind: ranges, describe: 'Extra peer range to refuse with 403 (repeatable)' },
   'user-quota': { group: PEERS, kind: int(0, 1_000_000_000), default: 0, describe: 'Allocations per username (0 = unlimited); more get 486' },
   'total-quota': { group: PEERS, kind: int(0, 1_000_000_000), default: 0, describe: 'Allocations on this node (0 = unlimited); more get 508' },
+  // Bytes per second as coturn's --max-bps and --bps-capacity: each direction (client to peer,
+  // peer to client) separately. turn/bandwidth.ts; build.ts refuses 1-1499 (no datagram would pass).
+  'max-bps': {
+    group: PEERS,
+    kind: int(0, 1_000_000_000_000),
+    default: 0,
+    describe:
+      'Bytes per second one allocation may relay in each direction (0 = unlimited); more is dropped (anyturn_dropped_packets_total{reason="bandwidth"}), the allocation stays. Limited allocations stay off the kernel data plane',
+  },
+  'user-max-bps': {
+    group: PEERS,
+    kind: int(0, 1_000_000_000_000),
+    default: 0,
+    describe:
+      'Bytes per second one username may relay in each direction over all its allocations, across the cluster through the store (usage exchanged every second); 0 = unlimited',
+  },
+  'bps-capacity': {
+    group: PEERS,
+    kind: int(0, 1_000_000_000_000),
+    default: 0,
+    describe: 'Bytes per second this node relays in each direction, all allocations together (0 = unlimited; split between --workers); more is dropped',
+  },
   'max-allocate-lifetime': { group: PEERS, kind: int(600, 86400), default: 3600, describe: 'Longest allocation lifetime granted, in seconds' },
   'max-permissions-per-allocation': {
     group: PEERS,

@@ -34,6 +34,8 @@ export interface ServerConfig {
   readonly deniedPeerIps: readonly string[];
   readonly userQuota: number;
   readonly totalQuota: number;
+  /** Bandwidth limits in bytes per second per direction (--max-bps, --user-max-bps, --bps-capacity; 0: none). The shape of turn/bandwidth.ts's BandwidthOptions. */
+  readonly bandwidth: { readonly maxBps: number; readonly userMaxBps: number; readonly bpsCapacity: number };
   /** Per-allocation and per-request caps (--max-permissions-per-allocation and friends). */
   readonly allocationLimits: AllocationLimits;
   readonly logLevel: LogLevel;

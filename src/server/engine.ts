@@ -50,6 +50,7 @@ export function createEngine(config: ServerConfig, parts: EngineParts): TurnEngi
     maxLifetimeSeconds: config.maxAllocateLifetimeSeconds,
     userQuota: config.userQuota,
     totalQuota: config.totalQuota,
+    bandwidth: config.bandwidth,
     limits: config.allocationLimits,
     software: config.software,
     foreign: parts.foreign,

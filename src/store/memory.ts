@@ -14,6 +14,8 @@ import type {
   StoreEvent,
   StoreEventListener,
   UpdateOutcome,
+  UsageReport,
+  UsageTotals,
 } from './types.js';
 
 export interface MemoryStoreOptions {
@@ -42,6 +44,8 @@ export class MemoryAllocationStore implements AllocationStore {
   private readonly userCounts = new Map<string, number>();
   private readonly reservations = new Map<string, { port: ReservedPort; expiresAtMs: number }>();
   private readonly listeners = new Set<StoreEventListener>();
+  /** username -> node id -> its last bandwidth report and when it goes stale (exchangeUsage). */
+  private readonly usage = new Map<string, Map<string, { up: number; down: number; untilMs: number }>>();
   private readonly now: () => number;
   private closed = false;
 
@@ -174,6 +178,26 @@ export class MemoryAllocationStore implements AllocationStore {
   subscribe(listener: StoreEventListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  async exchangeUsage(nodeId: string, reports: readonly UsageReport[], nowMs: number, ttlMs: number): Promise<UsageTotals[]> {
+    this.checkOpen();
+    return reports.map((report) => {
+      let byNode = this.usage.get(report.username);
+      if (!byNode) this.usage.set(report.username, (byNode = new Map()));
+      byNode.set(nodeId, { up: report.up, down: report.down, untilMs: nowMs + ttlMs });
+      const totals = { up: 0, down: 0, upNodes: 0, downNodes: 0 };
+      for (const [id, entry] of byNode) {
+        if (entry.untilMs <= nowMs) byNode.delete(id);
+        else if (id !== nodeId) {
+          totals.up += entry.up;
+          totals.down += entry.down;
+          if (entry.up > 0) totals.upNodes++;
+          if (entry.down > 0) totals.downNodes++;
+        }
+      }
+      return totals;
+    });
   }
 
   async close(): Promise<void> {

@@ -96,7 +96,30 @@ export interface AllocationStore {
   subscribe(listener: StoreEventListener): () => void;
   /** How healthy the event feed is, for stores whose feed can silently die (Redis pub/sub). */
   eventStats?(): StoreEventStats;
+  /**
+   * The per-user bandwidth limit across the cluster (turn/bandwidth.ts): stores this node's
+   * demand for each user (kept for ttlMs) and answers, in the same order, the sum of the
+   * other nodes' fresh demands. One store operation per user. Absent: the limit is per node.
+   */
+  exchangeUsage?(nodeId: string, reports: readonly UsageReport[], nowMs: number, ttlMs: number): Promise<UsageTotals[]>;
   close(): Promise<void>;
+}
+
+/** One node's demand for one user's bandwidth: bytes per second offered in each direction over the last exchange period. */
+export interface UsageReport {
+  readonly username: string;
+  /** Client to peer. */
+  readonly up: number;
+  /** Peer to client. */
+  readonly down: number;
+}
+
+/** What the other nodes reported for a user: their summed demand and how many have some, per direction. */
+export interface UsageTotals {
+  readonly up: number;
+  readonly down: number;
+  readonly upNodes: number;
+  readonly downNodes: number;
 }
 
 /** The text form of a client 5-tuple, used as the store key (not on the packet path). */

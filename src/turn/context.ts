@@ -4,6 +4,7 @@
 
 import type { Authenticator } from './auth/authenticate.js';
 import type { AllocationTable } from './allocation/table.js';
+import type { BandwidthLimits } from './bandwidth.js';
 import type { WriteThrough } from './allocation/write-through.js';
 import type { DropReason } from './counters.js';
 import type { AllocationLimits } from './limits.js';
@@ -24,6 +25,8 @@ export interface TurnContext {
   readonly refusals: CapacityRefusals;
   /** Peer -> client: where a relay socket's packets go. */
   readonly peerData: PeerData;
+  /** Bandwidth limits: the gates the table gives allocations, and the per-user exchange. */
+  readonly bandwidth: BandwidthLimits;
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   readonly packetClock: () => number;
   /** True once stop() began: nothing new lands. */

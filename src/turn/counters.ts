@@ -24,6 +24,8 @@ export const DROP_REASONS = [
   'too_large',
   /** A Send indication or ChannelData to a service port of a server or cluster address (turn/peer-policy.ts). */
   'peer_service_port',
+  /** Relayed data over a bandwidth limit (--max-bps, --user-max-bps, --bps-capacity; turn/bandwidth.ts). */
+  'bandwidth',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 

@@ -17,6 +17,7 @@ import { Replication } from './allocation/replication.js';
 import { AllocationTable, type EngineListener } from './allocation/table.js';
 import { WriteThrough } from './allocation/write-through.js';
 import { type Authenticated, Authenticator } from './auth/authenticate.js';
+import { BandwidthLimits, NO_BANDWIDTH_LIMITS } from './bandwidth.js';
 import type { TurnContext } from './context.js';
 import type { DropReason } from './counters.js';
 import { TurnError } from './errors.js';
@@ -35,7 +36,7 @@ import { RelayAllocator } from './relay/relay-allocator.js';
 import { Replies } from './reply.js';
 
 export class TurnEngine implements ClientPacketSink, EngineStats {
-  private readonly table = new AllocationTable();
+  private readonly table: AllocationTable;
   private readonly ctx: TurnContext;
   private readonly clientData: ClientData;
   private readonly replication: Replication;
@@ -49,7 +50,11 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       o.counters.drops[reason]++;
     };
     const replies = new Replies(o.counters, o.software);
-    const table = this.table;
+    const bandwidth = new BandwidthLimits(o.bandwidth ?? NO_BANDWIDTH_LIMITS, o.store, o.nodeId, () => {
+      o.counters.storeErrors++;
+    });
+    const table = new AllocationTable(bandwidth);
+    this.table = table;
     const engine = this;
     this.ctx = {
       o,
@@ -61,6 +66,7 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       relays: new RelayAllocator(o, (username) => table.userCount(username)),
       refusals: new CapacityRefusals(o, () => table.size),
       peerData: new PeerData(o.counters, packetClock, drop),
+      bandwidth,
       packetClock,
       get stopped() {
         return engine.stopped;
@@ -212,6 +218,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
     }
     this.ctx.relays.expire(now);
     writer.offload.syncAllIfPolicyChanged(this.table.all(), now);
+    // Not awaited: a slow store must not hold up expiry (turn/bandwidth.ts keeps one exchange in flight).
+    void this.ctx.bandwidth.exchange(now);
     await Promise.all(work);
   }
 

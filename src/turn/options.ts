@@ -8,6 +8,7 @@ import type { CredentialStore } from './auth/credentials.js';
 import type { NonceIssuer } from './auth/nonce.js';
 import type { SourceRateLimitOptions } from './auth/rate-limit.js';
 import type { EngineCounters } from './counters.js';
+import type { BandwidthOptions } from './bandwidth.js';
 import type { AllocationLimits } from './limits.js';
 import type { PeerPolicy } from './peer-policy.js';
 import type { ChannelOffload, EngineLogger, ForeignPacketHandler } from './ports.js';
@@ -51,4 +52,6 @@ export interface EngineOptions extends RelayPortOptions {
    * (allocation/offload.ts). Absent: every packet takes the JavaScript path.
    */
   readonly offload?: ChannelOffload;
+  /** Bandwidth limits (turn/bandwidth.ts): per allocation, per user across the cluster, per node. Absent: none. */
+  readonly bandwidth?: BandwidthOptions;
 }

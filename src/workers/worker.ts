@@ -20,7 +20,7 @@ function send(message: FromWorker, done?: () => void): boolean {
   return process.send!(message, undefined, undefined, done);
 }
 
-/** The config a worker runs with: its port slice, its share of --total-quota, its own node id and mesh port. */
+/** The config a worker runs with: its port slice, its share of --total-quota and --bps-capacity, its own node id and mesh port. */
 export function workerConfig(config: ServerConfig, init: Extract<ToWorker, { type: 'init' }>): ServerConfig {
   const slice = portSlice(config.minPort, config.maxPort, init.index, init.count);
   const cluster = config.cluster ? { ...config.cluster, meshPort: config.cluster.meshPort === 0 ? 0 : config.cluster.meshPort + init.index } : undefined;
@@ -31,6 +31,7 @@ export function workerConfig(config: ServerConfig, init: Extract<ToWorker, { typ
     listeningPort: init.listeningPort,
     nonceSecret: Buffer.from(init.nonceSecret, 'hex'),
     totalQuota: config.totalQuota === 0 ? 0 : Math.ceil(config.totalQuota / init.count),
+    bandwidth: { ...config.bandwidth, bpsCapacity: Math.ceil(config.bandwidth.bpsCapacity / init.count) },
     metricsPort: 0,
     drainExit: false,
     cluster,

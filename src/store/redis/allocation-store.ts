@@ -24,6 +24,8 @@ import type {
   ReservedPort,
   StoreEventListener,
   UpdateOutcome,
+  UsageReport,
+  UsageTotals,
 } from '../types.js';
 import type { RedisClient, RedisConnection } from './connection.js';
 import { createAllocation } from './create-allocation.js';
@@ -35,6 +37,7 @@ import { reservePort, takeReservation } from './port-reservations.js';
 import { canonical, checkTime, decodeStoredRecord, hasAdditionalRelay, identityOf } from './records.js';
 import { DELETE_ALLOC, RELEASE_IF_HELD, TOUCH_IF_HELD, UPDATE_ALLOC, USER_TOUCH } from './scripts.js';
 import type { StoreContext } from './store-context.js';
+import { exchangeUsage } from './usage.js';
 
 const DEFAULT_GRACE_MS = 60_000;
 const DEFAULT_EVENT_HEARTBEAT_MS = 1_000;
@@ -280,6 +283,11 @@ export class RedisAllocationStore implements AllocationStore {
   async countUserAllocations(username: string): Promise<number> {
     this.checkOpen();
     return await this.client.zcount(this.keys.user(username), `(${this.now()}`, '+inf');
+  }
+
+  async exchangeUsage(nodeId: string, reports: readonly UsageReport[], nowMs: number, ttlMs: number): Promise<UsageTotals[]> {
+    this.checkOpen();
+    return await exchangeUsage(this.client, this.keys, nodeId, reports, nowMs, ttlMs);
   }
 
   async reservePort(token: string, port: ReservedPort, ttlMs: number): Promise<boolean> {

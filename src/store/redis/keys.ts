@@ -11,6 +11,8 @@
 //                                      relayed port, or "resv|<token tag>"
 //   <p>user:{<sha256(username)>} zset   5-tuple keys of the user's allocations, scored
 //                                      by their backstop deadline (ms)
+//   <p>bw:{<sha256(username)>}   hash    node id -> "up down untilMs": the user's bandwidth
+//                                      demand on each node (usage.ts, --user-max-bps)
 //   <p>resv:{<token tag>}        string  JSON {relayedAddress, relayedPort} (EVEN-PORT R)
 //   <p>node:{<node id tag>}      string  JSON NodeInfo, PX = heartbeat ttl
 //   <p>nodes:{all}               zset    node ids, scored by their heartbeat's deadline
@@ -70,6 +72,10 @@ export class KeySpace {
   }
   user(username: string): string {
     return `${this.prefix}user:{${sha256Hex(username)}}`;
+  }
+  /** The user's bandwidth demand per node (usage.ts). */
+  bandwidth(username: string): string {
+    return `${this.prefix}bw:{${sha256Hex(username)}}`;
   }
   tokenTag(token: string): string {
     return tag(token, SAFE_TOKEN);

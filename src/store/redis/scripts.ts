@@ -121,3 +121,30 @@ export const TAKE = new LuaScript(`
 local v = redis.call('GET', KEYS[1])
 if v then redis.call('DEL', KEYS[1]) end
 return v`);
+
+/**
+ * The per-user bandwidth exchange (usage.ts). ARGV: node id, up, down (bytes/s), now ms,
+ * until ms (this report's staleness), ttlMs of the hash. Returns the other nodes' fresh
+ * sums {up, down} as strings (Lua numbers would be truncated to integers) and how many
+ * of them report traffic in each direction.
+ */
+export const USAGE_EXCHANGE = new LuaScript(`
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local now = tonumber(ARGV[4])
+local all = redis.call('HGETALL', KEYS[1])
+local up, down, upNodes, downNodes = 0, 0, 0, 0
+for i = 1, #all, 2 do
+  local u, d, t = string.match(all[i + 1], '^(%S+) (%S+) (%S+)$')
+  if not t or not tonumber(t) or tonumber(t) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[1] then
+    u = tonumber(u) or 0
+    d = tonumber(d) or 0
+    up = up + u
+    down = down + d
+    if u > 0 then upNodes = upNodes + 1 end
+    if d > 0 then downNodes = downNodes + 1 end
+  end
+end
+return {tostring(up), tostring(down), upNodes, downNodes}`);

@@ -6,6 +6,7 @@ import { parseIPv4, parseIPv6 } from '../../net/ip.js';
 import { isValidChannelNumber } from '../../stun/channel-data.js';
 import { CHANNEL_MIN } from '../../stun/constants.js';
 import type { AllocationRecord } from '../../store/types.js';
+import type { BandwidthGate } from '../bandwidth.js';
 import type { ClientPath, RelayFamily, RelaySocket } from '../ports.js';
 
 /** RFC 8656 §9: a permission lasts 300 s. */
@@ -112,6 +113,8 @@ export class Allocation {
   /** Lived through a store outage: its deletion checks that the record is still its own. */
   throughOutage = false;
   deleted = false;
+  /** Its bandwidth limits (turn/bandwidth.ts), set by AllocationTable.add when any is configured. */
+  bandwidth: BandwidthGate | undefined = undefined;
   persisting: Promise<void> = Promise.resolve();
 
   readonly permissionsByAddress = new Map<string, Permission>();

@@ -8,7 +8,9 @@
 // own addresses (peer-policy.ts): never a service port, and two allocations of one server
 // talking to each other (two browsers on one TURN service) stay on the JavaScript path,
 // which delivers locally, where the kernel path would send the datagram out of the
-// interface to come back.
+// interface to come back. An allocation under a bandwidth limit (it has a gate,
+// turn/bandwidth.ts) stays on the JavaScript path entirely: the kernel program has no
+// token bucket, and a channel relayed there would escape the limit.
 // The expiry given is the earliest of the three lifetimes: past it the kernel hands the
 // packets to user space, which decides as it always did.
 
@@ -57,7 +59,7 @@ export class OffloadSync {
   private channelsOf(allocation: Allocation, nowMs: number): OffloadChannel[] {
     const path = allocation.path;
     const channels: OffloadChannel[] = [];
-    if (path.transport !== 'udp' || isWildcard(path.localAddress) || allocation.expiresAtMs <= nowMs) return channels;
+    if (path.transport !== 'udp' || isWildcard(path.localAddress) || allocation.expiresAtMs <= nowMs || allocation.bandwidth !== undefined) return channels;
     const clientIPv6 = allocation.clientAddress.includes(':');
     for (const binding of allocation.bindings) {
       const permission = binding.permission;

@@ -3,6 +3,7 @@
 // its store key (replication and cleanup, never on the packet path).
 
 import type { ClientTransportKind } from '../../store/types.js';
+import type { BandwidthLimits } from '../bandwidth.js';
 import type { ClientPath, EngineSnapshot, ListenerHandle, RelayFamily } from '../ports.js';
 import type { Allocation } from './allocation.js';
 
@@ -36,6 +37,9 @@ export class AllocationTable {
   /** Allocations per username held here: the user quota while the store is unreachable (relay/relay-allocator.ts). */
   private readonly byUser = new Map<string, number>();
   private count = 0;
+
+  /** `bandwidth`: gives every allocation that enters its limits (when any is configured). */
+  constructor(private readonly bandwidth?: BandwidthLimits) {}
 
   get size(): number {
     return this.count;
@@ -72,6 +76,7 @@ export class AllocationTable {
     this.byKey.set(allocation.key, { listener, allocation });
     this.byUser.set(allocation.username, this.userCount(allocation.username) + 1);
     this.count++;
+    if (this.bandwidth !== undefined && allocation.bandwidth === undefined) allocation.bandwidth = this.bandwidth.attach(allocation.username);
   }
 
   /** Takes an allocation out of both indexes (only if it is the one held there). */
@@ -86,6 +91,7 @@ export class AllocationTable {
     if (users > 0) this.byUser.set(allocation.username, users);
     else this.byUser.delete(allocation.username);
     this.count--;
+    this.bandwidth?.release(allocation.bandwidth);
   }
 
   /** Every live allocation with its listener. */

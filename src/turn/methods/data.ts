@@ -37,9 +37,12 @@ export class PeerData {
     const length = payload.length;
     const binding = permission.channelsByPort?.get(port);
     const path = allocation.path;
+    const gate = allocation.bandwidth;
     if (binding !== undefined && binding.expiresAtMs > now) {
       // 2. A channel bound to the peer: ChannelData (§12.7), padded to 4 bytes on streams (§12.5).
       if (length > CHANNEL_DATA_MAX_LENGTH) return this.drop('too_large');
+      // Over a bandwidth limit (turn/bandwidth.ts): dropped, the allocation lives on.
+      if (gate !== undefined && !gate.down.admit(length, now)) return this.drop('bandwidth');
       writeChannelDataHeader(this.channelHead, 0, binding.number, length);
       path.sendFramed(
         this.channelHead,
@@ -56,6 +59,7 @@ export class PeerData {
       // RFC 8489 §5: the message length is 16 bits; a datagram close to 64 KiB does not fit
       // once the head and padding are added (an IPv6 peer can send up to 65,527 bytes).
       if (length > (permission.peerIPv4 >= 0 ? DATA_INDICATION_MAX_DATA_IPV4 : DATA_INDICATION_MAX_DATA_IPV6)) return this.drop('too_large');
+      if (gate !== undefined && !gate.down.admit(length, now)) return this.drop('bandwidth');
       const headLength =
         permission.peerIPv4 >= 0
           ? writeDataIndicationHeadIPv4(this.dataHead, this.ids, permission.peerIPv4, port, length)

@@ -40,6 +40,9 @@ export class ClientData {
     if (binding.permission.expiresAtMs <= now) return this.ctx.drop('no_permission');
     // 3. Never to a service port of the server or its cluster (peer-policy.ts).
     if (this.policy.isServicePort(binding.peerPort) && this.isServerPeer(binding.permission)) return this.ctx.drop('peer_service_port');
+    // Over a bandwidth limit (turn/bandwidth.ts): dropped, the allocation lives on.
+    const gate = allocation.bandwidth;
+    if (gate !== undefined && !gate.up.admit(length, now)) return this.ctx.drop('bandwidth');
     // 4. The data, from the relayed transport address to the channel's peer.
     binding.permission.relay.send(buf, CHANNEL_DATA_HEADER_LENGTH, length, binding.peerPort, binding.peerAddress);
     this.counters.packetsClientToPeer++;
@@ -58,9 +61,12 @@ export class ClientData {
     // 2. A permission for the peer's IP, not expired: discarded otherwise.
     const permission =
       view.peerFamily === AddressFamily.IPv4 ? allocation.permissionsByIPv4.get(view.peerIPv4) : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
-    if (!permission || permission.expiresAtMs <= this.ctx.packetClock()) return this.ctx.drop('no_permission');
+    const now = this.ctx.packetClock();
+    if (!permission || permission.expiresAtMs <= now) return this.ctx.drop('no_permission');
     // A permission is per IP (RFC 8656 §9); the port is known only here: never a server's service port.
     if (this.policy.isServicePort(view.peerPort) && this.isServerPeer(permission)) return this.ctx.drop('peer_service_port');
+    const gate = allocation.bandwidth;
+    if (gate !== undefined && !gate.up.admit(view.dataLength, now)) return this.ctx.drop('bandwidth');
     // 3. The DATA, from the relayed transport address of the peer's family to the peer.
     permission.relay.send(buf, view.dataOffset, view.dataLength, view.peerPort, permission.peerAddress);
     this.counters.packetsClientToPeer++;

@@ -481,5 +481,48 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreUnd
         offKept();
       });
     });
+
+    describe('bandwidth usage exchange (--user-max-bps, turn/bandwidth.ts)', () => {
+      it("stores each node's demand per user and answers the sum of the others' fresh ones", async () => {
+        assert.ok(store.exchangeUsage, 'the store exchanges usage');
+        const alice = s.user('alice');
+        const bob = s.user('bob');
+        const now = 1_700_000_000_000;
+        const ttl = 3000;
+        // The first node to report hears of nobody.
+        assert.deepEqual(await store.exchangeUsage('node-a', [{ username: alice, up: 8000.5, down: 0 }], now, ttl), [
+          { up: 0, down: 0, upNodes: 0, downNodes: 0 },
+        ]);
+        // Two reports at once, answered in order; B hears A's for alice, nothing for bob.
+        assert.deepEqual(
+          await store.exchangeUsage(
+            'node-b',
+            [
+              { username: alice, up: 3000, down: 1000 },
+              { username: bob, up: 5, down: 5 },
+            ],
+            now + 100,
+            ttl,
+          ),
+          [
+            { up: 8000.5, down: 0, upNodes: 1, downNodes: 0 },
+            { up: 0, down: 0, upNodes: 0, downNodes: 0 },
+          ],
+        );
+        // A third node sums A and B, never itself.
+        assert.deepEqual(await store.exchangeUsage('node-c', [{ username: alice, up: 1, down: 1 }], now + 200, ttl), [
+          { up: 11000.5, down: 1000, upNodes: 2, downNodes: 1 },
+        ]);
+        // A report replaces the node's earlier one.
+        await store.exchangeUsage('node-a', [{ username: alice, up: 0, down: 0 }], now + 300, ttl);
+        assert.deepEqual(await store.exchangeUsage('node-c', [{ username: alice, up: 1, down: 1 }], now + 400, ttl), [
+          { up: 3000, down: 1000, upNodes: 1, downNodes: 1 },
+        ]);
+        // Past its ttl a report no longer counts (B reported at now + 100).
+        assert.deepEqual(await store.exchangeUsage('node-c', [{ username: alice, up: 1, down: 1 }], now + 100 + ttl, ttl), [
+          { up: 0, down: 0, upNodes: 0, downNodes: 0 },
+        ]);
+      });
+    });
   });
 }

@@ -33,6 +33,7 @@ import { EngineCounters } from '../../../src/turn/counters.js';
 import type { EngineListener } from '../../../src/turn/allocation/table.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
 import type { AllocationLimits } from '../../../src/turn/limits.js';
+import type { BandwidthOptions } from '../../../src/turn/bandwidth.js';
 import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
 import { type PeerPolicy, createPeerPolicy } from '../../../src/turn/peer-policy.js';
 import type { ClientTransportKind } from '../../../src/store/types.js';
@@ -65,6 +66,11 @@ interface HarnessOptions {
   readonly transport?: ClientTransportKind;
   readonly limits?: Partial<AllocationLimits>;
   readonly offload?: ChannelOffload;
+  /** --max-bps, --user-max-bps, --bps-capacity. */
+  readonly bandwidth?: BandwidthOptions;
+  /** A store shared with another Harness (two nodes of one cluster), and this node's id. */
+  readonly store?: MemoryAllocationStore;
+  readonly nodeId?: string;
   /** --allowed-peer-ip ranges (the server's own addresses are denied without them). */
   readonly allowedPeerRanges?: readonly string[];
 }
@@ -118,7 +124,7 @@ class Harness {
   readonly listener: EngineListener;
 
   constructor(o: HarnessOptions = {}) {
-    this.store = new MemoryAllocationStore({ now: () => this.clock.now() });
+    this.store = o.store ?? new MemoryAllocationStore({ now: () => this.clock.now() });
     this.path = new FakeClientPath(o.transport ?? 'udp', SERVER_IP, SERVER_PORT);
     this.credentials = new CredentialStore({
       realm: REALM,
@@ -141,7 +147,7 @@ class Harness {
       servicePorts: [SERVER_PORT],
     });
     this.engine = new TurnEngine({
-      nodeId: 'node-a',
+      nodeId: o.nodeId ?? 'node-a',
       credentials: this.credentials,
       nonces: this.nonces,
       peerPolicy: this.peerPolicy,
@@ -160,6 +166,7 @@ class Harness {
       software: 'anyturn-test',
       limits: o.limits,
       offload: o.offload,
+      bandwidth: o.bandwidth,
     });
     this.listener = this.engine.addListener(this.path);
   }
@@ -1607,5 +1614,176 @@ describe('TurnEngine: the kernel data plane port (allocation/offload.ts)', () =>
     await tc.mustAllocate();
     assert.equal((await tc.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
     assert.equal(tcp.listed.size, 0);
+  });
+
+  it('never lists a channel of an allocation under a bandwidth limit: the kernel program has no token bucket', async () => {
+    const limits: BandwidthOptions[] = [
+      { maxBps: 10_000, userMaxBps: 0, bpsCapacity: 0 },
+      { maxBps: 0, userMaxBps: 10_000, bpsCapacity: 0 },
+      { maxBps: 0, userMaxBps: 0, bpsCapacity: 10_000 },
+    ];
+    for (const bandwidth of limits) {
+      const offload = new RecordingOffload();
+      const h = new Harness({ offload, bandwidth });
+      const c = h.client();
+      const socket = h.relay(await c.mustAllocate());
+      assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
+      await h.advance(1000);
+      assert.equal(offload.listed.size, 0, `nothing listed with ${JSON.stringify(bandwidth)}`);
+      // JavaScript relays it, under the limit.
+      c.channelData(0x4000, Buffer.alloc(100));
+      assert.equal(socket.sent.length, 1);
+    }
+    // The same without a limit is listed (the control).
+    const offload = new RecordingOffload();
+    const h = new Harness({ offload, bandwidth: { maxBps: 0, userMaxBps: 0, bpsCapacity: 0 } });
+    const c = h.client();
+    await c.mustAllocate();
+    await c.channelBind(0x4000, { address: PEER_A, port: 5000 });
+    assert.equal(offload.listed.size, 1);
+  });
+});
+
+// ------------------------------------------------------------------ bandwidth limits (turn/bandwidth.ts)
+
+const KB = Buffer.alloc(1000, 0x61);
+
+/** Sends `count` 1000-byte ChannelData messages on 0x4000 and says how many reached the peer. */
+function sendUp(c: Client, socket: FakeRelaySocket, count: number): number {
+  const before = socket.sent.length;
+  for (let i = 0; i < count; i++) c.channelData(0x4000, KB);
+  return socket.sent.length - before;
+}
+
+/** The peer sends `count` 1000-byte datagrams; how many reached the client. */
+function sendDown(c: Client, socket: FakeRelaySocket, count: number): number {
+  for (let i = 0; i < count; i++) socket.inject(KB, PEER_A, 5000);
+  return c.received().length;
+}
+
+async function boundClient(h: Harness, username = 'alice', address?: string): Promise<{ c: Client; socket: FakeRelaySocket }> {
+  const c = h.client(username, undefined, address);
+  const socket = h.relay(await c.mustAllocate());
+  assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
+  return { c, socket };
+}
+
+describe('TurnEngine: bandwidth limits', () => {
+  it('--max-bps: a full bucket of one second passes, the excess is dropped and counted, the bucket refills; each direction on its own', async () => {
+    const h = new Harness({ bandwidth: { maxBps: 10_000, userMaxBps: 0, bpsCapacity: 0 } });
+    const { c, socket } = await boundClient(h);
+    // The bucket starts full: 10,000 bytes = ten 1000-byte messages, then nothing.
+    assert.equal(sendUp(c, socket, 10), 10);
+    assert.equal(h.counters.drops.bandwidth, 0);
+    assert.equal(sendUp(c, socket, 3), 0);
+    assert.equal(h.counters.drops.bandwidth, 3);
+    // 100 ms refill 1000 bytes: exactly one more.
+    h.clock.advance(100);
+    assert.equal(sendUp(c, socket, 2), 1);
+    assert.equal(h.counters.drops.bandwidth, 4);
+    // A Send indication counts its DATA against the same bucket.
+    c.sendIndication({ address: PEER_A, port: 5000 }, KB);
+    assert.equal(h.counters.drops.bandwidth, 5);
+    // Peer to client has its own bucket (coturn: input and output apart): still full.
+    assert.equal(sendDown(c, socket, 12), 10);
+    assert.equal(h.counters.drops.bandwidth, 7);
+    // Never more than one second of burst: after 5 s, again ten.
+    h.clock.advance(5000);
+    assert.equal(sendUp(c, socket, 12), 10);
+    assert.equal(h.counters.packetsClientToPeer, 21);
+    assert.equal(h.counters.bytesClientToPeer, 21_000);
+    // Dropping is all: the allocation lives and answers (coturn #1168 tore it down).
+    assert.equal(h.engine.allocations, 1);
+    assert.equal((await c.refresh()).code, 200);
+  });
+
+  it('--max-bps is per allocation: another allocation has its own bucket', async () => {
+    const h = new Harness({ bandwidth: { maxBps: 5_000, userMaxBps: 0, bpsCapacity: 0 } });
+    const a = await boundClient(h, 'alice');
+    const b = await boundClient(h, 'alice');
+    assert.equal(sendUp(a.c, a.socket, 8), 5);
+    assert.equal(sendUp(b.c, b.socket, 8), 5);
+    assert.equal(h.counters.drops.bandwidth, 6);
+  });
+
+  it('--bps-capacity is the whole node: two users share one bucket per direction', async () => {
+    const h = new Harness({ bandwidth: { maxBps: 0, userMaxBps: 0, bpsCapacity: 10_000 } });
+    const a = await boundClient(h, 'alice');
+    const b = await boundClient(h, 'bob');
+    assert.equal(sendUp(a.c, a.socket, 6), 6);
+    assert.equal(sendUp(b.c, b.socket, 6), 4);
+    assert.equal(sendDown(b.c, b.socket, 6), 6, 'the other direction has its own');
+    assert.equal(h.counters.drops.bandwidth, 2);
+  });
+
+  it("--user-max-bps on one node: a user's allocations share one bucket, another user is not touched", async () => {
+    const h = new Harness({ bandwidth: { maxBps: 0, userMaxBps: 10_000, bpsCapacity: 0 } });
+    const a1 = await boundClient(h, 'alice');
+    const a2 = await boundClient(h, 'alice');
+    const b = await boundClient(h, 'bob');
+    assert.equal(sendUp(a1.c, a1.socket, 6), 6);
+    assert.equal(sendUp(a2.c, a2.socket, 6), 4);
+    assert.equal(sendUp(b.c, b.socket, 10), 10);
+    assert.equal(h.counters.drops.bandwidth, 2);
+  });
+
+  it('--user-max-bps across two nodes: after one exchange through the store each node takes its share, together the limit', async () => {
+    const store = new MemoryAllocationStore();
+    const bandwidth = { maxBps: 0, userMaxBps: 10_000, bpsCapacity: 0 };
+    const a = new Harness({ store, nodeId: 'node-a', bandwidth });
+    const b = new Harness({ store, nodeId: 'node-b', bandwidth });
+    const ca = await boundClient(a);
+    const cb = await boundClient(b, 'alice', '198.51.100.20');
+    const second = async (): Promise<void> => {
+      await a.advance(1000);
+      await b.advance(1000);
+    };
+    await second(); // The first tick starts the measuring window.
+    // Second 1: 8 KB/s on each node, nobody has reported yet: each node alone is under the limit.
+    assert.equal(sendUp(ca.c, ca.socket, 8), 8);
+    assert.equal(sendUp(cb.c, cb.socket, 8), 8);
+    // A reports first and hears of nobody else; B hears of A: 16 KB/s wanted, B's share is half.
+    await second();
+    assert.equal(sendUp(ca.c, ca.socket, 8), 8);
+    assert.equal(sendUp(cb.c, cb.socket, 8), 5);
+    // Now both know: 5 KB/s each, together the limit.
+    await second();
+    assert.equal(sendUp(ca.c, ca.socket, 8), 5);
+    assert.equal(sendUp(cb.c, cb.socket, 8), 5);
+    assert.equal(a.counters.drops.bandwidth + b.counters.drops.bandwidth, 9);
+    // B goes quiet: its next report still carries second 3, the one after says zero; once A
+    // hears the zero (A ticks first, so one second later), A has the whole limit again.
+    await second();
+    await second();
+    await second();
+    assert.equal(sendUp(ca.c, ca.socket, 10), 10);
+    assert.equal(a.engine.allocations + b.engine.allocations, 2, 'nothing torn down');
+  });
+
+  it('--user-max-bps: a node that gets no answer from the store falls back to the whole limit after three periods (fail open)', async () => {
+    const store = new MemoryAllocationStore();
+    const bandwidth = { maxBps: 0, userMaxBps: 10_000, bpsCapacity: 0 };
+    const a = new Harness({ store, nodeId: 'node-a', bandwidth });
+    const b = new Harness({ store, nodeId: 'node-b', bandwidth });
+    const ca = await boundClient(a);
+    const cb = await boundClient(b, 'alice', '198.51.100.20');
+    for (let i = 0; i < 3; i++) {
+      await a.advance(1000);
+      await b.advance(1000);
+      sendUp(ca.c, ca.socket, 8);
+      sendUp(cb.c, cb.socket, 8);
+    }
+    await a.advance(1000);
+    assert.equal(sendUp(ca.c, ca.socket, 8), 5, 'A holds half while both report');
+    // The store fails from now on.
+    store.exchangeUsage = () => Promise.reject(new Error('store down'));
+    const errors = a.counters.storeErrors;
+    await a.advance(1000);
+    sendUp(ca.c, ca.socket, 8);
+    await a.advance(1000);
+    sendUp(ca.c, ca.socket, 8);
+    await a.advance(1000);
+    assert.ok(a.counters.storeErrors > errors, 'the failed exchanges are counted');
+    assert.equal(sendUp(ca.c, ca.socket, 12), 10);
   });
 });
