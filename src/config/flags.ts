@@ -162,6 +162,13 @@ export const FLAGS = {
   'user-quota': { group: PEERS, kind: int(0, 1_000_000_000), default: 0, describe: 'Allocations per username (0 = unlimited); more get 486' },
   'total-quota': { group: PEERS, kind: int(0, 1_000_000_000), default: 0, describe: 'Allocations on this node (0 = unlimited); more get 508' },
   'max-allocate-lifetime': { group: PEERS, kind: int(600, 86400), default: 3600, describe: 'Longest allocation lifetime granted, in seconds' },
+  mobility: {
+    group: PEERS,
+    kind: bool,
+    default: false,
+    describe:
+      'RFC 8016 mobility: an Allocate with MOBILITY-TICKET gets a ticket, and a Refresh with it from a new client address moves the allocation there (on any node of a cluster). Off: 405 Mobility Forbidden',
+  },
   'max-permissions-per-allocation': {
     group: PEERS,
     kind: int(1, 100_000),

@@ -4,6 +4,7 @@
 
 import type { AllocationStore } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
+import type { MobilityTickets } from './auth/mobility-ticket.js';
 import type { CredentialStore } from './auth/credentials.js';
 import type { NonceIssuer } from './auth/nonce.js';
 import type { SourceRateLimitOptions } from './auth/rate-limit.js';
@@ -51,4 +52,6 @@ export interface EngineOptions extends RelayPortOptions {
    * (allocation/offload.ts). Absent: every packet takes the JavaScript path.
    */
   readonly offload?: ChannelOffload;
+  /** RFC 8016 mobility (--mobility): seals and opens MOBILITY-TICKETs. Absent: any ticket gets 405. */
+  readonly mobility?: MobilityTickets;
 }
