@@ -23,13 +23,7 @@ export async function moveAllocation(ctx: StoreContext, fromKey: string, expecte
   checkTime('expiresAtMs', input.expiresAtMs);
   const toKey = ctx.keys.alloc(input.key);
   if ((await ctx.client.exists(toKey)) === 1) return { ok: false, reason: 'exists' };
-  const stored = await DELETE_ALLOC.run(
-    ctx.client,
-    ctx.keys.alloc(fromKey),
-    String(expectedVersion),
-    ctx.keys.events,
-    ctx.deletedEventPrefix(fromKey, MOVED),
-  );
+  const stored = await DELETE_ALLOC.run(ctx.client, ctx.keys.alloc(fromKey), String(expectedVersion), ctx.keys.events, ctx.deletedEventPrefix(fromKey, MOVED));
   if (stored === null || stored === undefined) {
     const json = await ctx.client.hget(ctx.keys.alloc(fromKey), 'r');
     return json === null ? { ok: false, reason: 'missing' } : { ok: false, reason: 'conflict', current: decodeStoredRecord(json, fromKey) };

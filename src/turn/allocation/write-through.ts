@@ -263,5 +263,12 @@ export class WriteThrough {
 
 /** The 5-tuple fields of a record. */
 function pickTuple(r: NewAllocationRecord): Pick<NewAllocationRecord, 'key' | 'transport' | 'clientAddress' | 'clientPort' | 'serverAddress' | 'serverPort'> {
-  return { key: r.key, transport: r.transport, clientAddress: r.clientAddress, clientPort: r.clientPort, serverAddress: r.serverAddress, serverPort: r.serverPort };
+  return {
+    key: r.key,
+    transport: r.transport,
+    clientAddress: r.clientAddress,
+    clientPort: r.clientPort,
+    serverAddress: r.serverAddress,
+    serverPort: r.serverPort,
+  };
 }
