@@ -43,7 +43,7 @@ export class Replication {
   private follow(record: AllocationRecord): boolean {
     const { table, writer } = this.ctx;
     const local = record.movedFrom === undefined ? undefined : table.byStoreKey(record.movedFrom);
-    if (!local || !local.allocation.matches(record)) return false;
+    if (!local?.allocation.matches(record)) return false;
     const listener = table.findListener(record.transport, record.serverAddress, record.serverPort);
     if (!listener) return false;
     const allocation = local.allocation;
