@@ -8,13 +8,16 @@
 // and the peer's data comes back to the new 5-tuple through the same relayed address.
 // Two engines in one process, each with its own Redis connections and mesh socket, as
 // in cluster-forward.test.ts: on one host two processes cannot both listen on the
-// anycast address (test/anycast builds that with network namespaces).
+// anycast address (test/anycast builds that with network namespaces). Then anycast
+// relay mode: the node the Refresh reaches moves its copy, the other copies follow the
+// store's record (replication.ts).
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
 import { createLogger } from '../../src/ops/log.js';
+import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { type RedisClients, createRedisClients } from '../../src/store/redis/clients.js';
 import { fiveTupleKey } from '../../src/store/types.js';
 import { encodeChannelNumber, encodeRequestedTransport } from '../../src/stun/attributes.js';
@@ -25,7 +28,7 @@ import type { MessageWriter } from '../../src/stun/writer.js';
 import { MobilityTickets } from '../../src/turn/auth/mobility-ticket.js';
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
 import { ManualClock } from '../../src/turn/clock.js';
-import { ANYCAST, CLIENT, type MeshNode, PEER, PORT, responseCode, signedRequest, startMeshNode, until } from '../helpers/engine-node.js';
+import { ANYCAST, CLIENT, type MeshNode, PEER, PORT, responseCode, signedRequest, startEngineNode, startMeshNode, until } from '../helpers/engine-node.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
 
 const REALM = 'mobility-cluster.test';
@@ -149,5 +152,73 @@ describe('RFC 8016 mobility to another node of a forward-mode cluster (real redi
     await until(() => responseCode(b, 41003, replay.id) !== undefined || responseCode(a, 41003, replay.id) !== undefined, 'an answer to the replay');
     assert.equal(responseCode(b, 41003, replay.id) ?? responseCode(a, 41003, replay.id), 437);
     assert.equal(a.engineCounters.mobilityMoves, 1);
+  });
+});
+
+describe('RFC 8016 mobility in anycast relay mode: every copy follows the move', () => {
+  it("node B moves its copy on the client's Refresh; node A's copy takes the new 5-tuple from the store and relays for it", async () => {
+    const clock = new ManualClock(Date.now());
+    const store = new MemoryAllocationStore({ now: () => clock.now() });
+    const nonces = new NonceIssuer(SECRET, 600_000);
+    const start = (id: string) =>
+      startEngineNode({
+        nodeId: id,
+        realm: REALM,
+        nonces,
+        store,
+        clock,
+        logger: createLogger('silent'),
+        relayAddressIPv4: '198.18.100.2',
+        serverAddresses: [ANYCAST, '198.18.100.2'],
+        engine: { relayMode: 'anycast', mobility: new MobilityTickets(SECRET) },
+      });
+    const a = start('any-a');
+    const b = start('any-b');
+    const ask = async (n: typeof a, port: number, method: number, decorate: (w: MessageWriter) => void) => {
+      const r = signedRequest(method, REALM, nonces.issue(CLIENT, clock.now()), decorate);
+      n.engine.handleClientPacket(n.listener, r.buf, CLIENT, port);
+      await until(() => responseCode(n, port, r.id) !== undefined, `an answer to method ${method}`);
+      return { code: responseCode(n, port, r.id), id: r.id };
+    };
+    try {
+      const alloc = await ask(a, 42001, Method.Allocate, (w) => {
+        w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+        w.add(Attr.MobilityTicket, Buffer.alloc(0));
+      });
+      assert.equal(alloc.code, 200);
+      const sent = a.path
+        .sentTo(CLIENT, 42001)
+        .map((s) => decodeMessage(s.data))
+        .find((d) => d.ok && d.message.transactionId.toString('hex') === alloc.id);
+      assert.ok(sent?.ok);
+      const ticket = Buffer.from(getAttribute(sent.message, Attr.MobilityTicket)!);
+      const bound = await ask(a, 42001, Method.ChannelBind, (w) => {
+        w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+        w.addXorAddress(Attr.XorPeerAddress, PEER, 6000);
+      });
+      assert.equal(bound.code, 200);
+      await until(() => [...b.engine.allAllocations()][0]?.channelCount === 1, "B's copy with the channel");
+
+      assert.equal((await ask(b, 42002, Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket))).code, 200, 'B moves its copy');
+      await until(() => [...a.engine.allAllocations()][0]?.clientPort === 42002, "A's copy follows");
+      for (const n of [a, b]) {
+        const [only, ...rest] = [...n.engine.allAllocations()];
+        assert.equal(rest.length, 0);
+        assert.deepEqual([only?.clientPort, only?.relay.port, only?.channelCount], [42002, [...b.engine.allAllocations()][0]!.relay.port, 1]);
+      }
+      assert.ok(await store.get(fiveTupleKey('udp', CLIENT, 42002, ANYCAST, PORT)));
+      assert.equal(await store.get(fiveTupleKey('udp', CLIENT, 42001, ANYCAST, PORT)), undefined);
+      // A relays ChannelData from the new 5-tuple, and answers it there.
+      const relay = [...a.engine.allAllocations()][0]!.relay;
+      a.engine.handleClientPacket(a.listener, encodeChannelData(0x4000, Buffer.from('up')), CLIENT, 42002);
+      assert.equal(a.relays.socketAt(relay.address, relay.port)?.sent.at(-1)?.data.toString(), 'up');
+      a.relays.socketAt(relay.address, relay.port)!.inject(Buffer.from('down'), PEER, 6000);
+      assert.equal(a.path.sentTo(CLIENT, 42002).filter((s) => s.kind === 'framed').length, 1);
+      // The spent ticket on A, from a third port: refused there too.
+      assert.notEqual((await ask(a, 42003, Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket))).code, 200);
+    } finally {
+      await a.engine.stop();
+      await b.engine.stop();
+    }
   });
 });
