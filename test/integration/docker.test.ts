@@ -231,7 +231,10 @@ describe('docker/', () => {
     assert.ok(ins.some((i) => i.op === 'COPY' && /--from=build \S*dist\/src \.\/dist\/src/.test(i.args)));
     // The kernel data plane: built by the repository's own script, copied where KernelDataplane looks,
     // and only its helper gets CAP_BPF and CAP_NET_ADMIN.
-    assert.ok(runs.some((r) => /sh native\/dataplane\/build\.sh/.test(r)), 'dataplane stage: npm run build:dataplane');
+    assert.ok(
+      runs.some((r) => /sh native\/dataplane\/build\.sh/.test(r)),
+      'dataplane stage: npm run build:dataplane',
+    );
     assert.ok(ins.some((i) => i.op === 'COPY' && /--from=dataplane \S*build\/dataplane \.\/build\/dataplane/.test(i.args)));
     assert.ok(runs.some((r) => /setcap cap_bpf,cap_net_admin\+ep build\/dataplane\/anyturn-dataplane/.test(r)));
   });
