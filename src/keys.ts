@@ -12,6 +12,9 @@ export const MESH_KEY_LABEL = 'anyturn mesh v2';
 /** --nonce-secret (or, without it, --cluster-secret, or a random secret) -> the HMAC key of stateless nonces (turn/nonce.ts). */
 export const NONCE_KEY_LABEL = 'anyturn nonce v1';
 
+/** --cluster-secret (or, without a cluster, the nonce secret) -> the AES-256-GCM key of RFC 8016 mobility tickets (turn/auth/mobility-ticket.ts). */
+export const MOBILITY_KEY_LABEL = 'anyturn mobility ticket v1';
+
 export const DERIVED_KEY_BYTES = 32;
 
 /** HKDF-SHA256(secret, no salt, label): 32 bytes. Once at start, never per packet. */

@@ -142,6 +142,33 @@ export class ClusterRouter implements ForeignPacketHandler {
     return true;
   }
 
+  /**
+   * RFC 8016 mobility (forward mode): a Refresh from a new 5-tuple whose ticket names the
+   * allocation at `key`, held by another live node. The request goes to that node, which
+   * moves the allocation and answers; until its 'created' event for the new 5-tuple comes,
+   * what the client sends from there goes the same way. Only after the engine
+   * authenticated the request: one store read per such Refresh.
+   */
+  async forwardToOwner(key: string, listener: ListenerHandle, buf: Buffer, address: string, port: number): Promise<boolean> {
+    if (listener.path.transport !== 'udp' || this.o.adopt) return false;
+    this.o.counters.storeLookups++;
+    const record = await this.o.store.get(key).catch(() => undefined);
+    if (!record || record.ownerNodeId === this.o.nodeId) return false;
+    const node = await this.o.registry.getNode(record.ownerNodeId).catch(() => undefined);
+    if (!node) return false;
+    const place = { listener, address, port };
+    const entry: RemoteEntry = {
+      kind: 'remote',
+      key: fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort),
+      node,
+      checkedAtMs: this.o.clock.now(),
+      checking: false,
+    };
+    if (this.get(place)?.kind !== 'pending') this.set(place, entry);
+    this.forward(entry, listener, buf, address, port);
+    return true;
+  }
+
   /** The global bucket first (an empty one costs the source nothing), then the source's share. */
   private takeToken(address: string, now: number): boolean {
     const rate = this.o.lookupsPerSecond;

@@ -49,6 +49,7 @@ export function buildConfig(raw: RawOptions): ServerConfig {
     nonceSecret,
     nonceLifetimeSeconds: read(raw, 'nonce-lifetime'),
     maxAllocateLifetimeSeconds: read(raw, 'max-allocate-lifetime'),
+    mobility: mobility(raw),
     allowLoopbackPeers: read(raw, 'allow-loopback-peers'),
     allowedPeerIps: read(raw, 'allowed-peer-ip'),
     deniedPeerIps: read(raw, 'denied-peer-ip'),
@@ -145,6 +146,14 @@ function parseUser(flag: string, entry: string, users: Map<string, string>): voi
   const colon = entry.indexOf(':');
   if (colon <= 0 || colon === entry.length - 1) throw new ConfigError(flag, entry.replace(/:.*/, ':***'), 'name:password, with a non-empty name and password');
   users.set(entry.slice(0, colon), entry.slice(colon + 1));
+}
+
+/** --mobility: a client that moves to another address hashes to another worker, which does not hold its allocation. */
+function mobility(raw: RawOptions): boolean {
+  const on = read(raw, 'mobility');
+  const n = read(raw, 'workers');
+  if (on && n !== 1) throw new ConfigError('mobility', on, `off with --workers ${n}: a moved client's packets reach another worker (or give --workers 1)`);
+  return on;
 }
 
 /** --workers and --dataplane: the kernel data plane serves one process; with workers only the JavaScript path relays. */

@@ -184,6 +184,13 @@ export const FLAGS = {
     describe: 'Bytes per second this node relays in each direction, all allocations together (0 = unlimited; split between --workers); more is dropped',
   },
   'max-allocate-lifetime': { group: PEERS, kind: int(600, 86400), default: 3600, describe: 'Longest allocation lifetime granted, in seconds' },
+  mobility: {
+    group: PEERS,
+    kind: bool,
+    default: false,
+    describe:
+      'RFC 8016 mobility: an Allocate with MOBILITY-TICKET gets a ticket, and a Refresh with it from a new client address moves the allocation there (on any node of a cluster). Off: 405 Mobility Forbidden',
+  },
   'max-permissions-per-allocation': {
     group: PEERS,
     kind: int(1, 100_000),

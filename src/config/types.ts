@@ -29,6 +29,8 @@ export interface ServerConfig {
   readonly nonceSecret: Buffer;
   readonly nonceLifetimeSeconds: number;
   readonly maxAllocateLifetimeSeconds: number;
+  /** RFC 8016 mobility (--mobility): tickets sealed under a key from the cluster secret, else the nonce secret. */
+  readonly mobility: boolean;
   readonly allowLoopbackPeers: boolean;
   readonly allowedPeerIps: readonly string[];
   readonly deniedPeerIps: readonly string[];

@@ -220,6 +220,12 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
     [],
     () => single(counters.peerPolicyRefusals),
   );
+  totalCounter(registry, 'anyturn_mobility_moves_total', 'Allocations moved to a new client 5-tuple by a MOBILITY-TICKET (RFC 8016)', [], () =>
+    single(counters.mobilityMoves),
+  );
+  totalCounter(registry, 'anyturn_mobility_refusals_total', 'Requests with a MOBILITY-TICKET refused (405 off, 400 bad or spent ticket, 437, 441)', [], () =>
+    single(counters.mobilityRefusals),
+  );
   totalCounter(
     registry,
     'anyturn_store_peer_refusals_total',

@@ -9,6 +9,7 @@ import type { Clock } from '../turn/clock.js';
 import type { EngineCounters } from '../turn/counters.js';
 import { TurnEngine } from '../turn/engine.js';
 import type { ChannelOffload, ForeignPacketHandler, RelaySocketFactory } from '../turn/ports.js';
+import { MobilityTickets } from '../turn/auth/mobility-ticket.js';
 import { NonceIssuer } from '../turn/auth/nonce.js';
 import type { PeerPolicy } from '../turn/peer-policy.js';
 
@@ -55,6 +56,8 @@ export function createEngine(config: ServerConfig, parts: EngineParts): TurnEngi
     software: config.software,
     foreign: parts.foreign,
     offload: parts.offload,
+    // Sealed under the cluster secret, so that any node redeems another's ticket (docs/security.md).
+    mobility: config.mobility ? new MobilityTickets(config.cluster?.clusterSecret ?? config.nonceSecret) : undefined,
     relayMode: config.cluster?.relayMode,
     unauthenticatedErrorLimit: { perSecond: config.unauthErrorRate, burst: config.unauthErrorBurst },
     admission: createAllocateAdmission({ alternateServers: config.alternateServers, isDraining: parts.isDraining }),

@@ -2,20 +2,22 @@
 // copies in and out (callers can't mutate stored state), versions, events
 // delivered asynchronously.
 
-import type {
-  AllocationLimits,
-  AllocationRecord,
-  AllocationStore,
-  CreateOutcome,
-  NewAllocationRecord,
-  NodeInfo,
-  NodeRegistry,
-  ReservedPort,
-  StoreEvent,
-  StoreEventListener,
-  UpdateOutcome,
-  UsageReport,
-  UsageTotals,
+import {
+  type AllocationLimits,
+  type AllocationRecord,
+  type AllocationStore,
+  type CreateOutcome,
+  MOVED,
+  type MoveOutcome,
+  type NewAllocationRecord,
+  type NodeInfo,
+  type NodeRegistry,
+  type ReservedPort,
+  type StoreEvent,
+  type StoreEventListener,
+  type UpdateOutcome,
+  type UsageReport,
+  type UsageTotals,
 } from './types.js';
 
 export interface MemoryStoreOptions {
@@ -113,6 +115,30 @@ export class MemoryAllocationStore implements AllocationStore {
     });
     this.records.set(record.key, record);
     this.emit({ type: 'updated', record: clone(record) });
+    return { ok: true, record: clone(record) };
+  }
+
+  async move(fromKey: string, expectedVersion: number, input: NewAllocationRecord): Promise<MoveOutcome> {
+    this.checkOpen();
+    const current = this.records.get(fromKey);
+    if (!current) return { ok: false, reason: 'missing' };
+    if (current.version !== expectedVersion) return { ok: false, reason: 'conflict', current: clone(current) };
+    if (this.records.has(input.key)) return { ok: false, reason: 'exists' };
+    // The identity (relayed ports, user, creation) stays the stored one; only the 5-tuple changes.
+    const record: AllocationRecord = clone({
+      ...input,
+      relayedAddress: current.relayedAddress,
+      relayedPort: current.relayedPort,
+      username: current.username,
+      createdAtMs: current.createdAtMs,
+      movedFrom: fromKey,
+      version: 1,
+    });
+    this.records.delete(fromKey);
+    this.records.set(record.key, record);
+    for (const [pk, holder] of this.ports) if (holder === fromKey) this.ports.set(pk, record.key);
+    this.emit({ type: 'deleted', key: fromKey, ownerNodeId: current.ownerNodeId, reason: MOVED });
+    this.emit({ type: 'created', record: clone(record) });
     return { ok: true, record: clone(record) };
   }
 

@@ -33,9 +33,16 @@ export interface AllocationRecord {
   readonly permissions: Readonly<Record<string, number>>;
   /** Channel number (decimal) -> binding. */
   readonly channels: Readonly<Record<string, ChannelRecord>>;
+  /** RFC 8016 moves of this allocation so far (absent: none); a mobility ticket is good only for the current one. */
+  readonly mobilityGeneration?: number;
+  /** Set on the record a move wrote: the key it was written under before (other nodes re-key their copy). */
+  readonly movedFrom?: string;
   /** Bumped by the store on every successful write; guards compare-and-set updates. */
   readonly version: number;
 }
+
+/** The reason of the 'deleted' event a move (RFC 8016) publishes for the old key: the allocation lives on. */
+export const MOVED = 'moved';
 
 export type NewAllocationRecord = Omit<AllocationRecord, 'version'>;
 
@@ -49,6 +56,11 @@ export type CreateOutcome =
   | { readonly ok: false; readonly reason: 'exists' | 'user-quota' }
   /** `additional`: the clash is on the additional (IPv6) relayed address of a dual allocation. */
   | { readonly ok: false; readonly reason: 'port-taken'; readonly additional?: true };
+
+/** A move (RFC 8016): `exists` another allocation holds the new key; `conflict` the old record changed (current, if any). */
+export type MoveOutcome =
+  | { readonly ok: true; readonly record: AllocationRecord }
+  | { readonly ok: false; readonly reason: 'exists' | 'missing' | 'conflict'; readonly current?: AllocationRecord };
 
 export type UpdateOutcome =
   | { readonly ok: true; readonly record: AllocationRecord }
@@ -82,6 +94,14 @@ export interface AllocationStore {
   update(record: AllocationRecord): Promise<UpdateOutcome>;
   /** Deletes the record (if expectedVersion is given, only at that version), frees its port and quota. */
   delete(key: string, reason: string, expectedVersion?: number): Promise<boolean>;
+  /**
+   * RFC 8016 mobility: the allocation at `fromKey` (only at `expectedVersion`) is written
+   * under `record.key` instead, its relayed port(s) and user count carried over, never
+   * counted twice. Events: 'deleted' of fromKey with reason 'moved', then 'created' of
+   * the new record with `movedFrom`. The deletion is the commit point: of two moves of
+   * one record, one wins.
+   */
+  move(fromKey: string, expectedVersion: number, record: NewAllocationRecord): Promise<MoveOutcome>;
   countUserAllocations(username: string): Promise<number>;
   /**
    * Every allocation record (anycast relay mode: a node starting up takes on all of

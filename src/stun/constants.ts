@@ -77,6 +77,8 @@ export const Attr = {
   Software: 0x8022,
   AlternateServer: 0x8023,
   Fingerprint: 0x8028,
+  /** RFC 8016 §3.4: empty in an Allocate (asks for mobility), the server's opaque ticket otherwise. */
+  MobilityTicket: 0x8030,
 } as const;
 
 export function isComprehensionRequired(type: number): boolean {
@@ -109,6 +111,8 @@ export const ErrorCode = {
   BadRequest: 400,
   Unauthorized: 401,
   Forbidden: 403,
+  /** RFC 8016 §3.5: mobility asked for but not allowed here. */
+  MobilityForbidden: 405,
   UnknownAttribute: 420,
   AllocationMismatch: 437,
   StaleNonce: 438,
@@ -132,6 +136,8 @@ export function reasonPhrase(code: number): string {
       return 'Unauthorized';
     case 403:
       return 'Forbidden';
+    case 405:
+      return 'Mobility Forbidden';
     case 420:
       return 'Unknown Attribute';
     case 437:

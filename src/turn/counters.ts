@@ -80,6 +80,9 @@ export class EngineCounters {
     relay_port: { kept: 0, lost: 0 },
     five_tuple: { kept: 0, lost: 0 },
   };
+  /** RFC 8016: allocations moved to a new client 5-tuple, and MOBILITY-TICKETs refused (405, 400, 437, 441). */
+  mobilityMoves = 0;
+  mobilityRefusals = 0;
   /** Allocations written back after an outage that put their user over --user-quota (tolerated, logged). */
   userQuotaOverruns = 0;
 

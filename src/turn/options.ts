@@ -4,6 +4,7 @@
 
 import type { AllocationStore } from '../store/types.js';
 import type { AllocateAdmission } from './admission.js';
+import type { MobilityTickets } from './auth/mobility-ticket.js';
 import type { CredentialStore } from './auth/credentials.js';
 import type { NonceIssuer } from './auth/nonce.js';
 import type { SourceRateLimitOptions } from './auth/rate-limit.js';
@@ -54,4 +55,6 @@ export interface EngineOptions extends RelayPortOptions {
   readonly offload?: ChannelOffload;
   /** Bandwidth limits (turn/bandwidth.ts): per allocation, per user across the cluster, per node. Absent: none. */
   readonly bandwidth?: BandwidthOptions;
+  /** RFC 8016 mobility (--mobility): seals and opens MOBILITY-TICKETs. Absent: any ticket gets 405. */
+  readonly mobility?: MobilityTickets;
 }

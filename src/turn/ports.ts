@@ -87,6 +87,12 @@ export interface ForeignPacketHandler {
    * engine treat it as belonging to no allocation (drop, or 437 for a request).
    */
   offer(listener: ListenerHandle, buf: Buffer, address: string, port: number): boolean;
+  /**
+   * RFC 8016 mobility in forward mode: a Refresh whose ticket names the allocation at
+   * store key `key`, held by another node. Resolves true when the request (and what the
+   * client sends from this 5-tuple next) went to that node, which answers.
+   */
+  forwardToOwner?(key: string, listener: ListenerHandle, buf: Buffer, address: string, port: number): Promise<boolean>;
 }
 
 /** The relayed address family of an allocation: one IPv4, one IPv6, or both (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY). */

@@ -110,6 +110,8 @@ export interface MeshNodeSetup {
   /** This node's own relay address (forward mode: every node has its own). */
   readonly relayIp: string;
   readonly lookupsPerSecond: number;
+  /** Anything else the test needs different (e.g. mobility). */
+  readonly engine?: Partial<EngineOptions>;
 }
 
 /**
@@ -142,7 +144,7 @@ export async function startMeshNode(s: MeshNodeSetup): Promise<MeshNode> {
     counters: engineCounters,
     relayAddressIPv4: s.relayIp,
     serverAddresses: [ANYCAST, s.relayIp],
-    engine: { foreign: router },
+    engine: { foreign: router, ...s.engine },
   });
   router.attach(node.engine);
   return { id, ...node, mesh, router, counters, engineCounters };

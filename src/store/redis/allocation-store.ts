@@ -20,6 +20,7 @@ import type {
   AllocationRecord,
   AllocationStore,
   CreateOutcome,
+  MoveOutcome,
   NewAllocationRecord,
   ReservedPort,
   StoreEventListener,
@@ -32,6 +33,7 @@ import { createAllocation } from './create-allocation.js';
 import { RedisEventFeed } from './event-feed.js';
 import type { EventStats } from './event-watchdog.js';
 import { DEFAULT_KEY_PREFIX, KeySpace, validatePrefix } from './keys.js';
+import { moveAllocation } from './move-allocation.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, silentLogger, type RedisStoreLogger, type RedisStoreOptions } from './options.js';
 import { reservePort, takeReservation } from './port-reservations.js';
 import { canonical, checkTime, decodeStoredRecord, hasAdditionalRelay, identityOf } from './records.js';
@@ -246,6 +248,12 @@ export class RedisAllocationStore implements AllocationStore {
         this.warnStep('quota-score', record.key, e),
       ),
     ]);
+  }
+
+  /** RFC 8016 mobility: the record under a new key; see move-allocation.ts. */
+  async move(fromKey: string, expectedVersion: number, record: NewAllocationRecord): Promise<MoveOutcome> {
+    await this.beforeWrite();
+    return await moveAllocation(this.ctx, fromKey, expectedVersion, record);
   }
 
   /*

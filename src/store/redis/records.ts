@@ -43,6 +43,8 @@ export function canonical(r: AllocationRecord): AllocationRecord {
     expiresAtMs: r.expiresAtMs,
     permissions,
     channels,
+    ...(isFiniteNumber(r.mobilityGeneration) && r.mobilityGeneration > 0 ? { mobilityGeneration: r.mobilityGeneration } : {}),
+    ...(typeof r.movedFrom === 'string' ? { movedFrom: r.movedFrom } : {}),
     version: r.version,
   };
 }

@@ -116,6 +116,25 @@ redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. (cur[3] or '""') .. '}')
 return cur[2]`);
 
+/** ARGV: old holder, new holder, ttlMs. Hands a relayed port's claim to a moved allocation's new key (RFC 8016). */
+export const REPOINT_IF_HELD = new LuaScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0`);
+
+/**
+ * A moved allocation's member of its user's zset takes the new key (counted once, never
+ * re-checked against the quota). ARGV: old member, new member, score, ttlMs.
+ */
+export const USER_RENAME = new LuaScript(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+local ttl = tonumber(ARGV[4])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1`);
+
 /** GETDEL for servers older than 6.2: the value, once. */
 export const TAKE = new LuaScript(`
 local v = redis.call('GET', KEYS[1])

@@ -59,6 +59,7 @@ export interface AllocationSeed {
   readonly realm: string;
   readonly createdAtMs: number;
   readonly expiresAtMs: number;
+  readonly mobilityGeneration?: number;
 }
 
 /** The relay sockets of one allocation: a dual allocation has the IPv6 one as `additional`. */
@@ -81,10 +82,11 @@ function isIPv6Relay(relay: RelaySocket): boolean {
 }
 
 export class Allocation {
-  readonly key: string;
-  readonly path: ClientPath;
-  readonly clientAddress: string;
-  readonly clientPort: number;
+  // The client 5-tuple: fixed, except that an RFC 8016 move (table.ts move()) changes it.
+  key: string;
+  path: ClientPath;
+  clientAddress: string;
+  clientPort: number;
   readonly username: string;
   readonly realm: string;
   readonly relay: RelaySocket;
@@ -115,6 +117,8 @@ export class Allocation {
   deleted = false;
   /** Its bandwidth limits (turn/bandwidth.ts), set by AllocationTable.add when any is configured. */
   bandwidth: BandwidthGate | undefined = undefined;
+  /** RFC 8016 moves so far: a mobility ticket carries it and is good only while it is current (auth/mobility-ticket.ts). */
+  mobilityGeneration = 0;
   persisting: Promise<void> = Promise.resolve();
 
   readonly permissionsByAddress = new Map<string, Permission>();
@@ -144,6 +148,7 @@ export class Allocation {
     this.createdAtMs = seed.createdAtMs;
     this.allocateTransactionId = allocateTransactionId;
     this.expiresAtMs = seed.expiresAtMs;
+    this.mobilityGeneration = seed.mobilityGeneration ?? 0;
   }
 
   /** Made here by an Allocate (not taken on from another node's record). */
@@ -239,6 +244,8 @@ export class Allocation {
     // Another allocation's record on this 5-tuple (a conflict after a store outage) is never folded in.
     if (record.version <= this.version || this.detached || !this.matches(record)) return false;
     this.expiresAtMs = Math.max(this.expiresAtMs, record.expiresAtMs);
+    // A move elsewhere (anycast relay mode) made the tickets before it stale here too.
+    this.mobilityGeneration = Math.max(this.mobilityGeneration, record.mobilityGeneration ?? 0);
     for (const [address, expiresAtMs] of Object.entries(record.permissions)) {
       if (!this.relayFor(address.includes(':'))) continue;
       if (!allowed(address, undefined)) {
@@ -299,6 +306,7 @@ export class Allocation {
       expiresAtMs: this.expiresAtMs,
       permissions,
       channels,
+      ...(this.mobilityGeneration > 0 ? { mobilityGeneration: this.mobilityGeneration } : {}),
       version: this.version,
     };
   }

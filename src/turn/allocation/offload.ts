@@ -44,6 +44,11 @@ export class OffloadSync {
     return offload.set(allocation.key, allocation.deleted ? [] : this.channelsOf(allocation, nowMs), nowMs);
   }
 
+  /** Nothing listed under `key` any more (an allocation that moved to another 5-tuple). */
+  clear(key: string, nowMs: number): void {
+    void this.offload?.set(key, [], nowMs);
+  }
+
   /** After the peer policy learned server addresses: lists every allocation again. */
   syncAllIfPolicyChanged(all: Iterable<Allocation>, nowMs: number): void {
     if (!this.offload || this.policy.generation === this.listedAtGeneration) return;

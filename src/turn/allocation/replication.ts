@@ -4,7 +4,7 @@
 // the store (its event feed, and a full listing at start and after an outage) and
 // kept current by merging each newer record.
 
-import type { AllocationRecord, StoreEvent } from '../../store/types.js';
+import { type AllocationRecord, MOVED, type StoreEvent } from '../../store/types.js';
 import type { TurnContext } from '../context.js';
 import type { RelaySocket } from '../ports.js';
 import { Allocation } from './allocation.js';
@@ -24,6 +24,8 @@ export class Replication {
     const { table, writer } = this.ctx;
     if (this.ctx.stopped) return;
     if (event.type === 'deleted') {
+      // A move (RFC 8016): the record comes back under its new key, with movedFrom (follow()).
+      if (event.reason === MOVED) return;
       const local = table.byStoreKey(event.key);
       // A conflict settled after an outage removed this node's own record: it lost, and keeps serving its client here.
       if (local && !local.allocation.localOnly && !writer.lostConflict(local.allocation, event.reason)) {
@@ -31,9 +33,25 @@ export class Replication {
       }
       return;
     }
+    if (event.type === 'created' && this.follow(event.record)) return;
     const local = table.byStoreKey(event.record.key);
     if (local) writer.merge(local.allocation, event.record);
     else if (!table.pending.has(event.record.key)) void this.adopt(event.record);
+  }
+
+  /** A record a move wrote (RFC 8016): the copy held under its old key takes the new 5-tuple. */
+  private follow(record: AllocationRecord): boolean {
+    const { table, writer } = this.ctx;
+    const local = record.movedFrom === undefined ? undefined : table.byStoreKey(record.movedFrom);
+    if (!local?.allocation.matches(record)) return false;
+    const listener = table.findListener(record.transport, record.serverAddress, record.serverPort);
+    if (!listener) return false;
+    const allocation = local.allocation;
+    void writer.rekey(allocation, listener, record.clientAddress, record.clientPort, record.key);
+    // Versions count per key: the record under the new key starts again.
+    if (allocation.key === record.key && allocation.version > record.version) allocation.version = 0;
+    writer.merge(allocation, record);
+    return true;
   }
 
   /**

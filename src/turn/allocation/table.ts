@@ -79,6 +79,23 @@ export class AllocationTable {
     if (this.bandwidth !== undefined && allocation.bandwidth === undefined) allocation.bandwidth = this.bandwidth.attach(allocation.username);
   }
 
+  /**
+   * RFC 8016: the allocation takes a new client 5-tuple (and store key), on `to`. False
+   * when it is not held here under its key; nothing to do when it already has `key`.
+   */
+  move(allocation: Allocation, to: EngineListener, address: string, port: number, key: string): boolean {
+    if (allocation.key === key) return false;
+    const held = this.byKey.get(allocation.key);
+    if (held?.allocation !== allocation) return false;
+    this.remove(held.listener, allocation);
+    allocation.key = key;
+    allocation.path = to.path;
+    allocation.clientAddress = address;
+    allocation.clientPort = port;
+    this.add(to, allocation);
+    return true;
+  }
+
   /** Takes an allocation out of both indexes (only if it is the one held there). */
   remove(listener: EngineListener, allocation: Allocation): void {
     const byPort = listener.allocations.get(allocation.clientAddress);

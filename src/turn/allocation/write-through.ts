@@ -6,7 +6,7 @@
 // or lost by a Redis restart) is created, its conflicts settled by store-conflicts.ts.
 // Also the one way an allocation ends.
 
-import type { AllocationRecord, AllocationStore } from '../../store/types.js';
+import type { AllocationRecord, AllocationStore, NewAllocationRecord } from '../../store/types.js';
 import type { Clock } from '../clock.js';
 import type { EngineCounters } from '../counters.js';
 import type { PeerPolicy } from '../peer-policy.js';
@@ -18,6 +18,9 @@ import type { AllocationTable, EngineListener } from './table.js';
 
 /** Conflicting writes retried per persist before the allocation waits for a later tick. */
 const MAX_CONFLICT_RETRIES = 5;
+
+/** How a move (RFC 8016) ended: `lost` another node moved it first; `exists` the new 5-tuple is another allocation's. */
+export type MoveResult = 'moved' | 'unavailable' | 'lost' | 'exists';
 
 export interface WriteThroughOptions {
   readonly nodeId: string;
@@ -134,6 +137,79 @@ export class WriteThrough {
   }
 
   /**
+   * RFC 8016: moves the allocation to a new client 5-tuple, in the store first (its record
+   * under the new key, the old one deleted: store/types.ts move()), then here (the table's
+   * indexes, the kernel's entries under the old key emptied and listed under the new one).
+   * In line with the allocation's other writes. An allocation without a record of its own
+   * (local-only, detached) moves here only; one with a record does not move while the
+   * store is unreachable.
+   */
+  move(to: EngineListener, allocation: Allocation, address: string, port: number, key: string): Promise<MoveResult> {
+    const done = allocation.persisting.then(() => this.moveNow(to, allocation, address, port, key));
+    allocation.persisting = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    return done;
+  }
+
+  private async moveNow(to: EngineListener, allocation: Allocation, address: string, port: number, key: string): Promise<MoveResult> {
+    if (allocation.deleted) return 'lost';
+    const fromKey = allocation.key;
+    let missing = false;
+    if (!allocation.localOnly && !allocation.detached) {
+      if (!this.o.store.isAvailable()) return 'unavailable';
+      const record: NewAllocationRecord = {
+        ...allocation.toRecord(this.o.nodeId),
+        key,
+        transport: to.path.transport,
+        clientAddress: address,
+        clientPort: port,
+        serverAddress: to.path.localAddress,
+        serverPort: to.path.localPort,
+      };
+      const outcome = await this.moveRecord(allocation, fromKey, record);
+      if (outcome !== 'moved' && outcome !== 'missing') return outcome;
+      missing = outcome === 'missing';
+    }
+    await this.rekey(allocation, to, address, port, key);
+    // The store lost the record (a Redis restart): write it under the new key.
+    if (missing) await this.write(allocation);
+    return 'moved';
+  }
+
+  /** The store's move, with the conflict rule of persist: another writer's changes are merged in, another node's move wins. */
+  private async moveRecord(allocation: Allocation, fromKey: string, next: NewAllocationRecord): Promise<MoveResult | 'missing'> {
+    let record = next;
+    for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
+      const outcome = await this.o.store.move(fromKey, allocation.version, { ...record, mobilityGeneration: allocation.mobilityGeneration });
+      if (outcome.ok) {
+        allocation.version = outcome.record.version;
+        allocation.dirty = false;
+        return 'moved';
+      }
+      if (outcome.reason !== 'conflict') return outcome.reason;
+      const current = outcome.current;
+      if (!current) continue;
+      // Another allocation's record, or a move made elsewhere with this generation or a later one.
+      if (!allocation.matches(current) || (current.mobilityGeneration ?? 0) >= allocation.mobilityGeneration) return 'lost';
+      this.merge(allocation, current);
+      allocation.version = current.version;
+      record = { ...allocation.toRecord(this.o.nodeId), ...pickTuple(next) };
+    }
+    return 'lost';
+  }
+
+  /** The allocation takes its new 5-tuple here (a move made here, or one heard of from the store); resolves once the kernel knows. */
+  async rekey(allocation: Allocation, to: EngineListener, address: string, port: number, key: string): Promise<void> {
+    const fromKey = allocation.key;
+    if (!this.table.move(allocation, to, address, port, key)) return;
+    const now = this.o.clock.now();
+    this.offload.clear(fromKey, now);
+    await this.offload.sync(allocation, now);
+  }
+
+  /**
    * A deletion elsewhere of this node's allocation to settle a conflict after an outage
    * (anycast relay mode hears it as an event): this one lost; it keeps serving here.
    */
@@ -183,4 +259,16 @@ export class WriteThrough {
       this.o.logger.warn({ err, allocation: allocation.key }, 'store delete failed');
     }
   }
+}
+
+/** The 5-tuple fields of a record. */
+function pickTuple(r: NewAllocationRecord): Pick<NewAllocationRecord, 'key' | 'transport' | 'clientAddress' | 'clientPort' | 'serverAddress' | 'serverPort'> {
+  return {
+    key: r.key,
+    transport: r.transport,
+    clientAddress: r.clientAddress,
+    clientPort: r.clientPort,
+    serverAddress: r.serverAddress,
+    serverPort: r.serverPort,
+  };
 }

@@ -12,6 +12,7 @@ import type { AllocateRefusalReason } from '../counters.js';
 import { TurnError } from '../errors.js';
 import type { Claim } from '../relay/relay-allocator.js';
 import { readAllocateRequest } from './allocate-request.js';
+import { issueTicket, mobilityTicketOf } from './mobility.js';
 import type { MethodRequest } from './request.js';
 
 /** Capacity refusals are logged at most this often (with the count since), never per Allocate. */
@@ -37,6 +38,9 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
   if (ctx.table.pending.has(key)) return ctx.drop('request_in_flight');
   // 3-9. REQUESTED-TRANSPORT, DONT-FRAGMENT, RESERVATION-TOKEN, the address families, EVEN-PORT, LIFETIME (allocate-request.ts).
   const request = readAllocateRequest(message, ctx.relays.families, ctx.o.maxLifetimeSeconds);
+  // RFC 8016 §3.1: an empty MOBILITY-TICKET asks for mobility (405 when it is off).
+  const mobile = mobilityTicketOf(ctx, message);
+  if (mobile !== undefined && mobile.length !== 0) throw new TurnError(ErrorCode.BadRequest, 'MOBILITY-TICKET must be empty in an Allocate');
   // 10. The quotas: this node's total (508) here, the user's (486) with the store claim.
   if (ctx.o.totalQuota > 0 && ctx.table.size + ctx.table.pending.size >= ctx.o.totalQuota) {
     ctx.o.counters.quotaRefusals++;
@@ -70,7 +74,7 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
     }
     ctx.table.add(listener, allocation);
     ctx.o.counters.allocationsCreated++;
-    respond(ctx, r, claim, request.lifetimeSeconds);
+    respond(ctx, r, claim, request.lifetimeSeconds, mobile !== undefined);
   } finally {
     ctx.table.pending.delete(key);
   }
@@ -107,7 +111,7 @@ function refused(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: false 
 }
 
 /** The success response (RFC 8656 §7.2), kept on the allocation to answer retransmissions. */
-function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }, lifetime: number): void {
+function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }, lifetime: number, mobile: boolean): void {
   const { allocation, additionalError, reservedToken } = claim;
   const w = new MessageWriter(Method.Allocate, MessageClass.SuccessResponse, r.message.transactionId);
   w.addXorAddress(Attr.XorRelayedAddress, allocation.relay.address, allocation.relay.port);
@@ -116,6 +120,7 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
   w.add(Attr.Lifetime, encodeUint32(lifetime));
   if (reservedToken) w.add(Attr.ReservationToken, reservedToken);
   w.addXorAddress(Attr.XorMappedAddress, r.address, r.port);
+  if (mobile) w.add(Attr.MobilityTicket, issueTicket(ctx, allocation));
   allocation.allocateResponse = ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200);
   ctx.o.logger.info(
     {

@@ -81,6 +81,14 @@ describe('config: ops flags', () => {
     assert.equal(buildConfig({ ...BASE, dataplane: 'auto', workers: 2 }).dataplane.mode, 'auto');
   });
 
+  it('--mobility: off by default; with --workers above 1 refused (a moved client hashes to another worker)', () => {
+    assert.equal(buildConfig(BASE).mobility, false);
+    assert.equal(buildConfig({ ...BASE, mobility: true }).mobility, true);
+    const e = refused({ mobility: true, workers: 2 });
+    assert.match(e.message, /--mobility/);
+    assert.match(e.message, /--workers 2/);
+  });
+
   for (const bad of ['eth0/1', 'a name', 'sixteen-chars-xx', 'eth:0']) {
     it(`--dataplane-interface ${JSON.stringify(bad)} is refused naming flag, value and form`, () => {
       const e = refused({ 'dataplane-interface': [bad] });

@@ -328,6 +328,54 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreUnd
       });
     });
 
+    describe('move (RFC 8016 mobility)', () => {
+      it('writes the record under the new key and drops the old one, keeping its relayed port and user count; the new key then updates and deletes as any', async () => {
+        const old = await mustCreate(store, s.record({ permissions: { '8.8.8.8': 1_700_000_300_000 } }), 1);
+        const next = s.record({ relayedPort: old.relayedPort, permissions: old.permissions, mobilityGeneration: 1 });
+        const outcome = await store.move(old.key, old.version, next);
+        assert.ok(outcome.ok);
+        assert.deepEqual(outcome.record, { ...next, createdAtMs: old.createdAtMs, movedFrom: old.key, version: 1 });
+        assert.equal(await store.get(old.key), undefined);
+        assert.deepEqual(await store.get(next.key), outcome.record);
+        assert.equal(await store.countUserAllocations(old.username), 1, 'counted once');
+        // The relayed port is still claimed (now by the new key): another allocation cannot take it.
+        const clash = await store.create(s.record({ relayedPort: old.relayedPort, username: s.user('other') }), { userQuota: 0 });
+        assert.deepEqual(clash, { ok: false, reason: 'port-taken' });
+        const updated = await store.update({ ...outcome.record, expiresAtMs: old.expiresAtMs + 1 });
+        assert.ok(updated.ok);
+        assert.equal(await store.delete(next.key, 'test'), true);
+        assert.equal(await store.countUserAllocations(old.username), 0);
+        assert.ok((await store.create(s.record({ relayedPort: old.relayedPort }), { userQuota: 0 })).ok, 'the port is free once it is deleted');
+      });
+
+      it('moves a record once: a second move at the same version gets conflict or missing; a taken new key is exists', async () => {
+        const old = await mustCreate(store, s.record());
+        const first = await store.move(old.key, old.version, s.record({ relayedPort: old.relayedPort }));
+        assert.ok(first.ok);
+        const second = await store.move(old.key, old.version, s.record({ relayedPort: old.relayedPort }));
+        assert.deepEqual(second, { ok: false, reason: 'missing' });
+        const other = await mustCreate(store, s.record());
+        const stale = await store.move(first.record.key, first.record.version + 1, s.record({ relayedPort: first.record.relayedPort }));
+        assert.equal(stale.ok ? 'ok' : stale.reason, 'conflict');
+        const taken = await store.move(first.record.key, first.record.version, { ...s.record({ relayedPort: first.record.relayedPort }), key: other.key });
+        assert.deepEqual(taken, { ok: false, reason: 'exists' });
+        assert.ok(await store.get(first.record.key), 'a refused move changes nothing');
+      });
+
+      it("publishes the old key's deletion with reason 'moved', then the new record with movedFrom", async () => {
+        const old = await mustCreate(store, s.record());
+        const seen: string[] = [];
+        const unsubscribe = store.subscribe((e) => {
+          if (s.owns(e)) seen.push(e.type === 'created' ? `created ${e.record.key} from ${e.record.movedFrom}` : describeEvent(e));
+        });
+        const next = s.record({ relayedPort: old.relayedPort });
+        assert.ok((await store.move(old.key, old.version, next)).ok);
+        await waitFor(() => seen.length >= 2, 'two events');
+        unsubscribe();
+        assert.deepEqual(seen, [`deleted ${old.key} node-a moved`, `created ${next.key} from ${old.key}`]);
+      });
+    });
+
     describe('relayed-port reservations (EVEN-PORT R bit)', () => {
       it('holds a port under a token, redeemable exactly once', async () => {
         const port = { relayedAddress: s.relayAddress, relayedPort: s.relayPort() };

@@ -73,6 +73,7 @@ import {
   type StunMessage,
 } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
+import { isKnownAttribute } from '../../../src/stun/indication.js';
 
 const TID = Buffer.from('0102030405060708090a0b0c', 'hex');
 const KEY = Buffer.from('a shared key');
@@ -681,4 +682,25 @@ test('ChannelData helpers (RFC 8656 §12.4)', () => {
   assert.equal(looksLikeChannelData(Buffer.from([0xc0, 0, 0, 0])), false);
   assert.equal(looksLikeChannelData(Buffer.from([0x7f, 0xff, 0, 0])), true);
   assert.equal(looksLikeChannelData(Buffer.from([0x40, 0, 0])), false, 'shorter than a header');
+});
+
+test('MOBILITY-TICKET (RFC 8016 §3.4): type 0x8030, comprehension-optional, empty or opaque bytes, padded to 4; 405 Mobility Forbidden', () => {
+  assert.equal(Attr.MobilityTicket, 0x8030);
+  assert.equal(isComprehensionRequired(Attr.MobilityTicket), false, 'a server without mobility may ignore it');
+  assert.equal(isKnownAttribute(Attr.MobilityTicket), true);
+  assert.equal(ErrorCode.MobilityForbidden, 405);
+  assert.equal(reasonPhrase(405), 'Mobility Forbidden');
+  for (const value of [Buffer.alloc(0), Buffer.from([1, 2, 3, 4, 5])]) {
+    const w = new MessageWriter(Method.Refresh, MessageClass.Request, Buffer.alloc(12, 7));
+    w.add(Attr.MobilityTicket, value);
+    w.addFingerprint();
+    const raw = w.toBuffer();
+    // Header, then type 0x8030 and the unpadded length; the value padded to a multiple of 4.
+    assert.equal(raw.readUInt16BE(20), 0x8030);
+    assert.equal(raw.readUInt16BE(22), value.length);
+    const decoded = decodeMessage(raw);
+    assert.ok(decoded.ok);
+    assert.deepEqual(getAttribute(decoded.message, Attr.MobilityTicket), value);
+    assert.equal(raw.readUInt16BE(24 + ((value.length + 3) & ~3)), Attr.Fingerprint);
+  }
 });

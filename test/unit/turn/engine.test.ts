@@ -35,6 +35,7 @@ import { TurnEngine } from '../../../src/turn/engine.js';
 import type { AllocationLimits } from '../../../src/turn/limits.js';
 import type { BandwidthOptions } from '../../../src/turn/bandwidth.js';
 import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
+import { MobilityTickets } from '../../../src/turn/auth/mobility-ticket.js';
 import { type PeerPolicy, createPeerPolicy } from '../../../src/turn/peer-policy.js';
 import type { ClientTransportKind } from '../../../src/store/types.js';
 import type { ChannelOffload, OffloadChannel } from '../../../src/turn/ports.js';
@@ -73,6 +74,8 @@ interface HarnessOptions {
   readonly nodeId?: string;
   /** --allowed-peer-ip ranges (the server's own addresses are denied without them). */
   readonly allowedPeerRanges?: readonly string[];
+  /** --mobility (RFC 8016): tickets sealed under a key from the nonce secret. */
+  readonly mobility?: boolean;
 }
 
 interface Reply {
@@ -167,6 +170,7 @@ class Harness {
       limits: o.limits,
       offload: o.offload,
       bandwidth: o.bandwidth,
+      mobility: o.mobility ? new MobilityTickets(o.nonceSecret ?? NONCE_SECRET) : undefined,
     });
     this.listener = this.engine.addListener(this.path);
   }
@@ -1487,6 +1491,23 @@ class RecordingOffload implements ChannelOffload {
 }
 
 describe('TurnEngine: the kernel data plane port (allocation/offload.ts)', () => {
+  it("lists a moved allocation's channels (RFC 8016) under its new client address and port, and nothing under the old", async () => {
+    const offload = new RecordingOffload();
+    const h = new Harness({ offload, mobility: true });
+    const c = h.client();
+    const { relayed, ticket } = await mobileAllocate(c);
+    assert.equal((await c.channelBind(0x4001, { address: PEER_A, port: 5000 })).code, 200);
+    assert.equal(offload.listed.get(h.key(c))?.[0]?.clientPort, c.port);
+    const moved = movedClient(c, c.port + 1000);
+    assert.equal((await refreshWithTicket(moved, ticket)).code, 200);
+    assert.equal(offload.listed.has(h.key(c)), false, "the old 5-tuple's entries are gone");
+    const entries = offload.listed.get(h.key(moved));
+    assert.deepEqual(
+      entries?.map((e) => ({ clientAddress: e.clientAddress, clientPort: e.clientPort, channel: e.channel, relayPort: e.relayPort, peerPort: e.peerPort })),
+      [{ clientAddress: moved.address, clientPort: moved.port, channel: 0x4001, relayPort: relayed.port, peerPort: 5000 }],
+    );
+  });
+
   it('lists a bound channel with the earliest of the channel, permission and allocation expiries', async () => {
     const offload = new RecordingOffload();
     const h = new Harness({ offload });
@@ -1785,5 +1806,145 @@ describe('TurnEngine: bandwidth limits', () => {
     await a.advance(1000);
     assert.ok(a.counters.storeErrors > errors, 'the failed exchanges are counted');
     assert.equal(sendUp(ca.c, ca.socket, 12), 10);
+  });
+});
+
+// ------------------------------------------------------------------ RFC 8016 mobility
+
+/** An Allocate with an empty MOBILITY-TICKET: the relayed address and the ticket of the answer. */
+async function mobileAllocate(c: Client): Promise<{ relayed: Endpoint; ticket: Buffer }> {
+  const r = await c.allocate((w) => w.add(Attr.MobilityTicket, Buffer.alloc(0)));
+  assert.equal(r.code, 200, `Allocate failed: ${r.code} ${r.reason}`);
+  const ticket = getAttribute(r.message, Attr.MobilityTicket);
+  assert.ok(ticket && ticket.length > 0, 'the answer carries a ticket');
+  return { relayed: r.relayed!, ticket: Buffer.from(ticket) };
+}
+
+function refreshWithTicket(c: Client, ticket: Buffer): Promise<Reply> {
+  return c.request(Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket));
+}
+
+/** The same client (user, password, nonce) sending from another source port, as after a NAT rebinding or a network change. */
+function movedClient(c: Client, port: number, address = c.address): Client {
+  const moved = c.h.client(c.username, c.password, address, port);
+  moved.nonce = c.nonce;
+  return moved;
+}
+
+describe('TurnEngine: RFC 8016 mobility (--mobility)', () => {
+  it('gives a ticket to an Allocate that asks with an empty MOBILITY-TICKET, and none to one that does not', async () => {
+    const h = new Harness({ mobility: true });
+    await mobileAllocate(h.client());
+    const plain = await h.client('bob').allocate();
+    assert.equal(plain.code, 200);
+    assert.equal(getAttribute(plain.message, Attr.MobilityTicket), undefined);
+    const nonEmpty = await h.client('carol').allocate((w) => w.add(Attr.MobilityTicket, Buffer.from('xx')));
+    assert.equal(nonEmpty.code, 400, 'an Allocate carries an empty ticket');
+  });
+
+  it('moves the allocation to the new 5-tuple of a Refresh with the ticket: same relayed address, permissions and channels, both ways', async () => {
+    const h = new Harness({ mobility: true });
+    const c = h.client();
+    const { relayed, ticket } = await mobileAllocate(c);
+    assert.equal((await c.createPermission(PEER_B)).code, 200);
+    assert.equal((await c.channelBind(0x4000, { address: PEER_A, port: 5000 })).code, 200);
+    const moved = movedClient(c, c.port + 1, '198.51.100.77');
+    const r = await refreshWithTicket(moved, ticket);
+    assert.equal(r.code, 200);
+    const next = getAttribute(r.message, Attr.MobilityTicket);
+    assert.ok(next && !next.equals(ticket), 'a new ticket in the answer');
+    assert.equal(h.engine.allocations, 1);
+    // The store holds it under the new 5-tuple only, with the same relayed address.
+    assert.equal(await h.store.get(h.key(c)), undefined);
+    const record = await h.store.get(h.key(moved));
+    assert.deepEqual(
+      [record?.relayedAddress, record?.relayedPort, record?.clientAddress, record?.clientPort],
+      [relayed.address, relayed.port, moved.address, moved.port],
+    );
+    assert.deepEqual(Object.keys(record?.permissions ?? {}).sort(), [PEER_A, PEER_B].sort());
+    // ChannelData from the new 5-tuple reaches the peer from the same relayed address...
+    const socket = h.relay(relayed);
+    moved.channelData(0x4000, Buffer.from('up'));
+    assert.deepEqual(socket.sent.at(-1), { data: Buffer.from('up'), address: PEER_A, port: 5000 });
+    // ...and the peer's answer goes to the new 5-tuple, on the channel.
+    socket.inject(Buffer.from('down'), PEER_A, 5000);
+    assert.deepEqual(
+      moved.received().map((x) => (x.kind === 'channel' ? [x.channel, x.data.toString()] : x.kind)),
+      [[0x4000, 'down']],
+    );
+    assert.deepEqual(c.received(), [], 'nothing for the old 5-tuple');
+    // The old 5-tuple holds nothing any more: its ChannelData is dropped, its Refresh is 437.
+    const sentBefore = socket.sent.length;
+    c.channelData(0x4000, Buffer.from('stale'));
+    assert.equal(socket.sent.length, sentBefore);
+    assert.equal((await c.refresh()).code, 437);
+    // The permission for PEER_B came along too.
+    moved.sendIndication({ address: PEER_B, port: 6000 }, Buffer.from('b'));
+    assert.deepEqual(socket.sent.at(-1), { data: Buffer.from('b'), address: PEER_B, port: 6000 });
+    assert.equal(h.counters.mobilityMoves, 1);
+  });
+
+  it('moves once per ticket: a replay after the move, a second redemption at once, and a move back with the first ticket are refused', async () => {
+    const h = new Harness({ mobility: true });
+    const c = h.client();
+    const { relayed, ticket } = await mobileAllocate(c);
+    // Two redemptions of one ticket from two new 5-tuples, delivered together: one moves it.
+    const m1 = movedClient(c, c.port + 1);
+    const m2 = movedClient(c, c.port + 2);
+    const [r1, r2] = await Promise.all([refreshWithTicket(m1, ticket), refreshWithTicket(m2, ticket)]);
+    assert.deepEqual([r1.code, r2.code].sort(), [200, 400]);
+    const winner = r1.code === 200 ? m1 : m2;
+    const next = Buffer.from(getAttribute((r1.code === 200 ? r1 : r2).message, Attr.MobilityTicket)!);
+    // A replay of the spent ticket from a third 5-tuple: its 5-tuple holds no allocation now.
+    const thief = movedClient(c, c.port + 3);
+    assert.equal((await refreshWithTicket(thief, ticket)).code, 437);
+    // Back to the first 5-tuple with the new ticket: moved again.
+    assert.equal((await refreshWithTicket(c, next)).code, 200);
+    // The first ticket names this 5-tuple again, but it was spent: 400 from anywhere else.
+    assert.equal((await refreshWithTicket(thief, ticket)).code, 400);
+    assert.equal((await refreshWithTicket(winner, next)).code, 437, 'the second ticket names the 5-tuple the allocation left');
+    assert.equal(h.engine.allocations, 1);
+    assert.ok((await h.store.get(h.key(c)))?.relayedPort === relayed.port, 'still with the client that moved it');
+    assert.equal(h.counters.mobilityMoves, 2);
+  });
+
+  it("refuses another user's Refresh with the ticket (441), and a ticket this server did not seal (400)", async () => {
+    const h = new Harness({ mobility: true });
+    const c = h.client();
+    const { ticket } = await mobileAllocate(c);
+    const bob = h.client('bob', 'bob-pw', c.address, c.port + 1);
+    assert.equal((await refreshWithTicket(bob, ticket)).code, 441);
+    const forged = Buffer.from(ticket);
+    forged[forged.length - 1]! ^= 1;
+    assert.equal((await refreshWithTicket(movedClient(c, c.port + 2), forged)).code, 400);
+    const other = new MobilityTickets(Buffer.from('another cluster secret'));
+    const foreign = other.seal({ key: h.key(c), createdAtMs: h.clock.now(), relayedPort: 1, generation: 0 });
+    assert.equal((await refreshWithTicket(movedClient(c, c.port + 3), foreign)).code, 400);
+    // None of these moved it.
+    assert.ok(await h.store.get(h.key(c)));
+    assert.equal(h.counters.mobilityMoves, 0);
+  });
+
+  it("answers a Refresh with the ticket from the allocation's own 5-tuple with a new ticket, and no move", async () => {
+    const h = new Harness({ mobility: true });
+    const c = h.client();
+    const { ticket } = await mobileAllocate(c);
+    const r = await refreshWithTicket(c, ticket);
+    assert.equal(r.code, 200);
+    assert.ok(getAttribute(r.message, Attr.MobilityTicket));
+    assert.equal(h.counters.mobilityMoves, 0);
+  });
+
+  it('is off without --mobility: 405 Mobility Forbidden for an Allocate or a Refresh with MOBILITY-TICKET', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const a = await c.allocate((w) => w.add(Attr.MobilityTicket, Buffer.alloc(0)));
+    assert.equal(a.code, 405);
+    assert.equal(a.reason, 'Mobility Forbidden');
+    assert.equal(h.engine.allocations, 0);
+    await c.mustAllocate();
+    const ticket = new MobilityTickets(NONCE_SECRET).seal({ key: h.key(c), createdAtMs: h.clock.now(), relayedPort: 1, generation: 0 });
+    assert.equal((await refreshWithTicket(movedClient(c, c.port + 1), ticket)).code, 405);
+    assert.ok(await h.store.get(h.key(c)), 'not moved');
   });
 });
