@@ -47,6 +47,19 @@ const LENGTH_LIES = [0, 1, 3, 4, 0x7fff, 0x8000, 0xfffc, 0xffff];
 const LIFETIMES = [0, 1, 599, 600, 3600, 0x7fffffff, 0xffffffff];
 const PORTS = [0, 1, 1023, 3478, 5349, 65535];
 
+const BYTE_OPS = [
+  'bit-flips',
+  'bytes-inserted',
+  'bytes-deleted',
+  'header-length-lie',
+  'attribute-length-lie',
+  'truncated',
+  'appended',
+  'overwritten',
+  'cookie-or-type',
+  'type-swap-in-place',
+];
+
 interface MutableAttribute {
   type: number;
   value: Buffer;
@@ -115,7 +128,7 @@ export class PacketFuzzer {
       ? Buffer.from(this.rng.pick(this.vectors))
       : this.encode(this.resolve(this.rng.pick(this.seeds)), this.shouldSign(true), this.rng.chance(0.3));
     const op = this.rng.int(10);
-    this.lastKind = `bytes:${op}`;
+    this.lastKind = `bytes:${BYTE_OPS[op]}`;
     const rng = this.rng;
     switch (op) {
       case 0: {
@@ -173,7 +186,7 @@ export class PacketFuzzer {
     const pad = this.options.stream ? !rng.chance(0.1) : rng.chance(0.2);
     const cd = encodeChannelData(channel, data, pad);
     const op = rng.int(4);
-    this.lastKind = `channel-data:${op}`;
+    this.lastKind = `channel-data:${['as-is', 'length-lie', 'truncated', 'trailing-bytes'][op]}`;
     if (op === 1) cd.writeUInt16BE(rng.pick([...LENGTH_LIES, data.length + 1, Math.max(0, data.length - 1), rng.int(0x10000)]), 2);
     if (op === 2) return cd.subarray(0, rng.int(cd.length + 1));
     if (op === 3) return Buffer.concat([cd, rng.bytes(1 + rng.int(7))]);
