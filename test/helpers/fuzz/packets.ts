@@ -315,3 +315,13 @@ export function streamChunks(rng: SeededRandom, packets: readonly Buffer[]): Buf
   }
   return out;
 }
+
+/** A seed as it is, unsigned, with its XOR addresses encoded against `transactionId`. */
+export function encodeSeed(seed: SeedMessage, transactionId: Buffer): Buffer {
+  const w = new MessageWriter(seed.method, seed.cls as MessageClass, transactionId);
+  for (const at of seed.attributes) {
+    if (Buffer.isBuffer(at.value)) w.add(at.type, at.value);
+    else w.addXorAddress(at.type, at.value.xor, at.value.port);
+  }
+  return w.toBuffer();
+}
