@@ -8,13 +8,17 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
+import net from 'node:net';
+import tls from 'node:tls';
 import { buildConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/ops/log.js';
 import { type RunningServer, startServer } from '../../src/server.js';
-import { decodeErrorCode } from '../../src/stun/attributes.js';
+import { decodeErrorCode, encodeChannelNumber } from '../../src/stun/attributes.js';
 import { Attr, MessageClass, Method } from '../../src/stun/constants.js';
 import { decodeMessage, getAttribute } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
+import { type RunningTurnServer, startAnyturn, startCoturn } from '../helpers/anyturn-process.js';
+import { type SelfSignedCertificate, makeSelfSignedCertificate } from '../helpers/tls-cert.js';
 
 const ERROR_RATE = 2;
 const ERROR_BURST = 8;
@@ -171,4 +175,176 @@ describe('amplification: bytes answered per byte of an unauthenticated request (
     // The figures for docs/security.md (run with --test-reporter=spec to see them).
     for (const [what, ratio] of ratios) console.log(`amplification ${what}: ${ratio.toFixed(2)}x`);
   });
+});
+
+// The table beside coturn: the bytes each unauthenticated request makes the server
+// send, per byte received, over UDP, TCP and TLS, for every message type the server
+// answers without credentials, one request and a flood of 200 from one source. anyturn
+// runs twice, with the per-source answer limit on (--unauth-error-rate 2
+// --unauth-error-burst 8) and off (--unauth-error-rate 0); coturn (startCoturn) with its
+// defaults, in the same run. Bytes are counted at the application layer (STUN bytes; for
+// TLS the plaintext, not the records). docs/security.md has the table this prints.
+// (Over TCP and TLS the source cannot be forged, so the figures there are for
+// comparison; over UDP they are what a reflection attack gets.)
+
+const KINDS = ['binding', 'binding-rfc3489', '401-allocate', '401-refresh', '401-create-permission', '401-channel-bind', '420', '400', '438'] as const;
+type TableKind = (typeof KINDS)[number];
+const FLOOD = 200;
+const FLOOD_KINDS: readonly TableKind[] = ['binding', '401-allocate', '420', '438'];
+const TRANSPORTS = ['udp', 'tcp', 'tls'] as const;
+type Transport = (typeof TRANSPORTS)[number];
+
+/** The smallest request that gets each answer. */
+function tableRequest(kind: TableKind): Buffer {
+  const id = randomBytes(12);
+  const w = (method: number) => new MessageWriter(method, MessageClass.Request, id);
+  switch (kind) {
+    case 'binding':
+      return w(Method.Binding).toBuffer();
+    case 'binding-rfc3489':
+      // RFC 3489 (RFC 8489 §12): no magic cookie, a 128-bit transaction id.
+      return new MessageWriter(Method.Binding, MessageClass.Request, id, randomBytes(4).readUInt32BE(0) & 0x7fffffff).toBuffer();
+    case '401-allocate':
+      return w(Method.Allocate)
+        .add(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]))
+        .toBuffer();
+    case '401-refresh':
+      return w(Method.Refresh).toBuffer();
+    case '401-create-permission':
+      return w(Method.CreatePermission).addXorAddress(Attr.XorPeerAddress, '192.0.2.1', 0).toBuffer();
+    case '401-channel-bind':
+      return w(Method.ChannelBind).add(Attr.ChannelNumber, encodeChannelNumber(0x4000)).addXorAddress(Attr.XorPeerAddress, '192.0.2.1', 9).toBuffer();
+    case '420':
+      return w(Method.Binding).add(0x7ffe, Buffer.alloc(0)).toBuffer();
+    case '400':
+      return w(Method.Allocate).add(Attr.MessageIntegrity, Buffer.alloc(20)).toBuffer();
+    case '438':
+      return w(Method.Allocate)
+        .addText(Attr.Username, 'alice')
+        .addText(Attr.Realm, 'anyturn')
+        .addText(Attr.Nonce, 'x')
+        .add(Attr.MessageIntegrity, Buffer.alloc(20))
+        .toBuffer();
+  }
+}
+
+let nextSource = 0;
+/** A fresh loopback source for every measurement: per-source limits start afresh. */
+function freshSource(): string {
+  const i = nextSource++;
+  return `127.0.${100 + Math.floor(i / 250)}.${1 + (i % 250)}`;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Waits until `bytes()` stops growing for `quietMs` (or `enough()` holds), at most `maxMs`. */
+async function settle(bytes: () => number, enough: () => boolean, quietMs: number, maxMs: number): Promise<void> {
+  const start = Date.now();
+  let last = -1;
+  let since = Date.now();
+  while (Date.now() - start < maxMs && !enough()) {
+    const now = bytes();
+    if (now !== last) {
+      last = now;
+      since = Date.now();
+    } else if (Date.now() - since >= quietMs) return;
+    await sleep(20);
+  }
+}
+
+interface Measured {
+  readonly requestBytes: number;
+  readonly responseBytes: number;
+  readonly answers: number;
+}
+
+async function measure(server: RunningTurnServer, transport: Transport, kind: TableKind, count: number): Promise<Measured> {
+  const source = freshSource();
+  const packets = Array.from({ length: count }, () => tableRequest(kind));
+  const requestBytes = packets.reduce((n, p) => n + p.length, 0);
+  let responseBytes = 0;
+  let answers = 0;
+  // One answer: wait for it (or a second of silence); a flood: until 300 ms of silence.
+  const enough = (): boolean => count === 1 && answers >= 1;
+  if (transport === 'udp') {
+    const socket = dgram.createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, source, () => resolve()));
+    socket.on('message', (m) => {
+      responseBytes += m.length;
+      answers++;
+    });
+    for (const p of packets) await new Promise<void>((resolve) => socket.send(p, server.port, server.host, () => resolve()));
+    await settle(() => responseBytes, enough, count === 1 ? 1000 : 300, 5000);
+    socket.close();
+  } else {
+    const port = transport === 'tls' ? server.tlsPort! : server.port;
+    const socket = await new Promise<net.Socket>((resolve, reject) => {
+      const s =
+        transport === 'tls'
+          ? tls.connect({ socket: net.connect({ host: server.host, port, localAddress: source }), rejectUnauthorized: false }, () => resolve(s))
+          : net.connect({ host: server.host, port, localAddress: source }, () => resolve(s));
+      s.once('error', reject);
+    });
+    socket.on('error', () => undefined);
+    let pending = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      responseBytes += chunk.length;
+      // Count whole STUN messages (20-byte header plus its length).
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 20 && pending.length >= 20 + pending.readUInt16BE(2)) {
+        pending = pending.subarray(20 + pending.readUInt16BE(2));
+        answers++;
+      }
+    });
+    socket.write(Buffer.concat(packets));
+    await settle(() => responseBytes, enough, count === 1 ? 1000 : 300, 5000);
+    socket.destroy();
+  }
+  return { requestBytes, responseBytes, answers };
+}
+
+describe('amplification over UDP, TCP and TLS: anyturn with the answer limit on and off, beside coturn', () => {
+  let cert: SelfSignedCertificate;
+  const servers: { name: string; server: RunningTurnServer }[] = [];
+  const rows: string[] = [];
+
+  before(async () => {
+    cert = makeSelfSignedCertificate();
+    const common = { users: [{ name: 'alice', password: 'alice-pw' }], realm: 'anyturn', tls: { certFile: cert.certFile, keyFile: cert.keyFile } };
+    servers.push({
+      name: 'anyturn, limit on',
+      server: await startAnyturn({ ...common, extraArgs: ['--unauth-error-rate', '2', '--unauth-error-burst', '8'] }),
+    });
+    servers.push({ name: 'anyturn, limit off', server: await startAnyturn({ ...common, extraArgs: ['--unauth-error-rate', '0'] }) });
+    servers.push({ name: 'coturn', server: await startCoturn(common) });
+  });
+  after(async () => {
+    for (const { server } of servers) await server.stop();
+    cert?.remove();
+    // The table of docs/security.md (run with --test-reporter=spec to see it).
+    console.log(['| server | transport | request | request bytes | answers | bytes out | ratio |', '|---|---|---|---|---|---|---|', ...rows].join('\n'));
+  });
+
+  const ratio = (m: Measured): string => (m.responseBytes / m.requestBytes).toFixed(2);
+
+  for (const transport of TRANSPORTS) {
+    it(`${transport}: one answer per unauthenticated request, and a flood of ${FLOOD} answered at under 1 byte per byte with the limit on`, async () => {
+      for (const { name, server } of servers) {
+        for (const kind of KINDS) {
+          const m = await measure(server, transport, kind, 1);
+          rows.push(`| ${name} | ${transport} | ${kind} | ${m.requestBytes} | ${m.answers} | ${m.responseBytes} | ${ratio(m)}x |`);
+          if (name.startsWith('anyturn')) assert.equal(m.answers, 1, `${name} ${transport} ${kind}: one answer`);
+        }
+        for (const kind of FLOOD_KINDS) {
+          const m = await measure(server, transport, kind, FLOOD);
+          rows.push(`| ${name} | ${transport} | flood of ${FLOOD} ${kind} | ${m.requestBytes} | ${m.answers} | ${m.responseBytes} | ${ratio(m)}x |`);
+          if (name === 'anyturn, limit on') assert.ok(m.responseBytes < m.requestBytes, `${name} ${transport} flood of ${kind}: ${ratio(m)}x`);
+          // Without the limit every request is answered: the limit is what makes the difference.
+          if (name === 'anyturn, limit off') assert.equal(m.answers, FLOOD, `${name} ${transport} flood of ${kind}: every request answered`);
+        }
+        // The harness sees coturn's answers too (a Binding is answered by every STUN server).
+        if (name === 'coturn') assert.ok(rows.some((r) => r.startsWith(`| coturn | ${transport} | binding |`) && !r.includes('| 0 | 0 |')));
+      }
+    });
+  }
 });
