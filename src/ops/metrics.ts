@@ -12,7 +12,7 @@ import { type Labelled, totalCounter } from './total-counter.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream/framer.js';
-import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters, STORE_CONFLICT_KINDS } from '../turn/counters.js';
+import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters, STORE_CONFLICT_KINDS, TCP_PEER_OUTCOMES } from '../turn/counters.js';
 import type { EngineStats } from '../turn/ports.js';
 
 export interface MetricsSources {
@@ -201,6 +201,13 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
   ]);
   totalCounter(registry, 'anyturn_dropped_packets_total', 'Packets dropped without an answer, by reason', ['reason'], () =>
     DROP_REASONS.map((reason) => [{ reason }, counters.drops[reason]] as const),
+  );
+  totalCounter(
+    registry,
+    'anyturn_tcp_peer_connections_total',
+    'RFC 6062 TCP relay peer data connections, by outcome: connected (Connect), connect_failed (447), accepted (inbound, announced), bound (ConnectionBind)',
+    ['outcome'],
+    () => TCP_PEER_OUTCOMES.map((outcome) => [{ outcome }, counters.tcpPeerConnections[outcome]] as const),
   );
   totalCounter(registry, 'anyturn_auth_failures_total', 'Requests answered 401 (no or bad credentials)', [], () => single(counters.authFailures));
   totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () =>
