@@ -8,7 +8,7 @@ import { CredentialStore } from '../turn/auth/credentials.js';
 import type { Clock } from '../turn/clock.js';
 import type { EngineCounters } from '../turn/counters.js';
 import { TurnEngine } from '../turn/engine.js';
-import type { ChannelOffload, ForeignPacketHandler, RelaySocketFactory } from '../turn/ports.js';
+import type { ChannelOffload, ForeignPacketHandler, RelaySocketFactory, TcpRelayFactory } from '../turn/ports.js';
 import { MobilityTickets } from '../turn/auth/mobility-ticket.js';
 import { NonceIssuer } from '../turn/auth/nonce.js';
 import type { PeerPolicy } from '../turn/peer-policy.js';
@@ -17,6 +17,8 @@ export interface EngineParts {
   readonly peerPolicy: PeerPolicy;
   readonly store: AllocationStore;
   readonly relays: RelaySocketFactory;
+  /** RFC 6062 TCP relayed addresses (absent with --no-tcp-relay, or without TCP and TLS listeners). */
+  readonly tcpRelays: TcpRelayFactory | undefined;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly counters: EngineCounters;
@@ -39,6 +41,7 @@ export function createEngine(config: ServerConfig, parts: EngineParts): TurnEngi
     peerPolicy: parts.peerPolicy,
     store: parts.store,
     relays: parts.relays,
+    tcpRelays: parts.tcpRelays,
     clock: parts.clock,
     logger: parts.logger,
     counters: parts.counters,
