@@ -15,7 +15,6 @@ import { ClientListeners } from './server/listeners.js';
 import { nodePeerPolicy } from './server/peers.js';
 import { StoreHealthWatcher, openNodeStore } from './server/store.js';
 import type { RunningServer, ServerDeps } from './server/types.js';
-import { TcpRelays } from './transport/tcp-relay/relay.js';
 import { UdpRelayFactory } from './transport/udp/relay.js';
 import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
@@ -94,24 +93,11 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const { policy: peerPolicy, servicePorts } = nodePeerPolicy(config);
   const lifecycle = new NodeLifecycle(logger);
   const relays = new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error'));
-  // RFC 6062 TCP allocations are asked for over TCP or TLS client connections.
-  const tcpRelays = config.tcpRelay && (config.tcp || config.tls) ? new TcpRelays((err) => logger.warn({ err }, 'TCP relay socket error')) : undefined;
   const foreign = cluster?.route(store, registry, clock);
   // --dataplane kernel refuses to start without the kernel path: the store opened above goes first.
   const dataplane = await openNodeDataplane(config, deps.udpFrontend !== undefined, counters, logger).catch((err: unknown) => closeOwned(owned, store, err));
   const { offload } = dataplane;
-  const engine = createEngine(config, {
-    peerPolicy,
-    store,
-    relays,
-    tcpRelays,
-    clock,
-    logger,
-    counters,
-    foreign,
-    offload,
-    isDraining: () => lifecycle.draining,
-  });
+  const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, offload, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
   lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine) });

@@ -45,6 +45,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   stateGauges(registry, sources);
   storeMetrics(registry, sources.store);
   engineCounters(registry, sources.counters);
+  tcpRelayCounters(registry, sources.counters);
   outageCounters(registry, sources.counters);
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
@@ -175,6 +176,17 @@ function storeMetrics(registry: Registry, store: AllocationStore): void {
 }
 
 /** The engine's running totals (EngineCounters) and its request-time histogram. */
+/** RFC 6062 TCP relays (turn/methods/connect.ts, connection-bind.ts). */
+function tcpRelayCounters(registry: Registry, counters: EngineCounters): void {
+  totalCounter(
+    registry,
+    'anyturn_tcp_peer_connections_total',
+    'RFC 6062 TCP relay peer data connections, by outcome: connected (Connect), connect_failed (447), accepted (inbound, announced), bound (ConnectionBind)',
+    ['outcome'],
+    () => TCP_PEER_OUTCOMES.map((outcome) => [{ outcome }, counters.tcpPeerConnections[outcome]] as const),
+  );
+}
+
 function engineCounters(registry: Registry, counters: EngineCounters): void {
   const requestSeconds = new Histogram({
     name: 'anyturn_request_duration_seconds',
@@ -201,13 +213,6 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
   ]);
   totalCounter(registry, 'anyturn_dropped_packets_total', 'Packets dropped without an answer, by reason', ['reason'], () =>
     DROP_REASONS.map((reason) => [{ reason }, counters.drops[reason]] as const),
-  );
-  totalCounter(
-    registry,
-    'anyturn_tcp_peer_connections_total',
-    'RFC 6062 TCP relay peer data connections, by outcome: connected (Connect), connect_failed (447), accepted (inbound, announced), bound (ConnectionBind)',
-    ['outcome'],
-    () => TCP_PEER_OUTCOMES.map((outcome) => [{ outcome }, counters.tcpPeerConnections[outcome]] as const),
   );
   totalCounter(registry, 'anyturn_auth_failures_total', 'Requests answered 401 (no or bad credentials)', [], () => single(counters.authFailures));
   totalCounter(registry, 'anyturn_quota_refusals_total', 'Allocates refused by --user-quota (486) or --total-quota (508)', [], () =>
