@@ -1,16 +1,16 @@
 // The relayed transport addresses of RFC 6062 TCP allocations: a listening TCP socket on
 // the relay address and port, which peers connect to (§5.3), and the connections the
-// server makes to peers from that same address and port (§5.2).
+// server makes to peers (§5.2).
 //
-// Accepting and connecting on one port. RFC 6062 §5.2 assumes SO_REUSEADDR lets a socket
-// connect from the port a listening socket holds; on Linux it does not: a bind next to a
-// listening socket fails (EADDRINUSE) unless both have SO_REUSEPORT, which Node 20 cannot
-// set on a TCP socket. Linux does let a socket listen next to a connecting or connected one
-// when both have SO_REUSEADDR (libuv sets it on every TCP bind). So a Connect closes the
-// listening socket, binds and starts the outgoing connection, and listens again at once: a
-// few hundred microseconds in which a peer's connection is refused (the accepted ones live
-// on). Connects on one relayed address take their turn for that moment only.
-
+// The source of those connections: the relay IP, with a port the kernel picks. RFC 6062
+// §5.2 makes the relayed transport address the local endpoint, counting on SO_REUSEADDR to
+// let a socket connect from the port a listening socket holds; Linux refuses that bind
+// (EADDRINUSE) unless both sockets have SO_REUSEPORT, which Node 20 cannot set on a TCP
+// socket. Linux does let a socket listen next to a connecting one, so closing the listening
+// socket around each outgoing bind would give the exact address, but in that window (under
+// a millisecond) a peer's connection is refused: coturn's turnutils_uclient -T, whose pairs
+// of relays connect to each other at once, lost connections that way. Peers see the relayed
+// IP (permissions and firewall rules are per IP), from another port. README, "Status".
 import net from 'node:net';
 import type { PeerConnection, PeerPacketHandler, RelayBindFailure, TcpRelayFactory, TcpRelaySocket } from '../../turn/ports.js';
 import { plainAddress } from '../stream/connection.js';
@@ -18,14 +18,14 @@ import { TcpPeerConnection } from './peer-connection.js';
 
 const IN_USE: RelayBindFailure = { failed: 'in-use' };
 
-function listenOn(address: string, port: number, onSocket: (socket: net.Socket) => void): Promise<net.Server> {
+function listenOn(address: string, port: number, onSocket: (socket: net.Socket) => void, onError: (err: Error) => void = () => undefined): Promise<net.Server> {
   return new Promise((resolve, reject) => {
     // exclusive: in a node:cluster worker the relayed port is this process's own, never shared through the primary.
     const server = net.createServer({ noDelay: true }, onSocket);
     server.once('error', reject);
     server.listen({ host: address, port, exclusive: true }, () => {
       server.off('error', reject);
-      server.on('error', () => undefined);
+      server.on('error', onError);
       resolve(server);
     });
   });
@@ -34,18 +34,16 @@ function listenOn(address: string, port: number, onSocket: (socket: net.Socket) 
 class TcpRelay implements TcpRelaySocket {
   private onConnection: ((connection: PeerConnection) => void) | undefined;
   private closed = false;
-  /** The turn of the Connects on this address (see the top of the file). */
-  private turn: Promise<void> = Promise.resolve();
   /** Sockets made by a Connect and not yet connected (closed with the relay). */
   private readonly connecting = new Set<net.Socket>();
 
   constructor(
-    private server: net.Server | undefined,
+    private readonly server: net.Server,
     readonly address: string,
     readonly port: number,
     private readonly factory: TcpRelays,
   ) {
-    server?.on('connection', this.onSocket);
+    server.on('connection', this.onSocket);
   }
 
   /** Inbound sockets: closed until accept() (an allocation in the making has no permission yet). */
@@ -67,37 +65,11 @@ class TcpRelay implements TcpRelaySocket {
   }
 
   async connect(address: string, port: number, timeoutMs: number): Promise<PeerConnection | undefined> {
-    const previous = this.turn;
-    let done!: () => void;
-    this.turn = new Promise((resolve) => {
-      done = resolve;
-    });
-    await previous;
-    let socket: net.Socket;
-    try {
-      if (this.closed) return undefined;
-      this.server?.close();
-      this.server = undefined;
-      socket = net.connect({ host: address, port, localAddress: this.address, localPort: this.port, noDelay: true });
-      socket.on('error', () => undefined);
-      // For an IP literal, Node binds and connects on the next tick: listen again after that.
-      await new Promise((resolve) => setImmediate(resolve));
-      await this.listenAgain();
-    } finally {
-      done();
-    }
+    if (this.closed) return undefined;
+    // From the relay IP (see the top of the file for the port).
+    const socket = net.connect({ host: address, port, localAddress: this.address, noDelay: true });
+    socket.on('error', () => undefined);
     return this.established(socket, timeoutMs);
-  }
-
-  private async listenAgain(): Promise<void> {
-    if (this.closed) return;
-    try {
-      this.server = await listenOn(this.address, this.port, this.onSocket);
-      if (this.closed) this.server.close();
-    } catch (err) {
-      // Peers cannot connect to this relayed address until a later Connect listens again.
-      this.factory.onError(err as Error);
-    }
   }
 
   /** Resolves the connection once established; undefined when refused, failed, or not within timeoutMs (447). */
@@ -124,8 +96,7 @@ class TcpRelay implements TcpRelaySocket {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.server?.close();
-    this.server = undefined;
+    this.server.close();
     for (const socket of this.connecting) socket.destroy();
     this.factory.released(this);
   }
@@ -141,7 +112,7 @@ export class TcpRelays implements TcpRelayFactory {
   async bind(address: string, port: number, _onPacket: PeerPacketHandler): Promise<TcpRelaySocket | RelayBindFailure> {
     let server: net.Server;
     try {
-      server = await listenOn(address, port, () => undefined);
+      server = await listenOn(address, port, () => undefined, this.onError);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? 'unknown';
       return code === 'EADDRINUSE' || code === 'EACCES' ? IN_USE : { failed: 'unavailable', code };
