@@ -76,15 +76,23 @@ export class DataConnection {
     this.data = Buffer.from(this.head.subarray(total));
   }
 
-  /** Opens a connection to `server` and sends ConnectionBind for `connectionId`; resolves with the answer's code. */
-  static async open(server: Endpoint, control: StreamTurnClient, connectionId: number): Promise<{ code: number; connection: DataConnection }> {
+  /**
+   * Opens a connection to `server` and sends ConnectionBind for `connectionId` (with `early`
+   * raw bytes right behind it in the same write, when given); resolves with the answer's code.
+   */
+  static async open(
+    server: Endpoint,
+    control: StreamTurnClient,
+    connectionId: number,
+    early: Buffer = Buffer.alloc(0),
+  ): Promise<{ code: number; connection: DataConnection }> {
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s = net.connect({ host: server.address, port: server.port }, () => resolve(s));
       s.once('error', reject);
     });
     const connection = new DataConnection(socket);
     const { buf } = control.build(Method.ConnectionBind, (w) => w.add(Attr.ConnectionId, encodeUint32(connectionId)));
-    socket.write(buf);
+    socket.write(Buffer.concat([buf, early]));
     await eventually('the ConnectionBind answer', () => connection.answer !== undefined || connection.closed);
     if (!connection.answer) throw new Error('connection closed before the ConnectionBind answer');
     return { code: codeOf(connection.answer), connection };

@@ -94,6 +94,21 @@ describe('RFC 6062 TCP allocations over TCP (loopback peers allowed)', () => {
     assert.ok(server.counters.tcpPeerConnections.bound >= 1);
   });
 
+  it('relays raw bytes that follow the ConnectionBind in the same segment', async () => {
+    const { control } = await tcpAllocation(server);
+    open.push(control);
+    const before = echo.connections.length;
+    const connect = await connectTo(control, echo.endpoint);
+    assert.equal(connect.code, 200);
+    const early = pattern(5000, 11);
+    const { code, connection } = await DataConnection.open(endpointOf(server, 'tcp'), control, connect.connectionId!, early);
+    open.push(connection);
+    assert.equal(code, 200);
+    await eventually('the echo', () => connection.data.length >= early.length);
+    assert.ok(connection.data.equals(early));
+    assert.ok(echo.connections[before]!.data.equals(early));
+  });
+
   it('announces a peer connecting to the relayed address (ConnectionAttempt) and relays it after ConnectionBind', async () => {
     const { control, relayed } = await tcpAllocation(server);
     open.push(control);
