@@ -85,6 +85,12 @@ export const FLAGS = {
   udp: { group: TRANSPORT, kind: boolOn, describe: 'Listen for UDP clients on --listening-port; --no-udp (ANYTURN_NO_UDP=true) turns it off' },
   tcp: { group: TRANSPORT, kind: boolOn, describe: 'Listen for TCP clients on --listening-port (RFC 8656 §3.1); --no-tcp turns it off' },
   tls: { group: TRANSPORT, kind: boolOn, describe: 'Listen for TLS clients on --tls-listening-port when --cert and --pkey are given; --no-tls turns it off' },
+  'tcp-relay': {
+    group: TRANSPORT,
+    kind: boolOn,
+    describe:
+      "RFC 6062 TCP allocations (REQUESTED-TRANSPORT TCP) for TCP and TLS clients, with the peer policy of UDP peers; --no-tcp-relay (coturn's name) turns them off (442)",
+  },
   'tls-listening-port': { group: TRANSPORT, kind: int(0, 65535), default: 5349, describe: 'TCP port for TURN over TLS' },
   cert: { group: TRANSPORT, kind: text, describe: 'Certificate chain for TLS (PEM file); with --pkey turns TLS on' },
   pkey: { group: TRANSPORT, kind: text, describe: 'Private key for TLS (PEM file, no passphrase)' },
@@ -124,6 +130,7 @@ export const FLAGS = {
   'no-udp': { hidden: true, kind: bool },
   'no-tcp': { hidden: true, kind: bool },
   'no-tls': { hidden: true, kind: bool },
+  'no-tcp-relay': { hidden: true, kind: bool },
 
   dataplane: {
     group: DATAPLANE,

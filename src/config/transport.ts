@@ -12,6 +12,7 @@ type TransportFields =
   | 'udp'
   | 'tcp'
   | 'tls'
+  | 'tcpRelay'
   | 'maxTcpConnections'
   | 'maxTcpConnectionsPerIp'
   | 'tcpIdleTimeoutSeconds'
@@ -38,6 +39,7 @@ export function transportConfig(raw: RawOptions, listeningPort: number): Pick<Se
     udp,
     tcp,
     tls,
+    tcpRelay: read(raw, 'tcp-relay') !== false && read(raw, 'no-tcp-relay') !== true,
     maxTcpConnections: read(raw, 'max-tcp-connections'),
     maxTcpConnectionsPerIp: read(raw, 'max-tcp-connections-per-ip'),
     tcpIdleTimeoutSeconds: read(raw, 'tcp-idle-timeout'),

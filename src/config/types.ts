@@ -52,6 +52,8 @@ export interface ServerConfig {
   /** UDP and TCP client listeners on --listening-port (--no-udp, --no-tcp turn them off). */
   readonly udp: boolean;
   readonly tcp: boolean;
+  /** RFC 6062 TCP allocations for TCP and TLS clients (--no-tcp-relay turns them off). */
+  readonly tcpRelay: boolean;
   /** TLS client listeners: present when --cert and --pkey are given and not --no-tls. */
   readonly tls?: TlsConfig;
   /** Open TCP+TLS client connections at most; more are closed at once (0: no cap). */

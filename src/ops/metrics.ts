@@ -12,7 +12,7 @@ import { type Labelled, totalCounter } from './total-counter.js';
 import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream/framer.js';
-import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters, STORE_CONFLICT_KINDS } from '../turn/counters.js';
+import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters, STORE_CONFLICT_KINDS, TCP_PEER_OUTCOMES } from '../turn/counters.js';
 import type { EngineStats } from '../turn/ports.js';
 
 export interface MetricsSources {
@@ -45,6 +45,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   stateGauges(registry, sources);
   storeMetrics(registry, sources.store);
   engineCounters(registry, sources.counters);
+  tcpRelayCounters(registry, sources.counters);
   outageCounters(registry, sources.counters);
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
@@ -175,6 +176,17 @@ function storeMetrics(registry: Registry, store: AllocationStore): void {
 }
 
 /** The engine's running totals (EngineCounters) and its request-time histogram. */
+/** RFC 6062 TCP relays (turn/methods/connect.ts, connection-bind.ts). */
+function tcpRelayCounters(registry: Registry, counters: EngineCounters): void {
+  totalCounter(
+    registry,
+    'anyturn_tcp_peer_connections_total',
+    'RFC 6062 TCP relay peer data connections, by outcome: connected (Connect), connect_failed (447), accepted (inbound, announced), bound (ConnectionBind)',
+    ['outcome'],
+    () => TCP_PEER_OUTCOMES.map((outcome) => [{ outcome }, counters.tcpPeerConnections[outcome]] as const),
+  );
+}
+
 function engineCounters(registry: Registry, counters: EngineCounters): void {
   const requestSeconds = new Histogram({
     name: 'anyturn_request_duration_seconds',

@@ -9,6 +9,7 @@ import type { Clock } from '../turn/clock.js';
 import type { EngineCounters } from '../turn/counters.js';
 import { TurnEngine } from '../turn/engine.js';
 import type { ChannelOffload, ForeignPacketHandler, RelaySocketFactory } from '../turn/ports.js';
+import { TcpRelays } from '../transport/tcp-relay/relay.js';
 import { MobilityTickets } from '../turn/auth/mobility-ticket.js';
 import { NonceIssuer } from '../turn/auth/nonce.js';
 import type { PeerPolicy } from '../turn/peer-policy.js';
@@ -39,6 +40,8 @@ export function createEngine(config: ServerConfig, parts: EngineParts): TurnEngi
     peerPolicy: parts.peerPolicy,
     store: parts.store,
     relays: parts.relays,
+    // RFC 6062 TCP allocations: asked for over TCP or TLS client connections (--no-tcp-relay: none).
+    tcpRelays: config.tcpRelay && (config.tcp || config.tls) ? new TcpRelays((err) => parts.logger.warn({ err }, 'TCP relay socket error')) : undefined,
     clock: parts.clock,
     logger: parts.logger,
     counters: parts.counters,

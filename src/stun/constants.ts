@@ -22,6 +22,10 @@ export const Method = {
   Data: 0x007,
   CreatePermission: 0x008,
   ChannelBind: 0x009,
+  /** RFC 6062 §6.1: TCP allocations. */
+  Connect: 0x00a,
+  ConnectionBind: 0x00b,
+  ConnectionAttempt: 0x00c,
 } as const;
 export type Method = (typeof Method)[keyof typeof Method];
 
@@ -41,6 +45,12 @@ export function methodName(method: number): string {
       return 'create_permission';
     case Method.ChannelBind:
       return 'channel_bind';
+    case Method.Connect:
+      return 'connect';
+    case Method.ConnectionBind:
+      return 'connection_bind';
+    case Method.ConnectionAttempt:
+      return 'connection_attempt';
     default:
       return 'unknown';
   }
@@ -69,6 +79,8 @@ export const Attr = {
   Userhash: 0x001e,
   XorMappedAddress: 0x0020,
   ReservationToken: 0x0022,
+  /** RFC 6062 §6.2: names one peer data connection of a TCP allocation. */
+  ConnectionId: 0x002a,
   AdditionalAddressFamily: 0x8000,
   AddressErrorCode: 0x8001,
   PasswordAlgorithms: 0x8002,
@@ -94,6 +106,8 @@ export type PasswordAlgorithm = (typeof PasswordAlgorithm)[keyof typeof Password
 
 /** IANA protocol number carried in REQUESTED-TRANSPORT (RFC 8656 §18.7). */
 export const TRANSPORT_UDP = 17;
+/** REQUESTED-TRANSPORT of a TCP allocation (RFC 6062 §6.1). */
+export const TRANSPORT_TCP = 6;
 
 /**
  * Channel numbers a client may bind. RFC 8656 §12 narrowed them to 0x4000-0x4FFF,
@@ -120,6 +134,10 @@ export const ErrorCode = {
   WrongCredentials: 441,
   UnsupportedTransportProtocol: 442,
   PeerAddressFamilyMismatch: 443,
+  /** RFC 6062 §6.3: a Connect to a peer the allocation already has (or is making) a connection to. */
+  ConnectionAlreadyExists: 446,
+  /** RFC 6062 §6.3: the connection to the peer was refused, failed or timed out. */
+  ConnectionTimeoutOrFailure: 447,
   AllocationQuotaReached: 486,
   ServerError: 500,
   InsufficientCapacity: 508,
@@ -152,6 +170,10 @@ export function reasonPhrase(code: number): string {
       return 'Unsupported Transport Protocol';
     case 443:
       return 'Peer Address Family Mismatch';
+    case 446:
+      return 'Connection Already Exists';
+    case 447:
+      return 'Connection Timeout or Failure';
     case 486:
       return 'Allocation Quota Reached';
     case 500:

@@ -19,9 +19,19 @@ export type StreamTransport = (typeof STREAM_TRANSPORTS)[number];
  * Why a connection ended: `client` (closed or reset by the client), `idle_timeout`
  * (no valid STUN message in time), `no_allocation` (held no allocation at a
  * --tcp-unallocated-timeout check), `framing_error`, `tls_handshake` (failed before
- * it completed), `error` (a socket error after the handshake), `shutdown`.
+ * it completed), `error` (a socket error after the handshake), `shutdown`, `peer_closed`
+ * (an RFC 6062 client data connection whose peer data connection ended).
  */
-export const CONNECTION_CLOSE_REASONS = ['client', 'idle_timeout', 'no_allocation', 'framing_error', 'tls_handshake', 'error', 'shutdown'] as const;
+export const CONNECTION_CLOSE_REASONS = [
+  'client',
+  'idle_timeout',
+  'no_allocation',
+  'framing_error',
+  'tls_handshake',
+  'error',
+  'shutdown',
+  'peer_closed',
+] as const;
 export type ConnectionCloseReason = (typeof CONNECTION_CLOSE_REASONS)[number];
 
 /**

@@ -5,6 +5,7 @@
 import type { Authenticator } from './auth/authenticate.js';
 import type { AllocationTable } from './allocation/table.js';
 import type { BandwidthLimits } from './bandwidth.js';
+import type { TcpConnectionIds } from './allocation/tcp-connections.js';
 import type { WriteThrough } from './allocation/write-through.js';
 import type { DropReason } from './counters.js';
 import type { AllocationLimits } from './limits.js';
@@ -27,6 +28,8 @@ export interface TurnContext {
   readonly peerData: PeerData;
   /** Bandwidth limits: the gates the table gives allocations, and the per-user exchange. */
   readonly bandwidth: BandwidthLimits;
+  /** RFC 6062: every peer data connection of the node by CONNECTION-ID. */
+  readonly tcpConnections: TcpConnectionIds;
   /** The clock for the expiry checks on every relayed packet: its coarse reading if it has one. */
   readonly packetClock: () => number;
   /** True once stop() began: nothing new lands. */

@@ -26,6 +26,12 @@ export const DROP_REASONS = [
   'peer_service_port',
   /** Relayed data over a bandwidth limit (--max-bps, --user-max-bps, --bps-capacity; turn/bandwidth.ts). */
   'bandwidth',
+  /** A Send indication or ChannelData on a TCP allocation (RFC 6062 §5.1: data goes over data connections). */
+  'tcp_allocation',
+  /** An inbound peer connection to a TCP allocation without a permission, or refused by the peer policy (RFC 6062 §5.3): closed. */
+  'tcp_peer_refused',
+  /** A peer data connection no ConnectionBind claimed within 30 s (RFC 6062 §5.2, §5.3): closed. */
+  'tcp_bind_timeout',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -39,6 +45,10 @@ export type BindResult = (typeof BIND_RESULTS)[number];
  */
 export const ALLOCATE_REFUSAL_REASONS = ['total_quota', 'user_quota', 'relay_ports_full', 'no_descriptors', 'bind_error'] as const;
 export type AllocateRefusalReason = (typeof ALLOCATE_REFUSAL_REASONS)[number];
+
+/** RFC 6062 peer data connections: made by a Connect, failed (447), accepted from a peer and announced, joined by a ConnectionBind. */
+export const TCP_PEER_OUTCOMES = ['connected', 'connect_failed', 'accepted', 'bound'] as const;
+export type TcpPeerOutcome = (typeof TCP_PEER_OUTCOMES)[number];
 
 /** What two allocations made during a store outage can claim twice: a relayed port (anycast relay mode), a 5-tuple. */
 export const STORE_CONFLICT_KINDS = ['relay_port', 'five_tuple'] as const;
@@ -83,6 +93,8 @@ export class EngineCounters {
   /** RFC 8016: allocations moved to a new client 5-tuple, and MOBILITY-TICKETs refused (405, 400, 437, 441). */
   mobilityMoves = 0;
   mobilityRefusals = 0;
+  /** RFC 6062 peer data connections by outcome (methods/connect.ts, connection-bind.ts). */
+  readonly tcpPeerConnections: Record<TcpPeerOutcome, number> = { connected: 0, connect_failed: 0, accepted: 0, bound: 0 };
   /** Allocations written back after an outage that put their user over --user-quota (tolerated, logged). */
   userQuotaOverruns = 0;
 

@@ -15,6 +15,7 @@ import type { AllocationRecord } from '../store/types.js';
 import type { Allocation } from './allocation/allocation.js';
 import { Replication } from './allocation/replication.js';
 import { AllocationTable, type EngineListener } from './allocation/table.js';
+import { TcpConnectionIds } from './allocation/tcp-connections.js';
 import { WriteThrough } from './allocation/write-through.js';
 import { type Authenticated, Authenticator } from './auth/authenticate.js';
 import { BandwidthLimits, NO_BANDWIDTH_LIMITS } from './bandwidth.js';
@@ -25,6 +26,8 @@ import { ALLOCATION_LIMIT_DEFAULTS } from './limits.js';
 import { CapacityRefusals, allocate } from './methods/allocate.js';
 import { binding } from './methods/binding.js';
 import { channelBind } from './methods/channel-bind.js';
+import { connect } from './methods/connect.js';
+import { connectionBind } from './methods/connection-bind.js';
 import { createPermission } from './methods/create-permission.js';
 import { PeerData } from './methods/data.js';
 import { refresh } from './methods/refresh.js';
@@ -63,9 +66,12 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       replies,
       auth: new Authenticator(o, replies, drop),
       writer: new WriteThrough(o, table),
-      relays: new RelayAllocator(o, (username) => table.userCount(username)),
+      // No TCP allocations in anycast relay mode: every node serves a relayed address there, while
+      // a TCP relay's connections live on the one node that holds them (docs/architecture.md §4).
+      relays: new RelayAllocator(o.relayMode === 'anycast' ? { ...o, tcpRelays: undefined } : o, (username) => table.userCount(username)),
       refusals: new CapacityRefusals(o, () => table.size),
       peerData: new PeerData(o.counters, packetClock, drop),
+      tcpConnections: new TcpConnectionIds(),
       bandwidth,
       packetClock,
       get stopped() {
@@ -130,6 +136,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       !local &&
       message.method !== Method.Binding &&
       message.method !== Method.Allocate &&
+      // RFC 6062 §5.4: a ConnectionBind comes on a new connection, which never has an allocation.
+      message.method !== Method.ConnectionBind &&
       this.o.foreign !== undefined &&
       listener.find(address, port) === undefined &&
       this.o.foreign.offer(listener, buf, address, port)
@@ -173,6 +181,10 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
           return await createPermission(this.ctx, request);
         case Method.ChannelBind:
           return await channelBind(this.ctx, request);
+        case Method.Connect:
+          return await connect(this.ctx, request);
+        case Method.ConnectionBind:
+          return await connectionBind(this.ctx, request);
         default:
           throw new TurnError(ErrorCode.BadRequest, 'Unknown method');
       }
@@ -217,6 +229,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       }
     }
     this.ctx.relays.expire(now);
+    // RFC 6062 §5.2, §5.3: peer data connections no ConnectionBind claimed within 30 s.
+    for (let n = this.ctx.tcpConnections.expire(now); n > 0; n--) this.ctx.drop('tcp_bind_timeout');
     writer.offload.syncAllIfPolicyChanged(this.table.all(), now);
     // Not awaited: a slow store must not hold up expiry (turn/bandwidth.ts keeps one exchange in flight).
     void this.ctx.bandwidth.exchange(now);

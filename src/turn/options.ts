@@ -12,7 +12,7 @@ import type { EngineCounters } from './counters.js';
 import type { BandwidthOptions } from './bandwidth.js';
 import type { AllocationLimits } from './limits.js';
 import type { PeerPolicy } from './peer-policy.js';
-import type { ChannelOffload, EngineLogger, ForeignPacketHandler } from './ports.js';
+import type { ChannelOffload, EngineLogger, ForeignPacketHandler, TcpRelayFactory } from './ports.js';
 import type { RelayPortOptions } from './relay/relay-ports.js';
 
 /** With the relay addresses and port range of RelayPortOptions; a family without a relay address answers 440. */
@@ -55,6 +55,11 @@ export interface EngineOptions extends RelayPortOptions {
   readonly offload?: ChannelOffload;
   /** Bandwidth limits (turn/bandwidth.ts): per allocation, per user across the cluster, per node. Absent: none. */
   readonly bandwidth?: BandwidthOptions;
+  /**
+   * RFC 6062 TCP allocations (on unless --no-tcp-relay): binds their relayed transport
+   * addresses. Absent: REQUESTED-TRANSPORT TCP gets 442.
+   */
+  readonly tcpRelays?: TcpRelayFactory;
   /** RFC 8016 mobility (--mobility): seals and opens MOBILITY-TICKETs. Absent: any ticket gets 405. */
   readonly mobility?: MobilityTickets;
 }

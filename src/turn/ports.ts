@@ -54,6 +54,45 @@ export interface RelaySocketFactory {
   available(address: string): Promise<boolean>;
 }
 
+/**
+ * One TCP connection between a TCP allocation's relayed transport address and a peer
+ * (RFC 6062 §2: a peer data connection). Nothing is read from it until it is joined: the
+ * peer's bytes wait in the TCP receive window meanwhile (RFC 6062 §5.2, §5.3).
+ */
+export interface PeerConnection {
+  readonly peerAddress: string;
+  readonly peerPort: number;
+  /**
+   * RFC 6062 §5.4: `client`, the TCP/TLS client connection whose ConnectionBind just succeeded
+   * (its answer already sent), becomes this connection's client data connection: bytes pass
+   * unchanged both ways from now on, and when either side closes so does the other. False
+   * when `client` cannot carry raw bytes (not a stream, or already gone).
+   */
+  join(client: ClientPath): boolean;
+  /** Called once, when the connection closed (either side, or close()). */
+  onClose(handler: () => void): void;
+  close(): void;
+}
+
+/**
+ * The relayed transport address of a TCP allocation (RFC 6062 §5.1): it accepts peers'
+ * connections and makes connections to peers from the same address and port.
+ */
+export interface TcpRelaySocket extends RelaySocket {
+  /** Hands inbound peer connections to `onConnection` from now on; until then they are closed at once. */
+  accept(onConnection: (connection: PeerConnection) => void): void;
+  /**
+   * Connects to address:port from the relayed transport address (RFC 6062 §5.2); resolves
+   * undefined when the peer refused, the attempt failed, or it did not succeed within timeoutMs.
+   */
+  connect(address: string, port: number, timeoutMs: number): Promise<PeerConnection | undefined>;
+}
+
+/** Binds TCP relayed transport addresses: a RelaySocketFactory whose sockets are TcpRelaySockets (`onPacket` is never called). */
+export interface TcpRelayFactory extends RelaySocketFactory {
+  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<TcpRelaySocket | RelayBindFailure>;
+}
+
 /** The subset of pino's logger the engine (and the cluster and ops) use. */
 export interface EngineLogger {
   info(obj: object, msg: string): void;

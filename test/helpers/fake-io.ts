@@ -3,7 +3,16 @@
 // nothing here stands in for a third-party library or a network service.
 
 import type { ClientTransportKind } from '../../src/store/types.js';
-import type { ClientPath, PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../src/turn/ports.js';
+import type {
+  ClientPath,
+  PeerConnection,
+  PeerPacketHandler,
+  RelayBindFailure,
+  RelaySocket,
+  RelaySocketFactory,
+  TcpRelayFactory,
+  TcpRelaySocket,
+} from '../../src/turn/ports.js';
 
 /** One message the engine sent to a client, as the client would receive it. */
 export interface SentToClient {
@@ -164,5 +173,128 @@ export class FakeRelayFactory implements RelaySocketFactory {
 
   get openCount(): number {
     return this.open.size;
+  }
+}
+
+/** A peer data connection (RFC 6062) as the engine sees it: records joins and closes. */
+export class FakePeerConnection implements PeerConnection {
+  joinedTo: ClientPath | undefined;
+  closed = false;
+  /** What join() answers (false: the client connection could not take raw bytes). */
+  joinable = true;
+  private closeHandler: (() => void) | undefined;
+
+  constructor(
+    readonly peerAddress: string,
+    readonly peerPort: number,
+  ) {}
+
+  join(client: ClientPath): boolean {
+    if (this.closed || !this.joinable) return false;
+    this.joinedTo = client;
+    return true;
+  }
+
+  onClose(handler: () => void): void {
+    this.closeHandler = handler;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeHandler?.();
+  }
+}
+
+/** A TCP relayed address: Connects resolve at once (or as the test says), inbound connections come from inject(). */
+export class FakeTcpRelaySocket implements TcpRelaySocket {
+  closed = false;
+  /** Every connect() call. */
+  readonly connects: { readonly address: string; readonly port: number; readonly timeoutMs: number }[] = [];
+  /** Peers ("address|port") that refuse (connect resolves undefined). */
+  readonly refusing = new Set<string>();
+  /** While set, connect() waits until release() (a Connect under way). */
+  holding = false;
+  private readonly held: (() => void)[] = [];
+  private onConnection: ((connection: PeerConnection) => void) | undefined;
+  /** Every connection made or accepted, in order. */
+  readonly connections: FakePeerConnection[] = [];
+
+  constructor(
+    readonly address: string,
+    readonly port: number,
+    private readonly onClosed: (socket: FakeTcpRelaySocket) => void,
+  ) {}
+
+  send(): void {
+    throw new Error('a TCP relay sends no datagrams');
+  }
+
+  accept(onConnection: (connection: PeerConnection) => void): void {
+    this.onConnection = onConnection;
+  }
+
+  async connect(address: string, port: number, timeoutMs: number): Promise<PeerConnection | undefined> {
+    this.connects.push({ address, port, timeoutMs });
+    if (this.holding) await new Promise<void>((resolve) => this.held.push(resolve));
+    if (this.closed || this.refusing.has(`${address}|${port}`)) return undefined;
+    const connection = new FakePeerConnection(address, port);
+    this.connections.push(connection);
+    return connection;
+  }
+
+  /** Lets the held Connects finish. */
+  release(): void {
+    this.holding = false;
+    for (const resolve of this.held.splice(0)) resolve();
+  }
+
+  /** A peer connects to this relayed address; closed at once when nobody accepts. */
+  inject(peerAddress: string, peerPort: number): FakePeerConnection {
+    const connection = new FakePeerConnection(peerAddress, peerPort);
+    this.connections.push(connection);
+    if (this.closed || !this.onConnection) connection.close();
+    else this.onConnection(connection);
+    return connection;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.onClosed(this);
+  }
+}
+
+export class FakeTcpRelayFactory implements TcpRelayFactory {
+  readonly sockets: FakeTcpRelaySocket[] = [];
+  private readonly open = new Map<string, FakeTcpRelaySocket>();
+  private closed = 0;
+
+  async bind(address: string, port: number): Promise<TcpRelaySocket | RelayBindFailure> {
+    const id = `${address}|${port}`;
+    if (this.open.has(id)) return { failed: 'in-use' };
+    const socket = new FakeTcpRelaySocket(address, port, (s) => {
+      if (this.open.get(id) === s) this.open.delete(id);
+      this.closed++;
+    });
+    this.open.set(id, socket);
+    this.sockets.push(socket);
+    return socket;
+  }
+
+  holds(address: string, port: number): boolean {
+    return this.open.has(`${address}|${port}`);
+  }
+
+  closedCount(): number {
+    return this.closed;
+  }
+
+  async available(): Promise<boolean> {
+    return true;
+  }
+
+  socketAt(address: string, port: number): FakeTcpRelaySocket | undefined {
+    return this.open.get(`${address}|${port}`);
   }
 }

@@ -46,6 +46,13 @@ export interface StreamListenerHooks {
   onError(err: Error): void;
 }
 
+/** A connection given over to raw bytes (detach()): its socket, and how to close it. */
+export interface DetachedStream {
+  readonly socket: net.Socket;
+  /** Closes the connection, counted as `peer_closed`. */
+  close(): void;
+}
+
 /** "::ffff:192.0.2.1" (an IPv4 client on a dual-stack socket) -> "192.0.2.1". */
 export function plainAddress(address: string | undefined): string {
   if (address === undefined) return '';
@@ -79,6 +86,8 @@ export class StreamConnection implements ClientPath {
   private waitingHead = 0;
   private waitingBytes = 0;
   private writing = false;
+  /** Once detached (RFC 6062 client data connection): where every byte read goes, unframed. */
+  private rawSink: ((chunk: Buffer) => void) | undefined;
   private resolveClosed!: () => void;
   /** Resolves once the connection has closed and its session has been told. */
   readonly closed = new Promise<void>((resolve) => {
@@ -147,6 +156,7 @@ export class StreamConnection implements ClientPath {
 
   private onData(chunk: Buffer): void {
     if (this.closeReason !== undefined) return;
+    if (this.rawSink !== undefined) return this.rawSink(chunk);
     const error = this.framer.push(chunk, (message) => {
       if (this.closeReason !== undefined) return;
       if (this.idleTimer !== undefined && message[0]! < 0x40 && decodeMessage(message).ok) {
@@ -162,6 +172,14 @@ export class StreamConnection implements ClientPath {
       }
       this.session?.onMessage(message);
     });
+    // Detached by the message just handled: what followed it in the chunk is raw already.
+    // (A handler may have set rawSink: TypeScript's narrowing above does not know.)
+    const sink = this.rawSink as ((chunk: Buffer) => void) | undefined;
+    if (sink !== undefined) {
+      const rest = this.framer.takeRest();
+      if (rest.length > 0) sink(rest);
+      return;
+    }
     if (error !== undefined) {
       this.counters.framingErrors[this.transport][error]++;
       this.close('framing_error');
@@ -236,6 +254,29 @@ export class StreamConnection implements ClientPath {
     const out = Buffer.allocUnsafe(framedLength(headLength, length, padTo4));
     writeFramed(out, head, headLength, payload, offset, length, padTo4);
     this.write(socket, out);
+  }
+
+  /**
+   * RFC 6062 §5.4: the connection becomes a client data connection. From now on nothing is
+   * framed: every byte read goes to `onData` (those after the ConnectionBind in the chunk
+   * being read, too), and the caller writes to the socket. Messages already queued are
+   * written first. Undefined when the connection is closing or was detached before.
+   */
+  detach(onData: (chunk: Buffer) => void): DetachedStream | undefined {
+    const socket = this.socket;
+    if (socket === undefined || this.closeReason !== undefined || socket.destroyed || this.rawSink !== undefined) return undefined;
+    this.rawSink = onData;
+    this.framer.stop();
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    if (this.allocationCheck !== undefined) clearInterval(this.allocationCheck);
+    this.allocationCheck = undefined;
+    // TLS: the messages behind the write in flight go now, in order, before any raw byte.
+    for (let i = this.waitingHead; i < this.waiting.length; i++) socket.write(this.waiting[i]!);
+    this.waiting.length = 0;
+    this.waitingHead = 0;
+    this.waitingBytes = 0;
+    return { socket, close: () => this.close('peer_closed') };
   }
 
   /** Closes the connection at once (queued output to a client being dropped is not worth waiting for). */

@@ -71,6 +71,9 @@ export class StreamFramer {
   private partialMessageLength = 0;
   private failure: FramingError | undefined;
   private readonly lengths = { messageLength: 0 };
+  /** Set by stop() from a frame handler: push() hands on nothing more and keeps the rest of its chunk. */
+  private stopped = false;
+  private rest: Buffer | undefined;
 
   constructor(readonly maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {
     if (maxFrameBytes < STUN_HEADER_LENGTH) throw new RangeError(`maxFrameBytes ${maxFrameBytes} is below a STUN header`);
@@ -101,6 +104,7 @@ export class StreamFramer {
    */
   push(chunk: Buffer, onFrame: FrameHandler): FramingError | undefined {
     if (this.failure) return this.failure;
+    if (this.stopped) return undefined;
     let offset = 0;
     const end = chunk.length;
 
@@ -125,6 +129,7 @@ export class StreamFramer {
       this.partial = undefined;
       this.partialFill = 0;
       onFrame(whole.subarray(0, this.partialMessageLength));
+      if (this.stopped) return this.keepRest(chunk, offset);
     }
 
     // 2. Whole frames straight from the chunk.
@@ -140,6 +145,7 @@ export class StreamFramer {
       }
       onFrame(chunk.subarray(offset, offset + this.lengths.messageLength));
       offset += total;
+      if (this.stopped) return this.keepRest(chunk, offset);
     }
 
     // 3b. Fewer than 4 bytes of the next frame.
@@ -147,6 +153,26 @@ export class StreamFramer {
       chunk.copy(this.head, 0, offset, end);
       this.headFill = end - offset;
     }
+    return undefined;
+  }
+
+  /**
+   * Ends framing (RFC 6062 §5.4: after a ConnectionBind the stream carries raw bytes).
+   * Called from a frame handler: the bytes after that frame are kept for takeRest().
+   */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** The bytes that followed the last frame before stop() (empty if none); once. */
+  takeRest(): Buffer {
+    const rest = this.rest ?? Buffer.alloc(0);
+    this.rest = undefined;
+    return rest;
+  }
+
+  private keepRest(chunk: Buffer, offset: number): undefined {
+    if (offset < chunk.length) this.rest = chunk.subarray(offset);
     return undefined;
   }
 

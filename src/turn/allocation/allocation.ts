@@ -8,6 +8,7 @@ import { CHANNEL_MIN } from '../../stun/constants.js';
 import type { AllocationRecord } from '../../store/types.js';
 import type { BandwidthGate } from '../bandwidth.js';
 import type { ClientPath, RelayFamily, RelaySocket } from '../ports.js';
+import type { TcpRelayState } from './tcp-connections.js';
 
 /** RFC 8656 §9: a permission lasts 300 s. */
 export const PERMISSION_LIFETIME_MS = 300_000;
@@ -119,6 +120,8 @@ export class Allocation {
   bandwidth: BandwidthGate | undefined = undefined;
   /** RFC 8016 moves so far: a mobility ticket carries it and is good only while it is current (auth/mobility-ticket.ts). */
   mobilityGeneration = 0;
+  /** An RFC 6062 TCP allocation's peer data connections (its `relay` is then a TcpRelaySocket); undefined for UDP. */
+  tcp: TcpRelayState | undefined = undefined;
   persisting: Promise<void> = Promise.resolve();
 
   readonly permissionsByAddress = new Map<string, Permission>();
@@ -178,8 +181,9 @@ export class Allocation {
     return ipv6 ? this.relayIPv6 : this.relayIPv4;
   }
 
-  /** Closes every relay socket of the allocation. */
+  /** Closes every relay socket of the allocation, and a TCP allocation's connections (RFC 6062 §5.5). */
   closeRelays(): void {
+    this.tcp?.closeAll();
     this.relay.close();
     this.additionalRelay?.close();
   }

@@ -3,7 +3,7 @@
 // sockets, no store, no clock; a bad request throws the TurnError it is answered with.
 
 import { decodeAddressFamily, decodeEvenPort, decodeRequestedTransport, decodeReservationToken, decodeUint32 } from '../../stun/attributes.js';
-import { AddressFamily, Attr, ErrorCode, TRANSPORT_UDP } from '../../stun/constants.js';
+import { AddressFamily, Attr, ErrorCode, TRANSPORT_TCP, TRANSPORT_UDP } from '../../stun/constants.js';
 import { type StunMessage, getAttribute } from '../../stun/message.js';
 import { TurnError } from '../errors.js';
 
@@ -23,6 +23,14 @@ export interface AllocateRequest {
   readonly additionalError: number | undefined;
   /** Seconds granted (RFC 8656 §7.2); a requested 0 gets the default, as a new allocation cannot start expired. */
   readonly lifetimeSeconds: number;
+  /** REQUESTED-TRANSPORT TCP: an RFC 6062 TCP allocation (absent: UDP). */
+  readonly tcp?: true;
+}
+
+/** Whether a TCP allocation (RFC 6062) can be had: the server relays TCP, and the request came over TCP or TLS. */
+export interface TcpAllocateContext {
+  readonly relaysTcp: boolean;
+  readonly overStream: boolean;
 }
 
 export interface RelayFamilies {
@@ -44,12 +52,19 @@ export function requestedLifetimeSeconds(message: StunMessage, maxLifetimeSecond
 }
 
 /** Reads and checks an Allocate request's attributes; `relays` says which relay families this server has. */
-export function readAllocateRequest(message: StunMessage, relays: RelayFamilies, maxLifetimeSeconds: number): AllocateRequest {
+export function readAllocateRequest(
+  message: StunMessage,
+  relays: RelayFamilies,
+  maxLifetimeSeconds: number,
+  tcpContext: TcpAllocateContext = { relaysTcp: false, overStream: false },
+): AllocateRequest {
   const transportValue = getAttribute(message, Attr.RequestedTransport);
   if (!transportValue) throw new TurnError(ErrorCode.BadRequest, 'REQUESTED-TRANSPORT missing');
   const transport = decodeRequestedTransport(transportValue);
   if (transport === undefined) throw new TurnError(ErrorCode.BadRequest, 'Bad REQUESTED-TRANSPORT');
-  if (transport !== TRANSPORT_UDP) throw new TurnError(ErrorCode.UnsupportedTransportProtocol);
+  const tcp = transport === TRANSPORT_TCP && tcpContext.relaysTcp;
+  if (transport !== TRANSPORT_UDP && !tcp) throw new TurnError(ErrorCode.UnsupportedTransportProtocol);
+  if (tcp) checkTcpAllocate(message, tcpContext);
 
   // DONT-FRAGMENT (RFC 8656 §7.2) needs no action: relay sockets keep Linux's default
   // IP_PMTUDISC_WANT, which sets DF on every datagram that fits the path MTU.
@@ -83,5 +98,18 @@ export function readAllocateRequest(message: StunMessage, relays: RelayFamilies,
 
   let lifetimeSeconds = requestedLifetimeSeconds(message, maxLifetimeSeconds);
   if (lifetimeSeconds === 0) lifetimeSeconds = DEFAULT_LIFETIME_SECONDS;
-  return { token, evenPort, family, wantsDual, additionalError, lifetimeSeconds };
+  return { token, evenPort, family, wantsDual, additionalError, lifetimeSeconds, ...(tcp ? { tcp: true as const } : {}) };
+}
+
+/**
+ * RFC 6062 §5.1: a TCP allocation is asked for over TCP or TLS (400 over UDP: its data
+ * connections need a stream to the client), without DONT-FRAGMENT, EVEN-PORT or
+ * RESERVATION-TOKEN (400: they mean nothing for TCP); and it has one relayed address
+ * (ADDITIONAL-ADDRESS-FAMILY, RFC 8656 §7.2, is for UDP: 400).
+ */
+function checkTcpAllocate(message: StunMessage, tcpContext: TcpAllocateContext): void {
+  if (!tcpContext.overStream) throw new TurnError(ErrorCode.BadRequest, 'A TCP allocation needs a TCP or TLS connection');
+  for (const type of [Attr.DontFragment, Attr.EvenPort, Attr.ReservationToken, Attr.AdditionalAddressFamily]) {
+    if (getAttribute(message, type)) throw new TurnError(ErrorCode.BadRequest, 'Not for a TCP allocation');
+  }
 }

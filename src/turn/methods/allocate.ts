@@ -12,6 +12,7 @@ import type { AllocateRefusalReason } from '../counters.js';
 import { TurnError } from '../errors.js';
 import type { Claim } from '../relay/relay-allocator.js';
 import { readAllocateRequest } from './allocate-request.js';
+import { startTcpRelay } from './connect.js';
 import { issueTicket, mobilityTicketOf } from './mobility.js';
 import type { MethodRequest } from './request.js';
 
@@ -37,7 +38,11 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
   // A retransmission while the first copy is still being handled: that one answers.
   if (ctx.table.pending.has(key)) return ctx.drop('request_in_flight');
   // 3-9. REQUESTED-TRANSPORT, DONT-FRAGMENT, RESERVATION-TOKEN, the address families, EVEN-PORT, LIFETIME (allocate-request.ts).
-  const request = readAllocateRequest(message, ctx.relays.families, ctx.o.maxLifetimeSeconds);
+  //    REQUESTED-TRANSPORT TCP (RFC 6062 §5.1) over a TCP or TLS connection: a TCP allocation.
+  const request = readAllocateRequest(message, ctx.relays.families, ctx.o.maxLifetimeSeconds, {
+    relaysTcp: ctx.relays.relaysTcp,
+    overStream: listener.path.transport !== 'udp',
+  });
   // RFC 8016 §3.1: an empty MOBILITY-TICKET asks for mobility (405 when it is off).
   const mobile = mobilityTicketOf(ctx, message);
   if (mobile !== undefined && mobile.length !== 0) throw new TurnError(ErrorCode.BadRequest, 'MOBILITY-TICKET must be empty in an Allocate');
@@ -72,6 +77,8 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
       if (!allocation.localOnly) await ctx.o.store.delete(key, ctx.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
       throw new TurnError(ErrorCode.InsufficientCapacity, ctx.stopped ? 'Shutting down' : 'Connection closed');
     }
+    // RFC 6062 §5.3: from now on the relayed address takes peers' connections.
+    if (request.tcp) startTcpRelay(ctx, allocation);
     ctx.table.add(listener, allocation);
     ctx.o.counters.allocationsCreated++;
     respond(ctx, r, claim, request.lifetimeSeconds, mobile !== undefined);
@@ -127,6 +134,7 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
       event: 'allocation_created',
       client: `${r.address}:${r.port}`,
       transport: r.listener.path.transport,
+      relayTransport: allocation.tcp ? 'tcp' : undefined,
       relayed: `${allocation.relay.address}:${allocation.relay.port}`,
       relayedIPv6: allocation.additionalRelay ? `[${allocation.additionalRelay.address}]:${allocation.additionalRelay.port}` : undefined,
       user: r.auth.username,

@@ -16,6 +16,8 @@ import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './r
 export async function channelBind(ctx: TurnContext, r: MethodRequest): Promise<void> {
   const { message } = r;
   const allocation = requireAllocation(r);
+  // RFC 6062 §5.1: a TCP allocation's data goes over data connections, never channels (400).
+  if (allocation.tcp) throw new TurnError(ErrorCode.BadRequest, 'No channels on a TCP allocation');
   // 1. Both CHANNEL-NUMBER and XOR-PEER-ADDRESS (400).
   const numberValue = getAttribute(message, Attr.ChannelNumber);
   const peerValue = getAttribute(message, Attr.XorPeerAddress);

@@ -53,6 +53,8 @@ export class ClientData {
   onSendIndication(listener: EngineListener, buf: Buffer, address: string, port: number, local: boolean): void {
     const allocation = listener.find(address, port);
     if (!allocation) return this.noAllocation(listener, buf, address, port, local);
+    // RFC 6062 §5.1: a TCP allocation's data goes over data connections, never in indications.
+    if (allocation.tcp !== undefined) return this.ctx.drop('tcp_allocation');
     // 1. XOR-PEER-ADDRESS and DATA present and well formed (stun/indication.ts): discarded otherwise.
     const view = this.view;
     if (!readSendIndication(buf, view)) return this.ctx.drop('bad_send_indication');

@@ -13,7 +13,7 @@ import type { AllocationStore } from '../../store/types.js';
 import { Allocation, type AllocationSeed } from '../allocation/allocation.js';
 import type { AllocateRefusalReason, EngineCounters } from '../counters.js';
 import type { AllocateRequest } from '../methods/allocate-request.js';
-import { type ClientPath, type PeerPacketHandler, type RelaySocket, isBindFailure } from '../ports.js';
+import { type ClientPath, type PeerPacketHandler, type RelaySocket, type TcpRelayFactory, isBindFailure } from '../ports.js';
 import { type BindBudget, RelayPorts, type RelayPortOptions, type RelayRefusal, isRelayRefusal, newBindBudget } from './relay-ports.js';
 
 /** Store claims per Allocate (each a port another node turned out to hold). */
@@ -26,6 +26,8 @@ export interface RelayAllocatorOptions extends RelayPortOptions {
   readonly store: AllocationStore;
   readonly userQuota: number;
   readonly counters: EngineCounters;
+  /** RFC 6062 TCP relayed addresses, on the same addresses and port range; absent: no TCP allocations. */
+  readonly tcpRelays?: TcpRelayFactory;
 }
 
 /** Why no allocation was made: a capacity refusal, an unknown RESERVATION-TOKEN, or the 5-tuple held in the store already. */
@@ -56,6 +58,8 @@ interface Attempt {
 
 export class RelayAllocator {
   private readonly ports: RelayPorts;
+  /** The same choice of ports for TCP relayed addresses (TCP and UDP port numbers are separate spaces). */
+  private readonly tcpPorts: RelayPorts | undefined;
 
   constructor(
     private readonly o: RelayAllocatorOptions,
@@ -63,6 +67,12 @@ export class RelayAllocator {
     private readonly localUserCount: (username: string) => number,
   ) {
     this.ports = new RelayPorts(o);
+    this.tcpPorts = o.tcpRelays ? new RelayPorts({ ...o, relays: o.tcpRelays }) : undefined;
+  }
+
+  /** Whether TCP allocations can be made (RFC 6062). */
+  get relaysTcp(): boolean {
+    return this.tcpPorts !== undefined;
   }
 
   get families(): { readonly ipv4: boolean; readonly ipv6: boolean } {
@@ -95,7 +105,9 @@ export class RelayAllocator {
       let relayRefusal: RelayRefusal | undefined;
       for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
         if (!a.relay) {
-          const bound = await this.ports.bindInFamily(
+          // A TCP allocation (RFC 6062) has no EVEN-PORT, token or second family (allocate-request.ts).
+          const ports = request.tcp && this.tcpPorts ? this.tcpPorts : this.ports;
+          const bound = await ports.bindInFamily(
             request.family === AddressFamily.IPv6,
             request.evenPort !== undefined,
             request.evenPort?.reserveNext ?? false,
@@ -224,6 +236,7 @@ export class RelayAllocator {
   /** Releases reservations that ran out; probes whether relay sockets can be opened again. */
   expire(now: number): void {
     this.ports.expire(now);
+    this.tcpPorts?.expire(now);
   }
 
   /** Releases every reservation (shutdown). */

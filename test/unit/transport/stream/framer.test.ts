@@ -256,3 +256,30 @@ describe('StreamFramer memory: what arrives, not what a header announces', () =>
     }
   });
 });
+
+describe('StreamFramer.stop (RFC 6062 §5.4: raw bytes after a ConnectionBind)', () => {
+  it('hands on nothing after the frame whose handler stopped it, and keeps the rest of that chunk unframed', () => {
+    // (Later chunks never reach the framer: the connection hands them on raw.)
+    const rng = prng(SEED ^ 0x6062);
+    const bind = stunMessage(rng, 8);
+    // Raw bytes that would frame as a STUN message and then as garbage: none of it may be taken as a frame.
+    const raw = Buffer.concat([stunMessage(rng, 4), Buffer.from([0xff, 1, 2, 3])]);
+    for (const cut of [1, 4, bind.length - 1, bind.length, bind.length + 3]) {
+      const framer = new StreamFramer();
+      const stream = Buffer.concat([bind, raw]);
+      const frames: Buffer[] = [];
+      const onFrame = (m: Buffer): void => {
+        frames.push(Buffer.from(m));
+        framer.stop();
+      };
+      assert.equal(framer.push(stream.subarray(0, cut), onFrame), undefined);
+      // The chunk in which the ConnectionBind ends: its bytes after it are the rest.
+      const rest = cut >= bind.length ? stream.subarray(bind.length, cut) : raw;
+      if (cut < bind.length) assert.equal(framer.push(stream.subarray(cut), onFrame), undefined);
+      assert.deepEqual(frames, [bind], `cut at ${cut}`);
+      assert.ok(framer.takeRest().equals(rest), `cut at ${cut}: the raw bytes`);
+      assert.equal(framer.takeRest().length, 0, 'once');
+      assert.equal(framer.push(Buffer.from([0xff]), onFrame), undefined, 'a stopped framer refuses nothing');
+    }
+  });
+});
