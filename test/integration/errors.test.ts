@@ -167,7 +167,8 @@ describe('error responses over real UDP', () => {
           w.add(Attr.Lifetime, Buffer.from([0, 1]));
         },
       ],
-      ['unknown method 0x00A', 0x00a, () => undefined],
+      // 0x00A-0x00C are RFC 6062's Connect, ConnectionBind and ConnectionAttempt: 0x020 is unassigned.
+      ['unknown method 0x020', 0x020, () => undefined],
     ];
     for (const [name, method, decorate] of cases) {
       const r = await c.request(method, decorate);
@@ -345,10 +346,12 @@ describe('error responses over real UDP', () => {
     assert.equal((await owner.refresh(0)).code, 200);
   });
 
-  it('442 for REQUESTED-TRANSPORT 6 (TCP)', async () => {
+  it('442 for REQUESTED-TRANSPORT 132 (SCTP); 400 for TCP (6) over UDP (RFC 6062 §5.1: a TCP allocation needs a TCP or TLS connection)', async () => {
     const c = await open('u442');
-    const r = await c.request(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(6)));
+    const r = await c.request(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(132)));
     assertError(r.message, 442, c.key());
+    const tcp = await c.request(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(6)));
+    assertError(tcp.message, 400, c.key());
     assert.equal(server.engine.allocations, 0);
   });
 
