@@ -23,6 +23,7 @@
 // --servers lists one or more ip:port: allocation i goes to server i mod n.
 // Probes go at --pps in total, spread over the ready allocations.
 //
+// SIGUSR2 ends either mode early, as --duration-ms would.
 // Stdout, one JSON object a line: {"event":"stats",...} every --stats-ms (default
 // 1000), {"event":"ready",...} (hold), and {"event":"summary",...} at the end, then
 // it exits. Run without flags (as node --test may), it does nothing.
@@ -83,6 +84,15 @@ interface Options {
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+// SIGUSR2: end early (no new allocation, refreshes stop; the drain and deletions follow).
+let stopRequested = false;
+const stopped = new Promise<void>((resolve) =>
+  process.on('SIGUSR2', () => {
+    stopRequested = true;
+    resolve();
+  }),
+);
 
 function emit(record: object): void {
   process.stdout.write(`${JSON.stringify(record)}\n`);
@@ -302,7 +312,7 @@ async function runChurn(load: Load, until: number): Promise<void> {
     lanes.push(
       (async () => {
         await sleep((o.lifetimeMs / o.concurrent) * i);
-        while (Date.now() < until) await churnOne(load);
+        while (Date.now() < until && !stopRequested) await churnOne(load);
       })(),
     );
   }
@@ -329,19 +339,19 @@ async function runHold(load: Load, durationMs: number): Promise<void> {
   const step = o.refreshMs / Math.max(flows.length, 1);
   await Promise.all(
     flows.map(async (f, i) => {
-      await sleep(step * i);
-      while (Date.now() + o.refreshMs <= until) {
+      await Promise.race([sleep(step * i), stopped]);
+      while (!stopRequested && Date.now() + o.refreshMs <= until) {
         if (!(await f.refresh(false))) {
           f.ready = false;
           load.error(`allocation ${f.id}: a refresh failed`);
           break;
         }
-        await sleep(o.refreshMs);
+        await Promise.race([sleep(o.refreshMs), stopped]);
       }
     }),
   );
   const remaining = until - Date.now();
-  if (remaining > 0) await sleep(remaining);
+  if (remaining > 0) await Promise.race([sleep(remaining), stopped]);
   await Promise.all(flows.map(async (f) => (load.flows.has(f) ? load.endFlow(f, await f.close()) : undefined)));
 }
 

@@ -101,8 +101,8 @@ async function scrape(topo: Topology, node: NodeName): Promise<NodeSample> {
     lagP99Ms: get('anyturn_process_nodejs_eventloop_lag_p99_seconds') * 1000,
     lagMaxMs: get('anyturn_process_nodejs_eventloop_lag_max_seconds') * 1000,
     // Labelled by transport and family, and absent while there is none.
-    relayedToPeer: get('anyturn_relayed_packets_total{direction="client_to_peer"}'),
-    relayedToClient: get('anyturn_relayed_packets_total{direction="peer_to_client"}'),
+    relayedToPeer: m.get('anyturn_relayed_packets_total{direction="client_to_peer"}') ?? 0,
+    relayedToClient: m.get('anyturn_relayed_packets_total{direction="peer_to_client"}') ?? 0,
     allocations: [...m].reduce((sum, [k, v]) => (k.startsWith('anyturn_allocations{') ? sum + v : sum), 0),
   };
 }
