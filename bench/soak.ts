@@ -31,7 +31,8 @@ function parseArgs(argv: readonly string[]): Args {
   for (let i = 0; i < argv.length; i += 2) {
     const name = argv[i]!.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
     const value = argv[i + 1];
-    if (!(name in a) || value === undefined) throw new Error(`unknown or valueless flag ${argv[i]} (flags: --minutes, --sample-seconds, --concurrent, --lifetime-seconds, --pps, --out)`);
+    if (!(name in a) || value === undefined)
+      throw new Error(`unknown or valueless flag ${argv[i]} (flags: --minutes, --sample-seconds, --concurrent, --lifetime-seconds, --pps, --out)`);
     if (name === 'out') a.out = value;
     else {
       const n = Number(value);
@@ -112,7 +113,9 @@ async function main(): Promise<void> {
   const pngPath = `${a.out}.png`;
   const rows = [CSV_HEADER];
   const startedAt = new Date().toISOString();
-  console.error(`soak: ${a.minutes} min, a sample every ${a.sampleSeconds} s, ${a.concurrent} allocations of ${a.lifetimeSeconds} s at a time, ${a.pps} probes/s`);
+  console.error(
+    `soak: ${a.minutes} min, a sample every ${a.sampleSeconds} s, ${a.concurrent} allocations of ${a.lifetimeSeconds} s at a time, ${a.pps} probes/s`,
+  );
   const r = await runSoak({
     durationMs: a.minutes * 60_000,
     sampleMs: a.sampleSeconds * 1000,
@@ -128,12 +131,22 @@ async function main(): Promise<void> {
   });
   rows.push(csvRow(r.final));
   writeFileSync(csvPath, `${rows.join('\n')}\n`);
-  const plotError = plot(csvPath, pngPath, `anyturn soak: ${a.minutes} min, 2 nodes (anycast relay), ${a.concurrent}x${a.lifetimeSeconds}s allocations, ${a.pps} probes/s`);
+  const plotError = plot(
+    csvPath,
+    pngPath,
+    `anyturn soak: ${a.minutes} min, 2 nodes (anycast relay), ${a.concurrent}x${a.lifetimeSeconds}s allocations, ${a.pps} probes/s`,
+  );
   const flat = flatness(r.samples);
   const first = r.samples[0];
   const last = r.samples.at(-1);
   const s = r.summary;
-  const pass = s.lost === 0 && s.echoed === s.sent && s.failedAllocations === 0 && Object.keys(s.failures).length === 0 && r.settledAfterS !== undefined && flat.every((f) => f.ok);
+  const pass =
+    s.lost === 0 &&
+    s.echoed === s.sent &&
+    s.failedAllocations === 0 &&
+    Object.keys(s.failures).length === 0 &&
+    r.settledAfterS !== undefined &&
+    flat.every((f) => f.ok);
   const node = (x: Sample | undefined, n: 'N1' | 'N2') =>
     x && {
       rssMiB: +(x.nodes[n].rssBytes / 1048576).toFixed(1),
