@@ -72,6 +72,11 @@ export interface FailoverResult {
   readonly nodeWarnings: string[];
 }
 
+/** pino's `err`: a serialized Error, or (src/store/redis/connection.ts) its message alone. */
+function errText(err: unknown): string {
+  return typeof err === 'string' ? err : String((err as { message?: unknown }).message);
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -219,7 +224,7 @@ export async function runFailover(o: FailoverOptions): Promise<FailoverResult> {
     const nodeWarnings = nodes.flatMap((n) =>
       jsonLines(n.process.stdout())
         .filter((r) => typeof r.level === 'number' && (r.level as number) >= 40)
-        .map((r) => `${String(r.msg)}${r.err ? `: ${(r.err as { message?: string }).message}` : ''}`),
+        .map((r) => `${String(r.msg)}${r.err ? `: ${errText(r.err)}` : ''}`),
     );
     return {
       allocations: o.allocations,

@@ -106,6 +106,7 @@ class Flow {
   private useChannel = true;
   private readonly outstanding = new Set<number>();
   private warmed: (() => void) | undefined;
+  private relayed: Endpoint | undefined;
 
   constructor(
     readonly id: number,
@@ -120,6 +121,7 @@ class Flow {
     this.client.socket.on('message', (buf) => this.onMessage(buf));
     const a = await this.load.request('Allocate', () => this.client.allocate());
     if (a === undefined) return false;
+    this.relayed = a.relayed;
     this.load.allocated++;
     if ((await this.load.request('CreatePermission', () => this.client.createPermission(o.peer))) === undefined) return false;
     if ((await this.load.request('ChannelBind', () => this.client.channelBind(CHANNEL, o.peer))) === undefined) return false;
@@ -135,7 +137,10 @@ class Flow {
       this.client.sendChannelData(CHANNEL, this.probe(KIND_WARM, 0));
       await Promise.race([came, sleep(WARM_EVERY_MS)]);
     }
-    if (!done) this.load.error(`allocation ${this.id}: no warm-up probe came back in ${WARM_DEADLINE_MS} ms`);
+    if (!done) {
+      const relayed = this.relayed ? `${this.relayed.address}:${this.relayed.port}` : '?';
+      this.load.error(`allocation ${this.id} (client port ${this.client.localPort}, relayed ${relayed}): no warm-up probe came back in ${WARM_DEADLINE_MS} ms`);
+    }
     this.ready = done;
     return done;
   }

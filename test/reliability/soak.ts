@@ -73,6 +73,10 @@ export interface SoakResult {
   /** Seconds from the end of the load until DBSIZE was back at the baseline; undefined if it never was. */
   readonly settledAfterS: number | undefined;
   readonly nodeWarnings: Record<string, unknown[]>;
+  /** Every node's whole log (stdout), for following one allocation. */
+  readonly nodeLogs: Record<string, string>;
+  /** Packets each node dropped, by reason (anyturn_dropped_packets_total), at the end. */
+  readonly drops: Record<string, Record<string, number>>;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -107,6 +111,16 @@ async function scrape(topo: Topology, node: NodeName): Promise<NodeSample> {
   };
 }
 
+async function dropCounts(topo: Topology, node: NodeName): Promise<Record<string, number>> {
+  const { body } = await httpGet(topo, `http://${Topology.nodeAddress(node)}:${METRICS_PORT}/metrics`);
+  const out: Record<string, number> = {};
+  for (const line of body.split('\n')) {
+    const m = /^anyturn_dropped_packets_total\{reason="([^"]+)"\} (\S+)$/.exec(line);
+    if (m && Number(m[2]) > 0) out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}
+
 /** DBSIZE and a count per key kind (SCAN: the store holds a few hundred keys at most here). */
 async function storeKeys(topo: Topology): Promise<{ dbsize: number; keys: Record<string, number> }> {
   const dbsize = Number((await redisCli(topo, ['DBSIZE'])).trim());
@@ -137,7 +151,7 @@ function lastStats(client: NsProcess): LoadStats | undefined {
 function warnings(p: NsProcess): unknown[] {
   return jsonLines(p.stdout())
     .filter((r) => typeof r.level === 'number' && (r.level as number) >= 40)
-    .map((r) => ({ msg: r.msg, err: (r.err as { message?: string } | undefined)?.message }));
+    .map((r) => ({ msg: r.msg, err: typeof r.err === 'string' ? r.err : (r.err as { message?: string } | undefined)?.message }));
 }
 
 /** Builds the topology, runs the churn, samples, and tears everything down (also on failure). */
@@ -157,7 +171,10 @@ async function soakIn(topo: Topology, o: SoakOptions): Promise<SoakResult> {
   await startRedis(topo);
   const nodes: NsProcess[] = [];
   for (const node of topo.nodeNames) {
-    const p = topo.spawnIn(node, process.execPath, anycastRelayArgs(node, RELAY_ANYCAST), { name: `anyturn-${node}` });
+    const args = anycastRelayArgs(node, RELAY_ANYCAST);
+    // SOAK_NODE_LOG_LEVEL=debug: every adoption and deletion logged, to follow one allocation.
+    if (process.env.SOAK_NODE_LOG_LEVEL) args[args.indexOf('--log-level') + 1] = process.env.SOAK_NODE_LOG_LEVEL;
+    const p = topo.spawnIn(node, process.execPath, args, { name: `anyturn-${node}` });
     await p.waitForJsonLine((r) => r.msg === 'anyturn ready', READY_DEADLINE_MS);
     nodes.push(p);
   }
@@ -210,8 +227,12 @@ async function soakIn(topo: Topology, o: SoakOptions): Promise<SoakResult> {
   }
   const nodeWarnings: Record<string, unknown[]> = {};
   for (const p of nodes) nodeWarnings[p.name] = warnings(p);
+  const nodeLogs: Record<string, string> = {};
+  for (const p of nodes) nodeLogs[p.name] = p.stdout();
+  const drops: Record<string, Record<string, number>> = {};
+  for (const node of topo.nodeNames) drops[node] = await dropCounts(topo, node);
   for (const p of nodes) if (!p.isRunning()) throw new Error(`${p.name} exited during the soak:\n${p.dump()}`);
-  return { baseline, samples, final, summary, settledAfterS, nodeWarnings };
+  return { baseline, samples, final, summary, settledAfterS, nodeWarnings, nodeLogs, drops };
 }
 
 // ---------------------------------------------------------------------------
