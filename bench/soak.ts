@@ -165,6 +165,8 @@ async function main(): Promise<void> {
     keys: { baseline: r.baseline.keys, maxDbsize: Math.max(...r.samples.map((x) => x.dbsize)), final: r.final.keys, settledAfterS: r.settledAfterS },
     flatness: flat,
     nodeWarnings: r.nodeWarnings,
+    // Warm-up probes (uncounted) may meet a node that has not heard of the permission yet.
+    drops: r.drops,
     csv: csvPath,
     png: plotError ?? pngPath,
     pass,
