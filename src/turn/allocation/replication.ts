@@ -14,8 +14,15 @@ import type { EngineListener } from './table.js';
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
 
 export class Replication {
-  /** Keys whose replica is being set up. */
-  private readonly materializing = new Set<string>();
+  /**
+   * Keys whose replica is being set up: true once the store's feed announced a change of
+   * the key meanwhile. adopt() reads the record again only after binding the relayed
+   * port, and that read can be older than an event arriving while it is in flight (a
+   * CreatePermission or ChannelBind right after the Allocate, or a deletion): such an
+   * event would be lost until the key's next change (docs/reliability.md, "Soak"), so the
+   * record is read once more when the copy is in the table (catchUp).
+   */
+  private readonly materializing = new Map<string, boolean>();
 
   constructor(private readonly ctx: TurnContext) {}
 
@@ -26,6 +33,7 @@ export class Replication {
     if (event.type === 'deleted') {
       // A move (RFC 8016): the record comes back under its new key, with movedFrom (follow()).
       if (event.reason === MOVED) return;
+      if (this.materializing.has(event.key)) this.materializing.set(event.key, true);
       const local = table.byStoreKey(event.key);
       // A conflict settled after an outage removed this node's own record: it lost, and keeps serving its client here.
       if (local && !local.allocation.localOnly && !writer.lostConflict(local.allocation, event.reason)) {
@@ -83,10 +91,14 @@ export class Replication {
   async adopt(record: AllocationRecord, fresh = false): Promise<boolean> {
     const { table, o } = this.ctx;
     if (table.byStoreKey(record.key)) return true;
-    if (this.materializing.has(record.key) || this.ctx.stopped || record.transport !== 'udp') return false;
+    if (this.materializing.has(record.key)) {
+      this.materializing.set(record.key, true);
+      return false;
+    }
+    if (this.ctx.stopped || record.transport !== 'udp') return false;
     const listener = table.findListener(record.transport, record.serverAddress, record.serverPort);
     if (!listener || record.expiresAtMs <= o.clock.now()) return false;
-    this.materializing.add(record.key);
+    this.materializing.set(record.key, false);
     let relay: RelaySocket | undefined;
     let additional: RelaySocket | undefined;
     try {
@@ -111,6 +123,7 @@ export class Replication {
       relay = undefined;
       additional = undefined;
       table.add(listener, allocation);
+      if (this.materializing.get(record.key)) void this.catchUp(listener, allocation);
       o.counters.allocationsAdopted++;
       o.logger.debug(
         { event: 'allocation_adopted', allocation: current.key, relayed: `${current.relayedAddress}:${current.relayedPort}`, user: current.username },
@@ -126,6 +139,28 @@ export class Replication {
       additional?.close();
       this.materializing.delete(record.key);
     }
+  }
+
+  /**
+   * The key changed while its copy was being set up: reads the record once more, now
+   * that later events find the copy in the table. Merged (versions guard against an
+   * older read); gone, or another allocation's by now (the 5-tuple deleted and made
+   * again): the copy goes, and that other allocation is taken on.
+   */
+  private async catchUp(listener: EngineListener, allocation: Allocation): Promise<void> {
+    let current: AllocationRecord | undefined;
+    try {
+      current = await this.ctx.o.store.get(allocation.key);
+    } catch {
+      return; // Store unreachable: its return syncs every allocation (syncFromStore).
+    }
+    if (allocation.deleted || this.ctx.stopped) return;
+    if (current && allocation.matches(current)) {
+      this.ctx.writer.merge(allocation, current);
+      return;
+    }
+    await this.ctx.writer.delete(listener, allocation, 'deleted', false);
+    if (current) await this.adopt(current, true);
   }
 
   /** Takes on every allocation in the store (at start, and after a store outage). */
