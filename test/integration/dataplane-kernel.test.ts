@@ -11,12 +11,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { type KernelChannel, KernelDataplane } from '../../src/dataplane/kernel/kernel-dataplane.js';
-import { DataplaneUnavailableError, defaultBuildDir } from '../../src/dataplane/kernel/loader.js';
+import { DataplaneUnavailableError } from '../../src/dataplane/kernel/loader.js';
+import { kernelDataplaneUnavailableReason } from '../helpers/dataplane.js';
 import { ADDR, type Captured, DataplaneTopology, type Endpoint, type EndpointEvent, type Received, SERVER_INTERFACES } from '../helpers/dataplane-topology.js';
 
 const LISTEN_PORT = 3478;
@@ -26,16 +27,7 @@ const PEER_PORT = 60000;
 const OTHER_PEER_PORT = 60001;
 const HOUR_NS = 3_600_000_000_000n;
 
-function unavailable(): string | undefined {
-  let reason: string | undefined;
-  if (process.platform !== 'linux') reason = 'Linux only';
-  else if (process.getuid?.() !== 0) reason = 'needs root (network namespaces, tc, bpf)';
-  else if (!existsSync(path.join(defaultBuildDir(), 'relay.bpf.o')))
-    reason = 'build/dataplane is not built (npm run build:dataplane needs clang and libbpf-dev)';
-  return reason !== undefined && process.env.CI !== 'true' ? reason : undefined;
-}
-
-const SKIP = unavailable();
+const SKIP = kernelDataplaneUnavailableReason();
 
 type Family = 4 | 6;
 const A = (f: Family) =>
