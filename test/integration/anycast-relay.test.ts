@@ -29,7 +29,7 @@ import { decodeMessage, getAttribute, getAttributes } from '../../src/stun/messa
 import { MessageWriter } from '../../src/stun/writer.js';
 import { systemClock } from '../../src/turn/clock.js';
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
-import { ANYCAST, CLIENT, type EngineNode, PEER, PORT, USER, responseCode, signedRequest, startEngineNode, until } from '../helpers/engine-node.js';
+import { ANYCAST, CLIENT, type EngineNode, PEER, PORT, USER, askEngine, responseCode, signedRequest, startEngineNode, until } from '../helpers/engine-node.js';
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
 
 const RELAY = '198.18.100.2';
@@ -60,11 +60,26 @@ function request(method: number, decorate: (w: MessageWriter) => void = () => un
   return signedRequest(method, REALM, nonces.issue(CLIENT, Date.now()), decorate);
 }
 
-async function ask(node: Node, clientPort: number, method: number, decorate?: (w: MessageWriter) => void): Promise<number | undefined> {
-  const r = request(method, decorate);
-  node.engine.handleClientPacket(node.listener, r.buf, CLIENT, clientPort);
-  await until(() => responseCode(node, clientPort, r.id) !== undefined, `an answer to method ${method}`);
-  return responseCode(node, clientPort, r.id);
+function ask(node: Node, clientPort: number, method: number, decorate?: (w: MessageWriter) => void): Promise<number | undefined> {
+  return askEngine(node, nonces.issue(CLIENT, Date.now()), clientPort, method, REALM, decorate);
+}
+
+/** Nodes of one describe block on one memory store, stopped after the block. */
+function nodesOnOneStore(): { readonly store: MemoryAllocationStore; readonly nodes: Node[]; start(id: string): Node } {
+  const store = new MemoryAllocationStore();
+  const nodes: Node[] = [];
+  after(async () => {
+    for (const n of nodes) await n.engine.stop();
+  });
+  return {
+    store,
+    nodes,
+    start(id: string): Node {
+      const node = startNode(id, store);
+      nodes.push(node);
+      return node;
+    },
+  };
 }
 
 const allocate = (w: MessageWriter): void => void w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
@@ -76,16 +91,11 @@ const bind =
   };
 
 describe('anycast relay mode: every node serves every allocation', () => {
-  const store = new MemoryAllocationStore();
-  const nodes: Node[] = [];
-  after(async () => {
-    for (const n of nodes) await n.engine.stop();
-  });
+  const { store, nodes, start } = nodesOnOneStore();
 
   it('a node takes on allocations made elsewhere and relays both ways on the shared relayed address', async () => {
-    const a = startNode('a', store);
-    const b = startNode('b', store);
-    nodes.push(a, b);
+    const a = start('a');
+    const b = start('b');
     const clientPort = 41000;
     assert.equal(await ask(a, clientPort, Method.Allocate, allocate), 200);
     const relay = [...a.engine.allAllocations()][0]!.relay;
@@ -120,8 +130,7 @@ describe('anycast relay mode: every node serves every allocation', () => {
   it('a node that starts later takes on every allocation in the store, with no duplicate ports', async () => {
     const b = nodes[0]!;
     for (let i = 0; i < 20; i++) assert.equal(await ask(b, 42000 + i, Method.Allocate, allocate), 200);
-    const c = startNode('c', store);
-    nodes.push(c);
+    const c = start('c');
     const adopted = await c.engine.syncFromStore();
     assert.equal(c.engine.allocations, b.engine.allocations);
     assert.ok(adopted >= 20);
@@ -300,16 +309,11 @@ describe('anycast relay mode: a RESERVATION-TOKEN is redeemed on any node', () =
 });
 
 describe('anycast relay mode: records from the store meet the peer policy', () => {
-  const store = new MemoryAllocationStore();
-  const nodes: Node[] = [];
-  after(async () => {
-    for (const n of nodes) await n.engine.stop();
-  });
+  const { store, start } = nodesOnOneStore();
 
   it('a permission or channel written to the store for a refused peer is installed on no node', async () => {
-    const a = startNode('a', store);
-    const b = startNode('b', store);
-    nodes.push(a, b);
+    const a = start('a');
+    const b = start('b');
     const clientPort = 43000;
     assert.equal(await ask(a, clientPort, Method.Allocate, allocate), 200);
     const key = fiveTupleKey('udp', CLIENT, clientPort, ANYCAST, PORT);
@@ -332,8 +336,7 @@ describe('anycast relay mode: records from the store meet the peer policy', () =
     const held = (n: Node) => n.listener.find(CLIENT, clientPort)!;
     await until(() => held(a).channel(16403) !== undefined && held(b).channel(16403) !== undefined, 'the allowed channel reaching both nodes');
     // A node that starts now takes the record on from a listing (adopt).
-    const c = startNode('c', store);
-    nodes.push(c);
+    const c = start('c');
     await c.engine.syncFromStore();
     for (const n of [a, b, c]) {
       const allocation = held(n);
