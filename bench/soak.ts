@@ -1,5 +1,6 @@
 // The soak (docs/reliability.md, "Soak"): `npm run soak` (an hour), or
 //   npm run soak -- --minutes 15 --sample-seconds 60 --concurrent 20 --lifetime-seconds 30 --pps 200
+//   node dist/bench/soak.js --judge docs/soak.csv
 // Allocation churn with relayed traffic across two anyturn processes in anycast relay
 // mode on one redis-server, in network namespaces (test/reliability/soak.ts says how).
 // Needs root, iproute2, redis-server, and gnuplot for the plot (Debian: apt-get install
@@ -7,12 +8,12 @@
 //
 // Writes <out>.csv and <out>.png (default docs/soak) and prints a JSON summary. Exits 1
 // when a probe was lost, a request failed, the store did not return to its baseline, or
-// the run was not flat. Flatness rule: for each node, the mean RSS, V8 heap used and
-// open fds over the last third of the samples are at most 10 % above their mean over
-// the middle third (the first third is warm-up: JIT, pools, the first GCs).
+// the run was not flat (the rule: test/reliability/flatness.ts). `--judge <csv>` judges
+// a recorded run's CSV by that rule instead of running.
 
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { type Flatness, type NodeSeries, flatness, seriesFromCsv } from '../test/reliability/flatness.js';
 import { CSV_HEADER, type Sample, csvRow, runSoak } from '../test/reliability/soak.js';
 
 interface Args {
@@ -22,18 +23,19 @@ interface Args {
   lifetimeSeconds: number;
   pps: number;
   out: string;
+  /** A recorded CSV to judge by the flatness rule instead of running (empty: run). */
+  judge: string;
 }
 
-const FLAT_TOLERANCE = 0.1;
-
 function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { minutes: 60, sampleSeconds: 60, concurrent: 20, lifetimeSeconds: 30, pps: 200, out: 'docs/soak' };
+  const a: Args = { minutes: 60, sampleSeconds: 60, concurrent: 20, lifetimeSeconds: 30, pps: 200, out: 'docs/soak', judge: '' };
   for (let i = 0; i < argv.length; i += 2) {
     const name = argv[i]!.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
     const value = argv[i + 1];
     if (!(name in a) || value === undefined)
-      throw new Error(`unknown or valueless flag ${argv[i]} (flags: --minutes, --sample-seconds, --concurrent, --lifetime-seconds, --pps, --out)`);
+      throw new Error(`unknown or valueless flag ${argv[i]} (flags: --minutes, --sample-seconds, --concurrent, --lifetime-seconds, --pps, --out, --judge)`);
     if (name === 'out') a.out = value;
+    else if (name === 'judge') a.judge = value;
     else {
       const n = Number(value);
       if (!(n > 0)) throw new Error(`${argv[i]}: a positive number, not ${value}`);
@@ -43,27 +45,18 @@ function parseArgs(argv: readonly string[]): Args {
   return a;
 }
 
-const mean = (xs: number[]): number => xs.reduce((s, x) => s + x, 0) / Math.max(xs.length, 1);
+const NODES = ['N1', 'N2'] as const;
 
-/** The flatness rule above, per node and metric: [what, middle-third mean, last-third mean, ok]. */
-function flatness(samples: Sample[]): { what: string; middle: number; last: number; ok: boolean }[] {
-  const third = Math.floor(samples.length / 3);
-  const middle = samples.slice(third, 2 * third);
-  const last = samples.slice(2 * third);
-  const out: { what: string; middle: number; last: number; ok: boolean }[] = [];
-  if (third === 0) return out;
-  for (const node of ['N1', 'N2'] as const) {
-    for (const [what, get] of [
-      ['rss_mb', (s: Sample) => s.nodes[node].rssBytes / 1048576],
-      ['heap_used_mb', (s: Sample) => s.nodes[node].heapUsedBytes / 1048576],
-      ['fds', (s: Sample) => s.nodes[node].openFds],
-    ] as const) {
-      const m = mean(middle.map(get));
-      const l = mean(last.map(get));
-      out.push({ what: `${node} ${what}`, middle: Math.round(m * 100) / 100, last: Math.round(l * 100) / 100, ok: l <= m * (1 + FLAT_TOLERANCE) });
-    }
-  }
-  return out;
+function judgeSamples(samples: readonly Sample[]): Flatness[] {
+  const series: Record<string, NodeSeries> = {};
+  for (const n of NODES)
+    series[n] = {
+      rssMb: samples.map((s) => s.nodes[n].rssBytes / 1048576),
+      heapUsedMb: samples.map((s) => s.nodes[n].heapUsedBytes / 1048576),
+      heapTotalMb: samples.map((s) => s.nodes[n].heapTotalBytes / 1048576),
+      fds: samples.map((s) => s.nodes[n].openFds),
+    };
+  return flatness(series);
 }
 
 /** Column number (1-based) of a CSV column, for gnuplot. */
@@ -109,6 +102,11 @@ function plot(csv: string, png: string, title: string): string | undefined {
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
+  if (a.judge) {
+    const flat = flatness(seriesFromCsv(readFileSync(a.judge, 'utf8'), NODES));
+    console.log(JSON.stringify({ csv: a.judge, flatness: flat, flat: flat.every((f) => f.ok) }, null, 2));
+    process.exit(flat.every((f) => f.ok) ? 0 : 1);
+  }
   const csvPath = `${a.out}.csv`;
   const pngPath = `${a.out}.png`;
   const rows = [CSV_HEADER];
@@ -136,7 +134,7 @@ async function main(): Promise<void> {
     pngPath,
     `anyturn soak: ${a.minutes} min, 2 nodes (anycast relay), ${a.concurrent}x${a.lifetimeSeconds}s allocations, ${a.pps} probes/s`,
   );
-  const flat = flatness(r.samples);
+  const flat = judgeSamples(r.samples);
   const first = r.samples[0];
   const last = r.samples.at(-1);
   const s = r.summary;
