@@ -9,7 +9,7 @@ import { sleep } from '../host.js';
 const SOCKET_CACHES = ['UDP', 'sock_inode_cache', 'filp', 'dentry', 'eventpoll_epi', 'eventpoll_pwq'];
 
 /** /proc/slabinfo as cache -> bytes in active objects (active_objs x objsize). */
-function slabBytes(): Map<string, number> | undefined {
+export function slabBytes(): Map<string, number> | undefined {
   try {
     const out = new Map<string, number>();
     for (const line of readFileSync('/proc/slabinfo', 'utf8').split('\n').slice(2)) {
