@@ -131,8 +131,10 @@ export interface NodeSample {
 
 export async function sample(ctx: ScaleContext, live: number): Promise<NodeSample> {
   const pid = ctx.node.proc.pid;
-  const proc = processFigures(pid);
+  // Slab first: reading /proc/PID/fd (here, and prom-client's on each /metrics scrape) fills
+  // proc_inode_cache and dentry with an entry per descriptor read.
   const slab = slabBytes();
+  const proc = processFigures(pid);
   const bpf = ctx.options.kernel ? bpfMaps(pid) : undefined;
   const m = await readMetrics(ctx.opsSocket);
   const memory = await redisInfo(ctx.redis, 'memory');
@@ -325,7 +327,7 @@ export async function storeOps(ctx: ScaleContext, live: number): Promise<ScaleOp
       avgEventBytes,
       latencyMs: done.latencyMs,
       background,
-      commandLine: commandLineOf(ctx, redis),
+      commandLine: commandLineOf(ctx),
     };
     const heard = e0 === undefined || e1 === undefined || ok === 0 ? undefined : (e1 - e0) / ok;
     return { live, ops, subscribers: Number(subs[1]), eventsHeardPerLifecycle: heard };
@@ -348,7 +350,7 @@ export async function stopNode(ctx: ScaleContext, node: RunningNode, signal: 'SI
       // gone with it
     }
   }
-  writeFileSync(join(ctx.logDir, `allocations-scale-${node.name}.log`), `# ${commandLineOf(ctx, ctx.redis)}\n${node.proc.output()}`);
+  writeFileSync(join(ctx.logDir, `allocations-scale-${node.name}.log`), `# ${commandLineOf(ctx)}\n${node.proc.output()}`);
 }
 
 export interface SyncResult {
@@ -363,7 +365,7 @@ export interface SyncResult {
 export async function restart(ctx: ScaleContext, live: number): Promise<SyncResult> {
   const recordsInStore = await countKeys(ctx.redis, 'anyturn:alloc:*');
   await stopNode(ctx, ctx.node, 'SIGKILL');
-  ctx.node = await startNode(ctx, ctx.redis, ctx.opsSocket, `node-${++ctx.starts}`, 120_000 + live * 2);
+  ctx.node = await startNode(ctx, ctx.opsSocket, `node-${++ctx.starts}`, 120_000 + live * 2);
   await sleep(SETTLE_MS);
   return { live, recordsInStore, timing: ctx.node.start, after: await sample(ctx, live) };
 }

@@ -87,7 +87,7 @@ export async function startRedisInS(ctx: NodeContext): Promise<RedisHandle> {
     }
   }
   // url: as anyturn in S sees it; the benchmark's own client goes through the Unix socket.
-  return { name: 'redis-scale', proc, port: REDIS_PORT, url: `redis://127.0.0.1:${REDIS_PORT}`, client };
+  return { name: 'redis-scale', proc, port: REDIS_PORT, url: REDIS_URL, client };
 }
 
 /** The bridge in S to anyturn's ops endpoint; returns the Unix socket's path. */
@@ -113,7 +113,10 @@ export function opsGet(socketPath: string, path: string, timeoutMs = 5000): Prom
   });
 }
 
-export function anyturnArgs(ctx: NodeContext, redis: RedisHandle): string[] {
+/** redis-server in S, as anyturn there reaches it. */
+const REDIS_URL = `redis://127.0.0.1:${REDIS_PORT}`;
+
+export function anyturnArgs(ctx: NodeContext): string[] {
   const o = ctx.options;
   return [
     ctx.anyturnCli,
@@ -127,15 +130,15 @@ export function anyturnArgs(ctx: NodeContext, redis: RedisHandle): string[] {
     ...['--unauth-error-rate', '0'],
     // 198.18.0.0/15 is a special-purpose block anyturn refuses as a peer by default (src/turn/peer-policy.ts).
     ...['--allowed-peer-ip', '198.18.0.0/15'],
-    ...['--redis-url', redis.url, '--mesh-address', `127.0.0.1:${MESH_PORT}`, '--cluster-secret', CLUSTER_SECRET, '--relay-mode', 'anycast'],
+    ...['--redis-url', REDIS_URL, '--mesh-address', `127.0.0.1:${MESH_PORT}`, '--cluster-secret', CLUSTER_SECRET, '--relay-mode', 'anycast'],
     ...(o.kernel ? ['--dataplane', 'kernel', ...SERVER_INTERFACES.flatMap((i) => ['--dataplane-interface', i])] : ['--dataplane', 'js']),
     ...(o.relaySockets === undefined ? [] : ['--relay-sockets', o.relaySockets]),
     ...o.serverArgs,
   ];
 }
 
-export function commandLineOf(ctx: NodeContext, redis: RedisHandle): string {
-  return `taskset -c ${SERVER_CPU} ip netns exec S prlimit --nofile=${ctx.nofile}:${ctx.nofile} node ${anyturnArgs(ctx, redis).join(' ').replace(CLUSTER_SECRET, '<secret>')}`;
+export function commandLineOf(ctx: NodeContext): string {
+  return `taskset -c ${SERVER_CPU} ip netns exec S prlimit --nofile=${ctx.nofile}:${ctx.nofile} node ${anyturnArgs(ctx).join(' ').replace(CLUSTER_SECRET, '<secret>')}`;
 }
 
 export interface StartTiming {
@@ -174,8 +177,8 @@ function syncFromLog(lines: readonly string[]): { adopted: number | undefined; l
 }
 
 /** Starts anyturn in S and waits until /readyz says 200 (after the anycast start-up sync). */
-export async function startNode(ctx: NodeContext, redis: RedisHandle, opsSocket: string, name: string, timeoutMs = READY_TIMEOUT_MS): Promise<RunningNode> {
-  const args = [`--nofile=${ctx.nofile}:${ctx.nofile}`, process.execPath, ...anyturnArgs(ctx, redis)];
+export async function startNode(ctx: NodeContext, opsSocket: string, name: string, timeoutMs = READY_TIMEOUT_MS): Promise<RunningNode> {
+  const args = [`--nofile=${ctx.nofile}:${ctx.nofile}`, process.execPath, ...anyturnArgs(ctx)];
   const t0 = performance.now();
   const proc = startIn(ctx, 'S', name, SERVER_CPU, 'prlimit', args);
   let lineAt: number | undefined;

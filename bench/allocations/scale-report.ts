@@ -4,6 +4,7 @@ import { fmt, table } from '../format.js';
 import { CLIENT_CPU, SERVER_CPU } from '../host.js';
 import type { LatencySummary } from '../turn-driver.js';
 import { reportStoreOps } from './report.js';
+import { SOCKET_CACHES } from './slab.js';
 import type { ScaleOptions } from './scale-options.js';
 import type { StartTiming } from './scale-node.js';
 import type { LatencyResult, NodeSample, RampResult, ScaleOpsResult, SyncResult } from './scale-measure.js';
@@ -24,7 +25,10 @@ export interface ScaleResults {
 }
 
 export interface SlabDelta {
+  /** Every cache, host-wide: includes whatever else the machine did meanwhile. */
   readonly totalBytes: number;
+  /** The caches a bound UDP socket takes objects from (slab.ts, part 2's calibration). */
+  readonly socketBytes: number;
   /** The caches that grew most, bytes. */
   readonly top: readonly (readonly [string, number])[];
 }
@@ -33,7 +37,8 @@ export function slabDelta(base: NodeSample['slab'], now: NodeSample['slab']): Sl
   if (base === undefined || now === undefined) return undefined;
   const d = Object.keys(now).map((k): [string, number] => [k, (now[k] ?? 0) - (base[k] ?? 0)]);
   d.sort((a, b) => b[1] - a[1]);
-  return { totalBytes: d.reduce((s, [, v]) => s + v, 0), top: d.slice(0, 6) };
+  const socketBytes = d.filter(([k]) => SOCKET_CACHES.includes(k)).reduce((s, [, v]) => s + v, 0);
+  return { totalBytes: d.reduce((s, [, v]) => s + v, 0), socketBytes, top: d.slice(0, 6) };
 }
 
 /** Per-allocation figures of a sample against the empty node. */
@@ -77,6 +82,7 @@ function memoryTable(r: ScaleResults, base: NodeSample): string[] {
       'heap B/alloc',
       'slab MB (host)',
       'slab B/alloc',
+      'socket slab B/alloc',
       'BPF maps KB',
       'redis B/alloc',
       'anyturn_allocations',
@@ -98,6 +104,7 @@ function memoryTable(r: ScaleResults, base: NodeSample): string[] {
       fmt(p.heapBytes, 0),
       mb(p.kernelSlab?.totalBytes),
       fmt(p.kernelSlab === undefined || x.live === 0 ? undefined : p.kernelSlab.totalBytes / x.live, 0),
+      fmt(p.kernelSlab === undefined || x.live === 0 ? undefined : p.kernelSlab.socketBytes / x.live, 0),
       fmt(x.bpf === undefined ? undefined : x.bpf.memlockBytes / 1024, 0),
       fmt(p.redisBytes, 0),
       x.allocationsReported === undefined ? '-' : String(x.allocationsReported),
@@ -217,13 +224,14 @@ export function reportScale(r: ScaleResults, o: ScaleOptions, commandLine: strin
   out.push(`   node: ${commandLine}`);
   out.push(`   open-file limit of the node: ${nofile}`);
   const base = r.baseline;
-  if (base === undefined) return [...out, '   the node did not start'];
+  if (base === undefined) return [...out, '   the node did not start', '', 'failures:', ...r.failures.map((f) => `  ${f}`)];
   const b = base.sample;
   out.push(
     `   empty node: ${b.proc.fds ?? '-'} fds, ${fmt((b.proc.rssKb ?? 0) / 1024, 1)} MB RSS, ${mb(b.heapUsedBytes)} MB heap; start on an empty store: spawn->sync line ${fmt(base.start.spawnToSyncLineMs, 0)} ms, ->ready ${fmt(base.start.spawnToReadyMs, 0)} ms`,
   );
   out.push('');
-  out.push('1. Memory, fds and kernel memory at N live allocations (per allocation: against the empty node; slab is /proc/slabinfo, host-wide)');
+  out.push('1. Memory, fds and kernel memory at N live allocations (per allocation: against the empty node; slab is /proc/slabinfo, host-wide;');
+  out.push(`   socket slab = the caches a bound UDP socket uses: ${SOCKET_CACHES.join(', ')})`);
   out.push(...memoryTable(r, b));
   if (r.latency.length > 0) {
     out.push('');

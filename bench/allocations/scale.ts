@@ -110,7 +110,7 @@ async function setUp(nctx: NodeContext, driverScript: string, logDir: string): P
   const peer = { address: PEER_ADDRESS, port: PEER_PORT };
   const echo = startIn(nctx, 'P', 'echo', CLIENT_CPU, process.execPath, [nctx.probeScript, 'echo', JSON.stringify({ bind: peer })]);
   await jsonLine(echo, 'ready', 10_000);
-  const node = await startNode(nctx, redis, opsSocket, 'node-1');
+  const node = await startNode(nctx, opsSocket, 'node-1');
   return { ...nctx, driverScript, logDir, redis, opsSocket, server: { address: LISTENING_ADDRESS, port: LISTENING_PORT }, peer, node, starts: 1 };
 }
 
@@ -180,13 +180,11 @@ export async function runScaleBench(argv: readonly string[]): Promise<number> {
       probeScript: fileURLToPath(new URL('./scale-probe.js', import.meta.url)),
       nofile,
     };
+    commandLine = commandLineOf(nctx);
     ctx = await step('namespaces built; redis-server, echo peer and the first node', () =>
       setUp(nctx, fileURLToPath(new URL('./scale-driver.js', import.meta.url)), logDir),
     );
-    if (ctx !== undefined) {
-      commandLine = commandLineOf(ctx, ctx.redis);
-      await runSizes(ctx, results, step, stop);
-    }
+    if (ctx !== undefined) await runSizes(ctx, results, step, stop);
   } finally {
     if (ctx !== undefined) {
       await stopNode(ctx, ctx.node, 'SIGTERM').catch(() => undefined);
