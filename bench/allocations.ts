@@ -13,6 +13,9 @@
 //
 // Usage: node dist/bench/allocations.js [--parts 1,2,3,4] [--allocations N] [--live N]
 //                                       [--lifecycles N] [--workers N]
+//        node dist/bench/allocations.js --parts scale [--live-sizes 1000,10000,100000] ... (--help):
+//        the scale part, in network namespaces (root), with a command line of its own
+//        (bench/allocations/scale.ts).
 //
 // All traffic stays on 127.0.0.1. Every spawned process (servers, redis-server) is
 // tracked and stopped at the end, on failure and on Ctrl-C; every step has a
@@ -41,6 +44,8 @@ import { FILL_ATTEMPTS, FILL_PORTS, runFill } from './allocations/fill.js';
 import { runSync } from './allocations/sync.js';
 import { runStoreOps } from './allocations/store-ops.js';
 import { reportFill, reportLive, reportRate, reportStoreOps, reportSync, type Results } from './allocations/report.js';
+import { isScaleRun } from './allocations/scale-options.js';
+import { runScaleBench } from './allocations/scale.js';
 
 /** Open-file limit asked for every server process (prlimit), so 10,000 relay sockets fit with
  *  room to spare; where raising the hard limit is not permitted (no CAP_SYS_RESOURCE, as in
@@ -148,6 +153,7 @@ function finish(options: Options, results: Results, serverNofile: number, totalM
 }
 
 async function main(): Promise<number> {
+  if (isScaleRun(process.argv.slice(2))) return runScaleBench(process.argv.slice(2));
   const options = parseOptions(process.argv.slice(2));
   requireCommands(['taskset', 'prlimit', 'turnserver', 'redis-server']);
   const repoRoot = findRepoRoot();

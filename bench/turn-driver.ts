@@ -1,6 +1,8 @@
 // A lean UDP TURN client for the allocation benchmark (npm run bench:allocations):
 // one socket per allocation, one transaction in flight per socket, built on
-// anyturn's own STUN codec. Every socket binds 127.0.0.1 and talks to 127.0.0.1.
+// anyturn's own STUN codec. Every socket binds 127.0.0.1 and talks to 127.0.0.1, except
+// in the scale part (bench/allocations/scale.ts), whose drivers bind addresses of its own
+// client namespace and talk to the server in its server namespace (198.18.0.0/15).
 //
 // Each request is retransmitted (RTO 500 ms, doubling, as RFC 8489 §6.2.1 starts)
 // and given up after RETRANSMIT_SCHEDULE_MS; retransmissions are counted so that a
@@ -66,6 +68,12 @@ export class TurnRequestError extends Error {
 
 type Decorate = (w: MessageWriter) => void;
 
+function uint32(n: number): Buffer {
+  const v = Buffer.alloc(4);
+  v.writeUInt32BE(n, 0);
+  return v;
+}
+
 export class AllocationClient {
   private pending: { readonly id: string; readonly resolve: (m: StunMessage) => void } | undefined;
   private nonce: string | undefined;
@@ -73,6 +81,8 @@ export class AllocationClient {
   relayed: Endpoint | undefined;
   /** Data indications received (for the relay probe after a node restart). */
   dataIndications = 0;
+  /** Called with every Data indication (bench/allocations/scale-probe.ts times its round trips). */
+  onDataIndication: ((m: StunMessage) => void) | undefined;
 
   private constructor(
     readonly socket: dgram.Socket,
@@ -84,11 +94,16 @@ export class AllocationClient {
     socket.on('error', () => undefined);
   }
 
-  static open(server: Endpoint, credentials: Credentials, stats: DriverStats): Promise<AllocationClient> {
+  /**
+   * A client socket bound to `bind` (default: an ephemeral port on 127.0.0.1). The scale
+   * benchmark binds explicit (address, port) pairs in its client namespace, so that a pair it
+   * closed is never handed out again while that pair's allocation lives.
+   */
+  static open(server: Endpoint, credentials: Credentials, stats: DriverStats, bind: Endpoint = { address: LOOPBACK, port: 0 }): Promise<AllocationClient> {
     return new Promise((resolve, reject) => {
       const socket = dgram.createSocket('udp4');
       socket.once('error', reject);
-      socket.bind(0, LOOPBACK, () => {
+      socket.bind(bind.port, bind.address, () => {
         socket.off('error', reject);
         resolve(new AllocationClient(socket, server, credentials, stats));
       });
@@ -104,7 +119,10 @@ export class AllocationClient {
     if (!decoded.ok) return;
     const m = decoded.message;
     if (m.cls === MessageClass.Indication) {
-      if (m.method === Method.Data) this.dataIndications++;
+      if (m.method === Method.Data) {
+        this.dataIndications++;
+        this.onDataIndication?.(m);
+      }
       return;
     }
     const p = this.pending;
@@ -178,8 +196,16 @@ export class AllocationClient {
     throw new TurnRequestError(`${what}: authentication did not converge`, undefined);
   }
 
-  async allocate(): Promise<Endpoint> {
-    const m = await this.request(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), 'Allocate');
+  /** `lifetimeSeconds`: a LIFETIME attribute (RFC 8656 §7.1); without it the server's default (600 s). */
+  async allocate(lifetimeSeconds?: number): Promise<Endpoint> {
+    const m = await this.request(
+      Method.Allocate,
+      (w) => {
+        w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+        if (lifetimeSeconds !== undefined) w.add(Attr.Lifetime, uint32(lifetimeSeconds));
+      },
+      'Allocate',
+    );
     const value = getAttribute(m, Attr.XorRelayedAddress);
     const relayed = value === undefined ? undefined : decodeAddress(value, m.transactionId);
     if (relayed === undefined) throw new TurnRequestError('Allocate: no XOR-RELAYED-ADDRESS', 200);

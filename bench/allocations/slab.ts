@@ -6,10 +6,10 @@ import { LOOPBACK } from '../turn-driver.js';
 import { sleep } from '../host.js';
 
 /** Slab caches a bound UDP socket takes objects from (socket, inode, file, dentry, epoll item). */
-const SOCKET_CACHES = ['UDP', 'sock_inode_cache', 'filp', 'dentry', 'eventpoll_epi', 'eventpoll_pwq'];
+export const SOCKET_CACHES = ['UDP', 'sock_inode_cache', 'filp', 'dentry', 'eventpoll_epi', 'eventpoll_pwq'];
 
 /** /proc/slabinfo as cache -> bytes in active objects (active_objs x objsize). */
-function slabBytes(): Map<string, number> | undefined {
+export function slabBytes(): Map<string, number> | undefined {
   try {
     const out = new Map<string, number>();
     for (const line of readFileSync('/proc/slabinfo', 'utf8').split('\n').slice(2)) {

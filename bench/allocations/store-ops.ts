@@ -44,7 +44,7 @@ export interface StoreOpsResult {
 const BENCH_OWN_COMMANDS = new Set(['info', 'config|resetstat', 'monitor', 'ping', 'client|setname', 'client|info', 'dbsize', 'flushall', 'select']);
 
 /** What MONITOR saw: commands issued by clients and run in Lua scripts, and the events published. */
-interface Monitored {
+export interface Monitored {
   readonly monitor: Redis;
   readonly issued: Map<string, number>;
   readonly inScripts: Map<string, number>;
@@ -52,7 +52,7 @@ interface Monitored {
   readonly eventSamples: Map<string, string>;
 }
 
-async function startMonitor(redis: RedisHandle): Promise<Monitored> {
+export async function startMonitor(redis: RedisHandle): Promise<Monitored> {
   const monitor = await redis.client.monitor();
   monitor.on('error', () => undefined);
   const m: Monitored = { monitor, issued: new Map(), inScripts: new Map(), eventBytes: new Map(), eventSamples: new Map() };
@@ -95,7 +95,14 @@ function lifecycles(ctx: Context, server: ServerHandle, clients: AllocationClien
 }
 
 /** Per command: calls in the window less the idle background, per lifecycle; most called first. */
-function commandRows(calls: Map<string, number>, m: Monitored, bg: Map<string, number>, bgSeconds: number, windowSeconds: number, ok: number): CommandRow[] {
+export function commandRows(
+  calls: Map<string, number>,
+  m: Monitored,
+  bg: Map<string, number>,
+  bgSeconds: number,
+  windowSeconds: number,
+  ok: number,
+): CommandRow[] {
   const names = new Set([...calls.keys(), ...m.issued.keys(), ...m.inScripts.keys()]);
   const rows: CommandRow[] = [];
   for (const name of names) {
