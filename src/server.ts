@@ -30,7 +30,11 @@ const TICK_MS = 1000;
  * this node's own faults: a store outage is not one (new Allocates fail open,
  * docs/architecture.md §6), else one Redis behind every PoP would withdraw them all at once.
  */
-function capacityProblem(config: ServerConfig, engine: TurnEngine): string | undefined {
+function capacityProblem(config: ServerConfig, engine: TurnEngine, cluster: ClusterNode | undefined): string | undefined {
+  // Not before the node is in the cluster and, in anycast relay mode, holds every allocation in the
+  // store: the ops endpoint starts before the cluster part, so /readyz says 503 during the sync.
+  const starting = cluster?.notReadyReason();
+  if (starting !== undefined) return starting;
   if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
   // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
   return engine.capacityProblem();
@@ -100,7 +104,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, offload, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
-  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine) });
+  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, cluster) });
   const metrics = createMetrics({
     engine,
     counters,
@@ -126,9 +130,9 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   try {
     await listeners.open();
     peerPolicy.addServer([], listeners.boundPorts);
-    await cluster?.start(peerPolicy, registry, [...servicePorts, ...listeners.boundPorts]);
     const opsPort = await lifecycle.startOps(config, metrics);
     if (opsPort > 0) peerPolicy.addServer([], [opsPort]);
+    await cluster?.start(peerPolicy, registry, [...servicePorts, ...listeners.boundPorts]);
   } catch (err) {
     await closeAll().catch(() => undefined);
     throw err;

@@ -26,6 +26,8 @@ export class ClusterCounters {
   /** Records removed because their owner's heartbeat had expired. */
   deadOwnerCleanups = 0;
   heartbeatFailures = 0;
+  /** Anycast relay mode: how long the start-up sync from the store took (0 until it is over). */
+  startupSyncSeconds = 0;
   /** Observer for store lookup latency in seconds (set by the metrics module). */
   observeLookupSeconds: (seconds: number) => void = () => undefined;
 }

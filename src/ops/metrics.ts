@@ -368,6 +368,14 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounters): void {
     single(cluster.deadOwnerCleanups),
   );
   totalCounter(registry, 'anyturn_heartbeat_failures_total', 'Heartbeats this node failed to write', [], () => single(cluster.heartbeatFailures));
+  new Gauge({
+    name: 'anyturn_startup_sync_seconds',
+    help: 'Anycast relay mode: seconds the start-up sync from the store took (0 until it is over; /readyz is 503 meanwhile)',
+    registers: [registry],
+    collect() {
+      this.set(cluster.startupSyncSeconds);
+    },
+  });
   const lookupSeconds = new Histogram({
     name: 'anyturn_store_lookup_seconds',
     help: 'Latency of store lookups for unknown 5-tuples',

@@ -2,6 +2,8 @@
 // between nodes and the dispatch of those that arrive, the router that sends packets for
 // other nodes' allocations there, and the membership heartbeat.
 
+import { performance } from 'node:perf_hooks';
+
 import { ClusterCounters } from '../cluster/counters.js';
 import { Membership } from '../cluster/membership.js';
 import { type MeshPacket, MeshSocket } from '../cluster/mesh.js';
@@ -23,6 +25,8 @@ export class ClusterNode {
   /** Set by attach(), before the first packet can arrive (the mesh starts after it). */
   private engine: TurnEngine | undefined;
   private listeners: ClientListeners | undefined;
+  /** start() is over: mesh, membership and (anycast relay mode) the start-up sync. */
+  private started = false;
 
   constructor(
     private readonly config: ServerConfig,
@@ -102,16 +106,32 @@ export class ClusterNode {
     };
     this.membership = new Membership(self, registry, this.logger, this.counters, (nodes) => learnClusterNodes(policy, nodes, this.logger));
     await this.membership.start();
-    if (this.cluster.relayMode === 'anycast') await this.adoptAll();
+    if (this.cluster.relayMode === 'anycast') await this.syncAtStart();
+    this.started = true;
+  }
+
+  /**
+   * /readyz's reason until start() is over (docs/architecture.md §6): in anycast relay mode a
+   * BGP speaker must announce the node only once it can serve any client routed to it.
+   */
+  notReadyReason(): string | undefined {
+    if (this.started) return undefined;
+    return this.cluster.relayMode === 'anycast' ? 'taking on the allocations in the store (start-up sync)' : 'joining the cluster';
   }
 
   /** Anycast relay mode: every node serves every allocation, so take on those that exist before serving. */
-  private async adoptAll(): Promise<void> {
-    const adopted = await this.engine!.syncFromStore().catch((err: unknown) => {
+  private async syncAtStart(): Promise<void> {
+    const started = performance.now();
+    const result = await this.engine!.syncFromStoreCounted().catch((err: unknown) => {
       this.logger.warn({ err }, 'start-up sync from the store failed; allocations are taken on as their events arrive');
-      return 0;
+      return { records: 0, adopted: 0 };
     });
-    this.logger.info({ adopted }, 'anycast relay: took on the allocations in the store');
+    const seconds = (performance.now() - started) / 1000;
+    this.counters.startupSyncSeconds = seconds;
+    this.logger.info(
+      { event: 'startup_sync', adopted: result.adopted, records: result.records, ms: Math.round(seconds * 1000) },
+      'anycast relay: took on the allocations in the store',
+    );
   }
 
   /** Before the engine stops: leave the membership, stop routing. */

@@ -13,7 +13,7 @@ import { isKnownAttribute, isSendIndication } from '../stun/indication.js';
 import { type StunMessage, decodeMessage } from '../stun/message.js';
 import type { AllocationRecord } from '../store/types.js';
 import type { Allocation } from './allocation/allocation.js';
-import { Replication } from './allocation/replication.js';
+import { Replication, type SyncResult } from './allocation/replication.js';
 import { AllocationTable, type EngineListener } from './allocation/table.js';
 import { TcpConnectionIds } from './allocation/tcp-connections.js';
 import { WriteThrough } from './allocation/write-through.js';
@@ -245,7 +245,12 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
   }
 
   /** Takes on every allocation in the store (at start, and after a store outage); resolves how many were newly held. */
-  syncFromStore(): Promise<number> {
+  async syncFromStore(): Promise<number> {
+    return (await this.replication.syncFromStore()).adopted;
+  }
+
+  /** The same, saying how many records the store listed too (the start-up sync's log line and metrics). */
+  syncFromStoreCounted(): Promise<SyncResult> {
     return this.replication.syncFromStore();
   }
 

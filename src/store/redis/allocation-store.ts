@@ -36,7 +36,7 @@ import { DEFAULT_KEY_PREFIX, KeySpace, validatePrefix } from './keys.js';
 import { moveAllocation } from './move-allocation.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, silentLogger, type RedisStoreLogger, type RedisStoreOptions } from './options.js';
 import { reservePort, takeReservation } from './port-reservations.js';
-import { canonical, checkTime, decodeStoredRecord, hasAdditionalRelay, identityOf } from './records.js';
+import { canonical, checkTime, decodeStoredRecord, hasAdditionalRelay, identityOf, readListedRecord } from './records.js';
 import { DELETE_ALLOC, RELEASE_IF_HELD, TOUCH_IF_HELD, UPDATE_ALLOC, USER_TOUCH } from './scripts.js';
 import type { StoreContext } from './store-context.js';
 import { exchangeUsage } from './usage.js';
@@ -44,6 +44,8 @@ import { exchangeUsage } from './usage.js';
 const DEFAULT_GRACE_MS = 60_000;
 const DEFAULT_EVENT_HEARTBEAT_MS = 1_000;
 const DEFAULT_EVENT_STALE_MS = 3_000;
+/** Keys a SCAN step of listAllocations looks at: large, so 100,000 records take ~100 steps (and as many round trips of HGETs). */
+const LIST_SCAN_COUNT = 1_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
@@ -151,42 +153,43 @@ export class RedisAllocationStore implements AllocationStore {
 
   /**
    * Every allocation record, for a node taking on all of them at start (anycast
-   * relay mode). A SCAN over the allocation keys: never on a request path.
+   * relay mode). A SCAN over the allocation keys: never on a request path. Each
+   * batch the SCAN answers is read in one round trip (its HGETs sent together), not
+   * one record after another (docs/scaling.md, part 3).
    */
   async listAllocations(): Promise<AllocationRecord[]> {
     this.checkOpen();
     const out: AllocationRecord[] = [];
     // A SCAN sees one server's keys: on Redis Cluster, scan every master.
     const servers: Redis[] = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
-    for (const server of servers) {
-      await this.listFrom(server, out);
-    }
+    await Promise.all(servers.map((server) => this.listFrom(server, out)));
     return out;
   }
 
   private async listFrom(server: Redis, out: AllocationRecord[]): Promise<void> {
     let cursor = '0';
     do {
-      const [next, keys] = await server.scan(cursor, 'MATCH', this.keys.allocPattern(), 'COUNT', 500);
+      const [next, keys] = await server.scan(cursor, 'MATCH', this.keys.allocPattern(), 'COUNT', LIST_SCAN_COUNT);
       cursor = next;
-      for (const allocKey of keys) {
-        const json = await this.client.hget(allocKey, 'r');
-        if (json === null) continue;
-        try {
-          const record = JSON.parse(json) as AllocationRecord;
-          if (typeof record.key === 'string') out.push(decodeStoredRecord(json, record.key));
-        } catch {
-          // a malformed record is skipped, as get() would refuse it
-        }
+      // Through the command client: on a Cluster it sends each key to its slot's master.
+      const records = await Promise.all(keys.map((allocKey) => this.client.hget(allocKey, 'r')));
+      for (const json of records) {
+        // A malformed record is skipped, as get() would refuse it.
+        const record = json === null ? undefined : readListedRecord(json);
+        if (record) out.push(record);
       }
     } while (cursor !== '0');
   }
 
   /*
    * update: one compare-and-set script on the allocation key (version guard, the
-   * identity fixed at creation, the backstop TTL, the 'updated' event), then the
-   * port key's TTL and the user's zset score follow (best-effort: the allocation is
-   * already written; both only move what still belongs to this allocation).
+   * identity fixed at creation, the backstop TTL, the 'updated' event), and with it,
+   * in the same round trip (docs/scaling.md, part 4), the port key's TTL and the
+   * user's zset score (best-effort; both only move what still names this allocation's
+   * key). They don't wait for the update's answer: when it is refused (conflict,
+   * identity, missing) they moved this key's own backstops to the deadline of a write
+   * that did not happen, which the retry that follows a conflict moves again, and a
+   * record deleted meanwhile has had its port released and its member removed.
    */
   async update(next: AllocationRecord): Promise<UpdateOutcome> {
     await this.beforeWrite();
@@ -203,7 +206,7 @@ export class RedisAllocationStore implements AllocationStore {
       const written = canonical({ ...candidate, version: expected + 1 });
       const { deadlineMs, ttlMs } = this.backstop(written.expiresAtMs);
       const event = JSON.stringify({ type: 'updated', record: written, ownerNodeId: written.ownerNodeId, origin: this.origin });
-      const reply = await UPDATE_ALLOC.run(
+      const updating = UPDATE_ALLOC.run(
         this.client,
         allocKey,
         String(expected),
@@ -214,6 +217,9 @@ export class RedisAllocationStore implements AllocationStore {
         this.keys.events,
         event,
       );
+      // Sent after the update on the same connection: never waits for its answer.
+      const touched = this.afterUpdate(written, deadlineMs, ttlMs);
+      const reply = await updating.finally(() => touched);
       if (!Array.isArray(reply)) throw new Error('redis store: unexpected reply to update');
       const [code, currentJson] = reply as [unknown, unknown];
       if (code === 0) return { ok: false, reason: 'missing' };
@@ -233,7 +239,6 @@ export class RedisAllocationStore implements AllocationStore {
         });
         continue;
       }
-      await this.afterUpdate(written, deadlineMs, ttlMs);
       return { ok: true, record: written };
     }
     throw new Error('redis store: update could not settle the allocation identity');

@@ -82,6 +82,11 @@ export function decodeStoredRecord(text: unknown, key: string): AllocationRecord
   return record;
 }
 
+/** A record read by a listing (its key is inside it), or undefined when it is unreadable: parsed once. */
+export function readListedRecord(text: string): AllocationRecord | undefined {
+  return toRecord(parseJson(text));
+}
+
 export function toStoreEvent(v: unknown): StoreEvent | undefined {
   if (!isObject(v)) return undefined;
   if (v.type === 'created' || v.type === 'updated') {

@@ -12,6 +12,20 @@ import type { EngineListener } from './table.js';
 
 /** Store unreachable: how long past its expiry an allocation is kept in case it was refreshed elsewhere. */
 const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
+/**
+ * Records a sync takes on at once: their binds overlap instead of running one after
+ * the other (docs/scaling.md, part 3), bounded so that a store of 100,000 records does
+ * not start 100,000 binds in one go.
+ */
+export const SYNC_CONCURRENCY = 256;
+
+/** What one sync from the store did. */
+export interface SyncResult {
+  /** Records the store listed. */
+  readonly records: number;
+  /** Of those, the ones this sync took on (not held here before). */
+  readonly adopted: number;
+}
 
 export class Replication {
   /**
@@ -23,6 +37,13 @@ export class Replication {
    * record is read once more when the copy is in the table (catchUp).
    */
   private readonly materializing = new Map<string, boolean>();
+  /**
+   * One set per sync in progress: the keys the store's feed announced a change or a
+   * deletion of since its listing began. The listing can be seconds old by the time a
+   * record's turn comes (100,000 records): such a record is read again after binding,
+   * as an event's is, so a deletion announced meanwhile leaves no copy behind.
+   */
+  private readonly syncing = new Set<Set<string>>();
 
   constructor(private readonly ctx: TurnContext) {}
 
@@ -30,6 +51,7 @@ export class Replication {
   onStoreEvent(event: StoreEvent): void {
     const { table, writer } = this.ctx;
     if (this.ctx.stopped) return;
+    for (const changed of this.syncing) changed.add(event.type === 'deleted' ? event.key : event.record.key);
     if (event.type === 'deleted') {
       // A move (RFC 8016): the record comes back under its new key, with movedFrom (follow()).
       if (event.reason === MOVED) return;
@@ -89,6 +111,13 @@ export class Replication {
    * store (no need to read it again).
    */
   async adopt(record: AllocationRecord, fresh = false): Promise<boolean> {
+    const outcome = await this.takeOn(record, fresh);
+    // Read again, the 5-tuple's record was another allocation's (deleted and made again meanwhile, on
+    // other relayed ports): the sockets bound for the first are closed; take the other one on.
+    return typeof outcome === 'boolean' ? outcome : await this.adopt(outcome, true);
+  }
+
+  private async takeOn(record: AllocationRecord, fresh: boolean): Promise<boolean | AllocationRecord> {
     const { table, o } = this.ctx;
     if (table.byStoreKey(record.key)) return true;
     if (this.materializing.has(record.key)) {
@@ -118,6 +147,9 @@ export class Replication {
       // An event may be old by now: read the record again (a start-up listing was just read).
       const current = fresh ? record : await o.store.get(record.key);
       if (!current || table.byStoreKey(record.key) || this.ctx.stopped) return table.byStoreKey(record.key) !== undefined;
+      if (current.relayedAddress !== record.relayedAddress || current.relayedPort !== record.relayedPort || current.createdAtMs !== record.createdAtMs) {
+        return current;
+      }
       allocation = new Allocation(current, listener.path, { relay, additional });
       this.ctx.writer.merge(allocation, current);
       relay = undefined;
@@ -163,15 +195,39 @@ export class Replication {
     if (current) await this.adopt(current, true);
   }
 
-  /** Takes on every allocation in the store (at start, and after a store outage). */
-  async syncFromStore(): Promise<number> {
-    const records = await this.ctx.o.store.listAllocations();
-    let held = 0;
-    for (const record of records) {
-      const local = this.ctx.table.byStoreKey(record.key);
-      if (local) this.ctx.writer.merge(local.allocation, record);
-      else if (await this.adopt(record, true)) held++;
+  /**
+   * Takes on every allocation in the store (at start, after a store outage, after a gap
+   * in the event feed): one listing (read in batches by the store), then up to
+   * SYNC_CONCURRENCY records taken on at once, each from the record just listed unless
+   * the feed announced a change of its key since the listing began.
+   */
+  async syncFromStore(): Promise<SyncResult> {
+    const changed = new Set<string>();
+    this.syncing.add(changed);
+    try {
+      const records = await this.ctx.o.store.listAllocations();
+      let adopted = 0;
+      let next = 0;
+      const takeOn = async (): Promise<void> => {
+        while (next < records.length && !this.ctx.stopped) {
+          const record = records[next++]!;
+          if (await this.syncOne(record, changed)) adopted++;
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, records.length) }, takeOn));
+      return { records: records.length, adopted };
+    } finally {
+      this.syncing.delete(changed);
     }
-    return held;
+  }
+
+  /** One listed record: merged into the copy held here, else taken on. True when taken on now. */
+  private async syncOne(record: AllocationRecord, changed: ReadonlySet<string>): Promise<boolean> {
+    const local = this.ctx.table.byStoreKey(record.key);
+    if (local) {
+      this.ctx.writer.merge(local.allocation, record);
+      return false;
+    }
+    return await this.adopt(record, !changed.has(record.key));
   }
 }

@@ -22,11 +22,21 @@ const MAC_BYTES = 8;
 const BODY_CHARS = 16;
 /** Clock skew between nodes we tolerate for a nonce stamped "in the future". */
 const MAX_SKEW_MS = 30_000;
+/** Nonces found valid that check() remembers (then it forgets them all): a bound on its memory. */
+const KNOWN_VALID_MAX = 10_000;
 
 export type NonceVerdict = 'valid' | 'stale' | 'invalid';
 
 export class NonceIssuer {
   private readonly key: Buffer;
+  /**
+   * nonce + client IP -> when it goes stale, for nonces check() found valid. A client signs
+   * every request of an allocation with the nonce of its 401 (Allocate, CreatePermission,
+   * ChannelBind, Refresh): one HMAC for all of them instead of one each (docs/scaling.md,
+   * part 1). Only a valid MAC gets in, so an attacker cannot fill it with anything but
+   * nonces of its own address that were valid anyway.
+   */
+  private readonly knownValid = new Map<string, number>();
   /** The cookie every nonce of this issuer starts with. */
   readonly cookie: string;
 
@@ -56,6 +66,13 @@ export class NonceIssuer {
   /** Bound to the client IP (not its port), so a NAT rebinding keeps the nonce. */
   check(nonce: string, clientAddress: string, nowMs: number): NonceVerdict {
     if (nonce.length !== NONCE_COOKIE_LENGTH + BODY_CHARS) return 'invalid';
+    const known = `${clientAddress} ${nonce}`;
+    const staleAtMs = this.knownValid.get(known);
+    if (staleAtMs !== undefined) {
+      if (nowMs < staleAtMs) return 'valid';
+      this.knownValid.delete(known);
+      return 'stale';
+    }
     const cookie = nonce.slice(0, NONCE_COOKIE_LENGTH);
     const raw = Buffer.from(nonce.slice(NONCE_COOKIE_LENGTH), 'base64url');
     if (raw.length !== TIMESTAMP_BYTES + MAC_BYTES) return 'invalid';
@@ -63,6 +80,9 @@ export class NonceIssuer {
     if (!timingSafeEqual(this.mac(timestamp, cookie, clientAddress), raw.subarray(TIMESTAMP_BYTES))) return 'invalid';
     const issuedMs = timestamp.readUInt32BE(0) * 1000;
     if (issuedMs > nowMs + MAX_SKEW_MS) return 'invalid';
-    return nowMs - issuedMs >= this.lifetimeMs ? 'stale' : 'valid';
+    if (nowMs - issuedMs >= this.lifetimeMs) return 'stale';
+    if (this.knownValid.size >= KNOWN_VALID_MAX) this.knownValid.clear();
+    this.knownValid.set(known, issuedMs + this.lifetimeMs);
+    return 'valid';
   }
 }

@@ -23,6 +23,17 @@ describe('NonceIssuer', () => {
     assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS - 1), 'valid');
   });
 
+  it('answers a nonce it found valid before the same way: stale at the same instant, invalid for another IP or tampered', () => {
+    const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+    const nonce = issuer.issue(CLIENT, NOW);
+    for (let i = 0; i < 3; i++) assert.equal(issuer.check(nonce, CLIENT, NOW + i * 1000), 'valid');
+    assert.equal(issuer.check(nonce, '198.51.100.8', NOW), 'invalid');
+    assert.equal(issuer.check(`${nonce.slice(0, -1)}${nonce.endsWith('A') ? 'B' : 'A'}`, CLIENT, NOW), 'invalid');
+    assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS - 1), 'valid');
+    assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS), 'stale');
+    assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS + 1), 'stale');
+  });
+
   it('goes stale once its lifetime has passed', () => {
     const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
     const nonce = issuer.issue(CLIENT, NOW);
