@@ -1,4 +1,5 @@
 // npm run bench:allocations's report on stdout: a section per part.
+import type { FanoutRow } from './feed-fanout.js';
 import { nofileLimit } from '../processes.js';
 import { CLIENT_CPU, SERVER_CPU } from '../host.js';
 import { fmt, ratio, table } from '../format.js';
@@ -18,6 +19,7 @@ export interface Results {
   fill: FillResult[];
   sync: SyncResult | undefined;
   storeOps: StoreOpsResult[];
+  fanout: FanoutRow[];
   failures: string[];
 }
 
