@@ -7,12 +7,14 @@
 //      kernel slab per UDP socket, and (2b) how full a 1,000-port relay range gets;
 //   3. start-up sync of a restarted anycast-relay node over the allocations in Redis;
 //   4. Redis commands per allocation lifecycle (INFO commandstats, MONITOR), and what
-//      hearing the event channel costs a node and Redis.
+//      hearing the event channel costs a node and Redis;
+//   5. event deliveries per lifecycle in forward mode with 1, 2 and 4 nodes on one Redis
+//      (--feed-baseline DIST_DIR measures another build, e.g. main's, beside this one).
 //
 // docs/scaling.md explains the method and the figures.
 //
-// Usage: node dist/bench/allocations.js [--parts 1,2,3,4] [--allocations N] [--live N]
-//                                       [--lifecycles N] [--workers N]
+// Usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N]
+//                                       [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR]
 //        node dist/bench/allocations.js --parts scale [--live-sizes 1000,10000,100000] ... (--help):
 //        the scale part, in network namespaces (root), with a command line of its own
 //        (bench/allocations/scale.ts).
@@ -24,7 +26,7 @@
 // This file is the orchestration; the parts live in bench/allocations/: options.ts (the
 // command line), context.ts (what the parts share), redis.ts, servers.ts (the servers under
 // test), rate.ts (1), live.ts and slab.ts (2), fill.ts (2b), sync.ts (3), store-ops.ts and
-// event-cost.ts (4), report.ts (stdout).
+// event-cost.ts (4), feed-fanout.ts (5), report.ts (stdout).
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -43,6 +45,7 @@ import { slabPerSocket } from './allocations/slab.js';
 import { FILL_ATTEMPTS, FILL_PORTS, runFill } from './allocations/fill.js';
 import { runSync } from './allocations/sync.js';
 import { runStoreOps } from './allocations/store-ops.js';
+import { FANOUT_NODES, reportFanout, runFanout } from './allocations/feed-fanout.js';
 import { reportFill, reportLive, reportRate, reportStoreOps, reportSync, type Results } from './allocations/report.js';
 import { isScaleRun } from './allocations/scale-options.js';
 import { runScaleBench } from './allocations/scale.js';
@@ -112,6 +115,22 @@ async function runParts(ctx: Context, options: Options, step: Step, results: Res
       if (r) results.storeOps.push(r);
     }
   }
+  if (options.parts.includes(5)) await runFanoutPart(ctx, options, step, results);
+}
+
+/** Part 5: this build, and the baseline build when given, with 1, 2 and 4 nodes. */
+async function runFanoutPart(ctx: Context, options: Options, step: Step, results: Results): Promise<void> {
+  const baselineCli = options.feedBaseline === undefined ? undefined : join(options.feedBaseline, 'src', 'cli.js');
+  if (baselineCli !== undefined && !existsSync(baselineCli)) throw new Error(`--feed-baseline: ${baselineCli} does not exist`);
+  const builds = baselineCli === undefined ? (['this'] as const) : (['baseline', 'this'] as const);
+  for (const build of builds) {
+    for (const nodes of FANOUT_NODES) {
+      const r = await step(`part 5, ${build} build, ${nodes} forward-mode node(s): ${options.lifecycles} lifecycles`, () =>
+        runFanout(ctx, build, nodes, baselineCli),
+      );
+      if (r) results.fanout.push(r);
+    }
+  }
 }
 
 /** Prints the report and writes allocations.json; the exit status. */
@@ -125,6 +144,7 @@ function finish(options: Options, results: Results, serverNofile: number, totalM
   if (results.fill.length > 0) out.push('', ...reportFill(results.fill));
   if (results.sync) out.push('', ...reportSync(results.sync));
   if (results.storeOps.length > 0) out.push('', ...reportStoreOps(results.storeOps));
+  if (results.fanout.length > 0) out.push('', ...reportFanout(results.fanout));
   if (results.failures.length > 0) out.push('', 'failures:', ...results.failures.map((f) => `  ${f}`));
   out.push('', `total ${(totalMs / 1000).toFixed(0)} s`);
   console.log(out.join('\n'));
@@ -176,7 +196,7 @@ async function main(): Promise<number> {
 
   const peer = await CountingPeer.open();
   const ctx: Context = { group, scratchDir, logDir, repoRoot, anyturnCli, peer, options, stop: () => signals.interrupted, serverNofile };
-  const results: Results = { rate: [], live: [], slab: undefined, fill: [], sync: undefined, storeOps: [], failures: [] };
+  const results: Results = { rate: [], live: [], slab: undefined, fill: [], sync: undefined, storeOps: [], fanout: [], failures: [] };
   const step: Step = async (label, f) => {
     if (signals.interrupted) return undefined;
     process.stderr.write(`[bench:allocations] ${label} ... `);

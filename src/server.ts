@@ -6,7 +6,7 @@ import type { ServerConfig } from './config/index.js';
 import type { Logger } from './ops/log.js';
 import { createLogger } from './ops/log.js';
 import type { Dataplane } from './dataplane/open.js';
-import { createMetrics } from './ops/metrics.js';
+import { type MetricsSources, createMetrics } from './ops/metrics.js';
 import { ClusterNode } from './server/cluster.js';
 import { openNodeDataplane } from './server/dataplane.js';
 import { createEngine } from './server/engine.js';
@@ -78,9 +78,15 @@ function startLine(
     realm: config.realm,
     store: store.kind,
     nodeId: config.nodeId,
+    region: config.cluster?.region,
     mesh: cluster ? `${config.cluster?.meshAddress}:${cluster.mesh.port}` : undefined,
     metrics: opsPort > 0 ? `${config.metricsIp}:${opsPort}` : undefined,
   };
+}
+
+/** What the metrics take from the configuration alone. */
+function configuredMetrics(config: ServerConfig): Pick<MetricsSources, 'usernameLabels' | 'tlsCertificate' | 'region'> {
+  return { usernameLabels: config.prometheusUsernameLabels, tlsCertificate: config.tls?.cert, region: config.cluster?.region };
 }
 
 async function closeOwned(owned: boolean, store: AllocationStore, err: unknown): Promise<never> {
@@ -113,8 +119,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     streams: listeners.streamCounters,
     drain: lifecycle.drainSwitch,
     dataplane,
-    usernameLabels: config.prometheusUsernameLabels,
-    tlsCertificate: config.tls?.cert,
+    ...configuredMetrics(config),
   });
   const closeAll = async (): Promise<void> => {
     await lifecycle.closeOps();

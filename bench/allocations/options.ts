@@ -5,7 +5,7 @@
 export const RELAY_MIN = 12000;
 export const RELAY_MAX = 31999;
 
-export type Part = 1 | 2 | 3 | 4;
+export type Part = 1 | 2 | 3 | 4 | 5;
 
 export interface Options {
   readonly parts: readonly Part[];
@@ -14,14 +14,24 @@ export interface Options {
   readonly lifecycles: number;
   readonly workers: number;
   readonly liveWorkers: number;
+  /** Part 5: another build's dist directory (e.g. main's) measured beside this one. */
+  readonly feedBaseline: string | undefined;
 }
 
 function usage(): string {
-  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4] [--allocations N] [--live N] [--lifecycles N] [--workers N]';
+  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR]';
 }
 
 export function parseOptions(argv: readonly string[]): Options {
-  const o = { parts: [1, 2, 3, 4] as Part[], allocations: 2000, live: 10_000, lifecycles: 500, workers: 8, liveWorkers: 16 };
+  const o = {
+    parts: [1, 2, 3, 4, 5] as Part[],
+    allocations: 2000,
+    live: 10_000,
+    lifecycles: 500,
+    workers: 8,
+    liveWorkers: 16,
+    feedBaseline: undefined as string | undefined,
+  };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--help' || flag === '-h') {
@@ -32,8 +42,12 @@ export function parseOptions(argv: readonly string[]): Options {
     if (value === undefined) throw new Error(`${flag ?? ''} needs a value; ${usage()}`);
     if (flag === '--parts') {
       const parts = value.split(',').map((p) => Number(p.trim()));
-      if (parts.some((p) => ![1, 2, 3, 4].includes(p))) throw new Error(`--parts '${value}': 1, 2, 3 and/or 4`);
+      if (parts.some((p) => ![1, 2, 3, 4, 5].includes(p))) throw new Error(`--parts '${value}': 1, 2, 3, 4 and/or 5`);
       o.parts = [...new Set(parts)].sort() as Part[];
+      continue;
+    }
+    if (flag === '--feed-baseline') {
+      o.feedBaseline = value;
       continue;
     }
     const n = Number(value);

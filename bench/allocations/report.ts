@@ -1,4 +1,5 @@
 // npm run bench:allocations's report on stdout: a section per part.
+import type { FanoutRow } from './feed-fanout.js';
 import { nofileLimit } from '../processes.js';
 import { CLIENT_CPU, SERVER_CPU } from '../host.js';
 import { fmt, ratio, table } from '../format.js';
@@ -18,6 +19,7 @@ export interface Results {
   fill: FillResult[];
   sync: SyncResult | undefined;
   storeOps: StoreOpsResult[];
+  fanout: FanoutRow[];
   failures: string[];
 }
 
@@ -248,7 +250,8 @@ export function reportStoreOps(rs: readonly StoreOpsResult[]): string[] {
     if (e) {
       lines.push(
         `   hearing the event channel: ${e.events} copies of an 'updated' event (${e.eventBytes} B) at ${fmt(e.ratePerSecond, 0)}/s, ${fmt(e.receiversPerPublish, 0)} subscriber(s): ` +
-          `anyturn ${fmt(e.nodeMicrosPerEvent, 1)} us CPU per event heard, redis-server ${fmt(e.redisMicrosPerPublish, 1)} us per PUBLISH (pipelined);`,
+          // A forward-mode node no longer subscribes to anyturn:events (per-allocation channels, docs/scaling.md "The event feed").
+          `${e.receiversPerPublish > 0 ? `anyturn ${fmt(e.nodeMicrosPerEvent, 1)} us CPU per event heard` : 'anyturn hears none of them'}, redis-server ${fmt(e.redisMicrosPerPublish, 1)} us per PUBLISH (pipelined);`,
       );
       lines.push(
         `   with ${fmt(e.wideSubscribers, 0)} subscribers: redis-server ${fmt(e.wideRedisMicrosPerPublish, 1)} us per PUBLISH, ${fmt(e.redisMicrosPerDelivery, 2)} us per extra delivery`,

@@ -40,11 +40,15 @@ export interface StartOptions {
   readonly onSpawn?: (p: TrackedProcess) => void;
   /** Relay port range; default RELAY_MIN-RELAY_MAX. */
   readonly relayPorts?: { readonly min: number; readonly max: number };
+  /** --node-id; default NODE_ID (several nodes on one Redis need their own). */
+  readonly nodeId?: string;
+  /** Another build's dist/src/cli.js (part 5's baseline); default this build's. */
+  readonly cli?: string;
 }
 
 function anyturnArgs(ctx: Context, kind: ServerKind, listeningPort: number, metricsPort: number, meshPort: number, o: StartOptions): string[] {
   const args = [
-    ctx.anyturnCli,
+    o.cli ?? ctx.anyturnCli,
     ...loopbackTurnArgs({ listeningPort, relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX }, user: USER, password: PASSWORD, realm: REALM }),
     '--no-tcp',
     '--no-tls',
@@ -55,7 +59,7 @@ function anyturnArgs(ctx: Context, kind: ServerKind, listeningPort: number, metr
     '--log-level',
     o.logLevel ?? 'warn',
     '--node-id',
-    NODE_ID,
+    o.nodeId ?? NODE_ID,
     // Every client of the benchmark comes from 127.0.0.1: without this, anyturn's
     // anti-amplification limit (20 error answers/s per source IP, burst 40) would drop
     // most 401 challenges. Real clients come from many addresses.

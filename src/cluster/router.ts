@@ -4,9 +4,15 @@
 // caches the answer (invalidated by the store's event feed), and forwards the
 // packet to the live owner over the mesh. When the owner is dead it removes the
 // record and lets the engine answer 437, so the client re-allocates at once.
+//
+// The router hears only the events of the 5-tuples it has cached (AllocationStore.watcher):
+// a watch opens before the lookup reads the record, so no change after the read is
+// missed, and closes when the entry goes (an answer of "no allocation" keeps its watch
+// until it expires). So what a node hears grows with the clients rerouted to it, not
+// with the allocations of the cluster (docs/scaling.md "The event feed").
 
 import { performance } from 'node:perf_hooks';
-import type { AllocationRecord, AllocationStore, NodeInfo, NodeRegistry, StoreEvent } from '../store/types.js';
+import type { AllocationRecord, AllocationStore, KeyWatcher, NodeInfo, NodeRegistry, StoreEvent, StoreWatch } from '../store/types.js';
 import { fiveTupleKey } from '../store/types.js';
 import type { Clock } from '../turn/clock.js';
 import { SourceRateLimiter } from '../turn/auth/rate-limit.js';
@@ -20,6 +26,8 @@ const ABSENT_TTL_MS = 5_000;
 const ERROR_TTL_MS = 1_000;
 /** A remote owner's liveness is checked again this often, without holding packets back. */
 const REMOTE_RECHECK_MS = 5_000;
+/** Watches of expired "no allocation" answers are closed this often. */
+const SWEEP_MS = 1_000;
 /** Packets held while a lookup is under way; more are dropped. */
 const MAX_QUEUED = 16;
 /**
@@ -43,16 +51,22 @@ interface RemoteEntry {
   node: NodeInfo;
   checkedAtMs: number;
   checking: boolean;
+  /** The key's events while the entry lives (undefined: the store has no watcher). */
+  watch: StoreWatch | undefined;
 }
 interface AbsentEntry {
   kind: 'absent';
   readonly key: string;
   readonly expiresAtMs: number;
+  /** Until it expires: a 'created' event elsewhere clears it sooner. */
+  watch: StoreWatch | undefined;
 }
 interface PendingEntry {
   kind: 'pending';
   readonly key: string;
   readonly queue: Buffer[];
+  /** Opened before the lookup reads the store; the settled entry takes it over. */
+  watch: StoreWatch | undefined;
 }
 type Entry = RemoteEntry | AbsentEntry | PendingEntry;
 
@@ -94,6 +108,11 @@ export class ClusterRouter implements ForeignPacketHandler {
   private readonly perSource: SourceRateLimiter;
   private readonly maxCached: number;
   private readonly unsubscribe: () => void;
+  /** Forward mode with a store that has one: the events of the cached 5-tuples only. */
+  private readonly watcher: KeyWatcher | undefined;
+  /** Answers of "no allocation" that hold a watch, oldest first (closed once expired). */
+  private readonly watchedAbsent = new Set<AbsentEntry>();
+  private readonly sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: ClusterRouterOptions) {
     const share = Math.max(1, Math.ceil(o.lookupsPerSecond / LOOKUP_SHARE_DIVISOR));
@@ -101,7 +120,14 @@ export class ClusterRouter implements ForeignPacketHandler {
     this.maxCached = o.maxCached ?? DEFAULT_MAX_CACHED;
     this.tokens = o.lookupsPerSecond;
     this.refilledAtMs = o.clock.now();
-    this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
+    // Anycast relay mode takes every allocation on (the engine hears every event there anyway).
+    const watcher = o.adopt ? undefined : o.store.watcher?.((event) => this.onStoreEvent(event));
+    this.watcher = watcher;
+    if (watcher) {
+      this.unsubscribe = () => watcher.close();
+      this.sweeper = setInterval(() => this.sweepAbsent(), SWEEP_MS);
+      this.sweeper.unref();
+    } else this.unsubscribe = o.store.subscribe((event) => this.onStoreEvent(event));
   }
 
   /** The engine is built after the router (it takes the router as its ForeignPacketHandler). */
@@ -137,7 +163,7 @@ export class ClusterRouter implements ForeignPacketHandler {
       return false;
     }
     const key = fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort);
-    this.set({ listener, address, port }, { kind: 'pending', key, queue: [buf] });
+    this.set({ listener, address, port }, { kind: 'pending', key, queue: [buf], watch: undefined });
     void this.lookup({ listener, address, port }, key);
     return true;
   }
@@ -163,8 +189,12 @@ export class ClusterRouter implements ForeignPacketHandler {
       node,
       checkedAtMs: this.o.clock.now(),
       checking: false,
+      watch: undefined,
     };
-    if (this.get(place)?.kind !== 'pending') this.set(place, entry);
+    if (this.get(place)?.kind !== 'pending') {
+      entry.watch = this.watcher?.watch(entry.key);
+      this.set(place, entry);
+    }
     this.forward(entry, listener, buf, address, port);
     return true;
   }
@@ -185,8 +215,14 @@ export class ClusterRouter implements ForeignPacketHandler {
   }
 
   private async lookup(place: Place, key: string): Promise<void> {
-    const started = performance.now();
+    const pendingEntry = this.get(place);
+    const watch = this.watcher?.watch(key);
+    if (pendingEntry?.kind === 'pending' && pendingEntry.key === key) pendingEntry.watch = watch;
+    else watch?.close();
     try {
+      // Subscribed before the read: a change the read does not show comes as an event.
+      if (watch) await watch.ready;
+      const started = performance.now();
       this.o.counters.storeLookups++;
       const record = await this.o.store.get(key);
       this.o.counters.observeLookupSeconds((performance.now() - started) / 1000);
@@ -216,20 +252,22 @@ export class ClusterRouter implements ForeignPacketHandler {
       this.o.counters.allocationsResumed++;
       this.o.logger.info({ event: 'allocation_resumed', allocation: key, owner: node.nodeId }, 'forwarding a rerouted client to its allocation owner');
       const pending = this.get(place);
-      const entry: RemoteEntry = { kind: 'remote', key, node, checkedAtMs: this.o.clock.now(), checking: false };
+      const entry: RemoteEntry = { kind: 'remote', key, node, checkedAtMs: this.o.clock.now(), checking: false, watch: this.takeWatch(place, key) };
       this.set(place, entry);
       if (pending?.kind === 'pending') for (const buf of pending.queue) this.forward(entry, place.listener, buf, place.address, place.port);
     } catch (err) {
       this.o.counters.storeLookupErrors++;
       this.o.logger.warn({ err, allocation: key }, 'store lookup failed');
-      this.settleAbsent(place, key, ERROR_TTL_MS);
+      this.settleAbsent(place, key, ERROR_TTL_MS, false);
     }
   }
 
   /** No remote owner: the engine decides the held packets locally (437 for a request, drop otherwise). */
-  private settleAbsent(place: Place, key: string, ttlMs: number): void {
+  private settleAbsent(place: Place, key: string, ttlMs: number, watched = true): void {
     const pending = this.get(place);
-    this.set(place, { kind: 'absent', key, expiresAtMs: this.o.clock.now() + ttlMs });
+    const entry: AbsentEntry = { kind: 'absent', key, expiresAtMs: this.o.clock.now() + ttlMs, watch: watched ? this.takeWatch(place, key) : undefined };
+    this.set(place, entry);
+    if (entry.watch) this.watchedAbsent.add(entry);
     if (pending?.kind === 'pending' && this.engine) {
       for (const buf of pending.queue) this.engine.handleClientPacket(place.listener, buf, place.address, place.port, true);
     }
@@ -252,6 +290,35 @@ export class ClusterRouter implements ForeignPacketHandler {
     }
   }
 
+  /** The watch a settled entry keeps: the pending entry's, or a new one when that entry was evicted meanwhile. */
+  private takeWatch(place: Place, key: string): StoreWatch | undefined {
+    const pending = this.get(place);
+    if (pending?.kind === 'pending' && pending.key === key && pending.watch) {
+      const watch = pending.watch;
+      pending.watch = undefined;
+      return watch;
+    }
+    return this.watcher?.watch(key);
+  }
+
+  /** Closes the entry's watch: it is no longer cached (or replaced). */
+  private release(entry: Entry | undefined): void {
+    if (!entry?.watch) return;
+    entry.watch.close();
+    entry.watch = undefined;
+    if (entry.kind === 'absent') this.watchedAbsent.delete(entry);
+  }
+
+  /** Expired answers of "no allocation" stop hearing their key (the entry stays, as a miss). */
+  private sweepAbsent(): void {
+    const now = this.o.clock.now();
+    for (const entry of this.watchedAbsent) {
+      // Oldest first; an error answer's shorter life holds no watch, so the order is the expiry order.
+      if (entry.expiresAtMs > now) break;
+      this.release(entry);
+    }
+  }
+
   private onStoreEvent(event: StoreEvent): void {
     const key = event.type === 'deleted' ? event.key : event.record.key;
     if (event.type !== 'updated') this.invalidate(key);
@@ -262,6 +329,7 @@ export class ClusterRouter implements ForeignPacketHandler {
     if (!place) return;
     const entry = this.get(place);
     if (entry?.kind === 'pending') return; // its lookup settles it
+    this.release(entry);
     this.places.delete(key);
     const byAddress = this.cache.get(place.listener);
     const byPort = byAddress?.get(place.address);
@@ -290,6 +358,7 @@ export class ClusterRouter implements ForeignPacketHandler {
     const byAddress = this.cache.get(place.listener);
     const byPort = byAddress?.get(place.address);
     // A pending entry's lookup still settles: it finds no queue and installs its answer anew.
+    this.release(byPort?.get(place.port));
     byPort?.delete(place.port);
     if (byPort?.size === 0) byAddress?.delete(place.address);
   }
@@ -302,6 +371,8 @@ export class ClusterRouter implements ForeignPacketHandler {
     if (!byAddress) this.cache.set(place.listener, (byAddress = new Map()));
     let byPort = byAddress.get(place.address);
     if (!byPort) byAddress.set(place.address, (byPort = new Map()));
+    const replaced = byPort.get(place.port);
+    if (replaced !== undefined && replaced.watch !== entry.watch) this.release(replaced);
     byPort.set(place.port, entry);
     this.places.set(entry.key, place);
   }
@@ -312,6 +383,7 @@ export class ClusterRouter implements ForeignPacketHandler {
   }
 
   close(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
     this.unsubscribe();
   }
 }

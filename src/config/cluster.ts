@@ -12,7 +12,7 @@ import type { ClusterConfig } from './types.js';
 export function buildClusterConfig(raw: RawOptions): ClusterConfig | undefined {
   const redis = redisTarget(raw);
   if (redis === undefined) {
-    for (const flag of ['mesh-address', 'cluster-secret'] as const) {
+    for (const flag of ['mesh-address', 'cluster-secret', 'region'] as const) {
       if (raw[flag] !== undefined)
         throw new ConfigError(
           flag,
@@ -54,7 +54,14 @@ export function buildClusterConfig(raw: RawOptions): ClusterConfig | undefined {
     clusterSecret: Buffer.from(secret, 'utf8'),
     lookupsPerSecond: read(raw, 'cluster-lookup-rate'),
     relayMode: read(raw, 'relay-mode'),
+    ...regionOf(raw),
   };
+}
+
+/** --region, checked by its kind; absent when not given (a config without it compares equal to one of old). */
+function regionOf(raw: RawOptions): { readonly region?: string } {
+  const region = read(raw, 'region');
+  return region === undefined ? {} : { region };
 }
 
 /** The flags that select the shared store: exactly one may be given. */

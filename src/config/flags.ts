@@ -19,6 +19,7 @@ import {
   type Kind,
   ranges,
   redisNodes,
+  regionName,
   secret,
   secrets,
   text,
@@ -245,6 +246,12 @@ export const FLAGS = {
     group: CLUSTER,
     kind: text,
     describe: 'PEM file of the CA certificate(s) that sign the Redis certificates, with --redis-tls or rediss:// (default: the system CAs)',
+  },
+  region: {
+    group: CLUSTER,
+    kind: regionName,
+    describe:
+      "This node's region: the nodes of a region share one store (the store flags as without it), and the region's name is part of every key and event channel, so regions never see each other's allocations, even on one Redis. A client rerouted to another region gets 437 and allocates again there (docs/scaling.md)",
   },
   'mesh-address': { group: CLUSTER, kind: hostPort, describe: "This node's unicast ip:port for node-to-node forwarding (required with a shared store)" },
   'cluster-secret': {

@@ -71,6 +71,17 @@ export const boolOn: Kind<boolean, boolean> = { tag: 'boolean', yargs: { type: '
 /** Free text (a name, a file, a URL); what it must be is checked where it is used with the flags it goes with. */
 export const text: Kind<string, string | undefined> = { tag: 'text', yargs: { type: 'string' }, parse: (_flag, value) => value };
 
+/** --region: a name that becomes part of the store's key names (keys.ts), so a small safe alphabet. */
+export const regionName: Kind<string, string | undefined> = {
+  tag: 'text',
+  yargs: { type: 'string' },
+  parse: (flag, value) => {
+    if (value === undefined) return undefined;
+    if (!/^[a-z0-9-]{1,32}$/.test(value)) throw new ConfigError(flag, value, '1 to 32 lowercase letters, digits and hyphens, e.g. eu-west');
+    return value;
+  },
+};
+
 /** A secret: like text, but its value never appears in a message. */
 export const secret: Kind<string, string | undefined> = { tag: 'secret', yargs: { type: 'string' }, parse: (_flag, value) => value };
 

@@ -104,4 +104,6 @@ export interface ClusterConfig {
   readonly lookupsPerSecond: number;
   /** 'anycast': --relay-ip is shared by every node, and every node serves every allocation. */
   readonly relayMode: 'unicast' | 'anycast';
+  /** --region: the store's namespace (absent: none, the key names of old). */
+  readonly region?: string;
 }

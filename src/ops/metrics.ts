@@ -30,6 +30,8 @@ export interface MetricsSources {
   readonly usernameLabels?: boolean;
   /** The PEM chain of --cert, when TURN over TLS is on: anyturn_tls_certificate_expiry_seconds. */
   readonly tlsCertificate?: Buffer;
+  /** --region, for anyturn_region_info. */
+  readonly region?: string | undefined;
 }
 
 /** Request handling time, receipt to response: sub-millisecond normally; a slow store shows in the tail. */
@@ -44,6 +46,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   collectDefaultMetrics({ register: registry, prefix: 'anyturn_process_' });
   stateGauges(registry, sources);
   storeMetrics(registry, sources.store);
+  if (sources.region !== undefined) regionInfo(registry, sources.region);
   engineCounters(registry, sources.counters);
   tcpRelayCounters(registry, sources.counters);
   outageCounters(registry, sources.counters);
@@ -116,6 +119,17 @@ function stateGauges(registry: Registry, sources: MetricsSources): void {
 }
 
 /** The store's health and its event feed's. */
+/** --region: the store (and the event feed) this node shares with that region's nodes only. */
+function regionInfo(registry: Registry, region: string): void {
+  new Gauge({
+    name: 'anyturn_region_info',
+    help: "1, labelled with this node's --region: the store and event feed it shares with that region's nodes only",
+    labelNames: ['region'],
+    registers: [registry],
+    aggregator: 'max',
+  }).set({ region }, 1);
+}
+
 function storeMetrics(registry: Registry, store: AllocationStore): void {
   new Gauge({
     name: 'anyturn_store_up',
@@ -154,6 +168,13 @@ function storeMetrics(registry: Registry, store: AllocationStore): void {
           [{ kind: 'received' }, f.heartbeatsReceived],
         ];
       },
+    );
+    totalCounter(
+      registry,
+      'anyturn_store_events_received_total',
+      'Allocation events the store delivered to this node: every one it heard (forward mode hears the 5-tuples it cached; anycast relay mode every event of the store)',
+      [],
+      () => single(feed().eventsReceived),
     );
     totalCounter(
       registry,

@@ -103,6 +103,7 @@ export class ClusterNode {
       meshPort: this.mesh.port,
       relayAddresses: this.config.relayIps,
       servicePorts: [...new Set([...servicePorts, this.mesh.port])],
+      ...(this.cluster.region === undefined ? {} : { region: this.cluster.region }),
     };
     this.membership = new Membership(self, registry, this.logger, this.counters, (nodes) => learnClusterNodes(policy, nodes, this.logger));
     await this.membership.start();

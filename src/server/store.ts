@@ -38,7 +38,7 @@ export async function openNodeStore(
   if (given.store) return { store: given.store, registry: given.registry ?? new MemoryNodeRegistry(() => clock.now()), owned: false };
   if (!config.cluster)
     return { store: new MemoryAllocationStore({ now: () => clock.now() }), registry: new MemoryNodeRegistry(() => clock.now()), owned: true };
-  const shared = openSharedStore(config.cluster.redis, { logger, onEventsResubscribed });
+  const shared = openSharedStore(config.cluster.redis, { logger, onEventsResubscribed, region: config.cluster.region });
   // Start either way: a node whose store is down runs degraded (new Allocates are local-only, docs/architecture.md §5).
   if (!(await shared.waitUntilReady(STORE_READY_WAIT_MS))) logger.warn({ store: shared.store.kind }, 'allocation store not reachable yet; starting degraded');
   return { store: shared.store, registry: shared.registry, owned: true };

@@ -8,6 +8,7 @@ import {
   type AllocationStore,
   type ChannelRecord,
   type CreateOutcome,
+  type KeyWatcher,
   MOVED,
   type MoveOutcome,
   type NewAllocationRecord,
@@ -66,6 +67,8 @@ export class MemoryAllocationStore implements AllocationStore {
   private readonly userCounts = new Map<string, number>();
   private readonly reservations = new Map<string, { port: ReservedPort; expiresAtMs: number }>();
   private readonly listeners = new Set<StoreEventListener>();
+  /** Key -> the watches of it (watcher()): one entry per watch. */
+  private readonly watched = new Map<string, Set<{ readonly listener: StoreEventListener }>>();
   /** username -> node id -> its last bandwidth report and when it goes stale (exchangeUsage). */
   private readonly usage = new Map<string, Map<string, { up: number; down: number; untilMs: number }>>();
   private readonly now: () => number;
@@ -77,6 +80,8 @@ export class MemoryAllocationStore implements AllocationStore {
 
   private emit(event: StoreEvent): void {
     for (const listener of this.listeners) queueMicrotask(() => listener(event));
+    const watches = this.watched.get(event.type === 'deleted' ? event.key : event.record.key);
+    if (watches) for (const { listener } of watches) queueMicrotask(() => listener(event));
   }
 
   /** A 'created' or 'updated' event with its own copy of the record, made only when someone listens. */
@@ -231,6 +236,28 @@ export class MemoryAllocationStore implements AllocationStore {
     return () => this.listeners.delete(listener);
   }
 
+  watcher(listener: StoreEventListener): KeyWatcher {
+    const closers = new Set<() => void>();
+    return {
+      watch: (key) => {
+        const watches = this.watched.get(key) ?? new Set<{ readonly listener: StoreEventListener }>();
+        this.watched.set(key, watches);
+        const entry = { listener };
+        watches.add(entry);
+        const close = (): void => {
+          closers.delete(close);
+          watches.delete(entry);
+          if (watches.size === 0 && this.watched.get(key) === watches) this.watched.delete(key);
+        };
+        closers.add(close);
+        return { ready: Promise.resolve(), close };
+      },
+      close: () => {
+        for (const close of [...closers]) close();
+      },
+    };
+  }
+
   async exchangeUsage(nodeId: string, reports: readonly UsageReport[], nowMs: number, ttlMs: number): Promise<UsageTotals[]> {
     this.checkOpen();
     return reports.map((report) => {
@@ -254,6 +281,7 @@ export class MemoryAllocationStore implements AllocationStore {
   async close(): Promise<void> {
     this.closed = true;
     this.listeners.clear();
+    this.watched.clear();
   }
 }
 

@@ -2,6 +2,7 @@
 // --redis-cluster.
 
 import { createRedisClients } from './redis/clients.js';
+import { regionKeyPrefix } from './redis/keys.js';
 import type { RedisStoreLogger } from './redis/options.js';
 import type { RedisTarget } from './redis/target.js';
 import type { AllocationStore, NodeRegistry } from './types.js';
@@ -15,9 +16,19 @@ export interface SharedStore {
   waitUntilReady(timeoutMs: number): Promise<boolean>;
 }
 
-/** `target` is a RedisTarget from the config (a plain string is taken as a redis:// URL). */
-export function openSharedStore(target: RedisTarget | string, options: { logger: RedisStoreLogger; onEventsResubscribed?: () => void }): SharedStore {
-  const clients = createRedisClients(target, { logger: options.logger, onEventsResubscribed: options.onEventsResubscribed });
+/**
+ * `target` is a RedisTarget from the config (a plain string is taken as a redis:// URL);
+ * `region` (--region) puts every key and channel under the region's prefix.
+ */
+export function openSharedStore(
+  target: RedisTarget | string,
+  options: { logger: RedisStoreLogger; onEventsResubscribed?: () => void; region?: string | undefined },
+): SharedStore {
+  const clients = createRedisClients(target, {
+    logger: options.logger,
+    onEventsResubscribed: options.onEventsResubscribed,
+    keyPrefix: regionKeyPrefix(options.region),
+  });
   return {
     store: clients.store,
     registry: clients.registry,

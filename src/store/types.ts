@@ -114,6 +114,13 @@ export interface AllocationStore {
   takeReservation(token: string): Promise<ReservedPort | undefined>;
   /** Delivers events of every writer (this node's included), asynchronously, in order. */
   subscribe(listener: StoreEventListener): () => void;
+  /**
+   * A listener that hears only the events of the keys it watches, delivered as subscribe()
+   * delivers them (forward mode: a node hears about the 5-tuples it has cached, not every
+   * allocation in the store, docs/scaling.md "The event feed"). Starts the store's event
+   * feed (and its heartbeat) as subscribe() does. Absent: the caller subscribes to every event.
+   */
+  watcher?(listener: StoreEventListener): KeyWatcher;
   /** How healthy the event feed is, for stores whose feed can silently die (Redis pub/sub). */
   eventStats?(): StoreEventStats;
   /**
@@ -123,6 +130,26 @@ export interface AllocationStore {
    */
   exchangeUsage?(nodeId: string, reports: readonly UsageReport[], nowMs: number, ttlMs: number): Promise<UsageTotals[]>;
   close(): Promise<void>;
+}
+
+/** A listener of the events of chosen keys (AllocationStore.watcher). */
+export interface KeyWatcher {
+  /** The events of `key` reach the listener until the watch is closed (one watch per call). */
+  watch(key: string): StoreWatch;
+  /** Closes every watch of this watcher. */
+  close(): void;
+}
+
+/** One key's event subscription (KeyWatcher.watch). */
+export interface StoreWatch {
+  /**
+   * Resolves once events published from now on reach the listener, or when the store
+   * could not confirm that within its connect timeout (never rejects): a caller that
+   * reads the record after it misses no change made after the read.
+   */
+  readonly ready: Promise<void>;
+  /** Stops the deliveries (idempotent). */
+  close(): void;
 }
 
 /** One node's demand for one user's bandwidth: bytes per second offered in each direction over the last exchange period. */
@@ -157,6 +184,8 @@ export interface NodeInfo {
   readonly relayAddresses?: readonly string[];
   /** The node's service ports (client listening ports, ops/metrics, mesh). */
   readonly servicePorts?: readonly number[];
+  /** The node's --region (absent: none); every node of one store has the same. */
+  readonly region?: string;
 }
 
 /** Cluster membership by heartbeats with a TTL. */
@@ -181,4 +210,6 @@ export interface StoreEventStats {
   readonly resubscriptions: number;
   /** Milliseconds since the last own heartbeat came back (undefined: none yet). */
   readonly lastEchoAgeMs: number | undefined;
+  /** Allocation events the store delivered to this node (every one it heard, wanted or not). */
+  readonly eventsReceived: number;
 }

@@ -40,7 +40,8 @@ class OutageStore {
       get: (target, prop, receiver) => {
         const value = Reflect.get(target, prop, receiver) as unknown;
         if (prop === 'isAvailable') return () => !this.down;
-        if (typeof value !== 'function' || prop === 'subscribe') return typeof value === 'function' ? value.bind(target) : value;
+        // subscribe and watcher are synchronous: they answer at once, as a store whose connection is down does.
+        if (typeof value !== 'function' || prop === 'subscribe' || prop === 'watcher') return typeof value === 'function' ? value.bind(target) : value;
         return async (...args: unknown[]) => {
           if (this.down) throw new Error('store unreachable (test switch)');
           return (value as (...a: unknown[]) => unknown).apply(target, args);

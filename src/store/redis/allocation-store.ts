@@ -20,6 +20,7 @@ import type {
   AllocationRecord,
   AllocationStore,
   CreateOutcome,
+  KeyWatcher,
   MoveOutcome,
   NewAllocationRecord,
   ReservedPort,
@@ -80,6 +81,7 @@ export class RedisAllocationStore implements AllocationStore {
       logger: this.logger,
       heartbeatMs: options.eventHeartbeatMs ?? DEFAULT_EVENT_HEARTBEAT_MS,
       staleMs: options.eventStaleMs ?? DEFAULT_EVENT_STALE_MS,
+      subscribeWaitMs: this.subscribeWaitMs,
       onEventsResubscribed: options.onEventsResubscribed,
       warnStep,
     });
@@ -214,7 +216,7 @@ export class RedisAllocationStore implements AllocationStore {
         identityOf(written),
         JSON.stringify(written.ownerNodeId),
         ttlMs,
-        this.keys.events,
+        this.keys.eventChannel(next.key),
         event,
       );
       // Sent after the update on the same connection: never waits for its answer.
@@ -270,7 +272,7 @@ export class RedisAllocationStore implements AllocationStore {
   async delete(key: string, reason: string, expectedVersion?: number): Promise<boolean> {
     await this.beforeWrite();
     const expected = expectedVersion === undefined ? '' : String(expectedVersion);
-    const stored = await DELETE_ALLOC.run(this.client, this.keys.alloc(key), expected, this.keys.events, this.deletedEventPrefix(key, reason));
+    const stored = await DELETE_ALLOC.run(this.client, this.keys.alloc(key), expected, this.keys.eventChannel(key), this.deletedEventPrefix(key, reason));
     if (stored === null || stored === undefined) return false;
     let record: AllocationRecord;
     try {
@@ -315,6 +317,11 @@ export class RedisAllocationStore implements AllocationStore {
 
   subscribe(listener: StoreEventListener): () => void {
     return this.feed.subscribe(listener);
+  }
+
+  /** Only the events of watched keys: one channel each (event-feed.ts). */
+  watcher(listener: StoreEventListener): KeyWatcher {
+    return this.feed.watcher(listener);
   }
 
   /** How the event subscription is doing (for metrics and tests). */

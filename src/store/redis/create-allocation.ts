@@ -161,7 +161,7 @@ async function commit(ctx: StoreContext, plan: CreatePlan, undo: CreateUndo): Pr
       JSON.stringify(record.ownerNodeId),
       plan.ttlMs,
       nonce,
-      ctx.keys.events,
+      ctx.keys.eventChannel(record.key),
       event,
     );
   } catch (err) {
@@ -170,7 +170,7 @@ async function commit(ctx: StoreContext, plan: CreatePlan, undo: CreateUndo): Pr
     // under a record that may exist; the TTLs settle it).
     const rollback = `${ctx.deletedEventPrefix(record.key, 'create-rolled-back')}${JSON.stringify(record.ownerNodeId)}}`;
     try {
-      await UNDO_CREATE.run(ctx.client, plan.allocKey, nonce, ctx.keys.events, rollback);
+      await UNDO_CREATE.run(ctx.client, plan.allocKey, nonce, ctx.keys.eventChannel(record.key), rollback);
     } catch (e) {
       ctx.warnStep('undo-create', record.key, e);
       undo.forget();

@@ -80,7 +80,7 @@ export class EventWatchdog {
     if (this.pending && this.pending.seq <= seq) this.pending = undefined;
   }
 
-  stats(): EventStats {
+  stats(): Omit<EventStats, 'eventsReceived'> {
     return {
       heartbeatsPublished: this.published,
       heartbeatsReceived: this.received,

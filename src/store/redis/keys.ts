@@ -17,8 +17,18 @@
 //   <p>node:{<node id tag>}      string  JSON NodeInfo, PX = heartbeat ttl
 //   <p>nodes:{all}               zset    node ids, scored by their heartbeat's deadline
 //                                      (ms, the writer's clock): listNodes() reads it
-//   <p>events                    pub/sub channel of allocation events (and each
-//                                      store's own heartbeats, see EventWatchdog)
+//   <p>ev:{<5-tuple key>}        pub/sub channel of one allocation's events, with the
+//                                      hash tag of its alloc key (the key's shard on a
+//                                      Redis Cluster): forward-mode nodes SUBSCRIBE to the
+//                                      5-tuples they cached, anycast relay mode PSUBSCRIBEs
+//                                      <p>ev:* (docs/scaling.md "The event feed")
+//   <p>events                    the channel every event went to before per-allocation
+//                                      channels (still heard in anycast relay mode, from
+//                                      older nodes during an upgrade); <p>events:heartbeat:<origin>
+//                                      is each store's own heartbeat (EventWatchdog)
+//
+// With --region NAME the prefix is "anyturn:region:NAME:" (regionKeyPrefix): two regions
+// that share one Redis by mistake never see each other's keys, nodes or events.
 //
 // Client-chosen strings (usernames, tokens) never appear in a key name: usernames
 // are always hashed; addresses, 5-tuple keys, tokens and node ids are used as they
@@ -32,6 +42,11 @@
 import { createHash } from 'node:crypto';
 
 export const DEFAULT_KEY_PREFIX = 'anyturn:';
+
+/** The key prefix of a region's store (--region): no key without a region starts with "anyturn:region:". */
+export function regionKeyPrefix(region: string | undefined): string {
+  return region === undefined ? DEFAULT_KEY_PREFIX : `${DEFAULT_KEY_PREFIX}region:${region}:`;
+}
 
 export function validatePrefix(prefix: string): string {
   if (!/^[A-Za-z0-9:_.-]*$/.test(prefix)) {
@@ -61,6 +76,14 @@ export class KeySpace {
   }
   alloc(fiveTupleKey: string): string {
     return `${this.prefix}alloc:{${tag(fiveTupleKey, SAFE_FIVE_TUPLE)}}`;
+  }
+  /** The channel of one allocation's events: the alloc key's hash tag, so it maps to that key's slot. */
+  eventChannel(fiveTupleKey: string): string {
+    return `${this.prefix}ev:{${tag(fiveTupleKey, SAFE_FIVE_TUPLE)}}`;
+  }
+  /** PSUBSCRIBE pattern of every allocation's channel (anycast relay mode hears them all). */
+  eventPattern(): string {
+    return `${this.prefix}ev:{*`;
   }
 
   /** SCAN pattern of every allocation key (start-up sync only). */

@@ -23,7 +23,13 @@ export async function moveAllocation(ctx: StoreContext, fromKey: string, expecte
   checkTime('expiresAtMs', input.expiresAtMs);
   const toKey = ctx.keys.alloc(input.key);
   if ((await ctx.client.exists(toKey)) === 1) return { ok: false, reason: 'exists' };
-  const stored = await DELETE_ALLOC.run(ctx.client, ctx.keys.alloc(fromKey), String(expectedVersion), ctx.keys.events, ctx.deletedEventPrefix(fromKey, MOVED));
+  const stored = await DELETE_ALLOC.run(
+    ctx.client,
+    ctx.keys.alloc(fromKey),
+    String(expectedVersion),
+    ctx.keys.eventChannel(fromKey),
+    ctx.deletedEventPrefix(fromKey, MOVED),
+  );
   if (stored === null || stored === undefined) {
     const json = await ctx.client.hget(ctx.keys.alloc(fromKey), 'r');
     return json === null ? { ok: false, reason: 'missing' } : { ok: false, reason: 'conflict', current: decodeStoredRecord(json, fromKey) };
@@ -60,7 +66,7 @@ export async function moveAllocation(ctx: StoreContext, fromKey: string, expecte
     JSON.stringify(record.ownerNodeId),
     ttlMs,
     'moved',
-    ctx.keys.events,
+    ctx.keys.eventChannel(record.key),
     event,
   );
   // Another allocation took the new key between step 0 and here: this one has no record now.

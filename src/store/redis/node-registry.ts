@@ -32,12 +32,14 @@ function toNodeInfo(parsed: unknown, nodeId?: string): NodeInfo | undefined {
   if (typeof parsed.meshAddress !== 'string' || !isFiniteNumber(parsed.meshPort)) return undefined;
   const relayAddresses = stringList(parsed.relayAddresses);
   const servicePorts = portList(parsed.servicePorts);
+  const region = typeof parsed.region === 'string' && /^[a-z0-9-]{1,32}$/.test(parsed.region) ? parsed.region : undefined;
   return {
     nodeId: parsed.nodeId,
     meshAddress: parsed.meshAddress,
     meshPort: parsed.meshPort,
     ...(relayAddresses ? { relayAddresses } : {}),
     ...(servicePorts ? { servicePorts } : {}),
+    ...(region ? { region } : {}),
   };
 }
 
@@ -62,6 +64,7 @@ export class RedisNodeRegistry implements NodeRegistry {
       meshPort: node.meshPort,
       ...(node.relayAddresses ? { relayAddresses: node.relayAddresses } : {}),
       ...(node.servicePorts ? { servicePorts: node.servicePorts } : {}),
+      ...(node.region ? { region: node.region } : {}),
     });
     const px = Math.max(1, Math.ceil(ttlMs));
     await this.connection.client.set(this.keys.node(node.nodeId), value, 'PX', px);

@@ -9,6 +9,7 @@ import type { MeshSocket } from '../../../src/cluster/mesh.js';
 import { ClusterRouter, LOOKUP_SHARE_DIVISOR } from '../../../src/cluster/router.js';
 import { createLogger } from '../../../src/ops/log.js';
 import { MemoryAllocationStore, MemoryNodeRegistry } from '../../../src/store/memory.js';
+import type { KeyWatcher, StoreEventListener, StoreWatch } from '../../../src/store/types.js';
 import { ManualClock } from '../../../src/turn/clock.js';
 import { EngineListener } from '../../../src/turn/allocation/table.js';
 import { FakeClientPath } from '../../helpers/fake-io.js';
@@ -22,9 +23,49 @@ async function flush(): Promise<void> {
   for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => setImmediate(resolve));
 }
 
+/** The memory store, counting the open watches per key and whether anyone subscribed to every event. */
+class WatchCountingStore extends MemoryAllocationStore {
+  readonly open = new Map<string, number>();
+  subscribers = 0;
+  override subscribe(listener: StoreEventListener): () => void {
+    this.subscribers++;
+    return super.subscribe(listener);
+  }
+  override watcher(listener: StoreEventListener): KeyWatcher {
+    const inner = super.watcher(listener);
+    const mine = new Set<StoreWatch>();
+    return {
+      watch: (key) => {
+        const watch = inner.watch(key);
+        this.open.set(key, (this.open.get(key) ?? 0) + 1);
+        let closed = false;
+        const counted: StoreWatch = {
+          ready: watch.ready,
+          close: () => {
+            if (!closed) this.open.set(key, this.open.get(key)! - 1);
+            closed = true;
+            mine.delete(counted);
+            watch.close();
+          },
+        };
+        mine.add(counted);
+        return counted;
+      },
+      close: () => {
+        for (const watch of [...mine]) watch.close();
+        inner.close();
+      },
+    };
+  }
+  /** Keys with an open watch. */
+  watchedKeys(): string[] {
+    return [...this.open].filter(([, n]) => n > 0).map(([key]) => key);
+  }
+}
+
 async function harness(o: { lookupsPerSecond: number; maxCached?: number }) {
   const clock = new ManualClock();
-  const store = new MemoryAllocationStore({ now: () => clock.now() });
+  const store = new WatchCountingStore({ now: () => clock.now() });
   const registry = new MemoryNodeRegistry(() => clock.now());
   await registry.heartbeat({ nodeId: 'node-b', meshAddress: '192.0.2.2', meshPort: 7000 }, 3_600_000);
   const forwarded: string[] = [];
@@ -133,5 +174,80 @@ describe('ClusterRouter: the negative cache', () => {
     await flush();
     assert.equal(h.counters.storeLookups, 2, 'looked up again at 5 s');
     assert.deepEqual(h.forwarded, [`${REROUTED}:41000`]);
+  });
+});
+
+describe('ClusterRouter: hears only the 5-tuples it has cached (docs/scaling.md "The event feed")', () => {
+  const keyOf = (h: Awaited<ReturnType<typeof harness>>, port: number): string =>
+    `udp|${REROUTED}|${port}|${h.listener.path.localAddress}|${h.listener.path.localPort}`;
+
+  it('watches a rerouted client’s 5-tuple while it is cached, and stops when the deletion invalidates it; never every event', async () => {
+    const h = await harness({ lookupsPerSecond: 10_000 });
+    assert.equal(h.store.subscribers, 0, 'forward mode subscribes to no store-wide feed');
+    await h.remoteClient(43000);
+    assert.deepEqual(h.store.watchedKeys(), [], 'an allocation elsewhere alone is not heard');
+    h.router.offer(h.listener, PACKET, REROUTED, 43000);
+    await flush();
+    assert.deepEqual(h.forwarded, [`${REROUTED}:43000`]);
+    assert.deepEqual(h.store.watchedKeys(), [keyOf(h, 43000)], 'the cached 5-tuple is watched');
+    // Its owner ends it: the event reaches the router through the watch, and the watch goes with the entry.
+    assert.equal(await h.store.delete(keyOf(h, 43000), 'refresh-zero'), true);
+    await flush();
+    assert.equal(h.router.cachedEntries, 0);
+    assert.deepEqual(h.store.watchedKeys(), []);
+    h.router.close();
+  });
+
+  it('keeps the watch of a "no allocation" answer until it expires: an allocation made elsewhere meanwhile clears it', async () => {
+    const h = await harness({ lookupsPerSecond: 10_000 });
+    h.router.offer(h.listener, PACKET, REROUTED, 43100);
+    await flush();
+    assert.deepEqual(h.store.watchedKeys(), [keyOf(h, 43100)], 'watched while the answer holds');
+    await h.remoteClient(43100);
+    await flush();
+    assert.equal(h.router.cachedEntries, 0, 'the created event cleared the answer at once');
+    assert.deepEqual(h.store.watchedKeys(), [], 'and its watch');
+    // Another unknown 5-tuple: its answer's watch is closed by the sweep once the answer expired.
+    h.router.offer(h.listener, PACKET, REROUTED, 43101);
+    await flush();
+    assert.deepEqual(h.store.watchedKeys(), [keyOf(h, 43101)]);
+    h.clock.advance(5_000);
+    const deadline = Date.now() + 5_000;
+    while (h.store.watchedKeys().length > 0 && Date.now() < deadline) await new Promise<void>((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(h.store.watchedKeys(), [], 'the expired answer no longer hears its key');
+    assert.equal(h.router.cachedEntries, 1, 'the entry itself stays (a miss), as before');
+    h.router.close();
+  });
+
+  it('closes the watch of an entry the bounded cache forgets, and every watch at close', async () => {
+    const h = await harness({ lookupsPerSecond: 10_000, maxCached: 2 });
+    for (const port of [43200, 43201, 43202]) await h.remoteClient(port);
+    for (const port of [43200, 43201, 43202]) h.router.offer(h.listener, PACKET, REROUTED, port);
+    await flush();
+    assert.equal(h.router.cachedEntries, 2);
+    assert.deepEqual(h.store.watchedKeys().sort(), [keyOf(h, 43201), keyOf(h, 43202)], 'the forgotten one is not heard');
+    h.router.close();
+    assert.deepEqual(h.store.watchedKeys(), []);
+  });
+
+  it('anycast relay mode (adopt) hears every event instead, and watches nothing', async () => {
+    const clock = new ManualClock();
+    const store = new WatchCountingStore({ now: () => clock.now() });
+    const registry = new MemoryNodeRegistry(() => clock.now());
+    const mesh = { forward: () => undefined } as unknown as MeshSocket;
+    const router = new ClusterRouter({
+      nodeId: 'node-a',
+      store,
+      registry,
+      mesh,
+      clock,
+      logger: createLogger('silent'),
+      counters: new ClusterCounters(),
+      lookupsPerSecond: 100,
+      adopt: async () => true,
+    });
+    assert.equal(store.subscribers, 1);
+    assert.deepEqual(store.watchedKeys(), []);
+    router.close();
   });
 });

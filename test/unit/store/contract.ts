@@ -530,6 +530,71 @@ export function runStoreContract(name: string, makeStore: () => Promise<StoreUnd
       });
     });
 
+    describe('key watches (forward mode: a node hears the 5-tuples it cached, docs/scaling.md "The event feed")', () => {
+      it('delivers to a watcher the events of the keys it watches only, in order, asynchronously, until the watch closes', async () => {
+        assert.ok(store.watcher, 'the store has key watchers');
+        const mine: string[] = [];
+        const marker: string[] = [];
+        const watcher = store.watcher((e) => mine.push(describeEvent(e)));
+        // A second watcher on the other key, then on this one: it tells when an event was delivered.
+        const markers = store.watcher((e) => marker.push(describeEvent(e)));
+        try {
+          const watched = s.record({ ownerNodeId: 'node-w' });
+          const other = s.record();
+          const watch = watcher.watch(watched.key);
+          const otherWatch = markers.watch(other.key);
+          await Promise.all([watch.ready, otherWatch.ready]);
+          const pending = store.create(watched, { userQuota: 0 });
+          assert.equal(mine.length, 0, 'not delivered synchronously from inside create()');
+          const created = await pending;
+          assert.ok(created.ok);
+          await mustCreate(store, other);
+          const v2 = await store.update({ ...created.record, expiresAtMs: 1 });
+          assert.ok(v2.ok);
+          await waitFor(() => mine.length >= 2 && marker.length >= 1, 'the watched events and the other key’s');
+          assert.deepEqual(marker, [`created ${other.key} v1`], 'the other watcher heard only its key');
+
+          watch.close();
+          watch.close(); // twice is harmless
+          const after = markers.watch(watched.key);
+          await after.ready;
+          assert.equal(await store.delete(watched.key, 'refresh-zero'), true);
+          await waitFor(() => marker.length >= 2, 'the deletion on the other watcher');
+          assert.deepEqual(marker, [`created ${other.key} v1`, `deleted ${watched.key} node-w refresh-zero`]);
+          assert.deepEqual(mine, [`created ${watched.key} v1`, `updated ${watched.key} v2`], 'only the watched key, and nothing after close');
+        } finally {
+          watcher.close();
+          markers.close();
+        }
+      });
+
+      it('keeps two watches of one key apart: closing one leaves the other; closing the watcher ends both', async () => {
+        assert.ok(store.watcher, 'the store has key watchers');
+        const seen: string[] = [];
+        const marker: string[] = [];
+        const watcher = store.watcher((e) => seen.push(describeEvent(e)));
+        const markers = store.watcher((e) => marker.push(describeEvent(e)));
+        try {
+          const input = s.record();
+          const first = watcher.watch(input.key);
+          const second = watcher.watch(input.key);
+          const mark = markers.watch(input.key);
+          await Promise.all([first.ready, second.ready, mark.ready]);
+          first.close();
+          const created = await mustCreate(store, input);
+          await waitFor(() => marker.length >= 1 && seen.length >= 1, 'the created event');
+          watcher.close();
+          const updated = await store.update({ ...created, expiresAtMs: 1 });
+          assert.ok(updated.ok);
+          await waitFor(() => marker.length >= 2, 'the update on the marker');
+          assert.deepEqual(seen, [`created ${input.key} v1`], 'once (one watch open), and nothing after the watcher closed');
+        } finally {
+          watcher.close();
+          markers.close();
+        }
+      });
+    });
+
     describe('bandwidth usage exchange (--user-max-bps, turn/bandwidth.ts)', () => {
       it("stores each node's demand per user and answers the sum of the others' fresh ones", async () => {
         assert.ok(store.exchangeUsage, 'the store exchanges usage');
