@@ -86,7 +86,7 @@ export class MemoryAllocationStore implements AllocationStore {
 
   /** A 'created' or 'updated' event with its own copy of the record, made only when someone listens. */
   private emitRecord(type: 'created' | 'updated', record: AllocationRecord): void {
-    if (this.listeners.size > 0) this.emit({ type, record: clone(record) });
+    if (this.listeners.size > 0 || this.watched.has(record.key)) this.emit({ type, record: clone(record) });
   }
 
   isAvailable(): boolean {
