@@ -12,6 +12,8 @@ import { DROP_REASONS, type DropReason } from '../../../../src/turn/counters.js'
 import { isBindFailure, type RelaySocket } from '../../../../src/turn/ports.js';
 
 const ADDRESS = '127.0.0.1';
+/** Another address than the relay address: sends to the relay address itself stay inside the factory. */
+const PEER_ADDRESS = '127.0.0.2';
 const MIN_PORT = 50000;
 const MAX_PORT = 50999;
 
@@ -57,7 +59,7 @@ describe('SharedRelayFactory', () => {
     factory = await SharedRelayFactory.open({ addresses: [ADDRESS], minPort: MIN_PORT, maxPort: MAX_PORT, steering, drops, onError: () => undefined });
     sharedPort = factory.sharedPort(ADDRESS)!;
     peer = dgram.createSocket('udp4');
-    peer.bind(0, ADDRESS);
+    peer.bind(0, PEER_ADDRESS);
     await once(peer, 'listening');
   });
 
@@ -108,8 +110,8 @@ describe('SharedRelayFactory', () => {
     peer.send(withTrailer(Buffer.from('to a'), 50020), sharedPort, ADDRESS);
     await until(() => a.got.length === 1 && b.got.length === 1);
     const from = peer.address().port;
-    assert.deepEqual(a.got, [{ data: 'to a', address: ADDRESS, port: from }]);
-    assert.deepEqual(b.got, [{ data: 'to b', address: ADDRESS, port: from }]);
+    assert.deepEqual(a.got, [{ data: 'to a', address: PEER_ADDRESS, port: from }]);
+    assert.deepEqual(b.got, [{ data: 'to b', address: PEER_ADDRESS, port: from }]);
     a.socket.close();
     b.socket.close();
   });
@@ -133,7 +135,7 @@ describe('SharedRelayFactory', () => {
   it('send() copies the part of the payload and appends the trailer naming its relayed port', async () => {
     const a = await bindRecording(50040);
     const received = once(peer, 'message') as Promise<[Buffer, dgram.RemoteInfo]>;
-    a.socket.send(Buffer.from('xxhello peeryy'), 2, 10, peer.address().port, ADDRESS);
+    a.socket.send(Buffer.from('xxhello peeryy'), 2, 10, peer.address().port, PEER_ADDRESS);
     const [msg, rinfo] = await received;
     assert.deepEqual(msg, withTrailer(Buffer.from('hello peer'), 50040));
     assert.equal(rinfo.port, sharedPort, 'on lo no egress program rewrites it');
@@ -160,6 +162,6 @@ describe('SharedRelayFactory', () => {
       steering.steering = true;
     }
     assert.equal(await factory.available(ADDRESS), true);
-    assert.deepEqual(await factory.bind('127.0.0.2', 50060, () => undefined), { failed: 'unavailable', code: 'EADDRNOTAVAIL' });
+    assert.deepEqual(await factory.bind('127.0.0.3', 50060, () => undefined), { failed: 'unavailable', code: 'EADDRNOTAVAIL' });
   });
 });
