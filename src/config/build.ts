@@ -166,7 +166,11 @@ function processModel(raw: RawOptions, minPort: number, maxPort: number, cluster
   const relaySockets = read(raw, 'relay-sockets');
   if (relaySockets === 'shared' && (mode === 'js' || n !== 1)) {
     const why = mode === 'js' ? '--dataplane js' : `--workers ${n}`;
-    throw new ConfigError('relay-sockets', relaySockets, `'auto' or 'per-allocation' with ${why}: shared relay sockets need the kernel data plane, which serves one process`);
+    throw new ConfigError(
+      'relay-sockets',
+      relaySockets,
+      `'auto' or 'per-allocation' with ${why}: shared relay sockets need the kernel data plane, which serves one process`,
+    );
   }
   const dataplane: DataplaneConfig = { mode, interfaces: read(raw, 'dataplane-interface'), relaySockets };
   return { workers: n, dataplane };

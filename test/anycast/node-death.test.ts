@@ -260,12 +260,7 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
     // Every node has taken on both allocations (bound their relayed ports) before anything dies.
     const boundBefore = await waitBound(topo, livePorts, 10_000, dataplane);
     report(t, 'relayed ports bound on each node before the kill', boundBefore);
-    for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundBefore[node],
-        expectedHeld(livePorts, dataplane),
-        `${node} does not bind the live relayed ports`,
-      );
+    for (const node of topo.nodeNames) assert.deepEqual(boundBefore[node], expectedHeld(livePorts, dataplane), `${node} does not bind the live relayed ports`);
 
     await sleep(3000);
     const m2Before = relayedPackets(await metrics(topo, 'N2'));
@@ -507,12 +502,7 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
       `restarted N1 took on ${String(n1b.sync.adopted)} of ${storeAtRestart.allocations.size} live allocations`,
     );
     assert.ok(storeAtRestart.allocations.size >= 2, `the store lost the stream's allocations: ${JSON.stringify([...storeAtRestart.allocations])}`);
-    for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundAfterRestart[node],
-        expectedHeld(livePorts, dataplane),
-        `${node} after N1's restart`,
-      );
+    for (const node of topo.nodeNames) assert.deepEqual(boundAfterRestart[node], expectedHeld(livePorts, dataplane), `${node} after N1's restart`);
     assert.deepEqual(back.channel.peerSourcesAfter, [endpointText(summary.relayed.A)], 'no channel-mode packet reached the peer after the route back');
     assert.deepEqual(back.indication.peerSourcesAfter, [endpointText(summary.relayed.B)], 'no indication-mode packet reached the peer after the route back');
     assert.ok(
@@ -538,21 +528,13 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
     for (const [key, relayed] of storeWithFresh.allocations)
       assert.equal(storeWithFresh.ports.get(relayed), key, `port key of ${relayed} does not name ${key}`);
     for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundWithFresh[node],
-        expectedHeld(allPorts, dataplane),
-        `${node} does not bind exactly the live relayed ports`,
-      );
+      assert.deepEqual(boundWithFresh[node], expectedHeld(allPorts, dataplane), `${node} does not bind exactly the live relayed ports`);
     assert.ok(
       (released.codes as number[]).every((c) => c === 200),
       `releasing the fresh allocations: ${JSON.stringify(released)}`,
     );
     for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundAfterRelease[node],
-        expectedHeld(livePorts, dataplane),
-        `${node} after the fresh allocations were released`,
-      );
+      assert.deepEqual(boundAfterRelease[node], expectedHeld(livePorts, dataplane), `${node} after the fresh allocations were released`);
     assert.equal(storeAfterRelease.allocations.size, 2);
     assert.equal(storeAfterRelease.ports.size, 2);
   });

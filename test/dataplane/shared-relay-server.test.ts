@@ -87,12 +87,15 @@ describe('shared relay sockets: the server in namespaces', { skip, timeout: 300_
         'every allocation relayed a Send indication and got the echo back as a Data indication',
       );
       assert.ok(fds < MAX_FDS, `N1 holds ${fds} descriptors with ${ALLOCATIONS} allocations (${idle} before them)`);
+      console.log(`[shared relay sockets] N1's descriptors: ${idle} before the allocations, ${fds} with ${ALLOCATIONS}`);
 
       // The peer saw each allocation's probe from that allocation's relayed address and port.
       const seen = await peerReport(peer);
       const sourceOf = new Map<number, string>();
       for (const [stream, seq, src] of seen.probes) if (stream === FRESH_STREAM) sourceOf.set(seq, seen.sources[src] ?? '?');
-      const wrong = results.flatMap((r, i) => (sourceOf.get(i) === `${r.relayed?.address}:${r.relayed?.port}` ? [] : [{ i, relayed: r.relayed, seen: sourceOf.get(i) }]));
+      const wrong = results.flatMap((r, i) =>
+        sourceOf.get(i) === `${r.relayed?.address}:${r.relayed?.port}` ? [] : [{ i, relayed: r.relayed, seen: sourceOf.get(i) }],
+      );
       assert.deepEqual(wrong.slice(0, 5), [], 'probes that reached the peer from another address than their relayed one');
 
       let m = await metrics(topo, 'N1');
@@ -102,7 +105,10 @@ describe('shared relay sockets: the server in namespaces', { skip, timeout: 300_
 
       fresh.writeLine(JSON.stringify({ cmd: 'release' }));
       const released = await fresh.waitForJsonLine((r) => r.event === 'released', 60_000);
-      assert.ok((released.codes as number[]).every((c) => c === 200), 'Refresh 0 on every allocation');
+      assert.ok(
+        (released.codes as number[]).every((c) => c === 200),
+        'Refresh 0 on every allocation',
+      );
       m = await metrics(topo, 'N1');
       assert.equal(m.get(STEERED), 0, 'Refresh 0 took every steered port out');
 
