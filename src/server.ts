@@ -8,14 +8,14 @@ import { createLogger } from './ops/log.js';
 import type { Dataplane } from './dataplane/open.js';
 import { type MetricsSources, createMetrics } from './ops/metrics.js';
 import { ClusterNode } from './server/cluster.js';
-import { openNodeDataplane } from './server/dataplane.js';
+import { openNodeRelaying } from './server/dataplane.js';
 import { createEngine } from './server/engine.js';
 import { NodeLifecycle } from './server/lifecycle.js';
 import { ClientListeners } from './server/listeners.js';
 import { nodePeerPolicy } from './server/peers.js';
+import type { NodeRelaySockets } from './server/relay-sockets.js';
 import { StoreHealthWatcher, openNodeStore } from './server/store.js';
 import type { RunningServer, ServerDeps } from './server/types.js';
-import { UdpRelayFactory } from './transport/udp/relay.js';
 import { type Clock, systemClock } from './turn/clock.js';
 import { EngineCounters } from './turn/counters.js';
 import type { TurnEngine } from './turn/engine.js';
@@ -70,9 +70,11 @@ function startLine(
   cluster: ClusterNode | undefined,
   opsPort: number,
   dataplane: Dataplane,
+  relaySockets: NodeRelaySockets,
 ): Record<string, unknown> {
   return {
     dataplane: dataplane.mode,
+    relaySockets: relaySockets.mode,
     relay: config.relayIps,
     ports: `${config.minPort}-${config.maxPort}`,
     realm: config.realm,
@@ -89,9 +91,15 @@ function configuredMetrics(config: ServerConfig): Pick<MetricsSources, 'username
   return { usernameLabels: config.prometheusUsernameLabels, tlsCertificate: config.tls?.cert, region: config.cluster?.region };
 }
 
-async function closeOwned(owned: boolean, store: AllocationStore, err: unknown): Promise<never> {
-  if (owned) await store.close().catch(() => undefined);
-  throw err;
+/**
+ * A refusal to start after the store was opened (--dataplane kernel or --relay-sockets shared
+ * without the kernel path): the store this node opened goes first, then the error.
+ */
+function closeOwned(owned: boolean, store: AllocationStore): (err: unknown) => Promise<never> {
+  return async (err) => {
+    if (owned) await store.close().catch(() => undefined);
+    throw err;
+  };
 }
 
 export async function startServer(config: ServerConfig, deps: ServerDeps = {}): Promise<RunningServer> {
@@ -102,11 +110,10 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const { store, registry, owned } = await openNodeStore(config, deps, clock, logger, () => cluster?.afterEventGap());
   const { policy: peerPolicy, servicePorts } = nodePeerPolicy(config);
   const lifecycle = new NodeLifecycle(logger);
-  const relays = new UdpRelayFactory((err) => logger.warn({ err }, 'relay socket error'));
   const foreign = cluster?.route(store, registry, clock);
-  // --dataplane kernel refuses to start without the kernel path: the store opened above goes first.
-  const dataplane = await openNodeDataplane(config, deps.udpFrontend !== undefined, counters, logger).catch((err: unknown) => closeOwned(owned, store, err));
+  const { dataplane, relaySockets } = await openNodeRelaying(config, deps.udpFrontend !== undefined, counters, logger).catch(closeOwned(owned, store));
   const { offload } = dataplane;
+  const relays = relaySockets.factory;
   const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, offload, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
@@ -119,6 +126,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     streams: listeners.streamCounters,
     drain: lifecycle.drainSwitch,
     dataplane,
+    relaySockets,
     ...configuredMetrics(config),
   });
   const closeAll = async (): Promise<void> => {
@@ -128,7 +136,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
     await cluster?.close();
     await listeners.close();
     if (owned) await store.close();
-    relays.close();
+    await relaySockets.close();
     // After engine.stop() removed every allocation's entries: detach the program.
     await dataplane.close();
   };
@@ -147,7 +155,7 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
 
   const listening = listeners.listening;
   logger.info(
-    { listening, ...startLine(config, store, cluster, lifecycle.opsPort, dataplane) },
+    { listening, ...startLine(config, store, cluster, lifecycle.opsPort, dataplane, relaySockets) },
     // A worker's line must not look like the node's: the primary says 'anyturn ready' once all workers are.
     deps.udpFrontend ? 'anyturn worker ready' : 'anyturn ready',
   );

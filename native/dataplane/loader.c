@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
-// anyturn-dataplane: loads relay.bpf.o, attaches it at tc ingress (clsact,
-// direct action) of the interfaces named in argv, and serves the map writes
+// anyturn-dataplane: loads relay.bpf.o, attaches its relay program at tc
+// ingress and its steering program at tc egress (clsact, direct action) of the
+// interfaces named in argv, and serves the map writes
 // of src/dataplane/kernel/loader.ts on stdin, one command per line, one answer
 // line per command (docs/dataplane.md, "The helper's protocol"):
 //
-//   put c2p|p2c <key hex> <value hex>   -> ok | err <reason>
-//   del c2p|p2c <key hex>               -> ok (absent is ok too)
+//   put c2p|p2c|steer <key hex> <value hex>   -> ok | err <reason>
+//   del c2p|p2c|steer <key hex>               -> ok (absent is ok too)
 //   zero <stat id>                      -> ok
 //   read <stat id>...                   -> ok <id>:<to peer pkts>,<bytes>,<to client pkts>,<bytes> ...
 //   totals                              -> ok <reason>=<count> ...
@@ -37,6 +38,8 @@
 static const char *const REASONS[] = {
 	"relayed_to_peer", "relayed_to_client", "expired", "no_route", "no_neighbour", "too_big",
 	"malformed",	   "no_checksum",	"checksum_partial", "gso", "error",
+	"steered_in",	   "steered_out",	"steer_stray",	    "steer_gso", "steer_too_big",
+	"steer_malformed",
 };
 #define N_REASONS (sizeof(REASONS) / sizeof(REASONS[0]))
 
@@ -47,7 +50,8 @@ struct attached {
 	char name[IF_NAMESIZE];
 };
 
-static struct attached ifaces[MAX_IFACES];
+// Each interface twice: ingress (relay, steering in) and egress (steering out).
+static struct attached ifaces[MAX_IFACES * 2];
 static int n_ifaces;
 static volatile sig_atomic_t stopping;
 static int ncpus;
@@ -112,8 +116,10 @@ static const char *permission_hint(int err)
 	return err == EPERM || err == EACCES ? " (needs root, or CAP_BPF and CAP_NET_ADMIN)" : "";
 }
 
-static int attach(int prog_fd, const char *name)
+static int attach(int prog_fd, const char *name, enum bpf_tc_attach_point point)
 {
+	if (n_ifaces >= MAX_IFACES * 2)
+		return fail("too many attachments");
 	struct attached *a = &ifaces[n_ifaces];
 	int ifindex = (int)if_nametoindex(name);
 	if (ifindex == 0)
@@ -121,7 +127,7 @@ static int attach(int prog_fd, const char *name)
 	memset(a, 0, sizeof(*a));
 	a->hook.sz = sizeof(a->hook);
 	a->hook.ifindex = ifindex;
-	a->hook.attach_point = BPF_TC_INGRESS;
+	a->hook.attach_point = point;
 	// An existing clsact qdisc (other filters) is kept and shared.
 	int err = bpf_tc_hook_create(&a->hook);
 	if (err && err != -EEXIST)
@@ -154,7 +160,7 @@ static int hex_decode(const char *hex, unsigned char *out, size_t want)
 
 static struct bpf_map *named_map(struct bpf_object *obj, const char *name)
 {
-	if (!name || (strcmp(name, "c2p") != 0 && strcmp(name, "p2c") != 0))
+	if (!name || (strcmp(name, "c2p") != 0 && strcmp(name, "p2c") != 0 && strcmp(name, "steer") != 0))
 		return NULL;
 	return bpf_object__find_map_by_name(obj, name);
 }
@@ -312,16 +318,20 @@ int main(int argc, char **argv)
 	struct bpf_program *prog = bpf_object__find_program_by_name(obj, "anyturn_relay");
 	if (!prog)
 		return fail("%s has no program anyturn_relay", path);
+	struct bpf_program *out = bpf_object__find_program_by_name(obj, "anyturn_steer_out");
+	if (!out)
+		return fail("%s has no program anyturn_steer_out", path);
 	ncpus = libbpf_num_possible_cpus();
 	if (ncpus <= 0)
 		return fail("cannot count the possible CPUs");
 	for (int i = 3; i < argc; i++)
-		if (attach(bpf_program__fd(prog), argv[i]) != 0)
+		if (attach(bpf_program__fd(prog), argv[i], BPF_TC_INGRESS) != 0 || attach(bpf_program__fd(out), argv[i], BPF_TC_EGRESS) != 0)
 			return 1;
 
 	printf("ready %d", ncpus);
 	for (int i = 0; i < n_ifaces; i++)
-		printf(" %s:%u:%u", ifaces[i].name, ifaces[i].opts.handle, ifaces[i].opts.priority);
+		printf(" %s:%s:%u:%u", ifaces[i].name, ifaces[i].hook.attach_point == BPF_TC_EGRESS ? "egress" : "ingress", ifaces[i].opts.handle,
+		       ifaces[i].opts.priority);
 	putchar('\n');
 	fflush(stdout);
 	serve(obj);

@@ -105,6 +105,13 @@ enum reason {
 	R_CHECKSUM_PARTIAL,
 	R_GSO,
 	R_ERROR,
+	// Port steering (docs/dataplane.md §8): one socket per relay address.
+	R_STEERED_IN,
+	R_STEERED_OUT,
+	R_STEER_STRAY,
+	R_STEER_GSO,
+	R_STEER_TOO_BIG,
+	R_STEER_MALFORMED,
 	R_COUNT,
 };
 
@@ -131,6 +138,40 @@ struct {
 	__type(key, __u32);
 	__type(value, struct traffic);
 } stats SEC(".maps");
+
+// Port steering (docs/dataplane.md §8). A relay port of an allocation (kind
+// STEER_RELAY) maps to the port of the one socket user space holds on that
+// relay address; the shared socket's own port is listed too (kind
+// STEER_SHARED), so that egress finds its datagrams and ingress drops what
+// arrives for it from outside. Written by src/dataplane/kernel/entries.ts.
+#define STEER_RELAY 1
+#define STEER_SHARED 2
+// The trailer's second half (the first is the relay port, network order).
+#define TRAILER_MAGIC 0xa5c3
+#define TRAILER_LEN 4
+
+struct steer_key {
+	__u8 addr[16];
+	__be16 port;
+	__u16 zero;
+};
+
+struct steer_value {
+	__be16 shared_port;
+	__u8 kind;
+	__u8 zero;
+};
+
+// One entry per relayed port of every live allocation on this node (anycast
+// relay mode: of the cluster), plus one per relay address: allocated on
+// insert, so the size only bounds it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct steer_key);
+	__type(value, struct steer_value);
+} steer SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -529,6 +570,126 @@ static __always_inline int to_client(struct __sk_buff *skb, struct pkt *p, const
 	return send_on(&fib, via_neigh);
 }
 
+// ---- Port steering (docs/dataplane.md §8) ----------------------------------
+//
+// With one UDP socket per relay address in user space (--relay-sockets
+// shared), a peer's datagram to a relayed port is steered to that socket: its
+// destination port becomes the shared socket's, and 4 bytes are appended at
+// the end of the UDP payload: the original destination port and
+// TRAILER_MAGIC, both in network order. User space reads them off, and writes
+// the same 4 bytes after every datagram it sends from the shared socket; the
+// egress program (anyturn_steer_out) takes them off again and sets the source
+// port to the relayed port. Why a trailer and not a header: bpf_skb_adjust_room
+// moves the headers but not csum_start, which breaks CHECKSUM_PARTIAL packets
+// (§3); growing or trimming the tail leaves the UDP header where it is.
+//
+// Checksums go through bpf_l4_csum_replace, which knows the skb's checksum
+// state: for CHECKSUM_PARTIAL (a local socket's datagram at egress) it updates
+// only the pseudo-header fields (BPF_F_PSEUDO_HDR), for the others the field
+// itself. Every change is a pair that leaves the bytes' sum unchanged (a port
+// and the checksum field, a length and the IPv4 header checksum, the trailer
+// and the checksum field), so the trailer and ports are stored without
+// BPF_F_RECOMPUTE_CSUM and a CHECKSUM_COMPLETE skb->csum stays right; the
+// IPv6 payload length is not covered by a header checksum and is stored with
+// it. BPF_F_MARK_MANGLED_0 keeps an IPv4 checksum of 0 (none) at 0 and turns
+// a computed 0 into 0xffff (RFC 768).
+
+// The trailer's share of the UDP sum when it starts at offset `at` of the
+// datagram: at an odd offset every byte sits in the other half of its 16-bit
+// word, which swaps the bytes of the sum (RFC 1071 §2(B)).
+static __always_inline __u32 trailer_sum(const __u8 *t, __u16 at)
+{
+	const __u16 *w = (const __u16 *)t;
+	__u32 s = fold((__u32)w[0] + w[1]);
+	if (at & 1)
+		s = ((s << 8) | (s >> 8)) & 0xffff;
+	return s;
+}
+
+// The UDP length (field and pseudo header), the IP length, and the trailer's
+// share of the checksum, for a datagram going from old_len to new_len bytes.
+// `sum_delta` is what the trailer adds to the sum (its negation when removed).
+static __always_inline int steer_lengths(struct __sk_buff *skb, struct pkt *p, __u16 old_len, __u16 new_len, __u32 sum_delta)
+{
+	__u32 l4 = ETH_LEN + p->l3_len;
+	__u32 check = l4 + 6;
+	__be16 bo = bpf_htons(old_len), bn = bpf_htons(new_len);
+	if (bpf_l4_csum_replace(skb, check, bo, bn, BPF_F_MARK_MANGLED_0 | 2) < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, check, bo, bn, BPF_F_MARK_MANGLED_0 | BPF_F_PSEUDO_HDR | 2) < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, check, 0, sum_delta, BPF_F_MARK_MANGLED_0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, l4 + 4, &bn, 2, 0) < 0)
+		return -1;
+	if (p->family == AF_INET) {
+		__be16 to = bpf_htons(IPV4_LEN + old_len), tn = bpf_htons(IPV4_LEN + new_len);
+		if (bpf_l3_csum_replace(skb, ETH_LEN + 10, to, tn, 2) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, ETH_LEN + 2, &tn, 2, 0) < 0 ? -1 : 0;
+	}
+	return bpf_skb_store_bytes(skb, ETH_LEN + 4, &bn, 2, BPF_F_RECOMPUTE_CSUM) < 0 ? -1 : 0;
+}
+
+static __always_inline int steer_drop(__u32 reason)
+{
+	count(reason);
+	return TC_ACT_SHOT;
+}
+
+// Ingress: a peer's datagram to a relayed port goes to the shared socket with
+// the relayed port in its trailer. GSO super-packets cannot be steered (one
+// trailer for many datagrams): dropped and counted, as is a datagram the
+// trailer would take past 65535 bytes.
+static __always_inline int steer_in(struct __sk_buff *skb, struct pkt *p, const struct steer_value *sv)
+{
+	if (skb->gso_size != 0)
+		return steer_drop(R_STEER_GSO);
+	__u16 old_len = p->udp_len;
+	if (old_len > 0xffff - TRAILER_LEN - (p->family == AF_INET ? IPV4_LEN : 0))
+		return steer_drop(R_STEER_TOO_BIG);
+	__u16 new_len = old_len + TRAILER_LEN;
+	__u32 l4 = ETH_LEN + p->l3_len;
+	__u8 t[TRAILER_LEN] __attribute__((aligned(4)));
+	__builtin_memcpy(&t[0], &p->dport, 2);
+	t[2] = TRAILER_MAGIC >> 8;
+	t[3] = TRAILER_MAGIC & 0xff;
+	// To the end of the IP datagram: an Ethernet trailer (padding) goes.
+	if (bpf_skb_change_tail(skb, l4 + new_len, 0) < 0)
+		return drop_error();
+	if (bpf_skb_store_bytes(skb, l4 + old_len, t, TRAILER_LEN, 0) < 0)
+		return drop_error();
+	__be16 shared = sv->shared_port;
+	if (bpf_l4_csum_replace(skb, l4 + 6, p->dport, shared, BPF_F_MARK_MANGLED_0 | 2) < 0)
+		return drop_error();
+	if (bpf_skb_store_bytes(skb, l4 + 2, &shared, 2, 0) < 0)
+		return drop_error();
+	if (steer_lengths(skb, p, old_len, new_len, trailer_sum(t, old_len)) < 0)
+		return drop_error();
+	count(R_STEERED_IN);
+	return TC_ACT_OK;
+}
+
+// After the relay lookups missed (or passed): a relayed port of the shared
+// socket is steered to it; a datagram to the shared socket's own port from
+// outside is dropped, so every datagram that socket reads carries a trailer
+// this program wrote.
+static __always_inline int steer_lookup(struct __sk_buff *skb, struct pkt *p)
+{
+	struct steer_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memcpy(k.addr, p->dst, 16);
+	k.port = p->dport;
+	struct steer_value *v = bpf_map_lookup_elem(&steer, &k);
+	if (!v)
+		return TC_ACT_UNSPEC;
+	if (v->kind == STEER_SHARED)
+		return steer_drop(R_STEER_STRAY);
+	if (v->kind != STEER_RELAY)
+		return TC_ACT_UNSPEC;
+	return steer_in(skb, p, v);
+}
+
 SEC("tc")
 int anyturn_relay(struct __sk_buff *skb)
 {
@@ -579,9 +740,92 @@ int anyturn_relay(struct __sk_buff *skb)
 	pk.peer_port = p.sport;
 	pk.relay_port = p.dport;
 	struct p2c_value *pe = bpf_map_lookup_elem(&p2c, &pk);
-	if (pe)
-		return to_client(skb, &p, pe);
-	return TC_ACT_UNSPEC;
+	if (pe) {
+		// Passed untouched (expired, no route...): the socket path takes it,
+		// which with a shared relay socket means the steering below.
+		int r = to_client(skb, &p, pe);
+		if (r != TC_ACT_UNSPEC)
+			return r;
+	}
+	return steer_lookup(skb, &p);
+}
+
+// tc egress: a datagram the shared relay socket sent (source: a relay address
+// and its shared port) carries the relayed port it must leave from in its last
+// 4 bytes (written by user space, src/transport/udp/shared-relay.ts): check
+// the magic, take the trailer off, set the source port. A first IPv4 fragment
+// of such a datagram (larger than the MTU) cannot be fixed (the trailer is in
+// the last fragment): dropped and counted, as are GSO packets and datagrams
+// without a valid trailer.
+SEC("tc")
+int anyturn_steer_out(struct __sk_buff *skb)
+{
+	struct pkt p;
+	int first_fragment = 0;
+	if (skb->vlan_present)
+		return TC_ACT_UNSPEC;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 *ip = p.ip;
+		if (bpf_skb_load_bytes(skb, ETH_LEN, ip, IPV4_LEN) < 0)
+			return TC_ACT_UNSPEC;
+		// A later fragment has no UDP header to look at.
+		if (ip[0] != 0x45 || ip[9] != IPPROTO_UDP || (ip[6] & 0x1f) != 0 || ip[7] != 0)
+			return TC_ACT_UNSPEC;
+		first_fragment = (ip[6] & 0x20) != 0;
+		__u16 tot = ((__u16)ip[2] << 8) | ip[3];
+		if (tot < IPV4_LEN + UDP_LEN || ETH_LEN + (__u32)tot > skb->len)
+			return TC_ACT_UNSPEC;
+		__builtin_memset(p.src, 0, 10);
+		p.src[10] = p.src[11] = 0xff;
+		__builtin_memcpy(&p.src[12], &ip[12], 4);
+		p.family = AF_INET;
+		p.l3_len = IPV4_LEN;
+		p.udp_len = tot - IPV4_LEN;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (load_ipv6(skb, &p) < 0)
+			return TC_ACT_UNSPEC;
+	} else {
+		return TC_ACT_UNSPEC;
+	}
+	__u32 l4 = ETH_LEN + p.l3_len;
+	__u8 hdr[UDP_LEN] __attribute__((aligned(4)));
+	if (bpf_skb_load_bytes(skb, l4, hdr, UDP_LEN) < 0)
+		return TC_ACT_UNSPEC;
+	struct steer_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memcpy(k.addr, p.src, 16);
+	__builtin_memcpy(&k.port, &hdr[0], 2);
+	struct steer_value *v = bpf_map_lookup_elem(&steer, &k);
+	if (!v || v->kind != STEER_SHARED)
+		return TC_ACT_UNSPEC;
+	if (first_fragment)
+		return steer_drop(R_STEER_TOO_BIG);
+	if (skb->gso_size != 0)
+		return steer_drop(R_STEER_GSO);
+	__u16 old_len = p.udp_len;
+	if ((((__u16)hdr[4] << 8) | hdr[5]) != old_len || old_len < UDP_LEN + TRAILER_LEN)
+		return steer_drop(R_STEER_MALFORMED);
+	__u8 t[TRAILER_LEN] __attribute__((aligned(4)));
+	if (bpf_skb_load_bytes(skb, l4 + old_len - TRAILER_LEN, t, TRAILER_LEN) < 0)
+		return steer_drop(R_STEER_MALFORMED);
+	__be16 relay_port;
+	__builtin_memcpy(&relay_port, &t[0], 2);
+	if (t[2] != (TRAILER_MAGIC >> 8) || t[3] != (TRAILER_MAGIC & 0xff) || relay_port == 0)
+		return steer_drop(R_STEER_MALFORMED);
+	__u16 new_len = old_len - TRAILER_LEN;
+	if (bpf_skb_change_tail(skb, l4 + new_len, 0) < 0)
+		return drop_error();
+	__be16 old_port;
+	__builtin_memcpy(&old_port, &hdr[0], 2);
+	if (bpf_l4_csum_replace(skb, l4 + 6, old_port, relay_port, BPF_F_MARK_MANGLED_0 | 2) < 0)
+		return drop_error();
+	if (bpf_skb_store_bytes(skb, l4, &relay_port, 2, 0) < 0)
+		return drop_error();
+	// The removed trailer's share, negated (ones' complement).
+	if (steer_lengths(skb, &p, old_len, new_len, ~trailer_sum(t, new_len) & 0xffff) < 0)
+		return drop_error();
+	count(R_STEERED_OUT);
+	return TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -163,7 +163,16 @@ function processModel(raw: RawOptions, minPort: number, maxPort: number, cluster
   if (mode === 'kernel' && n !== 1) {
     throw new ConfigError('dataplane', mode, `'auto' or 'js' with --workers ${n}: the kernel data plane serves one process (or give --workers 1)`);
   }
-  const dataplane: DataplaneConfig = { mode, interfaces: read(raw, 'dataplane-interface') };
+  const relaySockets = read(raw, 'relay-sockets');
+  if (relaySockets === 'shared' && (mode === 'js' || n !== 1)) {
+    const why = mode === 'js' ? '--dataplane js' : `--workers ${n}`;
+    throw new ConfigError(
+      'relay-sockets',
+      relaySockets,
+      `'auto' or 'per-allocation' with ${why}: shared relay sockets need the kernel data plane, which serves one process`,
+    );
+  }
+  const dataplane: DataplaneConfig = { mode, interfaces: read(raw, 'dataplane-interface'), relaySockets };
   return { workers: n, dataplane };
 }
 

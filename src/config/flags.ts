@@ -146,6 +146,13 @@ export const FLAGS = {
     describe:
       'Interface client and peer packets arrive on, where the kernel data plane attaches (repeatable). Default: the non-loopback interfaces holding --listening-ip and --relay-ip; name them when those addresses live on lo (anycast)',
   },
+  'relay-sockets': {
+    group: DATAPLANE,
+    kind: choice(['auto', 'shared', 'per-allocation'], "'auto', 'shared' or 'per-allocation'"),
+    default: 'auto',
+    describe:
+      "UDP relay sockets: 'shared' (one socket per relay address, the kernel data plane steering every relayed port to it: O(relay addresses) descriptors; refuses to start without the kernel path), 'per-allocation' (one socket per relayed port), 'auto' (shared where the kernel data plane loaded, else per-allocation). Leave the relay port range to anyturn (net.ipv4.ip_local_reserved_ports)",
+  },
 
   realm: { group: AUTH, kind: text, default: 'anyturn', describe: 'Realm of the long-term credentials' },
   user: { group: AUTH, kind: secrets, describe: 'Static user name:password (repeatable); a password written 0x<32 hex> is the MD5 key itself' },

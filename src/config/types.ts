@@ -7,12 +7,15 @@ import type { AlternateServer } from '../turn/admission.js';
 import type { AllocationLimits } from '../turn/limits.js';
 
 export type DataplaneMode = 'auto' | 'kernel' | 'js';
+export type RelaySocketsMode = 'auto' | 'shared' | 'per-allocation';
 
 export interface DataplaneConfig {
   /** 'kernel': refuse to start without the eBPF path; 'js': never try; 'auto': the kernel path where it loads. */
   readonly mode: DataplaneMode;
   /** --dataplane-interface; empty: the interfaces holding the listening and relay addresses. */
   readonly interfaces: readonly string[];
+  /** --relay-sockets: one UDP socket per relay address (the kernel steering the ports to it) or per allocation. */
+  readonly relaySockets: RelaySocketsMode;
 }
 
 export interface ServerConfig {

@@ -33,9 +33,19 @@ export interface DataplaneStatus {
   totals(): Readonly<Record<string, number>>;
 }
 
+/** The kernel's port steering (docs/dataplane.md §8), for shared relay sockets (src/transport/udp/shared-relay.ts). */
+export interface KernelSteering {
+  shareSocket(address: string, sharedPort: number): Promise<void>;
+  steer(address: string, port: number, sharedPort: number): Promise<void>;
+  unsteer(address: string, port: number): void;
+  readonly steering: boolean;
+}
+
 export interface Dataplane extends DataplaneStatus {
   /** Given to the engine (EngineOptions.offload); undefined on the JavaScript path. */
   readonly offload: KernelOffload | undefined;
+  /** The kernel's port steering; undefined on the JavaScript path. */
+  readonly steering: KernelSteering | undefined;
   close(): Promise<void>;
 }
 
@@ -54,7 +64,16 @@ export function interfacesHolding(addresses: readonly string[]): string[] {
 }
 
 function jsPath(reason: string | undefined): Dataplane {
-  return { mode: 'js', reason, interfaces: [], offload: undefined, entries: () => 0, totals: () => ({}), close: async () => undefined };
+  return {
+    mode: 'js',
+    reason,
+    interfaces: [],
+    offload: undefined,
+    steering: undefined,
+    entries: () => 0,
+    totals: () => ({}),
+    close: async () => undefined,
+  };
 }
 
 /** Why the kernel path cannot be tried, before loading anything; undefined when it can. */
@@ -119,6 +138,7 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
     reason: undefined,
     interfaces: kernel.interfaces,
     offload,
+    steering: kernel,
     entries: () => offload.size,
     totals: () => totals,
     close: async () => {

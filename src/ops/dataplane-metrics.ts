@@ -37,3 +37,31 @@ export function dataplaneMetrics(registry: Registry, dataplane: DataplaneStatus)
     () => Object.entries(dataplane.totals()).map(([event, value]) => [{ event }, value] as const),
   );
 }
+
+/** What --relay-sockets chose (src/server/relay-sockets.ts). */
+export interface RelaySocketsStatus {
+  readonly mode: 'shared' | 'per-allocation';
+  steeredPorts(): number;
+}
+
+/** The UDP relay socket model (docs/dataplane.md §8): one socket per relay address, or one per allocation. */
+export function relaySocketMetrics(registry: Registry, relay: RelaySocketsStatus): void {
+  new Gauge({
+    name: 'anyturn_relay_sockets_info',
+    help: "UDP relay sockets: mode 'shared' (one per relay address, the kernel steering the relayed ports to it) or 'per-allocation'; always 1",
+    labelNames: ['mode'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.set({ mode: relay.mode }, 1);
+    },
+  });
+  new Gauge({
+    name: 'anyturn_relay_steered_ports',
+    help: 'Relayed ports the kernel data plane steers to a shared relay socket (0 with per-allocation sockets)',
+    registers: [registry],
+    collect() {
+      this.set(relay.steeredPorts());
+    },
+  });
+}

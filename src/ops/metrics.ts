@@ -5,7 +5,7 @@
 import { Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.js';
 import type { DataplaneStatus } from '../dataplane/open.js';
-import { dataplaneMetrics } from './dataplane-metrics.js';
+import { dataplaneMetrics, type RelaySocketsStatus, relaySocketMetrics } from './dataplane-metrics.js';
 import type { DrainSwitch } from './drain.js';
 import { tlsCertificateMetrics } from './tls-metrics.js';
 import { type Labelled, totalCounter } from './total-counter.js';
@@ -26,6 +26,8 @@ export interface MetricsSources {
   readonly drain?: DrainSwitch;
   /** Who relays ChannelData (src/dataplane): its mode, entries and the kernel program's counters. */
   readonly dataplane?: DataplaneStatus;
+  /** The UDP relay socket model (--relay-sockets, docs/dataplane.md §8). */
+  readonly relaySockets?: RelaySocketsStatus;
   /** anyturn_user_allocations{user}: one series per username, so only when asked (--prometheus-username-labels). */
   readonly usernameLabels?: boolean;
   /** The PEM chain of --cert, when TURN over TLS is on: anyturn_tls_certificate_expiry_seconds. */
@@ -53,6 +55,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
   if (sources.dataplane) dataplaneMetrics(registry, sources.dataplane);
+  if (sources.relaySockets) relaySocketMetrics(registry, sources.relaySockets);
   if (sources.tlsCertificate) tlsCertificateMetrics(registry, sources.tlsCertificate);
   return registry;
 }

@@ -32,6 +32,11 @@ export const DROP_REASONS = [
   'tcp_peer_refused',
   /** A peer data connection no ConnectionBind claimed within 30 s (RFC 6062 §5.2, §5.3): closed. */
   'tcp_bind_timeout',
+  /**
+   * A datagram on a shared relay socket (--relay-sockets shared) without the kernel's
+   * trailer, or for a relayed port nobody holds (docs/dataplane.md §8).
+   */
+  'no_steer_trailer',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 

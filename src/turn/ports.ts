@@ -30,7 +30,12 @@ export interface RelaySocket {
   close(): void;
 }
 
-export type PeerPacketHandler = (payload: Buffer, address: string, port: number) => void;
+/**
+ * A peer's datagram on a relayed address. `length`: the datagram is payload[0, length)
+ * (a shared relay socket hands over the buffer it read, whose last bytes are not the
+ * peer's: src/transport/udp/shared-relay.ts); absent, the whole payload.
+ */
+export type PeerPacketHandler = (payload: Buffer, address: string, port: number, length?: number) => void;
 
 /**
  * Why a relay bind failed. 'in-use': that port is taken (EADDRINUSE), another may be free.

@@ -24,7 +24,10 @@
 // 3. No duplicate ports: fresh allocations made through the restarted N1 get
 //    relayed ports different from each other and from the live ones; Redis
 //    holds exactly one port key per allocation (naming it), and every node
-//    binds exactly the live relayed ports on 198.18.101.1 (ss).
+//    binds exactly the live relayed ports on 198.18.101.1 (ss); with the kernel
+//    data plane, whose shared relay sockets (--relay-sockets auto,
+//    docs/dataplane.md §8) hold a relayed port as a map entry, every node
+//    steers exactly that many ports and binds none of the relay range.
 //
 // The scenario runs twice: with the JavaScript data plane, and with the kernel data
 // plane (docs/dataplane.md) on every node, each node programming its kernel from the
@@ -63,6 +66,9 @@ const skip = netnsUnavailableReason();
 
 /** The shared relay address: on every node's loopback, routed like the service address. */
 const RELAY_ANYCAST = '198.18.101.1';
+/** anycastRelayArgs' --min-port and --max-port. */
+const RELAY_MIN_PORT = 50000;
+const RELAY_MAX_PORT = 50999;
 const FRESH_ALLOCATIONS_PATH = fileURLToPath(new URL('./fresh-allocations.js', import.meta.url));
 const FRESH_COUNT = 10;
 const STREAM_MS = 36_000;
@@ -170,14 +176,31 @@ async function boundRelayPorts(topo: Topology, node: NodeName): Promise<number[]
   return ports.sort((a, b) => a - b);
 }
 
-/** Polls until every node binds exactly `expected` on the relay address, or the deadline; the last view. */
-async function waitBound(topo: Topology, expected: readonly number[], deadlineMs: number): Promise<Record<string, number[]>> {
-  const want = JSON.stringify([...expected].sort((a, b) => a - b));
+/**
+ * What a node holds of the relayed ports: with the JavaScript data plane, the sockets bound on
+ * the relay address (one per relayed port); with the kernel's, the relayed ports it steers to
+ * its one shared socket (--relay-sockets auto: docs/dataplane.md §8), and the sockets bound in
+ * the relay range, which must be none. `expected` gives the view every node must show.
+ */
+async function heldRelayPorts(topo: Topology, node: NodeName, dataplane: 'js' | 'kernel'): Promise<string> {
+  const bound = await boundRelayPorts(topo, node);
+  if (dataplane === 'js') return JSON.stringify(bound);
+  const steered = (await metrics(topo, node)).get('anyturn_relay_steered_ports');
+  return `steered ${String(steered)}, sockets in the relay range ${JSON.stringify(bound.filter((p) => p >= RELAY_MIN_PORT && p <= RELAY_MAX_PORT))}`;
+}
+
+function expectedHeld(expected: readonly number[], dataplane: 'js' | 'kernel'): string {
+  return dataplane === 'js' ? JSON.stringify([...expected].sort((a, b) => a - b)) : `steered ${expected.length}, sockets in the relay range []`;
+}
+
+/** Polls until every node holds exactly `expected` on the relay address, or the deadline; the last view. */
+async function waitBound(topo: Topology, expected: readonly number[], deadlineMs: number, dataplane: 'js' | 'kernel'): Promise<Record<string, string>> {
+  const want = expectedHeld(expected, dataplane);
   const end = Date.now() + deadlineMs;
   for (;;) {
-    const view: Record<string, number[]> = {};
-    for (const node of topo.nodeNames) view[node] = await boundRelayPorts(topo, node);
-    if (Object.values(view).every((p) => JSON.stringify(p) === want) || Date.now() > end) return view;
+    const view: Record<string, string> = {};
+    for (const node of topo.nodeNames) view[node] = await heldRelayPorts(topo, node, dataplane);
+    if (Object.values(view).every((p) => p === want) || Date.now() > end) return view;
     await sleep(250);
   }
 }
@@ -235,14 +258,9 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
     await client.waitForJsonLine((r) => r.event === 'streaming', 10_000);
 
     // Every node has taken on both allocations (bound their relayed ports) before anything dies.
-    const boundBefore = await waitBound(topo, livePorts, 10_000);
+    const boundBefore = await waitBound(topo, livePorts, 10_000, dataplane);
     report(t, 'relayed ports bound on each node before the kill', boundBefore);
-    for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundBefore[node],
-        [...livePorts].sort((a, b) => a - b),
-        `${node} does not bind the live relayed ports`,
-      );
+    for (const node of topo.nodeNames) assert.deepEqual(boundBefore[node], expectedHeld(livePorts, dataplane), `${node} does not bind the live relayed ports`);
 
     await sleep(3000);
     const m2Before = relayedPackets(await metrics(topo, 'N2'));
@@ -288,7 +306,7 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
       adopted,
       startToSyncedAndReadyMs: Math.round(restartReadyMs - restartMs),
     });
-    const boundAfterRestart = await waitBound(topo, livePorts, 5000);
+    const boundAfterRestart = await waitBound(topo, livePorts, 5000, dataplane);
     report(t, 'relayed ports bound on each node after N1 restarted', boundAfterRestart);
 
     const backMs = nowMs();
@@ -325,11 +343,11 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
     const freshPorts = freshResults.filter((r) => r.relayed).map((r) => r.relayed!.port);
     const allPorts = [...livePorts, ...freshPorts];
     const storeWithFresh = await storeView(topo);
-    const boundWithFresh = await waitBound(topo, allPorts, 10_000);
+    const boundWithFresh = await waitBound(topo, allPorts, 10_000, dataplane);
     const m1Fresh = relayedPackets(await metrics(topo, 'N1'));
     fresh.writeLine(JSON.stringify({ cmd: 'release' }));
     const released = await fresh.waitForJsonLine((r) => r.event === 'released', 15_000);
-    const boundAfterRelease = await waitBound(topo, livePorts, 10_000);
+    const boundAfterRelease = await waitBound(topo, livePorts, 10_000, dataplane);
     const storeAfterRelease = await storeView(topo);
     report(
       t,
@@ -338,7 +356,7 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
     );
     report(t, 'live relayed ports', { stream: livePorts, fresh: freshPorts });
     report(t, 'store with the fresh allocations', { allocations: storeWithFresh.allocations.size, portKeys: storeWithFresh.ports.size });
-    report(t, 'relayed ports bound on each node with the fresh allocations', Object.fromEntries(Object.entries(boundWithFresh).map(([n, p]) => [n, p.length])));
+    report(t, 'relayed ports bound on each node with the fresh allocations', boundWithFresh);
     report(t, 'after releasing them', {
       released: released.codes,
       bound: boundAfterRelease,
@@ -484,12 +502,7 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
       `restarted N1 took on ${String(n1b.sync.adopted)} of ${storeAtRestart.allocations.size} live allocations`,
     );
     assert.ok(storeAtRestart.allocations.size >= 2, `the store lost the stream's allocations: ${JSON.stringify([...storeAtRestart.allocations])}`);
-    for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundAfterRestart[node],
-        [...livePorts].sort((a, b) => a - b),
-        `${node} after N1's restart`,
-      );
+    for (const node of topo.nodeNames) assert.deepEqual(boundAfterRestart[node], expectedHeld(livePorts, dataplane), `${node} after N1's restart`);
     assert.deepEqual(back.channel.peerSourcesAfter, [endpointText(summary.relayed.A)], 'no channel-mode packet reached the peer after the route back');
     assert.deepEqual(back.indication.peerSourcesAfter, [endpointText(summary.relayed.B)], 'no indication-mode packet reached the peer after the route back');
     assert.ok(
@@ -515,21 +528,13 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
     for (const [key, relayed] of storeWithFresh.allocations)
       assert.equal(storeWithFresh.ports.get(relayed), key, `port key of ${relayed} does not name ${key}`);
     for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundWithFresh[node],
-        [...allPorts].sort((a, b) => a - b),
-        `${node} does not bind exactly the live relayed ports`,
-      );
+      assert.deepEqual(boundWithFresh[node], expectedHeld(allPorts, dataplane), `${node} does not bind exactly the live relayed ports`);
     assert.ok(
       (released.codes as number[]).every((c) => c === 200),
       `releasing the fresh allocations: ${JSON.stringify(released)}`,
     );
     for (const node of topo.nodeNames)
-      assert.deepEqual(
-        boundAfterRelease[node],
-        [...livePorts].sort((a, b) => a - b),
-        `${node} after the fresh allocations were released`,
-      );
+      assert.deepEqual(boundAfterRelease[node], expectedHeld(livePorts, dataplane), `${node} after the fresh allocations were released`);
     assert.equal(storeAfterRelease.allocations.size, 2);
     assert.equal(storeAfterRelease.ports.size, 2);
   });

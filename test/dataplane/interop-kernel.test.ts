@@ -62,7 +62,9 @@ async function relayedSince(topo: Topology, base: Map<string, number> | undefine
   const passed: Record<string, number> = {};
   for (const name of now.keys()) {
     const m = /^anyturn_dataplane_kernel_packets_total\{event="(\w+)"\}$/.exec(name);
-    if (m && !m[1]!.startsWith('relayed_') && d(name) !== 0) passed[m[1]!] = d(name);
+    // relayed_*: the program relayed; steered_*: the socket path of a shared relay socket
+    // (--relay-sockets auto, docs/dataplane.md §8), which indications take.
+    if (m && !/^(relayed|steered)_/.test(m[1]!) && d(name) !== 0) passed[m[1]!] = d(name);
   }
   return {
     now,

@@ -83,8 +83,10 @@ def parse(frame):
         return None
     sport, dport, ulen, check = struct.unpack('!HHHH', udp[:8])
     ok = check != 0 and fold(sum16(pseudo + udp)) == 0xffff
+    # CHECKSUM_PARTIAL across veth: the field holds only the folded pseudo-header sum.
+    partial_ok = check == fold(sum16(pseudo))
     return {'ev': 'cap', 'src': src, 'sport': sport, 'dst': dst, 'dport': dport, 'ulen': ulen, 'payload': udp[8:].hex(),
-            'csum': check, 'csumOk': ok, 'ipOk': ip_ok, 'ttl': ttl}
+            'csum': check, 'csumOk': ok, 'partialOk': partial_ok, 'ipOk': ip_ok, 'ttl': ttl}
 out({'ev': 'ready'})
 fds = list(socks) + ([raw.fileno()] if raw else []) + [0]
 buf = b''
@@ -120,6 +122,8 @@ export interface Captured {
   readonly payload: string;
   readonly csum: number;
   readonly csumOk: boolean;
+  /** The field holds the folded pseudo-header sum (a CHECKSUM_PARTIAL datagram from a veth with tx offload on). */
+  readonly partialOk: boolean;
   readonly ipOk: boolean;
   readonly ttl: number;
 }
@@ -275,6 +279,11 @@ export class DataplaneTopology {
   /** ethtool -K eth0 tx on|off in C and P. */
   async setTxChecksumOffload(on: boolean): Promise<void> {
     for (const role of ['C', 'P'] as const) await this.exec(role, 'ethtool', ['-K', 'eth0', 'tx', on ? 'on' : 'off']);
+  }
+
+  /** ethtool -K <dev> tx|rx on|off in one namespace (S's devices are s-c and s-p, C's and P's eth0). */
+  async setOffload(role: Role, dev: string, feature: 'tx' | 'rx', on: boolean): Promise<void> {
+    await this.exec(role, 'ethtool', ['-K', dev, feature, on ? 'on' : 'off']);
   }
 
   /** Starts a python3 endpoint bound to `binds` (address/port); C and P capture eth0 too. */

@@ -46,6 +46,13 @@ export const REASONS = [
   'checksum_partial',
   'gso',
   'error',
+  // Port steering (docs/dataplane.md §8).
+  'steered_in',
+  'steered_out',
+  'steer_stray',
+  'steer_gso',
+  'steer_too_big',
+  'steer_malformed',
 ] as const;
 
 const LITTLE = endianness() === 'LE';
@@ -203,4 +210,32 @@ export function parseTotals(fields: readonly string[]): Record<string, number> {
     out[m[1]!] = Number(m[2]);
   }
   return out;
+}
+
+export const STEER_KEY_SIZE = 20;
+export const STEER_VALUE_SIZE = 4;
+/** struct steer_value.kind: a relayed port steered to the shared socket, or the shared socket's own port. */
+export const STEER_RELAY = 1;
+export const STEER_SHARED = 2;
+/** The second half of the 4-byte trailer (relay.bpf.c TRAILER_MAGIC); the first is the relayed port. */
+export const TRAILER_MAGIC = 0xa5c3;
+
+/** struct steer_key: addr[16] port zero(2); the address as in the other maps (IPv4-mapped). */
+export function steerKey(address: string, port: number): Buffer {
+  checkPort('port', port);
+  const { bytes, family } = addressBytes(address);
+  if (isWildcard(bytes, family)) throw new Error(`a steered address must be a unicast address, not ${address}`);
+  const k = Buffer.alloc(STEER_KEY_SIZE);
+  bytes.copy(k, 0);
+  k.writeUInt16BE(port, 16);
+  return k;
+}
+
+/** struct steer_value: shared_port kind zero(1). */
+export function steerValue(sharedPort: number, kind: typeof STEER_RELAY | typeof STEER_SHARED): Buffer {
+  checkPort('sharedPort', sharedPort);
+  const v = Buffer.alloc(STEER_VALUE_SIZE);
+  v.writeUInt16BE(sharedPort, 0);
+  v[2] = kind;
+  return v;
 }

@@ -8,7 +8,17 @@
 // them (a full map, say) is counted in readTotals()'s `command_errors` and passed to
 // `onError` when set. flush() waits until the kernel holds all of them.
 
-import { type ChannelEntries, encodeChannel, type KernelChannel, parseCounters, parseTotals } from './entries.js';
+import {
+  type ChannelEntries,
+  encodeChannel,
+  type KernelChannel,
+  parseCounters,
+  parseTotals,
+  STEER_RELAY,
+  STEER_SHARED,
+  steerKey,
+  steerValue,
+} from './entries.js';
 import { DataplaneUnavailableError, defaultBuildDir, Helper } from './loader.js';
 
 export type { KernelChannel } from './entries.js';
@@ -143,6 +153,43 @@ export class KernelDataplane {
     this.command(`del c2p ${installed.c2pKey}`);
     this.command(`del p2c ${installed.p2cKey}`);
     this.removed.add(handle);
+  }
+
+  /**
+   * Port steering (docs/dataplane.md §8): `sharedPort` on `address` is the one relay socket
+   * of that address; datagrams arriving for it from outside are dropped from now on, and
+   * its datagrams leave from the relayed port their trailer names. Resolves once the kernel
+   * holds the entry; rejects with the helper's error.
+   */
+  shareSocket(address: string, sharedPort: number): Promise<void> {
+    this.checkOpen();
+    return this.steerRequest(`put steer ${steerKey(address, sharedPort).toString('hex')} ${steerValue(sharedPort, STEER_SHARED).toString('hex')}`);
+  }
+
+  /** Steers peers' datagrams to address:port to the shared socket on address:sharedPort; resolves once the kernel holds the entry. */
+  steer(address: string, port: number, sharedPort: number): Promise<void> {
+    this.checkOpen();
+    return this.steerRequest(`put steer ${steerKey(address, port).toString('hex')} ${steerValue(sharedPort, STEER_RELAY).toString('hex')}`);
+  }
+
+  /** Takes a steered port (or a shared socket's port) out; in order with every other write. */
+  unsteer(address: string, port: number): void {
+    if (this.dead || this.closing !== undefined) return;
+    this.command(`del steer ${steerKey(address, port).toString('hex')}`);
+  }
+
+  /** Whether steering entries can still be written (the helper runs and close() was not called). */
+  get steering(): boolean {
+    return !this.dead && this.closing === undefined;
+  }
+
+  private async steerRequest(line: string): Promise<void> {
+    try {
+      await this.helper.request(line);
+    } catch (err) {
+      this.commandErrors++;
+      throw err;
+    }
   }
 
   /** Traffic since the previous call, only for handles whose counters moved (removed handles report their last traffic once). */

@@ -132,8 +132,8 @@ export class Replication {
     let additional: RelaySocket | undefined;
     try {
       let allocation: Allocation | undefined;
-      const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
-        if (allocation) this.ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort);
+      const onPacket = (payload: Buffer, peerAddress: string, peerPort: number, length?: number): void => {
+        if (allocation) this.ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort, length);
       };
       relay = await this.ctx.relays.bindAt(record.relayedAddress, record.relayedPort, onPacket);
       if (record.additionalRelayedAddress !== undefined && record.additionalRelayedPort !== undefined) {

@@ -65,8 +65,8 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
       expiresAtMs: now + request.lifetimeSeconds * 1000,
     };
     let allocation: Allocation | undefined;
-    const onPacket = (payload: Buffer, peerAddress: string, peerPort: number): void => {
-      if (allocation) ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort);
+    const onPacket = (payload: Buffer, peerAddress: string, peerPort: number, length?: number): void => {
+      if (allocation) ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort, length);
     };
     // The relayed transport address(es), claimed in the store.
     const claim = await ctx.relays.claim(seed, message.transactionId.toString('hex'), listener.path, request, onPacket);

@@ -27,14 +27,14 @@ export class PeerData {
     private readonly drop: (reason: DropReason) => void,
   ) {}
 
-  onPeerPacket(allocation: Allocation, payload: Buffer, address: string, port: number): void {
+  /** The datagram is payload[0, length) (PeerPacketHandler in ports.ts). */
+  onPeerPacket(allocation: Allocation, payload: Buffer, address: string, port: number, length = payload.length): void {
     if (allocation.deleted) return;
     if (port === 0) return this.drop('source_port_zero');
     // 1. §11.3: no permission for the peer's IP, no delivery.
     const permission = allocation.permissionsByAddress.get(address);
     const now = this.packetClock();
     if (!permission || permission.expiresAtMs <= now) return this.drop('no_permission');
-    const length = payload.length;
     const binding = permission.channelsByPort?.get(port);
     const path = allocation.path;
     const gate = allocation.bandwidth;

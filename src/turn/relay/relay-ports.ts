@@ -13,7 +13,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { AllocationStore } from '../../store/types.js';
 import type { Clock } from '../clock.js';
 import type { BindResult } from '../counters.js';
-import { type RelayBindFailure, type RelaySocket, type RelaySocketFactory, isBindFailure } from '../ports.js';
+import { type PeerPacketHandler, type RelayBindFailure, type RelaySocket, type RelaySocketFactory, isBindFailure } from '../ports.js';
 
 /** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
 export const RESERVATION_LIFETIME_MS = 30_000;
@@ -51,7 +51,7 @@ export function isRelayRefusal<T extends object>(r: T | RelayRefusal): r is Rela
   return 'refused' in r;
 }
 
-type OnPacket = (payload: Buffer, address: string, port: number) => void;
+type OnPacket = PeerPacketHandler;
 
 export interface RelayPortOptions {
   readonly relays: RelaySocketFactory;

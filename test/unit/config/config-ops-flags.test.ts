@@ -69,9 +69,21 @@ describe('config: ops flags', () => {
   });
 
   it('--dataplane: auto by default; --dataplane-interface takes names, repeated or comma-separated', () => {
-    assert.deepEqual(buildConfig(BASE).dataplane, { mode: 'auto', interfaces: [] });
+    assert.deepEqual(buildConfig(BASE).dataplane, { mode: 'auto', interfaces: [], relaySockets: 'auto' });
     const c = buildConfig({ ...BASE, dataplane: 'kernel', 'dataplane-interface': ['eth0', 'veth-a,bond0.100'] });
-    assert.deepEqual(c.dataplane, { mode: 'kernel', interfaces: ['eth0', 'veth-a', 'bond0.100'] });
+    assert.deepEqual(c.dataplane, { mode: 'kernel', interfaces: ['eth0', 'veth-a', 'bond0.100'], relaySockets: 'auto' });
+  });
+
+  it('--relay-sockets: auto by default; shared is refused with --dataplane js or --workers above 1, naming the flag and why', () => {
+    assert.equal(buildConfig({ ...BASE, 'relay-sockets': 'shared' }).dataplane.relaySockets, 'shared');
+    assert.equal(buildConfig({ ...BASE, 'relay-sockets': 'per-allocation', dataplane: 'js' }).dataplane.relaySockets, 'per-allocation');
+    const js = refused({ 'relay-sockets': 'shared', dataplane: 'js' });
+    assert.match(js.message, /--relay-sockets "shared"/);
+    assert.match(js.message, /--dataplane js/);
+    const workers = refused({ 'relay-sockets': 'shared', workers: 2 });
+    assert.match(workers.message, /--relay-sockets "shared"/);
+    assert.match(workers.message, /--workers 2/);
+    assert.match(refused({ 'relay-sockets': 'one' }).message, /--relay-sockets.*'auto', 'shared' or 'per-allocation'/);
   });
 
   it('--dataplane kernel with --workers above 1 is refused: the kernel path serves one process', () => {

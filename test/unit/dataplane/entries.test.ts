@@ -15,7 +15,15 @@ import {
   P2C_VALUE_SIZE,
   parseCounters,
   parseTotals,
+  STEER_KEY_SIZE,
+  STEER_RELAY,
+  STEER_SHARED,
+  STEER_VALUE_SIZE,
+  steerKey,
+  steerValue,
+  TRAILER_MAGIC,
 } from '../../../src/dataplane/kernel/entries.js';
+import { TRAILER_MAGIC as SHARED_TRAILER_MAGIC } from '../../../src/transport/udp/shared-relay.js';
 
 const V4: KernelChannel = {
   clientAddress: '198.18.30.2',
@@ -109,4 +117,17 @@ test("the helper's answers: counters and totals", () => {
   assert.throws(() => parseCounters(['3:1,100,2']), /bad counters/);
   assert.deepEqual(parseTotals(['relayed_to_peer=5', 'expired=0']), { relayed_to_peer: 5, expired: 0 });
   assert.throws(() => parseTotals(['relayed_to_peer']), /bad totals/);
+});
+
+test('steering entries: struct steer_key (address, port, 2 zero) and steer_value (shared port, kind, zero), the trailer magic as in relay.bpf.c', () => {
+  assert.equal(steerKey('198.18.31.1', 50000).toString('hex'), `00000000000000000000ffffc6121f01${'c350'}0000`);
+  assert.equal(steerKey('2001:2:0:31::1', 0x1234).toString('hex'), `20010002000000310000000000000001${'1234'}0000`);
+  assert.equal(steerKey('198.18.31.1', 1).length, STEER_KEY_SIZE);
+  assert.equal(steerValue(45000, STEER_RELAY).toString('hex'), 'afc80100');
+  assert.equal(steerValue(45000, STEER_SHARED).toString('hex'), 'afc80200');
+  assert.equal(steerValue(1, STEER_RELAY).length, STEER_VALUE_SIZE);
+  assert.equal(TRAILER_MAGIC, SHARED_TRAILER_MAGIC, 'the transport writes the magic the program checks');
+  assert.throws(() => steerKey('0.0.0.0', 50000), /unicast/);
+  assert.throws(() => steerKey('198.18.31.1', 0), /port/);
+  assert.throws(() => steerValue(70000, STEER_RELAY), /port/);
 });
