@@ -47,7 +47,9 @@ export function descriptorNeeds(config: ServerConfig): DescriptorNeeds {
   const ports = config.maxPort - config.minPort + 1;
   const workers = Math.max(1, config.workers);
   let relaySockets = Math.ceil((ports * config.relayIps.length) / workers);
-  if (config.totalQuota > 0) {
+  // --relay-sockets shared (docs/dataplane.md §8): one socket per relay address, whatever the range.
+  if (config.dataplane.relaySockets === 'shared') relaySockets = config.relayIps.length;
+  else if (config.totalQuota > 0) {
     // A dual-stack allocation (RFC 8656 ADDITIONAL-ADDRESS-FAMILY) holds one socket per family.
     const families = config.relayIps.some((ip) => ip.includes(':')) && config.relayIps.some((ip) => !ip.includes(':')) ? 2 : 1;
     relaySockets = Math.min(relaySockets, Math.ceil(config.totalQuota / workers) * families);
@@ -71,6 +73,8 @@ export function openFileLimitWarning(config: ServerConfig, limit: OpenFileLimit)
   if (room > 0) fixes.push(`set --total-quota to at most ${room}`);
   if (needs.connections > 0) fixes.push('lower --max-tcp-connections');
   fixes.push('narrow --min-port/--max-port');
+  // auto becomes shared where the kernel data plane loads: then the range costs no descriptors.
+  if (config.dataplane.relaySockets === 'auto' && config.dataplane.mode !== 'js') fixes.push('run with the kernel data plane (--relay-sockets auto then holds one socket per relay address)');
   return {
     needs,
     message:

@@ -218,8 +218,10 @@ export class SharedRelayFactory implements RelaySocketFactory {
 }
 
 /**
- * A socket on address with a kernel-chosen port outside [minPort, maxPort]: a relayed port
- * and the shared port must never be the same number (the steering map keys both by port).
+ * A socket on address with a port outside [minPort, maxPort]: a relayed port and the shared
+ * port must never be the same number (the steering map keys both by port). A kernel-chosen
+ * (ephemeral) port first; when the relay range covers the ephemeral range, the ports above
+ * the range, then those below it down to 1024, one bind each until one is free.
  */
 async function bindOutsideRange(address: string, minPort: number, maxPort: number): Promise<{ socket: dgram.Socket; port: number }> {
   const inRange: dgram.Socket[] = [];
@@ -234,7 +236,22 @@ async function bindOutsideRange(address: string, minPort: number, maxPort: numbe
   } finally {
     for (const s of inRange) await closeUdpSocket(s);
   }
+  for (const port of portsOutside(minPort, maxPort)) {
+    const socket = createUdpSocket(address);
+    try {
+      await bindUdpSocket(socket, address, port);
+      return { socket, port };
+    } catch {
+      await closeUdpSocket(socket);
+    }
+  }
   throw new Error(
-    `no port outside the relay range ${minPort}-${maxPort} for the shared relay socket on ${address} after ${SHARED_BIND_TRIES} tries: the relay range covers the ephemeral ports (net.ipv4.ip_local_port_range); use a smaller --min-port..--max-port or --relay-sockets per-allocation`,
+    `no port outside the relay range ${minPort}-${maxPort} (from 1024) for the shared relay socket on ${address}: every one is taken; leave a port free outside --min-port..--max-port or use --relay-sockets per-allocation`,
   );
+}
+
+/** Ports above the range, then below it down to 1024, nearest first. */
+function* portsOutside(minPort: number, maxPort: number): Generator<number> {
+  for (let p = maxPort + 1; p <= 65535; p++) yield p;
+  for (let p = minPort - 1; p >= 1024; p--) yield p;
 }

@@ -50,6 +50,14 @@ describe('open-file limit check', () => {
     assert.equal(descriptorNeeds(config({ tcp: false })).connections, 0);
   });
 
+  it('counts one relay socket per relay address with --relay-sockets shared, and names the kernel path when auto could share', () => {
+    const shared = descriptorNeeds(config({ 'relay-ip': ['127.0.0.1', '127.0.0.2'], 'relay-sockets': 'shared' }));
+    assert.equal(shared.relaySockets, 2);
+    assert.equal(openFileLimitWarning(config({ 'relay-sockets': 'shared', 'max-tcp-connections': 100 }), { soft: 1024, hard: 1024 }), undefined);
+    assert.match(openFileLimitWarning(config(), { soft: 1024, hard: 1024 })?.message ?? '', /kernel data plane/);
+    assert.doesNotMatch(openFileLimitWarning(config({ dataplane: 'js' }), { soft: 1024, hard: 1024 })?.message ?? '', /kernel data plane/);
+  });
+
   it('warns naming --min-port/--max-port, --relay-ip, --total-quota and --max-tcp-connections when they do not fit', () => {
     const w = openFileLimitWarning(config(), { soft: 1024, hard: 1024 });
     assert.ok(w);

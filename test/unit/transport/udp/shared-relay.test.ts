@@ -87,6 +87,20 @@ describe('SharedRelayFactory', () => {
     assert.equal(steering.shared.get(ADDRESS), sharedPort);
   });
 
+  it('finds a port above or below the relay range when the range covers every ephemeral port', async () => {
+    // 10000-65535 holds the whole ephemeral range (32768-60999 by default): no kernel-chosen
+    // port can be outside it, so the shared socket takes one below 10000 (nothing above).
+    const wide = new FakeSteering();
+    const f = await SharedRelayFactory.open({ addresses: [ADDRESS], minPort: 10000, maxPort: 65535, steering: wide, drops, onError: () => undefined });
+    try {
+      const port = f.sharedPort(ADDRESS)!;
+      assert.ok(port >= 1024 && port < 10000, `shared port ${port}`);
+      assert.equal(wide.shared.get(ADDRESS), port);
+    } finally {
+      await f.close();
+    }
+  });
+
   it('bind() steers the port before it resolves; holds() and closedCount() follow bind and close', async () => {
     const { socket } = await bindRecording(50010);
     assert.equal(steering.steered.get(`${ADDRESS}|50010`), sharedPort);
