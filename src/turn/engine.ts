@@ -38,6 +38,14 @@ import type { ClientPacketSink, ClientPath, EngineSnapshot, EngineStats } from '
 import { RelayAllocator } from './relay/relay-allocator.js';
 import { Replies } from './reply.js';
 
+/** Allocations a tick visits between two turns of the event loop. */
+const TICK_SLICE = 1024;
+
+/** Lets the packets queued meanwhile through (setImmediate: after pending I/O). */
+function yieldToPackets(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 export class TurnEngine implements ClientPacketSink, EngineStats {
   private readonly table: AllocationTable;
   private readonly ctx: TurnContext;
@@ -219,12 +227,18 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
     const now = this.o.clock.now();
     const { writer } = this.ctx;
     const work: Promise<void>[] = [];
+    let visited = 0;
     for (const listener of this.table.listeners) {
       for (const byPort of listener.allocations.values()) {
         for (const allocation of byPort.values()) {
           if (allocation.expiresAtMs <= now)
             work.push(this.ctx.anycastRelay ? this.replication.expire(listener, allocation, now) : writer.delete(listener, allocation, 'expired'));
           else if (allocation.prune(now) || allocation.dirty) work.push(writer.persist(allocation));
+          // The walk visits every allocation once a tick: at 100,000 that is milliseconds of
+          // work, which in one piece delayed every packet behind it (docs/scaling.md, "At
+          // scale"). In slices, packets wait at most one slice. A Map iterated across the
+          // yield sees what was added meanwhile and skips what was deleted.
+          if (++visited % TICK_SLICE === 0) await yieldToPackets();
         }
       }
     }

@@ -772,6 +772,27 @@ describe('TurnEngine: Allocate and Refresh', () => {
     assert.equal(h.engine.allocations, 1);
   });
 
+  it('walks the allocations in slices, letting the event loop through between them, and still expires every one', async () => {
+    // 2,500 allocations: more than two slices of the tick's walk (engine.ts TICK_SLICE).
+    const h = new Harness({ minPort: 10000 });
+    const count = 2500;
+    for (let i = 0; i < count; i++) await h.client('alice', 'alice-pw', '198.51.100.10', 20000 + i).mustAllocate();
+    assert.equal(h.engine.allocations, count);
+    h.clock.advance(600_000);
+    let deletedWhenLoopRan = -1;
+    const ticking = h.engine.tick();
+    // Queued after the walk's first slice (a visit deletes an expired allocation at once):
+    // it sees part of the walk done only if the walk yields to the event loop.
+    setImmediate(() => {
+      deletedWhenLoopRan = h.counters.allocationsDeleted;
+    });
+    await ticking;
+    await flush();
+    assert.ok(deletedWhenLoopRan > 0 && deletedWhenLoopRan < count, `the event loop ran between slices of the walk (deleted then: ${deletedWhenLoopRan})`);
+    assert.equal(h.engine.allocations, 0, 'every allocation expired, those after the first slice too');
+    assert.equal(h.counters.allocationsDeleted, count);
+  });
+
   it('expires an allocation after its lifetime: relay socket closed, store record deleted, later requests 437', async () => {
     const h = new Harness();
     const c = h.client();
