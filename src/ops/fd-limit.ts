@@ -74,7 +74,8 @@ export function openFileLimitWarning(config: ServerConfig, limit: OpenFileLimit)
   if (needs.connections > 0) fixes.push('lower --max-tcp-connections');
   fixes.push('narrow --min-port/--max-port');
   // auto becomes shared where the kernel data plane loads: then the range costs no descriptors.
-  if (config.dataplane.relaySockets === 'auto' && config.dataplane.mode !== 'js') fixes.push('run with the kernel data plane (--relay-sockets auto then holds one socket per relay address)');
+  if (config.dataplane.relaySockets === 'auto' && config.dataplane.mode !== 'js')
+    fixes.push('run with the kernel data plane (--relay-sockets auto then holds one socket per relay address)');
   return {
     needs,
     message:

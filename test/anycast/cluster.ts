@@ -15,6 +15,7 @@ export const CLI_PATH = fileURLToPath(new URL('../../src/cli.js', import.meta.ur
 const STREAM_CLIENT_PATH = fileURLToPath(new URL('./stream-client.js', import.meta.url));
 const ECHO_PEER_PATH = fileURLToPath(new URL('./echo-peer.js', import.meta.url));
 const ALLOCATE_PROBE_PATH = fileURLToPath(new URL('./allocate-probe.js', import.meta.url));
+const FRESH_ALLOCATIONS_PATH = fileURLToPath(new URL('./fresh-allocations.js', import.meta.url));
 
 export const TURN_PORT = 3478;
 export const MESH_PORT = 7000;
@@ -426,4 +427,15 @@ export async function withDump<T>(topo: Topology, body: () => Promise<T>): Promi
     console.error(dumpAll(topo));
     throw err;
   }
+}
+
+/**
+ * fresh-allocations.ts in C: `count` new allocations through SERVER, each with a permission
+ * for the second peer port and one probe echoed, held for `holdMs` (or until a release
+ * command on stdin).
+ */
+export function spawnFreshAllocations(topo: Topology, count: number, holdMs: number): NsProcess {
+  const args = ['--server', SERVER, '--bind', Topology.clientAddress, '--user', USER, '--realm', REALM];
+  args.push('--peer', `${Topology.peerAddress}:${PEER_PORTS[1]}`, '--count', String(count), '--hold-ms', String(holdMs));
+  return topo.spawnIn('C', process.execPath, [FRESH_ALLOCATIONS_PATH, ...args], { name: 'fresh-allocations', stdin: true });
 }

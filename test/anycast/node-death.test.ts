@@ -36,14 +36,9 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { fileURLToPath } from 'node:url';
 import { kernelDataplaneUnavailableReason } from '../helpers/dataplane.js';
 import { ANYCAST_ADDRESS, Topology, jsonLines, netnsUnavailableReason, type NodeName, type NsProcess } from '../helpers/netns.js';
 import {
-  PEER_PORTS,
-  REALM,
-  SERVER,
-  USER,
   anycastRelayArgs,
   withDump,
   metrics,
@@ -53,6 +48,7 @@ import {
   redisCli,
   startPeer,
   startRedis,
+  spawnFreshAllocations,
   startStreamClient,
   storedAllocations,
   streamSummary,
@@ -69,7 +65,6 @@ const RELAY_ANYCAST = '198.18.101.1';
 /** anycastRelayArgs' --min-port and --max-port. */
 const RELAY_MIN_PORT = 50000;
 const RELAY_MAX_PORT = 50999;
-const FRESH_ALLOCATIONS_PATH = fileURLToPath(new URL('./fresh-allocations.js', import.meta.url));
 const FRESH_COUNT = 10;
 const STREAM_MS = 36_000;
 const READY_DEADLINE_MS = 20_000;
@@ -316,28 +311,7 @@ async function nodeDeath(t: TestContext, dataplane: 'js' | 'kernel'): Promise<vo
 
     // ---- 3. Fresh allocations through the restarted N1: no duplicate ports anywhere.
     await sleep(2000);
-    const fresh = topo.spawnIn(
-      'C',
-      process.execPath,
-      [
-        FRESH_ALLOCATIONS_PATH,
-        '--server',
-        SERVER,
-        '--bind',
-        Topology.clientAddress,
-        '--user',
-        USER,
-        '--realm',
-        REALM,
-        '--peer',
-        `${Topology.peerAddress}:${PEER_PORTS[1]}`,
-        '--count',
-        String(FRESH_COUNT),
-        '--hold-ms',
-        '60000',
-      ],
-      { name: 'fresh-allocations', stdin: true },
-    );
+    const fresh = spawnFreshAllocations(topo, FRESH_COUNT, 60_000);
     const freshRec = await fresh.waitForJsonLine((r) => r.event === 'allocated', 30_000);
     const freshResults = freshRec.results as FreshResult[];
     const freshPorts = freshResults.filter((r) => r.relayed).map((r) => r.relayed!.port);

@@ -10,17 +10,15 @@
 
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { kernelDataplaneUnavailableReason, WITHOUT_BPF_CAPABILITIES } from '../helpers/dataplane.js';
 import { Topology, jsonLines, netnsUnavailableReason } from '../helpers/netns.js';
 import { ANYTURN_CLI_PATH, LOOPBACK_V4, parseLogLines, runToCompletion, startAnyturn, stopAfter } from '../helpers/anyturn-process.js';
-import { metrics, nodeArgs, PEER_PORTS, peerReport, REALM, SERVER, startPeer, USER, withDump } from '../anycast/cluster.js';
+import { metrics, nodeArgs, peerReport, spawnFreshAllocations, startPeer, withDump } from '../anycast/cluster.js';
 // Type only: importing fresh-allocations.js runs its main().
 import type { FreshResult } from '../anycast/fresh-allocations.js';
 
 const skip = netnsUnavailableReason() ?? kernelDataplaneUnavailableReason();
-const FRESH_ALLOCATIONS_PATH = fileURLToPath(new URL('../anycast/fresh-allocations.js', import.meta.url));
 /** fresh-allocations.ts FRESH_STREAM: the stream id of its probes. */
 const FRESH_STREAM = 5;
 const ALLOCATIONS = 1000;
@@ -56,28 +54,7 @@ describe('shared relay sockets: the server in namespaces', { skip, timeout: 300_
       const idle = openFds(node.pid);
 
       const peer = await startPeer(topo);
-      const fresh = topo.spawnIn(
-        'C',
-        process.execPath,
-        [
-          FRESH_ALLOCATIONS_PATH,
-          '--server',
-          SERVER,
-          '--bind',
-          Topology.clientAddress,
-          '--user',
-          USER,
-          '--realm',
-          REALM,
-          '--peer',
-          `${Topology.peerAddress}:${PEER_PORTS[1]}`,
-          '--count',
-          String(ALLOCATIONS),
-          '--hold-ms',
-          '240000',
-        ],
-        { name: 'fresh-allocations', stdin: true },
-      );
+      const fresh = spawnFreshAllocations(topo, ALLOCATIONS, 240_000);
       const allocated = await fresh.waitForJsonLine((r) => r.event === 'allocated', 200_000);
       const results = allocated.results as FreshResult[];
       const fds = openFds(node.pid);
