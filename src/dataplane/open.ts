@@ -130,7 +130,12 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
     if (closed) return;
     clearInterval(timer);
     offload.markDead();
-    logger.error({ dataplane: 'js', reason: why }, 'kernel data plane stopped; relaying in JavaScript from now on');
+    // With shared relay sockets (docs/dataplane.md §8) no new relayed port can be steered
+    // any more: the message says so, for an operator to restart the node.
+    logger.error(
+      { dataplane: 'js', reason: why },
+      'kernel data plane stopped: ChannelData is relayed in JavaScript from now on; with shared relay sockets no new relayed port can be steered (new Allocates get 508): restart the node',
+    );
   };
   logger.info({ dataplane: 'kernel', interfaces: kernel.interfaces }, 'kernel data plane attached');
   return {
