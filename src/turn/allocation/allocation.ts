@@ -17,6 +17,8 @@ export const CHANNEL_LIFETIME_MS = 600_000;
 /** RFC 8656 §12: after a binding expires, its number and peer stay reserved to each other for 5 more minutes. */
 export const CHANNEL_QUARANTINE_MS = 300_000;
 
+/** How long an allocation keeps its Allocate success response for retransmissions. */
+export const ALLOCATE_RESPONSE_KEEP_MS = 40_000;
 export class Permission {
   /** Channels bound to this peer IP, by peer port. */
   channelsByPort: Map<number, ChannelBinding> | undefined;
@@ -218,6 +220,10 @@ export class Allocation {
 
   /** Drops expired permissions and channels (channels after their quarantine). Returns true if anything went. */
   prune(nowMs: number): boolean {
+    // A retransmitted Allocate can only come within the client's transaction timeout
+    // (39.5 s with the default RTO: RFC 8489 §6.2.1); kept longer, the response would be
+    // memory for nothing (docs/scaling.md, "At scale").
+    if (this.allocateResponse !== undefined && nowMs - this.createdAtMs >= ALLOCATE_RESPONSE_KEEP_MS) this.allocateResponse = undefined;
     let changed = false;
     for (const binding of this.bindings) {
       if (binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;

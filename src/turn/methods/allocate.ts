@@ -128,7 +128,11 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
   if (reservedToken) w.add(Attr.ReservationToken, reservedToken);
   w.addXorAddress(Attr.XorMappedAddress, r.address, r.port);
   if (mobile) w.add(Attr.MobilityTicket, issueTicket(ctx, allocation));
-  allocation.allocateResponse = ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200);
+  // Kept for retransmissions (40 s, Allocation.prune) in a buffer of its own: a slice of
+  // Node's shared 8 KiB pool would keep the whole pool block alive with it.
+  const sent = ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200);
+  allocation.allocateResponse = Buffer.allocUnsafeSlow(sent.length);
+  sent.copy(allocation.allocateResponse);
   ctx.o.logger.info(
     {
       event: 'allocation_created',

@@ -772,6 +772,26 @@ describe('TurnEngine: Allocate and Refresh', () => {
     assert.equal(h.engine.allocations, 1);
   });
 
+  it('keeps the Allocate response for retransmissions 40 s, in a buffer of its own, then lets it go', async () => {
+    const h = new Harness();
+    const c = h.client();
+    const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+    c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+    const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+    const first = await c.send(req.buf, req.transactionId);
+    assert.equal(first.code, 200);
+    const [allocation] = [...h.engine.allAllocations()];
+    assert.ok(allocation?.allocateResponse);
+    // Not a view of Node's shared pool: the kept bytes are all its memory holds.
+    assert.equal(allocation.allocateResponse.buffer.byteLength, allocation.allocateResponse.length);
+    await h.advance(39_000);
+    assert.deepEqual((await c.send(req.buf, req.transactionId)).raw, first.raw, 'still answered within the client transaction timeout');
+    await h.advance(1_000);
+    assert.equal(allocation.allocateResponse, undefined, 'let go after 40 s');
+    assert.equal((await c.send(req.buf, req.transactionId)).code, 437, 'a retransmission past any client timeout is a new request on a used 5-tuple');
+    assert.equal(h.engine.allocations, 1);
+  });
+
   it('walks the allocations in slices, letting the event loop through between them, and still expires every one', async () => {
     // 2,500 allocations: more than two slices of the tick's walk (engine.ts TICK_SLICE).
     const h = new Harness({ minPort: 10000 });
