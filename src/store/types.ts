@@ -98,8 +98,9 @@ export interface AllocationStore {
    * RFC 8016 mobility: the allocation at `fromKey` (only at `expectedVersion`) is written
    * under `record.key` instead, its relayed port(s) and user count carried over, never
    * counted twice. Events: 'deleted' of fromKey with reason 'moved', then 'created' of
-   * the new record with `movedFrom`. The deletion is the commit point: of two moves of
-   * one record, one wins.
+   * the new record with `movedFrom` (two keys: on a Redis Cluster, heard in either
+   * order, see subscribe()). The deletion is the commit point: of two moves of one
+   * record, one wins.
    */
   move(fromKey: string, expectedVersion: number, record: NewAllocationRecord): Promise<MoveOutcome>;
   countUserAllocations(username: string): Promise<number>;
@@ -112,7 +113,13 @@ export interface AllocationStore {
   reservePort(token: string, port: ReservedPort, ttlMs: number): Promise<boolean>;
   /** Redeems a token once; undefined when unknown or expired. */
   takeReservation(token: string): Promise<ReservedPort | undefined>;
-  /** Delivers events of every writer (this node's included), asynchronously, in order. */
+  /**
+   * Delivers events of every writer (this node's included), asynchronously; each key's
+   * in the order they were written. Events of two keys may be heard in another order
+   * than they were written where two servers publish them (Redis Cluster: two slots'
+   * masters, relayed over the cluster bus), a move's two included: no listener may rely
+   * on the order across keys (replication.ts ignores a move's deletion for that reason).
+   */
   subscribe(listener: StoreEventListener): () => void;
   /**
    * A listener that hears only the events of the keys it watches, delivered as subscribe()

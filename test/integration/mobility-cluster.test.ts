@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { createLogger } from '../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../src/store/memory.js';
 import { type RedisClients, createRedisClients } from '../../src/store/redis/clients.js';
-import { fiveTupleKey } from '../../src/store/types.js';
+import { MOVED, type StoreEvent, type StoreEventListener, fiveTupleKey } from '../../src/store/types.js';
 import { encodeChannelNumber, encodeRequestedTransport } from '../../src/stun/attributes.js';
 import { encodeChannelData, readChannelNumber } from '../../src/stun/channel-data.js';
 import { Attr, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
@@ -32,6 +32,31 @@ import { ANYCAST, CLIENT, type MeshNode, PEER, PORT, responseCode, signedRequest
 import { type RedisServerHandle, startRedisServer } from '../helpers/redis-server.js';
 
 const REALM = 'mobility-cluster.test';
+
+/**
+ * A memory store that delivers a move's two events the other way round: the new
+ * record first, then the old key's deletion. A Redis Cluster may (the two keys' masters
+ * publish separately, store/types.ts subscribe()); the copies must follow either way.
+ */
+class CreationFirstStore extends MemoryAllocationStore {
+  /** Deletions delivered after the creation that followed them. */
+  swapped = 0;
+  override subscribe(listener: StoreEventListener): () => void {
+    let held: StoreEvent | undefined;
+    return super.subscribe((event) => {
+      if (event.type === 'deleted' && event.reason === MOVED) {
+        held = event;
+        return;
+      }
+      listener(event);
+      if (held) {
+        this.swapped++;
+        listener(held);
+      }
+      held = undefined;
+    });
+  }
+}
 const SECRET = Buffer.from('mobility cluster secret, 32 bytes');
 
 describe('RFC 8016 mobility to another node of a forward-mode cluster (real redis-server, real mesh)', () => {
@@ -156,69 +181,72 @@ describe('RFC 8016 mobility to another node of a forward-mode cluster (real redi
 });
 
 describe('RFC 8016 mobility in anycast relay mode: every copy follows the move', () => {
-  it("node B moves its copy on the client's Refresh; node A's copy takes the new 5-tuple from the store and relays for it", async () => {
-    const clock = new ManualClock(Date.now());
-    const store = new MemoryAllocationStore({ now: () => clock.now() });
-    const nonces = new NonceIssuer(SECRET, 600_000);
-    const start = (id: string) =>
-      startEngineNode({
-        nodeId: id,
-        realm: REALM,
-        nonces,
-        store,
-        clock,
-        logger: createLogger('silent'),
-        relayAddressIPv4: '198.18.100.2',
-        serverAddresses: [ANYCAST, '198.18.100.2'],
-        engine: { relayMode: 'anycast', mobility: new MobilityTickets(SECRET) },
-      });
-    const a = start('any-a');
-    const b = start('any-b');
-    const ask = async (n: typeof a, port: number, method: number, decorate: (w: MessageWriter) => void) => {
-      const r = signedRequest(method, REALM, nonces.issue(CLIENT, clock.now()), decorate);
-      n.engine.handleClientPacket(n.listener, r.buf, CLIENT, port);
-      await until(() => responseCode(n, port, r.id) !== undefined, `an answer to method ${method}`);
-      return { code: responseCode(n, port, r.id), id: r.id };
-    };
-    try {
-      const alloc = await ask(a, 42001, Method.Allocate, (w) => {
-        w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
-        w.add(Attr.MobilityTicket, Buffer.alloc(0));
-      });
-      assert.equal(alloc.code, 200);
-      const sent = a.path
-        .sentTo(CLIENT, 42001)
-        .map((s) => decodeMessage(s.data))
-        .find((d) => d.ok && d.message.transactionId.toString('hex') === alloc.id);
-      assert.ok(sent?.ok);
-      const ticket = Buffer.from(getAttribute(sent.message, Attr.MobilityTicket)!);
-      const bound = await ask(a, 42001, Method.ChannelBind, (w) => {
-        w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
-        w.addXorAddress(Attr.XorPeerAddress, PEER, 6000);
-      });
-      assert.equal(bound.code, 200);
-      await until(() => [...b.engine.allAllocations()][0]?.channelCount === 1, "B's copy with the channel");
+  for (const order of ['deletion first', 'creation first (as a Redis Cluster may deliver them)'] as const) {
+    it(`node B moves its copy on the client's Refresh; node A's copy takes the new 5-tuple from the store and relays for it (move events: ${order})`, async () => {
+      const clock = new ManualClock(Date.now());
+      const store = order === 'deletion first' ? new MemoryAllocationStore({ now: () => clock.now() }) : new CreationFirstStore({ now: () => clock.now() });
+      const nonces = new NonceIssuer(SECRET, 600_000);
+      const start = (id: string) =>
+        startEngineNode({
+          nodeId: id,
+          realm: REALM,
+          nonces,
+          store,
+          clock,
+          logger: createLogger('silent'),
+          relayAddressIPv4: '198.18.100.2',
+          serverAddresses: [ANYCAST, '198.18.100.2'],
+          engine: { relayMode: 'anycast', mobility: new MobilityTickets(SECRET) },
+        });
+      const a = start('any-a');
+      const b = start('any-b');
+      const ask = async (n: typeof a, port: number, method: number, decorate: (w: MessageWriter) => void) => {
+        const r = signedRequest(method, REALM, nonces.issue(CLIENT, clock.now()), decorate);
+        n.engine.handleClientPacket(n.listener, r.buf, CLIENT, port);
+        await until(() => responseCode(n, port, r.id) !== undefined, `an answer to method ${method}`);
+        return { code: responseCode(n, port, r.id), id: r.id };
+      };
+      try {
+        const alloc = await ask(a, 42001, Method.Allocate, (w) => {
+          w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+          w.add(Attr.MobilityTicket, Buffer.alloc(0));
+        });
+        assert.equal(alloc.code, 200);
+        const sent = a.path
+          .sentTo(CLIENT, 42001)
+          .map((s) => decodeMessage(s.data))
+          .find((d) => d.ok && d.message.transactionId.toString('hex') === alloc.id);
+        assert.ok(sent?.ok);
+        const ticket = Buffer.from(getAttribute(sent.message, Attr.MobilityTicket)!);
+        const bound = await ask(a, 42001, Method.ChannelBind, (w) => {
+          w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+          w.addXorAddress(Attr.XorPeerAddress, PEER, 6000);
+        });
+        assert.equal(bound.code, 200);
+        await until(() => [...b.engine.allAllocations()][0]?.channelCount === 1, "B's copy with the channel");
 
-      assert.equal((await ask(b, 42002, Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket))).code, 200, 'B moves its copy');
-      await until(() => [...a.engine.allAllocations()][0]?.clientPort === 42002, "A's copy follows");
-      for (const n of [a, b]) {
-        const [only, ...rest] = [...n.engine.allAllocations()];
-        assert.equal(rest.length, 0);
-        assert.deepEqual([only?.clientPort, only?.relay.port, only?.channelCount], [42002, [...b.engine.allAllocations()][0]!.relay.port, 1]);
+        assert.equal((await ask(b, 42002, Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket))).code, 200, 'B moves its copy');
+        await until(() => [...a.engine.allAllocations()][0]?.clientPort === 42002, "A's copy follows");
+        for (const n of [a, b]) {
+          const [only, ...rest] = [...n.engine.allAllocations()];
+          assert.equal(rest.length, 0);
+          assert.deepEqual([only?.clientPort, only?.relay.port, only?.channelCount], [42002, [...b.engine.allAllocations()][0]!.relay.port, 1]);
+        }
+        assert.ok(await store.get(fiveTupleKey('udp', CLIENT, 42002, ANYCAST, PORT)));
+        assert.equal(await store.get(fiveTupleKey('udp', CLIENT, 42001, ANYCAST, PORT)), undefined);
+        // A relays ChannelData from the new 5-tuple, and answers it there.
+        const relay = [...a.engine.allAllocations()][0]!.relay;
+        a.engine.handleClientPacket(a.listener, encodeChannelData(0x4000, Buffer.from('up')), CLIENT, 42002);
+        assert.equal(a.relays.socketAt(relay.address, relay.port)?.sent.at(-1)?.data.toString(), 'up');
+        a.relays.socketAt(relay.address, relay.port)!.inject(Buffer.from('down'), PEER, 6000);
+        assert.equal(a.path.sentTo(CLIENT, 42002).filter((s) => s.kind === 'framed').length, 1);
+        if (store instanceof CreationFirstStore) assert.ok(store.swapped >= 1, 'the move was heard creation first');
+        // The spent ticket on A, from a third port: refused there too.
+        assert.notEqual((await ask(a, 42003, Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket))).code, 200);
+      } finally {
+        await a.engine.stop();
+        await b.engine.stop();
       }
-      assert.ok(await store.get(fiveTupleKey('udp', CLIENT, 42002, ANYCAST, PORT)));
-      assert.equal(await store.get(fiveTupleKey('udp', CLIENT, 42001, ANYCAST, PORT)), undefined);
-      // A relays ChannelData from the new 5-tuple, and answers it there.
-      const relay = [...a.engine.allAllocations()][0]!.relay;
-      a.engine.handleClientPacket(a.listener, encodeChannelData(0x4000, Buffer.from('up')), CLIENT, 42002);
-      assert.equal(a.relays.socketAt(relay.address, relay.port)?.sent.at(-1)?.data.toString(), 'up');
-      a.relays.socketAt(relay.address, relay.port)!.inject(Buffer.from('down'), PEER, 6000);
-      assert.equal(a.path.sentTo(CLIENT, 42002).filter((s) => s.kind === 'framed').length, 1);
-      // The spent ticket on A, from a third port: refused there too.
-      assert.notEqual((await ask(a, 42003, Method.Refresh, (w) => w.add(Attr.MobilityTicket, ticket))).code, 200);
-    } finally {
-      await a.engine.stop();
-      await b.engine.stop();
-    }
-  });
+    });
+  }
 });
