@@ -14,7 +14,7 @@ import type { AllocationStore } from '../store/types.js';
 import { CONNECTION_CLOSE_REASONS, CONNECTION_REFUSAL_REASONS, STREAM_TRANSPORTS, type StreamCounters } from '../transport/counters.js';
 import { FRAMING_ERRORS } from '../transport/stream/framer.js';
 import { ALLOCATE_REFUSAL_REASONS, BIND_RESULTS, DROP_REASONS, type EngineCounters, STORE_CONFLICT_KINDS, TCP_PEER_OUTCOMES } from '../turn/counters.js';
-import type { EngineStats } from '../turn/ports.js';
+import type { EngineSnapshot, EngineStats } from '../turn/ports.js';
 
 export interface MetricsSources {
   /** Counts of live state, read at scrape time. */
@@ -61,9 +61,28 @@ export function createMetrics(sources: MetricsSources): Registry {
   return registry;
 }
 
+/**
+ * One engine snapshot for the gauges of one scrape (they collect one after the other in
+ * the same turn of the event loop), taken again for the next: a walk over every
+ * allocation, not one per gauge.
+ */
+function oncePerScrape(take: () => EngineSnapshot): () => EngineSnapshot {
+  let cached: EngineSnapshot | undefined;
+  return () => {
+    if (cached === undefined) {
+      cached = take();
+      setImmediate(() => {
+        cached = undefined;
+      });
+    }
+    return cached;
+  };
+}
+
 /** What is live now: allocations, permissions, channels (EngineSnapshot), the drain switch. */
 function stateGauges(registry: Registry, sources: MetricsSources): void {
-  const { engine, drain } = sources;
+  const { drain } = sources;
+  const engine = { snapshot: oncePerScrape(() => sources.engine.snapshot()) };
   new Gauge({
     name: 'anyturn_allocations',
     help: 'Live allocations on this node, by client transport and relayed address family (ipv4, ipv6, dual)',

@@ -73,4 +73,25 @@ describe('AllocationTable.snapshot', () => {
     assert.equal(line('anyturn_user_allocations{user="alice"}'), 'anyturn_user_allocations{user="alice"} 2');
     assert.equal(line('anyturn_user_allocations{user="bob"}'), 'anyturn_user_allocations{user="bob"} 1');
   });
+
+  it('takes one snapshot per scrape (not one per gauge), and a new one for the next scrape', async () => {
+    const table = filledTable();
+    let walks = 0;
+    const engine = {
+      snapshot: () => {
+        walks++;
+        return table.snapshot();
+      },
+    };
+    const registry = createMetrics({ engine, counters: new EngineCounters(), store: new MemoryAllocationStore(), usernameLabels: true });
+    const first = await registry.metrics();
+    assert.equal(walks, 1);
+    assert.match(first, /^anyturn_permissions 3$/m);
+    const held = [...table.all()].find((a) => a.permissionsByAddress.size === 1)!;
+    held.permit('203.0.113.9', 0xcb007109, T0 + 300_000);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const second = await registry.metrics();
+    assert.equal(walks, 2);
+    assert.match(second, /^anyturn_permissions 4$/m);
+  });
 });
