@@ -21,6 +21,8 @@ export interface ScaleOptions {
   readonly latency: boolean;
   readonly probeRate: number;
   readonly probeSeconds: number;
+  /** Latency measurements at the smallest and at the largest size, one after the other: one run moves 10-20 % here. */
+  readonly latencyRounds: number;
   readonly churnRate: number;
   readonly lifecycles: number;
   readonly sync: boolean;
@@ -31,7 +33,7 @@ export function scaleUsage(): string {
   return [
     'usage: node dist/bench/allocations.js --parts scale [--live-sizes 1000,10000,100000] [--drivers 2] [--driver-concurrency 32]',
     '         [--ports-per-address 5000] [--relay-ips N] [--relay-sockets auto|shared|per-allocation] [--kernel] [--server-arg ARG]...',
-    '         [--no-latency] [--probe-rate 200] [--probe-seconds 15] [--churn-rate 100] [--lifecycles 500] [--no-sync] [--budget-minutes 20]',
+    '         [--no-latency] [--probe-rate 200] [--probe-seconds 15] [--latency-rounds 3] [--churn-rate 100] [--lifecycles 500] [--no-sync] [--budget-minutes 20]',
   ].join('\n');
 }
 
@@ -102,6 +104,9 @@ const VALUED: Record<string, (o: Mutable, v: string, flag: string) => void> = {
   '--probe-seconds': (o, v, f) => {
     o.probeSeconds = integer(f, v, 1, 600);
   },
+  '--latency-rounds': (o, v, f) => {
+    o.latencyRounds = integer(f, v, 1, 20);
+  },
   '--churn-rate': (o, v, f) => {
     o.churnRate = integer(f, v, 0, 5000);
   },
@@ -126,6 +131,7 @@ export function parseScaleOptions(argv: readonly string[]): ScaleOptions {
     latency: true,
     probeRate: 200,
     probeSeconds: 15,
+    latencyRounds: 3,
     churnRate: 100,
     lifecycles: 500,
     sync: true,

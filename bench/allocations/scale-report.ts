@@ -129,6 +129,29 @@ function pct(s: LatencySummary | undefined): [number | undefined, number | undef
   return [s?.p50, s?.p99, s?.max];
 }
 
+/** The added p50 and p99 (relayed - direct, ms) of each latency round, grouped by the live count they ran at, in order. */
+export function addedByLive(latency: readonly LatencyResult[]): { live: number; p50: number[]; p99: number[] }[] {
+  const groups: { live: number; p50: number[]; p99: number[] }[] = [];
+  for (const l of latency) {
+    const p50 = minus(l.relay?.rttMs.p50, l.direct?.rttMs.p50);
+    const p99 = minus(l.relay?.rttMs.p99, l.direct?.rttMs.p99);
+    if (p50 === undefined || p99 === undefined) continue;
+    let g = groups.find((x) => x.live === l.live);
+    if (g === undefined) groups.push((g = { live: l.live, p50: [], p99: [] }));
+    g.p50.push(p50);
+    g.p99.push(p99);
+  }
+  return groups;
+}
+
+/** The median (the mean of the middle two for an even count). */
+export function median(values: readonly number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
 function latencyTable(r: ScaleResults): string[] {
   const rows: string[][] = [
     [
@@ -162,6 +185,13 @@ function latencyTable(r: ScaleResults): string[] {
     ]);
   }
   const lines = [table(rows, 0)];
+  for (const round of addedByLive(r.latency)) {
+    if (round.p99.length > 1) {
+      lines.push(
+        `   at ${round.live}: added p50 median ${us(median(round.p50))} us, added p99 median ${us(median(round.p99))} us (${round.p99.map((v) => us(v)).join(', ')}) over ${round.p99.length} rounds`,
+      );
+    }
+  }
   for (const l of r.latency) {
     const c = l.churn;
     if (c !== undefined) {

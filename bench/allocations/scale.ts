@@ -60,8 +60,11 @@ async function atSize(ctx: ScaleContext, results: ScaleResults, step: Step, i: n
   results.sizes.push(entry);
   const last = i === o.sizes.length - 1;
   if (o.latency && (i === 0 || last)) {
-    const l = await step(`latency at ${nowLive}`, () => latency(ctx, nowLive, i === 0 ? 0 : 1));
-    if (l) results.latency.push(l);
+    for (let round = 0; round < o.latencyRounds; round++) {
+      const run = (i === 0 ? 0 : o.latencyRounds) + round;
+      const l = await step(`latency at ${nowLive}, round ${round + 1} of ${o.latencyRounds}`, () => latency(ctx, nowLive, run));
+      if (l) results.latency.push(l);
+    }
   }
   if (i === 0 && o.lifecycles > 0) results.ops = await step(`${o.lifecycles} lifecycles at ${nowLive}`, () => storeOps(ctx, nowLive));
   if (o.sync) {
