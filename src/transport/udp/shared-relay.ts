@@ -50,6 +50,8 @@ const NO_STEERING: RelayBindFailure = { failed: 'unavailable', code: 'ESTEER' };
 
 /** The shared socket of one relay address and the relayed ports it serves. */
 class SharedAddress {
+  // What every relay socket of the address reaches through its owner, rather than holding
+  // each itself (a closure per socket was ~130 B of heap per allocation: docs/scaling.md).
   /** Relayed port -> the handler of the allocation holding it. */
   readonly handlers: (PeerPacketHandler | undefined)[] = new Array<PeerPacketHandler | undefined>(65536).fill(undefined);
   readonly bound = new Uint8Array(65536);
@@ -62,6 +64,10 @@ class SharedAddress {
     readonly socket: dgram.Socket,
     readonly sharedPort: number,
     drops: Record<DropReason, number>,
+    /** The factory's send scratch, and the one for deliveries between two relayed ports of this address. */
+    readonly scratch: SendScratch,
+    readonly local: SendScratch,
+    private readonly steering: PortSteering,
   ) {
     this.sender = new UdpSender(socket);
     const handlers = this.handlers;
@@ -81,6 +87,15 @@ class SharedAddress {
     };
     if (!receiveFromHandle(socket, onDatagram)) socket.on('message', (msg, rinfo) => onDatagram(msg, rinfo.address, rinfo.port));
   }
+
+  /** A relay socket of this address closed: its port is free, and no longer steered. */
+  release(port: number): void {
+    this.handlers[port] = undefined;
+    this.bound[port] = 0;
+    this.held--;
+    this.closed++;
+    this.steering.unsteer(this.address, port);
+  }
 }
 
 class SharedRelaySocket implements RelaySocket {
@@ -88,9 +103,6 @@ class SharedRelaySocket implements RelaySocket {
   constructor(
     private readonly owner: SharedAddress,
     readonly port: number,
-    private readonly scratch: SendScratch,
-    private readonly local: SendScratch,
-    private readonly onClose: (socket: SharedRelaySocket) => void,
   ) {}
 
   get address(): string {
@@ -105,12 +117,13 @@ class SharedRelaySocket implements RelaySocket {
     // handed over here, as the kernel would deliver it (from this relayed address and port).
     if (address === owner.address) {
       const handler = owner.handlers[port];
-      if (handler === undefined || length > this.local.buffer.length) return;
-      payload.copy(this.local.buffer, 0, offset, offset + length);
-      handler(this.local.buffer, owner.address, this.port, length);
+      const local = owner.local;
+      if (handler === undefined || length > local.buffer.length) return;
+      payload.copy(local.buffer, 0, offset, offset + length);
+      handler(local.buffer, owner.address, this.port, length);
       return;
     }
-    const scratch = this.scratch;
+    const scratch = owner.scratch;
     const total = length + TRAILER_LENGTH;
     if (total > scratch.buffer.length) return;
     const buf = scratch.buffer;
@@ -125,7 +138,7 @@ class SharedRelaySocket implements RelaySocket {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.onClose(this);
+    this.owner.release(this.port);
   }
 }
 
@@ -149,7 +162,7 @@ export class SharedRelayFactory implements RelaySocketFactory {
       for (const address of o.addresses) {
         const { socket, port } = await bindOutsideRange(address, o.minPort, o.maxPort);
         socket.on('error', (err) => o.onError(err));
-        factory.byAddress.set(address, new SharedAddress(address, socket, port, o.drops));
+        factory.byAddress.set(address, new SharedAddress(address, socket, port, o.drops, factory.scratch, factory.local, o.steering));
         await o.steering.shareSocket(address, port);
       }
     } catch (err) {
@@ -194,13 +207,7 @@ export class SharedRelayFactory implements RelaySocketFactory {
     }
     a.handlers[port] = onPacket;
     a.held++;
-    return new SharedRelaySocket(a, port, this.scratch, this.local, () => {
-      a.handlers[port] = undefined;
-      a.bound[port] = 0;
-      a.held--;
-      a.closed++;
-      this.o.steering.unsteer(address, port);
-    });
+    return new SharedRelaySocket(a, port);
   }
 
   async available(address: string): Promise<boolean> {

@@ -8,6 +8,9 @@ import { CHANNEL_MIN } from '../../stun/constants.js';
 import type { AllocationRecord } from '../../store/types.js';
 import type { BandwidthGate } from '../bandwidth.js';
 import type { ClientPath, RelayFamily, RelaySocket } from '../ports.js';
+import { ResponseSlabs, keptMessage, keptTransactionIs } from './kept-responses.js';
+import { PeerPermissions } from './peer-permissions.js';
+import type { EngineListener } from './table.js';
 import type { TcpRelayState } from './tcp-connections.js';
 
 /** RFC 8656 §9: a permission lasts 300 s. */
@@ -19,6 +22,18 @@ export const CHANNEL_QUARANTINE_MS = 300_000;
 
 /** How long an allocation keeps its Allocate success response for retransmissions. */
 export const ALLOCATE_RESPONSE_KEEP_MS = 40_000;
+
+// Shared by every allocation until it needs its own (docs/scaling.md, "At scale": each
+// empty array, set, promise or typed array kept per allocation is heap times 100,000).
+// Never written to: an allocation replaces them before its first change.
+const NO_IPV6 = new Uint8Array(0);
+const NO_CHANNEL_SLOTS: readonly (ChannelBinding | undefined)[] = [];
+const NO_BINDINGS: ReadonlySet<ChannelBinding> = new Set<ChannelBinding>();
+/** The slabs every allocation of this process keeps its Allocate response in. */
+const KEPT_RESPONSES = new ResponseSlabs();
+/** What an allocation's `persisting` is while no write is in flight. */
+export const NOTHING_PERSISTING: Promise<void> = Promise.resolve();
+
 export class Permission {
   /** Channels bound to this peer IP, by peer port. */
   channelsByPort: Map<number, ChannelBinding> | undefined;
@@ -35,7 +50,7 @@ export class Permission {
     readonly relay: RelaySocket,
     public expiresAtMs: number,
   ) {
-    this.peerIPv6 = peerIPv4 >= 0 ? new Uint8Array(0) : (parseIPv6(peerAddress) ?? new Uint8Array(16));
+    this.peerIPv6 = peerIPv4 >= 0 ? NO_IPV6 : (parseIPv6(peerAddress) ?? new Uint8Array(16));
   }
 }
 
@@ -94,12 +109,18 @@ export class Allocation {
   readonly realm: string;
   readonly relay: RelaySocket;
   readonly additionalRelay: RelaySocket | undefined;
-  readonly relayIPv4: RelaySocket | undefined;
-  readonly relayIPv6: RelaySocket | undefined;
   readonly createdAtMs: number;
-  /** Transaction id (hex) of the Allocate that made it, to answer retransmissions (RFC 8656 §7.2); '' for one taken on from the store. */
-  readonly allocateTransactionId: string;
-  allocateResponse: Buffer | undefined;
+  /**
+   * The Allocate success response, kept to answer retransmissions (RFC 8656 §7.2) for
+   * ALLOCATE_RESPONSE_KEEP_MS (prune), at keptAt in a slab shared with other allocations'
+   * (kept-responses.ts); undefined for one taken on from the store, and after that.
+   */
+  private keptSlab: Buffer | undefined = undefined;
+  private keptAt = 0;
+  /** Made here by an Allocate (not taken on from another node's record). */
+  readonly madeHere: boolean;
+  /** The listener it is held on, set by AllocationTable.add (the table's store-key index finds it through this). */
+  listener: EngineListener | undefined = undefined;
   expiresAtMs: number;
   version = 0;
   /** True when the store missed a write (store down); tick() writes it again. */
@@ -124,21 +145,26 @@ export class Allocation {
   mobilityGeneration = 0;
   /** An RFC 6062 TCP allocation's peer data connections (its `relay` is then a TcpRelaySocket); undefined for UDP. */
   tcp: TcpRelayState | undefined = undefined;
-  persisting: Promise<void> = Promise.resolve();
+  /** The store write in flight (WriteThrough), or NOTHING_PERSISTING. */
+  persisting: Promise<void> = NOTHING_PERSISTING;
 
-  readonly permissionsByAddress = new Map<string, Permission>();
-  readonly permissionsByIPv4 = new Map<number, Permission>();
-  /** Indexed by channel number - 0x4000: the hot path's lookup. */
-  private readonly channelSlots: (ChannelBinding | undefined)[] = [];
-  /** The same bindings, for iteration (the slot array is sparse, up to 16k long). */
-  readonly bindings = new Set<ChannelBinding>();
+  /** By peer IP as text, and by IPv4 address as a number (`getIPv4`: the hot path's lookup). */
+  readonly permissionsByAddress = new PeerPermissions();
+  /** Indexed by channel number - 0x4000: the hot path's lookup. Its own array from the first binding on. */
+  private channelSlots: (ChannelBinding | undefined)[] = NO_CHANNEL_SLOTS as (ChannelBinding | undefined)[];
+  /** The same bindings, for iteration (the slot array is sparse, up to 16k long). Its own set from the first binding on. */
+  private bindingSet: Set<ChannelBinding> = NO_BINDINGS as Set<ChannelBinding>;
+
+  get bindings(): ReadonlySet<ChannelBinding> {
+    return this.bindingSet;
+  }
 
   get channelCount(): number {
-    return this.bindings.size;
+    return this.bindingSet.size;
   }
 
   /** The one place an Allocation is built (a local Allocate and an adopted record alike). */
-  constructor(seed: AllocationSeed, path: ClientPath, relays: AllocationRelays, allocateTransactionId = '') {
+  constructor(seed: AllocationSeed, path: ClientPath, relays: AllocationRelays, madeHere = false) {
     this.key = seed.key;
     this.path = path;
     this.clientAddress = seed.clientAddress;
@@ -147,18 +173,10 @@ export class Allocation {
     this.realm = seed.realm;
     this.relay = relays.relay;
     this.additionalRelay = relays.additional;
-    const all = relays.additional ? [relays.relay, relays.additional] : [relays.relay];
-    this.relayIPv4 = all.find((r) => !isIPv6Relay(r));
-    this.relayIPv6 = all.find(isIPv6Relay);
     this.createdAtMs = seed.createdAtMs;
-    this.allocateTransactionId = allocateTransactionId;
+    this.madeHere = madeHere;
     this.expiresAtMs = seed.expiresAtMs;
     this.mobilityGeneration = seed.mobilityGeneration ?? 0;
-  }
-
-  /** Made here by an Allocate (not taken on from another node's record). */
-  get madeHere(): boolean {
-    return this.allocateTransactionId !== '';
   }
 
   /**
@@ -171,7 +189,26 @@ export class Allocation {
 
   /** The relayed families it serves (metrics). */
   get family(): RelayFamily {
-    return this.additionalRelay ? 'dual' : this.relayIPv6 ? 'ipv6' : 'ipv4';
+    return this.additionalRelay ? 'dual' : isIPv6Relay(this.relay) ? 'ipv6' : 'ipv4';
+  }
+
+  /** Keeps the Allocate success response for retransmissions (ALLOCATE_RESPONSE_KEEP_MS). */
+  keepAllocateResponse(response: Buffer): void {
+    const kept = KEPT_RESPONSES.keep(response);
+    this.keptSlab = kept.slab;
+    this.keptAt = kept.offset;
+  }
+
+  /** Whether the Allocate response is still kept. */
+  get keepsAllocateResponse(): boolean {
+    return this.keptSlab !== undefined;
+  }
+
+  /** The kept Allocate response when `transactionId` is the Allocate's (a retransmission), else undefined. */
+  allocateResponseTo(transactionId: Buffer): Buffer | undefined {
+    const slab = this.keptSlab;
+    if (slab === undefined || !keptTransactionIs(slab, this.keptAt, transactionId)) return undefined;
+    return keptMessage(slab, this.keptAt);
   }
 
   channel(number: number): ChannelBinding | undefined {
@@ -180,7 +217,11 @@ export class Allocation {
 
   /** The relay socket serving peers of this family (IPv4 when peerIPv4 >= 0), if the allocation has one. */
   relayFor(ipv6: boolean): RelaySocket | undefined {
-    return ipv6 ? this.relayIPv6 : this.relayIPv4;
+    // Worked out when asked (requests, records merged; the packet paths use the permission's
+    // relay): two fields fewer on every allocation.
+    if (isIPv6Relay(this.relay) === ipv6) return this.relay;
+    const additional = this.additionalRelay;
+    return additional !== undefined && isIPv6Relay(additional) === ipv6 ? additional : undefined;
   }
 
   /** Closes every relay socket of the allocation, and a TCP allocation's connections (RFC 6062 §5.5). */
@@ -200,8 +241,7 @@ export class Allocation {
     const relay = this.relayFor(peerIPv4 < 0);
     if (!relay) throw new Error(`no relay of the family of ${peerAddress}`);
     permission = new Permission(peerAddress, peerIPv4, relay, expiresAtMs);
-    this.permissionsByAddress.set(peerAddress, permission);
-    if (peerIPv4 >= 0) this.permissionsByIPv4.set(peerIPv4, permission);
+    this.permissionsByAddress.add(permission);
     return permission;
   }
 
@@ -212,8 +252,12 @@ export class Allocation {
       return existing;
     }
     const binding = new ChannelBinding(number, permission.peerAddress, peerPort, permission, expiresAtMs);
+    if (this.bindingSet === NO_BINDINGS) {
+      this.bindingSet = new Set();
+      this.channelSlots = [];
+    }
     this.channelSlots[number - CHANNEL_MIN] = binding;
-    this.bindings.add(binding);
+    this.bindingSet.add(binding);
     (permission.channelsByPort ??= new Map()).set(peerPort, binding);
     return binding;
   }
@@ -223,19 +267,18 @@ export class Allocation {
     // A retransmitted Allocate can only come within the client's transaction timeout
     // (39.5 s with the default RTO: RFC 8489 §6.2.1); kept longer, the response would be
     // memory for nothing (docs/scaling.md, "At scale").
-    if (this.allocateResponse !== undefined && nowMs - this.createdAtMs >= ALLOCATE_RESPONSE_KEEP_MS) this.allocateResponse = undefined;
+    if (this.keptSlab !== undefined && nowMs - this.createdAtMs >= ALLOCATE_RESPONSE_KEEP_MS) this.keptSlab = undefined;
     let changed = false;
-    for (const binding of this.bindings) {
+    for (const binding of this.bindingSet) {
       if (binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;
       this.channelSlots[binding.number - CHANNEL_MIN] = undefined;
-      this.bindings.delete(binding);
+      this.bindingSet.delete(binding);
       if (binding.permission.channelsByPort?.get(binding.peerPort) === binding) binding.permission.channelsByPort.delete(binding.peerPort);
       changed = true;
     }
-    for (const [address, permission] of this.permissionsByAddress) {
+    for (const permission of this.permissionsByAddress.values()) {
       if (permission.expiresAtMs > nowMs || (permission.channelsByPort?.size ?? 0) > 0) continue;
-      this.permissionsByAddress.delete(address);
-      if (permission.peerIPv4 >= 0) this.permissionsByIPv4.delete(permission.peerIPv4);
+      this.permissionsByAddress.delete(permission);
       changed = true;
     }
     return changed;
@@ -296,7 +339,7 @@ export class Allocation {
     const permissions: Record<string, number> = {};
     for (const [address, permission] of this.permissionsByAddress) permissions[address] = permission.expiresAtMs;
     const channels: Record<string, { peerAddress: string; peerPort: number; expiresAtMs: number }> = {};
-    for (const binding of this.bindings) {
+    for (const binding of this.bindingSet) {
       channels[String(binding.number)] = { peerAddress: binding.peerAddress, peerPort: binding.peerPort, expiresAtMs: binding.expiresAtMs };
     }
     return {

@@ -33,7 +33,8 @@ export class AllocationTable {
   readonly listeners = new Set<EngineListener>();
   /** Store keys of Allocates in flight (their 5-tuple is being claimed). */
   readonly pending = new Set<string>();
-  private readonly byKey = new Map<string, Held>();
+  /** Store key -> allocation (its `listener` says where it is held): no object per entry beside the allocation. */
+  private readonly byKey = new Map<string, Allocation>();
   /** Allocations per username held here: the user quota while the store is unreachable (relay/relay-allocator.ts). */
   private readonly byUser = new Map<string, number>();
   private count = 0;
@@ -66,14 +67,16 @@ export class AllocationTable {
   }
 
   byStoreKey(key: string): Held | undefined {
-    return this.byKey.get(key);
+    const allocation = this.byKey.get(key);
+    return allocation?.listener === undefined ? undefined : { listener: allocation.listener, allocation };
   }
 
   add(listener: EngineListener, allocation: Allocation): void {
     let byPort = listener.allocations.get(allocation.clientAddress);
     if (!byPort) listener.allocations.set(allocation.clientAddress, (byPort = new Map()));
     byPort.set(allocation.clientPort, allocation);
-    this.byKey.set(allocation.key, { listener, allocation });
+    allocation.listener = listener;
+    this.byKey.set(allocation.key, allocation);
     this.byUser.set(allocation.username, this.userCount(allocation.username) + 1);
     this.count++;
     if (this.bandwidth !== undefined && allocation.bandwidth === undefined) allocation.bandwidth = this.bandwidth.attach(allocation.username);
@@ -85,9 +88,8 @@ export class AllocationTable {
    */
   move(allocation: Allocation, to: EngineListener, address: string, port: number, key: string): boolean {
     if (allocation.key === key) return false;
-    const held = this.byKey.get(allocation.key);
-    if (held?.allocation !== allocation) return false;
-    this.remove(held.listener, allocation);
+    if (this.byKey.get(allocation.key) !== allocation || allocation.listener === undefined) return false;
+    this.remove(allocation.listener, allocation);
     allocation.key = key;
     allocation.path = to.path;
     allocation.clientAddress = address;
@@ -103,7 +105,7 @@ export class AllocationTable {
       byPort.delete(allocation.clientPort);
       if (byPort.size === 0) listener.allocations.delete(allocation.clientAddress);
     }
-    if (this.byKey.get(allocation.key)?.allocation === allocation) this.byKey.delete(allocation.key);
+    if (this.byKey.get(allocation.key) === allocation) this.byKey.delete(allocation.key);
     const users = this.userCount(allocation.username) - 1;
     if (users > 0) this.byUser.set(allocation.username, users);
     else this.byUser.delete(allocation.username);

@@ -11,7 +11,7 @@ import type { Clock } from '../clock.js';
 import type { EngineCounters } from '../counters.js';
 import type { PeerPolicy } from '../peer-policy.js';
 import type { ChannelOffload, EngineLogger } from '../ports.js';
-import type { Allocation } from './allocation.js';
+import { type Allocation, NOTHING_PERSISTING } from './allocation.js';
 import { OffloadSync } from './offload.js';
 import { FIVE_TUPLE_CONFLICT, RELAY_PORT_CONFLICT, type SettleOutcome, StoreConflicts } from './store-conflicts.js';
 import type { AllocationTable, EngineListener } from './table.js';
@@ -66,8 +66,22 @@ export class WriteThrough {
   /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
     const installed = this.offload.sync(allocation, this.o.clock.now());
-    allocation.persisting = allocation.persisting.then(() => this.write(allocation));
-    return installed ? Promise.all([installed, allocation.persisting]).then(() => undefined) : allocation.persisting;
+    const persisting = allocation.persisting.then(() => this.write(allocation));
+    this.inLine(allocation, persisting);
+    return installed ? Promise.all([installed, persisting]).then(() => undefined) : persisting;
+  }
+
+  /**
+   * `done` is the allocation's last write now; once it settles and nothing came after it,
+   * the allocation holds the shared settled promise again, not a promise of its own for
+   * the rest of its life (docs/scaling.md, "At scale").
+   */
+  private inLine(allocation: Allocation, done: Promise<void>): void {
+    allocation.persisting = done;
+    const settled = (): void => {
+      if (allocation.persisting === done) allocation.persisting = NOTHING_PERSISTING;
+    };
+    done.then(settled, settled);
   }
 
   private async write(allocation: Allocation): Promise<void> {
@@ -146,9 +160,12 @@ export class WriteThrough {
    */
   move(to: EngineListener, allocation: Allocation, address: string, port: number, key: string): Promise<MoveResult> {
     const done = allocation.persisting.then(() => this.moveNow(to, allocation, address, port, key));
-    allocation.persisting = done.then(
-      () => undefined,
-      () => undefined,
+    this.inLine(
+      allocation,
+      done.then(
+        () => undefined,
+        () => undefined,
+      ),
     );
     return done;
   }

@@ -69,7 +69,7 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
       if (allocation) ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort, length);
     };
     // The relayed transport address(es), claimed in the store.
-    const claim = await ctx.relays.claim(seed, message.transactionId.toString('hex'), listener.path, request, onPacket);
+    const claim = await ctx.relays.claim(seed, listener.path, request, onPacket);
     if (!claim.ok) return refused(ctx, r, claim);
     allocation = claim.allocation;
     if (ctx.stopped || listener.closed) {
@@ -89,8 +89,9 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
 
 /** RFC 8656 §7.2 step 2: a retransmitted Allocate gets the original success response again; any other 437. */
 function answerRetransmission(r: MethodRequest, existing: Allocation): void {
-  if (existing.allocateResponse && existing.allocateTransactionId === r.message.transactionId.toString('hex') && existing.username === r.auth.username) {
-    r.listener.path.sendMessage(existing.allocateResponse, r.port, r.address);
+  const kept = existing.allocateResponseTo(r.message.transactionId);
+  if (kept !== undefined && existing.username === r.auth.username) {
+    r.listener.path.sendMessage(kept, r.port, r.address);
     return;
   }
   throw new TurnError(ErrorCode.AllocationMismatch);
@@ -128,11 +129,9 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
   if (reservedToken) w.add(Attr.ReservationToken, reservedToken);
   w.addXorAddress(Attr.XorMappedAddress, r.address, r.port);
   if (mobile) w.add(Attr.MobilityTicket, issueTicket(ctx, allocation));
-  // Kept for retransmissions (40 s, Allocation.prune) in a buffer of its own: a slice of
-  // Node's shared 8 KiB pool would keep the whole pool block alive with it.
-  const sent = ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200);
-  allocation.allocateResponse = Buffer.allocUnsafeSlow(sent.length);
-  sent.copy(allocation.allocateResponse);
+  // Kept for retransmissions (40 s, Allocation.prune) in the allocations' own slabs
+  // (allocation/kept-responses.ts), never in a slice of Node's shared pool.
+  allocation.keepAllocateResponse(ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200));
   ctx.o.logger.info(
     {
       event: 'allocation_created',

@@ -62,7 +62,9 @@ export class ClientData {
     if (view.peerPort === 0) return this.ctx.drop('bad_peer_port');
     // 2. A permission for the peer's IP, not expired: discarded otherwise.
     const permission =
-      view.peerFamily === AddressFamily.IPv4 ? allocation.permissionsByIPv4.get(view.peerIPv4) : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
+      view.peerFamily === AddressFamily.IPv4
+        ? allocation.permissionsByAddress.getIPv4(view.peerIPv4)
+        : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
     const now = this.ctx.packetClock();
     if (!permission || permission.expiresAtMs <= now) return this.ctx.drop('no_permission');
     // A permission is per IP (RFC 8656 §9); the port is known only here: never a server's service port.

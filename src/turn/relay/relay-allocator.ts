@@ -83,7 +83,7 @@ export class RelayAllocator {
    * Binds the relayed address(es) an Allocate asks for and claims the allocation in the
    * store. `request.additionalError` set means the IPv6 half is not even tried.
    */
-  async claim(seed: AllocationSeed, transactionId: string, path: ClientPath, request: AllocateRequest, onPacket: PeerPacketHandler): Promise<Claim> {
+  async claim(seed: AllocationSeed, path: ClientPath, request: AllocateRequest, onPacket: PeerPacketHandler): Promise<Claim> {
     const a: Attempt = {
       relay: undefined,
       additional: undefined,
@@ -121,7 +121,7 @@ export class RelayAllocator {
           a.relay = bound.socket;
           a.reservedToken = bound.token;
         }
-        const done = await this.claimOnce(seed, transactionId, path, request, a, a.relay, onPacket);
+        const done = await this.claimOnce(seed, path, request, a, a.relay, onPacket);
         if (done === 'retry') continue;
         if (done === 'give-up') break;
         return done;
@@ -138,14 +138,13 @@ export class RelayAllocator {
   /** One store claim with the sockets bound so far; 'retry' after a port clash, 'give-up' when the budget is spent. */
   private async claimOnce(
     seed: AllocationSeed,
-    transactionId: string,
     path: ClientPath,
     request: AllocateRequest,
     a: Attempt,
     relay: RelaySocket,
     onPacket: PeerPacketHandler,
   ): Promise<Claim | 'retry' | 'give-up'> {
-    const candidate = new Allocation(seed, path, { relay, additional: a.additional }, transactionId);
+    const candidate = new Allocation(seed, path, { relay, additional: a.additional }, true);
     let outcome: Awaited<ReturnType<AllocationStore['create']>>;
     if (!this.o.store.isAvailable()) return this.claimLocally(candidate, a);
     try {

@@ -30,6 +30,8 @@ import { MessageWriter } from '../../../src/stun/writer.js';
 import { CredentialStore, restApiPassword } from '../../../src/turn/auth/credentials.js';
 import { ManualClock } from '../../../src/turn/clock.js';
 import { EngineCounters } from '../../../src/turn/counters.js';
+import { KEPT_RESPONSE_SLAB_BYTES } from '../../../src/turn/allocation/kept-responses.js';
+import { NOTHING_PERSISTING } from '../../../src/turn/allocation/allocation.js';
 import type { EngineListener } from '../../../src/turn/allocation/table.js';
 import { TurnEngine } from '../../../src/turn/engine.js';
 import type { AllocationLimits } from '../../../src/turn/limits.js';
@@ -772,7 +774,7 @@ describe('TurnEngine: Allocate and Refresh', () => {
     assert.equal(h.engine.allocations, 1);
   });
 
-  it('keeps the Allocate response for retransmissions 40 s, in a buffer of its own, then lets it go', async () => {
+  it('keeps the Allocate response for retransmissions 40 s, in a slab of its own, then lets it go', async () => {
     const h = new Harness();
     const c = h.client();
     const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
@@ -781,15 +783,31 @@ describe('TurnEngine: Allocate and Refresh', () => {
     const first = await c.send(req.buf, req.transactionId);
     assert.equal(first.code, 200);
     const [allocation] = [...h.engine.allAllocations()];
-    assert.ok(allocation?.allocateResponse);
-    // Not a view of Node's shared pool: the kept bytes are all its memory holds.
-    assert.equal(allocation.allocateResponse.buffer.byteLength, allocation.allocateResponse.length);
+    const kept = allocation?.allocateResponseTo(req.transactionId);
+    assert.ok(kept);
+    assert.deepEqual(kept, first.raw, 'the response as sent');
+    assert.equal(allocation?.allocateResponseTo(randomBytes(12)), undefined, 'only for its own transaction');
+    // Not a view of Node's shared pool: a slab of the allocations' own (allocation/kept-responses.ts).
+    assert.equal(kept.buffer.byteLength, KEPT_RESPONSE_SLAB_BYTES);
     await h.advance(39_000);
     assert.deepEqual((await c.send(req.buf, req.transactionId)).raw, first.raw, 'still answered within the client transaction timeout');
     await h.advance(1_000);
-    assert.equal(allocation.allocateResponse, undefined, 'let go after 40 s');
+    assert.equal(allocation?.keepsAllocateResponse, false, 'let go after 40 s');
     assert.equal((await c.send(req.buf, req.transactionId)).code, 437, 'a retransmission past any client timeout is a new request on a used 5-tuple');
     assert.equal(h.engine.allocations, 1);
+  });
+
+  it('lets an allocation hold the shared settled promise again once its store writes are done', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    const [allocation] = [...h.engine.allAllocations()];
+    assert.ok(allocation);
+    assert.equal(allocation.persisting, NOTHING_PERSISTING, 'nothing written since the Allocate');
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    await flush();
+    assert.equal(allocation.persisting, NOTHING_PERSISTING, 'the write is done: no promise of its own kept');
+    assert.equal((await h.store.get(h.key(c)))?.permissions[PEER_A] !== undefined, true, 'and the write was made');
   });
 
   it('walks the allocations in slices, letting the event loop through between them, and still expires every one', async () => {

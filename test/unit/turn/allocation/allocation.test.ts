@@ -32,7 +32,7 @@ function relay(address: string, port: number): FakeRelaySocket {
 
 function make(dual = false): Allocation {
   const path = new FakeClientPath();
-  return new Allocation(seed, path, { relay: relay('192.0.2.10', 50000), additional: dual ? relay('2001:db8::10', 50002) : undefined }, 'tx');
+  return new Allocation(seed, path, { relay: relay('192.0.2.10', 50000), additional: dual ? relay('2001:db8::10', 50002) : undefined }, true);
 }
 
 /** The allocation's own record with some fields changed: what another node would have written. */
@@ -87,7 +87,7 @@ describe('Allocation.merge', () => {
       ['203.0.113.3', T0 + 200_000],
     ]);
     // The IPv4 index of the hot path knows the merged one too.
-    assert.equal(a.permissionsByIPv4.get(0xcb007103)?.peerAddress, '203.0.113.3');
+    assert.equal(a.permissionsByAddress.getIPv4(0xcb007103)?.peerAddress, '203.0.113.3');
   });
 
   it('unites channels and refreshes the same binding; another peer on a number we hold keeps ours', () => {
@@ -212,5 +212,42 @@ describe('Allocation.merge', () => {
       true,
     );
     assert.deepEqual({ ...replica.toRecord('node-a') }, { ...record });
+  });
+});
+
+// Allocations without a channel share one empty slot array and set, and every allocation
+// starts with the shared settled promise (docs/scaling.md, "At scale"): the first binding
+// must give an allocation its own, never write to the shared ones.
+describe('Allocation: state shared until needed', () => {
+  it('gives the first channel binding its own slots and set, leaving other allocations without', () => {
+    const a = make();
+    const b = make();
+    assert.equal(a.bindings, b.bindings, 'both start with the shared empty set');
+    const p = a.permit('203.0.113.1', 0xcb007101, T0 + 300_000);
+    const bound = a.bindChannel(0x4001, p, 5000, T0 + 600_000);
+    assert.equal(a.channel(0x4001), bound);
+    assert.equal(a.channelCount, 1);
+    assert.notEqual(a.bindings, b.bindings);
+    assert.equal(b.channel(0x4001), undefined, 'nothing leaked into the shared slots');
+    assert.equal(b.channelCount, 0);
+    assert.equal(make().bindings.size, 0, 'nor into the shared set');
+    // Pruned away, and bound again: its own slots still work.
+    assert.equal(a.prune(T0 + 600_000 + 300_000), true);
+    assert.equal(a.channel(0x4001), undefined);
+    assert.equal(a.channelCount, 0);
+    const again = a.bindChannel(0x4002, a.permit('203.0.113.1', 0xcb007101, T0 + 1_200_000), 5001, T0 + 1_200_000);
+    assert.equal(a.channel(0x4002), again);
+    assert.equal(b.channel(0x4002), undefined);
+  });
+
+  it('shares one empty IPv6 address between IPv4 permissions, and gives an IPv6 one its bytes', () => {
+    const a = make(true);
+    const p4 = a.permit('203.0.113.1', 0xcb007101, T0 + 300_000);
+    const q4 = make().permit('203.0.113.2', 0xcb007102, T0 + 300_000);
+    assert.equal(p4.peerIPv6.length, 0);
+    assert.equal(p4.peerIPv6, q4.peerIPv6);
+    const p6 = a.permit('2001:db8::99', -1, T0 + 300_000);
+    assert.equal(p6.peerIPv6.length, 16);
+    assert.equal(p6.peerIPv6[15], 0x99);
   });
 });
