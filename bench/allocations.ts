@@ -97,9 +97,15 @@ async function runLiveAndSync(ctx: Context, options: Options, step: Step, result
 
 async function runParts(ctx: Context, options: Options, step: Step, results: Results): Promise<void> {
   if (options.parts.includes(1)) {
-    for (const kind of ['anyturn-memory', 'anyturn-redis', 'coturn'] as const) {
-      const r = await step(`part 1, ${kind}: ${options.allocations} allocations`, () => runRate(ctx, kind));
-      if (r) results.rate.push(r);
+    // The floor (bench/allocations/floor-allocate.ts) beside anyturn and coturn; with
+    // --rate-baseline another build's anyturn too, and with --rounds all of them again in turn.
+    const kinds: ServerKind[] = ['anyturn-memory', 'anyturn-redis', 'floor', 'floor-shared', 'coturn'];
+    if (options.rateBaseline !== undefined) kinds.unshift('anyturn-memory-baseline');
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const kind of kinds) {
+        const r = await step(`part 1${options.rounds > 1 ? ` round ${round}` : ''}, ${kind}: ${options.allocations} allocations`, () => runRate(ctx, kind));
+        if (r) results.rate.push(r);
+      }
     }
   }
   if (options.parts.includes(2) || options.parts.includes(3)) await runLiveAndSync(ctx, options, step, results);
