@@ -10,9 +10,6 @@ import type { EngineCounters } from './counters.js';
 import type { ListenerHandle } from './ports.js';
 
 export class Replies {
-  /** When each request in progress arrived (performance.now()), for the handling-time histogram. */
-  private readonly receivedAt = new WeakMap<StunMessage, number>();
-
   constructor(
     private readonly counters: EngineCounters,
     /** SOFTWARE attribute; empty leaves it out. */
@@ -21,7 +18,7 @@ export class Replies {
 
   /** Notes when a request arrived (performance.now() read before it was decoded). */
   received(request: StunMessage, at: number): void {
-    this.receivedAt.set(request, at);
+    request.receivedAt = at;
   }
 
   /**
@@ -67,7 +64,7 @@ export class Replies {
   /** Counts an answered request and how long it took from receipt to response. */
   answered(request: StunMessage, label: string, code: number): void {
     this.counters.countRequest(label, code);
-    const receivedAt = this.receivedAt.get(request);
-    if (receivedAt !== undefined) this.counters.observeRequestSeconds(label, (performance.now() - receivedAt) / 1000);
+    const receivedAt = request.receivedAt;
+    if (receivedAt !== 0) this.counters.observeRequestSeconds(label, (performance.now() - receivedAt) / 1000);
   }
 }

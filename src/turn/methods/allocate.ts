@@ -133,6 +133,8 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
   const sent = ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200);
   allocation.allocateResponse = Buffer.allocUnsafeSlow(sent.length);
   sent.copy(allocation.allocateResponse);
+  // The line's object and its strings only when info is logged (not at the usual warn).
+  if (ctx.o.logger.isLevelEnabled?.('info') === false) return;
   ctx.o.logger.info(
     {
       event: 'allocation_created',
