@@ -4,12 +4,21 @@
 
 import { performance } from 'node:perf_hooks';
 import { Attr, MessageClass, reasonPhrase } from '../stun/constants.js';
+import { encodeErrorCode } from '../stun/attributes.js';
 import { type StunMessage, findAttribute } from '../stun/message.js';
 import { MessageWriter } from '../stun/writer.js';
 import type { EngineCounters } from './counters.js';
 import type { ListenerHandle } from './ports.js';
 
 export class Replies {
+  /**
+   * ERROR-CODE values (RFC 8489 §14.8) by code: without a reason phrase (answers to
+   * unauthenticated requests, every 401) and with the standard one. Built once per code
+   * rather than once per answer; the writer copies them, so one value serves every answer.
+   */
+  private readonly bareErrorCodes = new Map<number, Buffer>();
+  private readonly standardErrorCodes = new Map<number, Buffer>();
+
   constructor(
     private readonly counters: EngineCounters,
     /** SOFTWARE attribute; empty leaves it out. */
@@ -28,8 +37,11 @@ export class Replies {
    */
   error(message: StunMessage, code: number, reason?: string): MessageWriter {
     const w = new MessageWriter(message.method, MessageClass.ErrorResponse, message.transactionId);
-    w.addErrorCode(code, reason ?? reasonPhrase(code));
-    return w;
+    if (reason !== undefined && reason !== '') return w.addErrorCode(code, reason);
+    const cache = reason === '' ? this.bareErrorCodes : this.standardErrorCodes;
+    let value = cache.get(code);
+    if (value === undefined) cache.set(code, (value = encodeErrorCode(code, reason ?? reasonPhrase(code))));
+    return w.add(Attr.ErrorCode, value);
   }
 
   /**
