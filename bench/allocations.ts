@@ -15,6 +15,7 @@
 //
 // Usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N]
 //                                       [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR]
+//                                       [--rate-baseline DIST_DIR] [--rounds N]
 //        node dist/bench/allocations.js --parts scale [--live-sizes 1000,10000,100000] ... (--help):
 //        the scale part, in network namespaces (root), with a command line of its own
 //        (bench/allocations/scale.ts).
@@ -25,7 +26,7 @@
 // bench/results/allocations.json; server output to bench/results/logs/.//
 // This file is the orchestration; the parts live in bench/allocations/: options.ts (the
 // command line), context.ts (what the parts share), redis.ts, servers.ts (the servers under
-// test), rate.ts (1), live.ts and slab.ts (2), fill.ts (2b), sync.ts (3), store-ops.ts and
+// test), rate.ts (1) with floor-allocate.ts (part 1's Node floor), live.ts and slab.ts (2), fill.ts (2b), sync.ts (3), store-ops.ts and
 // event-cost.ts (4), feed-fanout.ts (5), report.ts (stdout).
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
