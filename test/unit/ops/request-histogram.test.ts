@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Histogram, Registry } from 'prom-client';
+import { AggregatorRegistry, Histogram, Registry } from 'prom-client';
 
 import { RequestHistogram } from '../../../src/ops/request-histogram.js';
 
@@ -52,5 +52,23 @@ describe('RequestHistogram', () => {
     theirRegistry.resetMetrics();
     assert.equal(await ourRegistry.metrics(), await theirRegistry.metrics());
     assert.doesNotMatch(await ourRegistry.metrics(), /refresh/);
+  });
+
+  it('aggregates across --workers as prom-client aggregates its Histogram (the primary sums the workers)', async () => {
+    const a = pair();
+    const b = pair();
+    for (const [h, method, seconds] of [
+      [a, 'allocate', 0.0003],
+      [a, 'refresh', 0.02],
+      [b, 'allocate', 0.0004],
+      [b, 'allocate', 7],
+    ] as const) {
+      h.theirs.observe({ method }, seconds);
+      h.ours.observe(method, seconds);
+    }
+    const theirs = AggregatorRegistry.aggregate([await a.theirRegistry.getMetricsAsJSON(), await b.theirRegistry.getMetricsAsJSON()]);
+    const ours = AggregatorRegistry.aggregate([await a.ourRegistry.getMetricsAsJSON(), await b.ourRegistry.getMetricsAsJSON()]);
+    assert.equal(await ours.metrics(), await theirs.metrics());
+    assert.match(await ours.metrics(), /anyturn_request_duration_seconds_count\{method="allocate"\} 3/);
   });
 });
