@@ -15,6 +15,7 @@
 //
 // Usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N]
 //                                       [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR]
+//                                       [--rate-baseline DIST_DIR] [--rounds N]
 //        node dist/bench/allocations.js --parts scale [--live-sizes 1000,10000,100000] ... (--help):
 //        the scale part, in network namespaces (root), with a command line of its own
 //        (bench/allocations/scale.ts).
@@ -25,7 +26,7 @@
 // bench/results/allocations.json; server output to bench/results/logs/.//
 // This file is the orchestration; the parts live in bench/allocations/: options.ts (the
 // command line), context.ts (what the parts share), redis.ts, servers.ts (the servers under
-// test), rate.ts (1), live.ts and slab.ts (2), fill.ts (2b), sync.ts (3), store-ops.ts and
+// test), rate.ts (1) with floor-allocate.ts (part 1's Node floor), live.ts and slab.ts (2), fill.ts (2b), sync.ts (3), store-ops.ts and
 // event-cost.ts (4), feed-fanout.ts (5), report.ts (stdout).
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -97,9 +98,15 @@ async function runLiveAndSync(ctx: Context, options: Options, step: Step, result
 
 async function runParts(ctx: Context, options: Options, step: Step, results: Results): Promise<void> {
   if (options.parts.includes(1)) {
-    for (const kind of ['anyturn-memory', 'anyturn-redis', 'coturn'] as const) {
-      const r = await step(`part 1, ${kind}: ${options.allocations} allocations`, () => runRate(ctx, kind));
-      if (r) results.rate.push(r);
+    // The floor (bench/allocations/floor-allocate.ts) beside anyturn and coturn; with
+    // --rate-baseline another build's anyturn too, and with --rounds all of them again in turn.
+    const kinds: ServerKind[] = ['anyturn-memory', 'anyturn-redis', 'floor', 'floor-shared', 'coturn'];
+    if (options.rateBaseline !== undefined) kinds.unshift('anyturn-memory-baseline');
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const kind of kinds) {
+        const r = await step(`part 1${options.rounds > 1 ? ` round ${round}` : ''}, ${kind}: ${options.allocations} allocations`, () => runRate(ctx, kind));
+        if (r) results.rate.push(r);
+      }
     }
   }
   if (options.parts.includes(2) || options.parts.includes(3)) await runLiveAndSync(ctx, options, step, results);

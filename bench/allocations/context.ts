@@ -16,18 +16,23 @@ export const CHANNEL = 0x4000;
 /** How long a server and its memory settle before and after a measurement. */
 export const SETTLE_MS = 2_000;
 
-export type ServerKind = 'anyturn-memory' | 'anyturn-redis' | 'anyturn-redis-anycast' | 'coturn';
+export type ServerKind = 'anyturn-memory' | 'anyturn-redis' | 'anyturn-redis-anycast' | 'coturn' | 'floor' | 'floor-shared' | 'anyturn-memory-baseline';
 
 export const LABELS: Record<ServerKind, { server: string; store: string }> = {
   'anyturn-memory': { server: 'anyturn', store: 'memory' },
   'anyturn-redis': { server: 'anyturn', store: 'redis (unicast relay)' },
   'anyturn-redis-anycast': { server: 'anyturn', store: 'redis, --relay-mode anycast' },
   coturn: { server: 'coturn', store: 'memory (its own)' },
+  // floor-allocate.ts: the least a Node server spends on the lifecycle (part 1 only).
+  floor: { server: 'node floor', store: 'relay socket per allocation' },
+  'floor-shared': { server: 'node floor', store: 'no relay socket (shared)' },
+  // --rate-baseline DIR: another build of anyturn, memory store, measured beside this one.
+  'anyturn-memory-baseline': { server: 'anyturn (baseline)', store: 'memory' },
 };
 
 /** The anyturn kinds on the Redis store need a redis-server of their own. */
 export function needsRedis(kind: ServerKind): boolean {
-  return kind !== 'anyturn-memory' && kind !== 'coturn';
+  return kind === 'anyturn-redis' || kind === 'anyturn-redis-anycast';
 }
 
 export interface Context {

@@ -16,10 +16,14 @@ export interface Options {
   readonly liveWorkers: number;
   /** Part 5: another build's dist directory (e.g. main's) measured beside this one. */
   readonly feedBaseline: string | undefined;
+  /** Part 1: another build's dist directory whose anyturn (memory store) is measured beside this one's. */
+  readonly rateBaseline: string | undefined;
+  /** Part 1: how many times the servers are measured, one after the other in turn (A/B rounds). */
+  readonly rounds: number;
 }
 
 function usage(): string {
-  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR]';
+  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR] [--rate-baseline DIST_DIR] [--rounds N]';
 }
 
 export function parseOptions(argv: readonly string[]): Options {
@@ -31,6 +35,8 @@ export function parseOptions(argv: readonly string[]): Options {
     workers: 8,
     liveWorkers: 16,
     feedBaseline: undefined as string | undefined,
+    rateBaseline: undefined as string | undefined,
+    rounds: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -46,8 +52,9 @@ export function parseOptions(argv: readonly string[]): Options {
       o.parts = [...new Set(parts)].sort() as Part[];
       continue;
     }
-    if (flag === '--feed-baseline') {
-      o.feedBaseline = value;
+    if (flag === '--feed-baseline' || flag === '--rate-baseline') {
+      if (flag === '--feed-baseline') o.feedBaseline = value;
+      else o.rateBaseline = value;
       continue;
     }
     const n = Number(value);
@@ -56,6 +63,7 @@ export function parseOptions(argv: readonly string[]): Options {
     else if (flag === '--live') o.live = n;
     else if (flag === '--lifecycles') o.lifecycles = n;
     else if (flag === '--workers') o.workers = n;
+    else if (flag === '--rounds') o.rounds = n;
     else throw new Error(`unknown argument '${flag ?? ''}'; ${usage()}`);
   }
   if (o.live > RELAY_MAX - RELAY_MIN + 1) throw new Error(`--live ${o.live}: at most ${RELAY_MAX - RELAY_MIN + 1} (the relay port range)`);

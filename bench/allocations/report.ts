@@ -49,26 +49,43 @@ export function reportRate(rs: readonly RateResult[], o: Options): string[] {
     ]);
   }
   lines.push(table(rows));
-  const coturn = rs.find((r) => r.kind === 'coturn');
-  if (coturn) {
-    lines.push('');
-    lines.push('   ratio anyturn/coturn:');
-    const rr: string[][] = [['server', 'store', 'alloc/s', 'p50', 'p99', 'server CPU/alloc']];
-    for (const r of rs) {
-      if (r.kind === 'coturn') continue;
-      rr.push([
-        r.server,
-        r.store,
-        ratio(r.allocationsPerSecond, coturn.allocationsPerSecond),
-        ratio(r.latencyMs.p50, coturn.latencyMs.p50),
-        ratio(r.latencyMs.p99, coturn.latencyMs.p99),
-        ratio(r.serverCpuMicrosPerAllocation, coturn.serverCpuMicrosPerAllocation),
-      ]);
-    }
-    lines.push(table(rr));
-  }
+  lines.push('', ...rateSummary(rs));
   for (const r of rs) for (const e of r.errors) lines.push(`   errors ${r.server}/${r.store}: ${e}`);
   return lines;
+}
+
+function median(xs: readonly (number | undefined)[]): number | undefined {
+  const v = xs.filter((x): x is number => x !== undefined).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const mid = v.length >> 1;
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1]! + v[mid]!) / 2;
+}
+
+/**
+ * Per server (medians over the rounds when --rounds N): alloc/s and server CPU per
+ * allocation, beside coturn's and the Node floor's (floor-allocate.ts, a relay socket per
+ * allocation): how far anyturn is from what any Node server spends, and from coturn.
+ */
+export function rateSummary(rs: readonly RateResult[]): string[] {
+  const kinds = [...new Set(rs.map((r) => r.kind))];
+  const byKind = new Map(kinds.map((k) => [k, rs.filter((r) => r.kind === k)]));
+  const cpu = (k: string): number | undefined => median((byKind.get(k as RateResult['kind']) ?? []).map((r) => r.serverCpuMicrosPerAllocation));
+  const rate = (k: string): number | undefined => median((byKind.get(k as RateResult['kind']) ?? []).map((r) => r.allocationsPerSecond));
+  const rows: string[][] = [['server', 'store', 'runs', 'alloc/s', 'server CPU us/alloc', 'alloc/s vs coturn', 'CPU vs coturn', 'CPU vs floor']];
+  for (const k of kinds) {
+    const first = byKind.get(k)![0]!;
+    rows.push([
+      first.server,
+      first.store,
+      String(byKind.get(k)!.length),
+      fmt(rate(k), 0),
+      fmt(cpu(k), 0),
+      ratio(rate(k), rate('coturn')),
+      ratio(cpu(k), cpu('coturn')),
+      ratio(cpu(k), cpu('floor')),
+    ]);
+  }
+  return ['   per server (medians over the runs); floor = node floor with a relay socket per allocation:', table(rows)];
 }
 
 export function reportLive(rs: readonly LiveResult[], slab: Results['slab'], o: Options, serverNofile: number): string[] {

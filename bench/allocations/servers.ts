@@ -5,6 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 
 import { fdCount, statusKb, type TrackedProcess } from '../processes.js';
 import { freeTcpPort, freeUdpPort, stunBindingAnswers } from '../net.js';
@@ -101,6 +102,16 @@ async function launchOf(
       scratchDir: mkdtempSync(join(ctx.scratchDir, 'coturn-')),
     });
     return { command: launch.command, args: [...launch.args], metricsPort: undefined };
+  }
+  if (kind === 'floor' || kind === 'floor-shared') {
+    const floor = fileURLToPath(new URL('./floor-allocate.js', import.meta.url));
+    const relay = kind === 'floor' ? 'per-allocation' : 'shared';
+    const args = [floor, '--listening-port', String(listeningPort), '--user', `${USER}:${PASSWORD}`, '--realm', REALM, '--relay', relay];
+    return { command: process.execPath, args, metricsPort: undefined };
+  }
+  if (kind === 'anyturn-memory-baseline') {
+    if (ctx.options.rateBaseline === undefined) throw new Error(`${kind} needs --rate-baseline`);
+    o = { ...o, cli: join(ctx.options.rateBaseline, 'src', 'cli.js') };
   }
   const metricsPort = await freeTcpPort();
   const meshPort = o.meshPort ?? (await freeUdpPort());

@@ -7,6 +7,7 @@ import { MESH_REJECT_REASONS, type ClusterCounters } from '../cluster/counters.j
 import type { DataplaneStatus } from '../dataplane/open.js';
 import { dataplaneMetrics, type RelaySocketsStatus, relaySocketMetrics } from './dataplane-metrics.js';
 import type { DrainSwitch } from './drain.js';
+import { RequestHistogram } from './request-histogram.js';
 import { regionInfo, storeMetrics } from './store-metrics.js';
 import { tlsCertificateMetrics } from './tls-metrics.js';
 import { type Labelled, totalCounter } from './total-counter.js';
@@ -154,14 +155,14 @@ function tcpRelayCounters(registry: Registry, counters: EngineCounters): void {
 
 /** The engine's running totals (EngineCounters) and its request-time histogram. */
 function engineCounters(registry: Registry, counters: EngineCounters): void {
-  const requestSeconds = new Histogram({
-    name: 'anyturn_request_duration_seconds',
-    help: 'Time from receiving a STUN/TURN request to sending its response, by method',
-    labelNames: ['method'],
-    buckets: REQUEST_SECONDS_BUCKETS,
-    registers: [registry],
-  });
-  counters.observeRequestSeconds = (method, seconds) => requestSeconds.observe({ method }, seconds);
+  const requestSeconds = new RequestHistogram(
+    registry,
+    'anyturn_request_duration_seconds',
+    'Time from receiving a STUN/TURN request to sending its response, by method',
+    'method',
+    REQUEST_SECONDS_BUCKETS,
+  );
+  counters.observeRequestSeconds = (method, seconds) => requestSeconds.observe(method, seconds);
 
   totalCounter(registry, 'anyturn_requests_total', 'STUN/TURN requests answered, by method and result code (200 = success)', ['method', 'code'], () =>
     [...counters.requests].map(([k, v]) => {

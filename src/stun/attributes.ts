@@ -1,19 +1,19 @@
 // Typed decoders for attribute values (RFC 8489 §14, RFC 8656 §18). Each returns
 // undefined for a malformed value so the engine can answer 400.
 
+import { isUtf8 } from 'node:buffer';
 import { PasswordAlgorithm } from './constants.js';
 
-// ignoreBOM keeps a leading U+FEFF: the text must be exactly what was sent (it feeds key derivation).
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
-/** UTF-8 text of at most maxBytes, or undefined (bad UTF-8 or too long). */
+/**
+ * UTF-8 text of at most maxBytes, or undefined (bad UTF-8 or too long). A leading U+FEFF is
+ * kept: the text must be exactly what was sent (it feeds key derivation). Three of these per
+ * authenticated request (USERNAME, REALM, NONCE): validated natively (isUtf8) and decoded with
+ * Buffer's toString, which for valid UTF-8 gives what a fatal TextDecoder gives, at less cost
+ * (docs/scaling.md, part 1).
+ */
 export function decodeText(value: Uint8Array, maxBytes: number): string | undefined {
-  if (value.length > maxBytes) return undefined;
-  try {
-    return utf8.decode(value);
-  } catch {
-    return undefined;
-  }
+  if (value.length > maxBytes || !isUtf8(value)) return undefined;
+  return (Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength)).toString('utf8');
 }
 
 /** RFC 8489 §14.3: USERNAME < 513 bytes; §14.9/14.10: REALM, NONCE < 763 bytes; SOFTWARE likewise. */

@@ -21,22 +21,25 @@ export function userhash(username: string, realm: string): Buffer {
   return createHash('sha256').update(`${username}:${realm}`, 'utf8').digest();
 }
 
-function headerWithLength(buf: Uint8Array, bodyLength: number): Buffer {
-  const header = Buffer.allocUnsafe(HEADER_LENGTH);
-  header.set(buf.subarray(0, HEADER_LENGTH));
-  header.writeUInt16BE(bodyLength, 2);
-  return header;
-}
-
 /**
  * HMAC over the message up to the attribute at `attributeOffset`, with the header
  * length set as if the message ended right after that attribute (whose value is
- * `valueLength` bytes).
+ * `valueLength` bytes). The length is written into `buf` for the one synchronous update
+ * and put back before returning: no copy of the header per MAC (docs/scaling.md, part 1).
  */
 export function computeIntegrity(buf: Uint8Array, attributeOffset: number, key: Uint8Array, algorithm: 'sha1' | 'sha256', valueLength: number): Buffer {
   const hmac = createHmac(algorithm, key);
-  hmac.update(headerWithLength(buf, attributeOffset + 4 + valueLength - HEADER_LENGTH));
-  hmac.update(buf.subarray(HEADER_LENGTH, attributeOffset));
+  const high = buf[2]!;
+  const low = buf[3]!;
+  const length = attributeOffset + 4 + valueLength - HEADER_LENGTH;
+  buf[2] = length >>> 8;
+  buf[3] = length & 255;
+  try {
+    hmac.update(buf.subarray(0, attributeOffset));
+  } finally {
+    buf[2] = high;
+    buf[3] = low;
+  }
   return hmac.digest();
 }
 

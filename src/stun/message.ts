@@ -26,6 +26,12 @@ export interface StunMessage {
   readonly integrityOffset: number;
   readonly integritySha256Offset: number;
   readonly fingerprintOffset: number;
+  /**
+   * When the engine received it (performance.now()), for the handling-time histogram; 0 until
+   * the engine sets it. A field of the message rather than a WeakMap entry beside it: one
+   * less map write and read per request (docs/scaling.md, part 1).
+   */
+  receivedAt: number;
 }
 
 export type DecodeResult = { readonly ok: true; readonly message: StunMessage } | { readonly ok: false; readonly reason: DecodeFailure };
@@ -102,6 +108,7 @@ export function decodeMessage(buf: Buffer): DecodeResult {
       integrityOffset,
       integritySha256Offset,
       fingerprintOffset,
+      receivedAt: 0,
     },
   };
 }

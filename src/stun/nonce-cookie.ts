@@ -28,11 +28,28 @@ export function nonceCookie(features: number): string {
   return NONCE_COOKIE_PREFIX + bits.toString('base64');
 }
 
-/** The feature bits of the cookie `nonce` starts with, or undefined when it has none (an RFC 5389 nonce). */
+/** The value of one character of the standard base64 alphabet (RFC 4648 §4), or -1. */
+function base64Value(c: number): number {
+  if (c >= 65 && c <= 90) return c - 65; // A-Z
+  if (c >= 97 && c <= 122) return c - 71; // a-z: 26..51
+  if (c >= 48 && c <= 57) return c + 4; // 0-9: 52..61
+  if (c === 43) return 62; // +
+  if (c === 47) return 63; // /
+  return -1;
+}
+
+/**
+ * The feature bits of the cookie `nonce` starts with, or undefined when it has none (an RFC
+ * 5389 nonce). Read on every authenticated request: the four characters are decoded by
+ * hand (6 bits each, 24 in all), without a regular expression, a slice or a Buffer.
+ */
 export function nonceCookieFeatures(nonce: string): number | undefined {
   if (nonce.length < NONCE_COOKIE_LENGTH || !nonce.startsWith(NONCE_COOKIE_PREFIX)) return undefined;
-  const encoded = nonce.slice(NONCE_COOKIE_PREFIX.length, NONCE_COOKIE_LENGTH);
-  if (!/^[A-Za-z0-9+/]{4}$/.test(encoded)) return undefined;
-  const bits = Buffer.from(encoded, 'base64');
-  return (bits[0]! << 16) | (bits[1]! << 8) | bits[2]!;
+  let bits = 0;
+  for (let i = NONCE_COOKIE_PREFIX.length; i < NONCE_COOKIE_LENGTH; i++) {
+    const v = base64Value(nonce.charCodeAt(i));
+    if (v < 0) return undefined;
+    bits = (bits << 6) | v;
+  }
+  return bits;
 }

@@ -15,17 +15,23 @@ export class MessageWriter {
   /**
    * `cookie` is the 32 bits after the length: the magic cookie, or for a classic
    * RFC 3489 transaction the first four bytes of its 128-bit transaction id.
+   * `capacity`: 256 holds every answer of an ordinary allocation's life (a 401 is ~100 bytes,
+   * an Allocate success ~100-250); a larger message grows the buffer (reserve). Each writer
+   * takes a slice of Node's 8 KiB buffer pool: 1 KiB each refilled the pool every 8 answers.
    */
-  constructor(method: number, cls: MessageClass, transactionId: Uint8Array, cookie: number = MAGIC_COOKIE, capacity = 1024) {
-    this.buf = Buffer.alloc(capacity);
+  constructor(method: number, cls: MessageClass, transactionId: Uint8Array, cookie: number = MAGIC_COOKIE, capacity = 256) {
+    // Not zeroed: every byte up to `length` is written (header, attributes, their padding),
+    // and only those leave (toBuffer); a response no longer pays a 1 KiB fill.
+    this.buf = Buffer.allocUnsafe(capacity);
     this.buf.writeUInt16BE(encodeMessageType(method, cls), 0);
+    this.buf.writeUInt16BE(0, 2);
     this.buf.writeUInt32BE(cookie >>> 0, 4);
     this.buf.set(transactionId.subarray(0, 12), 8);
   }
 
   private reserve(n: number): void {
     if (this.length + n <= this.buf.length) return;
-    const next = Buffer.alloc(Math.max(this.buf.length * 2, this.length + n));
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + n));
     this.buf.copy(next, 0, 0, this.length);
     this.buf = next;
   }

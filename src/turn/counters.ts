@@ -106,8 +106,14 @@ export class EngineCounters {
   /** Observer for request handling time, receipt to response, in seconds (set by the metrics module). */
   observeRequestSeconds: (method: string, seconds: number) => void = () => undefined;
 
+  /** method -> code -> the key of `requests`: built once per pair, not once per request. */
+  private readonly requestKeys = new Map<string, Map<number, string>>();
+
   countRequest(method: string, code: number): void {
-    const key = `${method} ${code}`;
+    let byCode = this.requestKeys.get(method);
+    if (byCode === undefined) this.requestKeys.set(method, (byCode = new Map()));
+    let key = byCode.get(code);
+    if (key === undefined) byCode.set(code, (key = `${method} ${code}`));
     this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
   }
 }

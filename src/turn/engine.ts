@@ -46,6 +46,17 @@ function yieldToPackets(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+/** The comprehension-required attributes the server does not know (RFC 8489 §6.3.1), or undefined: no array for a request without any. */
+function unknownComprehensionRequired(message: StunMessage): number[] | undefined {
+  let unknown: number[] | undefined;
+  const attributes = message.attributes;
+  for (let i = 0; i < attributes.length; i++) {
+    const type = attributes[i]!.type;
+    if (isComprehensionRequired(type) && !isKnownAttribute(type)) (unknown ??= []).push(type);
+  }
+  return unknown;
+}
+
 export class TurnEngine implements ClientPacketSink, EngineStats {
   private readonly table: AllocationTable;
   private readonly ctx: TurnContext;
@@ -168,8 +179,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
         if (!auth) return;
       }
       // RFC 8489 §6.3.1: unknown comprehension-required attributes get 420 listing them.
-      const unknown = message.attributes.filter((a) => isComprehensionRequired(a.type) && !isKnownAttribute(a.type)).map((a) => a.type);
-      if (unknown.length > 0 && message.hasMagicCookie) {
+      const unknown = unknownComprehensionRequired(message);
+      if (unknown !== undefined && message.hasMagicCookie) {
         // Only a Binding gets here unauthenticated: limited and without a reason phrase, as the other errors.
         if (!auth && this.ctx.auth.errorLimited(address)) return;
         const w = replies.error(message, ErrorCode.UnknownAttribute, auth ? undefined : '');

@@ -100,6 +100,8 @@ export interface TcpRelayFactory extends RelaySocketFactory {
 
 /** The subset of pino's logger the engine (and the cluster and ops) use. */
 export interface EngineLogger {
+  /** pino's: lets a caller skip building a line below the log level (the request path, docs/scaling.md part 1). */
+  isLevelEnabled?(level: 'info' | 'debug'): boolean;
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
   error(obj: object, msg: string): void;

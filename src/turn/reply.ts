@@ -4,14 +4,20 @@
 
 import { performance } from 'node:perf_hooks';
 import { Attr, MessageClass, reasonPhrase } from '../stun/constants.js';
+import { encodeErrorCode } from '../stun/attributes.js';
 import { type StunMessage, findAttribute } from '../stun/message.js';
 import { MessageWriter } from '../stun/writer.js';
 import type { EngineCounters } from './counters.js';
 import type { ListenerHandle } from './ports.js';
 
 export class Replies {
-  /** When each request in progress arrived (performance.now()), for the handling-time histogram. */
-  private readonly receivedAt = new WeakMap<StunMessage, number>();
+  /**
+   * ERROR-CODE values (RFC 8489 §14.8) by code: without a reason phrase (answers to
+   * unauthenticated requests, every 401) and with the standard one. Built once per code
+   * rather than once per answer; the writer copies them, so one value serves every answer.
+   */
+  private readonly bareErrorCodes = new Map<number, Buffer>();
+  private readonly standardErrorCodes = new Map<number, Buffer>();
 
   constructor(
     private readonly counters: EngineCounters,
@@ -21,7 +27,7 @@ export class Replies {
 
   /** Notes when a request arrived (performance.now() read before it was decoded). */
   received(request: StunMessage, at: number): void {
-    this.receivedAt.set(request, at);
+    request.receivedAt = at;
   }
 
   /**
@@ -31,8 +37,11 @@ export class Replies {
    */
   error(message: StunMessage, code: number, reason?: string): MessageWriter {
     const w = new MessageWriter(message.method, MessageClass.ErrorResponse, message.transactionId);
-    w.addErrorCode(code, reason ?? reasonPhrase(code));
-    return w;
+    if (reason !== undefined && reason !== '') return w.addErrorCode(code, reason);
+    const cache = reason === '' ? this.bareErrorCodes : this.standardErrorCodes;
+    let value = cache.get(code);
+    if (value === undefined) cache.set(code, (value = encodeErrorCode(code, reason ?? reasonPhrase(code))));
+    return w.add(Attr.ErrorCode, value);
   }
 
   /**
@@ -67,7 +76,7 @@ export class Replies {
   /** Counts an answered request and how long it took from receipt to response. */
   answered(request: StunMessage, label: string, code: number): void {
     this.counters.countRequest(label, code);
-    const receivedAt = this.receivedAt.get(request);
-    if (receivedAt !== undefined) this.counters.observeRequestSeconds(label, (performance.now() - receivedAt) / 1000);
+    const receivedAt = request.receivedAt;
+    if (receivedAt !== 0) this.counters.observeRequestSeconds(label, (performance.now() - receivedAt) / 1000);
   }
 }

@@ -41,6 +41,8 @@ export class Authenticator {
   private readonly errorLimiter: SourceRateLimiter | undefined;
   /** Binding answers per source (see bindingLimitFor): ICE needs them, so a higher rate than errors. */
   private readonly bindingLimiter: SourceRateLimiter | undefined;
+  /** The REALM value of every 401 and 438, encoded once (the realm never changes). */
+  private readonly realmValue: Buffer;
 
   constructor(
     private readonly o: AuthenticatorOptions,
@@ -50,6 +52,7 @@ export class Authenticator {
     const limit = o.unauthenticatedErrorLimit;
     this.errorLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
     this.bindingLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(bindingLimitFor(limit)) : undefined;
+    this.realmValue = Buffer.from(o.credentials.realm, 'utf8');
   }
 
   /** True when an error answer to an unauthenticated request from `address` is over its rate (dropped and counted). */
@@ -78,7 +81,7 @@ export class Authenticator {
     if (code === ErrorCode.Unauthorized) this.o.counters.authFailures++;
     const w = this.replies.error(message, code, '');
     if (code !== ErrorCode.BadRequest) {
-      w.addText(Attr.Realm, this.o.credentials.realm);
+      w.add(Attr.Realm, this.realmValue);
       w.addText(Attr.Nonce, this.o.nonces.issue(address, now));
       // §9.2.4: a 401 or 438 MUST carry PASSWORD-ALGORITHMS once the cookie says "Password algorithms".
       w.add(Attr.PasswordAlgorithms, this.o.credentials.passwordAlgorithms);

@@ -21,6 +21,8 @@ export type KeyLookup = { readonly ok: true; readonly keys: readonly Buffer[] } 
 export class CredentialStore {
   readonly realm: string;
   private readonly md5Keys = new Map<string, Buffer>();
+  /** keysFor's answer for a static user's MD5 key, made once: the lookup of every request of an RFC 5389 client. */
+  private readonly md5Lookups = new Map<string, KeyLookup>();
   private readonly passwords = new Map<string, string>();
   private readonly byUserhash = new Map<string, string>();
   /** Verified against when the user is unknown, so that both cases cost the same. */
@@ -47,6 +49,7 @@ export class CredentialStore {
     for (const [name, password] of options.users) {
       const hexKey = /^0x([0-9a-fA-F]{32})$/.exec(password);
       this.md5Keys.set(name, hexKey ? Buffer.from(hexKey[1]!, 'hex') : longTermKey(name, options.realm, password));
+      this.md5Lookups.set(name, { ok: true, keys: [this.md5Keys.get(name)!] });
       if (!hexKey) this.passwords.set(name, password);
       this.byUserhash.set(userhash(name, options.realm).toString('hex'), name);
     }
@@ -70,7 +73,7 @@ export class CredentialStore {
   keysFor(username: string, nowMs: number, algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5): KeyLookup {
     const key = this.md5Keys.get(username);
     if (key) {
-      if (algorithm === PasswordAlgorithm.MD5) return { ok: true, keys: [key] };
+      if (algorithm === PasswordAlgorithm.MD5) return this.md5Lookups.get(username)!;
       const password = this.passwords.get(username);
       if (password === undefined) return { ok: false, reason: 'unknown-user' };
       return { ok: true, keys: [longTermKey(username, this.realm, password, algorithm)] };

@@ -58,9 +58,11 @@ export class NonceIssuer {
   }
 
   issue(clientAddress: string, nowMs: number): string {
-    const timestamp = Buffer.alloc(TIMESTAMP_BYTES);
-    timestamp.writeUInt32BE(Math.floor(nowMs / 1000) >>> 0, 0);
-    return this.cookie + Buffer.concat([timestamp, this.mac(timestamp, this.cookie, clientAddress)]).toString('base64url');
+    // One buffer for timestamp and MAC (one per 401: no concat of two).
+    const raw = Buffer.allocUnsafe(TIMESTAMP_BYTES + MAC_BYTES);
+    raw.writeUInt32BE(Math.floor(nowMs / 1000) >>> 0, 0);
+    this.mac(raw.subarray(0, TIMESTAMP_BYTES), this.cookie, clientAddress).copy(raw, TIMESTAMP_BYTES);
+    return this.cookie + raw.toString('base64url');
   }
 
   /** Bound to the client IP (not its port), so a NAT rebinding keeps the nonce. */

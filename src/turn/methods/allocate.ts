@@ -132,6 +132,8 @@ function respond(ctx: TurnContext, r: MethodRequest, claim: Claim & { ok: true }
   // Kept for retransmissions (40 s, Allocation.prune) in the allocations' own slabs
   // (allocation/kept-responses.ts), never in a slice of Node's shared pool.
   allocation.keepAllocateResponse(ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'allocate', 200));
+  // The line's object and its strings only when info is logged (not at the usual warn).
+  if (ctx.o.logger.isLevelEnabled?.('info') === false) return;
   ctx.o.logger.info(
     {
       event: 'allocation_created',

@@ -40,7 +40,7 @@ import { NonceIssuer } from '../../../src/turn/auth/nonce.js';
 import { MobilityTickets } from '../../../src/turn/auth/mobility-ticket.js';
 import { type PeerPolicy, createPeerPolicy } from '../../../src/turn/peer-policy.js';
 import type { ClientTransportKind } from '../../../src/store/types.js';
-import type { ChannelOffload, OffloadChannel } from '../../../src/turn/ports.js';
+import type { ChannelOffload, EngineLogger, OffloadChannel } from '../../../src/turn/ports.js';
 import { FakeClientPath, FakeRelayFactory, type FakeRelaySocket } from '../../helpers/fake-io.js';
 
 const REALM = 'example.org';
@@ -78,6 +78,8 @@ interface HarnessOptions {
   readonly allowedPeerRanges?: readonly string[];
   /** --mobility (RFC 8016): tickets sealed under a key from the nonce secret. */
   readonly mobility?: boolean;
+  /** Default: a silent pino logger. */
+  readonly logger?: EngineLogger;
 }
 
 interface Reply {
@@ -159,7 +161,7 @@ class Harness {
       store: this.store,
       relays: this.relays,
       clock: this.clock,
-      logger: createLogger('silent'),
+      logger: o.logger ?? createLogger('silent'),
       counters: this.counters,
       relayAddressIPv4: 'relayAddressIPv4' in o ? o.relayAddressIPv4 : RELAY_IP,
       relayAddressIPv6: o.relayAddressIPv6,
@@ -733,6 +735,38 @@ describe('TurnEngine: RFC 8489 password algorithms (§9.2)', () => {
 // ------------------------------------------------------------------ allocations and lifetimes
 
 describe('TurnEngine: Allocate and Refresh', () => {
+  it('builds no allocation_created line below the info level, and logs it at info (a logger that says which)', async () => {
+    for (const infoEnabled of [false, true]) {
+      const lines: string[] = [];
+      const logger: EngineLogger = {
+        isLevelEnabled: (level) => level !== 'info' || infoEnabled,
+        info: (_obj, msg) => lines.push(msg),
+        warn: () => undefined,
+        error: () => undefined,
+        debug: () => undefined,
+      };
+      const h = new Harness({ logger });
+      assert.equal((await h.client().allocate()).code, 200);
+      assert.deepEqual(lines, infoEnabled ? ['allocation created'] : []);
+    }
+  });
+
+  it('times every answered request from its receipt, by method (the request-duration histogram)', async () => {
+    const h = new Harness();
+    const seen: string[] = [];
+    h.counters.observeRequestSeconds = (method, seconds) => {
+      assert.ok(seconds >= 0 && Number.isFinite(seconds));
+      seen.push(method);
+    };
+    const c = h.client();
+    assert.equal((await c.allocate()).code, 200);
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    assert.deepEqual(seen, ['allocate', 'allocate', 'create_permission']);
+    assert.equal(h.counters.requests.get('allocate 401'), 1);
+    assert.equal(h.counters.requests.get('allocate 200'), 1);
+    assert.equal(h.counters.requests.get('create_permission 200'), 1);
+  });
+
   it('grants the default 600 s, clamps LIFETIME to the maximum, and never gives less than 600 s', async () => {
     const h = new Harness();
     const cases: ReadonlyArray<readonly [number | undefined, number]> = [

@@ -1,0 +1,54 @@
+// The codec's request-path shortcuts (docs/scaling.md, part 1): computeIntegrity writes the
+// header length into the message for its one HMAC update and must leave the message as it
+// found it, with the MAC RFC 8489 §14.5 defines; MessageWriter takes an unzeroed buffer and
+// must still send no byte it did not write.
+
+import assert from 'node:assert/strict';
+import { createHmac, randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+
+import { Attr, MessageClass, Method } from '../../../src/stun/constants.js';
+import { computeIntegrity, verifyIntegritySha1 } from '../../../src/stun/integrity.js';
+import { decodeMessage } from '../../../src/stun/message.js';
+import { MessageWriter } from '../../../src/stun/writer.js';
+
+const KEY = Buffer.from('0123456789abcdef');
+
+describe('computeIntegrity in place', () => {
+  it('gives the §14.5 MAC (length as if the message ended after the attribute) and leaves the message unchanged', () => {
+    const w = new MessageWriter(Method.Allocate, MessageClass.Request, randomBytes(12));
+    w.addText(Attr.Username, 'alice').addText(Attr.Realm, 'example.org').addIntegrity(KEY).addFingerprint();
+    const message = w.toBuffer();
+    const before = Buffer.from(message);
+    const decoded = decodeMessage(message);
+    assert.ok(decoded.ok);
+    const at = decoded.message.integrityOffset;
+    // The MAC by the definition: a copy of the header with the length up to MESSAGE-INTEGRITY.
+    const header = Buffer.from(message.subarray(0, 20));
+    header.writeUInt16BE(at + 24 - 20, 2);
+    const expected = createHmac('sha1', KEY).update(header).update(message.subarray(20, at)).digest();
+    assert.deepEqual(computeIntegrity(message, at, KEY, 'sha1', 20), expected);
+    assert.deepEqual(message, before);
+    assert.ok(verifyIntegritySha1(message, at, KEY));
+    assert.deepEqual(message, before);
+    assert.deepEqual(message.subarray(at + 4, at + 24), expected);
+  });
+});
+
+describe('MessageWriter on an unzeroed buffer', () => {
+  it('writes the length of a message without attributes, and zero padding, whatever the pool held', () => {
+    for (let round = 0; round < 50; round++) {
+      // Leave non-zero bytes in Node's pool, where the next writer's buffer comes from.
+      Buffer.allocUnsafe(1024).fill(0xa5);
+      const empty = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, randomBytes(12)).toBuffer();
+      assert.equal(empty.length, 20);
+      assert.equal(empty.readUInt16BE(2), 0);
+      Buffer.allocUnsafe(1024).fill(0xa5);
+      const padded = new MessageWriter(Method.Allocate, MessageClass.ErrorResponse, randomBytes(12)).addText(Attr.Realm, 'abcde').toBuffer();
+      assert.equal(padded.readUInt16BE(2), 12);
+      assert.deepEqual(padded.subarray(29, 32), Buffer.alloc(3));
+      const decoded = decodeMessage(padded);
+      assert.ok(decoded.ok);
+    }
+  });
+});
