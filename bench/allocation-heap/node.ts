@@ -103,6 +103,8 @@ export class Driver {
     private readonly engine: TurnEngine,
     private readonly path: AnswerPath,
     private readonly listener: ReturnType<TurnEngine['addListener']>,
+    /** Client ports per client address: the scale bench's 5,000, or 1 as most clients come (one allocation per address). */
+    private readonly portsPerAddress = PORTS_PER_ADDRESS,
   ) {}
 
   private request(method: number, address: string, port: number, decorate: (w: MessageWriter) => void, nonce: string | undefined): Promise<Buffer> {
@@ -142,8 +144,9 @@ export class Driver {
 
   /** Allocate and CreatePermission for one client; throws unless both succeed. */
   async allocation(index: number): Promise<void> {
-    const address = `198.18.${12 + Math.floor(index / PORTS_PER_ADDRESS / 250)}.${1 + (Math.floor(index / PORTS_PER_ADDRESS) % 250)}`;
-    const port = 10000 + (index % PORTS_PER_ADDRESS);
+    const per = this.portsPerAddress;
+    const address = `198.18.${12 + Math.floor(index / per / 250)}.${1 + (Math.floor(index / per) % 250)}`;
+    const port = 10000 + (index % per);
     const nonce = await this.nonceFor(address, port);
     const allocated = decodeMessage(await this.request(Method.Allocate, address, port, allocateAttributes, nonce));
     if (!allocated.ok || allocated.message.cls !== MessageClass.SuccessResponse) throw new Error(`Allocate ${index} failed: ${describe(allocated)}`);
@@ -172,7 +175,7 @@ export interface HeapNode {
 }
 
 /** The engine and its driver; the shared relay sockets are bound on 127.0.0.1-3 (nothing is sent). */
-export async function startHeapNode(): Promise<HeapNode> {
+export async function startHeapNode(options: { readonly portsPerAddress?: number } = {}): Promise<HeapNode> {
   const clock = new ManualClock(Date.now());
   const counters = new EngineCounters();
   const credentials = new CredentialStore({ realm: REALM, users: new Map([[USER, PASSWORD]]), authSecrets: [] });
@@ -211,7 +214,7 @@ export async function startHeapNode(): Promise<HeapNode> {
     relayMode: 'anycast',
   });
   const path = new AnswerPath();
-  const driver = new Driver(engine, path, engine.addListener(path));
+  const driver = new Driver(engine, path, engine.addListener(path), options.portsPerAddress);
   return {
     engine,
     clock,

@@ -269,16 +269,18 @@ export class Allocation {
     // memory for nothing (docs/scaling.md, "At scale").
     if (this.keptSlab !== undefined && nowMs - this.createdAtMs >= ALLOCATE_RESPONSE_KEEP_MS) this.keptSlab = undefined;
     let changed = false;
+    // Most allocations have no channel: no Set iterator made for the shared empty set.
+    if (this.bindingSet.size > 0) changed = this.pruneBindings(nowMs);
+    return this.permissionsByAddress.pruneExpired(nowMs) || changed;
+  }
+
+  private pruneBindings(nowMs: number): boolean {
+    let changed = false;
     for (const binding of this.bindingSet) {
       if (binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;
       this.channelSlots[binding.number - CHANNEL_MIN] = undefined;
       this.bindingSet.delete(binding);
       if (binding.permission.channelsByPort?.get(binding.peerPort) === binding) binding.permission.channelsByPort.delete(binding.peerPort);
-      changed = true;
-    }
-    for (const permission of this.permissionsByAddress.values()) {
-      if (permission.expiresAtMs > nowMs || (permission.channelsByPort?.size ?? 0) > 0) continue;
-      this.permissionsByAddress.delete(permission);
       changed = true;
     }
     return changed;

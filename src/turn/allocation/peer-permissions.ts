@@ -64,6 +64,27 @@ export class PeerPermissions implements Iterable<[string, Permission]> {
     if (permission.peerIPv4 >= 0 && this.byIPv4!.get(permission.peerIPv4) === permission) this.byIPv4!.delete(permission.peerIPv4);
   }
 
+  /**
+   * Drops the permissions whose lifetime ended and that no channel holds; true when one
+   * went. Plain loops, not values(): the engine's tick runs this for every allocation
+   * every second, and a generator per call was garbage per allocation per second.
+   */
+  pruneExpired(nowMs: number): boolean {
+    if (this.byAddress === undefined) {
+      const only = this.only;
+      if (only === undefined || only.expiresAtMs > nowMs || (only.channelsByPort?.size ?? 0) > 0) return false;
+      this.only = undefined;
+      return true;
+    }
+    let changed = false;
+    for (const permission of this.byAddress.values()) {
+      if (permission.expiresAtMs > nowMs || (permission.channelsByPort?.size ?? 0) > 0) continue;
+      this.delete(permission);
+      changed = true;
+    }
+    return changed;
+  }
+
   *values(): IterableIterator<Permission> {
     if (this.byAddress !== undefined) yield* this.byAddress.values();
     else if (this.only !== undefined) yield this.only;

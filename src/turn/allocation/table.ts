@@ -113,6 +113,15 @@ export class AllocationTable {
     this.bandwidth?.release(allocation.bandwidth);
   }
 
+  /**
+   * Every live allocation, through one Map iterator (the store-key index holds them all):
+   * the tick walks this every second, and walking the listeners' maps made an iterator
+   * per client address, garbage per allocation where each client has its own address.
+   */
+  values(): IterableIterator<Allocation> {
+    return this.byKey.values();
+  }
+
   /** Every live allocation with its listener. */
   *entries(): IterableIterator<Held> {
     for (const listener of this.listeners) {
