@@ -8,7 +8,7 @@
 // Twice: right after the ramp (every allocation still keeps its Allocate response for
 // retransmissions) and 41 s later, after a tick let those go.
 //
-//   node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--snapshot]
+//   node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--snapshot]
 //
 // --snapshot writes heap snapshots of the empty engine and of each measurement to
 // bench/results/ and prints what grew, per allocation, by kind of object
@@ -28,11 +28,14 @@ const GC_ROUNDS = 4;
 interface Options {
   readonly allocations: number;
   readonly snapshot: boolean;
+  /** Client ports per client address: 5,000 as the scale bench, 1 as most clients come (a map per address in the table). */
+  readonly portsPerAddress: number;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   let allocations = 100_000;
   let snapshot = false;
+  let portsPerAddress = 5000;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--snapshot') snapshot = true;
@@ -41,9 +44,17 @@ function parseOptions(argv: readonly string[]): Options {
       if (!Number.isInteger(allocations) || allocations < 1 || allocations > 150_000) {
         throw new Error(`--allocations must be an integer from 1 to 150000, not ${argv[i]}`);
       }
-    } else throw new Error(`unknown argument ${arg}; usage: node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--snapshot]`);
+    } else if (arg === '--ports-per-address') {
+      portsPerAddress = Number(argv[++i]);
+      if (!Number.isInteger(portsPerAddress) || portsPerAddress < 1 || portsPerAddress > 5000) {
+        throw new Error(`--ports-per-address must be an integer from 1 to 5000, not ${argv[i]}`);
+      }
+    } else
+      throw new Error(
+        `unknown argument ${arg}; usage: node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--snapshot]`,
+      );
   }
-  return { allocations, snapshot };
+  return { allocations, snapshot, portsPerAddress };
 }
 
 function collect(): void {
@@ -95,7 +106,7 @@ function report(label: string, n: number, empty: Sample, at: Sample): void {
 
 async function main(): Promise<number> {
   const o = parseOptions(process.argv.slice(2));
-  const { engine, clock, driver, close } = await startHeapNode();
+  const { engine, clock, driver, close } = await startHeapNode({ portsPerAddress: o.portsPerAddress });
   // Made and deleted first (client addresses after the ramp's): code and one-off pools are in the empty figure.
   await driver.ramp(o.allocations, WARM_UP);
   clock.advance(3_601_000);
