@@ -227,7 +227,7 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
 
   /** Removes the allocations of a client transport that went away (a closed TCP/TLS connection). */
   async closeListener(listener: EngineListener, reason: string): Promise<void> {
-    const all = [...listener.allocations.values()].flatMap((m) => [...m.values()]);
+    const all = [...listener.values()];
     listener.closed = true;
     this.table.listeners.delete(listener);
     await Promise.all(all.map((a) => this.ctx.writer.delete(listener, a, reason)));
@@ -298,8 +298,7 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
     // With a shared relay address the other nodes keep serving these: only our copies go.
     const writeStore = !this.ctx.anycastRelay;
     for (const listener of this.table.listeners) {
-      for (const byPort of listener.allocations.values())
-        for (const a of byPort.values()) work.push(this.ctx.writer.delete(listener, a, 'shutdown', writeStore));
+      for (const a of [...listener.values()]) work.push(this.ctx.writer.delete(listener, a, 'shutdown', writeStore));
     }
     this.ctx.relays.releaseAll();
     await Promise.all(work);

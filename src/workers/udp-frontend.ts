@@ -158,7 +158,7 @@ export class WorkerUdpFrontend implements UdpFrontend {
     byPort.delete(open.session.clientPort);
     if (byPort.size === 0) front.sessions.delete(open.session.clientAddress);
     this.sessionCount--;
-    if (open.listener.allocations.size === 0) this.idleSessions--;
+    if (open.listener.size === 0) this.idleSessions--;
     open.session.close();
     void this.engine?.closeListener(open.listener, 'udp-session-closed').catch(() => undefined);
   }
@@ -174,7 +174,7 @@ export class WorkerUdpFrontend implements UdpFrontend {
       if (!front) continue;
       for (const byPort of [...front.sessions.values()]) {
         for (const open of [...byPort.values()]) {
-          if (open.listener.allocations.size > 0 || open.queue) {
+          if (open.listener.size > 0 || open.queue) {
             open.idleSinceMs = now;
             continue;
           }

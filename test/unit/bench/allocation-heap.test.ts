@@ -39,35 +39,39 @@ function countOf(rows: readonly BreakdownRow[], group: string): number {
 }
 
 describe('the heap of one live allocation', () => {
-  it('holds no map, set, promise, typed array or extra closure of its own, and its key as one string', async () => {
-    const node = await startHeapNode();
-    try {
-      // Allocations first, so that one-off costs (the code they compile, pools) are in the first snapshot.
-      await node.driver.ramp(ALLOCATIONS, WARM_UP);
-      const before = writeSnapshot('before');
-      await node.driver.ramp(0, ALLOCATIONS);
-      assert.equal(node.engine.allocations, WARM_UP + ALLOCATIONS);
-      const after = writeSnapshot('after');
-      const rows = breakdown(readSnapshot(before), readSnapshot(after), ALLOCATIONS);
-      const per = (group: string): number => countOf(rows, group);
-      assert.ok(per('Allocation') > 0.99 && per('Allocation') < 1.01, `one Allocation each (${per('Allocation')})`);
-      // Their permission index holds the one permission in a field (peer-permissions.ts); no
-      // channel: the shared empty slots and set; their writes done: the shared settled promise.
-      for (const group of ['Map', 'Set', 'Array', 'Promise']) assert.ok(per(group) < 0.1, `${group}: ${per(group)} per allocation`);
-      // The Allocate response in a shared slab (kept-responses.ts), the IPv4 permission's
-      // empty IPv6 address shared.
-      for (const group of ['ArrayBuffer', 'Uint8Array', 'Buffer']) assert.ok(per(group) < 0.1, `${group}: ${per(group)} per allocation`);
-      // The relay socket closes through its shared address (shared-relay.ts), not a closure of its own.
-      assert.ok(per('(closure) ') < 0.1, `anonymous closures: ${per('(closure) ')} per allocation`);
-      assert.ok(per('(closure) onPacket') < 1.1, `relay handlers: ${per('(closure) onPacket')} per allocation`);
-      // The store's index holds the allocation itself, not an object per entry (table.ts).
-      assert.ok(per('Object') < 0.5, `plain objects: ${per('Object')} per allocation`);
-      // Key, client address, username, peer address: no tree of concatenations (store/types.ts fiveTupleKey).
-      assert.ok(per('(string)') < 4.5, `strings: ${per('(string)')} per allocation`);
-    } finally {
-      await node.close();
-    }
-  });
+  for (const portsPerAddress of [5000, 1]) {
+    it(`holds no map, set, promise, typed array or extra closure of its own, and its key as one string (${portsPerAddress === 1 ? 'one allocation per client address' : `${portsPerAddress} client ports per address`})`, async () => {
+      const node = await startHeapNode({ portsPerAddress });
+      try {
+        // Allocations first, so that one-off costs (the code they compile, pools) are in the first snapshot.
+        await node.driver.ramp(ALLOCATIONS, WARM_UP);
+        const before = writeSnapshot('before');
+        await node.driver.ramp(0, ALLOCATIONS);
+        assert.equal(node.engine.allocations, WARM_UP + ALLOCATIONS);
+        const after = writeSnapshot('after');
+        const rows = breakdown(readSnapshot(before), readSnapshot(after), ALLOCATIONS);
+        const per = (group: string): number => countOf(rows, group);
+        assert.ok(per('Allocation') > 0.99 && per('Allocation') < 1.01, `one Allocation each (${per('Allocation')})`);
+        // Their permission index holds the one permission in a field (peer-permissions.ts); no
+        // channel: the shared empty slots and set; their writes done: the shared settled promise.
+        for (const group of ['Map', 'Set', 'Array', 'Promise']) assert.ok(per(group) < 0.1, `${group}: ${per(group)} per allocation`);
+        // The Allocate response in a shared slab (kept-responses.ts), the IPv4 permission's
+        // empty IPv6 address shared.
+        for (const group of ['ArrayBuffer', 'Uint8Array', 'Buffer']) assert.ok(per(group) < 0.1, `${group}: ${per(group)} per allocation`);
+        // The relay socket closes through its shared address (shared-relay.ts), not a closure of its own.
+        assert.ok(per('(closure) ') < 0.1, `anonymous closures: ${per('(closure) ')} per allocation`);
+        assert.ok(per('(closure) onPacket') < 1.1, `relay handlers: ${per('(closure) onPacket')} per allocation`);
+        // The store's index holds the allocation itself, not an object per entry (table.ts).
+        assert.ok(per('Object') < 0.5, `plain objects: ${per('Object')} per allocation`);
+        // Key, client address, username, peer address: no tree of concatenations (store/types.ts fiveTupleKey).
+        // One more where every client has its own address: that address's string.
+        const strings = portsPerAddress === 1 ? 5.5 : 4.5;
+        assert.ok(per('(string)') < strings, `strings: ${per('(string)')} per allocation`);
+      } finally {
+        await node.close();
+      }
+    });
+  }
 });
 
 /** Bytes in V8's young generation now: what was allocated since the last scavenge. */

@@ -95,3 +95,63 @@ describe('AllocationTable.snapshot', () => {
     assert.match(second, /^anyturn_permissions 4$/m);
   });
 });
+
+describe('EngineListener: client address -> allocation, or -> port -> allocation for an address with several', () => {
+  const at = (key: string, clientAddress: string, clientPort: number, path: FakeClientPath) =>
+    new Allocation({ key, clientAddress, clientPort, username: 'u', realm: 'r', createdAtMs: T0, expiresAtMs: T0 + 600_000 }, path, {
+      relay: relay('192.0.2.10', 50000 + clientPort),
+      additional: undefined,
+    });
+
+  it('finds each allocation by address and port as addresses gain and lose allocations, and counts them', () => {
+    const table = new AllocationTable();
+    const path = new FakeClientPath('udp');
+    const listener = table.addListener(path);
+    const one = at('one', '198.51.100.1', 1000, path);
+    const two = at('two', '198.51.100.1', 1001, path);
+    const three = at('three', '198.51.100.1', 1002, path);
+    const other = at('other', '198.51.100.2', 1000, path);
+    table.add(listener, one);
+    table.add(listener, other);
+    assert.equal(listener.find('198.51.100.1', 1000), one);
+    assert.equal(listener.find('198.51.100.1', 1001), undefined, 'another port of an address with one allocation');
+    table.add(listener, two);
+    table.add(listener, three);
+    assert.deepEqual(
+      [listener.find('198.51.100.1', 1000), listener.find('198.51.100.1', 1001), listener.find('198.51.100.1', 1002), listener.find('198.51.100.2', 1000)],
+      [one, two, three, other],
+    );
+    assert.equal(listener.size, 4);
+    table.remove(listener, two);
+    table.remove(listener, one);
+    // Back to one allocation on the address: still found, the others not.
+    assert.deepEqual(
+      [listener.find('198.51.100.1', 1000), listener.find('198.51.100.1', 1001), listener.find('198.51.100.1', 1002)],
+      [undefined, undefined, three],
+    );
+    assert.equal(listener.size, 2);
+    assert.deepEqual(new Set(listener.values()), new Set([three, other]));
+    table.remove(listener, three);
+    table.remove(listener, other);
+    assert.equal(listener.size, 0);
+    assert.equal(listener.holdsAllocation, false);
+    assert.equal(listener.find('198.51.100.1', 1002), undefined);
+  });
+
+  it('lets go only of the allocation it holds, and a new one on the same 5-tuple takes the place', () => {
+    const table = new AllocationTable();
+    const path = new FakeClientPath('udp');
+    const listener = table.addListener(path);
+    const first = at('k', '198.51.100.1', 1000, path);
+    const again = at('k2', '198.51.100.1', 1000, path);
+    listener.put(first);
+    listener.put(again);
+    assert.equal(listener.size, 1);
+    listener.take(first); // no longer held there: nothing happens
+    assert.equal(listener.find('198.51.100.1', 1000), again);
+    listener.put(at('k3', '198.51.100.1', 1001, path));
+    listener.take(first);
+    assert.equal(listener.size, 2);
+    assert.equal(listener.find('198.51.100.1', 1000), again);
+  });
+});
