@@ -163,9 +163,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
     ) {
       return;
     }
-    this.handleRequest(listener, message, address, port, local).catch((err: unknown) => {
-      this.o.logger.error({ err, client: `${address}:${port}` }, 'request handler failed');
-    });
+    // Never rejects (its catch answers or logs): no .catch with its promise and closure per request.
+    void this.handleRequest(listener, message, address, port, local);
   }
 
   /** Authenticates (all but Binding), then hands the request to its method; a TurnError becomes the error answer. */
@@ -208,10 +207,14 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
           throw new TurnError(ErrorCode.BadRequest, 'Unknown method');
       }
     } catch (err) {
-      const code = err instanceof TurnError ? err.code : ErrorCode.ServerError;
-      if (!(err instanceof TurnError)) this.o.logger.error({ err, client: `${address}:${port}`, method: label }, 'request failed');
-      const w = replies.error(message, code, err instanceof TurnError ? err.reason : undefined);
-      replies.send(listener, message, w, auth?.key, address, port, label, code);
+      try {
+        const code = err instanceof TurnError ? err.code : ErrorCode.ServerError;
+        if (!(err instanceof TurnError)) this.o.logger.error({ err, client: `${address}:${port}`, method: label }, 'request failed');
+        const w = replies.error(message, code, err instanceof TurnError ? err.reason : undefined);
+        replies.send(listener, message, w, auth?.key, address, port, label, code);
+      } catch (failed) {
+        this.o.logger.error({ err: failed, client: `${address}:${port}` }, 'request handler failed');
+      }
     }
   }
 

@@ -66,7 +66,10 @@ export class WriteThrough {
   /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
     const installed = this.offload.sync(allocation, this.o.clock.now());
-    const persisting = allocation.persisting.then(() => this.write(allocation));
+    // With no write in flight the write starts now: waiting a turn for a promise that has
+    // settled already cost a promise, a closure and the adoption of write's promise on
+    // every CreatePermission, ChannelBind and Refresh (docs/scaling.md, part 1).
+    const persisting = allocation.persisting === NOTHING_PERSISTING ? this.write(allocation) : allocation.persisting.then(() => this.write(allocation));
     this.inLine(allocation, persisting);
     return installed ? Promise.all([installed, persisting]).then(() => undefined) : persisting;
   }
@@ -143,7 +146,7 @@ export class WriteThrough {
     // The store keeps a record's relayed address (its identity): another one means the
     // record on this 5-tuple became another allocation's, the winner of a conflict after an
     // outage that this node had not heard of yet. This one lost.
-    if (!allocation.matches({ ...outcome.record, createdAtMs: allocation.createdAtMs })) {
+    if (outcome.record.relayedAddress !== allocation.relay.address || outcome.record.relayedPort !== allocation.relay.port) {
       this.conflicts.lost(allocation, 'five_tuple', outcome.record.ownerNodeId);
       return 'detached';
     }

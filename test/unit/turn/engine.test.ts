@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 
 import { createLogger } from '../../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../../src/store/memory.js';
-import { fiveTupleKey } from '../../../src/store/types.js';
+import { type AllocationRecord, type UpdateOutcome, fiveTupleKey } from '../../../src/store/types.js';
 import { decodeAddress } from '../../../src/stun/address.js';
 import {
   decodeAddressErrorCode,
@@ -1428,6 +1428,86 @@ describe('TurnEngine: the store record', () => {
     await c.refresh(0);
     await flush();
     assert.deepEqual(events, ['created:1', 'updated:2', 'deleted:refresh-zero']);
+  });
+});
+
+/** A memory store that counts updates and can hold them unanswered until released. */
+class HeldUpdates extends MemoryAllocationStore {
+  updates = 0;
+  hold = false;
+  private readonly held: (() => void)[] = [];
+
+  override async update(next: AllocationRecord): Promise<UpdateOutcome> {
+    this.updates++;
+    if (this.hold) await new Promise<void>((resolve) => this.held.push(resolve));
+    return super.update(next);
+  }
+
+  release(): void {
+    this.hold = false;
+    for (const resolve of this.held.splice(0)) resolve();
+  }
+}
+
+describe('TurnEngine: store writes of requests (allocation/write-through.ts)', () => {
+  it('hands a change to the store in the turn of its request when no write is in flight, one write at a time otherwise', async () => {
+    const store = new HeldUpdates();
+    const h = new Harness({ store });
+    const c = h.client();
+    await c.mustAllocate();
+    const updatesBefore = store.updates;
+    store.hold = true;
+    const permission = c.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+    h.engine.handleClientPacket(h.listener, permission.buf, c.address, c.port);
+    // No wait for a promise that had settled already (docs/scaling.md, part 1).
+    assert.equal(store.updates, updatesBefore + 1, 'the write started before the packet handler returned');
+    // The ChannelBind's write waits for the CreatePermission's, still held by the store.
+    const bind = c.build(Method.ChannelBind, (w) => {
+      w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+      w.addXorAddress(Attr.XorPeerAddress, PEER_B, 5000);
+    });
+    h.engine.handleClientPacket(h.listener, bind.buf, c.address, c.port);
+    await flush();
+    assert.equal(store.updates, updatesBefore + 1, 'the second write waits for the first');
+    assert.equal(h.path.sent.filter((s) => s.address === c.address && s.port === c.port).length, 2, 'no answer before the writes (401 and Allocate only)');
+    store.release();
+    assert.equal((await c.send(permission.buf, permission.transactionId)).code, 200);
+    assert.equal((await c.send(bind.buf, bind.transactionId)).code, 200);
+    assert.equal(store.updates, updatesBefore + 4, 'one write each, and one each for the two repeated requests');
+    const record = (await store.get(h.key(c)))!;
+    assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_B].sort());
+    assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
+  });
+
+  it('logs a request whose error answer cannot be sent, and never leaves a rejected promise', async () => {
+    const errors: string[] = [];
+    const logger: EngineLogger = {
+      isLevelEnabled: () => true,
+      info: () => undefined,
+      warn: () => undefined,
+      error: (_obj, msg) => errors.push(msg),
+      debug: () => undefined,
+    };
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown): void => {
+      rejections.push(reason);
+    };
+    process.on('unhandledRejection', onRejection);
+    try {
+      const h = new Harness({ logger });
+      const c = h.client();
+      h.path.sendMessage = () => {
+        throw new Error('the path is gone');
+      };
+      const { buf } = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+      h.engine.handleClientPacket(h.listener, buf, c.address, c.port);
+      await flush();
+      // The 401 failed to go out, then the 500 that answers that failure did too.
+      assert.deepEqual(errors, ['request failed', 'request handler failed']);
+      assert.deepEqual(rejections, []);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+    }
   });
 });
 
