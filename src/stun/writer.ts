@@ -99,4 +99,13 @@ export class MessageWriter {
   toBuffer(): Buffer {
     return Buffer.from(this.buf.subarray(0, this.length));
   }
+
+  /**
+   * The finished message in the writer's own buffer, not a copy: for an answer sent once
+   * and dropped (turn/reply.ts), where the copy was a second buffer per answer. Nothing may
+   * be added after it (the header's length would change under the caller).
+   */
+  finish(): Buffer {
+    return this.buf.subarray(0, this.length);
+  }
 }

@@ -52,3 +52,19 @@ describe('MessageWriter on an unzeroed buffer', () => {
     }
   });
 });
+
+describe('MessageWriter.finish', () => {
+  it("gives the bytes toBuffer copies, in the writer's own memory (no second buffer per answer)", () => {
+    const w = new MessageWriter(Method.Allocate, MessageClass.SuccessResponse, randomBytes(12));
+    w.addText(Attr.Software, 'anyturn').addIntegrity(KEY).addFingerprint();
+    const copy = w.toBuffer();
+    const first = w.finish();
+    const second = w.finish();
+    assert.deepEqual(first, copy);
+    assert.equal(first.buffer, second.buffer);
+    assert.equal(first.byteOffset, second.byteOffset, 'the same bytes each time: a view, not a copy');
+    copy.writeUInt8(copy.readUInt8(0) ^ 0xff, 0);
+    assert.notEqual(copy[0], first[0], 'toBuffer still copies');
+    assert.ok(decodeMessage(first).ok);
+  });
+});
