@@ -107,8 +107,12 @@ export class RelayPorts {
     return this.unavailableCode;
   }
 
-  /** Binds a relay socket on one of the family's relay addresses, starting from a random one. */
-  async bindInFamily(
+  /**
+   * Binds a relay socket on one of the family's relay addresses, starting from a random one.
+   * Not async itself: with one relay address (the usual case) the bind's own promise is the
+   * answer, without a frame of its own per Allocate (docs/scaling.md, part 1).
+   */
+  bindInFamily(
     ipv6: boolean,
     even: boolean,
     reserveNext: boolean,
@@ -116,13 +120,22 @@ export class RelayPorts {
     budget: BindBudget = newBindBudget(),
   ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
     const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
-    if (first === undefined) return PORTS_REFUSED;
+    if (first === undefined) return Promise.resolve(PORTS_REFUSED);
     // Out of descriptors: every bind would fail the same way. Answer at once; expire() probes.
-    if (this.unavailableCode !== undefined) return { refused: 'unavailable', code: this.unavailableCode };
+    if (this.unavailableCode !== undefined) return Promise.resolve({ refused: 'unavailable', code: this.unavailableCode });
     const pool = ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4;
-    // One relay address (the usual case): no list of them built per Allocate.
-    if (pool === undefined || pool.length === 0) return await this.bind(first, even, reserveNext, onPacket, budget);
-    const addresses = [first, ...pool];
+    if (pool === undefined || pool.length === 0) return this.bind(first, even, reserveNext, onPacket, budget);
+    return this.bindInPool([first, ...pool], even, reserveNext, onPacket, budget);
+  }
+
+  /** The same over several relay addresses: the next one when one has no port left. */
+  private async bindInPool(
+    addresses: readonly string[],
+    even: boolean,
+    reserveNext: boolean,
+    onPacket: OnPacket,
+    budget: BindBudget,
+  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
     const start = randomInt(addresses.length);
     for (let i = 0; i < addresses.length; i++) {
       const bound = await this.bind(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket, budget);

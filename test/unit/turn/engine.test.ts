@@ -1504,6 +1504,19 @@ describe('TurnEngine: store writes of requests (allocation/write-through.ts)', (
       await flush();
       // The 401 failed to go out, then the 500 that answers that failure did too.
       assert.deepEqual(errors, ['request failed', 'request handler failed']);
+      // The same in a method's handler, after its store write (runMethod).
+      h.path.sendMessage = FakeClientPath.prototype.sendMessage;
+      const d = h.client();
+      await d.mustAllocate();
+      errors.length = 0;
+      h.path.sendMessage = () => {
+        throw new Error('the path is gone');
+      };
+      const permission = d.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+      h.engine.handleClientPacket(h.listener, permission.buf, d.address, d.port);
+      await flush();
+      assert.deepEqual(errors, ['request failed', 'request handler failed']);
+      assert.ok(h.engine.allAllocations().next().value?.permissionsByAddress.has(PEER_A), 'the permission was installed before the answer failed');
       assert.deepEqual(rejections, []);
     } finally {
       process.off('unhandledRejection', onRejection);
