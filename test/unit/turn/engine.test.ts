@@ -1431,16 +1431,23 @@ describe('TurnEngine: the store record', () => {
   });
 });
 
-/** A memory store that counts updates and can hold them unanswered until released. */
+/** A memory store that counts updates, can hold them unanswered until released, and can play another writer. */
 class HeldUpdates extends MemoryAllocationStore {
   updates = 0;
   hold = false;
   private readonly held: (() => void)[] = [];
 
+  /** Runs before the next update (another writer's change). */
+  before: (() => Promise<void>) | undefined;
+  /** Changes what an update answers. */
+  answer: ((outcome: UpdateOutcome) => UpdateOutcome) | undefined;
+
   override async update(next: AllocationRecord): Promise<UpdateOutcome> {
     this.updates++;
     if (this.hold) await new Promise<void>((resolve) => this.held.push(resolve));
-    return super.update(next);
+    await this.before?.();
+    const outcome = await super.update(next);
+    return this.answer ? this.answer(outcome) : outcome;
   }
 
   release(): void {
@@ -1477,6 +1484,38 @@ describe('TurnEngine: store writes of requests (allocation/write-through.ts)', (
     const record = (await store.get(h.key(c)))!;
     assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_B].sort());
     assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
+  });
+
+  it("merges another writer's change into a write that lost its compare-and-set, and writes the union", async () => {
+    const store = new HeldUpdates();
+    const h = new Harness({ store });
+    const c = h.client();
+    await c.mustAllocate();
+    const key = h.key(c);
+    // Another node's change lands between this write's read of the version and its update.
+    store.before = async () => {
+      store.before = undefined;
+      const current = (await store.get(key))!;
+      assert.ok((await store.update({ ...current, permissions: { ...current.permissions, [PEER_C]: h.clock.now() + 300_000 } })).ok);
+    };
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    const record = (await store.get(key))!;
+    assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_C].sort());
+    const allocation = h.engine.allAllocations().next().value!;
+    assert.ok(allocation.permissionsByAddress.has(PEER_C), "the other writer's permission is held here too");
+    assert.equal(allocation.version, record.version);
+  });
+
+  it("detaches an allocation whose written record turns out to be another allocation's (a relayed address it does not have)", async () => {
+    const store = new HeldUpdates();
+    const h = new Harness({ store });
+    const c = h.client();
+    await c.mustAllocate();
+    store.answer = (outcome) => (outcome.ok ? { ok: true, record: { ...outcome.record, relayedPort: outcome.record.relayedPort + 1 } } : outcome);
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    const allocation = h.engine.allAllocations().next().value!;
+    assert.equal(allocation.detached, true);
+    assert.equal(h.counters.storeConflicts.five_tuple.lost, 1);
   });
 
   it('logs a request whose error answer cannot be sent, and never leaves a rejected promise', async () => {
