@@ -28,27 +28,64 @@ export interface MemoryStoreOptions {
 }
 
 /**
- * A copy sharing nothing with `record`, as JSON.parse(JSON.stringify()) made one (fields
- * that are undefined left out) at a fraction of its cost: every create and update of the
- * single-node server takes three (docs/scaling.md, part 1).
+ * A copy sharing nothing with `record`, at `version`: the record's fields one by one (fields
+ * that are undefined left out, as JSON.parse(JSON.stringify()) did, and as the Redis store
+ * keeps them, store/redis/records.ts). With `identity` (an update), the fields an allocation
+ * keeps from its creation (relayed port(s), user) are that record's, whatever `record` says.
+ * One copy where a spread and a copy were two, and a literal rather than a field at a time
+ * by name: the single-node server stores and hands back a copy on every create and update
+ * (docs/scaling.md, part 1).
  */
-function clone(record: AllocationRecord): AllocationRecord {
-  const out: Record<string, unknown> = {};
-  for (const field in record) {
-    const value = (record as unknown as Record<string, unknown>)[field];
-    if (value !== undefined) out[field] = value;
-  }
-  const permissions: Record<string, number> = {};
-  for (const peer in record.permissions) permissions[peer] = record.permissions[peer]!;
-  const channels: Record<string, ChannelRecord> = {};
-  for (const number in record.channels) {
-    const c = record.channels[number]!;
-    channels[number] = { peerAddress: c.peerAddress, peerPort: c.peerPort, expiresAtMs: c.expiresAtMs };
-  }
-  out.permissions = permissions;
-  out.channels = channels;
-  return out as unknown as AllocationRecord;
+function clone(record: NewAllocationRecord, version: number, identity?: AllocationRecord): AllocationRecord {
+  const id = identity ?? record;
+  const out: Mutable<AllocationRecord> = {
+    key: record.key,
+    transport: record.transport,
+    clientAddress: record.clientAddress,
+    clientPort: record.clientPort,
+    serverAddress: record.serverAddress,
+    serverPort: record.serverPort,
+    relayedAddress: id.relayedAddress,
+    relayedPort: id.relayedPort,
+    ownerNodeId: record.ownerNodeId,
+    username: id.username,
+    realm: record.realm,
+    createdAtMs: record.createdAtMs,
+    expiresAtMs: record.expiresAtMs,
+    permissions: copyPermissions(record.permissions),
+    channels: copyChannels(record.channels),
+    version,
+  };
+  // An update keeps the stored IPv6 relayed address only whole (both fields), as it always did.
+  const dual = identity === undefined || (identity.additionalRelayedAddress !== undefined && identity.additionalRelayedPort !== undefined);
+  if (dual && id.additionalRelayedAddress !== undefined) out.additionalRelayedAddress = id.additionalRelayedAddress;
+  if (dual && id.additionalRelayedPort !== undefined) out.additionalRelayedPort = id.additionalRelayedPort;
+  if (record.mobilityGeneration !== undefined) out.mobilityGeneration = record.mobilityGeneration;
+  if (record.movedFrom !== undefined) out.movedFrom = record.movedFrom;
+  return out;
 }
+
+function copyPermissions(permissions: AllocationRecord['permissions']): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const peer in permissions) out[peer] = permissions[peer]!;
+  return out;
+}
+
+function copyChannels(channels: AllocationRecord['channels']): Record<string, ChannelRecord> {
+  const out: Record<string, ChannelRecord> = {};
+  for (const number in channels) {
+    const c = channels[number]!;
+    out[number] = { peerAddress: c.peerAddress, peerPort: c.peerPort, expiresAtMs: c.expiresAtMs };
+  }
+  return out;
+}
+
+/** A stored record's own copy (get, list, answers, events). */
+function copy(record: AllocationRecord): AllocationRecord {
+  return clone(record, record.version);
+}
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 function portKey(address: string, port: number): string {
   return `${address}|${port}`;
@@ -86,7 +123,7 @@ export class MemoryAllocationStore implements AllocationStore {
 
   /** A 'created' or 'updated' event with its own copy of the record, made only when someone listens. */
   private emitRecord(type: 'created' | 'updated', record: AllocationRecord): void {
-    if (this.listeners.size > 0 || this.watched.has(record.key)) this.emit({ type, record: clone(record) });
+    if (this.listeners.size > 0 || this.watched.has(record.key)) this.emit({ type, record: copy(record) });
   }
 
   isAvailable(): boolean {
@@ -111,65 +148,57 @@ export class MemoryAllocationStore implements AllocationStore {
     if (additionalHolder !== undefined && additionalHolder !== input.key) return { ok: false, reason: 'port-taken', additional: true };
     const count = this.userCounts.get(input.username) ?? 0;
     if (limits.userQuota > 0 && count >= limits.userQuota) return { ok: false, reason: 'user-quota' };
-    const record: AllocationRecord = clone({ ...input, version: 1 });
+    const record = clone(input, 1);
     this.records.set(record.key, record);
     this.ports.set(pk, record.key);
     if (apk !== undefined) this.ports.set(apk, record.key);
     this.userCounts.set(record.username, count + 1);
     this.emitRecord('created', record);
-    return { ok: true, record: clone(record) };
+    return { ok: true, record: copy(record) };
   }
 
   async get(key: string): Promise<AllocationRecord | undefined> {
     this.checkOpen();
     const record = this.records.get(key);
-    return record ? clone(record) : undefined;
+    return record ? copy(record) : undefined;
   }
 
   async update(next: AllocationRecord): Promise<UpdateOutcome> {
     this.checkOpen();
     const current = this.records.get(next.key);
     if (!current) return { ok: false, reason: 'missing' };
-    if (current.version !== next.version) return { ok: false, reason: 'conflict', current: clone(current) };
+    if (current.version !== next.version) return { ok: false, reason: 'conflict', current: copy(current) };
     // The identity of an allocation (its relayed port(s), user, owner) is fixed at creation.
-    const { additionalRelayedAddress: _a, additionalRelayedPort: _p, ...rest } = next;
-    const record: AllocationRecord = clone({
-      ...rest,
-      relayedAddress: current.relayedAddress,
-      relayedPort: current.relayedPort,
-      ...(current.additionalRelayedAddress !== undefined && current.additionalRelayedPort !== undefined
-        ? { additionalRelayedAddress: current.additionalRelayedAddress, additionalRelayedPort: current.additionalRelayedPort }
-        : {}),
-      username: current.username,
-      version: current.version + 1,
-    });
+    const record = clone(next, current.version + 1, current);
     this.records.set(record.key, record);
     this.emitRecord('updated', record);
-    return { ok: true, record: clone(record) };
+    return { ok: true, record: copy(record) };
   }
 
   async move(fromKey: string, expectedVersion: number, input: NewAllocationRecord): Promise<MoveOutcome> {
     this.checkOpen();
     const current = this.records.get(fromKey);
     if (!current) return { ok: false, reason: 'missing' };
-    if (current.version !== expectedVersion) return { ok: false, reason: 'conflict', current: clone(current) };
+    if (current.version !== expectedVersion) return { ok: false, reason: 'conflict', current: copy(current) };
     if (this.records.has(input.key)) return { ok: false, reason: 'exists' };
     // The identity (relayed ports, user, creation) stays the stored one; only the 5-tuple changes.
-    const record: AllocationRecord = clone({
-      ...input,
-      relayedAddress: current.relayedAddress,
-      relayedPort: current.relayedPort,
-      username: current.username,
-      createdAtMs: current.createdAtMs,
-      movedFrom: fromKey,
-      version: 1,
-    });
+    const record = clone(
+      {
+        ...input,
+        relayedAddress: current.relayedAddress,
+        relayedPort: current.relayedPort,
+        username: current.username,
+        createdAtMs: current.createdAtMs,
+        movedFrom: fromKey,
+      },
+      1,
+    );
     this.records.delete(fromKey);
     this.records.set(record.key, record);
     for (const [pk, holder] of this.ports) if (holder === fromKey) this.ports.set(pk, record.key);
     this.emit({ type: 'deleted', key: fromKey, ownerNodeId: current.ownerNodeId, reason: MOVED });
     this.emitRecord('created', record);
-    return { ok: true, record: clone(record) };
+    return { ok: true, record: copy(record) };
   }
 
   async delete(key: string, reason: string, expectedVersion?: number): Promise<boolean> {
@@ -191,7 +220,7 @@ export class MemoryAllocationStore implements AllocationStore {
 
   async listAllocations(): Promise<AllocationRecord[]> {
     this.checkOpen();
-    return [...this.records.values()].map(clone);
+    return [...this.records.values()].map(copy);
   }
 
   async countUserAllocations(username: string): Promise<number> {

@@ -50,10 +50,11 @@ export function addressValueLength(family: AddressFamily): number {
 }
 
 /**
- * Writes an address value at out[offset]; XORed when transactionId is given.
+ * Writes an address value at out[offset]; XORed when transactionId is given (its 12 bytes
+ * from `transactionIdAt`: a writer passes its own message, no view of it per attribute).
  * Returns the number of bytes written, or -1 if the address text does not parse.
  */
-export function writeAddress(out: Uint8Array, offset: number, address: string, port: number, transactionId?: Uint8Array): number {
+export function writeAddress(out: Uint8Array, offset: number, address: string, port: number, transactionId?: Uint8Array, transactionIdAt = 0): number {
   const v4 = parseIPv4(address);
   const xport = transactionId ? port ^ (MAGIC_COOKIE >>> 16) : port;
   out[offset] = 0;
@@ -73,7 +74,7 @@ export function writeAddress(out: Uint8Array, offset: number, address: string, p
   out[offset + 1] = AddressFamily.IPv6;
   for (let i = 0; i < 16; i++) {
     let b = v6[i]!;
-    if (transactionId) b ^= i < 4 ? (MAGIC_COOKIE >>> (24 - i * 8)) & 255 : transactionId[i - 4]!;
+    if (transactionId) b ^= i < 4 ? (MAGIC_COOKIE >>> (24 - i * 8)) & 255 : transactionId[transactionIdAt + i - 4]!;
     out[offset + 4 + i] = b;
   }
   return 20;

@@ -26,7 +26,8 @@ export class MessageWriter {
     this.buf.writeUInt16BE(encodeMessageType(method, cls), 0);
     this.buf.writeUInt16BE(0, 2);
     this.buf.writeUInt32BE(cookie >>> 0, 4);
-    this.buf.set(transactionId.subarray(0, 12), 8);
+    // No view when the id is its 12 bytes already (every answer's: the request's own id).
+    this.buf.set(transactionId.length <= 12 ? transactionId : transactionId.subarray(0, 12), 8);
   }
 
   private reserve(n: number): void {
@@ -58,16 +59,19 @@ export class MessageWriter {
     return this.add(type, Buffer.from(text, 'utf8'));
   }
 
-  addAddress(type: number, address: string, port: number, transactionId?: Uint8Array): this {
+  addAddress(type: number, address: string, port: number, transactionId?: Uint8Array, transactionIdAt = 0): this {
     const family = address.includes(':') ? 2 : 1;
     const at = this.header(type, addressValueLength(family));
-    if (writeAddress(this.buf, at, address, port, transactionId) < 0) throw new TypeError(`not an IP address: ${address}`);
+    if (writeAddress(this.buf, at, address, port, transactionId, transactionIdAt) < 0) throw new TypeError(`not an IP address: ${address}`);
     return this;
   }
 
-  /** XOR-*-ADDRESS, XORed with this message's own transaction id. */
+  /** XOR-*-ADDRESS, XORed with this message's own transaction id (read in place: header() may replace the buffer, so after it). */
   addXorAddress(type: number, address: string, port: number): this {
-    return this.addAddress(type, address, port, this.buf.subarray(8, 20));
+    const family = address.includes(':') ? 2 : 1;
+    const at = this.header(type, addressValueLength(family));
+    if (writeAddress(this.buf, at, address, port, this.buf, 8) < 0) throw new TypeError(`not an IP address: ${address}`);
+    return this;
   }
 
   addErrorCode(code: number, reason: string): this {
@@ -98,5 +102,14 @@ export class MessageWriter {
   /** A copy of the finished message. */
   toBuffer(): Buffer {
     return Buffer.from(this.buf.subarray(0, this.length));
+  }
+
+  /**
+   * The finished message in the writer's own buffer, not a copy: for an answer sent once
+   * and dropped (turn/reply.ts), where the copy was a second buffer per answer. Nothing may
+   * be added after it (the header's length would change under the caller).
+   */
+  finish(): Buffer {
+    return this.buf.subarray(0, this.length);
   }
 }

@@ -67,7 +67,7 @@ export class Replies {
       else w.addIntegrity(key);
     }
     if (request.fingerprintOffset >= 0) w.addFingerprint();
-    const out = w.toBuffer();
+    const out = w.finish();
     listener.path.sendMessage(out, port, address);
     this.answered(request, label, code);
     return out;

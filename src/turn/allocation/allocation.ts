@@ -339,12 +339,14 @@ export class Allocation {
 
   toRecord(ownerNodeId: string): AllocationRecord {
     const permissions: Record<string, number> = {};
-    for (const [address, permission] of this.permissionsByAddress) permissions[address] = permission.expiresAtMs;
+    for (const permission of this.permissionsByAddress.values()) permissions[permission.peerAddress] = permission.expiresAtMs;
     const channels: Record<string, { peerAddress: string; peerPort: number; expiresAtMs: number }> = {};
     for (const binding of this.bindingSet) {
       channels[String(binding.number)] = { peerAddress: binding.peerAddress, peerPort: binding.peerPort, expiresAtMs: binding.expiresAtMs };
     }
-    return {
+    // A literal, then the optional fields: spreads of small objects into the middle of one
+    // cost more than the rest of it, on every store write (docs/scaling.md, part 1).
+    const record: { -readonly [K in keyof AllocationRecord]: AllocationRecord[K] } = {
       key: this.key,
       transport: this.path.transport,
       clientAddress: this.clientAddress,
@@ -353,7 +355,6 @@ export class Allocation {
       serverPort: this.path.localPort,
       relayedAddress: this.relay.address,
       relayedPort: this.relay.port,
-      ...(this.additionalRelay ? { additionalRelayedAddress: this.additionalRelay.address, additionalRelayedPort: this.additionalRelay.port } : {}),
       ownerNodeId,
       username: this.username,
       realm: this.realm,
@@ -361,8 +362,13 @@ export class Allocation {
       expiresAtMs: this.expiresAtMs,
       permissions,
       channels,
-      ...(this.mobilityGeneration > 0 ? { mobilityGeneration: this.mobilityGeneration } : {}),
       version: this.version,
     };
+    if (this.additionalRelay) {
+      record.additionalRelayedAddress = this.additionalRelay.address;
+      record.additionalRelayedPort = this.additionalRelay.port;
+    }
+    if (this.mobilityGeneration > 0) record.mobilityGeneration = this.mobilityGeneration;
+    return record;
   }
 }

@@ -7,6 +7,8 @@
 
 import type { Permission } from './allocation.js';
 
+const NONE: readonly Permission[] = [];
+
 export class PeerPermissions implements Iterable<[string, Permission]> {
   /** The one permission, while the maps are not made. */
   private only: Permission | undefined = undefined;
@@ -85,9 +87,14 @@ export class PeerPermissions implements Iterable<[string, Permission]> {
     return changed;
   }
 
-  *values(): IterableIterator<Permission> {
-    if (this.byAddress !== undefined) yield* this.byAddress.values();
-    else if (this.only !== undefined) yield this.only;
+  /**
+   * Every permission. A map's or a one-entry array's own iterator rather than a generator
+   * delegating to one: every store write lists them (Allocation.toRecord; docs/scaling.md,
+   * part 1). The tick's prune does not use it (pruneExpired).
+   */
+  values(): IterableIterator<Permission> {
+    if (this.byAddress !== undefined) return this.byAddress.values();
+    return (this.only !== undefined ? [this.only] : NONE).values();
   }
 
   *keys(): IterableIterator<string> {

@@ -6,7 +6,7 @@
 // or lost by a Redis restart) is created, its conflicts settled by store-conflicts.ts.
 // Also the one way an allocation ends.
 
-import type { AllocationRecord, AllocationStore, NewAllocationRecord } from '../../store/types.js';
+import type { AllocationRecord, AllocationStore, NewAllocationRecord, UpdateOutcome } from '../../store/types.js';
 import type { Clock } from '../clock.js';
 import type { EngineCounters } from '../counters.js';
 import type { PeerPolicy } from '../peer-policy.js';
@@ -66,7 +66,10 @@ export class WriteThrough {
   /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
     const installed = this.offload.sync(allocation, this.o.clock.now());
-    const persisting = allocation.persisting.then(() => this.write(allocation));
+    // With no write in flight the write starts now: waiting a turn for a promise that has
+    // settled already cost a promise, a closure and the adoption of write's promise on
+    // every CreatePermission, ChannelBind and Refresh (docs/scaling.md, part 1).
+    const persisting = allocation.persisting === NOTHING_PERSISTING ? this.write(allocation) : allocation.persisting.then(() => this.write(allocation));
     this.inLine(allocation, persisting);
     return installed ? Promise.all([installed, persisting]).then(() => undefined) : persisting;
   }
@@ -94,7 +97,15 @@ export class WriteThrough {
     }
     try {
       const wasLocalOnly = allocation.localOnly;
-      const outcome = wasLocalOnly ? await this.conflicts.create(allocation) : await this.update(allocation);
+      let outcome: SettleOutcome | 'refused';
+      if (wasLocalOnly) outcome = await this.conflicts.create(allocation);
+      else if (allocation.throughOutage) outcome = await this.update(allocation);
+      else {
+        // The usual write, awaited here: update() and its async frame only for what follows a
+        // refusal or another record (two writes per allocation's life, docs/scaling.md part 1).
+        const first = await this.o.store.update(allocation.toRecord(this.o.nodeId));
+        outcome = first.ok && holdsOwnRecord(allocation, first.record) ? { written: first.record } : await this.update(allocation, first);
+      }
       if (outcome === 'detached') return;
       if (outcome === 'retry' || outcome === 'refused') {
         allocation.dirty = true;
@@ -116,10 +127,13 @@ export class WriteThrough {
     }
   }
 
-  /** Compare-and-set of a record the store held; a conflict merges the winner's record in and writes the union. */
-  private async update(allocation: Allocation): Promise<SettleOutcome | 'refused'> {
+  /**
+   * Compare-and-set of a record the store held; a conflict merges the winner's record in and
+   * writes the union. `first`: the outcome of the first write, made already (write()).
+   */
+  private async update(allocation: Allocation, first?: UpdateOutcome): Promise<SettleOutcome | 'refused'> {
     const { store, nodeId } = this.o;
-    if (allocation.throughOutage) {
+    if (first === undefined && allocation.throughOutage) {
       // The store's compare-and-set keeps a record's identity but would take our fields over
       // another allocation's record on this 5-tuple (a conflict after the outage that another
       // node won): look first. (A settlement between this read and the write is caught below.)
@@ -127,7 +141,7 @@ export class WriteThrough {
       if (!current) return this.conflicts.create(allocation);
       if (!allocation.matches(current)) return this.conflicts.otherOnFiveTuple(allocation, current);
     }
-    let outcome = await store.update(allocation.toRecord(nodeId));
+    let outcome = first ?? (await store.update(allocation.toRecord(nodeId)));
     // Another writer got there first: fold its record into ours and write the union.
     for (let attempt = 0; attempt < MAX_CONFLICT_RETRIES && !outcome.ok && outcome.reason === 'conflict' && outcome.current; attempt++) {
       // Not ours: another allocation on this 5-tuple, made during an outage.
@@ -143,7 +157,7 @@ export class WriteThrough {
     // The store keeps a record's relayed address (its identity): another one means the
     // record on this 5-tuple became another allocation's, the winner of a conflict after an
     // outage that this node had not heard of yet. This one lost.
-    if (!allocation.matches({ ...outcome.record, createdAtMs: allocation.createdAtMs })) {
+    if (!holdsOwnRecord(allocation, outcome.record)) {
       this.conflicts.lost(allocation, 'five_tuple', outcome.record.ownerNodeId);
       return 'detached';
     }
@@ -276,6 +290,11 @@ export class WriteThrough {
       this.o.logger.warn({ err, allocation: allocation.key }, 'store delete failed');
     }
   }
+}
+
+/** The written record has the allocation's relayed address: the store keeps a record's identity, so it is still this allocation's. */
+function holdsOwnRecord(allocation: Allocation, record: AllocationRecord): boolean {
+  return record.relayedAddress === allocation.relay.address && record.relayedPort === allocation.relay.port;
 }
 
 /** The 5-tuple fields of a record. */

@@ -98,7 +98,10 @@ export function readAllocateRequest(
 
   let lifetimeSeconds = requestedLifetimeSeconds(message, maxLifetimeSeconds);
   if (lifetimeSeconds === 0) lifetimeSeconds = DEFAULT_LIFETIME_SECONDS;
-  return { token, evenPort, family, wantsDual, additionalError, lifetimeSeconds, ...(tcp ? { tcp: true as const } : {}) };
+  // The field only on a TCP request, as before; without a spread of an empty object on every other.
+  return tcp
+    ? { token, evenPort, family, wantsDual, additionalError, lifetimeSeconds, tcp: true }
+    : { token, evenPort, family, wantsDual, additionalError, lifetimeSeconds };
 }
 
 /**

@@ -5,7 +5,7 @@ import { parseIPv4 } from '../../net/ip.js';
 import { Attr, ErrorCode, MessageClass, Method } from '../../stun/constants.js';
 import { getAttributes } from '../../stun/message.js';
 import { MessageWriter } from '../../stun/writer.js';
-import { PERMISSION_LIFETIME_MS } from '../allocation/allocation.js';
+import { type Allocation, PERMISSION_LIFETIME_MS } from '../allocation/allocation.js';
 import type { TurnContext } from '../context.js';
 import { TurnError } from '../errors.js';
 import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './request.js';
@@ -21,9 +21,8 @@ export async function createPermission(ctx: TurnContext, r: MethodRequest): Prom
   //    checked before any is installed: all or nothing.
   const peers = values.map((v) => checkPeer(ctx, allocation, v, message.transactionId));
   // 3. The permissions fit under the allocation's cap (508).
-  const added = new Set<string>();
-  for (const peer of peers) if (!allocation.permissionsByAddress.has(peer.address)) added.add(peer.address);
-  if (allocation.permissionsByAddress.size + added.size > ctx.limits.permissionsPerAllocation) return overLimit(ctx, 'Too many permissions');
+  if (allocation.permissionsByAddress.size + newPeerAddresses(allocation, peers) > ctx.limits.permissionsPerAllocation)
+    return overLimit(ctx, 'Too many permissions');
   // 4. Install or refresh each for the permission lifetime (RFC 8656 §9: the port is ignored).
   const expiresAtMs = ctx.o.clock.now() + PERMISSION_LIFETIME_MS;
   for (const peer of peers) allocation.permit(peer.address, parseIPv4(peer.address), expiresAtMs);
@@ -31,4 +30,30 @@ export async function createPermission(ctx: TurnContext, r: MethodRequest): Prom
   // 5. A success response without attributes.
   const w = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, message.transactionId);
   ctx.replies.send(r.listener, message, w, r.auth.key, r.address, r.port, 'create_permission', 200);
+}
+
+/** Up to this many peers in a request, duplicates are found by comparing each with those before it. */
+const PAIRWISE_PEERS = 8;
+
+/**
+ * How many distinct peer IPs of the request have no permission yet. A count rather than a
+ * set built per request (almost every CreatePermission names one peer); a request with many
+ * (up to ctx.limits.peersPerRequest) gets the set, not a quadratic walk.
+ */
+export function newPeerAddresses(allocation: Allocation, peers: readonly { readonly address: string }[]): number {
+  const permitted = allocation.permissionsByAddress;
+  if (peers.length > PAIRWISE_PEERS) {
+    const added = new Set<string>();
+    for (const peer of peers) if (!permitted.has(peer.address)) added.add(peer.address);
+    return added.size;
+  }
+  let count = 0;
+  for (let i = 0; i < peers.length; i++) {
+    const address = peers[i]!.address;
+    if (permitted.has(address)) continue;
+    let earlier = false;
+    for (let j = 0; j < i && !earlier; j++) earlier = peers[j]!.address === address;
+    if (!earlier) count++;
+  }
+  return count;
 }

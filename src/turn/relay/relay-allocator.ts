@@ -68,6 +68,7 @@ export class RelayAllocator {
   ) {
     this.ports = new RelayPorts(o);
     this.tcpPorts = o.tcpRelays ? new RelayPorts({ ...o, relays: o.tcpRelays }) : undefined;
+    this.families = { ipv4: o.relayAddressIPv4 !== undefined, ipv6: o.relayAddressIPv6 !== undefined };
   }
 
   /** Whether TCP allocations can be made (RFC 6062). */
@@ -75,9 +76,8 @@ export class RelayAllocator {
     return this.tcpPorts !== undefined;
   }
 
-  get families(): { readonly ipv4: boolean; readonly ipv6: boolean } {
-    return { ipv4: this.o.relayAddressIPv4 !== undefined, ipv6: this.o.relayAddressIPv6 !== undefined };
-  }
+  /** The relay families this node has (fixed by its options): one object, not one per Allocate. */
+  readonly families: { readonly ipv4: boolean; readonly ipv6: boolean };
 
   /**
    * Binds the relayed address(es) an Allocate asks for and claims the allocation in the

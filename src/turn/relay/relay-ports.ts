@@ -80,7 +80,10 @@ export interface RelayPortOptions {
   readonly counters?: { readonly relayBinds: Record<BindResult, number> };
 }
 
-const EMPTY: ReadonlySet<number> = new Set();
+/** Whether this Allocate tried `port` already: `tried` is none, the one port tried, or a set of them (RelayPorts.bind). */
+function wasTried(tried: ReadonlySet<number> | number | undefined, port: number): boolean {
+  return tried === undefined ? false : typeof tried === 'number' ? tried === port : tried.has(port);
+}
 
 interface HeldReservation {
   readonly socket: RelaySocket;
@@ -104,8 +107,12 @@ export class RelayPorts {
     return this.unavailableCode;
   }
 
-  /** Binds a relay socket on one of the family's relay addresses, starting from a random one. */
-  async bindInFamily(
+  /**
+   * Binds a relay socket on one of the family's relay addresses, starting from a random one.
+   * Not async itself: with one relay address (the usual case) the bind's own promise is the
+   * answer, without a frame of its own per Allocate (docs/scaling.md, part 1).
+   */
+  bindInFamily(
     ipv6: boolean,
     even: boolean,
     reserveNext: boolean,
@@ -113,11 +120,23 @@ export class RelayPorts {
     budget: BindBudget = newBindBudget(),
   ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
     const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
-    if (first === undefined) return PORTS_REFUSED;
+    if (first === undefined) return Promise.resolve(PORTS_REFUSED);
     // Out of descriptors: every bind would fail the same way. Answer at once; expire() probes.
-    if (this.unavailableCode !== undefined) return { refused: 'unavailable', code: this.unavailableCode };
-    const addresses = [first, ...((ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4) ?? [])];
-    const start = addresses.length > 1 ? randomInt(addresses.length) : 0;
+    if (this.unavailableCode !== undefined) return Promise.resolve({ refused: 'unavailable', code: this.unavailableCode });
+    const pool = ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4;
+    if (pool === undefined || pool.length === 0) return this.bind(first, even, reserveNext, onPacket, budget);
+    return this.bindInPool([first, ...pool], even, reserveNext, onPacket, budget);
+  }
+
+  /** The same over several relay addresses: the next one when one has no port left. */
+  private async bindInPool(
+    addresses: readonly string[],
+    even: boolean,
+    reserveNext: boolean,
+    onPacket: OnPacket,
+    budget: BindBudget,
+  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+    const start = randomInt(addresses.length);
     for (let i = 0; i < addresses.length; i++) {
       const bound = await this.bind(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket, budget);
       if (!isRelayRefusal(bound) || bound.refused === 'unavailable') return bound;
@@ -157,11 +176,14 @@ export class RelayPorts {
     onPacket: OnPacket,
     budget: BindBudget,
   ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
-    const tried = new Set<number>();
+    // The ports this Allocate tried: a set only from the second try on (the first bind almost always works).
+    let tried: Set<number> | number | undefined;
     while (budget.collisions > 0) {
       const port = this.pickPort(address, even, reserveNext, tried);
       if (port === undefined) return PORTS_REFUSED;
-      tried.add(port);
+      if (tried === undefined) tried = port;
+      else if (typeof tried === 'number') tried = new Set([tried, port]);
+      else tried.add(port);
       const socket = await this.attempt(address, port, onPacket);
       if (isBindFailure(socket)) {
         if (socket.failed === 'unavailable') return { refused: 'unavailable', code: socket.code };
@@ -202,7 +224,7 @@ export class RelayPorts {
    * landing on held ones (a nearly full range), the first such port from a random start,
    * so the last free ports are still found. Undefined when there is none. Memory only.
    */
-  private pickPort(address: string, even: boolean, reserveNext: boolean, tried: ReadonlySet<number>): number | undefined {
+  private pickPort(address: string, even: boolean, reserveNext: boolean, tried: ReadonlySet<number> | number | undefined): number | undefined {
     const { minPort, maxPort, relays } = this.o;
     const step = even ? 2 : 1;
     const first = even ? minPort + (minPort & 1) : minPort;
@@ -216,14 +238,14 @@ export class RelayPorts {
     const count = Math.floor((last - first) / step) + 1;
     for (let draw = 0; draw < RANDOM_DRAWS; draw++) {
       const port = first + randomInt(count) * step;
-      if (!held(port) && !tried.has(port)) return port;
+      if (!held(port) && !wasTried(tried, port)) return port;
     }
     const start = randomInt(count);
     let everyPortHeld = true;
     for (let i = 0; i < count; i++) {
       const port = first + ((start + i) % count) * step;
       if (held(port)) continue;
-      if (!tried.has(port)) return port;
+      if (!wasTried(tried, port)) return port;
       everyPortHeld = false;
     }
     // Every port is this process's own (not merely tried by this Allocate): remember until one closes.
@@ -240,7 +262,7 @@ export class RelayPorts {
       (a): a is string => a !== undefined,
     );
     if (addresses.length === 0) return false;
-    return addresses.every((address) => this.pickPort(address, false, false, EMPTY) === undefined);
+    return addresses.every((address) => this.pickPort(address, false, false, undefined) === undefined);
   }
 
   /**

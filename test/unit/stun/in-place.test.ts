@@ -9,7 +9,8 @@ import { describe, it } from 'node:test';
 
 import { Attr, MessageClass, Method } from '../../../src/stun/constants.js';
 import { computeIntegrity, verifyIntegritySha1 } from '../../../src/stun/integrity.js';
-import { decodeMessage } from '../../../src/stun/message.js';
+import { decodeAddress } from '../../../src/stun/address.js';
+import { decodeMessage, getAttribute } from '../../../src/stun/message.js';
 import { MessageWriter } from '../../../src/stun/writer.js';
 
 const KEY = Buffer.from('0123456789abcdef');
@@ -49,6 +50,40 @@ describe('MessageWriter on an unzeroed buffer', () => {
       assert.deepEqual(padded.subarray(29, 32), Buffer.alloc(3));
       const decoded = decodeMessage(padded);
       assert.ok(decoded.ok);
+    }
+  });
+});
+
+describe('MessageWriter.finish', () => {
+  it("gives the bytes toBuffer copies, in the writer's own memory (no second buffer per answer)", () => {
+    const w = new MessageWriter(Method.Allocate, MessageClass.SuccessResponse, randomBytes(12));
+    w.addText(Attr.Software, 'anyturn').addIntegrity(KEY).addFingerprint();
+    const copy = w.toBuffer();
+    const first = w.finish();
+    const second = w.finish();
+    assert.deepEqual(first, copy);
+    assert.equal(first.buffer, second.buffer);
+    assert.equal(first.byteOffset, second.byteOffset, 'the same bytes each time: a view, not a copy');
+    copy.writeUInt8(copy.readUInt8(0) ^ 0xff, 0);
+    assert.notEqual(copy[0], first[0], 'toBuffer still copies');
+    assert.ok(decodeMessage(first).ok);
+  });
+});
+
+describe('MessageWriter.addXorAddress in place', () => {
+  it("XORs with the message's own transaction id read from its buffer, also when that attribute makes the buffer grow", () => {
+    const tid = randomBytes(12);
+    for (const pad of [0, 200, 212, 216, 228, 232]) {
+      const w = new MessageWriter(Method.Allocate, MessageClass.SuccessResponse, tid);
+      if (pad > 0) w.add(Attr.Data, Buffer.alloc(pad, 7));
+      w.addXorAddress(Attr.XorRelayedAddress, '2001:db8::1:2', 50000).addXorAddress(Attr.XorMappedAddress, '192.0.2.7', 40000);
+      const decoded = decodeMessage(w.finish());
+      assert.ok(decoded.ok);
+      const m = decoded.message;
+      assert.deepEqual(m.transactionId, tid);
+      const relayed = decodeAddress(getAttribute(m, Attr.XorRelayedAddress)!, m.transactionId);
+      const mapped = decodeAddress(getAttribute(m, Attr.XorMappedAddress)!, m.transactionId);
+      assert.deepEqual([relayed?.address, relayed?.port, mapped?.address, mapped?.port], ['2001:db8::1:2', 50000, '192.0.2.7', 40000], `after ${pad} bytes`);
     }
   });
 });

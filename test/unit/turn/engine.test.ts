@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 
 import { createLogger } from '../../../src/ops/log.js';
 import { MemoryAllocationStore } from '../../../src/store/memory.js';
-import { fiveTupleKey } from '../../../src/store/types.js';
+import { type AllocationRecord, type UpdateOutcome, fiveTupleKey } from '../../../src/store/types.js';
 import { decodeAddress } from '../../../src/stun/address.js';
 import {
   decodeAddressErrorCode,
@@ -1428,6 +1428,138 @@ describe('TurnEngine: the store record', () => {
     await c.refresh(0);
     await flush();
     assert.deepEqual(events, ['created:1', 'updated:2', 'deleted:refresh-zero']);
+  });
+});
+
+/** A memory store that counts updates, can hold them unanswered until released, and can play another writer. */
+class HeldUpdates extends MemoryAllocationStore {
+  updates = 0;
+  hold = false;
+  private readonly held: (() => void)[] = [];
+
+  /** Runs before the next update (another writer's change). */
+  before: (() => Promise<void>) | undefined;
+  /** Changes what an update answers. */
+  answer: ((outcome: UpdateOutcome) => UpdateOutcome) | undefined;
+
+  override async update(next: AllocationRecord): Promise<UpdateOutcome> {
+    this.updates++;
+    if (this.hold) await new Promise<void>((resolve) => this.held.push(resolve));
+    await this.before?.();
+    const outcome = await super.update(next);
+    return this.answer ? this.answer(outcome) : outcome;
+  }
+
+  release(): void {
+    this.hold = false;
+    for (const resolve of this.held.splice(0)) resolve();
+  }
+}
+
+describe('TurnEngine: store writes of requests (allocation/write-through.ts)', () => {
+  it('hands a change to the store in the turn of its request when no write is in flight, one write at a time otherwise', async () => {
+    const store = new HeldUpdates();
+    const h = new Harness({ store });
+    const c = h.client();
+    await c.mustAllocate();
+    const updatesBefore = store.updates;
+    store.hold = true;
+    const permission = c.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+    h.engine.handleClientPacket(h.listener, permission.buf, c.address, c.port);
+    // No wait for a promise that had settled already (docs/scaling.md, part 1).
+    assert.equal(store.updates, updatesBefore + 1, 'the write started before the packet handler returned');
+    // The ChannelBind's write waits for the CreatePermission's, still held by the store.
+    const bind = c.build(Method.ChannelBind, (w) => {
+      w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+      w.addXorAddress(Attr.XorPeerAddress, PEER_B, 5000);
+    });
+    h.engine.handleClientPacket(h.listener, bind.buf, c.address, c.port);
+    await flush();
+    assert.equal(store.updates, updatesBefore + 1, 'the second write waits for the first');
+    assert.equal(h.path.sent.filter((s) => s.address === c.address && s.port === c.port).length, 2, 'no answer before the writes (401 and Allocate only)');
+    store.release();
+    assert.equal((await c.send(permission.buf, permission.transactionId)).code, 200);
+    assert.equal((await c.send(bind.buf, bind.transactionId)).code, 200);
+    assert.equal(store.updates, updatesBefore + 4, 'one write each, and one each for the two repeated requests');
+    const record = (await store.get(h.key(c)))!;
+    assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_B].sort());
+    assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
+  });
+
+  it("merges another writer's change into a write that lost its compare-and-set, and writes the union", async () => {
+    const store = new HeldUpdates();
+    const h = new Harness({ store });
+    const c = h.client();
+    await c.mustAllocate();
+    const key = h.key(c);
+    // Another node's change lands between this write's read of the version and its update.
+    store.before = async () => {
+      store.before = undefined;
+      const current = (await store.get(key))!;
+      assert.ok((await store.update({ ...current, permissions: { ...current.permissions, [PEER_C]: h.clock.now() + 300_000 } })).ok);
+    };
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    const record = (await store.get(key))!;
+    assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_C].sort());
+    const allocation = h.engine.allAllocations().next().value!;
+    assert.ok(allocation.permissionsByAddress.has(PEER_C), "the other writer's permission is held here too");
+    assert.equal(allocation.version, record.version);
+  });
+
+  it("detaches an allocation whose written record turns out to be another allocation's (a relayed address it does not have)", async () => {
+    const store = new HeldUpdates();
+    const h = new Harness({ store });
+    const c = h.client();
+    await c.mustAllocate();
+    store.answer = (outcome) => (outcome.ok ? { ok: true, record: { ...outcome.record, relayedPort: outcome.record.relayedPort + 1 } } : outcome);
+    assert.equal((await c.createPermission(PEER_A)).code, 200);
+    const allocation = h.engine.allAllocations().next().value!;
+    assert.equal(allocation.detached, true);
+    assert.equal(h.counters.storeConflicts.five_tuple.lost, 1);
+  });
+
+  it('logs a request whose error answer cannot be sent, and never leaves a rejected promise', async () => {
+    const errors: string[] = [];
+    const logger: EngineLogger = {
+      isLevelEnabled: () => true,
+      info: () => undefined,
+      warn: () => undefined,
+      error: (_obj, msg) => errors.push(msg),
+      debug: () => undefined,
+    };
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown): void => {
+      rejections.push(reason);
+    };
+    process.on('unhandledRejection', onRejection);
+    try {
+      const h = new Harness({ logger });
+      const c = h.client();
+      h.path.sendMessage = () => {
+        throw new Error('the path is gone');
+      };
+      const { buf } = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+      h.engine.handleClientPacket(h.listener, buf, c.address, c.port);
+      await flush();
+      // The 401 failed to go out, then the 500 that answers that failure did too.
+      assert.deepEqual(errors, ['request failed', 'request handler failed']);
+      // The same in a method's handler, after its store write (runMethod).
+      h.path.sendMessage = FakeClientPath.prototype.sendMessage;
+      const d = h.client();
+      await d.mustAllocate();
+      errors.length = 0;
+      h.path.sendMessage = () => {
+        throw new Error('the path is gone');
+      };
+      const permission = d.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+      h.engine.handleClientPacket(h.listener, permission.buf, d.address, d.port);
+      await flush();
+      assert.deepEqual(errors, ['request failed', 'request handler failed']);
+      assert.ok(h.engine.allAllocations().next().value?.permissionsByAddress.has(PEER_A), 'the permission was installed before the answer failed');
+      assert.deepEqual(rejections, []);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+    }
   });
 });
 

@@ -213,6 +213,26 @@ describe('Allocation.merge', () => {
     );
     assert.deepEqual({ ...replica.toRecord('node-a') }, { ...record });
   });
+
+  it('names the IPv6 relayed address and the move generation in its record only when it has them', () => {
+    const plain = make().toRecord('node-a');
+    for (const field of ['additionalRelayedAddress', 'additionalRelayedPort', 'mobilityGeneration']) assert.equal(field in plain, false, field);
+    const dual = make(true);
+    dual.mobilityGeneration = 2;
+    const record = dual.toRecord('node-a');
+    assert.equal(record.additionalRelayedAddress, '2001:db8::10');
+    assert.equal(record.additionalRelayedPort, 50002);
+    assert.equal(record.mobilityGeneration, 2);
+    assert.deepEqual(
+      { ...record, additionalRelayedAddress: undefined, additionalRelayedPort: undefined, mobilityGeneration: undefined },
+      {
+        ...plain,
+        additionalRelayedAddress: undefined,
+        additionalRelayedPort: undefined,
+        mobilityGeneration: undefined,
+      },
+    );
+  });
 });
 
 // Allocations without a channel share one empty slot array and set, and every allocation
