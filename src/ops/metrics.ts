@@ -231,6 +231,16 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
     single(counters.allocationsDeleted),
   );
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
+  totalCounter(registry, 'anyturn_allocations_adopted_total', "Anycast relay mode: other nodes' allocations taken on here", [], () =>
+    single(counters.allocationsAdopted),
+  );
+  totalCounter(
+    registry,
+    'anyturn_allocations_adopt_failures_total',
+    'Anycast relay mode: allocations that could not be taken on here (the relayed address could not be bound, or an error)',
+    [],
+    () => single(counters.replicaFailures),
+  );
 }
 
 /** Degraded mode (docs/architecture.md §5): allocations made while the store was unreachable, and what happened when it returned. */

@@ -19,6 +19,9 @@ const EXPIRY_GRACE_WITHOUT_STORE_MS = 60_000;
  */
 export const SYNC_CONCURRENCY = 256;
 
+/** Failed adoptions are logged at most this often (the count says how many). */
+export const ADOPT_FAILURE_LOG_INTERVAL_MS = 10_000;
+
 /** What one sync from the store did. */
 export interface SyncResult {
   /** Records the store listed. */
@@ -45,7 +48,28 @@ export class Replication {
    */
   private readonly syncing = new Set<Set<string>>();
 
+  /** Failed adoptions since the last log line about them, and when that was. */
+  private failuresUnlogged = 0;
+  private failureLoggedAtMs = -Infinity;
+
   constructor(private readonly ctx: TurnContext) {}
+
+  /**
+   * Counts an adoption that failed (anyturn_allocations_adopt_failures_total) and logs at
+   * most once per ADOPT_FAILURE_LOG_INTERVAL_MS, with how many since: a start-up sync on a
+   * node that cannot bind the relay addresses (a misconfiguration) fails every record, and
+   * 100,000 records were 100,000 lines.
+   */
+  private failed(fields: object, msg: string): void {
+    const { counters, clock, logger } = this.ctx.o;
+    counters.replicaFailures++;
+    this.failuresUnlogged++;
+    const now = clock.now();
+    if (now - this.failureLoggedAtMs < ADOPT_FAILURE_LOG_INTERVAL_MS) return;
+    logger.warn({ ...fields, failed: this.failuresUnlogged }, msg);
+    this.failureLoggedAtMs = now;
+    this.failuresUnlogged = 0;
+  }
 
   /** One event of the store's feed: a deletion elsewhere ends our copy, a change is merged or taken on. */
   onStoreEvent(event: StoreEvent): void {
@@ -140,8 +164,7 @@ export class Replication {
         additional = await this.ctx.relays.bindAt(record.additionalRelayedAddress, record.additionalRelayedPort, onPacket);
       }
       if (!relay) {
-        o.counters.replicaFailures++;
-        o.logger.warn({ allocation: record.key, relayed: `${record.relayedAddress}:${record.relayedPort}` }, 'cannot bind a shared relayed address here');
+        this.failed({ allocation: record.key, relayed: `${record.relayedAddress}:${record.relayedPort}` }, 'cannot bind a shared relayed address here');
         return false;
       }
       // An event may be old by now: read the record again (a start-up listing was just read).
@@ -163,8 +186,7 @@ export class Replication {
       );
       return true;
     } catch (err) {
-      o.counters.replicaFailures++;
-      o.logger.warn({ err, allocation: record.key }, 'adopting an allocation failed');
+      this.failed({ err, allocation: record.key }, 'adopting an allocation failed');
       return false;
     } finally {
       relay?.close();
