@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { encodeUnknownAttributes } from '../stun/attributes.js';
 import { Attr, ErrorCode, MessageClass, Method, isComprehensionRequired, methodName } from '../stun/constants.js';
 import { isKnownAttribute, isSendIndication } from '../stun/indication.js';
-import { type StunMessage, decodeMessage } from '../stun/message.js';
+import { type StunMessage, countedAfter, decodeMessage, firstCounted } from '../stun/message.js';
 import type { AllocationRecord } from '../store/types.js';
 import type { Allocation } from './allocation/allocation.js';
 import { Replication, type SyncResult } from './allocation/replication.js';
@@ -72,9 +72,10 @@ function yieldToPackets(): Promise<void> {
 /** The comprehension-required attributes the server does not know (RFC 8489 §6.3.1), or undefined: no array for a request without any. */
 function unknownComprehensionRequired(message: StunMessage): number[] | undefined {
   let unknown: number[] | undefined;
-  const attributes = message.attributes;
-  for (let i = 0; i < attributes.length; i++) {
-    const type = attributes[i]!.type;
+  // A walk over the message's attributes that count (no list of them: docs/scaling.md, part 1).
+  const raw = message.raw;
+  for (let pos = firstCounted(message); pos >= 0; pos = countedAfter(message, pos)) {
+    const type = raw.readUInt16BE(pos);
     if (isComprehensionRequired(type) && !isKnownAttribute(type)) (unknown ??= []).push(type);
   }
   return unknown;
