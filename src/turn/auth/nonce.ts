@@ -27,16 +27,24 @@ const KNOWN_VALID_MAX = 10_000;
 
 export type NonceVerdict = 'valid' | 'stale' | 'invalid';
 
+/** A nonce check() found valid: for which client IP, and until when. */
+interface KnownNonce {
+  readonly address: string;
+  readonly staleAtMs: number;
+}
+
 export class NonceIssuer {
   private readonly key: Buffer;
   /**
-   * nonce + client IP -> when it goes stale, for nonces check() found valid. A client signs
+   * nonce -> the client IP it was found valid for and when it goes stale. A client signs
    * every request of an allocation with the nonce of its 401 (Allocate, CreatePermission,
    * ChannelBind, Refresh): one HMAC for all of them instead of one each (docs/scaling.md,
    * part 1). Only a valid MAC gets in, so an attacker cannot fill it with anything but
-   * nonces of its own address that were valid anyway.
+   * nonces of its own address that were valid anyway. Keyed by the nonce alone (no string
+   * of nonce and address per request): its MAC binds one address, so a nonce is valid for
+   * at most one, and any other address is checked by the MAC as if it were not known.
    */
-  private readonly knownValid = new Map<string, number>();
+  private readonly knownValid = new Map<string, KnownNonce>();
   /** The cookie every nonce of this issuer starts with. */
   readonly cookie: string;
 
@@ -68,11 +76,10 @@ export class NonceIssuer {
   /** Bound to the client IP (not its port), so a NAT rebinding keeps the nonce. */
   check(nonce: string, clientAddress: string, nowMs: number): NonceVerdict {
     if (nonce.length !== NONCE_COOKIE_LENGTH + BODY_CHARS) return 'invalid';
-    const known = `${clientAddress} ${nonce}`;
-    const staleAtMs = this.knownValid.get(known);
-    if (staleAtMs !== undefined) {
-      if (nowMs < staleAtMs) return 'valid';
-      this.knownValid.delete(known);
+    const known = this.knownValid.get(nonce);
+    if (known !== undefined && known.address === clientAddress) {
+      if (nowMs < known.staleAtMs) return 'valid';
+      this.knownValid.delete(nonce);
       return 'stale';
     }
     const cookie = nonce.slice(0, NONCE_COOKIE_LENGTH);
@@ -84,7 +91,7 @@ export class NonceIssuer {
     if (issuedMs > nowMs + MAX_SKEW_MS) return 'invalid';
     if (nowMs - issuedMs >= this.lifetimeMs) return 'stale';
     if (this.knownValid.size >= KNOWN_VALID_MAX) this.knownValid.clear();
-    this.knownValid.set(known, issuedMs + this.lifetimeMs);
+    this.knownValid.set(nonce, { address: clientAddress, staleAtMs: issuedMs + this.lifetimeMs });
     return 'valid';
   }
 }

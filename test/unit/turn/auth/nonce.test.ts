@@ -34,6 +34,19 @@ describe('NonceIssuer', () => {
     assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS + 1), 'stale');
   });
 
+  it("remembers a valid nonce for its own IP only: another IP gets the MAC's answer (invalid, never valid or stale) and changes nothing for the first", () => {
+    const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+    const nonce = issuer.issue(CLIENT, NOW);
+    assert.equal(issuer.check(nonce, CLIENT, NOW), 'valid');
+    for (const other of ['198.51.100.8', '2001:db8::7', `${CLIENT} `, '']) {
+      assert.equal(issuer.check(nonce, other, NOW), 'invalid', `from ${JSON.stringify(other)}`);
+      assert.equal(issuer.check(nonce, other, NOW + LIFETIME_MS), 'invalid', `from ${JSON.stringify(other)}, at its end`);
+    }
+    assert.equal(issuer.check(nonce, CLIENT, NOW + 1000), 'valid');
+    assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS), 'stale');
+    assert.equal(issuer.check(nonce, '198.51.100.8', NOW + LIFETIME_MS), 'invalid');
+  });
+
   it('goes stale once its lifetime has passed', () => {
     const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
     const nonce = issuer.issue(CLIENT, NOW);
