@@ -787,6 +787,31 @@ describe('TurnEngine: Allocate and Refresh', () => {
     }
   });
 
+  it('answers an Allocate within handleClientPacket when the relay bind and the store answer at once, and the same with a bind that answers by a promise', async () => {
+    for (const answerAtOnce of [true, false]) {
+      const h = new Harness();
+      h.relays.answerAtOnce = answerAtOnce;
+      const c = h.client();
+      // Learn a nonce first.
+      const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+      c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+      const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+      const from = h.path.sent.length;
+      h.engine.handleClientPacket(h.listener, req.buf, c.address, c.port);
+      // Nothing awaited yet: with a bind and a store that answer at once, so does the engine.
+      const answeredAtOnce = h.path.sent.slice(from).some((s) => s.kind === 'message' && s.data.subarray(8, 20).equals(req.transactionId));
+      assert.equal(answeredAtOnce, answerAtOnce, answerAtOnce ? 'answered within the call' : "answered after the bind's promise");
+      assert.equal(h.engine.allocations, answerAtOnce ? 1 : 0);
+      await flush();
+      const answer = await c.send(req.buf, req.transactionId);
+      assert.equal(answer.code, 200, 'the retransmission gets the kept answer');
+      assert.equal(h.engine.allocations, 1);
+      assert.equal(h.relays.sockets.length, 1);
+      assert.equal((await h.store.get(h.key(c)))?.relayedPort, h.relays.sockets[0]!.port);
+      assert.equal(h.counters.allocationsCreated, 1);
+    }
+  });
+
   it('answers a retransmitted Allocate with the identical response, and a new Allocate on the 5-tuple with 437', async () => {
     const h = new Harness();
     const c = h.client();
