@@ -168,8 +168,9 @@ export class MemoryAllocationStore implements AllocationStore {
     return record ? copy(record) : undefined;
   }
 
-  async update(next: AllocationRecord): Promise<UpdateOutcome> {
-    this.checkOpen();
+  /** Answered within the call while open, as create (every CreatePermission, ChannelBind and Refresh writes). */
+  update(next: AllocationRecord): UpdateOutcome | Promise<UpdateOutcome> {
+    if (this.closed) return Promise.reject(new Error('store is closed'));
     const current = this.records.get(next.key);
     if (!current) return { ok: false, reason: 'missing' };
     if (current.version !== next.version) return { ok: false, reason: 'conflict', current: copy(current) };

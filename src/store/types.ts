@@ -92,8 +92,12 @@ export interface AllocationStore {
    */
   create(record: NewAllocationRecord, limits: AllocationLimits): CreateOutcome | Promise<CreateOutcome>;
   get(key: string): Promise<AllocationRecord | undefined>;
-  /** Compare-and-set: writes `record` when the stored version equals record.version; stores version + 1. */
-  update(record: AllocationRecord): Promise<UpdateOutcome>;
+  /**
+   * Compare-and-set: writes `record` when the stored version equals record.version; stores
+   * version + 1. Like create, answered without a promise by a store that decides within the
+   * call; a failure to reach the store is a rejected promise.
+   */
+  update(record: AllocationRecord): UpdateOutcome | Promise<UpdateOutcome>;
   /** Deletes the record (if expectedVersion is given, only at that version), frees its port and quota. */
   delete(key: string, reason: string, expectedVersion?: number): Promise<boolean>;
   /**

@@ -1511,6 +1511,22 @@ describe('TurnEngine: store writes of requests (allocation/write-through.ts)', (
     assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
   });
 
+  it('a write the store answers at once (the memory store) is done when the packet handler returns: nothing in flight, the version current', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    const allocation = h.engine.allAllocations().next().value!;
+    const permission = c.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+    h.engine.handleClientPacket(h.listener, permission.buf, c.address, c.port);
+    assert.equal(allocation.persisting, NOTHING_PERSISTING, 'no write in flight');
+    assert.equal(allocation.dirty, false);
+    const record = (await h.store.get(h.key(c)))!;
+    assert.equal(allocation.version, record.version, 'the version the store answered, taken within the call');
+    assert.deepEqual(Object.keys(record.permissions), [PEER_A]);
+    await flush();
+    assert.equal((await c.send(permission.buf, permission.transactionId)).code, 200);
+  });
+
   it("merges another writer's change into a write that lost its compare-and-set, and writes the union", async () => {
     const store = new HeldUpdates();
     const h = new Harness({ store });
