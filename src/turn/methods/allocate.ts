@@ -83,23 +83,51 @@ export function allocate(ctx: TurnContext, r: MethodRequest): Promise<void> | un
     // The relayed transport address(es), claimed in the store: at once when the bind and the
     // store answer at once (RelayAllocator.claim), and then so is the answer, without an
     // async frame or a promise per Allocate (docs/scaling.md, part 1).
+    // No other closure in this scope but the setter below: V8 keeps one context for the
+    // closures of a scope, and onPacket lives as long as the relay socket, so whatever another
+    // closure here captured (the request, its message and buffers) would live as long too.
     const claim = ctx.relays.claim(seed, listener.path, request, onPacket);
     if (!(claim instanceof Promise)) {
       if (claim.ok) allocation = claim.allocation;
       const done = finish(ctx, r, key, request, mobile !== undefined, claim);
       if (done === undefined) return;
       later = true;
-      return done.finally(() => ctx.table.pending.delete(key));
+      return pendingUntil(ctx, key, done);
     }
     later = true;
-    return claim
-      .then((claimed) => {
-        if (claimed.ok) allocation = claimed.allocation;
-        return finish(ctx, r, key, request, mobile !== undefined, claimed);
-      })
-      .finally(() => ctx.table.pending.delete(key));
+    return finishLater(ctx, r, key, request, mobile !== undefined, claim, (claimed) => {
+      allocation = claimed;
+    });
   } finally {
     if (!later) ctx.table.pending.delete(key);
+  }
+}
+
+/** The claim answered a promise: the rest once it settles; the 5-tuple stays pending until then. */
+async function finishLater(
+  ctx: TurnContext,
+  r: MethodRequest,
+  key: string,
+  request: AllocateRequest,
+  mobile: boolean,
+  claim: Promise<Claim>,
+  take: (allocation: Allocation) => void,
+): Promise<void> {
+  try {
+    const claimed = await claim;
+    if (claimed.ok) take(claimed.allocation);
+    await finish(ctx, r, key, request, mobile, claimed);
+  } finally {
+    ctx.table.pending.delete(key);
+  }
+}
+
+/** The 5-tuple stays pending until `done` settles. */
+async function pendingUntil(ctx: TurnContext, key: string, done: Promise<void>): Promise<void> {
+  try {
+    await done;
+  } finally {
+    ctx.table.pending.delete(key);
   }
 }
 
