@@ -65,6 +65,15 @@ export class WriteThrough {
 
   /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
+    return this.persistNow(allocation) ?? NOTHING_PERSISTING;
+  }
+
+  /**
+   * persist(), undefined when the write was done within the call and nothing else is in
+   * flight (the memory store): a request's handler then answers at once, without an async
+   * frame (docs/scaling.md, part 1).
+   */
+  persistNow(allocation: Allocation): Promise<void> | undefined {
     const installed = this.offload.sync(allocation, this.o.clock.now());
     // With no write in flight the write starts now: waiting a turn for a promise that has
     // settled already cost a promise, a closure and the adoption of write's promise on
@@ -72,7 +81,7 @@ export class WriteThrough {
     // A write done within the call (the memory store) leaves nothing in flight: no promise,
     // frame or closure for it.
     const persisting = allocation.persisting === NOTHING_PERSISTING ? this.write(allocation) : allocation.persisting.then(() => this.write(allocation));
-    if (persisting === undefined) return installed ? installed.then(() => undefined) : NOTHING_PERSISTING;
+    if (persisting === undefined) return installed ? installed.then(() => undefined) : undefined;
     this.inLine(allocation, persisting);
     return installed ? Promise.all([installed, persisting]).then(() => undefined) : persisting;
   }

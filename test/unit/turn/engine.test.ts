@@ -1511,20 +1511,34 @@ describe('TurnEngine: store writes of requests (allocation/write-through.ts)', (
     assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
   });
 
-  it('a write the store answers at once (the memory store) is done when the packet handler returns: nothing in flight, the version current', async () => {
+  it('a write the store answers at once (the memory store) is done, and the request answered, when the packet handler returns', async () => {
     const h = new Harness();
     const c = h.client();
     await c.mustAllocate();
     const allocation = h.engine.allAllocations().next().value!;
+    const answeredNow = (transactionId: Buffer, from: number): boolean =>
+      h.path.sent.slice(from).some((s) => s.kind === 'message' && s.data.subarray(8, 20).equals(transactionId));
     const permission = c.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+    let from = h.path.sent.length;
     h.engine.handleClientPacket(h.listener, permission.buf, c.address, c.port);
     assert.equal(allocation.persisting, NOTHING_PERSISTING, 'no write in flight');
     assert.equal(allocation.dirty, false);
+    assert.ok(answeredNow(permission.transactionId, from), 'CreatePermission answered within the call');
+    const bind = c.build(Method.ChannelBind, (w) => {
+      w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+      w.addXorAddress(Attr.XorPeerAddress, PEER_B, 5000);
+    });
+    from = h.path.sent.length;
+    h.engine.handleClientPacket(h.listener, bind.buf, c.address, c.port);
+    assert.ok(answeredNow(bind.transactionId, from), 'ChannelBind answered within the call');
+    assert.equal(allocation.persisting, NOTHING_PERSISTING, 'no write in flight');
     const record = (await h.store.get(h.key(c)))!;
     assert.equal(allocation.version, record.version, 'the version the store answered, taken within the call');
-    assert.deepEqual(Object.keys(record.permissions), [PEER_A]);
+    assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_B].sort());
+    assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
     await flush();
     assert.equal((await c.send(permission.buf, permission.transactionId)).code, 200);
+    assert.equal((await c.send(bind.buf, bind.transactionId)).code, 200);
   });
 
   it("merges another writer's change into a write that lost its compare-and-set, and writes the union", async () => {
