@@ -54,6 +54,7 @@ export function createMetrics(sources: MetricsSources): Registry {
   engineCounters(registry, sources.counters);
   tcpRelayCounters(registry, sources.counters);
   outageCounters(registry, sources.counters);
+  replicationCounters(registry, sources.counters);
   if (sources.streams) streamMetrics(registry, sources.streams);
   if (sources.cluster) clusterMetrics(registry, sources.cluster);
   if (sources.dataplane) dataplaneMetrics(registry, sources.dataplane);
@@ -231,6 +232,10 @@ function engineCounters(registry: Registry, counters: EngineCounters): void {
     single(counters.allocationsDeleted),
   );
   totalCounter(registry, 'anyturn_store_errors_total', 'Store writes that failed (retried on later ticks)', [], () => single(counters.storeErrors));
+}
+
+/** Anycast relay mode (turn/allocation/replication.ts): other nodes' allocations taken on here, and those that could not be. */
+function replicationCounters(registry: Registry, counters: EngineCounters): void {
   totalCounter(registry, 'anyturn_allocations_adopted_total', "Anycast relay mode: other nodes' allocations taken on here", [], () =>
     single(counters.allocationsAdopted),
   );

@@ -134,8 +134,13 @@ export class MemoryAllocationStore implements AllocationStore {
     if (this.closed) throw new Error('store is closed');
   }
 
-  async create(input: NewAllocationRecord, limits: AllocationLimits): Promise<CreateOutcome> {
-    this.checkOpen();
+  /**
+   * Answered within the call (no promise) while the store is open: every Allocate on the
+   * single-node server creates a record, and an async frame and a promise each cost more
+   * than the work (docs/scaling.md, part 1). A closed store still rejects, as before.
+   */
+  create(input: NewAllocationRecord, limits: AllocationLimits): CreateOutcome | Promise<CreateOutcome> {
+    if (this.closed) return Promise.reject(new Error('store is closed'));
     // A lapsed reservation must not keep blocking its port.
     this.dropExpiredReservations();
     if (this.records.has(input.key)) return { ok: false, reason: 'exists' };
@@ -163,8 +168,9 @@ export class MemoryAllocationStore implements AllocationStore {
     return record ? copy(record) : undefined;
   }
 
-  async update(next: AllocationRecord): Promise<UpdateOutcome> {
-    this.checkOpen();
+  /** Answered within the call while open, as create (every CreatePermission, ChannelBind and Refresh writes). */
+  update(next: AllocationRecord): UpdateOutcome | Promise<UpdateOutcome> {
+    if (this.closed) return Promise.reject(new Error('store is closed'));
     const current = this.records.get(next.key);
     if (!current) return { ok: false, reason: 'missing' };
     if (current.version !== next.version) return { ok: false, reason: 'conflict', current: copy(current) };

@@ -86,12 +86,18 @@ export interface AllocationStore {
    * Atomically: refuses when the key exists, when a relayed port (the additional
    * one of a dual allocation too) is reserved by someone else, or when the user is
    * at quota; otherwise inserts the record at version 1, reserves its relayed
-   * port(s) and counts it against the user.
+   * port(s) and counts it against the user. A store that decides within the call (the
+   * memory store) may answer without a promise; a failure to reach the store is always a
+   * rejected promise.
    */
-  create(record: NewAllocationRecord, limits: AllocationLimits): Promise<CreateOutcome>;
+  create(record: NewAllocationRecord, limits: AllocationLimits): CreateOutcome | Promise<CreateOutcome>;
   get(key: string): Promise<AllocationRecord | undefined>;
-  /** Compare-and-set: writes `record` when the stored version equals record.version; stores version + 1. */
-  update(record: AllocationRecord): Promise<UpdateOutcome>;
+  /**
+   * Compare-and-set: writes `record` when the stored version equals record.version; stores
+   * version + 1. Like create, answered without a promise by a store that decides within the
+   * call; a failure to reach the store is a rejected promise.
+   */
+  update(record: AllocationRecord): UpdateOutcome | Promise<UpdateOutcome>;
   /** Deletes the record (if expectedVersion is given, only at that version), frees its port and quota. */
   delete(key: string, reason: string, expectedVersion?: number): Promise<boolean>;
   /**

@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { encodeUnknownAttributes } from '../stun/attributes.js';
 import { Attr, ErrorCode, MessageClass, Method, isComprehensionRequired, methodName } from '../stun/constants.js';
 import { isKnownAttribute, isSendIndication } from '../stun/indication.js';
-import { type StunMessage, decodeMessage } from '../stun/message.js';
+import { type StunMessage, countedAfter, decodeMessage, firstCounted } from '../stun/message.js';
 import type { AllocationRecord } from '../store/types.js';
 import type { Allocation } from './allocation/allocation.js';
 import { Replication, type SyncResult } from './allocation/replication.js';
@@ -38,8 +38,8 @@ import type { ClientPacketSink, ClientPath, EngineSnapshot, EngineStats } from '
 import { RelayAllocator } from './relay/relay-allocator.js';
 import { Replies } from './reply.js';
 
-/** A method's handler (methods/), given an authenticated request. */
-type MethodHandler = (ctx: TurnContext, r: MethodRequest) => Promise<void>;
+/** A method's handler (methods/), given an authenticated request: undefined when it answered within the call (Allocate may). */
+type MethodHandler = (ctx: TurnContext, r: MethodRequest) => Promise<void> | undefined;
 
 /** The handler of each method after authentication (Binding has none: it needs no credentials); undefined: 400. */
 function methodHandler(method: number): MethodHandler | undefined {
@@ -72,9 +72,10 @@ function yieldToPackets(): Promise<void> {
 /** The comprehension-required attributes the server does not know (RFC 8489 §6.3.1), or undefined: no array for a request without any. */
 function unknownComprehensionRequired(message: StunMessage): number[] | undefined {
   let unknown: number[] | undefined;
-  const attributes = message.attributes;
-  for (let i = 0; i < attributes.length; i++) {
-    const type = attributes[i]!.type;
+  // A walk over the message's attributes that count (no list of them: docs/scaling.md, part 1).
+  const raw = message.raw;
+  for (let pos = firstCounted(message); pos >= 0; pos = countedAfter(message, pos)) {
+    const type = raw.readUInt16BE(pos);
     if (isComprehensionRequired(type) && !isKnownAttribute(type)) (unknown ??= []).push(type);
   }
   return unknown;
@@ -192,8 +193,8 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
   /**
    * Authenticates (all but Binding), then hands the request to its method; a TurnError becomes
    * the error answer. Synchronous up to the method's handler: a 401, a Binding or a request
-   * refused before its handler costs no async frame, and a handler runs in a small one
-   * (runMethod), where this function's own was several hundred bytes of garbage per request
+   * refused before its handler costs no async frame, and a handler's promise is waited for in a
+   * small one (settle), where this function's own was several hundred bytes of garbage per request
    * (docs/scaling.md, part 1).
    */
   private handleRequest(listener: EngineListener, message: StunMessage, address: string, port: number, local: boolean): void {
@@ -218,17 +219,22 @@ export class TurnEngine implements ClientPacketSink, EngineStats {
       if (!auth) return;
       const handler = methodHandler(message.method);
       if (handler === undefined) throw new TurnError(ErrorCode.BadRequest, 'Unknown method');
+      // A handler that answered within the call costs no async frame (an Allocate on the
+      // memory store with a relay socket bound at once: docs/scaling.md, part 1); one that
+      // throws is answered by the catch below.
+      const r: MethodRequest = { listener, message, auth, address, port, local };
+      const pending = handler(this.ctx, r);
       // Never rejects (its catch answers or logs): no .catch with its promise and closure per request.
-      void this.runMethod(handler, { listener, message, auth, address, port, local });
+      if (pending !== undefined) void this.settle(pending, r);
     } catch (err) {
       this.answerFailure(listener, message, auth, address, port, err);
     }
   }
 
-  /** Runs an authenticated request's handler; never rejects. */
-  private async runMethod(handler: MethodHandler, r: MethodRequest): Promise<void> {
+  /** Waits for an authenticated request's handler; never rejects. */
+  private async settle(pending: Promise<void>, r: MethodRequest): Promise<void> {
     try {
-      await handler(this.ctx, r);
+      await pending;
     } catch (err) {
       this.answerFailure(r.listener, r.message, r.auth, r.address, r.port, err);
     }

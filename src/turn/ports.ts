@@ -48,9 +48,17 @@ export function isBindFailure(r: RelaySocket | RelayBindFailure): r is RelayBind
   return 'failed' in r;
 }
 
+/** What a relay bind comes to: the socket, or why not. */
+export type RelayBound = RelaySocket | RelayBindFailure;
+
 export interface RelaySocketFactory {
-  /** Binds a UDP socket on address:port; resolves why not when it cannot. */
-  bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure>;
+  /**
+   * Binds a UDP socket on address:port; says why not when it cannot. A bind that is done
+   * within the call (node:dgram on an IP literal: transport/udp/relay.ts) answers at once,
+   * without a promise: the usual Allocate then runs to its answer without a turn of the
+   * event loop (docs/scaling.md, part 1); a factory that must wait answers a promise.
+   */
+  bind(address: string, port: number, onPacket: PeerPacketHandler): RelayBound | Promise<RelayBound>;
   /** True while a socket of this factory holds address:port (no system call: the factory keeps track). */
   holds(address: string, port: number): boolean;
   /** Relay sockets closed on address so far: a port found held can only be free again once this grows. */

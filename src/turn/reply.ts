@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import { Attr, MessageClass, reasonPhrase } from '../stun/constants.js';
 import { encodeErrorCode } from '../stun/attributes.js';
-import { type StunMessage, findAttribute } from '../stun/message.js';
+import { type StunMessage, hasAttribute } from '../stun/message.js';
 import { MessageWriter } from '../stun/writer.js';
 import type { EngineCounters } from './counters.js';
 import type { ListenerHandle } from './ports.js';
@@ -63,7 +63,7 @@ export class Replies {
   ): Buffer {
     if (this.software) w.addText(Attr.Software, this.software);
     if (key) {
-      if (request.integritySha256Offset >= 0 || findAttribute(request, Attr.PasswordAlgorithm) !== undefined) w.addIntegritySha256(key);
+      if (request.integritySha256Offset >= 0 || hasAttribute(request, Attr.PasswordAlgorithm)) w.addIntegritySha256(key);
       else w.addIntegrity(key);
     }
     if (request.fingerprintOffset >= 0) w.addFingerprint();

@@ -135,7 +135,15 @@ export class FakeRelayFactory implements RelaySocketFactory {
     this.unavailable = code;
   }
 
-  async bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure> {
+  /** True: bind() answers at once, as UdpRelayFactory does on an IP literal; false (the default): a promise. */
+  answerAtOnce = false;
+
+  bind(address: string, port: number, onPacket: PeerPacketHandler): RelaySocket | RelayBindFailure | Promise<RelaySocket | RelayBindFailure> {
+    const bound = this.bindNow(address, port, onPacket);
+    return this.answerAtOnce ? bound : Promise.resolve(bound);
+  }
+
+  private bindNow(address: string, port: number, onPacket: PeerPacketHandler): RelaySocket | RelayBindFailure {
     this.bindAttempts.push({ address, port });
     const id = FakeRelayFactory.id(address, port);
     if (this.unavailable !== undefined) return { failed: 'unavailable', code: this.unavailable };

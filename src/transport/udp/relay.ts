@@ -3,28 +3,28 @@
 
 import type dgram from 'node:dgram';
 import { closeSync, openSync } from 'node:fs';
-import type { PeerPacketHandler, RelayBindFailure, RelaySocket, RelaySocketFactory } from '../../turn/ports.js';
+import type { PeerPacketHandler, RelayBindFailure, RelayBound, RelaySocket, RelaySocketFactory } from '../../turn/ports.js';
 import { SEND_QUEUED, UdpSender, receiveFromHandle } from './dgram-fast.js';
 import { SendScratch } from './framed-sender.js';
-import { bindUdpSocket, createUdpSocket } from './socket.js';
+import { bindUdpSocketNow, createUdpSocket } from './socket.js';
 
 class UdpRelaySocket implements RelaySocket {
   private closed = false;
-  private readonly sender: UdpSender;
+  /** Made at the first send: most relay sockets of a busy node never send, or not for a while. */
+  private sender: UdpSender | undefined;
   constructor(
     private readonly socket: dgram.Socket,
     readonly address: string,
     readonly port: number,
     /** Shared by the factory's relay sockets. */
     private readonly scratch: SendScratch,
-    private readonly onClose: (socket: UdpRelaySocket) => void,
-  ) {
-    this.sender = new UdpSender(socket);
-  }
+    /** The factory's bookkeeping of its address's ports (freed at close): no closure per socket. */
+    private readonly ports: AddressPorts,
+  ) {}
 
   send(payload: Buffer, offset: number, length: number, port: number, address: string): void {
     if (this.closed) return;
-    const sender = this.sender;
+    const sender = (this.sender ??= new UdpSender(this.socket));
     const scratch = this.scratch;
     // Part of a received datagram (the data of a ChannelData message or a Send indication)
     // is copied to the scratch, whose views are cached: a view of the part would be an
@@ -48,7 +48,8 @@ class UdpRelaySocket implements RelaySocket {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.onClose(this);
+    this.ports.bound[this.port] = 0;
+    this.ports.closed++;
     try {
       this.socket.close();
     } catch {
@@ -78,6 +79,8 @@ export class UdpRelayFactory implements RelaySocketFactory {
   private readonly scratch = new SendScratch();
   private readonly ports = new Map<string, AddressPorts>();
   private reserve: number[] = [];
+  /** Every relay socket's 'error' listener: one function for all of them, not a closure each. */
+  private readonly onSocketError = (err: Error): void => this.onError(err);
 
   constructor(
     private readonly onError: (err: Error) => void,
@@ -100,29 +103,42 @@ export class UdpRelayFactory implements RelaySocketFactory {
     return this.ports.get(address)?.closed ?? 0;
   }
 
-  async bind(address: string, port: number, onPacket: PeerPacketHandler): Promise<RelaySocket | RelayBindFailure> {
+  /**
+   * Answered at once when the bind is done within the call (the usual case: an IP literal,
+   * bindUdpSocketNow), so that an Allocate costs no promise for it; else a promise.
+   */
+  bind(address: string, port: number, onPacket: PeerPacketHandler): RelayBound | Promise<RelayBound> {
     const socket = createUdpSocket(address);
-    try {
-      await bindUdpSocket(socket, address, port);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      try {
-        socket.close();
-      } catch {
-        // never bound
-      }
-      if (err.code === 'EADDRINUSE') return IN_USE;
-      if (err.code === 'EMFILE' || err.code === 'ENFILE') this.releaseReserve();
-      return { failed: 'unavailable', code: err.code ?? 'EUNKNOWN' };
+    const bound = bindUdpSocketNow(socket, address, port);
+    if (bound instanceof Promise) {
+      return bound.then(
+        () => this.listen(socket, address, port, onPacket),
+        (err: unknown) => this.failed(socket, err),
+      );
     }
-    socket.on('error', (err) => this.onError(err));
+    return bound === undefined ? this.listen(socket, address, port, onPacket) : this.failed(socket, bound);
+  }
+
+  /** A bound socket becomes a relay socket: its datagrams to onPacket, its port marked held. */
+  private listen(socket: dgram.Socket, address: string, port: number, onPacket: PeerPacketHandler): RelaySocket {
+    socket.on('error', this.onSocketError);
     if (!receiveFromHandle(socket, onPacket)) socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
     const ports = this.portsOf(address);
     ports.bound[port] = 1;
-    return new UdpRelaySocket(socket, address, port, this.scratch, () => {
-      ports.bound[port] = 0;
-      ports.closed++;
-    });
+    return new UdpRelaySocket(socket, address, port, this.scratch, ports);
+  }
+
+  /** The bind failed: why, for the port choice (in use: try another; else no socket can be had). */
+  private failed(socket: dgram.Socket, e: unknown): RelayBindFailure {
+    const err = e as NodeJS.ErrnoException;
+    try {
+      socket.close();
+    } catch {
+      // never bound
+    }
+    if (err.code === 'EADDRINUSE') return IN_USE;
+    if (err.code === 'EMFILE' || err.code === 'ENFILE') this.releaseReserve();
+    return { failed: 'unavailable', code: err.code ?? 'EUNKNOWN' };
   }
 
   async available(address: string): Promise<boolean> {

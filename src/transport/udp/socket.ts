@@ -46,6 +46,58 @@ export function bindUdpSocket(socket: dgram.Socket, address: string, port: numbe
   });
 }
 
+/** What bindUdpSocketNow saw happen within socket.bind (one bind at a time: the event loop runs one call at a time). */
+let boundNow = false;
+let bindErrorNow: Error | undefined;
+function onListeningNow(): void {
+  boundNow = true;
+}
+function onErrorNow(err: Error): void {
+  bindErrorNow = err;
+}
+
+/**
+ * bindUdpSocket, answered at once when the bind is done within the call: node:dgram binds
+ * an IP literal synchronously when the socket's lookup answers synchronously (literalLookup,
+ * createUdpSocket), emitting 'listening' or 'error' before bind() returns. Undefined: bound;
+ * an Error: the bind error (the caller owns the unbound socket). Otherwise the promise of
+ * bindUdpSocket. The listeners are two module functions added and taken off again: no
+ * promise, closure or once-wrapper per relay socket (docs/scaling.md, part 1).
+ */
+export function bindUdpSocketNow(socket: dgram.Socket, address: string, port: number): Error | undefined | Promise<void> {
+  boundNow = false;
+  bindErrorNow = undefined;
+  socket.on('error', onErrorNow);
+  socket.on('listening', onListeningNow);
+  try {
+    socket.bind({ address, port, exclusive: true });
+  } catch (err) {
+    bindErrorNow = err as Error;
+  } finally {
+    socket.off('error', onErrorNow);
+    socket.off('listening', onListeningNow);
+  }
+  const bound = boundNow;
+  const error = bindErrorNow;
+  boundNow = false;
+  bindErrorNow = undefined;
+  if (error !== undefined) return error;
+  if (bound) return undefined;
+  // Not settled yet (an asynchronous lookup): wait for it as bindUdpSocket does.
+  return new Promise((resolve, reject) => {
+    const failed = (err: Error): void => {
+      socket.off('listening', listening);
+      reject(err);
+    };
+    const listening = (): void => {
+      socket.off('error', failed);
+      resolve();
+    };
+    socket.once('error', failed);
+    socket.once('listening', listening);
+  });
+}
+
 /** Closes a socket and resolves once it is closed; one that was never bound or is closed already resolves at once. */
 export function closeUdpSocket(socket: dgram.Socket): Promise<void> {
   return new Promise((resolve) => {

@@ -65,11 +65,23 @@ export class WriteThrough {
 
   /** Writes the allocation through to the store, one write at a time per allocation (and lists its channels for the kernel at once). */
   persist(allocation: Allocation): Promise<void> {
+    return this.persistNow(allocation) ?? NOTHING_PERSISTING;
+  }
+
+  /**
+   * persist(), undefined when the write was done within the call and nothing else is in
+   * flight (the memory store): a request's handler then answers at once, without an async
+   * frame (docs/scaling.md, part 1).
+   */
+  persistNow(allocation: Allocation): Promise<void> | undefined {
     const installed = this.offload.sync(allocation, this.o.clock.now());
     // With no write in flight the write starts now: waiting a turn for a promise that has
     // settled already cost a promise, a closure and the adoption of write's promise on
     // every CreatePermission, ChannelBind and Refresh (docs/scaling.md, part 1).
+    // A write done within the call (the memory store) leaves nothing in flight: no promise,
+    // frame or closure for it.
     const persisting = allocation.persisting === NOTHING_PERSISTING ? this.write(allocation) : allocation.persisting.then(() => this.write(allocation));
+    if (persisting === undefined) return installed ? installed.then(() => undefined) : undefined;
     this.inLine(allocation, persisting);
     return installed ? Promise.all([installed, persisting]).then(() => undefined) : persisting;
   }
@@ -87,24 +99,44 @@ export class WriteThrough {
     done.then(settled, settled);
   }
 
-  private async write(allocation: Allocation): Promise<void> {
-    if (allocation.deleted || allocation.detached) return;
+  /**
+   * One write of the allocation; undefined when it was done within the call (the usual write
+   * to a store that answers at once, the memory store: docs/scaling.md, part 1), else the
+   * promise of the rest (writeAfter).
+   */
+  private write(allocation: Allocation): Promise<void> | undefined {
+    if (allocation.deleted || allocation.detached) return undefined;
     // Unreachable: nothing to try (and nothing to log per allocation each tick); the
     // store health watcher marks every allocation for a write when it returns.
     if (!this.o.store.isAvailable()) {
       allocation.dirty = true;
-      return;
+      return undefined;
     }
+    if (allocation.localOnly || allocation.throughOutage) return this.writeAfter(allocation, undefined);
+    // The usual write: update() and its async frame only for what follows a refusal or
+    // another record (two writes per allocation's life, docs/scaling.md part 1).
+    let first: UpdateOutcome | Promise<UpdateOutcome>;
+    try {
+      first = this.o.store.update(allocation.toRecord(this.o.nodeId));
+    } catch (err) {
+      this.failed(allocation, err);
+      return undefined;
+    }
+    if (first instanceof Promise || !first.ok || !holdsOwnRecord(allocation, first.record)) return this.writeAfter(allocation, first);
+    this.written(allocation, first.record, false);
+    return undefined;
+  }
+
+  /** write() from where it got to: `first`, the usual write's answer or its promise; undefined: a write after an outage. */
+  private async writeAfter(allocation: Allocation, first: UpdateOutcome | Promise<UpdateOutcome> | undefined): Promise<void> {
     try {
       const wasLocalOnly = allocation.localOnly;
       let outcome: SettleOutcome | 'refused';
-      if (wasLocalOnly) outcome = await this.conflicts.create(allocation);
-      else if (allocation.throughOutage) outcome = await this.update(allocation);
+      if (first === undefined && wasLocalOnly) outcome = await this.conflicts.create(allocation);
+      else if (first === undefined) outcome = await this.update(allocation);
       else {
-        // The usual write, awaited here: update() and its async frame only for what follows a
-        // refusal or another record (two writes per allocation's life, docs/scaling.md part 1).
-        const first = await this.o.store.update(allocation.toRecord(this.o.nodeId));
-        outcome = first.ok && holdsOwnRecord(allocation, first.record) ? { written: first.record } : await this.update(allocation, first);
+        const answered = await first;
+        outcome = answered.ok && holdsOwnRecord(allocation, answered.record) ? { written: answered.record } : await this.update(allocation, answered);
       }
       if (outcome === 'detached') return;
       if (outcome === 'retry' || outcome === 'refused') {
@@ -112,19 +144,28 @@ export class WriteThrough {
         if (outcome === 'refused') this.o.logger.warn({ allocation: allocation.key }, 'store update refused');
         return;
       }
-      allocation.version = outcome.written.version;
-      allocation.dirty = false;
-      allocation.localOnly = false;
-      if (wasLocalOnly) {
-        this.o.counters.allocationsWrittenBack++;
-        this.o.logger.debug({ event: 'allocation_written_back', allocation: allocation.key }, 'local-only allocation written to the store');
-      }
+      this.written(allocation, outcome.written, wasLocalOnly);
     } catch (err) {
-      // RFC-level state stays live locally; the store catches up on a later tick.
-      allocation.dirty = true;
-      this.o.counters.storeErrors++;
-      this.o.logger.warn({ err, allocation: allocation.key }, 'store write failed; will retry');
+      this.failed(allocation, err);
     }
+  }
+
+  /** The store holds the allocation's record at `record`'s version. */
+  private written(allocation: Allocation, record: AllocationRecord, wasLocalOnly: boolean): void {
+    allocation.version = record.version;
+    allocation.dirty = false;
+    allocation.localOnly = false;
+    if (wasLocalOnly) {
+      this.o.counters.allocationsWrittenBack++;
+      this.o.logger.debug({ event: 'allocation_written_back', allocation: allocation.key }, 'local-only allocation written to the store');
+    }
+  }
+
+  /** A write that failed: RFC-level state stays live locally; the store catches up on a later tick. */
+  private failed(allocation: Allocation, err: unknown): void {
+    allocation.dirty = true;
+    this.o.counters.storeErrors++;
+    this.o.logger.warn({ err, allocation: allocation.key }, 'store write failed; will retry');
   }
 
   /**

@@ -27,16 +27,37 @@ const KNOWN_VALID_MAX = 10_000;
 
 export type NonceVerdict = 'valid' | 'stale' | 'invalid';
 
+/** base64url digit values by character code (-1: not a digit). */
+const BASE64URL_DIGITS = (() => {
+  const digits = new Int8Array(128).fill(-1);
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  for (let i = 0; i < alphabet.length; i++) digits[alphabet.charCodeAt(i)] = i;
+  return digits;
+})();
+
+/**
+ * The issue time (ms) of a nonce check() found valid, read from its first six base64url
+ * characters (36 bits: the 32-bit timestamp and 4 of the MAC) without decoding it to a Buffer.
+ */
+function issuedAtMs(nonce: string): number {
+  let bits = 0;
+  for (let i = 0; i < 6; i++) bits = bits * 64 + BASE64URL_DIGITS[nonce.charCodeAt(NONCE_COOKIE_LENGTH + i) & 0x7f]!;
+  return Math.floor(bits / 16) * 1000;
+}
+
 export class NonceIssuer {
   private readonly key: Buffer;
   /**
-   * nonce + client IP -> when it goes stale, for nonces check() found valid. A client signs
-   * every request of an allocation with the nonce of its 401 (Allocate, CreatePermission,
-   * ChannelBind, Refresh): one HMAC for all of them instead of one each (docs/scaling.md,
-   * part 1). Only a valid MAC gets in, so an attacker cannot fill it with anything but
-   * nonces of its own address that were valid anyway.
+   * nonce -> the client IP it was found valid for (when it goes stale is in the nonce). A
+   * client signs every request of an allocation with the nonce of its 401 (Allocate,
+   * CreatePermission, ChannelBind, Refresh): one HMAC for all of them instead of one each
+   * (docs/scaling.md, part 1). Only a valid MAC gets in, so an attacker cannot fill it with
+   * anything but nonces of its own address that were valid anyway. Keyed by the nonce alone
+   * (no string of nonce and address per request, no object per entry): its MAC binds one
+   * address, so a nonce is valid for at most one, and any other address is checked by the
+   * MAC as if it were not known.
    */
-  private readonly knownValid = new Map<string, number>();
+  private readonly knownValid = new Map<string, string>();
   /** The cookie every nonce of this issuer starts with. */
   readonly cookie: string;
 
@@ -68,11 +89,9 @@ export class NonceIssuer {
   /** Bound to the client IP (not its port), so a NAT rebinding keeps the nonce. */
   check(nonce: string, clientAddress: string, nowMs: number): NonceVerdict {
     if (nonce.length !== NONCE_COOKIE_LENGTH + BODY_CHARS) return 'invalid';
-    const known = `${clientAddress} ${nonce}`;
-    const staleAtMs = this.knownValid.get(known);
-    if (staleAtMs !== undefined) {
-      if (nowMs < staleAtMs) return 'valid';
-      this.knownValid.delete(known);
+    if (this.knownValid.get(nonce) === clientAddress) {
+      if (nowMs < issuedAtMs(nonce) + this.lifetimeMs) return 'valid';
+      this.knownValid.delete(nonce);
       return 'stale';
     }
     const cookie = nonce.slice(0, NONCE_COOKIE_LENGTH);
@@ -84,7 +103,7 @@ export class NonceIssuer {
     if (issuedMs > nowMs + MAX_SKEW_MS) return 'invalid';
     if (nowMs - issuedMs >= this.lifetimeMs) return 'stale';
     if (this.knownValid.size >= KNOWN_VALID_MAX) this.knownValid.clear();
-    this.knownValid.set(known, issuedMs + this.lifetimeMs);
+    this.knownValid.set(nonce, clientAddress);
     return 'valid';
   }
 }

@@ -11,7 +11,7 @@ import type { TurnContext } from '../context.js';
 import type { AllocateRefusalReason } from '../counters.js';
 import { TurnError } from '../errors.js';
 import type { Claim } from '../relay/relay-allocator.js';
-import { readAllocateRequest } from './allocate-request.js';
+import { type AllocateRequest, readAllocateRequest } from './allocate-request.js';
 import { startTcpRelay } from './connect.js';
 import { issueTicket, mobilityTicketOf } from './mobility.js';
 import type { MethodRequest } from './request.js';
@@ -19,12 +19,19 @@ import type { MethodRequest } from './request.js';
 /** Capacity refusals are logged at most this often (with the count since), never per Allocate. */
 const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
-export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void> {
+/**
+ * RFC 8656 §7.2. Answers within the call when every step can (a retransmission, a refusal,
+ * or a claim that answers at once: RelayAllocator.claim); else the promise of the answer.
+ */
+export function allocate(ctx: TurnContext, r: MethodRequest): Promise<void> | undefined {
   const { listener, message, address, port } = r;
   // 1. Authenticated: the engine did it (Authenticator) before dispatching here.
   // 2. The 5-tuple in use: 437, unless this is the Allocate that made it, retransmitted.
   const existing = listener.find(address, port);
-  if (existing) return answerRetransmission(r, existing);
+  if (existing) {
+    answerRetransmission(r, existing);
+    return;
+  }
   // 11. (first, as coturn does) A redirect to an alternate server (300), or a draining node's 403.
   const refusal = ctx.o.admission?.(address);
   if (refusal?.code === ErrorCode.TryAlternate) {
@@ -36,7 +43,10 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
   if (refusal) throw new TurnError(refusal.code, refusal.reason);
   const key = fiveTupleKey(listener.path.transport, address, port, listener.path.localAddress, listener.path.localPort);
   // A retransmission while the first copy is still being handled: that one answers.
-  if (ctx.table.pending.has(key)) return ctx.drop('request_in_flight');
+  if (ctx.table.pending.has(key)) {
+    ctx.drop('request_in_flight');
+    return;
+  }
   // 3-9. REQUESTED-TRANSPORT, DONT-FRAGMENT, RESERVATION-TOKEN, the address families, EVEN-PORT, LIFETIME (allocate-request.ts).
   //    REQUESTED-TRANSPORT TCP (RFC 6062 §5.1) over a TCP or TLS connection: a TCP allocation.
   const request = readAllocateRequest(message, ctx.relays.families, ctx.o.maxLifetimeSeconds, {
@@ -53,6 +63,8 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
     throw new TurnError(ErrorCode.InsufficientCapacity);
   }
   ctx.table.pending.add(key);
+  // Set once the rest runs after a promise: that promise's end takes the key out of pending.
+  let later = false;
   try {
     const now = ctx.o.clock.now();
     const seed: AllocationSeed = {
@@ -68,23 +80,81 @@ export async function allocate(ctx: TurnContext, r: MethodRequest): Promise<void
     const onPacket = (payload: Buffer, peerAddress: string, peerPort: number, length?: number): void => {
       if (allocation) ctx.peerData.onPeerPacket(allocation, payload, peerAddress, peerPort, length);
     };
-    // The relayed transport address(es), claimed in the store.
-    const claim = await ctx.relays.claim(seed, listener.path, request, onPacket);
-    if (!claim.ok) return refused(ctx, r, claim);
-    allocation = claim.allocation;
-    if (ctx.stopped || listener.closed) {
-      ctx.relays.abandon(claim);
-      if (!allocation.localOnly) await ctx.o.store.delete(key, ctx.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
-      throw new TurnError(ErrorCode.InsufficientCapacity, ctx.stopped ? 'Shutting down' : 'Connection closed');
+    // The relayed transport address(es), claimed in the store: at once when the bind and the
+    // store answer at once (RelayAllocator.claim), and then so is the answer, without an
+    // async frame or a promise per Allocate (docs/scaling.md, part 1).
+    // No other closure in this scope but the setter below: V8 keeps one context for the
+    // closures of a scope, and onPacket lives as long as the relay socket, so whatever another
+    // closure here captured (the request, its message and buffers) would live as long too.
+    const claim = ctx.relays.claim(seed, listener.path, request, onPacket);
+    if (!(claim instanceof Promise)) {
+      if (claim.ok) allocation = claim.allocation;
+      const done = finish(ctx, r, key, request, mobile !== undefined, claim);
+      if (done === undefined) return;
+      later = true;
+      return pendingUntil(ctx, key, done);
     }
-    // RFC 6062 §5.3: from now on the relayed address takes peers' connections.
-    if (request.tcp) startTcpRelay(ctx, allocation);
-    ctx.table.add(listener, allocation);
-    ctx.o.counters.allocationsCreated++;
-    respond(ctx, r, claim, request.lifetimeSeconds, mobile !== undefined);
+    later = true;
+    return finishLater(ctx, r, key, request, mobile !== undefined, claim, (claimed) => {
+      allocation = claimed;
+    });
+  } finally {
+    if (!later) ctx.table.pending.delete(key);
+  }
+}
+
+/** The claim answered a promise: the rest once it settles; the 5-tuple stays pending until then. */
+async function finishLater(
+  ctx: TurnContext,
+  r: MethodRequest,
+  key: string,
+  request: AllocateRequest,
+  mobile: boolean,
+  claim: Promise<Claim>,
+  take: (allocation: Allocation) => void,
+): Promise<void> {
+  try {
+    const claimed = await claim;
+    if (claimed.ok) take(claimed.allocation);
+    await finish(ctx, r, key, request, mobile, claimed);
   } finally {
     ctx.table.pending.delete(key);
   }
+}
+
+/** The 5-tuple stays pending until `done` settles. */
+async function pendingUntil(ctx: TurnContext, key: string, done: Promise<void>): Promise<void> {
+  try {
+    await done;
+  } finally {
+    ctx.table.pending.delete(key);
+  }
+}
+
+/**
+ * The claim made: the allocation goes into the table and is answered; or the claim's refusal.
+ * A promise only when the node stopped or the connection closed meanwhile (the store delete).
+ */
+function finish(ctx: TurnContext, r: MethodRequest, key: string, request: AllocateRequest, mobile: boolean, claim: Claim): Promise<void> | undefined {
+  if (!claim.ok) {
+    refused(ctx, r, claim);
+    return undefined;
+  }
+  const allocation = claim.allocation;
+  if (ctx.stopped || r.listener.closed) return abandoned(ctx, claim, key);
+  // RFC 6062 §5.3: from now on the relayed address takes peers' connections.
+  if (request.tcp) startTcpRelay(ctx, allocation);
+  ctx.table.add(r.listener, allocation);
+  ctx.o.counters.allocationsCreated++;
+  respond(ctx, r, claim, request.lifetimeSeconds, mobile);
+  return undefined;
+}
+
+/** Claimed while the node stopped or the client's connection closed: nothing kept, 508. */
+async function abandoned(ctx: TurnContext, claim: Claim & { ok: true }, key: string): Promise<void> {
+  ctx.relays.abandon(claim);
+  if (!claim.allocation.localOnly) await ctx.o.store.delete(key, ctx.stopped ? 'shutdown' : 'connection-closed').catch(() => undefined);
+  throw new TurnError(ErrorCode.InsufficientCapacity, ctx.stopped ? 'Shutting down' : 'Connection closed');
 }
 
 /** RFC 8656 §7.2 step 2: a retransmitted Allocate gets the original success response again; any other 437. */

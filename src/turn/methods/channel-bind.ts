@@ -13,7 +13,8 @@ import type { TurnContext } from '../context.js';
 import { TurnError } from '../errors.js';
 import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './request.js';
 
-export async function channelBind(ctx: TurnContext, r: MethodRequest): Promise<void> {
+/** RFC 8656 §12.2. Answers within the call when the store write was done within it (WriteThrough.persistNow), else once it is. */
+export function channelBind(ctx: TurnContext, r: MethodRequest): Promise<void> | undefined {
   const { message } = r;
   const allocation = requireAllocation(r);
   // RFC 6062 §5.1: a TCP allocation's data goes over data connections, never channels (400).
@@ -53,8 +54,19 @@ export async function channelBind(ctx: TurnContext, r: MethodRequest): Promise<v
   // 6. Create or refresh the binding and the permission for the peer's IP.
   const permission = allocation.permit(peer.address, parseIPv4(peer.address), now + PERMISSION_LIFETIME_MS);
   allocation.bindChannel(number, permission, peer.port, now + CHANNEL_LIFETIME_MS);
-  await ctx.writer.persist(allocation);
-  // 7. A success response without attributes.
-  const w = new MessageWriter(Method.ChannelBind, MessageClass.SuccessResponse, message.transactionId);
-  ctx.replies.send(r.listener, message, w, r.auth.key, r.address, r.port, 'channel_bind', 200);
+  const writing = ctx.writer.persistNow(allocation);
+  if (writing === undefined) return answer(ctx, r);
+  return answerAfter(ctx, r, writing);
+}
+
+/** 7. A success response without attributes. */
+function answer(ctx: TurnContext, r: MethodRequest): undefined {
+  const w = new MessageWriter(Method.ChannelBind, MessageClass.SuccessResponse, r.message.transactionId);
+  ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'channel_bind', 200);
+  return undefined;
+}
+
+async function answerAfter(ctx: TurnContext, r: MethodRequest, writing: Promise<void>): Promise<void> {
+  await writing;
+  answer(ctx, r);
 }

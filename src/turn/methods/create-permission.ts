@@ -10,7 +10,8 @@ import type { TurnContext } from '../context.js';
 import { TurnError } from '../errors.js';
 import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './request.js';
 
-export async function createPermission(ctx: TurnContext, r: MethodRequest): Promise<void> {
+/** RFC 8656 §10.2. Answers within the call when the store write was done within it (WriteThrough.persistNow), else once it is. */
+export function createPermission(ctx: TurnContext, r: MethodRequest): Promise<void> | undefined {
   const { message } = r;
   const allocation = requireAllocation(r);
   // 1. At least one XOR-PEER-ADDRESS (400), and no more than one request may ask (508).
@@ -26,10 +27,21 @@ export async function createPermission(ctx: TurnContext, r: MethodRequest): Prom
   // 4. Install or refresh each for the permission lifetime (RFC 8656 §9: the port is ignored).
   const expiresAtMs = ctx.o.clock.now() + PERMISSION_LIFETIME_MS;
   for (const peer of peers) allocation.permit(peer.address, parseIPv4(peer.address), expiresAtMs);
-  await ctx.writer.persist(allocation);
-  // 5. A success response without attributes.
-  const w = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, message.transactionId);
-  ctx.replies.send(r.listener, message, w, r.auth.key, r.address, r.port, 'create_permission', 200);
+  const writing = ctx.writer.persistNow(allocation);
+  if (writing === undefined) return answer(ctx, r);
+  return answerAfter(ctx, r, writing);
+}
+
+/** 5. A success response without attributes. */
+function answer(ctx: TurnContext, r: MethodRequest): undefined {
+  const w = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, r.message.transactionId);
+  ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'create_permission', 200);
+  return undefined;
+}
+
+async function answerAfter(ctx: TurnContext, r: MethodRequest, writing: Promise<void>): Promise<void> {
+  await writing;
+  answer(ctx, r);
 }
 
 /** Up to this many peers in a request, duplicates are found by comparing each with those before it. */

@@ -9,12 +9,12 @@
 // never needed for one to exist.
 
 import { AddressFamily, ErrorCode } from '../../stun/constants.js';
-import type { AllocationStore } from '../../store/types.js';
+import type { AllocationLimits, AllocationStore, CreateOutcome } from '../../store/types.js';
 import { Allocation, type AllocationSeed } from '../allocation/allocation.js';
 import type { AllocateRefusalReason, EngineCounters } from '../counters.js';
 import type { AllocateRequest } from '../methods/allocate-request.js';
 import { type ClientPath, type PeerPacketHandler, type RelaySocket, type TcpRelayFactory, isBindFailure } from '../ports.js';
-import { type BindBudget, RelayPorts, type RelayPortOptions, type RelayRefusal, isRelayRefusal, newBindBudget } from './relay-ports.js';
+import { type BindBudget, type Bound, RelayPorts, type RelayPortOptions, type RelayRefusal, isRelayRefusal, newBindBudget } from './relay-ports.js';
 
 /** Store claims per Allocate (each a port another node turned out to hold). */
 const MAX_PORT_ATTEMPTS = 64;
@@ -45,6 +45,9 @@ export type Claim =
     }
   | { readonly ok: false; readonly refused: ClaimRefusal };
 
+/** One store claim's outcome: the claim's answer, or another try (a port clash), or no more tries. */
+type ClaimStep = Claim | 'retry' | 'give-up';
+
 /** The state of one Allocate's claim while it runs; every socket in it is closed unless the claim succeeds. */
 interface Attempt {
   relay: RelaySocket | undefined;
@@ -69,7 +72,11 @@ export class RelayAllocator {
     this.ports = new RelayPorts(o);
     this.tcpPorts = o.tcpRelays ? new RelayPorts({ ...o, relays: o.tcpRelays }) : undefined;
     this.families = { ipv4: o.relayAddressIPv4 !== undefined, ipv6: o.relayAddressIPv6 !== undefined };
+    this.limits = { userQuota: o.userQuota };
   }
+
+  /** The limits of every store claim: one object, not one per Allocate. */
+  private readonly limits: AllocationLimits;
 
   /** Whether TCP allocations can be made (RFC 6062). */
   get relaysTcp(): boolean {
@@ -81,9 +88,13 @@ export class RelayAllocator {
 
   /**
    * Binds the relayed address(es) an Allocate asks for and claims the allocation in the
-   * store. `request.additionalError` set means the IPv6 half is not even tried.
+   * store. `request.additionalError` set means the IPv6 half is not even tried. The usual
+   * Allocate (one UDP relayed address, no EVEN-PORT or token) whose bind and store claim
+   * both answer at once (a node:dgram socket, the memory store) is answered at once too:
+   * no promise or async frame for it (docs/scaling.md, part 1); anything else, and every
+   * refusal, goes on in claimAfter, as it always did.
    */
-  async claim(seed: AllocationSeed, path: ClientPath, request: AllocateRequest, onPacket: PeerPacketHandler): Promise<Claim> {
+  claim(seed: AllocationSeed, path: ClientPath, request: AllocateRequest, onPacket: PeerPacketHandler): Claim | Promise<Claim> {
     const a: Attempt = {
       relay: undefined,
       additional: undefined,
@@ -92,36 +103,81 @@ export class RelayAllocator {
       additionalClashes: 0,
       budget: newBindBudget(),
     };
+    if (request.wantsDual || request.token || request.evenPort !== undefined || request.tcp) return this.claimAfter(seed, path, request, onPacket, a);
+    let bound: Bound | Promise<Bound>;
     try {
-      if (request.wantsDual && a.additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
-        const extra = await this.ports.bindInFamily(true, false, false, onPacket, a.budget);
-        if (isRelayRefusal(extra)) a.additionalError = ErrorCode.InsufficientCapacity;
-        else a.additional = extra.socket;
-      }
-      if (request.token) {
-        a.relay = await this.ports.redeem(request.token, onPacket);
-        if (!a.relay) return { ok: false, refused: 'unknown_token' };
+      bound = this.ports.bindInFamily(request.family === AddressFamily.IPv6, false, false, onPacket, a.budget);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (bound instanceof Promise || isRelayRefusal(bound)) return this.claimAfter(seed, path, request, onPacket, a, bound);
+    a.relay = bound.socket;
+    let done: ClaimStep | Promise<ClaimStep>;
+    try {
+      done = this.claimOnce(seed, path, request, a, bound.socket, onPacket);
+    } catch (err) {
+      a.relay.close();
+      return Promise.reject(err);
+    }
+    if (done instanceof Promise || typeof done === 'string' || !done.ok) return this.claimAfter(seed, path, request, onPacket, a, undefined, done);
+    return done;
+  }
+
+  /**
+   * claim() from where it got to: `bound`, the first bind's answer (or its promise); `step`,
+   * the first store claim's. Every socket not handed to an allocation is closed at the end.
+   */
+  private async claimAfter(
+    seed: AllocationSeed,
+    path: ClientPath,
+    request: AllocateRequest,
+    onPacket: PeerPacketHandler,
+    a: Attempt,
+    bound?: Bound | Promise<Bound>,
+    step?: ClaimStep | Promise<ClaimStep>,
+  ): Promise<Claim> {
+    try {
+      if (bound === undefined && step === undefined) {
+        if (request.wantsDual && a.additionalError === undefined && this.o.relayAddressIPv6 !== undefined) {
+          const extra = await this.ports.bindInFamily(true, false, false, onPacket, a.budget);
+          if (isRelayRefusal(extra)) a.additionalError = ErrorCode.InsufficientCapacity;
+          else a.additional = extra.socket;
+        }
+        if (request.token) {
+          a.relay = await this.ports.redeem(request.token, onPacket);
+          if (!a.relay) return { ok: false, refused: 'unknown_token' };
+        }
       }
       let relayRefusal: RelayRefusal | undefined;
       for (let attempt = 0; attempt < MAX_PORT_ATTEMPTS; attempt++) {
-        if (!a.relay) {
-          // A TCP allocation (RFC 6062) has no EVEN-PORT, token or second family (allocate-request.ts).
-          const ports = request.tcp && this.tcpPorts ? this.tcpPorts : this.ports;
-          const bound = await ports.bindInFamily(
-            request.family === AddressFamily.IPv6,
-            request.evenPort !== undefined,
-            request.evenPort?.reserveNext ?? false,
-            onPacket,
-            a.budget,
-          );
-          if (isRelayRefusal(bound)) {
-            relayRefusal = bound;
-            break;
+        let done: ClaimStep;
+        if (step !== undefined) {
+          done = await step;
+          step = undefined;
+        } else {
+          if (!a.relay) {
+            // A TCP allocation (RFC 6062) has no EVEN-PORT, token or second family (allocate-request.ts).
+            const ports = request.tcp && this.tcpPorts ? this.tcpPorts : this.ports;
+            const got =
+              bound ??
+              ports.bindInFamily(
+                request.family === AddressFamily.IPv6,
+                request.evenPort !== undefined,
+                request.evenPort?.reserveNext ?? false,
+                onPacket,
+                a.budget,
+              );
+            bound = undefined;
+            const result = await got;
+            if (isRelayRefusal(result)) {
+              relayRefusal = result;
+              break;
+            }
+            a.relay = result.socket;
+            a.reservedToken = result.token;
           }
-          a.relay = bound.socket;
-          a.reservedToken = bound.token;
+          done = await this.claimOnce(seed, path, request, a, a.relay, onPacket);
         }
-        const done = await this.claimOnce(seed, path, request, a, a.relay, onPacket);
         if (done === 'retry') continue;
         if (done === 'give-up') break;
         return done;
@@ -135,37 +191,50 @@ export class RelayAllocator {
     }
   }
 
-  /** One store claim with the sockets bound so far; 'retry' after a port clash, 'give-up' when the budget is spent. */
-  private async claimOnce(
+  /**
+   * One store claim with the sockets bound so far; 'retry' after a port clash, 'give-up' when
+   * the budget is spent. At once when the store answers at once (the memory store).
+   */
+  private claimOnce(
     seed: AllocationSeed,
     path: ClientPath,
     request: AllocateRequest,
     a: Attempt,
     relay: RelaySocket,
     onPacket: PeerPacketHandler,
-  ): Promise<Claim | 'retry' | 'give-up'> {
+  ): ClaimStep | Promise<ClaimStep> {
     const candidate = new Allocation(seed, path, { relay, additional: a.additional }, true);
-    let outcome: Awaited<ReturnType<AllocationStore['create']>>;
     if (!this.o.store.isAvailable()) return this.claimLocally(candidate, a);
+    let outcome: CreateOutcome | Promise<CreateOutcome>;
     try {
-      outcome = await this.o.store.create(candidate.toRecord(this.o.nodeId), { userQuota: this.o.userQuota });
+      outcome = this.o.store.create(candidate.toRecord(this.o.nodeId), this.limits);
     } catch {
       // The store went away under this Allocate: fail open as well.
       return this.claimLocally(candidate, a);
     }
+    if (outcome instanceof Promise) {
+      return outcome.then(
+        (answered) => this.afterCreate(candidate, request, a, relay, onPacket, answered),
+        () => this.claimLocally(candidate, a),
+      );
+    }
+    return this.afterCreate(candidate, request, a, relay, onPacket, outcome);
+  }
+
+  /** What the store's answer to a claim means for this Allocate. */
+  private afterCreate(
+    candidate: Allocation,
+    request: AllocateRequest,
+    a: Attempt,
+    relay: RelaySocket,
+    onPacket: PeerPacketHandler,
+    outcome: CreateOutcome,
+  ): ClaimStep | Promise<ClaimStep> {
     if (outcome.ok) {
       candidate.version = outcome.record.version;
       return this.claimed(candidate, a);
     }
-    if (outcome.reason === 'port-taken' && outcome.additional === true) {
-      // The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
-      // same shared address): take another one; none left is a 508 for that family only (RFC 8656 §7.2).
-      a.additional?.close();
-      const extra = ++a.additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? await this.ports.bindInFamily(true, false, false, onPacket, a.budget) : undefined;
-      a.additional = extra === undefined || isRelayRefusal(extra) ? undefined : extra.socket;
-      if (!a.additional) a.additionalError = ErrorCode.InsufficientCapacity;
-      return 'retry';
-    }
+    if (outcome.reason === 'port-taken' && outcome.additional === true) return this.rebindAdditional(a, onPacket);
     if (outcome.reason === 'port-taken' && !request.token) {
       // Another node holds it (anycast relay mode): a collision like EADDRINUSE.
       relay.close();
@@ -174,6 +243,18 @@ export class RelayAllocator {
     }
     if (outcome.reason === 'user-quota') return { ok: false, refused: 'user_quota' };
     return { ok: false, refused: 'five_tuple_taken' };
+  }
+
+  /**
+   * The IPv6 relayed port is held elsewhere (anycast relay mode: another node bound the
+   * same shared address): take another one; none left is a 508 for that family only (RFC 8656 §7.2).
+   */
+  private async rebindAdditional(a: Attempt, onPacket: PeerPacketHandler): Promise<ClaimStep> {
+    a.additional?.close();
+    const extra = ++a.additionalClashes < MAX_ADDITIONAL_PORT_ATTEMPTS ? await this.ports.bindInFamily(true, false, false, onPacket, a.budget) : undefined;
+    a.additional = extra === undefined || isRelayRefusal(extra) ? undefined : extra.socket;
+    if (!a.additional) a.additionalError = ErrorCode.InsufficientCapacity;
+    return 'retry';
   }
 
   /** The claim succeeded: the sockets and the reservation belong to the allocation now. */

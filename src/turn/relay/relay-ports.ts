@@ -13,7 +13,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { AllocationStore } from '../../store/types.js';
 import type { Clock } from '../clock.js';
 import type { BindResult } from '../counters.js';
-import { type PeerPacketHandler, type RelayBindFailure, type RelaySocket, type RelaySocketFactory, isBindFailure } from '../ports.js';
+import { type PeerPacketHandler, type RelayBound, type RelaySocket, type RelaySocketFactory, isBindFailure } from '../ports.js';
 
 /** How long an EVEN-PORT R-bit reservation holds the next port (RFC 8656 §7.2 suggests ~30 s). */
 export const RESERVATION_LIFETIME_MS = 30_000;
@@ -46,6 +46,9 @@ export function newBindBudget(): BindBudget {
 export type RelayRefusal = { readonly refused: 'ports' } | { readonly refused: 'unavailable'; readonly code: string };
 
 const PORTS_REFUSED: RelayRefusal = { refused: 'ports' };
+
+/** A relay socket bound (with the RESERVATION-TOKEN of the port held next to it, EVEN-PORT R bit), or why not. */
+export type Bound = { socket: RelaySocket; token?: Buffer } | RelayRefusal;
 
 export function isRelayRefusal<T extends object>(r: T | RelayRefusal): r is RelayRefusal {
   return 'refused' in r;
@@ -80,6 +83,14 @@ export interface RelayPortOptions {
   readonly counters?: { readonly relayBinds: Record<BindResult, number> };
 }
 
+/** `tried` with `port` added: the one port at first, a set from the second on (RelayPorts.bind). */
+function withTried(tried: Set<number> | number | undefined, port: number): Set<number> | number {
+  if (tried === undefined) return port;
+  if (typeof tried === 'number') return new Set([tried, port]);
+  tried.add(port);
+  return tried;
+}
+
 /** Whether this Allocate tried `port` already: `tried` is none, the one port tried, or a set of them (RelayPorts.bind). */
 function wasTried(tried: ReadonlySet<number> | number | undefined, port: number): boolean {
   return tried === undefined ? false : typeof tried === 'number' ? tried === port : tried.has(port);
@@ -109,33 +120,22 @@ export class RelayPorts {
 
   /**
    * Binds a relay socket on one of the family's relay addresses, starting from a random one.
-   * Not async itself: with one relay address (the usual case) the bind's own promise is the
-   * answer, without a frame of its own per Allocate (docs/scaling.md, part 1).
+   * With one relay address (the usual case) and binds that are done within the call
+   * (RelaySocketFactory.bind), answered at once: no promise or async frame per Allocate
+   * (docs/scaling.md, part 1); else a promise.
    */
-  bindInFamily(
-    ipv6: boolean,
-    even: boolean,
-    reserveNext: boolean,
-    onPacket: OnPacket,
-    budget: BindBudget = newBindBudget(),
-  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+  bindInFamily(ipv6: boolean, even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget = newBindBudget()): Bound | Promise<Bound> {
     const first = ipv6 ? this.o.relayAddressIPv6 : this.o.relayAddressIPv4;
-    if (first === undefined) return Promise.resolve(PORTS_REFUSED);
+    if (first === undefined) return PORTS_REFUSED;
     // Out of descriptors: every bind would fail the same way. Answer at once; expire() probes.
-    if (this.unavailableCode !== undefined) return Promise.resolve({ refused: 'unavailable', code: this.unavailableCode });
+    if (this.unavailableCode !== undefined) return { refused: 'unavailable', code: this.unavailableCode };
     const pool = ipv6 ? this.o.relayPoolIPv6 : this.o.relayPoolIPv4;
     if (pool === undefined || pool.length === 0) return this.bind(first, even, reserveNext, onPacket, budget);
     return this.bindInPool([first, ...pool], even, reserveNext, onPacket, budget);
   }
 
   /** The same over several relay addresses: the next one when one has no port left. */
-  private async bindInPool(
-    addresses: readonly string[],
-    even: boolean,
-    reserveNext: boolean,
-    onPacket: OnPacket,
-    budget: BindBudget,
-  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+  private async bindInPool(addresses: readonly string[], even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget): Promise<Bound> {
     const start = randomInt(addresses.length);
     for (let i = 0; i < addresses.length; i++) {
       const bound = await this.bind(addresses[(start + i) % addresses.length]!, even, reserveNext, onPacket, budget);
@@ -144,9 +144,13 @@ export class RelayPorts {
     return PORTS_REFUSED;
   }
 
-  /** One bind, counted; an 'unavailable' failure marks the node until a probe binds again. */
-  private async attempt(address: string, port: number, onPacket: OnPacket): Promise<RelaySocket | RelayBindFailure> {
-    const r = await this.o.relays.bind(address, port, onPacket);
+  /** One bind, counted; an 'unavailable' failure marks the node until a probe binds again. At once when the factory answers at once. */
+  private attempt(address: string, port: number, onPacket: OnPacket): RelayBound | Promise<RelayBound> {
+    const r = this.o.relays.bind(address, port, onPacket);
+    return r instanceof Promise ? r.then((bound) => this.counted(address, port, bound)) : this.counted(address, port, r);
+  }
+
+  private counted(address: string, port: number, r: RelayBound): RelayBound {
     const binds = this.o.counters?.relayBinds;
     if (!isBindFailure(r)) {
       if (binds) binds.ok++;
@@ -168,29 +172,62 @@ export class RelayPorts {
     return r;
   }
 
-  /** Binds a relay socket on a random port (even when asked); with reserveNext also holds port+1 under a token. */
-  private async bind(
-    address: string,
-    even: boolean,
-    reserveNext: boolean,
-    onPacket: OnPacket,
-    budget: BindBudget,
-  ): Promise<{ socket: RelaySocket; token?: Buffer } | RelayRefusal> {
+  /**
+   * Binds a relay socket on a random port (even when asked); with reserveNext also holds
+   * port+1 under a token (bindReserving). Without reserveNext, synchronous for as long as
+   * the factory's binds are: the first bind that answers a promise goes on in bindAfter.
+   */
+  private bind(address: string, even: boolean, reserveNext: boolean, onPacket: OnPacket, budget: BindBudget): Bound | Promise<Bound> {
+    if (reserveNext) return this.bindReserving(address, even, onPacket, budget);
     // The ports this Allocate tried: a set only from the second try on (the first bind almost always works).
     let tried: Set<number> | number | undefined;
     while (budget.collisions > 0) {
-      const port = this.pickPort(address, even, reserveNext, tried);
+      const port = this.pickPort(address, even, false, tried);
       if (port === undefined) return PORTS_REFUSED;
-      if (tried === undefined) tried = port;
-      else if (typeof tried === 'number') tried = new Set([tried, port]);
-      else tried.add(port);
+      tried = withTried(tried, port);
+      const socket = this.attempt(address, port, onPacket);
+      if (socket instanceof Promise) return this.bindAfter(socket, address, even, onPacket, budget, tried);
+      if (!isBindFailure(socket)) return { socket };
+      if (socket.failed === 'unavailable') return { refused: 'unavailable', code: socket.code };
+      budget.collisions--;
+    }
+    return PORTS_REFUSED;
+  }
+
+  /** bind() once a bind answered a promise: the same loop, awaiting each bind. */
+  private async bindAfter(
+    pending: Promise<RelayBound>,
+    address: string,
+    even: boolean,
+    onPacket: OnPacket,
+    budget: BindBudget,
+    tried: Set<number> | number,
+  ): Promise<Bound> {
+    let socket = await pending;
+    for (;;) {
+      if (!isBindFailure(socket)) return { socket };
+      if (socket.failed === 'unavailable') return { refused: 'unavailable', code: socket.code };
+      if (--budget.collisions <= 0) return PORTS_REFUSED;
+      const port = this.pickPort(address, even, false, tried);
+      if (port === undefined) return PORTS_REFUSED;
+      tried = withTried(tried, port);
+      socket = await this.attempt(address, port, onPacket);
+    }
+  }
+
+  /** An EVEN-PORT with the R bit (RFC 8656 §7.2): a socket on a random even port, port+1 held by a placeholder under a token. */
+  private async bindReserving(address: string, even: boolean, onPacket: OnPacket, budget: BindBudget): Promise<Bound> {
+    let tried: Set<number> | number | undefined;
+    while (budget.collisions > 0) {
+      const port = this.pickPort(address, even, true, tried);
+      if (port === undefined) return PORTS_REFUSED;
+      tried = withTried(tried, port);
       const socket = await this.attempt(address, port, onPacket);
       if (isBindFailure(socket)) {
         if (socket.failed === 'unavailable') return { refused: 'unavailable', code: socket.code };
         budget.collisions--;
         continue;
       }
-      if (!reserveNext) return { socket };
       const next = await this.attempt(address, port + 1, () => undefined);
       if (isBindFailure(next)) {
         socket.close();

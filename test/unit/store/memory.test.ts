@@ -106,4 +106,41 @@ describe('MemoryAllocationStore specifics', () => {
     await assert.rejects(store.get('x'), /closed/);
     await assert.rejects(store.countUserAllocations('x'), /closed/);
   });
+
+  it('answers create within the call (no promise) while open, each refusal too; a closed store still rejects', async () => {
+    const store = new MemoryAllocationStore();
+    const record = (clientPort: number, relayedPort: number): NewAllocationRecord => ({
+      key: fiveTupleKey('udp', '198.51.100.1', clientPort, '192.0.2.1', 3478),
+      transport: 'udp',
+      clientAddress: '198.51.100.1',
+      clientPort,
+      serverAddress: '192.0.2.1',
+      serverPort: 3478,
+      relayedAddress: '192.0.2.100',
+      relayedPort,
+      ownerNodeId: 'n',
+      username: 'u',
+      realm: 'r',
+      createdAtMs: 0,
+      expiresAtMs: 1,
+      permissions: {},
+      channels: {},
+    });
+    const answers = [
+      store.create(record(40000, 50000), { userQuota: 2 }),
+      store.create(record(40000, 50001), { userQuota: 2 }),
+      store.create(record(40001, 50000), { userQuota: 2 }),
+      store.create(record(40002, 50002), { userQuota: 2 }),
+      store.create(record(40003, 50003), { userQuota: 2 }),
+    ];
+    for (const answer of answers) assert.ok(!(answer instanceof Promise), 'answered within the call');
+    assert.deepEqual(
+      answers.map((a) => (a instanceof Promise ? 'promise' : a.ok ? 'ok' : a.reason)),
+      ['ok', 'exists', 'port-taken', 'ok', 'user-quota'],
+    );
+    await store.close();
+    const closed = store.create(record(40004, 50004), { userQuota: 0 });
+    assert.ok(closed instanceof Promise, 'a closed store rejects, as before');
+    await assert.rejects(closed, /closed/);
+  });
 });

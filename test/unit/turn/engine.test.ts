@@ -787,6 +787,31 @@ describe('TurnEngine: Allocate and Refresh', () => {
     }
   });
 
+  it('answers an Allocate within handleClientPacket when the relay bind and the store answer at once, and the same with a bind that answers by a promise', async () => {
+    for (const answerAtOnce of [true, false]) {
+      const h = new Harness();
+      h.relays.answerAtOnce = answerAtOnce;
+      const c = h.client();
+      // Learn a nonce first.
+      const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+      c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+      const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
+      const from = h.path.sent.length;
+      h.engine.handleClientPacket(h.listener, req.buf, c.address, c.port);
+      // Nothing awaited yet: with a bind and a store that answer at once, so does the engine.
+      const answeredAtOnce = h.path.sent.slice(from).some((s) => s.kind === 'message' && s.data.subarray(8, 20).equals(req.transactionId));
+      assert.equal(answeredAtOnce, answerAtOnce, answerAtOnce ? 'answered within the call' : "answered after the bind's promise");
+      assert.equal(h.engine.allocations, answerAtOnce ? 1 : 0);
+      await flush();
+      const answer = await c.send(req.buf, req.transactionId);
+      assert.equal(answer.code, 200, 'the retransmission gets the kept answer');
+      assert.equal(h.engine.allocations, 1);
+      assert.equal(h.relays.sockets.length, 1);
+      assert.equal((await h.store.get(h.key(c)))?.relayedPort, h.relays.sockets[0]!.port);
+      assert.equal(h.counters.allocationsCreated, 1);
+    }
+  });
+
   it('answers a retransmitted Allocate with the identical response, and a new Allocate on the 5-tuple with 437', async () => {
     const h = new Harness();
     const c = h.client();
@@ -1484,6 +1509,36 @@ describe('TurnEngine: store writes of requests (allocation/write-through.ts)', (
     const record = (await store.get(h.key(c)))!;
     assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_B].sort());
     assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
+  });
+
+  it('a write the store answers at once (the memory store) is done, and the request answered, when the packet handler returns', async () => {
+    const h = new Harness();
+    const c = h.client();
+    await c.mustAllocate();
+    const allocation = h.engine.allAllocations().next().value!;
+    const answeredNow = (transactionId: Buffer, from: number): boolean =>
+      h.path.sent.slice(from).some((s) => s.kind === 'message' && s.data.subarray(8, 20).equals(transactionId));
+    const permission = c.build(Method.CreatePermission, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER_A, 0));
+    let from = h.path.sent.length;
+    h.engine.handleClientPacket(h.listener, permission.buf, c.address, c.port);
+    assert.equal(allocation.persisting, NOTHING_PERSISTING, 'no write in flight');
+    assert.equal(allocation.dirty, false);
+    assert.ok(answeredNow(permission.transactionId, from), 'CreatePermission answered within the call');
+    const bind = c.build(Method.ChannelBind, (w) => {
+      w.add(Attr.ChannelNumber, encodeChannelNumber(0x4000));
+      w.addXorAddress(Attr.XorPeerAddress, PEER_B, 5000);
+    });
+    from = h.path.sent.length;
+    h.engine.handleClientPacket(h.listener, bind.buf, c.address, c.port);
+    assert.ok(answeredNow(bind.transactionId, from), 'ChannelBind answered within the call');
+    assert.equal(allocation.persisting, NOTHING_PERSISTING, 'no write in flight');
+    const record = (await h.store.get(h.key(c)))!;
+    assert.equal(allocation.version, record.version, 'the version the store answered, taken within the call');
+    assert.deepEqual(Object.keys(record.permissions).sort(), [PEER_A, PEER_B].sort());
+    assert.deepEqual(Object.keys(record.channels), [String(0x4000)]);
+    await flush();
+    assert.equal((await c.send(permission.buf, permission.transactionId)).code, 200);
+    assert.equal((await c.send(bind.buf, bind.transactionId)).code, 200);
   });
 
   it("merges another writer's change into a write that lost its compare-and-set, and writes the union", async () => {

@@ -34,6 +34,31 @@ describe('NonceIssuer', () => {
     assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS + 1), 'stale');
   });
 
+  it("remembers a valid nonce for its own IP only: another IP gets the MAC's answer (invalid, never valid or stale) and changes nothing for the first", () => {
+    const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+    const nonce = issuer.issue(CLIENT, NOW);
+    assert.equal(issuer.check(nonce, CLIENT, NOW), 'valid');
+    for (const other of ['198.51.100.8', '2001:db8::7', `${CLIENT} `, '']) {
+      assert.equal(issuer.check(nonce, other, NOW), 'invalid', `from ${JSON.stringify(other)}`);
+      assert.equal(issuer.check(nonce, other, NOW + LIFETIME_MS), 'invalid', `from ${JSON.stringify(other)}, at its end`);
+    }
+    assert.equal(issuer.check(nonce, CLIENT, NOW + 1000), 'valid');
+    assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS), 'stale');
+    assert.equal(issuer.check(nonce, '198.51.100.8', NOW + LIFETIME_MS), 'invalid');
+  });
+
+  it('a remembered nonce goes stale at the very millisecond an unknown one would, whatever its timestamp', () => {
+    for (const seconds of [0, 1, 63, 64, 0x7fffffff, 0x80000000, 0xfffffff0, 1_700_000_123]) {
+      const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+      const at = seconds * 1000;
+      const nonce = issuer.issue(CLIENT, at + 999);
+      assert.equal(issuer.check(nonce, CLIENT, at + 999), 'valid', `issued at ${seconds} s`);
+      assert.equal(issuer.check(nonce, CLIENT, at + LIFETIME_MS - 1), 'valid', `remembered, issued at ${seconds} s`);
+      assert.equal(issuer.check(nonce, CLIENT, at + LIFETIME_MS), 'stale', `remembered, issued at ${seconds} s`);
+      assert.equal(new NonceIssuer(SECRET, LIFETIME_MS).check(nonce, CLIENT, at + LIFETIME_MS), 'stale', `unknown, issued at ${seconds} s`);
+    }
+  });
+
   it('goes stale once its lifetime has passed', () => {
     const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
     const nonce = issuer.issue(CLIENT, NOW);
