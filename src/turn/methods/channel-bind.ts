@@ -5,13 +5,12 @@
 import { parseIPv4 } from '../../net/ip.js';
 import { decodeChannelNumber } from '../../stun/attributes.js';
 import { isValidChannelNumber } from '../../stun/channel-data.js';
-import { Attr, ErrorCode, MessageClass, Method } from '../../stun/constants.js';
+import { Attr, ErrorCode, Method } from '../../stun/constants.js';
 import { getAttribute } from '../../stun/message.js';
-import { MessageWriter } from '../../stun/writer.js';
 import { CHANNEL_LIFETIME_MS, CHANNEL_QUARANTINE_MS, PERMISSION_LIFETIME_MS } from '../allocation/allocation.js';
 import type { TurnContext } from '../context.js';
 import { TurnError } from '../errors.js';
-import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './request.js';
+import { type MethodRequest, checkPeer, overLimit, requireAllocation, succeedOncePersisted } from './request.js';
 
 /** RFC 8656 §12.2. Answers within the call when the store write was done within it (WriteThrough.persistNow), else once it is. */
 export function channelBind(ctx: TurnContext, r: MethodRequest): Promise<void> | undefined {
@@ -54,19 +53,6 @@ export function channelBind(ctx: TurnContext, r: MethodRequest): Promise<void> |
   // 6. Create or refresh the binding and the permission for the peer's IP.
   const permission = allocation.permit(peer.address, parseIPv4(peer.address), now + PERMISSION_LIFETIME_MS);
   allocation.bindChannel(number, permission, peer.port, now + CHANNEL_LIFETIME_MS);
-  const writing = ctx.writer.persistNow(allocation);
-  if (writing === undefined) return answer(ctx, r);
-  return answerAfter(ctx, r, writing);
-}
-
-/** 7. A success response without attributes. */
-function answer(ctx: TurnContext, r: MethodRequest): undefined {
-  const w = new MessageWriter(Method.ChannelBind, MessageClass.SuccessResponse, r.message.transactionId);
-  ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'channel_bind', 200);
-  return undefined;
-}
-
-async function answerAfter(ctx: TurnContext, r: MethodRequest, writing: Promise<void>): Promise<void> {
-  await writing;
-  answer(ctx, r);
+  // 7. A success response without attributes, once the change is written.
+  return succeedOncePersisted(ctx, r, allocation, Method.ChannelBind, 'channel_bind');
 }

@@ -2,13 +2,12 @@
 // installs or refreshes a permission for each XOR-PEER-ADDRESS, all or nothing.
 
 import { parseIPv4 } from '../../net/ip.js';
-import { Attr, ErrorCode, MessageClass, Method } from '../../stun/constants.js';
+import { Attr, ErrorCode, Method } from '../../stun/constants.js';
 import { getAttributes } from '../../stun/message.js';
-import { MessageWriter } from '../../stun/writer.js';
 import { type Allocation, PERMISSION_LIFETIME_MS } from '../allocation/allocation.js';
 import type { TurnContext } from '../context.js';
 import { TurnError } from '../errors.js';
-import { type MethodRequest, checkPeer, overLimit, requireAllocation } from './request.js';
+import { type MethodRequest, checkPeer, overLimit, requireAllocation, succeedOncePersisted } from './request.js';
 
 /** RFC 8656 §10.2. Answers within the call when the store write was done within it (WriteThrough.persistNow), else once it is. */
 export function createPermission(ctx: TurnContext, r: MethodRequest): Promise<void> | undefined {
@@ -27,21 +26,8 @@ export function createPermission(ctx: TurnContext, r: MethodRequest): Promise<vo
   // 4. Install or refresh each for the permission lifetime (RFC 8656 §9: the port is ignored).
   const expiresAtMs = ctx.o.clock.now() + PERMISSION_LIFETIME_MS;
   for (const peer of peers) allocation.permit(peer.address, parseIPv4(peer.address), expiresAtMs);
-  const writing = ctx.writer.persistNow(allocation);
-  if (writing === undefined) return answer(ctx, r);
-  return answerAfter(ctx, r, writing);
-}
-
-/** 5. A success response without attributes. */
-function answer(ctx: TurnContext, r: MethodRequest): undefined {
-  const w = new MessageWriter(Method.CreatePermission, MessageClass.SuccessResponse, r.message.transactionId);
-  ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, 'create_permission', 200);
-  return undefined;
-}
-
-async function answerAfter(ctx: TurnContext, r: MethodRequest, writing: Promise<void>): Promise<void> {
-  await writing;
-  answer(ctx, r);
+  // 5. A success response without attributes, once the change is written.
+  return succeedOncePersisted(ctx, r, allocation, Method.CreatePermission, 'create_permission');
 }
 
 /** Up to this many peers in a request, duplicates are found by comparing each with those before it. */

@@ -1,8 +1,9 @@
 // What every method handler receives, and the checks several of them share.
 
 import { decodeAddress } from '../../stun/address.js';
-import { AddressFamily, ErrorCode } from '../../stun/constants.js';
+import { AddressFamily, ErrorCode, MessageClass } from '../../stun/constants.js';
 import type { StunMessage } from '../../stun/message.js';
+import { MessageWriter } from '../../stun/writer.js';
 import type { Allocation } from '../allocation/allocation.js';
 import type { EngineListener } from '../allocation/table.js';
 import type { Authenticated } from '../auth/authenticate.js';
@@ -51,4 +52,29 @@ export function checkPeer(ctx: TurnContext, allocation: Allocation, value: Buffe
 export function overLimit(ctx: TurnContext, reason: string): never {
   ctx.o.counters.limitRefusals++;
   throw new TurnError(ErrorCode.InsufficientCapacity, reason);
+}
+
+/**
+ * Writes the allocation (WriteThrough.persistNow) and then answers an attribute-less success
+ * (CreatePermission, ChannelBind): within the call when the store answered within it (the
+ * memory store), else once the write is done; a failed write rejects, and the engine answers
+ * it as any failure.
+ */
+export function succeedOncePersisted(ctx: TurnContext, r: MethodRequest, allocation: Allocation, method: number, label: string): Promise<void> | undefined {
+  const writing = ctx.writer.persistNow(allocation);
+  if (writing === undefined) {
+    emptySuccess(ctx, r, method, label);
+    return undefined;
+  }
+  return emptySuccessAfter(ctx, r, method, label, writing);
+}
+
+function emptySuccess(ctx: TurnContext, r: MethodRequest, method: number, label: string): void {
+  const w = new MessageWriter(method, MessageClass.SuccessResponse, r.message.transactionId);
+  ctx.replies.send(r.listener, r.message, w, r.auth.key, r.address, r.port, label, 200);
+}
+
+async function emptySuccessAfter(ctx: TurnContext, r: MethodRequest, method: number, label: string, writing: Promise<void>): Promise<void> {
+  await writing;
+  emptySuccess(ctx, r, method, label);
 }
