@@ -240,6 +240,12 @@ class Client implements Endpoint {
     return { buf: w.toBuffer(), transactionId };
   }
 
+  /** An unauthenticated Allocate: takes the NONCE of its 401 for the requests after it. */
+  async learnNonce(): Promise<void> {
+    const probe = this.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
+    this.nonce = getAttribute((await this.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+  }
+
   /** Delivers raw bytes as coming from this client, and lets the engine finish. */
   async deliver(buf: Buffer): Promise<void> {
     this.h.engine.handleClientPacket(this.h.listener, buf, this.address, this.port);
@@ -792,9 +798,7 @@ describe('TurnEngine: Allocate and Refresh', () => {
       const h = new Harness();
       h.relays.answerAtOnce = answerAtOnce;
       const c = h.client();
-      // Learn a nonce first.
-      const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
-      c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+      await c.learnNonce();
       const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
       const from = h.path.sent.length;
       h.engine.handleClientPacket(h.listener, req.buf, c.address, c.port);
@@ -815,9 +819,7 @@ describe('TurnEngine: Allocate and Refresh', () => {
   it('answers a retransmitted Allocate with the identical response, and a new Allocate on the 5-tuple with 437', async () => {
     const h = new Harness();
     const c = h.client();
-    // Learn a nonce first.
-    const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
-    c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+    await c.learnNonce();
 
     const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
     const first = await c.send(req.buf, req.transactionId);
@@ -836,8 +838,7 @@ describe('TurnEngine: Allocate and Refresh', () => {
   it('keeps the Allocate response for retransmissions 40 s, in a slab of its own, then lets it go', async () => {
     const h = new Harness();
     const c = h.client();
-    const probe = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)), { auth: false });
-    c.nonce = getAttribute((await c.send(probe.buf, probe.transactionId)).message, Attr.Nonce)!.toString('utf8');
+    await c.learnNonce();
     const req = c.build(Method.Allocate, (w) => w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP)));
     const first = await c.send(req.buf, req.transactionId);
     assert.equal(first.code, 200);
