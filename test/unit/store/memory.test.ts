@@ -14,6 +14,27 @@ runStoreContract('memory', async () => {
   return { store, cleanup: () => store.close() };
 });
 
+/** A UDP allocation's record from 198.51.100.1:clientPort on relayed port 192.0.2.100:relayedPort (data only: no packet is sent). */
+function recordAt(clientPort: number, relayedPort: number): NewAllocationRecord {
+  return {
+    key: fiveTupleKey('udp', '198.51.100.1', clientPort, '192.0.2.1', 3478),
+    transport: 'udp',
+    clientAddress: '198.51.100.1',
+    clientPort,
+    serverAddress: '192.0.2.1',
+    serverPort: 3478,
+    relayedAddress: '192.0.2.100',
+    relayedPort,
+    ownerNodeId: 'n',
+    username: 'u',
+    realm: 'r',
+    createdAtMs: 0,
+    expiresAtMs: 1,
+    permissions: {},
+    channels: {},
+  };
+}
+
 describe('MemoryAllocationStore specifics', () => {
   it('lets a reservation lapse after its ttl (injected clock): the token is gone and the port free', async () => {
     const clock = new ManualClock();
@@ -23,22 +44,7 @@ describe('MemoryAllocationStore specifics', () => {
     clock.advance(29_999);
     assert.equal(await store.reservePort('t2', port, 30_000), false, 'still held');
     clock.advance(1);
-    const record = {
-      key: fiveTupleKey('udp', '198.51.100.1', 40000, '192.0.2.1', 3478),
-      transport: 'udp' as const,
-      clientAddress: '198.51.100.1',
-      clientPort: 40000,
-      serverAddress: '192.0.2.1',
-      serverPort: 3478,
-      ...port,
-      ownerNodeId: 'n',
-      username: 'u',
-      realm: 'r',
-      createdAtMs: 0,
-      expiresAtMs: 1,
-      permissions: {},
-      channels: {},
-    };
+    const record = recordAt(40000, port.relayedPort);
     // No reservation call in between: the lapse alone frees the port.
     assert.equal((await store.create(record, { userQuota: 0 })).ok, true, 'the lapsed reservation no longer blocks the port');
     assert.equal(await store.takeReservation('t1'), undefined, 'expired');
@@ -109,23 +115,7 @@ describe('MemoryAllocationStore specifics', () => {
 
   it('answers create within the call (no promise) while open, each refusal too; a closed store still rejects', async () => {
     const store = new MemoryAllocationStore();
-    const record = (clientPort: number, relayedPort: number): NewAllocationRecord => ({
-      key: fiveTupleKey('udp', '198.51.100.1', clientPort, '192.0.2.1', 3478),
-      transport: 'udp',
-      clientAddress: '198.51.100.1',
-      clientPort,
-      serverAddress: '192.0.2.1',
-      serverPort: 3478,
-      relayedAddress: '192.0.2.100',
-      relayedPort,
-      ownerNodeId: 'n',
-      username: 'u',
-      realm: 'r',
-      createdAtMs: 0,
-      expiresAtMs: 1,
-      permissions: {},
-      channels: {},
-    });
+    const record = recordAt;
     const answers = [
       store.create(record(40000, 50000), { userQuota: 2 }),
       store.create(record(40000, 50001), { userQuota: 2 }),
