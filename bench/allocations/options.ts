@@ -5,11 +5,16 @@
 export const RELAY_MIN = 12000;
 export const RELAY_MAX = 31999;
 
+/** Part 1's default warm-up: see docs/scaling.md, part 1 ("Warm-up"). */
+export const DEFAULT_WARMUP = 5000;
+
 export type Part = 1 | 2 | 3 | 4 | 5;
 
 export interface Options {
   readonly parts: readonly Part[];
   readonly allocations: number;
+  /** Part 1: unmeasured allocations per server before the measured ones (JIT warm-up for the Node servers). */
+  readonly warmup: number;
   readonly live: number;
   readonly lifecycles: number;
   readonly workers: number;
@@ -23,13 +28,14 @@ export interface Options {
 }
 
 function usage(): string {
-  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR] [--rate-baseline DIST_DIR] [--rounds N]';
+  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--warmup N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR] [--rate-baseline DIST_DIR] [--rounds N]';
 }
 
 export function parseOptions(argv: readonly string[]): Options {
   const o = {
     parts: [1, 2, 3, 4, 5] as Part[],
-    allocations: 2000,
+    allocations: 5000,
+    warmup: DEFAULT_WARMUP,
     live: 10_000,
     lifecycles: 500,
     workers: 8,
@@ -60,6 +66,7 @@ export function parseOptions(argv: readonly string[]): Options {
     const n = Number(value);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${flag ?? ''} '${value}': a positive integer is required`);
     if (flag === '--allocations') o.allocations = n;
+    else if (flag === '--warmup') o.warmup = n;
     else if (flag === '--live') o.live = n;
     else if (flag === '--lifecycles') o.lifecycles = n;
     else if (flag === '--workers') o.workers = n;

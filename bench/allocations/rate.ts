@@ -4,8 +4,6 @@ import { DriverStats, runPool, summarize, type LatencySummary } from '../turn-dr
 import { LABELS, distinct, fullSequence, type Context, type ServerKind } from './context.js';
 import { startServer, withRig } from './servers.js';
 
-export const WARMUP_ALLOCATIONS = 200;
-
 export interface RateResult {
   readonly kind: ServerKind;
   readonly server: string;
@@ -34,7 +32,7 @@ export function runRate(ctx: Context, kind: ServerKind): Promise<RateResult> {
     const peer = ctx.peer.endpoint;
     // Warm-up (not measured): JIT for anyturn, first-touch allocations for both.
     const warm = new DriverStats();
-    await runPool(WARMUP_ALLOCATIONS, ctx.options.workers, () => fullSequence(server.endpoint, peer, warm, clients, true), ctx.stop);
+    await runPool(ctx.options.warmup, ctx.options.workers, () => fullSequence(server.endpoint, peer, warm, clients, true), ctx.stop);
 
     const stats = new DriverStats();
     const serverCpu0 = safeCpuMicros(server.proc.pid);

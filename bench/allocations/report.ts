@@ -5,7 +5,7 @@ import { CLIENT_CPU, SERVER_CPU } from '../host.js';
 import { fmt, ratio, table } from '../format.js';
 import { SETTLE_MS } from './context.js';
 import type { Options } from './options.js';
-import { WARMUP_ALLOCATIONS, type RateResult } from './rate.js';
+import type { RateResult } from './rate.js';
 import type { LiveResult } from './live.js';
 import type { SlabCalibration } from './slab.js';
 import { FILL_ATTEMPTS, FILL_PORTS, type FillResult } from './fill.js';
@@ -27,7 +27,7 @@ export function reportRate(rs: readonly RateResult[], o: Options): string[] {
   const lines: string[] = [];
   lines.push(`1. Allocation rate with authentication: Allocate (401 + authenticated) + CreatePermission + ChannelBind`);
   lines.push(
-    `   ${o.allocations} allocations (after ${WARMUP_ALLOCATIONS} unmeasured warm-up ones), ${o.workers} concurrent client sockets, one new socket per allocation;`,
+    `   ${o.allocations} allocations (after ${o.warmup} unmeasured warm-up ones), ${o.workers} concurrent client sockets, one new socket per allocation;`,
   );
   lines.push(`   server on CPU ${SERVER_CPU}, driver and redis-server on CPU ${CLIENT_CPU}; latency = first Allocate sent -> ChannelBind success`);
   const rows: string[][] = [
