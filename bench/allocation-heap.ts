@@ -8,7 +8,10 @@
 // Twice: right after the ramp (every allocation still keeps its Allocate response for
 // retransmissions) and 41 s later, after a tick let those go.
 //
-//   node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--snapshot]
+//   node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--channels] [--snapshot]
+//
+// --channels: each allocation also binds a channel to the peer (as WebRTC clients do), with
+// the kernel path's bookkeeping on (src/dataplane/offload.ts over maps kept in the kernel).
 //
 // --snapshot writes heap snapshots of the empty engine and of each measurement to
 // bench/results/ and prints what grew, per allocation, by kind of object
@@ -30,15 +33,19 @@ interface Options {
   readonly snapshot: boolean;
   /** Client ports per client address: 5,000 as the scale bench, 1 as most clients come (a map per address in the table). */
   readonly portsPerAddress: number;
+  /** Each allocation also binds a channel (and the kernel path's bookkeeping is on). */
+  readonly channels: boolean;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   let allocations = 100_000;
   let snapshot = false;
   let portsPerAddress = 5000;
+  let channels = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--snapshot') snapshot = true;
+    else if (arg === '--channels') channels = true;
     else if (arg === '--allocations') {
       allocations = Number(argv[++i]);
       if (!Number.isInteger(allocations) || allocations < 1 || allocations > 150_000) {
@@ -51,10 +58,10 @@ function parseOptions(argv: readonly string[]): Options {
       }
     } else
       throw new Error(
-        `unknown argument ${arg}; usage: node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--snapshot]`,
+        `unknown argument ${arg}; usage: node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--channels] [--snapshot]`,
       );
   }
-  return { allocations, snapshot, portsPerAddress };
+  return { allocations, snapshot, portsPerAddress, channels };
 }
 
 function collect(): void {
@@ -106,7 +113,7 @@ function report(label: string, n: number, empty: Sample, at: Sample): void {
 
 async function main(): Promise<number> {
   const o = parseOptions(process.argv.slice(2));
-  const { engine, clock, driver, close } = await startHeapNode({ portsPerAddress: o.portsPerAddress });
+  const { engine, clock, driver, close } = await startHeapNode({ portsPerAddress: o.portsPerAddress, channels: o.channels });
   // Made and deleted first (client addresses after the ramp's): code and one-off pools are in the empty figure.
   await driver.ramp(o.allocations, WARM_UP);
   clock.advance(3_601_000);

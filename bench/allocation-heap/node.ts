@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 
 import { createLogger } from '../../src/ops/log.js';
 import type { AllocationRecord, AllocationStore, CreateOutcome, MoveOutcome, NewAllocationRecord, ReservedPort, UpdateOutcome } from '../../src/store/types.js';
-import { decodeErrorCode, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import { decodeErrorCode, encodeChannelNumber, encodeRequestedTransport, encodeUint32 } from '../../src/stun/attributes.js';
+import { KernelOffload, type KernelEntries } from '../../src/dataplane/offload.js';
 import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/constants.js';
 import { longTermKey } from '../../src/stun/integrity.js';
 import { decodeMessage, getAttribute } from '../../src/stun/message.js';
@@ -30,6 +31,8 @@ const PASSWORD = 'bench-password';
 const LISTENING = '198.18.10.1';
 const LISTENING_PORT = 3478;
 const PEER = '198.18.30.2';
+const PEER_PORT = 40000;
+const CHANNEL = 0x4000;
 /** The relay addresses: loopback, where the shared sockets really bind (nothing is sent). */
 const RELAY_IPS = ['127.0.0.1', '127.0.0.2', '127.0.0.3'];
 const MIN_PORT = 10000;
@@ -78,6 +81,20 @@ export class RemoteLikeStore implements AllocationStore {
   async close(): Promise<void> {}
 }
 
+/** The kernel's maps as KernelOffload sees them, keeping nothing here (their entries live in the kernel). */
+class KernelKeepingNothing implements KernelEntries {
+  private next = 0;
+  install(): number {
+    return this.next++;
+  }
+  update(): void {}
+  remove(): void {}
+  async retire(): Promise<undefined> {
+    return undefined;
+  }
+  async flush(): Promise<void> {}
+}
+
 /** The listening socket as the engine sees it: hands each answer to the request waiting for it, keeps nothing. */
 class AnswerPath implements ClientPath {
   readonly transport = 'udp';
@@ -105,6 +122,8 @@ export class Driver {
     private readonly listener: ReturnType<TurnEngine['addListener']>,
     /** Client ports per client address: the scale bench's 5,000, or 1 as most clients come (one allocation per address). */
     private readonly portsPerAddress = PORTS_PER_ADDRESS,
+    /** A ChannelBind to the peer after the CreatePermission, as WebRTC clients do. */
+    private readonly channels = false,
   ) {}
 
   private request(method: number, address: string, port: number, decorate: (w: MessageWriter) => void, nonce: string | undefined): Promise<Buffer> {
@@ -152,6 +171,20 @@ export class Driver {
     if (!allocated.ok || allocated.message.cls !== MessageClass.SuccessResponse) throw new Error(`Allocate ${index} failed: ${describe(allocated)}`);
     const permitted = decodeMessage(await this.request(Method.CreatePermission, address, port, (w) => w.addXorAddress(Attr.XorPeerAddress, PEER, 0), nonce));
     if (!permitted.ok || permitted.message.cls !== MessageClass.SuccessResponse) throw new Error(`CreatePermission ${index} failed: ${describe(permitted)}`);
+    if (!this.channels) return;
+    const bound = decodeMessage(
+      await this.request(
+        Method.ChannelBind,
+        address,
+        port,
+        (w) => {
+          w.add(Attr.ChannelNumber, encodeChannelNumber(CHANNEL));
+          w.addXorAddress(Attr.XorPeerAddress, PEER, PEER_PORT);
+        },
+        nonce,
+      ),
+    );
+    if (!bound.ok || bound.message.cls !== MessageClass.SuccessResponse) throw new Error(`ChannelBind ${index} failed: ${describe(bound)}`);
   }
 }
 
@@ -175,7 +208,7 @@ export interface HeapNode {
 }
 
 /** The engine and its driver; the shared relay sockets are bound on 127.0.0.1-3 (nothing is sent). */
-export async function startHeapNode(options: { readonly portsPerAddress?: number } = {}): Promise<HeapNode> {
+export async function startHeapNode(options: { readonly portsPerAddress?: number; readonly channels?: boolean } = {}): Promise<HeapNode> {
   const clock = new ManualClock(Date.now());
   const counters = new EngineCounters();
   const credentials = new CredentialStore({ realm: REALM, users: new Map([[USER, PASSWORD]]), authSecrets: [] });
@@ -212,9 +245,11 @@ export async function startHeapNode(options: { readonly portsPerAddress?: number
     totalQuota: 0,
     software: '',
     relayMode: 'anycast',
+    // With channels: the kernel path's bookkeeping in JavaScript (src/dataplane/offload.ts).
+    ...(options.channels === true ? { offload: new KernelOffload(new KernelKeepingNothing(), counters, createLogger('silent')) } : {}),
   });
   const path = new AnswerPath();
-  const driver = new Driver(engine, path, engine.addListener(path), options.portsPerAddress);
+  const driver = new Driver(engine, path, engine.addListener(path), options.portsPerAddress, options.channels === true);
   return {
     engine,
     clock,

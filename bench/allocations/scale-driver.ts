@@ -1,7 +1,8 @@
 // The scale part's TURN drivers, run as their own processes in the client namespace
 // (bench/allocations/scale.ts starts them): node scale-driver.js <mode> '<json config>'.
 //
-//   create     Allocate (401, then authenticated) + CreatePermission for ramp allocations
+//   create     Allocate (401, then authenticated) + CreatePermission (+ ChannelBind, as a
+//              WebRTC client does, unless `channel` is false) for ramp allocations
 //              [from, to), each from its own (address, port) pair (scale-plan.ts), closing
 //              the socket once both succeeded: the allocation lives on at the server until
 //              its lifetime ends, and the driver holds only `concurrency` sockets at a time.
@@ -26,6 +27,8 @@ export interface DriverBase {
   readonly peer: Endpoint;
   /** LIFETIME asked for each allocation (s); undefined: the server's default. */
   readonly lifetime?: number;
+  /** A ChannelBind to the peer after the CreatePermission (ramp and churn allocations). */
+  readonly channel?: boolean;
 }
 
 export interface CreateConfig extends DriverBase {
@@ -69,6 +72,7 @@ async function create(c: CreateConfig): Promise<void> {
     try {
       await client.allocate(c.lifetime);
       await client.createPermission(c.peer);
+      if (c.channel === true) await client.channelBind(CHANNEL, c.peer);
       return 1;
     } finally {
       await client.close();
@@ -117,6 +121,7 @@ class Churn {
       client = await AllocationClient.open(this.c.server, CREDENTIALS, this.stats, { address: this.c.address, port });
       await client.allocate(this.c.lifetime);
       await client.createPermission(this.c.peer);
+      if (this.c.channel === true) await client.channelBind(CHANNEL, this.c.peer);
       this.createMs.push(performance.now() - t0);
       this.created++;
       this.ring.push(client);

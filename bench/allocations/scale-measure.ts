@@ -92,6 +92,7 @@ export async function ramp(ctx: ScaleContext, from: number, to: number): Promise
           server: ctx.server,
           peer: ctx.peer,
           lifetime: RAMP_LIFETIME_S,
+          channel: o.channels,
           from: s.from,
           to: s.to,
           portsPerAddress: o.portsPerAddress,
@@ -215,6 +216,7 @@ async function startChurn(ctx: ScaleContext, run: number): Promise<TrackedProces
     firstPort: RAMP_FIRST_PORT + (run % 2) * 25_000,
     ports: Math.min(25_000, 4 * ring + 1000),
     rate: o.churnRate,
+    channel: o.channels,
     ring,
   };
   const p = startIn(ctx, 'C', `churn-${run}`, CLIENT_CPU, process.execPath, [ctx.driverScript, 'churn', JSON.stringify(config)], true);

@@ -119,6 +119,7 @@ const REDIS_URL = `redis://127.0.0.1:${REDIS_PORT}`;
 export function anyturnArgs(ctx: NodeContext): string[] {
   const o = ctx.options;
   return [
+    ...o.nodeArgs,
     ctx.anyturnCli,
     ...['--listening-ip', LISTENING_ADDRESS, '--listening-port', String(LISTENING_PORT)],
     ...ctx.topo.relayIps.flatMap((ip) => ['--relay-ip', ip]),

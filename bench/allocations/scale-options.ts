@@ -18,12 +18,16 @@ export interface ScaleOptions {
   readonly kernel: boolean;
   /** More anyturn flags, appended as given. */
   readonly serverArgs: readonly string[];
+  /** Node.js/V8 flags for the anyturn process (before its script), as given: e.g. --trace-gc-nvp. */
+  readonly nodeArgs: readonly string[];
   readonly latency: boolean;
   readonly probeRate: number;
   readonly probeSeconds: number;
   /** Latency measurements at the smallest and at the largest size, one after the other: one run moves 10-20 % here. */
   readonly latencyRounds: number;
   readonly churnRate: number;
+  /** Ramp and churn allocations each bind a channel to the peer, as WebRTC clients do (--no-channels: none). */
+  readonly channels: boolean;
   readonly lifecycles: number;
   readonly sync: boolean;
   readonly budgetMinutes: number;
@@ -32,8 +36,8 @@ export interface ScaleOptions {
 export function scaleUsage(): string {
   return [
     'usage: node dist/bench/allocations.js --parts scale [--live-sizes 1000,10000,100000] [--drivers 2] [--driver-concurrency 32]',
-    '         [--ports-per-address 5000] [--relay-ips N] [--relay-sockets auto|shared|per-allocation] [--kernel] [--server-arg ARG]...',
-    '         [--no-latency] [--probe-rate 200] [--probe-seconds 15] [--latency-rounds 3] [--churn-rate 100] [--lifecycles 500] [--no-sync] [--budget-minutes 20]',
+    '         [--ports-per-address 5000] [--relay-ips N] [--relay-sockets auto|shared|per-allocation] [--kernel] [--server-arg ARG]... [--node-arg ARG]...',
+    '         [--no-latency] [--probe-rate 200] [--probe-seconds 15] [--latency-rounds 3] [--churn-rate 100] [--lifecycles 500] [--no-channels] [--no-sync] [--budget-minutes 20]',
   ].join('\n');
 }
 
@@ -65,6 +69,9 @@ const SWITCHES: Record<string, (o: Mutable) => void> = {
   },
   '--no-latency': (o) => {
     o.latency = false;
+  },
+  '--no-channels': (o) => {
+    o.channels = false;
   },
   '--no-sync': (o) => {
     o.sync = false;
@@ -98,6 +105,9 @@ const VALUED: Record<string, (o: Mutable, v: string, flag: string) => void> = {
   '--server-arg': (o, v) => {
     o.serverArgs = [...o.serverArgs, v];
   },
+  '--node-arg': (o, v) => {
+    o.nodeArgs = [...o.nodeArgs, v];
+  },
   '--probe-rate': (o, v, f) => {
     o.probeRate = integer(f, v, 1, 10_000);
   },
@@ -128,11 +138,13 @@ export function parseScaleOptions(argv: readonly string[]): ScaleOptions {
     relaySockets: undefined,
     kernel: false,
     serverArgs: [],
+    nodeArgs: [],
     latency: true,
     probeRate: 200,
     probeSeconds: 15,
     latencyRounds: 3,
     churnRate: 100,
+    channels: true,
     lifecycles: 500,
     sync: true,
     budgetMinutes: 20,

@@ -247,6 +247,7 @@ export function reportScale(r: ScaleResults, o: ScaleOptions, commandLine: strin
   const flags = [
     o.kernel ? 'kernel data plane' : 'JavaScript data plane',
     o.relaySockets === undefined ? 'relay sockets as built' : `--relay-sockets ${o.relaySockets}`,
+    o.channels ? 'each allocation with a permission and a channel' : 'each allocation with a permission, no channel',
   ];
   out.push(
     `Scale: live allocations on one anycast-relay node in namespaces (${flags.join(', ')}); node on CPU ${SERVER_CPU}, drivers and redis on CPU ${CLIENT_CPU}`,

@@ -39,7 +39,7 @@ static const char *const REASONS[] = {
 	"relayed_to_peer", "relayed_to_client", "expired", "no_route", "no_neighbour", "too_big",
 	"malformed",	   "no_checksum",	"checksum_partial", "gso", "error",
 	"steered_in",	   "steered_out",	"steer_stray",	    "steer_gso", "steer_too_big",
-	"steer_malformed",
+	"steer_malformed", "bytes_relayed_to_peer", "bytes_relayed_to_client",
 };
 #define N_REASONS (sizeof(REASONS) / sizeof(REASONS[0]))
 

@@ -112,6 +112,11 @@ enum reason {
 	R_STEER_GSO,
 	R_STEER_TOO_BIG,
 	R_STEER_MALFORMED,
+	// Not reasons: the payload bytes behind R_RELAYED_TO_PEER and R_RELAYED_TO_CLIENT,
+	// so that user space reads what the whole program relayed from this small map once a
+	// second instead of every entry's counters (docs/dataplane.md §7).
+	B_RELAYED_TO_PEER,
+	B_RELAYED_TO_CLIENT,
 	R_COUNT,
 };
 
@@ -402,6 +407,10 @@ static __always_inline int write_headers(struct __sk_buff *skb, struct pkt *p, c
 
 static __always_inline void add_traffic(__u32 stat_id, int to_peer, __u32 bytes)
 {
+	__u32 total = to_peer ? B_RELAYED_TO_PEER : B_RELAYED_TO_CLIENT;
+	__u64 *sum = bpf_map_lookup_elem(&totals, &total);
+	if (sum)
+		*sum += bytes;
 	struct traffic *t = bpf_map_lookup_elem(&stats, &stat_id);
 	if (!t)
 		return;

@@ -1,8 +1,10 @@
 // The engine's ChannelOffload port (turn/ports.ts) over the kernel's maps: turns the
 // engine's list of an allocation's channels into install/update/remove of map entries
-// (one handle per bound channel, both directions), and reads the kernel's per-entry
-// counters back about once a second into the engine's counters, so that
-// anyturn_relayed_* counts what the kernel relayed too (docs/dataplane.md).
+// (one handle per bound channel, both directions). What the kernel relayed reaches the
+// engine's counters from the program's totals, read about once a second, so that
+// anyturn_relayed_* counts it too; an entry's own counters are read once, after its
+// removal, for its allocation's deletion log (docs/dataplane.md §7). Reading every
+// entry's counters each second cost the event loop milliseconds per 10,000 channels.
 
 import type { EngineCounters } from '../turn/counters.js';
 import type { ChannelOffload, EngineLogger, OffloadChannel } from '../turn/ports.js';
@@ -12,14 +14,17 @@ import type { KernelChannel, KernelTraffic } from './kernel/kernel-dataplane.js'
 export interface KernelEntries {
   install(channel: KernelChannel): number;
   update(handle: number, channel: KernelChannel): void;
-  remove(handle: number): void;
-  readTraffic(): Promise<KernelTraffic[]>;
+  /** `channel`: what the handle was installed (or last updated) with. */
+  remove(handle: number, channel: KernelChannel): void;
+  /** A removed handle's traffic not reported yet; the handle is free for reuse after. */
+  retire(handle: number): Promise<KernelTraffic | undefined>;
   /** Resolves once the kernel holds every earlier install, update and remove. */
   flush(): Promise<void>;
 }
 
 interface Installed {
   readonly handle: number;
+  /** As listed (the map keys are worked out again from it on removal). */
   readonly channel: OffloadChannel;
 }
 
@@ -43,12 +48,18 @@ function sameTuple(a: OffloadChannel, b: OffloadChannel): boolean {
 }
 
 export class KernelOffload implements ChannelOffload {
-  /** Allocation key -> channel number -> what is installed for it. */
-  private readonly installed = new Map<string, Map<number, Installed>>();
-  /** Handle -> allocation key, for reading counters back (kept until the read after a removal). */
-  private readonly keyOf = new Map<number, string>();
-  private readonly removedSinceRead = new Set<number>();
+  /**
+   * Allocation key -> what is installed for its channels: the one most allocations have
+   * held directly, an array for more (a Map per allocation was ~250 B of heap each at
+   * 100,000: docs/scaling.md, "At scale").
+   */
+  private readonly installed = new Map<string, Installed | Installed[]>();
+  /** What removed entries relayed, by allocation key, until its deletion log takes it. */
   private readonly traffic = new Map<string, Traffic>();
+  /** Allocation key -> the final reads of its removed entries still under way. */
+  private readonly retiring = new Map<string, Promise<void>>();
+  /** The program's relayed totals at the last read: [to peer packets, bytes, to client packets, bytes]. */
+  private readonly relayed: [number, number, number, number] = [0, 0, 0, 0];
   private entries = 0;
   /** Writes to the kernel so far: set() waits for a flush only when it wrote. */
   private writes = 0;
@@ -70,54 +81,77 @@ export class KernelOffload implements ChannelOffload {
   set(key: string, channels: readonly OffloadChannel[], nowMs: number): Promise<void> | undefined {
     if (this.dead) return undefined;
     const before = this.installed.get(key);
-    if (!before && channels.length === 0) return undefined;
+    if (before === undefined && channels.length === 0) return undefined;
     const written = this.writes;
     const nowNs = this.monotonicNs();
-    const after = new Map<number, Installed>();
+    const olds: Installed[] = before === undefined ? [] : Array.isArray(before) ? [...before] : [before];
+    const after: Installed[] = [];
     try {
       for (const channel of channels) {
-        const old = before?.get(channel.channel);
-        before?.delete(channel.channel);
-        const entry = this.toKernel(channel, nowMs, nowNs);
+        const at = olds.findIndex((o) => o.channel.channel === channel.channel);
+        const old = at < 0 ? undefined : olds.splice(at, 1)[0];
         if (old && sameTuple(old.channel, channel)) {
-          if (old.channel.expiresAtMs !== channel.expiresAtMs) {
-            this.kernel.update(old.handle, entry);
+          if (old.channel.expiresAtMs === channel.expiresAtMs) after.push(old);
+          else {
+            this.kernel.update(old.handle, this.toKernel(channel, nowMs, nowNs));
             this.writes++;
+            after.push({ handle: old.handle, channel });
           }
-          after.set(channel.channel, { handle: old.handle, channel });
           continue;
         }
-        if (old) this.remove(old.handle);
-        const handle = this.kernel.install(entry);
+        if (old) this.remove(key, old);
+        const handle = this.kernel.install(this.toKernel(channel, nowMs, nowNs));
         this.writes++;
-        this.keyOf.set(handle, key);
         this.entries++;
-        after.set(channel.channel, { handle, channel });
+        after.push({ handle, channel });
       }
-      for (const old of before?.values() ?? []) this.remove(old.handle);
+      for (const old of olds) this.remove(key, old);
     } catch (err) {
       // A refused entry (the class checks families, sizes) leaves that channel to user space.
       this.logger.warn({ err, allocation: key }, 'kernel data plane refused a channel entry');
     }
-    if (after.size > 0) this.installed.set(key, after);
-    else this.installed.delete(key);
+    if (after.length === 0) this.installed.delete(key);
+    else this.installed.set(key, after.length === 1 ? (after[0] as Installed) : after);
     // A dead helper resolves it at once (its pending answers are settled on exit).
     return this.writes === written ? undefined : this.kernel.flush().catch(() => undefined);
   }
 
-  trafficOf(key: string): { readonly packets: number; readonly bytes: number } | undefined {
-    return this.traffic.get(key);
+  /**
+   * What the kernel relayed for `key`, once the reads of its removed entries are in; forgets
+   * it. Undefined when no entry of it was ever removed (nothing the kernel relayed for it).
+   */
+  takeTraffic(key: string): Promise<Traffic | undefined> | undefined {
+    const reads = this.retiring.get(key);
+    if (reads === undefined && !this.traffic.has(key)) return undefined;
+    const take = (): Traffic | undefined => {
+      const total = this.traffic.get(key);
+      this.traffic.delete(key);
+      return total;
+    };
+    return reads === undefined ? Promise.resolve(take()) : reads.then(take);
   }
 
-  /** Reads the kernel's counters and adds what moved to the engine's (about once a second; never per packet). */
-  async poll(): Promise<void> {
-    const moved = await this.kernel.readTraffic();
-    this.account(moved);
-    // Handles removed before this read have reported their last traffic: forget them, and
-    // the traffic of allocations that no longer have any entry.
-    for (const handle of this.removedSinceRead) this.keyOf.delete(handle);
-    this.removedSinceRead.clear();
-    for (const key of this.traffic.keys()) if (!this.installed.has(key)) this.traffic.delete(key);
+  /**
+   * Adds what the program relayed since the last call to the engine's counters: its totals
+   * (KernelDataplane.readTotals), about once a second, never per packet.
+   */
+  accountTotals(totals: Readonly<Record<string, number>>): void {
+    const c = this.counters;
+    const r = this.relayed;
+    const now = [
+      totals.relayed_to_peer ?? r[0],
+      totals.bytes_relayed_to_peer ?? r[1],
+      totals.relayed_to_client ?? r[2],
+      totals.bytes_relayed_to_client ?? r[3],
+    ] as const;
+    c.packetsClientToPeer += Math.max(0, now[0] - r[0]);
+    c.bytesClientToPeer += Math.max(0, now[1] - r[1]);
+    c.packetsPeerToClient += Math.max(0, now[2] - r[2]);
+    c.bytesPeerToClient += Math.max(0, now[3] - r[3]);
+    r[0] = now[0];
+    r[1] = now[1];
+    r[2] = now[2];
+    r[3] = now[3];
   }
 
   /** The kernel path is gone (its helper died): every packet takes the JavaScript path from now on. */
@@ -127,27 +161,28 @@ export class KernelOffload implements ChannelOffload {
     this.entries = 0;
   }
 
-  private account(moved: readonly KernelTraffic[]): void {
-    const c = this.counters;
-    for (const t of moved) {
-      c.packetsClientToPeer += t.toPeerPackets;
-      c.bytesClientToPeer += t.toPeerBytes;
-      c.packetsPeerToClient += t.toClientPackets;
-      c.bytesPeerToClient += t.toClientBytes;
-      const key = this.keyOf.get(t.handle);
-      if (key === undefined) continue;
-      let total = this.traffic.get(key);
-      if (!total) this.traffic.set(key, (total = { packets: 0, bytes: 0 }));
-      total.packets += t.toPeerPackets + t.toClientPackets;
-      total.bytes += t.toPeerBytes + t.toClientBytes;
-    }
-  }
-
-  private remove(handle: number): void {
-    this.kernel.remove(handle);
+  /** Removes an entry, and reads what it relayed once the kernel dropped it (the helper answers in order). */
+  private remove(key: string, { handle, channel }: Installed): void {
+    // The keys come from the addresses, ports and number; the expiry is no part of them.
+    this.kernel.remove(handle, this.toKernel(channel, channel.expiresAtMs, 0n));
     this.writes++;
-    this.removedSinceRead.add(handle);
     this.entries--;
+    const read = this.kernel.retire(handle).then(
+      (t) => {
+        if (t === undefined) return;
+        let total = this.traffic.get(key);
+        if (!total) this.traffic.set(key, (total = { packets: 0, bytes: 0 }));
+        total.packets += t.toPeerPackets + t.toClientPackets;
+        total.bytes += t.toPeerBytes + t.toClientBytes;
+      },
+      () => undefined, // a dead helper: what it relayed is lost with it
+    );
+    const before = this.retiring.get(key);
+    const all = before === undefined ? read : Promise.all([before, read]).then(() => undefined);
+    this.retiring.set(key, all);
+    void all.then(() => {
+      if (this.retiring.get(key) === all) this.retiring.delete(key);
+    });
   }
 
   private toKernel(c: OffloadChannel, nowMs: number, nowNs: bigint): KernelChannel {

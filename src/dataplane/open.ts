@@ -118,8 +118,12 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
   let totals: Readonly<Record<string, number>> = {};
   let closed = false;
   const read = async (): Promise<void> => {
-    await offload.poll();
-    totals = await kernel.readTotals();
+    const all = await kernel.readTotals();
+    offload.accountTotals(all);
+    // The byte totals are in anyturn_relayed_bytes_total (through the engine's counters); the rest are packets by event.
+    const packets: Record<string, number> = {};
+    for (const [name, value] of Object.entries(all)) if (!name.startsWith('bytes_')) packets[name] = value;
+    totals = packets;
   };
   const timer = setInterval(() => {
     read().catch((err: unknown) => logger.warn({ err }, 'reading the kernel data plane counters failed'));

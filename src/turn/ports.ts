@@ -203,6 +203,10 @@ export interface ChannelOffload {
    * ChannelData already finds its entry.
    */
   set(key: string, channels: readonly OffloadChannel[], nowMs: number): Promise<void> | undefined;
-  /** Packets and payload bytes relayed without the engine so far for `key`, both directions (logs). */
-  trafficOf(key: string): { readonly packets: number; readonly bytes: number } | undefined;
+  /**
+   * Packets and payload bytes the kernel relayed for `key`, both directions, once its entries
+   * are gone (its deletion log): resolves when their last counts are read, and forgets them.
+   * Undefined when it never had an entry.
+   */
+  takeTraffic(key: string): Promise<{ readonly packets: number; readonly bytes: number } | undefined> | undefined;
 }

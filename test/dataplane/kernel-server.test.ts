@@ -14,7 +14,7 @@ import { Topology, jsonLines, netnsUnavailableReason } from '../helpers/netns.js
 import { LOOPBACK_V4, parseLogLines, runToCompletion, ANYTURN_CLI_PATH, startAnyturn, startTurnutilsPeer, stopAfter } from '../helpers/anyturn-process.js';
 import { TestTurnClient } from '../helpers/turn-client.js';
 import { metrics, peerReport, startNode, startPeer, startStreamClient, streamSummary, withDump } from '../anycast/cluster.js';
-import { Stream } from '../anycast/wire.js';
+import { PROBE_LENGTH, Stream } from '../anycast/wire.js';
 
 const skip = netnsUnavailableReason() ?? kernelDataplaneUnavailableReason();
 const STREAM_MS = 4000;
@@ -23,6 +23,8 @@ const TO_PEER = 'anyturn_dataplane_kernel_packets_total{event="relayed_to_peer"}
 const TO_CLIENT = 'anyturn_dataplane_kernel_packets_total{event="relayed_to_client"}';
 const RELAYED_TO_PEER = 'anyturn_relayed_packets_total{direction="client_to_peer"}';
 const RELAYED_TO_CLIENT = 'anyturn_relayed_packets_total{direction="peer_to_client"}';
+const RELAYED_BYTES_TO_PEER = 'anyturn_relayed_bytes_total{direction="client_to_peer"}';
+const RELAYED_BYTES_TO_CLIENT = 'anyturn_relayed_bytes_total{direction="peer_to_client"}';
 const KERNEL_CHANNELS = 'anyturn_dataplane_kernel_channels';
 
 function value(m: Map<string, number>, name: string): number {
@@ -69,6 +71,17 @@ describe('kernel data plane: the server in namespaces', { skip, timeout: 120_000
       assert.equal(value(m, RELAYED_TO_PEER) - value(m, TO_PEER), indication.length, 'JavaScript relayed the Send indications only');
       assert.equal(value(m, RELAYED_TO_CLIENT) - value(m, TO_CLIENT), indication.length, 'JavaScript relayed the Data indications only');
       assert.equal(value(m, KERNEL_CHANNELS), 0, 'Refresh 0 removed the channel entries');
+      // The deletion log of A (the channel's allocation) has what the kernel relayed for it,
+      // its entries' final counts read after Refresh 0 took them out; B (indications) none.
+      const deleted = jsonLines(node.stdout()).filter((r) => r.msg === 'allocation deleted');
+      assert.equal(deleted.length, 2, 'both allocations logged their deletion');
+      const kernelLogged = deleted.filter((r) => r.kernelPackets !== undefined);
+      assert.equal(kernelLogged.length, 1, `one deletion log with kernel figures\n${JSON.stringify(deleted)}`);
+      assert.equal(kernelLogged[0]?.kernelPackets, 2 * channel.length, 'every ChannelData and its echo');
+      assert.equal(kernelLogged[0]?.kernelBytes, 2 * channel.length * PROBE_LENGTH, 'and their payload bytes');
+      // The kernel's bytes reach anyturn_relayed_bytes_total from the program's totals.
+      assert.equal(value(m, RELAYED_BYTES_TO_PEER), (channel.length + indication.length) * PROBE_LENGTH, 'bytes to peers: kernel and JavaScript');
+      assert.equal(value(m, RELAYED_BYTES_TO_CLIENT), (channel.length + indication.length) * PROBE_LENGTH, 'bytes to the client: kernel and JavaScript');
     });
   });
 });

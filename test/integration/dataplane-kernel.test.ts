@@ -161,7 +161,7 @@ describe('kernel data plane (tc eBPF ChannelData relay)', { skip: SKIP }, () => 
         const traffic = await dp.readTraffic();
         assert.deepEqual(traffic, [{ handle, toPeerPackets: 1, toPeerBytes: data.length, toClientPackets: 0, toClientBytes: 0 }]);
       } finally {
-        dp.remove(handle);
+        dp.remove(handle, channel(f, 0x4001));
         await dp.readTraffic();
       }
     });
@@ -183,7 +183,7 @@ describe('kernel data plane (tc eBPF ChannelData relay)', { skip: SKIP }, () => 
         await c.waitFor((e): e is Received => isSock(e) && e.payload === expected && e.from === a.listen, start);
         assert.deepEqual(await dp.readTraffic(), [{ handle, toPeerPackets: 0, toPeerBytes: 0, toClientPackets: 1, toClientBytes: data.length }]);
       } finally {
-        dp.remove(handle);
+        dp.remove(handle, channel(f, 0x4002));
         await dp.readTraffic();
       }
     });
@@ -199,7 +199,7 @@ describe('kernel data plane (tc eBPF ChannelData relay)', { skip: SKIP }, () => 
           assert.ok(got.csumOk, `checksum with ${pad} padding bytes`);
         }
       } finally {
-        dp.remove(handle);
+        dp.remove(handle, channel(f, 0x4003));
         await dp.readTraffic();
       }
     });
@@ -221,7 +221,7 @@ describe('kernel data plane (tc eBPF ChannelData relay)', { skip: SKIP }, () => 
         assert.equal(totals.relayed_to_client, before.relayed_to_client);
         assert.deepEqual(await dp.readTraffic(), []);
       } finally {
-        dp.remove(handle);
+        dp.remove(handle, channel(f, 0x4004));
         await dp.readTraffic();
       }
     });
@@ -244,7 +244,7 @@ describe('kernel data plane (tc eBPF ChannelData relay)', { skip: SKIP }, () => 
       const last = unique('last');
       await relaysToPeer(f, 0x4006, last);
 
-      dp.remove(handle);
+      dp.remove(handle, channel(f, 0x4006, expiresAtNs));
       await dp.flush();
       await toUserSpace('C', f, channelData(0x4006, unique('removed')));
       await toUserSpace('P', f, unique('removed-peer'));
@@ -264,7 +264,7 @@ describe('kernel data plane (tc eBPF ChannelData relay)', { skip: SKIP }, () => 
       assert.equal((await dp.readTotals()).checksum_partial! - before.checksum_partial!, 1);
     } finally {
       await topo.setTxChecksumOffload(false);
-      dp.remove(handle);
+      dp.remove(handle, channel(4, 0x4007));
       await dp.readTraffic();
     }
   });

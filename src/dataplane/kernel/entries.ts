@@ -122,6 +122,11 @@ function writeU64(buf: Buffer, value: bigint, offset: number): void {
   else buf.writeBigUInt64BE(value, offset);
 }
 
+/** A zero-filled Buffer from Node's pool: Buffer.alloc gives each its own ArrayBuffer, which the young GC sweeps one by one. */
+function zeroed(size: number): Buffer {
+  return Buffer.allocUnsafe(size).fill(0);
+}
+
 /** Keys and values of both maps for one channel; statId indexes the per-entry counters. */
 export interface ChannelEntries {
   readonly c2pKey: Buffer;
@@ -132,7 +137,7 @@ export interface ChannelEntries {
 
 /** struct c2p_key: client[16] server[16] client_port server_port channel zero(2). */
 function c2pKey(a: ReturnType<typeof channelAddresses>, ch: KernelChannel): Buffer {
-  const k = Buffer.alloc(C2P_KEY_SIZE);
+  const k = zeroed(C2P_KEY_SIZE);
   a.client.copy(k, 0);
   a.server.copy(k, 16);
   k.writeUInt16BE(ch.clientPort, 32);
@@ -143,7 +148,7 @@ function c2pKey(a: ReturnType<typeof channelAddresses>, ch: KernelChannel): Buff
 
 /** struct c2p_value: relay[16] peer[16] relay_port peer_port stat_id(u32) expires_ns(u64). */
 function c2pValue(a: ReturnType<typeof channelAddresses>, ch: KernelChannel, statId: number): Buffer {
-  const v = Buffer.alloc(C2P_VALUE_SIZE);
+  const v = zeroed(C2P_VALUE_SIZE);
   a.relay.copy(v, 0);
   a.peer.copy(v, 16);
   v.writeUInt16BE(ch.relayPort, 32);
@@ -155,7 +160,7 @@ function c2pValue(a: ReturnType<typeof channelAddresses>, ch: KernelChannel, sta
 
 /** struct p2c_key: peer[16] relay[16] peer_port relay_port. */
 function p2cKey(a: ReturnType<typeof channelAddresses>, ch: KernelChannel): Buffer {
-  const k = Buffer.alloc(P2C_KEY_SIZE);
+  const k = zeroed(P2C_KEY_SIZE);
   a.peer.copy(k, 0);
   a.relay.copy(k, 16);
   k.writeUInt16BE(ch.peerPort, 32);
@@ -165,7 +170,7 @@ function p2cKey(a: ReturnType<typeof channelAddresses>, ch: KernelChannel): Buff
 
 /** struct p2c_value: client[16] server[16] client_port server_port channel zero(2) stat_id(u32) zero(4) expires_ns(u64). */
 function p2cValue(a: ReturnType<typeof channelAddresses>, ch: KernelChannel, statId: number): Buffer {
-  const v = Buffer.alloc(P2C_VALUE_SIZE);
+  const v = zeroed(P2C_VALUE_SIZE);
   a.client.copy(v, 0);
   a.server.copy(v, 16);
   v.writeUInt16BE(ch.clientPort, 32);

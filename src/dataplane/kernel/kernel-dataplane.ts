@@ -52,12 +52,8 @@ const MAX_MAX_ENTRIES = 1 << 24;
 const READ_BATCH = 512;
 const INTERFACE_NAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
 
-interface Installed {
-  c2pKey: string;
-  p2cKey: string;
-}
-
 type Counts = [number, number, number, number];
+const NOTHING: Readonly<Counts> = [0, 0, 0, 0];
 
 export class KernelDataplane {
   /** Called once if the helper dies unexpectedly (the kernel path is gone). */
@@ -65,10 +61,12 @@ export class KernelDataplane {
   /** Called with the helper's answer when an install, update or remove failed in the kernel. */
   onError: ((message: string) => void) | undefined;
 
-  private readonly live = new Map<number, Installed>();
+  /** Handles installed and not removed (their map keys are worked out again from the channel when removed). */
+  private readonly live = new Set<number>();
   /** Removed handles whose last traffic the next readTraffic() reports. */
   private readonly removed = new Set<number>();
-  private readonly last = new Map<number, Counts>();
+  /** The counters readTraffic() last reported, per handle it read (none until it is called). */
+  private readonly last = new Map<number, Readonly<Counts>>();
   private readonly free: number[] = [];
   private nextId = 0;
   private commandErrors = 0;
@@ -126,32 +124,28 @@ export class KernelDataplane {
     // The slot may hold a former handle's counts: zero it before the entries point at it.
     this.command(`zero ${id}`);
     this.put(entries);
-    this.live.set(id, { c2pKey: entries.c2pKey.toString('hex'), p2cKey: entries.p2cKey.toString('hex') });
-    this.last.set(id, [0, 0, 0, 0]);
+    this.live.add(id);
     return id;
   }
 
-  /** Same handle, new fields (usually a later expiry): the counters are kept. */
+  /**
+   * Same handle and addresses, ports and number, new expiry: the counters are kept. (Other
+   * fields changed: remove, then install.) Nothing of the keys is kept here per handle: at
+   * 100,000 channels two hex keys each were ~200 B of heap apiece (docs/scaling.md, "At scale").
+   */
   update(handle: number, channel: KernelChannel): void {
     this.checkOpen();
-    const installed = this.live.get(handle);
-    if (installed === undefined) throw new Error(`no kernel channel with handle ${handle}`);
-    const entries = encodeChannel(channel, handle);
-    const c2pKey = entries.c2pKey.toString('hex');
-    const p2cKey = entries.p2cKey.toString('hex');
-    if (c2pKey !== installed.c2pKey) this.command(`del c2p ${installed.c2pKey}`);
-    if (p2cKey !== installed.p2cKey) this.command(`del p2c ${installed.p2cKey}`);
-    this.put(entries);
-    this.live.set(handle, { c2pKey, p2cKey });
+    if (!this.live.has(handle)) throw new Error(`no kernel channel with handle ${handle}`);
+    this.put(encodeChannel(channel, handle));
   }
 
-  remove(handle: number): void {
-    const installed = this.live.get(handle);
-    if (installed === undefined) return;
-    this.live.delete(handle);
+  /** Takes the handle's entries out; `channel` is what it was installed (or last updated) with. */
+  remove(handle: number, channel: KernelChannel): void {
+    if (!this.live.delete(handle)) return;
     if (this.dead) return;
-    this.command(`del c2p ${installed.c2pKey}`);
-    this.command(`del p2c ${installed.p2cKey}`);
+    const entries = encodeChannel(channel, handle);
+    this.command(`del c2p ${entries.c2pKey.toString('hex')}`);
+    this.command(`del p2c ${entries.p2cKey.toString('hex')}`);
     this.removed.add(handle);
   }
 
@@ -192,31 +186,53 @@ export class KernelDataplane {
     }
   }
 
-  /** Traffic since the previous call, only for handles whose counters moved (removed handles report their last traffic once). */
+  /**
+   * Traffic since the previous call, only for handles whose counters moved (removed handles
+   * report their last traffic once). It reads every handle: for tests and diagnostics. The
+   * server reads the program's totals each second and retire()s each removed handle.
+   */
   async readTraffic(): Promise<KernelTraffic[]> {
     this.checkOpen();
     const finished = [...this.removed];
-    const ids = [...this.live.keys(), ...finished];
+    const ids = [...this.live, ...finished];
     const out: KernelTraffic[] = [];
     for (let i = 0; i < ids.length; i += READ_BATCH) {
       const fields = await this.helper.request(`read ${ids.slice(i, i + READ_BATCH).join(' ')}`);
       for (const c of parseCounters(fields)) {
-        const before = this.last.get(c.id);
-        if (before === undefined) continue;
-        const now: Counts = [c.toPeerPackets, c.toPeerBytes, c.toClientPackets, c.toClientBytes];
-        if (now.every((v, j) => v === before[j])) continue;
-        this.last.set(c.id, now);
-        out.push({
-          handle: c.id,
-          toPeerPackets: now[0] - before[0],
-          toPeerBytes: now[1] - before[1],
-          toClientPackets: now[2] - before[2],
-          toClientBytes: now[3] - before[3],
-        });
+        const moved = this.moved(c);
+        if (moved !== undefined) out.push(moved);
       }
     }
     for (const id of finished) this.release(id);
     return out;
+  }
+
+  /**
+   * A removed handle's traffic not reported yet (by readTraffic), read once the kernel
+   * dropped its entries (the helper answers in order); the handle is free for reuse after.
+   * Undefined for a handle that is not removed, or when nothing moved.
+   */
+  async retire(handle: number): Promise<KernelTraffic | undefined> {
+    if (!this.removed.has(handle) || this.dead) return undefined;
+    const counters = parseCounters(await this.helper.request(`read ${handle}`))[0];
+    const moved = counters === undefined || !this.removed.has(handle) ? undefined : this.moved(counters);
+    this.release(handle);
+    return moved;
+  }
+
+  /** A handle's counters against the last ones reported (zeros at first); undefined when nothing moved. */
+  private moved(c: ReturnType<typeof parseCounters>[number]): KernelTraffic | undefined {
+    const before = this.last.get(c.id) ?? NOTHING;
+    const now: Counts = [c.toPeerPackets, c.toPeerBytes, c.toClientPackets, c.toClientBytes];
+    if (now.every((v, j) => v === before[j])) return undefined;
+    this.last.set(c.id, now);
+    return {
+      handle: c.id,
+      toPeerPackets: now[0] - before[0],
+      toPeerBytes: now[1] - before[1],
+      toClientPackets: now[2] - before[2],
+      toClientBytes: now[3] - before[3],
+    };
   }
 
   /** Program-wide per-reason counters (docs/dataplane.md, "What passes to user space"), plus `command_errors`. */

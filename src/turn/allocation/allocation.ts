@@ -2,14 +2,16 @@
 // socket, permissions and channel bindings, kept in maps shaped for the relay
 // hot path. The store holds the same facts as a plain AllocationRecord.
 
-import { parseIPv4, parseIPv6 } from '../../net/ip.js';
+import { parseIPv4 } from '../../net/ip.js';
 import { isValidChannelNumber } from '../../stun/channel-data.js';
-import { CHANNEL_MIN } from '../../stun/constants.js';
 import type { AllocationRecord } from '../../store/types.js';
 import type { BandwidthGate } from '../bandwidth.js';
 import type { ClientPath, RelayFamily, RelaySocket } from '../ports.js';
 import { ResponseSlabs, keptMessage, keptTransactionIs } from './kept-responses.js';
+import { ChannelBinding, Permission } from './permission.js';
 import { PeerPermissions } from './peer-permissions.js';
+
+export { ChannelBinding, Permission } from './permission.js';
 import type { EngineListener } from './table.js';
 import type { TcpRelayState } from './tcp-connections.js';
 
@@ -26,43 +28,11 @@ export const ALLOCATE_RESPONSE_KEEP_MS = 40_000;
 // Shared by every allocation until it needs its own (docs/scaling.md, "At scale": each
 // empty array, set, promise or typed array kept per allocation is heap times 100,000).
 // Never written to: an allocation replaces them before its first change.
-const NO_IPV6 = new Uint8Array(0);
-const NO_CHANNEL_SLOTS: readonly (ChannelBinding | undefined)[] = [];
-const NO_BINDINGS: ReadonlySet<ChannelBinding> = new Set<ChannelBinding>();
+const NO_BINDINGS: readonly ChannelBinding[] = Object.freeze([]);
 /** The slabs every allocation of this process keeps its Allocate response in. */
 const KEPT_RESPONSES = new ResponseSlabs();
 /** What an allocation's `persisting` is while no write is in flight. */
 export const NOTHING_PERSISTING: Promise<void> = Promise.resolve();
-
-export class Permission {
-  /** Channels bound to this peer IP, by peer port. */
-  channelsByPort: Map<number, ChannelBinding> | undefined;
-  /** The IPv6 address as bytes (for Data indications), empty for IPv4. */
-  readonly peerIPv6: Uint8Array;
-  /** Cached PeerPolicy.isServerAddress(peerAddress), valid while the policy's generation equals policyGeneration. */
-  serverAddress = false;
-  policyGeneration = -1;
-  constructor(
-    readonly peerAddress: string,
-    /** The IPv4 address as a number, or -1 for IPv6. */
-    readonly peerIPv4: number,
-    /** The relay socket of the peer's family (a dual allocation has one per family). */
-    readonly relay: RelaySocket,
-    public expiresAtMs: number,
-  ) {
-    this.peerIPv6 = peerIPv4 >= 0 ? NO_IPV6 : (parseIPv6(peerAddress) ?? new Uint8Array(16));
-  }
-}
-
-export class ChannelBinding {
-  constructor(
-    readonly number: number,
-    readonly peerAddress: string,
-    readonly peerPort: number,
-    readonly permission: Permission,
-    public expiresAtMs: number,
-  ) {}
-}
 
 /**
  * What makes one allocation, besides its client path and relay sockets: the same fields
@@ -150,17 +120,24 @@ export class Allocation {
 
   /** By peer IP as text, and by IPv4 address as a number (`getIPv4`: the hot path's lookup). */
   readonly permissionsByAddress = new PeerPermissions();
-  /** Indexed by channel number - 0x4000: the hot path's lookup. Its own array from the first binding on. */
-  private channelSlots: (ChannelBinding | undefined)[] = NO_CHANNEL_SLOTS as (ChannelBinding | undefined)[];
-  /** The same bindings, for iteration (the slot array is sparse, up to 16k long). Its own set from the first binding on. */
-  private bindingSet: Set<ChannelBinding> = NO_BINDINGS as Set<ChannelBinding>;
+  /**
+   * The allocation's channel when it has exactly one (channelsByNumber is then undefined),
+   * and a Map by number from the second on. A WebRTC allocation has one: a Set and a Map of
+   * its own cost ~500 B of heap each, and an array indexed by number grew to thousands of
+   * slots for the random numbers browsers pick (docs/scaling.md, "At scale").
+   */
+  private soleChannel: ChannelBinding | undefined = undefined;
+  private channelsByNumber: Map<number, ChannelBinding> | undefined = undefined;
 
-  get bindings(): ReadonlySet<ChannelBinding> {
-    return this.bindingSet;
+  /** Every channel binding (quarantined ones included); not for the packet paths. */
+  get bindings(): Iterable<ChannelBinding> {
+    const sole = this.soleChannel;
+    if (sole !== undefined) return [sole];
+    return this.channelsByNumber?.values() ?? NO_BINDINGS;
   }
 
   get channelCount(): number {
-    return this.bindingSet.size;
+    return this.soleChannel !== undefined ? 1 : (this.channelsByNumber?.size ?? 0);
   }
 
   /** The one place an Allocation is built (a local Allocate and an adopted record alike). */
@@ -211,8 +188,11 @@ export class Allocation {
     return keptMessage(slab, this.keptAt);
   }
 
+  /** The binding of channel `number` (the client-to-peer hot path's lookup). */
   channel(number: number): ChannelBinding | undefined {
-    return this.channelSlots[number - CHANNEL_MIN];
+    const sole = this.soleChannel;
+    if (sole !== undefined) return sole.number === number ? sole : undefined;
+    return this.channelsByNumber?.get(number);
   }
 
   /** The relay socket serving peers of this family (IPv4 when peerIPv4 >= 0), if the allocation has one. */
@@ -252,13 +232,16 @@ export class Allocation {
       return existing;
     }
     const binding = new ChannelBinding(number, permission.peerAddress, peerPort, permission, expiresAtMs);
-    if (this.bindingSet === NO_BINDINGS) {
-      this.bindingSet = new Set();
-      this.channelSlots = [];
+    const sole = this.soleChannel;
+    if (sole === undefined && this.channelsByNumber === undefined) this.soleChannel = binding;
+    else {
+      if (sole !== undefined) {
+        this.channelsByNumber = new Map([[sole.number, sole]]);
+        this.soleChannel = undefined;
+      }
+      this.channelsByNumber?.set(number, binding);
     }
-    this.channelSlots[number - CHANNEL_MIN] = binding;
-    this.bindingSet.add(binding);
-    (permission.channelsByPort ??= new Map()).set(peerPort, binding);
+    permission.addChannel(binding);
     return binding;
   }
 
@@ -270,18 +253,31 @@ export class Allocation {
     if (this.keptSlab !== undefined && nowMs - this.createdAtMs >= ALLOCATE_RESPONSE_KEEP_MS) this.keptSlab = undefined;
     let changed = false;
     // Most allocations have no channel: no Set iterator made for the shared empty set.
-    if (this.bindingSet.size > 0) changed = this.pruneBindings(nowMs);
+    if (this.soleChannel !== undefined || this.channelsByNumber !== undefined) changed = this.pruneBindings(nowMs);
     return this.permissionsByAddress.pruneExpired(nowMs) || changed;
   }
 
   private pruneBindings(nowMs: number): boolean {
+    const sole = this.soleChannel;
+    if (sole !== undefined) {
+      // No iterator for the one channel most allocations have: the tick runs this every second.
+      if (sole.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) return false;
+      this.soleChannel = undefined;
+      sole.permission.removeChannel(sole);
+      return true;
+    }
+    const byNumber = this.channelsByNumber;
+    if (byNumber === undefined) return false;
     let changed = false;
-    for (const binding of this.bindingSet) {
+    for (const binding of byNumber.values()) {
       if (binding.expiresAtMs + CHANNEL_QUARANTINE_MS > nowMs) continue;
-      this.channelSlots[binding.number - CHANNEL_MIN] = undefined;
-      this.bindingSet.delete(binding);
-      if (binding.permission.channelsByPort?.get(binding.peerPort) === binding) binding.permission.channelsByPort.delete(binding.peerPort);
+      byNumber.delete(binding.number);
+      binding.permission.removeChannel(binding);
       changed = true;
+    }
+    if (byNumber.size <= 1) {
+      this.soleChannel = byNumber.size === 1 ? byNumber.values().next().value : undefined;
+      this.channelsByNumber = undefined;
     }
     return changed;
   }
@@ -330,7 +326,7 @@ export class Allocation {
         continue;
       }
       const permission = this.permit(channel.peerAddress, parseIPv4(channel.peerAddress), record.permissions[channel.peerAddress] ?? 0);
-      if (permission.channelsByPort?.has(channel.peerPort)) continue;
+      if (permission.channelFor(channel.peerPort) !== undefined) continue;
       this.bindChannel(number, permission, channel.peerPort, channel.expiresAtMs);
     }
     this.version = record.version;
@@ -341,7 +337,7 @@ export class Allocation {
     const permissions: Record<string, number> = {};
     for (const permission of this.permissionsByAddress.values()) permissions[permission.peerAddress] = permission.expiresAtMs;
     const channels: Record<string, { peerAddress: string; peerPort: number; expiresAtMs: number }> = {};
-    for (const binding of this.bindingSet) {
+    for (const binding of this.bindings) {
       channels[String(binding.number)] = { peerAddress: binding.peerAddress, peerPort: binding.peerPort, expiresAtMs: binding.expiresAtMs };
     }
     // A literal, then the optional fields: spreads of small objects into the middle of one

@@ -56,9 +56,9 @@ export class OffloadSync {
     for (const allocation of all) if (allocation.channelCount > 0) this.sync(allocation, nowMs);
   }
 
-  /** How much the kernel relayed for the allocation (its deletion log). */
-  trafficOf(key: string): { readonly packets: number; readonly bytes: number } | undefined {
-    return this.offload?.trafficOf(key);
+  /** How much the kernel relayed for the allocation, once its entries are gone (its deletion log). */
+  takeTraffic(key: string): Promise<{ readonly packets: number; readonly bytes: number } | undefined> | undefined {
+    return this.offload?.takeTraffic(key);
   }
 
   private channelsOf(allocation: Allocation, nowMs: number): OffloadChannel[] {

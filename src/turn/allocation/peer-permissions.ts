@@ -74,13 +74,13 @@ export class PeerPermissions implements Iterable<[string, Permission]> {
   pruneExpired(nowMs: number): boolean {
     if (this.byAddress === undefined) {
       const only = this.only;
-      if (only === undefined || only.expiresAtMs > nowMs || (only.channelsByPort?.size ?? 0) > 0) return false;
+      if (only === undefined || only.expiresAtMs > nowMs || only.hasChannels) return false;
       this.only = undefined;
       return true;
     }
     let changed = false;
     for (const permission of this.byAddress.values()) {
-      if (permission.expiresAtMs > nowMs || (permission.channelsByPort?.size ?? 0) > 0) continue;
+      if (permission.expiresAtMs > nowMs || permission.hasChannels) continue;
       this.delete(permission);
       changed = true;
     }

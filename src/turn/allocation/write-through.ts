@@ -299,7 +299,9 @@ export class WriteThrough {
     this.table.remove(listener, allocation);
     this.o.counters.allocationsDeleted++;
     allocation.closeRelays();
-    const kernel = this.offload.trafficOf(allocation.key);
+    // The kernel's last counts for it are read after its entries went (sync above).
+    const reading = this.offload.takeTraffic(allocation.key);
+    const kernel = reading === undefined ? undefined : await reading;
     this.o.logger.info(
       {
         event: 'allocation_deleted',

@@ -39,7 +39,7 @@ export function channelBind(ctx: TurnContext, r: MethodRequest): Promise<void> |
   if (existing && (existing.peerAddress !== peer.address || existing.peerPort !== peer.port)) {
     throw new TurnError(ErrorCode.BadRequest, 'Channel bound to another peer');
   }
-  const peerBinding = allocation.permissionsByAddress.get(peer.address)?.channelsByPort?.get(peer.port);
+  const peerBinding = allocation.permissionsByAddress.get(peer.address)?.channelFor(peer.port);
   if (peerBinding && peerBinding.number !== number && peerBinding.expiresAtMs + CHANNEL_QUARANTINE_MS > now) {
     throw new TurnError(ErrorCode.BadRequest, 'Peer bound to another channel');
   }

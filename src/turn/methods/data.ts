@@ -35,7 +35,7 @@ export class PeerData {
     const permission = allocation.permissionsByAddress.get(address);
     const now = this.packetClock();
     if (!permission || permission.expiresAtMs <= now) return this.drop('no_permission');
-    const binding = permission.channelsByPort?.get(port);
+    const binding = permission.channelFor(port);
     const path = allocation.path;
     const gate = allocation.bandwidth;
     if (binding !== undefined && binding.expiresAtMs > now) {

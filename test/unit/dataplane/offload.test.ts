@@ -1,6 +1,7 @@
 // KernelOffload (src/dataplane/offload.ts) over a recording fake of the kernel's
 // entries: what the engine's lists become in the maps, and how the kernel's counters
-// come back into the engine's. The kernel itself is tested in
+// come back into the engine's (the program's totals) and into the deletion log (a
+// removed entry's final counts). The kernel itself is tested in
 // test/integration/dataplane-kernel.test.ts.
 
 import assert from 'node:assert/strict';
@@ -14,7 +15,8 @@ import type { OffloadChannel } from '../../../src/turn/ports.js';
 class FakeKernel implements KernelEntries {
   readonly entries = new Map<number, KernelChannel>();
   readonly log: string[] = [];
-  pending: KernelTraffic[] = [];
+  /** What retire() answers per handle. */
+  readonly final = new Map<number, KernelTraffic>();
   private next = 1;
 
   install(channel: KernelChannel): number {
@@ -30,8 +32,12 @@ class FakeKernel implements KernelEntries {
     this.log.push(`update ${handle}`);
   }
 
-  remove(handle: number): void {
-    assert.ok(this.entries.delete(handle), `remove of a live handle ${handle}`);
+  remove(handle: number, channel: KernelChannel): void {
+    const installed = this.entries.get(handle);
+    assert.ok(installed, `remove of a live handle ${handle}`);
+    // The map keys are worked out from what remove() is given: the same tuple as installed.
+    assert.deepEqual({ ...channel, expiresAtNs: 0n }, { ...installed, expiresAtNs: 0n }, `remove ${handle} names its installed tuple`);
+    this.entries.delete(handle);
     this.log.push(`remove ${handle}`);
   }
 
@@ -40,10 +46,11 @@ class FakeKernel implements KernelEntries {
     return Promise.resolve();
   }
 
-  readTraffic(): Promise<KernelTraffic[]> {
-    const out = this.pending;
-    this.pending = [];
-    return Promise.resolve(out);
+  /** A removed handle's final counts, as the kernel would answer them. */
+  retire(handle: number): Promise<KernelTraffic | undefined> {
+    assert.ok(!this.entries.has(handle), `retire of a removed handle ${handle}`);
+    this.log.push(`retire ${handle}`);
+    return Promise.resolve(this.final.get(handle));
   }
 }
 
@@ -85,32 +92,39 @@ describe('KernelOffload', () => {
     assert.deepEqual(kernel.log.slice(3), ['update 1', 'flush']);
     // Another peer on number 0x4001 (a rebinding after quarantine): a new entry, not an update.
     offload.set('a', [channel(0x4000, 5000, 20_000), channel(0x4001, 6000, 10_600)], 10_000);
-    assert.deepEqual(kernel.log.slice(5), ['remove 2', 'install 3', 'flush']);
+    // Each removed entry's final counts are read right after it (for the deletion log).
+    assert.deepEqual(kernel.log.slice(5), ['remove 2', 'retire 2', 'install 3', 'flush']);
     offload.set('a', [], 10_000);
-    assert.deepEqual(kernel.log.slice(8), ['remove 1', 'remove 3', 'flush']);
+    assert.deepEqual(kernel.log.slice(9), ['remove 1', 'retire 1', 'remove 3', 'retire 3', 'flush']);
     assert.equal(kernel.entries.size, 0);
     assert.equal(offload.size, 0);
   });
 
-  it('adds what the kernel relayed to the engine counters, per allocation until the read after its removal', async () => {
-    const { kernel, counters, offload } = harness();
+  it("adds the program's relayed totals to the engine counters, as deltas between reads", () => {
+    const { counters, offload } = harness();
+    offload.accountTotals({ relayed_to_peer: 11, bytes_relayed_to_peer: 1050, relayed_to_client: 7, bytes_relayed_to_client: 700, expired: 3 });
+    assert.deepEqual([counters.packetsClientToPeer, counters.bytesClientToPeer, counters.packetsPeerToClient, counters.bytesPeerToClient], [11, 1050, 7, 700]);
+    offload.accountTotals({ relayed_to_peer: 14, bytes_relayed_to_peer: 1350, relayed_to_client: 7, bytes_relayed_to_client: 700, expired: 9 });
+    assert.deepEqual([counters.packetsClientToPeer, counters.bytesClientToPeer, counters.packetsPeerToClient, counters.bytesPeerToClient], [14, 1350, 7, 700]);
+    offload.accountTotals({});
+    assert.equal(counters.packetsClientToPeer, 14, 'a read without the totals adds nothing');
+  });
+
+  it("gives the deletion log what an allocation's removed entries relayed, read once each after its removal", async () => {
+    const { kernel, offload } = harness();
     offload.set('a', [channel(0x4000, 5000, 99_000)], 0);
     offload.set('b', [channel(0x4001, 5001, 99_000)], 0);
-    kernel.pending = [
-      { handle: 1, toPeerPackets: 10, toPeerBytes: 1000, toClientPackets: 7, toClientBytes: 700 },
-      { handle: 2, toPeerPackets: 1, toPeerBytes: 50, toClientPackets: 0, toClientBytes: 0 },
-    ];
-    await offload.poll();
-    assert.deepEqual([counters.packetsClientToPeer, counters.bytesClientToPeer, counters.packetsPeerToClient, counters.bytesPeerToClient], [11, 1050, 7, 700]);
-    assert.deepEqual(offload.trafficOf('a'), { packets: 17, bytes: 1700 });
-    // 'a' goes; its last traffic still arrives with the next read and is counted once.
+    assert.equal(offload.takeTraffic('a'), undefined, 'nothing while its entries are installed');
+    kernel.final.set(1, { handle: 1, toPeerPackets: 10, toPeerBytes: 1000, toClientPackets: 7, toClientBytes: 700 });
+    kernel.final.set(3, { handle: 3, toPeerPackets: 2, toPeerBytes: 20, toClientPackets: 0, toClientBytes: 0 });
+    // 'a' moves to another peer (entry 1 goes, 3 comes), then goes: both entries add up.
+    offload.set('a', [channel(0x4000, 6000, 99_000)], 0);
     offload.set('a', [], 0);
-    assert.deepEqual(offload.trafficOf('a'), { packets: 17, bytes: 1700 }, 'the deletion log reads it right after the removal');
-    kernel.pending = [{ handle: 1, toPeerPackets: 3, toPeerBytes: 300, toClientPackets: 0, toClientBytes: 0 }];
-    await offload.poll();
-    assert.equal(counters.packetsClientToPeer, 14);
-    assert.equal(offload.trafficOf('a'), undefined, 'forgotten after the read that followed its removal');
-    assert.deepEqual(offload.trafficOf('b'), { packets: 1, bytes: 50 });
+    assert.deepEqual(kernel.log.slice(-7), ['remove 1', 'retire 1', 'install 3', 'flush', 'remove 3', 'retire 3', 'flush']);
+    assert.deepEqual(await offload.takeTraffic('a'), { packets: 19, bytes: 1720 });
+    assert.equal(offload.takeTraffic('a'), undefined, 'taken once');
+    offload.set('b', [], 0);
+    assert.equal(await offload.takeTraffic('b'), undefined, 'an entry that relayed nothing: no figure');
   });
 
   it('gives never-negative lifetimes, and does nothing once the kernel path is gone', () => {

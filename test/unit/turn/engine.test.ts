@@ -1766,7 +1766,7 @@ class RecordingOffload implements ChannelOffload {
     return undefined;
   }
 
-  trafficOf(): undefined {
+  takeTraffic(): undefined {
     return undefined;
   }
 }

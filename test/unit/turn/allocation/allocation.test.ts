@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
 import type { AllocationRecord } from '../../../../src/store/types.js';
-import { Allocation, type AllocationSeed, type PeerFilter } from '../../../../src/turn/allocation/allocation.js';
+import { Allocation, type AllocationSeed, type ChannelBinding, type PeerFilter } from '../../../../src/turn/allocation/allocation.js';
 import { FakeClientPath, FakeRelaySocket } from '../../../helpers/fake-io.js';
 
 const T0 = 1_700_000_000_000;
@@ -110,7 +110,7 @@ describe('Allocation.merge', () => {
     const added = a.channel(0x4001)!;
     assert.equal(added.peerAddress, '203.0.113.1');
     assert.equal(added.peerPort, 5001);
-    assert.equal(a.permissionsByAddress.get('203.0.113.1')!.channelsByPort!.get(5001), added);
+    assert.equal(a.permissionsByAddress.get('203.0.113.1')!.channelFor(5001), added);
     assert.equal(a.channelCount, 2);
     // The same binding, refreshed elsewhere: the later expiry wins.
     a.merge(
@@ -250,7 +250,7 @@ describe('Allocation: state shared until needed', () => {
     assert.notEqual(a.bindings, b.bindings);
     assert.equal(b.channel(0x4001), undefined, 'nothing leaked into the shared slots');
     assert.equal(b.channelCount, 0);
-    assert.equal(make().bindings.size, 0, 'nor into the shared set');
+    assert.equal([...make().bindings].length, 0, 'nor into the shared set');
     // Pruned away, and bound again: its own slots still work.
     assert.equal(a.prune(T0 + 600_000 + 300_000), true);
     assert.equal(a.channel(0x4001), undefined);
@@ -269,5 +269,55 @@ describe('Allocation: state shared until needed', () => {
     const p6 = a.permit('2001:db8::99', -1, T0 + 300_000);
     assert.equal(p6.peerIPv6.length, 16);
     assert.equal(p6.peerIPv6[15], 0x99);
+  });
+});
+
+// One channel is held in a field, a Map from the second on (allocation and permission
+// alike): every lookup must give the same answers whichever way the bindings are held.
+describe('Allocation: one channel in a field, more in a Map', () => {
+  it('finds every binding by number and by peer port while channels come and go in any order', () => {
+    const a = make();
+    const p = a.permit('203.0.113.1', 0xcb007101, T0 + 3_000_000);
+    const q = a.permit('203.0.113.2', 0xcb007102, T0 + 3_000_000);
+    // Random numbers, as browsers pick them (far apart: no array indexed by number).
+    const one = a.bindChannel(0x7abc, p, 5000, T0 + 600_000);
+    const two = a.bindChannel(0x4000, p, 5001, T0 + 900_000);
+    const three = a.bindChannel(0x5555, q, 5000, T0 + 1_200_000);
+    const made = [one, two, three];
+    const check = (live: ChannelBinding[]): void => {
+      assert.equal(a.channelCount, live.length);
+      assert.deepEqual(new Set(a.bindings), new Set(live));
+      for (const b of made) {
+        assert.equal(a.channel(b.number), live.includes(b) ? b : undefined, `channel ${b.number.toString(16)}`);
+        const onPort = live.find((x) => x.permission === b.permission && x.peerPort === b.peerPort);
+        assert.equal(b.permission.channelFor(b.peerPort), onPort, `${b.peerAddress}:${b.peerPort}`);
+      }
+      assert.equal(p.channelFor(5002), undefined);
+      assert.equal(a.channel(0x4001), undefined);
+      assert.equal(
+        p.hasChannels,
+        live.some((b) => b.permission === p),
+      );
+      assert.equal(
+        q.hasChannels,
+        live.some((b) => b.permission === q),
+      );
+    };
+    check([one, two, three]);
+    // The quarantine (5 minutes) after each expiry: one goes first, then two, then three.
+    assert.equal(a.prune(T0 + 600_000 + 300_000), true);
+    check([two, three]);
+    assert.equal(a.prune(T0 + 900_000 + 300_000), true);
+    check([three]);
+    assert.equal(a.prune(T0 + 1_200_000 + 300_000), true);
+    check([]);
+    assert.equal(a.prune(T0 + 1_200_000 + 300_000), false, 'nothing left to prune');
+    // Bound again after all went, then a second: from a field to a Map again.
+    const four = a.bindChannel(0x4abc, q, 5000, T0 + 2_000_000);
+    made.push(four);
+    check([four]);
+    const five = a.bindChannel(0x4abd, q, 5001, T0 + 2_100_000);
+    made.push(five);
+    check([four, five]);
   });
 });
