@@ -152,7 +152,6 @@ export async function sample(ctx: ScaleContext, live: number): Promise<NodeSampl
 }
 
 export interface ProbeDone {
-  readonly via: 'relay' | 'direct';
   readonly sent: number;
   readonly received: number;
   readonly lost: number;
@@ -199,6 +198,8 @@ export interface LatencyResult {
   readonly live: number;
   readonly direct: ProbeDone | undefined;
   readonly relay: ProbeDone | undefined;
+  /** Relayed minus direct round trip, pair by pair (the two sent together), ms. */
+  readonly added: LatencySummary | undefined;
   readonly churn: ChurnDone | undefined;
   readonly gc: GcWindow;
   readonly errors: string[];
@@ -237,21 +238,30 @@ export async function latency(ctx: ScaleContext, live: number, run: number): Pro
   let churn: ChurnDone | undefined;
   let direct: ProbeDone | undefined;
   let relay: ProbeDone | undefined;
+  let added: LatencySummary | undefined;
   const m0 = await readMetrics(ctx.opsSocket);
   const t0 = performance.now();
   try {
     const warmup = o.probeRate; // one second
     const base = { server: ctx.server, peer: ctx.peer, rate: o.probeRate, count: o.probeRate * o.probeSeconds + warmup, warmup, size: PROBE_SIZE };
     const timeoutMs = 60_000 + 2000 * o.probeSeconds;
-    const probe = async (via: 'relay' | 'direct', address: string): Promise<ProbeDone | undefined> => {
-      const config: ProbeConfig = { ...base, via, bind: { address, port: 40_000 + run } };
-      return runDriver<ProbeDone>(ctx, `probe-${via}-${run}`, ctx.probeScript, 'probe', config, timeoutMs).catch((err: unknown) => {
-        errors.push(`${via} probe: ${err instanceof Error ? err.message : String(err)}`);
-        return undefined;
-      });
-    };
-    direct = await probe('direct', DIRECT_PROBE_ADDRESS);
-    relay = await probe('relay', RELAY_PROBE_ADDRESS);
+    // One process sends both at the same moments (bench/allocations/scale-probe.ts).
+    const port = 40_000 + run;
+    const config: ProbeConfig = { ...base, bind: { address: RELAY_PROBE_ADDRESS, port }, directBind: { address: DIRECT_PROBE_ADDRESS, port } };
+    const done = await runDriver<{ relay: ProbeDone; direct: ProbeDone; addedMs: LatencySummary }>(
+      ctx,
+      `probe-${run}`,
+      ctx.probeScript,
+      'probe',
+      config,
+      timeoutMs,
+    ).catch((err: unknown) => {
+      errors.push(`probe: ${err instanceof Error ? err.message : String(err)}`);
+      return undefined;
+    });
+    direct = done?.direct;
+    relay = done?.relay;
+    added = done?.addedMs;
   } finally {
     if (churnProc !== undefined) {
       churnProc.child.stdin?.write('stop\n');
@@ -264,7 +274,7 @@ export async function latency(ctx: ScaleContext, live: number, run: number): Pro
   }
   const seconds = (performance.now() - t0) / 1000;
   const gc = gcWindow(m0, await readMetrics(ctx.opsSocket), seconds);
-  return { live, direct, relay, churn, gc, errors };
+  return { live, direct, relay, added, churn, gc, errors };
 }
 
 interface LifecycleDone {

@@ -1,10 +1,13 @@
 // The scale part's small helpers, run as their own processes in its namespaces
 // (bench/allocations/scale.ts starts them): node scale-probe.js <mode> '<json config>'.
 //
-//   probe   in C: round trips at a steady rate, either through the relay (one allocation:
-//           a Send indication to the echo peer, the echo back as a Data indication, i.e. the
-//           engine's JavaScript path both ways; ChannelData could go through the kernel) or
-//           straight to the echo peer (the floor: the same veths and routing, no relay).
+//   probe   in C: round trips at a steady rate, through the relay (one allocation: a Send
+//           indication to the echo peer, the echo back as a Data indication, i.e. the
+//           engine's JavaScript path both ways; ChannelData could go through the kernel)
+//           and straight to the echo peer (the floor: the same veths and routing, no
+//           relay), both sent at the same moments from this one process, so that what
+//           delays the client's side (CPU 0's other work, this process's own GC) delays
+//           both alike and the difference is the relay's.
 //   echo    in P: sends every datagram back to where it came from.
 //   bridge  in S: a Unix socket in the scratch directory forwarded to a TCP port on S's
 //           loopback, so the benchmark (in the root namespace) reads anyturn's /metrics and
@@ -23,10 +26,11 @@ import { PASSWORD, USER } from '../servers.js';
 import { sleep } from '../host.js';
 
 export interface ProbeConfig {
-  readonly via: 'relay' | 'direct';
   readonly server: Endpoint;
   readonly peer: Endpoint;
+  /** The relay probe's client socket, and the direct probe's socket. */
   readonly bind: Endpoint;
+  readonly directBind: Endpoint;
   /** Round trips per second, and how many; the first `warmup` are left out of the figures. */
   readonly rate: number;
   readonly count: number;
@@ -55,10 +59,13 @@ class Rtt {
   readonly sentAt: Float64Array;
   readonly seen: Uint8Array;
   readonly ms: number[] = [];
+  /** Each answered round trip (ms) by sequence number; NaN while unanswered. */
+  readonly bySeq: Float64Array;
   received = 0;
   constructor(private readonly c: ProbeConfig) {
     this.sentAt = new Float64Array(c.count);
     this.seen = new Uint8Array(c.count);
+    this.bySeq = new Float64Array(c.count).fill(Number.NaN);
   }
 
   payload(seq: number): Buffer {
@@ -77,6 +84,7 @@ class Rtt {
     if (seq < this.c.warmup) return;
     this.received++;
     this.ms.push(now - this.sentAt[seq]!);
+    this.bySeq[seq] = now - this.sentAt[seq]!;
   }
 }
 
@@ -97,28 +105,44 @@ async function paced(c: ProbeConfig, send: (seq: number) => void): Promise<numbe
 }
 
 async function probe(c: ProbeConfig): Promise<void> {
-  const rtt = new Rtt(c);
-  let maxLagMs: number;
-  if (c.via === 'relay') {
-    const client = await AllocationClient.open(c.server, { username: USER, password: PASSWORD }, new DriverStats(), c.bind);
-    await client.allocate();
-    await client.createPermission(c.peer);
-    client.onDataIndication = (m) => rtt.answer(getAttribute(m, Attr.Data));
-    maxLagMs = await paced(c, (seq) => client.sendIndication(c.peer, rtt.payload(seq)));
-    await client.refresh(0).catch(() => undefined);
-    await client.close();
-  } else {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(c.bind.port, c.bind.address, () => resolve());
-    });
-    socket.on('message', (msg) => rtt.answer(msg));
-    maxLagMs = await paced(c, (seq) => socket.send(rtt.payload(seq), c.peer.port, c.peer.address));
-    socket.close();
-  }
+  const relayed = new Rtt(c);
+  const direct = new Rtt(c);
+  const client = await AllocationClient.open(c.server, { username: USER, password: PASSWORD }, new DriverStats(), c.bind);
+  await client.allocate();
+  await client.createPermission(c.peer);
+  client.onDataIndication = (m) => relayed.answer(getAttribute(m, Attr.Data));
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind(c.directBind.port, c.directBind.address, () => resolve());
+  });
+  socket.on('message', (msg) => direct.answer(msg));
+  const sendRelayed = (seq: number): void => client.sendIndication(c.peer, relayed.payload(seq));
+  const sendDirect = (seq: number): void => {
+    socket.send(direct.payload(seq), c.peer.port, c.peer.address);
+  };
+  // Which goes first alternates, so neither is always the one that waits for the other's send.
+  const maxLagMs = await paced(c, (seq) => {
+    if (seq % 2 === 0) {
+      sendRelayed(seq);
+      sendDirect(seq);
+    } else {
+      sendDirect(seq);
+      sendRelayed(seq);
+    }
+  });
+  await client.refresh(0).catch(() => undefined);
+  await client.close();
+  socket.close();
   const timed = c.count - c.warmup;
-  out({ type: 'done', via: c.via, sent: timed, received: rtt.received, lost: timed - rtt.received, rttMs: summarize(rtt.ms), maxLagMs });
+  const result = (rtt: Rtt) => ({ sent: timed, received: rtt.received, lost: timed - rtt.received, rttMs: summarize(rtt.ms), maxLagMs });
+  // The relay's added latency, probe by probe: relayed minus direct round trip of the pair sent together.
+  const added: number[] = [];
+  for (let seq = c.warmup; seq < c.count; seq++) {
+    const d = relayed.bySeq[seq]! - direct.bySeq[seq]!;
+    if (!Number.isNaN(d)) added.push(d);
+  }
+  out({ type: 'done', relay: result(relayed), direct: result(direct), addedMs: summarize(added) });
 }
 
 async function echo(c: EchoConfig): Promise<void> {

@@ -129,12 +129,16 @@ function pct(s: LatencySummary | undefined): [number | undefined, number | undef
   return [s?.p50, s?.p99, s?.max];
 }
 
-/** The added p50 and p99 (relayed - direct, ms) of each latency round, grouped by the live count they ran at, in order. */
+/**
+ * The added p50 and p99 (ms) of each latency round, grouped by the live count they ran at, in
+ * order: of the pairs' differences (relayed - direct round trip of two probes sent together)
+ * where the round has them, else the difference of the two distributions' percentiles.
+ */
 export function addedByLive(latency: readonly LatencyResult[]): { live: number; p50: number[]; p99: number[] }[] {
   const groups: { live: number; p50: number[]; p99: number[] }[] = [];
   for (const l of latency) {
-    const p50 = minus(l.relay?.rttMs.p50, l.direct?.rttMs.p50);
-    const p99 = minus(l.relay?.rttMs.p99, l.direct?.rttMs.p99);
+    const p50 = l.added?.p50 ?? minus(l.relay?.rttMs.p50, l.direct?.rttMs.p50);
+    const p99 = l.added?.p99 ?? minus(l.relay?.rttMs.p99, l.direct?.rttMs.p99);
     if (p50 === undefined || p99 === undefined) continue;
     let g = groups.find((x) => x.live === l.live);
     if (g === undefined) groups.push((g = { live: l.live, p50: [], p99: [] }));
@@ -177,7 +181,9 @@ function latencyTable(r: ScaleResults): string[] {
       l.churn === undefined ? '-' : fmt((l.churn.created + l.churn.deleted) / 2 / l.churn.seconds, 0),
       `${us(d50)}/${us(d99)}/${us(dmax)}`,
       `${us(r50)}/${us(r99)}/${us(rmax)}`,
-      `${us(minus(r50, d50))}/${us(minus(r99, d99))}/${us(minus(rmax, dmax))}`,
+      l.added === undefined
+        ? `${us(minus(r50, d50))}/${us(minus(r99, d99))}/${us(minus(rmax, dmax))}`
+        : `${us(l.added.p50)}/${us(l.added.p99)}/${us(l.added.max)}`,
       `${l.relay?.lost ?? '-'}/${l.direct?.lost ?? '-'}`,
       major === undefined ? '0' : `${major.count}/${fmt(major.totalMs, 0)}`,
       minor === undefined ? '0' : `${minor.count}/${fmt(minor.totalMs, 0)}`,
@@ -267,7 +273,7 @@ export function reportScale(r: ScaleResults, o: ScaleOptions, commandLine: strin
   if (r.latency.length > 0) {
     out.push('');
     out.push(
-      `2. Added latency on the relay path (Send indication -> echo peer -> Data indication) at ${o.probeRate}/s for ${o.probeSeconds} s, against the direct round trip, while ${o.churnRate} allocations/s are deleted and created`,
+      `2. Added latency on the relay path (Send indication -> echo peer -> Data indication) at ${o.probeRate}/s for ${o.probeSeconds} s, against the direct round trip sent at the same moment from the same process (added: pair by pair), while ${o.churnRate} allocations/s are deleted and created`,
     );
     out.push(...latencyTable(r));
   }

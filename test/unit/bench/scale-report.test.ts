@@ -9,15 +9,20 @@ import type { LatencyResult, ProbeDone } from '../../../bench/allocations/scale-
 import { addedByLive, median } from '../../../bench/allocations/scale-report.js';
 import { parseScaleOptions } from '../../../bench/allocations/scale-options.js';
 
-function probe(via: 'relay' | 'direct', p50: number, p99: number): ProbeDone {
-  return { via, sent: 100, received: 100, lost: 0, rttMs: { count: 100, p50, p99, max: p99, mean: p50 }, maxLagMs: 0 };
+function summary(p50: number, p99: number): ProbeDone['rttMs'] {
+  return { count: 100, p50, p99, max: p99, mean: p50 };
 }
 
-function round(live: number, relay: [number, number] | undefined, direct: [number, number]): LatencyResult {
+function probe(p50: number, p99: number): ProbeDone {
+  return { sent: 100, received: 100, lost: 0, rttMs: summary(p50, p99), maxLagMs: 0 };
+}
+
+function round(live: number, relay: [number, number] | undefined, direct: [number, number], added?: [number, number]): LatencyResult {
   return {
     live,
-    direct: probe('direct', ...direct),
-    relay: relay === undefined ? undefined : probe('relay', ...relay),
+    direct: probe(...direct),
+    relay: relay === undefined ? undefined : probe(...relay),
+    added: added === undefined ? undefined : summary(...added),
     churn: undefined,
     gc: { seconds: 15, byKind: {} },
     errors: [],
@@ -47,6 +52,12 @@ describe('scale benchmark: latency rounds', () => {
       groups[1]!.p99.map((v) => Math.round(v * 1000)),
       [1500],
     );
+  });
+
+  it("takes the pairs' own added p50/p99 where the probe measured them (relay and direct sent together)", () => {
+    const [g] = addedByLive([round(1000, [0.4, 2.0], [0.1, 1.0], [0.25, 0.7])]);
+    assert.deepEqual(g?.p50, [0.25]);
+    assert.deepEqual(g?.p99, [0.7], 'not 2.0 - 1.0: the pairs, not the difference of the percentiles');
   });
 
   it('median: the middle value, the mean of the middle two for an even count, undefined for none', () => {
