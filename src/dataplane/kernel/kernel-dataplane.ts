@@ -213,7 +213,7 @@ export class KernelDataplane {
    * Undefined for a handle that is not removed, or when nothing moved.
    */
   async retire(handle: number): Promise<KernelTraffic | undefined> {
-    if (!this.removed.has(handle) || this.dead) return undefined;
+    if (!this.removed.has(handle) || this.dead || this.closing !== undefined) return undefined;
     const counters = parseCounters(await this.helper.request(`read ${handle}`))[0];
     const moved = counters === undefined || !this.removed.has(handle) ? undefined : this.moved(counters);
     this.release(handle);
