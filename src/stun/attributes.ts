@@ -16,6 +16,18 @@ export function decodeText(value: Uint8Array, maxBytes: number): string | undefi
   return (Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength)).toString('utf8');
 }
 
+/**
+ * decodeText of the bytes `start` to `end` of `raw` (an attribute's value in place): the same
+ * answer, without the view of the value that getAttribute makes. ASCII (every USERNAME,
+ * REALM and NONCE a TURN client usually sends) is valid UTF-8 and reads the same in latin1,
+ * so a scan of the bytes stands in for the native UTF-8 check; anything else takes decodeText.
+ */
+export function decodeTextAt(raw: Buffer, start: number, end: number, maxBytes: number): string | undefined {
+  if (end - start > maxBytes) return undefined;
+  for (let i = start; i < end; i++) if (raw[i]! >= 0x80) return decodeText(raw.subarray(start, end), maxBytes);
+  return raw.toString('latin1', start, end);
+}
+
 /** RFC 8489 §14.3: USERNAME < 513 bytes; §14.9/14.10: REALM, NONCE < 763 bytes; SOFTWARE likewise. */
 export const MAX_USERNAME_BYTES = 512;
 export const MAX_REALM_BYTES = 762;

@@ -4,6 +4,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { FINGERPRINT_XOR, HEADER_LENGTH, PasswordAlgorithm } from './constants.js';
 import { crc32 } from './crc32.js';
+import { hmacSha1Into } from './hmac-sha1.js';
 
 /**
  * The long-term credential key: MD5 or SHA-256 of "username:realm:password".
@@ -43,12 +44,37 @@ export function computeIntegrity(buf: Uint8Array, attributeOffset: number, key: 
   return hmac.digest();
 }
 
+/**
+ * MESSAGE-INTEGRITY's value (HMAC-SHA1, §14.5) for the attribute whose header is at
+ * `attributeOffset`, written into `out` at `outAt`: computeIntegrity's answer, by
+ * hmac-sha1.ts, with no Buffer made. The header length is set in `buf` as computeIntegrity sets it.
+ */
+export function writeIntegritySha1(buf: Uint8Array, attributeOffset: number, key: Uint8Array, out: Uint8Array, outAt: number): void {
+  const high = buf[2]!;
+  const low = buf[3]!;
+  const length = attributeOffset + 4 + 20 - HEADER_LENGTH;
+  buf[2] = length >>> 8;
+  buf[3] = length & 255;
+  try {
+    hmacSha1Into(key, buf, 0, attributeOffset, out, outAt);
+  } finally {
+    buf[2] = high;
+    buf[3] = low;
+  }
+}
+
+/** The expected MESSAGE-INTEGRITY of the message being checked (verifyIntegritySha1): one buffer, reused. */
+const expectedSha1 = new Uint8Array(20);
+
 /** Checks MESSAGE-INTEGRITY (20 bytes) at the attribute header offset, in constant time. */
 export function verifyIntegritySha1(buf: Uint8Array, attributeOffset: number, key: Uint8Array): boolean {
   if (attributeOffset < HEADER_LENGTH || attributeOffset + 24 > buf.length) return false;
   if (((buf[attributeOffset + 2]! << 8) | buf[attributeOffset + 3]!) !== 20) return false;
-  const expected = computeIntegrity(buf, attributeOffset, key, 'sha1', 20);
-  return timingSafeEqual(expected, buf.subarray(attributeOffset + 4, attributeOffset + 24));
+  writeIntegritySha1(buf, attributeOffset, key, expectedSha1, 0);
+  // Every byte compared whatever the others (as timingSafeEqual), without a view of the value.
+  let difference = 0;
+  for (let i = 0; i < 20; i++) difference |= expectedSha1[i]! ^ buf[attributeOffset + 4 + i]!;
+  return difference === 0;
 }
 
 /** Checks MESSAGE-INTEGRITY-SHA256; RFC 8489 §14.6 allows truncation to 16..32 bytes in steps of 4. */

@@ -4,7 +4,7 @@
 
 import { addressValueLength, writeAddress } from './address.js';
 import { Attr, HEADER_LENGTH, MAGIC_COOKIE, type MessageClass } from './constants.js';
-import { computeIntegrity, fingerprintOf } from './integrity.js';
+import { computeIntegrity, fingerprintOf, writeIntegritySha1 } from './integrity.js';
 import { encodeErrorCode } from './attributes.js';
 import { encodeMessageType } from './message.js';
 
@@ -81,7 +81,7 @@ export class MessageWriter {
   addIntegrity(key: Uint8Array): this {
     const at = this.length;
     const valueAt = this.header(Attr.MessageIntegrity, 20);
-    computeIntegrity(this.buf, at, key, 'sha1', 20).copy(this.buf, valueAt);
+    writeIntegritySha1(this.buf, at, key, this.buf, valueAt);
     return this;
   }
 

@@ -9,10 +9,17 @@
 // echo the offer unchanged (the bid-down checks of §9.2.4); one that names none is an RFC
 // 5389 client's and uses MD5, as every browser does.
 
-import { MAX_NONCE_BYTES, MAX_REALM_BYTES, MAX_USERNAME_BYTES, decodePasswordAlgorithm, decodeText, isKnownPasswordAlgorithm } from '../../stun/attributes.js';
+import {
+  MAX_NONCE_BYTES,
+  MAX_REALM_BYTES,
+  MAX_USERNAME_BYTES,
+  decodePasswordAlgorithm,
+  decodeTextAt,
+  isKnownPasswordAlgorithm,
+} from '../../stun/attributes.js';
 import { Attr, ErrorCode, PasswordAlgorithm, methodName } from '../../stun/constants.js';
 import { verifyIntegritySha1, verifyIntegritySha256 } from '../../stun/integrity.js';
-import { type StunMessage, getAttribute } from '../../stun/message.js';
+import { type StunMessage, findAttributeOffset, getAttribute } from '../../stun/message.js';
 import { SecurityFeature, nonceCookieFeatures } from '../../stun/nonce-cookie.js';
 import type { Clock } from '../clock.js';
 import type { DropReason, EngineCounters } from '../counters.js';
@@ -43,6 +50,12 @@ export class Authenticator {
   private readonly bindingLimiter: SourceRateLimiter | undefined;
   /** The REALM value of every 401 and 438, encoded once (the realm never changes). */
   private readonly realmValue: Buffer;
+  /**
+   * A request's REALM is ours when its bytes are realmValue's: then it decodes (decodeText) to
+   * the realm, with no string made per request. False when that would not hold (a realm over
+   * the REALM limit, or one that does not survive UTF-8), and the value is decoded as before.
+   */
+  private readonly realmByBytes: boolean;
 
   constructor(
     private readonly o: AuthenticatorOptions,
@@ -53,6 +66,14 @@ export class Authenticator {
     this.errorLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(limit) : undefined;
     this.bindingLimiter = limit && limit.perSecond > 0 ? new SourceRateLimiter(bindingLimitFor(limit)) : undefined;
     this.realmValue = Buffer.from(o.credentials.realm, 'utf8');
+    this.realmByBytes = this.realmValue.length <= MAX_REALM_BYTES && this.realmValue.toString('utf8') === o.credentials.realm;
+  }
+
+  /** The request's REALM (value at `start`..`end` of `raw`): ours, another one, or undefined when malformed (400). */
+  private realmIsOurs(raw: Buffer, start: number, end: number): boolean | undefined {
+    if (this.realmByBytes && raw.compare(this.realmValue, 0, this.realmValue.length, start, end) === 0) return true;
+    const realm = decodeTextAt(raw, start, end, MAX_REALM_BYTES);
+    return realm === undefined ? undefined : realm === this.o.credentials.realm;
   }
 
   /** True when an error answer to an unauthenticated request from `address` is over its rate (dropped and counted). */
@@ -82,7 +103,7 @@ export class Authenticator {
     const w = this.replies.error(message, code, '');
     if (code !== ErrorCode.BadRequest) {
       w.add(Attr.Realm, this.realmValue);
-      w.addText(Attr.Nonce, this.o.nonces.issue(address, now));
+      w.add(Attr.Nonce, this.o.nonces.issueValue(address, now));
       // §9.2.4: a 401 or 438 MUST carry PASSWORD-ALGORITHMS once the cookie says "Password algorithms".
       w.add(Attr.PasswordAlgorithms, this.o.credentials.passwordAlgorithms);
     }
@@ -125,29 +146,38 @@ export class Authenticator {
     if (message.integrityOffset < 0 && !hasSha256) return this.reject(listener, message, address, port, ErrorCode.Unauthorized, now);
 
     const credentials = this.o.credentials;
-    const usernameValue = getAttribute(message, Attr.Username);
-    const userhashValue = getAttribute(message, Attr.Userhash);
-    const realmValue = getAttribute(message, Attr.Realm);
-    const nonceValue = getAttribute(message, Attr.Nonce);
-    if ((!usernameValue && !userhashValue) || !realmValue || !nonceValue) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
-    const realm = decodeText(realmValue, MAX_REALM_BYTES);
-    const nonce = decodeText(nonceValue, MAX_NONCE_BYTES);
-    let username = usernameValue ? decodeText(usernameValue, MAX_USERNAME_BYTES) : undefined;
-    if (!username && userhashValue) username = userhashValue.length === 32 ? credentials.usernameForUserhash(userhashValue) : undefined;
-    if (realm === undefined || nonce === undefined || (usernameValue && username === undefined))
+    // The text attributes are read in place (attribute header offsets, decodeTextAt): no view
+    // of each value, no string for a REALM that is ours (docs/scaling.md, part 1).
+    const raw = message.raw;
+    const usernameAt = findAttributeOffset(message, Attr.Username);
+    const userhashAt = findAttributeOffset(message, Attr.Userhash);
+    const realmAt = findAttributeOffset(message, Attr.Realm);
+    const nonceAt = findAttributeOffset(message, Attr.Nonce);
+    if ((usernameAt < 0 && userhashAt < 0) || realmAt < 0 || nonceAt < 0) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
+    const ourRealm = this.realmIsOurs(raw, realmAt + 4, valueEnd(raw, realmAt));
+    const nonce = decodeTextAt(raw, nonceAt + 4, valueEnd(raw, nonceAt), MAX_NONCE_BYTES);
+    let username = usernameAt >= 0 ? decodeTextAt(raw, usernameAt + 4, valueEnd(raw, usernameAt), MAX_USERNAME_BYTES) : undefined;
+    if (!username && userhashAt >= 0) {
+      username = valueEnd(raw, userhashAt) - userhashAt - 4 === 32 ? credentials.usernameForUserhash(raw.subarray(userhashAt + 4, userhashAt + 36)) : undefined;
+    }
+    if (ourRealm === undefined || nonce === undefined || (usernameAt >= 0 && username === undefined))
       return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
 
     const algorithm = this.passwordAlgorithm(message, nonce);
     if (algorithm === undefined) return this.reject(listener, message, address, port, ErrorCode.BadRequest, now);
     if (this.o.nonces.check(nonce, address, now) !== 'valid') return this.reject(listener, message, address, port, ErrorCode.StaleNonce, now);
 
-    const lookup = username !== undefined && realm === credentials.realm ? credentials.keysFor(username, now, algorithm) : undefined;
+    const lookup = username !== undefined && ourRealm ? credentials.keysFor(username, now, algorithm) : undefined;
     const keys = lookup?.ok ? lookup.keys : [credentials.decoyKey];
-    const raw = message.raw;
     for (const key of keys) {
       const ok = hasSha256 ? verifyIntegritySha256(raw, message.integritySha256Offset, key) : verifyIntegritySha1(raw, message.integrityOffset, key);
       if (ok && lookup?.ok && username !== undefined) return { username, key };
     }
     return this.reject(listener, message, address, port, ErrorCode.Unauthorized, now);
   }
+}
+
+/** Where the value of the attribute whose header is at `at` ends (its padding not counted). */
+function valueEnd(raw: Buffer, at: number): number {
+  return at + 4 + raw.readUInt16BE(at + 2);
 }

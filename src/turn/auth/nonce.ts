@@ -36,7 +36,7 @@ const BASE64URL_DIGITS = (() => {
 })();
 
 /**
- * The issue time (ms) of a nonce check() found valid, read from its first six base64url
+ * The issue time (ms) of a nonce check() found valid or issue() made, read from its first six base64url
  * characters (36 bits: the 32-bit timestamp and 4 of the MAC) without decoding it to a Buffer.
  */
 function issuedAtMs(nonce: string): number {
@@ -58,6 +58,24 @@ export class NonceIssuer {
    * MAC as if it were not known.
    */
   private readonly knownValid = new Map<string, string>();
+  /**
+   * nonce -> the client IP it was issued to, by this issuer: the first request signed with
+   * a 401's nonce (the authenticated Allocate) is then checked without the MAC too, which
+   * this node computed when it issued the nonce (docs/scaling.md, part 1). Apart from
+   * knownValid because issue() answers unauthenticated (possibly spoofed) requests: a flood
+   * of them empties this map, never the nonces that clients already proved to hold.
+   */
+  private readonly issued = new Map<string, string>();
+  /**
+   * The last nonce issued, its client IP and second: issue() is a function of the three,
+   * so a burst of 401s to one IP (clients behind one NAT) within a second gets the same
+   * string without another MAC.
+   */
+  private lastNonce = '';
+  private lastAddress = '';
+  private lastSecond = -1;
+  /** lastNonce as a NONCE attribute's value, made when first asked for (issueValue). */
+  private lastValue: Buffer | undefined;
   /** The cookie every nonce of this issuer starts with. */
   readonly cookie: string;
 
@@ -79,11 +97,28 @@ export class NonceIssuer {
   }
 
   issue(clientAddress: string, nowMs: number): string {
+    const second = Math.floor(nowMs / 1000) >>> 0;
+    if (second === this.lastSecond && clientAddress === this.lastAddress) return this.lastNonce;
     // One buffer for timestamp and MAC (one per 401: no concat of two).
     const raw = Buffer.allocUnsafe(TIMESTAMP_BYTES + MAC_BYTES);
-    raw.writeUInt32BE(Math.floor(nowMs / 1000) >>> 0, 0);
+    raw.writeUInt32BE(second, 0);
     this.mac(raw.subarray(0, TIMESTAMP_BYTES), this.cookie, clientAddress).copy(raw, TIMESTAMP_BYTES);
-    return this.cookie + raw.toString('base64url');
+    const nonce = this.cookie + raw.toString('base64url');
+    if (this.issued.size >= KNOWN_VALID_MAX) this.issued.clear();
+    this.issued.set(nonce, clientAddress);
+    this.lastNonce = nonce;
+    this.lastAddress = clientAddress;
+    this.lastSecond = second;
+    this.lastValue = undefined;
+    return nonce;
+  }
+
+  /** issue() as the NONCE attribute's value (its bytes), the same Buffer for the same nonce: the writer copies it, never changes it. */
+  issueValue(clientAddress: string, nowMs: number): Buffer {
+    const nonce = this.issue(clientAddress, nowMs);
+    // issue() leaves lastNonce === nonce, and lastValue cleared whenever lastNonce changed.
+    this.lastValue ??= Buffer.from(nonce, 'latin1');
+    return this.lastValue;
   }
 
   /** Bound to the client IP (not its port), so a NAT rebinding keeps the nonce. */
@@ -93,6 +128,16 @@ export class NonceIssuer {
       if (nowMs < issuedAtMs(nonce) + this.lifetimeMs) return 'valid';
       this.knownValid.delete(nonce);
       return 'stale';
+    }
+    // Issued here to this IP: its MAC is right. The rest of the verdict is the MAC path's below.
+    if (this.issued.get(nonce) === clientAddress) {
+      const issuedMs = issuedAtMs(nonce);
+      if (issuedMs > nowMs + MAX_SKEW_MS) return 'invalid';
+      if (nowMs - issuedMs >= this.lifetimeMs) {
+        this.issued.delete(nonce);
+        return 'stale';
+      }
+      return 'valid';
     }
     const cookie = nonce.slice(0, NONCE_COOKIE_LENGTH);
     const raw = Buffer.from(nonce.slice(NONCE_COOKIE_LENGTH), 'base64url');

@@ -20,6 +20,7 @@ import {
   decodeRequestedTransport,
   decodeReservationToken,
   decodeText,
+  decodeTextAt,
   decodeUint32,
   decodeUnknownAttributes,
   encodeAddressErrorCode,
@@ -253,6 +254,33 @@ test('text: UTF-8 exactly as sent, limits in bytes, bad UTF-8 refused', () => {
   assert.equal(decodeText(Buffer.from('\uFEFFbob', 'utf8'), 100), '\uFEFFbob');
   // Repeated use of the shared decoder stays independent.
   assert.equal(decodeText(Buffer.from('a'), 10), 'a');
+});
+
+test('text in place (decodeTextAt): what decodeText says of the same bytes, whatever surrounds them', () => {
+  const values = [
+    Buffer.from('evtj:h6vY'),
+    Buffer.from('obMatJos2AAABabcdefghijklmnop'),
+    Buffer.from('\u30DE\u30C8\u30EA\u30C3\u30AF\u30B9'),
+    Buffer.from('caf\u00e9'),
+    Buffer.from('\uFEFFbob', 'utf8'),
+    Buffer.alloc(0),
+    Buffer.from([0x61, 0xff, 0x62]),
+    Buffer.from([0xe3, 0x83]),
+    Buffer.from([0xc0, 0x80]),
+    Buffer.from([0x7f, 0x00, 0x41]),
+    Buffer.from([0x80]),
+    Buffer.alloc(MAX_NONCE_BYTES, 0x61),
+    Buffer.alloc(MAX_NONCE_BYTES + 1, 0x61),
+  ];
+  for (const value of values) {
+    // Non-ASCII and ASCII neighbours: only the bytes start..end may count.
+    for (const around of [Buffer.from([0xff, 0xe3]), Buffer.from('ab')]) {
+      const raw = Buffer.concat([around, value, around]);
+      for (const max of [MAX_NONCE_BYTES, MAX_USERNAME_BYTES, value.length, Math.max(0, value.length - 1)]) {
+        assert.equal(decodeTextAt(raw, around.length, around.length + value.length, max), decodeText(value, max), `${value.toString('hex')} within ${max}`);
+      }
+    }
+  }
 });
 
 test('uint32 (LIFETIME and friends)', () => {

@@ -400,6 +400,31 @@ describe('TurnEngine: authentication', () => {
     assert.equal(h.counters.requests.get('allocate 200'), 1);
   });
 
+  it('REALM: ours only byte for byte (else the 401 of a wrong password), 400 when malformed; a non-ASCII USERNAME is read as UTF-8', async () => {
+    const h = new Harness({ users: [['caf\u00e9-\u30DE', 'pw']] });
+    const c = h.client('caf\u00e9-\u30DE', 'pw');
+    await c.learnNonce();
+    const allocate = (realm: Buffer): Promise<Reply> => {
+      const transactionId = randomBytes(12);
+      const w = new MessageWriter(Method.Allocate, MessageClass.Request, transactionId);
+      w.add(Attr.RequestedTransport, encodeRequestedTransport(TRANSPORT_UDP));
+      w.addText(Attr.Username, c.username);
+      w.add(Attr.Realm, realm);
+      w.addText(Attr.Nonce, c.nonce!);
+      // The key over the realm as sent: only the realm itself decides.
+      w.addIntegrity(longTermKey(c.username, realm.toString('utf8'), c.password));
+      return c.send(w.toBuffer(), transactionId);
+    };
+    for (const other of ['example.or', 'example.org ', 'Example.org', 'example.org\u0000', '\uFEFFexample.org']) {
+      assert.equal((await allocate(Buffer.from(other, 'utf8'))).code, 401, JSON.stringify(other));
+    }
+    assert.equal((await allocate(Buffer.from([0x65, 0xff, 0x67]))).code, 400, 'bad UTF-8');
+    assert.equal((await allocate(Buffer.alloc(763, 0x61))).code, 400, 'over 762 bytes');
+    assert.equal(h.engine.allocations, 0);
+    assert.equal((await allocate(Buffer.from(REALM, 'utf8'))).code, 200);
+    assert.equal(h.engine.allocations, 1);
+  });
+
   it('answers an unknown user and a wrong password with the same 401 (only transaction id and nonce may differ)', async () => {
     const h = new Harness();
     const unknown = h.client('mallory', 'whatever', '198.51.100.10', 41000);

@@ -120,6 +120,47 @@ describe('NonceIssuer', () => {
     assert.equal(new NonceIssuer(SECRET, LIFETIME_MS).check(nonce, CLIENT, NOW), 'valid', 'the features are in the nonce, not the checker');
   });
 
+  it('checks the nonces it issued as another node (the MAC alone) does: valid, stale, invalid for another IP or ahead of the clock', () => {
+    const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+    const issued = [issuer.issue(CLIENT, NOW), issuer.issue('2001:db8::7', NOW + 500), issuer.issue(CLIENT, NOW + 3_600_000)];
+    const offsets = [-3_600_000, -31_000, -1, 0, 999, 1000, LIFETIME_MS - 1001, LIFETIME_MS - 1, LIFETIME_MS, LIFETIME_MS + 1, 10 * LIFETIME_MS];
+    // The issuer remembers what it issued (no MAC to check); an issuer with the same secret has only the MAC.
+    for (const nonce of issued) {
+      for (const address of [CLIENT, '2001:db8::7', '198.51.100.8']) {
+        for (const offset of offsets) {
+          const elsewhere = new NonceIssuer(SECRET, LIFETIME_MS).check(nonce, address, NOW + offset);
+          assert.equal(issuer.check(nonce, address, NOW + offset), elsewhere, `${nonce} from ${address} at +${offset} ms`);
+        }
+      }
+    }
+  });
+
+  it('a flood of 401s to other IPs forgets what it issued, never a verdict', () => {
+    const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+    const nonce = issuer.issue(CLIENT, NOW);
+    // More than the issuer remembers (10,000), each to another IP (IPv6: never the same one twice).
+    for (let i = 0; i < 10_050; i++) issuer.issue(`2001:db8::${i.toString(16)}`, NOW);
+    assert.equal(issuer.check(nonce, CLIENT, NOW + 1000), 'valid');
+    assert.equal(issuer.check(nonce, '198.51.100.8', NOW + 1000), 'invalid');
+    assert.equal(issuer.check(nonce, CLIENT, NOW + LIFETIME_MS), 'stale');
+  });
+
+  it('answers a burst of 401s to one IP with the nonce the MAC gives, also when IPs and seconds alternate', () => {
+    const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
+    const fresh = (address: string, at: number): string => new NonceIssuer(SECRET, LIFETIME_MS).issue(address, at);
+    const steps: [string, number][] = [
+      [CLIENT, NOW],
+      [CLIENT, NOW + 999],
+      ['198.51.100.8', NOW + 999],
+      [CLIENT, NOW + 999],
+      [CLIENT, NOW + 1000],
+      [CLIENT, NOW + 1000],
+      [CLIENT, NOW - 1],
+      ['198.51.100.8', NOW - 1],
+    ];
+    for (const [address, at] of steps) assert.equal(issuer.issue(address, at), fresh(address, at), `${address} at ${at}`);
+  });
+
   it('issues the same nonce within one second for one IP, and different ones across seconds or IPs', () => {
     const issuer = new NonceIssuer(SECRET, LIFETIME_MS);
     assert.equal(issuer.issue(CLIENT, NOW), issuer.issue(CLIENT, NOW + 999));
