@@ -196,35 +196,25 @@ static void cmd_put_del(struct bpf_object *obj, char *verb)
 		puts("ok");
 }
 
-// The per-entry counters, one struct of four u64 per CPU.
+// The per-entry counters: one struct of four u64 per handle (a plain array, atomic adds).
 static void cmd_zero_read(struct bpf_object *obj, char *verb)
 {
 	int fd = bpf_map__fd(bpf_object__find_map_by_name(obj, "stats"));
-	__u64 *values = calloc((size_t)ncpus * 4, sizeof(__u64));
 	char *tok;
 	int zero = strcmp(verb, "zero") == 0;
-	if (!values) {
-		puts("err out of memory");
-		return;
-	}
 	fputs("ok", stdout);
 	while ((tok = strtok(NULL, " ")) != NULL) {
 		__u32 id = (__u32)strtoul(tok, NULL, 10);
+		__u64 values[4] = {0, 0, 0, 0};
 		if (zero) {
-			memset(values, 0, (size_t)ncpus * 4 * sizeof(__u64));
 			bpf_map_update_elem(fd, &id, values, BPF_ANY);
 			continue;
 		}
-		__u64 sum[4] = {0, 0, 0, 0};
-		if (bpf_map_lookup_elem(fd, &id, values) == 0)
-			for (int c = 0; c < ncpus; c++)
-				for (int f = 0; f < 4; f++)
-					sum[f] += values[c * 4 + f];
-		printf(" %u:%llu,%llu,%llu,%llu", id, (unsigned long long)sum[0], (unsigned long long)sum[1], (unsigned long long)sum[2],
-		       (unsigned long long)sum[3]);
+		bpf_map_lookup_elem(fd, &id, values);
+		printf(" %u:%llu,%llu,%llu,%llu", id, (unsigned long long)values[0], (unsigned long long)values[1],
+		       (unsigned long long)values[2], (unsigned long long)values[3]);
 	}
 	putchar('\n');
-	free(values);
 }
 
 static void cmd_totals(struct bpf_object *obj)

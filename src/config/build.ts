@@ -172,7 +172,7 @@ function processModel(raw: RawOptions, minPort: number, maxPort: number, cluster
       `'auto' or 'per-allocation' with ${why}: shared relay sockets need the kernel data plane, which serves one process`,
     );
   }
-  const dataplane: DataplaneConfig = { mode, interfaces: read(raw, 'dataplane-interface'), relaySockets };
+  const dataplane: DataplaneConfig = { mode, interfaces: read(raw, 'dataplane-interface'), maxChannels: read(raw, 'dataplane-channels'), relaySockets };
   return { workers: n, dataplane };
 }
 

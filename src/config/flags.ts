@@ -146,6 +146,13 @@ export const FLAGS = {
     describe:
       'Interface client and peer packets arrive on, where the kernel data plane attaches (repeatable). Default: the non-loopback interfaces holding --listening-ip and --relay-ip; name them when those addresses live on lo (anycast)',
   },
+  'dataplane-channels': {
+    group: DATAPLANE,
+    kind: int(1, 16_777_216),
+    default: 262_144,
+    describe:
+      'Channel bindings the kernel data plane holds at most (each both directions); past it a channel is relayed in JavaScript (counted in anyturn_dataplane_kernel_refused_total). Costs 32 bytes of kernel memory per channel, reserved at start (8 MiB at the default)',
+  },
   'relay-sockets': {
     group: DATAPLANE,
     kind: choice(['auto', 'shared', 'per-allocation'], "'auto', 'shared' or 'per-allocation'"),

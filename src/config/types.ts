@@ -14,6 +14,8 @@ export interface DataplaneConfig {
   readonly mode: DataplaneMode;
   /** --dataplane-interface; empty: the interfaces holding the listening and relay addresses. */
   readonly interfaces: readonly string[];
+  /** --dataplane-channels: channel bindings the kernel's maps hold at most. */
+  readonly maxChannels: number;
   /** --relay-sockets: one UDP socket per relay address (the kernel steering the ports to it) or per allocation. */
   readonly relaySockets: RelaySocketsMode;
 }

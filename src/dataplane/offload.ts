@@ -47,6 +47,9 @@ function sameTuple(a: OffloadChannel, b: OffloadChannel): boolean {
   );
 }
 
+/** At most one log line about refused channel entries per 10 s. */
+export const REFUSAL_LOG_INTERVAL_NS = 10_000_000_000n;
+
 export class KernelOffload implements ChannelOffload {
   /**
    * Allocation key -> what is installed for its channels: the one most allocations have
@@ -64,6 +67,9 @@ export class KernelOffload implements ChannelOffload {
   /** Writes to the kernel so far: set() waits for a flush only when it wrote. */
   private writes = 0;
   private dead = false;
+  private refusals = 0;
+  private refusalsUnlogged = 0;
+  private refusalLoggedAtNs: bigint | undefined;
 
   constructor(
     private readonly kernel: KernelEntries,
@@ -76,6 +82,25 @@ export class KernelOffload implements ChannelOffload {
   /** Channel entries installed now (metrics). */
   get size(): number {
     return this.entries;
+  }
+
+  /** Channels refused so far (anyturn_dataplane_kernel_refused_total): relayed in JavaScript instead. */
+  get refused(): number {
+    return this.refusals;
+  }
+
+  /**
+   * Counts a refusal and logs at most once per REFUSAL_LOG_INTERVAL_NS, with how many since:
+   * a full map refuses every new channel, and a line with a stack each was a flood.
+   */
+  private refusedOne(err: unknown, key: string, nowNs: bigint): void {
+    this.refusals++;
+    this.refusalsUnlogged++;
+    if (this.refusalLoggedAtNs !== undefined && nowNs - this.refusalLoggedAtNs < REFUSAL_LOG_INTERVAL_NS) return;
+    const message = err instanceof Error ? err.message : String(err);
+    this.logger.warn({ error: message, allocation: key, refused: this.refusalsUnlogged }, 'kernel data plane refused a channel entry: relayed in JavaScript');
+    this.refusalLoggedAtNs = nowNs;
+    this.refusalsUnlogged = 0;
   }
 
   set(key: string, channels: readonly OffloadChannel[], nowMs: number): Promise<void> | undefined {
@@ -107,8 +132,8 @@ export class KernelOffload implements ChannelOffload {
       }
       for (const old of olds) this.remove(key, old);
     } catch (err) {
-      // A refused entry (the class checks families, sizes) leaves that channel to user space.
-      this.logger.warn({ err, allocation: key }, 'kernel data plane refused a channel entry');
+      // A refused entry (the class checks families, sizes; a full map) leaves that channel to user space.
+      this.refusedOne(err, key, nowNs);
     }
     if (after.length === 0) this.installed.delete(key);
     else this.installed.set(key, after.length === 1 ? (after[0] as Installed) : after);

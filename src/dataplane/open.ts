@@ -15,6 +15,8 @@ export interface DataplaneOptions {
   readonly mode: 'auto' | 'kernel' | 'js';
   /** --dataplane-interface; empty: the interfaces holding the addresses below. */
   readonly interfaces: readonly string[];
+  /** --dataplane-channels (default: KernelDataplane's). */
+  readonly maxChannels?: number;
   readonly listeningIps: readonly string[];
   readonly relayIps: readonly string[];
   /** Why the kernel path cannot serve this process whatever the machine allows (--workers), if so. */
@@ -29,6 +31,8 @@ export interface DataplaneStatus {
   readonly interfaces: readonly string[];
   /** Channel entries in the kernel's maps now. */
   entries(): number;
+  /** Channels the kernel's maps refused so far (full, or not relayable there): relayed in JavaScript. */
+  refused(): number;
   /** The program's own counters (relayed per direction, passed to user space per reason), as of the last read. */
   totals(): Readonly<Record<string, number>>;
 }
@@ -71,6 +75,7 @@ function jsPath(reason: string | undefined): Dataplane {
     offload: undefined,
     steering: undefined,
     entries: () => 0,
+    refused: () => 0,
     totals: () => ({}),
     close: async () => undefined,
   };
@@ -99,7 +104,7 @@ export async function openDataplane(o: DataplaneOptions, counters: EngineCounter
   let kernel: KernelDataplane | undefined;
   if (reason === undefined) {
     try {
-      kernel = await KernelDataplane.open({ interfaces });
+      kernel = await KernelDataplane.open({ interfaces, ...(o.maxChannels === undefined ? {} : { maxEntries: o.maxChannels }) });
     } catch (err) {
       reason = err instanceof DataplaneUnavailableError ? err.reason : String((err as Error).message ?? err);
     }
@@ -149,6 +154,7 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
     offload,
     steering: kernel,
     entries: () => offload.size,
+    refused: () => offload.refused,
     totals: () => totals,
     close: async () => {
       if (closed) return;

@@ -31,6 +31,13 @@ export function dataplaneMetrics(registry: Registry, dataplane: DataplaneStatus)
   });
   totalCounter(
     registry,
+    'anyturn_dataplane_kernel_refused_total',
+    'Channel bindings the kernel data plane refused (its maps full: --dataplane-channels), relayed in JavaScript instead',
+    [],
+    () => [[{}, dataplane.refused()] as const],
+  );
+  totalCounter(
+    registry,
     'anyturn_dataplane_kernel_packets_total',
     'Packets the kernel program looked at, by what it did: relayed (relayed_to_peer, relayed_to_client) or passed to user space and why (expired, no_route, too_big, malformed, ...)',
     ['event'],

@@ -14,6 +14,7 @@ export function openNodeDataplane(config: ServerConfig, worker: boolean, counter
     {
       mode: worker ? 'js' : config.dataplane.mode,
       interfaces: config.dataplane.interfaces,
+      maxChannels: config.dataplane.maxChannels,
       listeningIps: config.listeningIps,
       relayIps: config.relayIps,
     },

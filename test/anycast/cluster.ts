@@ -38,6 +38,8 @@ export interface NodeOptions {
    * lives on lo, so the interface is named) and serves /metrics also without a cluster.
    */
   readonly dataplane?: 'kernel' | 'js';
+  /** More flags, appended as given. */
+  readonly args?: readonly string[];
 }
 
 export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
@@ -73,6 +75,7 @@ export function nodeArgs(node: NodeName, options: NodeOptions): string[] {
     // The harness compares scrapes taken moments apart: no cached rendering.
     args.push('--metrics-ip', own, '--metrics-port', String(METRICS_PORT), '--metrics-cache-ms', '0');
   }
+  args.push(...(options.args ?? []));
   return args;
 }
 

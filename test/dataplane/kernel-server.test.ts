@@ -26,6 +26,7 @@ const RELAYED_TO_CLIENT = 'anyturn_relayed_packets_total{direction="peer_to_clie
 const RELAYED_BYTES_TO_PEER = 'anyturn_relayed_bytes_total{direction="client_to_peer"}';
 const RELAYED_BYTES_TO_CLIENT = 'anyturn_relayed_bytes_total{direction="peer_to_client"}';
 const KERNEL_CHANNELS = 'anyturn_dataplane_kernel_channels';
+const REFUSED = 'anyturn_dataplane_kernel_refused_total';
 
 function value(m: Map<string, number>, name: string): number {
   return m.get(name) ?? 0;
@@ -82,6 +83,34 @@ describe('kernel data plane: the server in namespaces', { skip, timeout: 120_000
       // The kernel's bytes reach anyturn_relayed_bytes_total from the program's totals.
       assert.equal(value(m, RELAYED_BYTES_TO_PEER), (channel.length + indication.length) * PROBE_LENGTH, 'bytes to peers: kernel and JavaScript');
       assert.equal(value(m, RELAYED_BYTES_TO_CLIENT), (channel.length + indication.length) * PROBE_LENGTH, 'bytes to the client: kernel and JavaScript');
+      await Promise.all([node.stop(), peer.stop()]);
+    });
+  });
+
+  it('past --dataplane-channels relays the next channel in JavaScript, counted and logged once', async () => {
+    await withDump(topo, async () => {
+      const node = await startNode(topo, 'N1', { cluster: false, dataplane: 'kernel', args: ['--dataplane-channels', '1'] });
+      const peer = await startPeer(topo);
+      // Two clients, each with a channel (and an allocation of Send indications): room for one channel.
+      const clients = [startStreamClient(topo, STREAM_MS, 50, { release: true }), startStreamClient(topo, STREAM_MS, 50, { release: true })];
+      const summaries = await Promise.all(clients.map((c) => streamSummary(c, STREAM_MS + 20_000)));
+      await peerReport(peer);
+      for (const summary of summaries) {
+        assert.deepEqual(
+          summary.packets.filter((p) => p[3] < 0).map((p) => p[0]),
+          [],
+          'every packet came back, through the kernel or not',
+        );
+      }
+      const channels = summaries.map((s) => s.packets.filter((p) => p[1] === Stream.channel).length);
+      await new Promise((r) => setTimeout(r, 2500));
+      const m = await metrics(topo, 'N1');
+      assert.equal(value(m, REFUSED), 1, 'the second channel was refused');
+      assert.ok(channels.includes(value(m, TO_PEER)), `the kernel relayed one client's channel: ${value(m, TO_PEER)} of ${channels.join(' and ')}`);
+      const lines = jsonLines(node.stdout()).filter((r) => typeof r.msg === 'string' && r.msg.startsWith('kernel data plane refused a channel entry'));
+      assert.equal(lines.length, 1, 'one log line');
+      assert.equal(lines[0]?.refused, 1);
+      await Promise.all([node.stop(), peer.stop()]);
     });
   });
 });

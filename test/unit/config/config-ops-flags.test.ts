@@ -69,9 +69,20 @@ describe('config: ops flags', () => {
   });
 
   it('--dataplane: auto by default; --dataplane-interface takes names, repeated or comma-separated', () => {
-    assert.deepEqual(buildConfig(BASE).dataplane, { mode: 'auto', interfaces: [], relaySockets: 'auto' });
+    assert.deepEqual(buildConfig(BASE).dataplane, { mode: 'auto', interfaces: [], maxChannels: 262_144, relaySockets: 'auto' });
     const c = buildConfig({ ...BASE, dataplane: 'kernel', 'dataplane-interface': ['eth0', 'veth-a,bond0.100'] });
-    assert.deepEqual(c.dataplane, { mode: 'kernel', interfaces: ['eth0', 'veth-a', 'bond0.100'], relaySockets: 'auto' });
+    assert.deepEqual(c.dataplane, { mode: 'kernel', interfaces: ['eth0', 'veth-a', 'bond0.100'], maxChannels: 262_144, relaySockets: 'auto' });
+  });
+
+  it('--dataplane-channels: 262,144 by default, 1 to 16,777,216, naming flag, value and range when refused', () => {
+    assert.equal(buildConfig({ ...BASE, 'dataplane-channels': 1_000_000 }).dataplane.maxChannels, 1_000_000);
+    for (const bad of [0, 16_777_217, 2.5]) {
+      const e = refused({ 'dataplane-channels': bad });
+      assert.match(e.message, /--dataplane-channels/);
+      assert.ok(e.message.includes(String(bad)));
+      assert.match(e.message, /1 to 16777216/);
+    }
+    assert.match(refused({ 'dataplane-channels': 'many' as unknown as number }).message, /--dataplane-channels "many": not a number/);
   });
 
   it('--relay-sockets: auto by default; shared is refused with --dataplane js or --workers above 1, naming the flag and why', () => {

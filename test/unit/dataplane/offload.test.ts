@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { type KernelEntries, KernelOffload } from '../../../src/dataplane/offload.js';
+import { type KernelEntries, KernelOffload, REFUSAL_LOG_INTERVAL_NS } from '../../../src/dataplane/offload.js';
 import type { KernelChannel, KernelTraffic } from '../../../src/dataplane/kernel/kernel-dataplane.js';
 import { createLogger } from '../../../src/ops/log.js';
 import { EngineCounters } from '../../../src/turn/counters.js';
@@ -19,7 +19,11 @@ class FakeKernel implements KernelEntries {
   readonly final = new Map<number, KernelTraffic>();
   private next = 1;
 
+  /** Entries it holds at most: a full map refuses (as KernelDataplane.install throws). */
+  capacity = Number.POSITIVE_INFINITY;
+
   install(channel: KernelChannel): number {
+    if (this.entries.size >= this.capacity) throw new Error(`the kernel dataplane holds ${this.capacity} channels already (maxEntries)`);
     const handle = this.next++;
     this.entries.set(handle, channel);
     this.log.push(`install ${handle}`);
@@ -125,6 +129,31 @@ describe('KernelOffload', () => {
     assert.equal(offload.takeTraffic('a'), undefined, 'taken once');
     offload.set('b', [], 0);
     assert.equal(await offload.takeTraffic('b'), undefined, 'an entry that relayed nothing: no figure');
+  });
+
+  it('counts refused channels and logs them at most once per 10 s, with how many since', () => {
+    const kernel = new FakeKernel();
+    kernel.capacity = 1;
+    const lines: Record<string, unknown>[] = [];
+    const logger = { ...createLogger('silent'), warn: (o: object) => void lines.push(o as Record<string, unknown>) };
+    let nowNs = 1_000_000_000n;
+    const offload = new KernelOffload(kernel, new EngineCounters(), logger as ReturnType<typeof createLogger>, () => nowNs);
+    offload.set('a', [channel(0x4000, 5000, 99_000)], 0);
+    for (const key of ['b', 'c', 'd']) offload.set(key, [channel(0x4001, 5001, 99_000)], 0);
+    assert.equal(offload.refused, 3);
+    assert.equal(offload.size, 1, 'the refused ones are not counted as installed');
+    assert.deepEqual(
+      lines.map((l) => l.refused),
+      [1],
+      'one line for the first, the next two within 10 s unlogged',
+    );
+    nowNs += REFUSAL_LOG_INTERVAL_NS;
+    offload.set('e', [channel(0x4001, 5001, 99_000)], 0);
+    assert.deepEqual(
+      lines.map((l) => l.refused),
+      [1, 3],
+      'then one line saying how many since',
+    );
   });
 
   it('gives never-negative lifetimes, and does nothing once the kernel path is gone', () => {
