@@ -134,6 +134,8 @@ export class KernelOffload implements ChannelOffload {
     } catch (err) {
       // A refused entry (the class checks families, sizes; a full map) leaves that channel to user space.
       this.refusedOne(err, key, nowNs);
+      // What the loop had not reached yet is still in the kernel: kept, for the next list to settle.
+      after.push(...olds);
     }
     if (after.length === 0) this.installed.delete(key);
     else this.installed.set(key, after.length === 1 ? (after[0] as Installed) : after);

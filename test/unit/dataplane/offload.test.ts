@@ -154,6 +154,13 @@ describe('KernelOffload', () => {
       [1, 3],
       'then one line saying how many since',
     );
+    // A refusal part way through a list leaves what is still installed tracked: the next
+    // list removes it (no entry left in the kernel that nothing knows of).
+    kernel.capacity = 2;
+    offload.set('a', [channel(0x4001, 6000, 99_000), channel(0x4002, 6001, 99_000), channel(0x4000, 5000, 99_000)], 0);
+    offload.set('a', [], 0);
+    assert.equal(kernel.entries.size, 0, 'every entry of a removed');
+    assert.equal(offload.size, 0);
   });
 
   it('gives never-negative lifetimes, and does nothing once the kernel path is gone', () => {
