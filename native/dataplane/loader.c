@@ -10,6 +10,7 @@
 //   zero <stat id>                      -> ok
 //   read <stat id>...                   -> ok <id>:<to peer pkts>,<bytes>,<to client pkts>,<bytes> ...
 //   totals                              -> ok <reason>=<count> ...
+//   ping                                -> ok (every earlier command done: a flush)
 //   quit                                -> detaches, exits 0
 //
 // Start: prints "ready <possible cpus>" or "error <reason>" (and exits 1).
@@ -256,6 +257,8 @@ static void serve(struct bpf_object *obj)
 			cmd_zero_read(obj, verb);
 		else if (strcmp(verb, "totals") == 0)
 			cmd_totals(obj);
+		else if (strcmp(verb, "ping") == 0)
+			puts("ok"); // answered in order: every earlier command is done (flush)
 		else if (strcmp(verb, "quit") == 0)
 			break;
 		else
