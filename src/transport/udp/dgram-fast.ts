@@ -33,21 +33,21 @@ export type SendResult = typeof SEND_DONE | typeof SEND_QUEUED | typeof SEND_FAI
 export type DatagramHandler = (buf: Buffer, address: string, port: number) => void;
 
 /** What we use of node:dgram's UDP handle (internalBinding('udp_wrap').UDP). */
-interface UdpHandle {
+export interface DgramUdpHandle {
   send(req: object, list: Uint8Array[], count: number, port: number, address: string, hasCallback: boolean): number;
   getSendQueueCount(): number;
   onmessage: unknown;
 }
 
 /** What we use of a dgram.Socket's private state (lib/dgram.js, `this[kStateSymbol]`). */
-interface SocketState {
-  readonly handle: UdpHandle | null;
+export interface SocketState {
+  readonly handle: DgramUdpHandle | null;
   readonly bindState: number;
   readonly connectState: number;
 }
 
-type SendWrapConstructor = new () => SendRequest;
-interface SendRequest {
+export type SendWrapConstructor = new () => SendRequest;
+export interface SendRequest {
   /** Keeps the list (and through it the bytes) alive while a queued send is pending, as dgram does. */
   list: Uint8Array[];
 }
@@ -71,7 +71,7 @@ function isObject(value: unknown): value is Record<PropertyKey, unknown> {
 }
 
 /** The socket's private state (found by shape, not by name), or undefined. */
-function socketState(socket: dgram.Socket): SocketState | undefined {
+export function socketState(socket: dgram.Socket): SocketState | undefined {
   for (const key of Object.getOwnPropertySymbols(socket)) {
     const value: unknown = (socket as unknown as Record<symbol, unknown>)[key];
     if (!isObject(value) || !('handle' in value) || typeof value.bindState !== 'number' || typeof value.connectState !== 'number') continue;
@@ -87,7 +87,7 @@ function socketState(socket: dgram.Socket): SocketState | undefined {
  * convention and the SendWrap constructor. The handle's own `send` is swapped for the
  * duration of the call only. Returns undefined when it did not see what it expected.
  */
-function probeSendWrap(socket: dgram.Socket, handle: UdpHandle): SendWrapConstructor | undefined {
+export function probeSendWrap(socket: dgram.Socket, handle: DgramUdpHandle): SendWrapConstructor | undefined {
   const own = Object.getOwnPropertyDescriptor(handle, 'send');
   const inherited = handle.send;
   let seen: unknown[] | undefined;
@@ -124,7 +124,7 @@ function probeSendWrap(socket: dgram.Socket, handle: UdpHandle): SendWrapConstru
 export class UdpSender {
   private mode = Mode.Unprobed;
   private state: SocketState | undefined;
-  private handle: UdpHandle | undefined;
+  private handle: DgramUdpHandle | undefined;
   private SendWrap: SendWrapConstructor | undefined;
   private req: SendRequest | undefined;
   private list: Uint8Array[] = [EMPTY];

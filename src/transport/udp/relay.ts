@@ -1,12 +1,16 @@
 // Relay sockets: the relayed transport addresses of allocations (RFC 8656 §7.2), bound
-// by a factory that keeps track of the ports it holds and of spare descriptors.
+// by a factory that keeps track of the ports it holds and of spare descriptors. A relay
+// socket is a bare UDP handle (udp-handle.ts) once the factory has learnt how to make one
+// from its first dgram socket; a dgram socket where that cannot be learnt.
 
 import type dgram from 'node:dgram';
 import { closeSync, openSync } from 'node:fs';
+import { isIP } from 'node:net';
 import type { PeerPacketHandler, RelayBindFailure, RelayBound, RelaySocket, RelaySocketFactory } from '../../turn/ports.js';
 import { SEND_QUEUED, UdpSender, receiveFromHandle } from './dgram-fast.js';
 import { SendScratch } from './framed-sender.js';
 import { bindUdpSocketNow, createUdpSocket } from './socket.js';
+import { HandleSender, type UdpHandle, type UdpHandleKit, bindUdpHandle, detectUdpHandleKit, errnoName } from './udp-handle.js';
 
 class UdpRelaySocket implements RelaySocket {
   private closed = false;
@@ -58,6 +62,58 @@ class UdpRelaySocket implements RelaySocket {
   }
 }
 
+/** What the bare-handle sockets of one factory share: no field or closure per socket for these. */
+interface HandleShared {
+  readonly kit: UdpHandleKit;
+  readonly sender: HandleSender;
+  /** The same scratch as the factory's dgram sockets. */
+  readonly scratch: SendScratch;
+}
+
+/** A bare handle's own field (set once, at bind): its relay socket, read by the factory's onmessage. */
+interface RelayHandle extends UdpHandle {
+  relay: HandleRelaySocket;
+}
+
+/** A relay socket on a bare UDP handle (udp-handle.ts). */
+class HandleRelaySocket implements RelaySocket {
+  private closed = false;
+  constructor(
+    private readonly handle: UdpHandle,
+    readonly address: string,
+    readonly port: number,
+    readonly onPacket: PeerPacketHandler,
+    private readonly ports: AddressPorts,
+    private readonly shared: HandleShared,
+  ) {}
+
+  send(payload: Buffer, offset: number, length: number, port: number, address: string): void {
+    // A port no datagram can go to, or a range outside the payload: dropped (Socket.send would throw).
+    if (this.closed || port <= 0 || port > 0xffff || (port | 0) !== port) return;
+    if (offset < 0 || length < 0 || offset + length > payload.length) return;
+    const { sender, scratch } = this.shared;
+    const ipv6 = this.ports.ipv6;
+    // A whole received datagram goes as it is (nobody changes one). Of part of one (the data
+    // of a ChannelData message or a Send indication), the datagram is copied to the scratch,
+    // whose views are cached: a view of the part would be an object per packet.
+    if (offset === 0 && length === payload.length) {
+      sender.send(this.handle, ipv6, payload, port, address);
+      return;
+    }
+    if (payload.length > scratch.buffer.length) return; // larger than any UDP datagram
+    scratch.buffer.set(payload, 0);
+    if (sender.send(this.handle, ipv6, scratch.view(offset, length), port, address) === SEND_QUEUED) scratch.replace();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ports.bound[this.port] = 0;
+    this.ports.closed++;
+    this.handle.close();
+  }
+}
+
 /** Descriptors set aside (see UdpRelayFactory): enough for /readyz, a /metrics scrape and a few store reconnects. */
 export const RESERVED_DESCRIPTORS = 16;
 const IN_USE: RelayBindFailure = { failed: 'in-use' };
@@ -66,6 +122,8 @@ const IN_USE: RelayBindFailure = { failed: 'in-use' };
 interface AddressPorts {
   readonly bound: Uint8Array;
   closed: number;
+  /** The address is an IPv6 literal (a bare handle binds and sends with bind6 and send6). */
+  readonly ipv6: boolean;
 }
 
 /**
@@ -81,17 +139,36 @@ export class UdpRelayFactory implements RelaySocketFactory {
   private reserve: number[] = [];
   /** Every relay socket's 'error' listener: one function for all of them, not a closure each. */
   private readonly onSocketError = (err: Error): void => this.onError(err);
+  /**
+   * How to make bare handles: undefined until the first dgram relay socket is bound (it is
+   * learnt from that one), null where it cannot be learnt (dgram sockets from then on).
+   */
+  private handles: HandleShared | null | undefined;
+  /** Every bare handle's onmessage (`this` is the handle): one function for all of them. */
+  private readonly onHandleMessage: NonNullable<UdpHandle['onmessage']>;
 
   constructor(
     private readonly onError: (err: Error) => void,
     private readonly reserveCount = RESERVED_DESCRIPTORS,
+    /** false: every relay socket a dgram socket (tests; a switch should bare handles ever misbehave). */
+    bareHandles = true,
   ) {
+    if (!bareHandles) this.handles = null;
+    this.onHandleMessage = function onRelayHandleMessage(this: UdpHandle, nread, _handle, buf, rinfo): void {
+      if (nread < 0) onError(Object.assign(new Error(`recvmsg ${errnoName(nread)}`), { errno: nread, code: errnoName(nread), syscall: 'recvmsg' }));
+      else (this as RelayHandle).relay.onPacket(buf, rinfo.address, rinfo.port);
+    };
     this.takeReserve();
+  }
+
+  /** What the relay sockets are: bare UDP handles, dgram sockets, or not known until the first is bound. */
+  get socketKind(): 'handle' | 'dgram' | 'unknown' {
+    return this.handles === undefined ? 'unknown' : this.handles === null ? 'dgram' : 'handle';
   }
 
   private portsOf(address: string): AddressPorts {
     let p = this.ports.get(address);
-    if (!p) this.ports.set(address, (p = { bound: new Uint8Array(65536), closed: 0 }));
+    if (!p) this.ports.set(address, (p = { bound: new Uint8Array(65536), closed: 0, ipv6: isIP(address) === 6 }));
     return p;
   }
 
@@ -108,6 +185,8 @@ export class UdpRelayFactory implements RelaySocketFactory {
    * bindUdpSocketNow), so that an Allocate costs no promise for it; else a promise.
    */
   bind(address: string, port: number, onPacket: PeerPacketHandler): RelayBound | Promise<RelayBound> {
+    const handles = this.handles;
+    if (handles && isIP(address) !== 0) return this.bindHandle(handles, address, port, onPacket);
     const socket = createUdpSocket(address);
     const bound = bindUdpSocketNow(socket, address, port);
     if (bound instanceof Promise) {
@@ -119,8 +198,30 @@ export class UdpRelayFactory implements RelaySocketFactory {
     return bound === undefined ? this.listen(socket, address, port, onPacket) : this.failed(socket, bound);
   }
 
+  /** A bare handle bound, reading, and made a relay socket; or why not. */
+  private bindHandle(shared: HandleShared, address: string, port: number, onPacket: PeerPacketHandler): RelayBound {
+    const ports = this.portsOf(address);
+    const handle = bindUdpHandle(shared.kit, address, ports.ipv6, port);
+    if (typeof handle === 'number') return this.failure(errnoName(handle));
+    const relay = new HandleRelaySocket(handle, address, port, onPacket, ports, shared);
+    (handle as RelayHandle).relay = relay;
+    handle.onmessage = this.onHandleMessage;
+    const err = handle.recvStart();
+    if (err !== 0) {
+      handle.close();
+      return this.failure(errnoName(err));
+    }
+    ports.bound[port] = 1;
+    return relay;
+  }
+
   /** A bound socket becomes a relay socket: its datagrams to onPacket, its port marked held. */
   private listen(socket: dgram.Socket, address: string, port: number, onPacket: PeerPacketHandler): RelaySocket {
+    if (this.handles === undefined) {
+      // The first relay socket, bound just now and not yet used: learn bare handles from it.
+      const kit = detectUdpHandleKit(socket);
+      this.handles = kit === undefined ? null : { kit, sender: new HandleSender(kit.SendWrap), scratch: this.scratch };
+    }
     socket.on('error', this.onSocketError);
     if (!receiveFromHandle(socket, onPacket)) socket.on('message', (msg, rinfo) => onPacket(msg, rinfo.address, rinfo.port));
     const ports = this.portsOf(address);
@@ -136,9 +237,14 @@ export class UdpRelayFactory implements RelaySocketFactory {
     } catch {
       // never bound
     }
-    if (err.code === 'EADDRINUSE') return IN_USE;
-    if (err.code === 'EMFILE' || err.code === 'ENFILE') this.releaseReserve();
-    return { failed: 'unavailable', code: err.code ?? 'EUNKNOWN' };
+    return this.failure(err.code ?? 'EUNKNOWN');
+  }
+
+  /** A bind's error code as the port choice wants it; out of descriptors lets the set-aside ones go. */
+  private failure(code: string): RelayBindFailure {
+    if (code === 'EADDRINUSE') return IN_USE;
+    if (code === 'EMFILE' || code === 'ENFILE') this.releaseReserve();
+    return { failed: 'unavailable', code };
   }
 
   async available(address: string): Promise<boolean> {

@@ -267,19 +267,23 @@ describe('FramedSender', () => {
         framed.send(head, 1, payload, 0, 3, false, port, '127.0.0.1');
       }
       const relays = new UdpRelayFactory(() => {});
+      // The first relay socket is a dgram socket, the factory's later ones bare UDP handles (udp-handle.ts).
       const relay = await relays.bind('127.0.0.1', 0, () => {});
+      const relay2 = await relays.bind('127.0.0.1', 0, () => {});
+      const kind = relays.socketKind;
       for (let i = 0; i < 30; i++) {
         // A fresh datagram each time, as received ones are; the part sent goes through the shared scratch.
         relay.send(Buffer.from('CHAN' + String(i).padStart(3, '0') + '...'), 4, 3, port, '127.0.0.1');
+        relay2.send(Buffer.from('CHAN' + 'H' + String(i).padStart(3, '0') + '...'), 4, 4, port, '127.0.0.1');
       }
       const sender = new UdpSender(tx2);
       const results = [];
       for (let i = 0; i < 20; i++) results.push(sender.send(Buffer.from('R' + String(i).padStart(3, '0')), 0, 4, port, '127.0.0.1'));
       const queued = results.every((r) => r === SEND_QUEUED);
       const deadline = Date.now() + 3000;
-      while (got.length < 100 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-      console.log(JSON.stringify({ got, queued, fast: sender.fast, queueAfter: sender.queueCount() }));
-      rx.close(); tx.close(); tx2.close(); relay.close();
+      while (got.length < 130 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      console.log(JSON.stringify({ got, queued, fast: sender.fast, queueAfter: sender.queueCount(), kind }));
+      rx.close(); tx.close(); tx2.close(); relay.close(); relay2.close();
     `;
     const child = spawn(process.execPath, ['--test-udp-no-try-send', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -288,13 +292,15 @@ describe('FramedSender', () => {
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
     assert.equal(code, 0, err);
-    const result = JSON.parse(out) as { got: string[]; queued: boolean; fast: boolean; queueAfter: number };
+    const result = JSON.parse(out) as { got: string[]; queued: boolean; fast: boolean; queueAfter: number; kind: string };
     assert.equal(result.fast, true, 'fast path, even with every send queued');
+    assert.equal(result.kind, 'handle', 'the relay factory made its second socket a bare handle');
     assert.equal(result.queued, true, 'every send reported as queued');
     assert.equal(result.queueAfter, 0, 'the queue drained');
     const expected = [
       ...Array.from({ length: 50 }, (_, i) => `F${String(i).padStart(3, '0')}`),
       ...Array.from({ length: 30 }, (_, i) => String(i).padStart(3, '0')),
+      ...Array.from({ length: 30 }, (_, i) => `H${String(i).padStart(3, '0')}`),
       ...Array.from({ length: 20 }, (_, i) => `R${String(i).padStart(3, '0')}`),
     ];
     assert.deepEqual([...result.got].sort(), expected.sort());

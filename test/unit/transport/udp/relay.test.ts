@@ -75,3 +75,107 @@ describe('UdpRelayFactory.bind on an IP literal', () => {
     factory.close();
   });
 });
+
+/** Waits (without a fixed sleep) until `done()` holds; fails after 2 s. */
+async function waitFor(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 400 && !done(); i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(done(), 'timed out');
+}
+
+async function boundPeer(type: 'udp4' | 'udp6', address: string): Promise<{ socket: dgram.Socket; got: string[] }> {
+  const socket = dgram.createSocket(type);
+  await new Promise<void>((resolve) => socket.bind(0, address, resolve));
+  const got: string[] = [];
+  socket.on('message', (msg) => got.push(msg.toString()));
+  return { socket, got };
+}
+
+for (const [type, loopback, otherFamily] of [
+  ['udp4', '127.0.0.1', '::1'],
+  ['udp6', '::1', '127.0.0.1'],
+] as const) {
+  describe(`UdpRelayFactory: bare UDP handles (${type})`, () => {
+    it('learns them from its first socket; the later sockets deliver, send whole datagrams and parts, and hold their ports until closed', async () => {
+      const factory = new UdpRelayFactory(() => undefined, 0);
+      assert.equal(factory.socketKind, 'unknown');
+      const first = atOnce(factory.bind(loopback, 0, () => undefined));
+      assert.ok(!isBindFailure(first));
+      assert.equal(factory.socketKind, 'handle', 'learnt from the first (dgram) socket');
+
+      const probe = createUdpSocket(loopback);
+      assert.equal(bindUdpSocketNow(probe, loopback, 0), undefined);
+      const freePort = probe.address().port;
+      closeQuietly(probe);
+      const delivered: string[] = [];
+      const relay = atOnce(factory.bind(loopback, freePort, (payload, address, port) => delivered.push(`${address}:${port} ${payload.toString()}`)));
+      assert.ok(!isBindFailure(relay));
+      assert.equal(factory.holds(loopback, freePort), true);
+
+      const peer = await boundPeer(type, loopback);
+      const peerPort = peer.socket.address().port;
+      peer.socket.send(Buffer.from('hello'), freePort, loopback);
+      await waitFor(() => delivered.length === 1);
+      assert.deepEqual(delivered, [`${loopback}:${peerPort} hello`]);
+
+      const datagram = Buffer.from(`HDR.${'abcdefghijklmnopqrstuvwxyz'.repeat(4)}..pad`);
+      const parts = [
+        [0, datagram.length],
+        [4, 100],
+        [36, 60],
+        [4, 60],
+        [36, 61],
+      ] as const;
+      for (const [offset, length] of parts) relay.send(datagram, offset, length, peerPort, loopback);
+      // Never sent, never a throw: ports no datagram can go to, ranges outside the payload, the other family.
+      relay.send(datagram, 0, 4, 0, loopback);
+      relay.send(datagram, 0, 4, 65536, loopback);
+      relay.send(datagram, 0, 4, 1.5, loopback);
+      relay.send(datagram, 100, 100, peerPort, loopback);
+      relay.send(datagram, -1, 4, peerPort, loopback);
+      relay.send(datagram, 0, 4, peerPort, otherFamily);
+      await waitFor(() => peer.got.length === parts.length);
+      const expected = parts.map(([offset, length]) => datagram.subarray(offset, offset + length).toString());
+      assert.deepEqual([...peer.got].sort(), [...expected].sort());
+
+      // Another socket's port: in-use, at once.
+      assert.deepEqual(atOnce(factory.bind(loopback, peerPort, () => undefined)), { failed: 'in-use' });
+
+      const closedBefore = factory.closedCount(loopback);
+      relay.close();
+      relay.close();
+      assert.equal(factory.holds(loopback, freePort), false);
+      assert.equal(factory.closedCount(loopback), closedBefore + 1, 'counted once');
+      relay.send(datagram, 4, 10, peerPort, loopback); // closed: nothing, no throw
+      peer.socket.send(Buffer.from('late'), freePort, loopback);
+      // The port is free again at once: closing let the kernel socket go.
+      const again = atOnce(factory.bind(loopback, freePort, () => undefined));
+      if (isBindFailure(again)) assert.fail(`the port was not free again: ${JSON.stringify(again)}`);
+      again.close();
+      first.close();
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(delivered, [`${loopback}:${peerPort} hello`], 'nothing delivered after close');
+      assert.equal(peer.got.length, parts.length, 'nothing sent after close');
+      closeQuietly(peer.socket);
+      factory.close();
+    });
+
+    it('are not used when told so: every relay socket is then a dgram socket', async () => {
+      const factory = new UdpRelayFactory(() => undefined, 0, false);
+      const sockets = [atOnce(factory.bind(loopback, 0, () => undefined))];
+      const delivered: string[] = [];
+      const probe = createUdpSocket(loopback);
+      assert.equal(bindUdpSocketNow(probe, loopback, 0), undefined);
+      const freePort = probe.address().port;
+      closeQuietly(probe);
+      sockets.push(atOnce(factory.bind(loopback, freePort, (payload) => delivered.push(payload.toString()))));
+      assert.equal(factory.socketKind, 'dgram');
+      const peer = await boundPeer(type, loopback);
+      peer.socket.send(Buffer.from('to dgram'), freePort, loopback);
+      await waitFor(() => delivered.length === 1);
+      assert.deepEqual(delivered, ['to dgram']);
+      for (const s of sockets) if (!isBindFailure(s)) s.close();
+      closeQuietly(peer.socket);
+      factory.close();
+    });
+  });
+}
