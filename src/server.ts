@@ -8,7 +8,7 @@ import { createLogger } from './ops/log.js';
 import type { Dataplane } from './dataplane/open.js';
 import { type MetricsSources, createMetrics } from './ops/metrics.js';
 import { ClusterNode } from './server/cluster.js';
-import { openNodeRelaying } from './server/dataplane.js';
+import { type NodeRelaying, openNodeRelaying } from './server/dataplane.js';
 import { createEngine } from './server/engine.js';
 import { NodeLifecycle } from './server/lifecycle.js';
 import { ClientListeners } from './server/listeners.js';
@@ -30,12 +30,16 @@ const TICK_MS = 1000;
  * this node's own faults: a store outage is not one (new Allocates fail open,
  * docs/architecture.md §6), else one Redis behind every PoP would withdraw them all at once.
  */
-function capacityProblem(config: ServerConfig, engine: TurnEngine, cluster: ClusterNode | undefined): string | undefined {
+function capacityProblem(config: ServerConfig, engine: TurnEngine, cluster: ClusterNode | undefined, relaying: NodeRelaying): string | undefined {
   // Not before the node is in the cluster and, in anycast relay mode, holds every allocation in the
   // store: the ops endpoint starts before the cluster part, so /readyz says 503 during the sync.
   const starting = cluster?.notReadyReason();
   if (starting !== undefined) return starting;
   if (config.totalQuota > 0 && engine.allocations >= config.totalQuota) return 'at --total-quota capacity';
+  // Shared relay sockets live on the kernel's steering (docs/dataplane.md §8): without its
+  // helper no new relayed port can be steered, so the node is out until restarted.
+  const stopped = relaying.relaySockets.mode === 'shared' ? relaying.dataplane.stopped() : undefined;
+  if (stopped !== undefined) return `${stopped}: shared relay sockets can steer no new relayed port; restart the node`;
   // Out of descriptors, or (unicast relay mode) every relay port in use: this node's own capacity.
   return engine.capacityProblem();
 }
@@ -111,13 +115,14 @@ export async function startServer(config: ServerConfig, deps: ServerDeps = {}): 
   const { policy: peerPolicy, servicePorts } = nodePeerPolicy(config);
   const lifecycle = new NodeLifecycle(logger);
   const foreign = cluster?.route(store, registry, clock);
-  const { dataplane, relaySockets } = await openNodeRelaying(config, deps.udpFrontend !== undefined, counters, logger).catch(closeOwned(owned, store));
+  const relaying = await openNodeRelaying(config, deps.udpFrontend !== undefined, counters, logger).catch(closeOwned(owned, store));
+  const { dataplane, relaySockets } = relaying;
   const { offload } = dataplane;
   const relays = relaySockets.factory;
   const engine = createEngine(config, { peerPolicy, store, relays, clock, logger, counters, foreign, offload, isDraining: () => lifecycle.draining });
   const listeners = new ClientListeners(config, engine, counters, logger, deps.udpFrontend);
   cluster?.attach(engine, listeners);
-  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, cluster) });
+  lifecycle.watch({ allocations: () => engine.allocations, notReadyReason: () => capacityProblem(config, engine, cluster, relaying) });
   const metrics = createMetrics({
     engine,
     counters,

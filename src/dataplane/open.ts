@@ -35,6 +35,8 @@ export interface DataplaneStatus {
   refused(): number;
   /** The program's own counters (relayed per direction, passed to user space per reason), as of the last read. */
   totals(): Readonly<Record<string, number>>;
+  /** Why the kernel path stopped after it loaded (its helper died), or undefined: mode and reason then say 'js' and why. */
+  stopped(): string | undefined;
 }
 
 /** The kernel's port steering (docs/dataplane.md §8), for shared relay sockets (src/transport/udp/shared-relay.ts). */
@@ -77,6 +79,7 @@ function jsPath(reason: string | undefined): Dataplane {
     entries: () => 0,
     refused: () => 0,
     totals: () => ({}),
+    stopped: () => undefined,
     close: async () => undefined,
   };
 }
@@ -122,6 +125,7 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
   const offload = new KernelOffload(kernel, counters, logger);
   let totals: Readonly<Record<string, number>> = {};
   let closed = false;
+  let stopped: string | undefined;
   const read = async (): Promise<void> => {
     const all = await kernel.readTotals();
     offload.accountTotals(all);
@@ -139,6 +143,7 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
     if (closed) return;
     clearInterval(timer);
     offload.markDead();
+    stopped = `the kernel data plane's helper stopped: ${why}`;
     // With shared relay sockets (docs/dataplane.md §8) no new relayed port can be steered
     // any more: the message says so, for an operator to restart the node.
     logger.error(
@@ -148,8 +153,13 @@ function kernelPath(kernel: KernelDataplane, counters: EngineCounters, logger: E
   };
   logger.info({ dataplane: 'kernel', interfaces: kernel.interfaces }, 'kernel data plane attached');
   return {
-    mode: 'kernel',
-    reason: undefined,
+    get mode() {
+      return stopped === undefined ? 'kernel' : 'js';
+    },
+    get reason() {
+      return stopped;
+    },
+    stopped: () => stopped,
     interfaces: kernel.interfaces,
     offload,
     steering: kernel,

@@ -23,16 +23,17 @@ export function openNodeDataplane(config: ServerConfig, worker: boolean, counter
   );
 }
 
+/** The node's data plane and its UDP relay socket factory. */
+export interface NodeRelaying {
+  readonly dataplane: Dataplane;
+  readonly relaySockets: NodeRelaySockets;
+}
+
 /**
  * The data plane, then the relay socket factory on it. When either refuses (--dataplane
  * kernel, --relay-sockets shared without the kernel path) what was opened is closed again.
  */
-export async function openNodeRelaying(
-  config: ServerConfig,
-  worker: boolean,
-  counters: EngineCounters,
-  logger: Logger,
-): Promise<{ dataplane: Dataplane; relaySockets: NodeRelaySockets }> {
+export async function openNodeRelaying(config: ServerConfig, worker: boolean, counters: EngineCounters, logger: Logger): Promise<NodeRelaying> {
   const dataplane = await openNodeDataplane(config, worker, counters, logger);
   try {
     return { dataplane, relaySockets: await openRelaySockets(config, dataplane, counters, logger) };

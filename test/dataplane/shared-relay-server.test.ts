@@ -9,12 +9,12 @@
 // `shared` refuses to start naming why.
 
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { kernelDataplaneUnavailableReason, WITHOUT_BPF_CAPABILITIES } from '../helpers/dataplane.js';
 import { Topology, jsonLines, netnsUnavailableReason } from '../helpers/netns.js';
 import { ANYTURN_CLI_PATH, LOOPBACK_V4, parseLogLines, runToCompletion, startAnyturn, stopAfter } from '../helpers/anyturn-process.js';
-import { metrics, nodeArgs, peerReport, spawnFreshAllocations, startPeer, withDump } from '../anycast/cluster.js';
+import { METRICS_PORT, httpGet, metrics, nodeArgs, peerReport, pollReadyz, spawnFreshAllocations, startPeer, withDump } from '../anycast/cluster.js';
 // Type only: importing fresh-allocations.js runs its main().
 import type { FreshResult } from '../anycast/fresh-allocations.js';
 
@@ -31,6 +31,16 @@ const NO_TRAILER = 'anyturn_dropped_packets_total{reason="no_steer_trailer"}';
 
 function openFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** The pids of `pid`'s child processes (every thread's children). */
+function childrenOf(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
+    readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
+      .split(' ')
+      .filter((x) => x !== '')
+      .map(Number),
+  );
 }
 
 describe('shared relay sockets: the server in namespaces', { skip, timeout: 300_000 }, () => {
@@ -101,6 +111,32 @@ describe('shared relay sockets: the server in namespaces', { skip, timeout: 300_
       assert.ok((after.get(STEERED_OUT) ?? 0) > 0, 'the shared socket sent through the egress program');
       assert.equal(after.get(STEERED_IN), before.get(STEERED_IN), 'a released port was steered');
       assert.equal(after.get(NO_TRAILER) ?? 0, 0);
+      await node.stop();
+    });
+  });
+
+  it("the helper's death takes the node out: /readyz 503 naming why, the data plane metric says js, a new Allocate gets 508", async () => {
+    await withDump(topo, async () => {
+      const node = topo.spawnIn('N1', process.execPath, nodeArgs('N1', { cluster: false, dataplane: 'kernel' }), { name: 'anyturn-N1-helper-death' });
+      await node.waitForJsonLine((r) => r.msg === 'anyturn ready', 20_000);
+      assert.equal((await pollReadyz(topo, 'N1', 200, 10_000)).at(-1)?.code, 200, 'ready with its helper running');
+      const helpers = childrenOf(node.pid).filter((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'anyturn-datapla');
+      assert.equal(helpers.length, 1, `one helper under the node: ${JSON.stringify(childrenOf(node.pid))}`);
+      process.kill(helpers[0]!, 'SIGKILL');
+
+      const seen = await pollReadyz(topo, 'N1', 503, 10_000);
+      assert.equal(seen.at(-1)?.code, 503, `/readyz after the helper died: ${JSON.stringify(seen)}`);
+      const { body } = await httpGet(topo, `http://${Topology.nodeAddress('N1')}:${METRICS_PORT}/readyz`);
+      assert.match(body, /kernel data plane's helper stopped.*restart the node/);
+      const m = await metrics(topo, 'N1');
+      assert.equal(m.get('anyturn_dataplane_info{mode="js"}'), 1, 'the metric says who relays now');
+      assert.equal(m.get('anyturn_dataplane_info{mode="kernel"}') ?? 0, 0);
+      const stoppedLines = jsonLines(node.stdout()).filter((r) => typeof r.msg === 'string' && r.msg.startsWith('kernel data plane stopped'));
+      assert.equal(stoppedLines.length, 1, 'logged once');
+
+      const fresh = spawnFreshAllocations(topo, 1, 1_000);
+      const allocated = await fresh.waitForJsonLine((r) => r.event === 'allocated', 30_000);
+      assert.equal((allocated.results as FreshResult[])[0]?.code, 508, 'no relayed port can be steered any more');
       await node.stop();
     });
   });
