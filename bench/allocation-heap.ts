@@ -9,6 +9,12 @@
 // retransmissions) and 41 s later, after a tick let those go.
 //
 //   node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--channels] [--snapshot]
+//        [--relay-sockets shared|per-allocation|per-allocation-dgram]
+//
+// --relay-sockets: shared (the default, the scale bench's node), or a real socket per
+// allocation as a node without the kernel path binds them: bare UDP handles, or dgram
+// sockets as before (src/transport/udp/relay.ts). A socket is a descriptor: keep
+// --allocations under the open-file limit (20,000 here), e.g. 10000.
 //
 // --channels: each allocation also binds a channel to the peer (as WebRTC clients do), with
 // the kernel path's bookkeeping on (src/dataplane/offload.ts over maps kept in the kernel).
@@ -23,7 +29,7 @@ import { join } from 'node:path';
 import v8 from 'node:v8';
 
 import { type HeapGroup, type HeapSnapshotJson, breakdown, formatBreakdown, summarize } from './allocation-heap/breakdown.js';
-import { startHeapNode } from './allocation-heap/node.js';
+import { type HeapRelaySockets, startHeapNode } from './allocation-heap/node.js';
 import { findRepoRoot, runMain } from './host.js';
 
 const GC_ROUNDS = 4;
@@ -35,17 +41,25 @@ interface Options {
   readonly portsPerAddress: number;
   /** Each allocation also binds a channel (and the kernel path's bookkeeping is on). */
   readonly channels: boolean;
+  readonly relaySockets: HeapRelaySockets;
 }
+
+const RELAY_SOCKETS: readonly HeapRelaySockets[] = ['shared', 'per-allocation', 'per-allocation-dgram'];
 
 function parseOptions(argv: readonly string[]): Options {
   let allocations = 100_000;
   let snapshot = false;
   let portsPerAddress = 5000;
   let channels = false;
+  let relaySockets: HeapRelaySockets = 'shared';
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--snapshot') snapshot = true;
-    else if (arg === '--channels') channels = true;
+    else if (arg === '--relay-sockets') {
+      const value = argv[++i] as HeapRelaySockets;
+      if (!RELAY_SOCKETS.includes(value)) throw new Error(`--relay-sockets must be one of ${RELAY_SOCKETS.join(', ')}, not ${String(value)}`);
+      relaySockets = value;
+    } else if (arg === '--channels') channels = true;
     else if (arg === '--allocations') {
       allocations = Number(argv[++i]);
       if (!Number.isInteger(allocations) || allocations < 1 || allocations > 150_000) {
@@ -58,10 +72,10 @@ function parseOptions(argv: readonly string[]): Options {
       }
     } else
       throw new Error(
-        `unknown argument ${arg}; usage: node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--channels] [--snapshot]`,
+        `unknown argument ${arg}; usage: node --expose-gc dist/bench/allocation-heap.js [--allocations 100000] [--ports-per-address 5000] [--channels] [--snapshot] [--relay-sockets shared|per-allocation|per-allocation-dgram]`,
       );
   }
-  return { allocations, snapshot, portsPerAddress, channels };
+  return { allocations, snapshot, portsPerAddress, channels, relaySockets };
 }
 
 function collect(): void {
@@ -113,7 +127,7 @@ function report(label: string, n: number, empty: Sample, at: Sample): void {
 
 async function main(): Promise<number> {
   const o = parseOptions(process.argv.slice(2));
-  const { engine, clock, driver, close } = await startHeapNode({ portsPerAddress: o.portsPerAddress, channels: o.channels });
+  const { engine, clock, driver, close } = await startHeapNode({ portsPerAddress: o.portsPerAddress, channels: o.channels, relaySockets: o.relaySockets });
   // Made and deleted first (client addresses after the ramp's): code and one-off pools are in the empty figure.
   await driver.ramp(o.allocations, WARM_UP);
   clock.advance(3_601_000);

@@ -16,6 +16,7 @@ import { Attr, MessageClass, Method, TRANSPORT_UDP } from '../../src/stun/consta
 import { longTermKey } from '../../src/stun/integrity.js';
 import { decodeMessage, getAttribute } from '../../src/stun/message.js';
 import { MessageWriter } from '../../src/stun/writer.js';
+import { UdpRelayFactory } from '../../src/transport/udp/relay.js';
 import { SharedRelayFactory } from '../../src/transport/udp/shared-relay.js';
 import { CredentialStore } from '../../src/turn/auth/credentials.js';
 import { NonceIssuer } from '../../src/turn/auth/nonce.js';
@@ -23,7 +24,7 @@ import { ManualClock } from '../../src/turn/clock.js';
 import { EngineCounters } from '../../src/turn/counters.js';
 import { TurnEngine } from '../../src/turn/engine.js';
 import { createPeerPolicy } from '../../src/turn/peer-policy.js';
-import type { ClientPath } from '../../src/turn/ports.js';
+import type { ClientPath, RelaySocketFactory } from '../../src/turn/ports.js';
 
 const REALM = 'anyturn.bench';
 const USER = 'bench';
@@ -207,19 +208,35 @@ export interface HeapNode {
   close(): Promise<void>;
 }
 
-/** The engine and its driver; the shared relay sockets are bound on 127.0.0.1-3 (nothing is sent). */
-export async function startHeapNode(options: { readonly portsPerAddress?: number; readonly channels?: boolean } = {}): Promise<HeapNode> {
-  const clock = new ManualClock(Date.now());
-  const counters = new EngineCounters();
-  const credentials = new CredentialStore({ realm: REALM, users: new Map([[USER, PASSWORD]]), authSecrets: [] });
-  const relays = await SharedRelayFactory.open({
+/**
+ * The relay sockets: 'shared' (the scale bench's node), or one real socket per allocation
+ * as a node without the kernel path has, bare UDP handles ('per-allocation') or dgram
+ * sockets ('per-allocation-dgram'): src/transport/udp/relay.ts. A socket each needs a
+ * descriptor each: keep --allocations under the open-file limit.
+ */
+export type HeapRelaySockets = 'shared' | 'per-allocation' | 'per-allocation-dgram';
+
+async function relayFactory(kind: HeapRelaySockets, counters: EngineCounters): Promise<RelaySocketFactory & { close(): unknown }> {
+  const onError = (err: Error): void => console.error(err);
+  if (kind !== 'shared') return new UdpRelayFactory(onError, 0, kind === 'per-allocation');
+  return SharedRelayFactory.open({
     addresses: RELAY_IPS,
     minPort: MIN_PORT,
     maxPort: MAX_PORT,
     steering: { shareSocket: async () => undefined, steer: async () => undefined, unsteer: () => undefined, steering: true },
     drops: counters.drops,
-    onError: (err) => console.error(err),
+    onError,
   });
+}
+
+/** The engine and its driver; the relay sockets are bound on 127.0.0.1-3 (nothing is sent). */
+export async function startHeapNode(
+  options: { readonly portsPerAddress?: number; readonly channels?: boolean; readonly relaySockets?: HeapRelaySockets } = {},
+): Promise<HeapNode> {
+  const clock = new ManualClock(Date.now());
+  const counters = new EngineCounters();
+  const credentials = new CredentialStore({ realm: REALM, users: new Map([[USER, PASSWORD]]), authSecrets: [] });
+  const relays = await relayFactory(options.relaySockets ?? 'shared', counters);
   const engine = new TurnEngine({
     nodeId: 'heap-bench',
     credentials,

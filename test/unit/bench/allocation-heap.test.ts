@@ -74,6 +74,30 @@ describe('the heap of one live allocation', () => {
   }
 });
 
+describe('the heap of one live allocation with a relay socket each (no kernel path)', () => {
+  it('holds one bare UDP handle, no dgram Socket, EventEmitter state or closure of its own (src/transport/udp/udp-handle.ts)', async () => {
+    const node = await startHeapNode({ portsPerAddress: 5000, relaySockets: 'per-allocation' });
+    try {
+      await node.driver.ramp(ALLOCATIONS, WARM_UP);
+      const before = writeSnapshot('before-sockets');
+      await node.driver.ramp(0, ALLOCATIONS);
+      const after = writeSnapshot('after-sockets');
+      const rows = breakdown(readSnapshot(before), readSnapshot(after), ALLOCATIONS);
+      const per = (group: string): number => countOf(rows, group);
+      assert.ok(per('UDP') > 0.99 && per('UDP') < 1.01, `one UDP handle each (${per('UDP')})`);
+      assert.ok(per('HandleRelaySocket') > 0.99 && per('HandleRelaySocket') < 1.01, `one HandleRelaySocket each (${per('HandleRelaySocket')})`);
+      // What a dgram.Socket brought: the Socket, its state and _events objects, a bound lookup, dgram's closures.
+      assert.ok(per('Socket') < 0.1, `dgram Sockets: ${per('Socket')} per allocation`);
+      assert.ok(per('(closure) onmessage') < 0.1, `onmessage closures: ${per('(closure) onmessage')} per allocation`);
+      assert.ok(per('(closure) native_bind') < 0.1, `bound functions: ${per('(closure) native_bind')} per allocation`);
+      assert.ok(per('(closure) ') < 0.1, `anonymous closures: ${per('(closure) ')} per allocation`);
+      assert.ok(per('Object') < 0.5, `plain objects: ${per('Object')} per allocation`);
+    } finally {
+      await node.close();
+    }
+  });
+});
+
 /** Bytes in V8's young generation now: what was allocated since the last scavenge. */
 function youngBytes(): number {
   return v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.space_used_size ?? 0;
