@@ -18,12 +18,26 @@ export interface CredentialOptions {
 
 export type KeyLookup = { readonly ok: true; readonly keys: readonly Buffer[] } | { readonly ok: false; readonly reason: 'unknown-user' | 'expired' };
 
+/**
+ * Time-limited credentials' keys kept per username and algorithm, at most this many each
+ * (then the map starts over): a WebRTC app hands each visitor one username for hours, and
+ * each of its requests would otherwise cost an HMAC-SHA1 and an MD5 (~3.4 µs) and a key
+ * object whose HMAC pads are made again (src/stun/hmac-sha1.ts). Bounded, so that usernames
+ * made up by the request cost memory only up to here.
+ */
+export const MADE_KEYS_MAX = 4096;
+
 export class CredentialStore {
   readonly realm: string;
   private readonly md5Keys = new Map<string, Buffer>();
   /** keysFor's answer for a static user's MD5 key, made once: the lookup of every request of an RFC 5389 client. */
   private readonly md5Lookups = new Map<string, KeyLookup>();
   private readonly passwords = new Map<string, string>();
+  /** keysFor's answer for a static user's SHA-256 key (RFC 8489 §9.2.2), made at the first request that asks for it. */
+  private readonly sha256Lookups = new Map<string, KeyLookup>();
+  /** Time-limited credentials' answers, MD5 and SHA-256 (MADE_KEYS_MAX). */
+  private readonly madeMd5 = new Map<string, KeyLookup>();
+  private readonly madeSha256 = new Map<string, KeyLookup>();
   private readonly byUserhash = new Map<string, string>();
   /** Verified against when the user is unknown, so that both cases cost the same. */
   readonly decoyKey = randomBytes(16);
@@ -69,23 +83,32 @@ export class CredentialStore {
     return this.byUserhash.get(Buffer.from(hash).toString('hex'));
   }
 
-  /** The candidate keys for a username (several while auth secrets rotate). */
+  /**
+   * The candidate keys for a username (several while auth secrets rotate). The answer (and
+   * its key objects) may be the same object for every request of that user: never change it.
+   */
   keysFor(username: string, nowMs: number, algorithm: PasswordAlgorithm = PasswordAlgorithm.MD5): KeyLookup {
     const key = this.md5Keys.get(username);
     if (key) {
       if (algorithm === PasswordAlgorithm.MD5) return this.md5Lookups.get(username)!;
       const password = this.passwords.get(username);
       if (password === undefined) return { ok: false, reason: 'unknown-user' };
-      return { ok: true, keys: [longTermKey(username, this.realm, password, algorithm)] };
+      let lookup = this.sha256Lookups.get(username);
+      if (lookup === undefined) this.sha256Lookups.set(username, (lookup = { ok: true, keys: [longTermKey(username, this.realm, password, algorithm)] }));
+      return lookup;
     }
     if (this.options.authSecrets.length === 0) return { ok: false, reason: 'unknown-user' };
+    // The expiry is checked at every request, before any kept key is looked at.
     const expiry = restApiExpirySeconds(username);
     if (expiry === undefined) return { ok: false, reason: 'unknown-user' };
     if (expiry * 1000 <= nowMs) return { ok: false, reason: 'expired' };
-    return {
-      ok: true,
-      keys: this.options.authSecrets.map((secret) => longTermKey(username, this.realm, restApiPassword(secret, username), algorithm)),
-    };
+    const made = algorithm === PasswordAlgorithm.MD5 ? this.madeMd5 : this.madeSha256;
+    let lookup = made.get(username);
+    if (lookup !== undefined) return lookup;
+    lookup = { ok: true, keys: this.options.authSecrets.map((secret) => longTermKey(username, this.realm, restApiPassword(secret, username), algorithm)) };
+    if (made.size >= MADE_KEYS_MAX) made.clear();
+    made.set(username, lookup);
+    return lookup;
   }
 }
 

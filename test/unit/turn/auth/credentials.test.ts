@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { PasswordAlgorithm } from '../../../../src/stun/constants.js';
-import { CredentialStore, restApiExpirySeconds, restApiPassword } from '../../../../src/turn/auth/credentials.js';
+import { CredentialStore, MADE_KEYS_MAX, restApiExpirySeconds, restApiPassword } from '../../../../src/turn/auth/credentials.js';
 
 const REALM = 'example.org';
 const NOW_MS = 1_700_000_000_000;
@@ -99,6 +99,40 @@ describe('CredentialStore', () => {
     assert.deepEqual(store.keysFor(`${NOW_MS / 1000 - 1}`, NOW_MS), { ok: false, reason: 'expired' });
     assert.deepEqual(store.keysFor('alice', NOW_MS), { ok: false, reason: 'unknown-user' });
     assert.deepEqual(store.keysFor('', NOW_MS), { ok: false, reason: 'unknown-user' });
+  });
+
+  it("keeps a time-limited user's keys (one answer for every request, each algorithm its own), and still refuses them once the username expires", () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map(), authSecrets: ['new-secret', 'old-secret'] });
+    const username = `${NOW_MS / 1000 + 60}:alice`;
+    const first = store.keysFor(username, NOW_MS);
+    assert.equal(store.keysFor(username, NOW_MS + 1000), first, 'the same answer, and so the same key objects (their HMAC pads are kept per key object)');
+    // What a store with nothing kept computes: the same bytes.
+    const fresh = new CredentialStore({ realm: REALM, users: new Map(), authSecrets: ['new-secret', 'old-secret'] });
+    assert.deepEqual(keysOf(first), keysOf(fresh.keysFor(username, NOW_MS)));
+    const sha = store.keysFor(username, NOW_MS, PasswordAlgorithm.SHA256);
+    assert.notDeepEqual(keysOf(sha), keysOf(first), 'SHA-256 keys are not the MD5 ones');
+    assert.equal(keysOf(sha)[0]!.length, 64, '32-byte SHA-256 keys');
+    assert.equal(store.keysFor(username, NOW_MS, PasswordAlgorithm.SHA256), sha);
+    assert.deepEqual(store.keysFor(username, (NOW_MS / 1000 + 60) * 1000), { ok: false, reason: 'expired' }, 'kept keys do not outlive the username');
+  });
+
+  it(`keeps at most ${MADE_KEYS_MAX} time-limited users' keys: more usernames (made-up ones too) start the map over`, () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map(), authSecrets: ['secret'] });
+    const expiry = NOW_MS / 1000 + 60;
+    const first = store.keysFor(`${expiry}:first`, NOW_MS);
+    for (let i = 1; i < MADE_KEYS_MAX; i++) store.keysFor(`${expiry}:user${i}`, NOW_MS);
+    assert.equal(store.keysFor(`${expiry}:first`, NOW_MS), first, `still kept with ${MADE_KEYS_MAX} usernames`);
+    store.keysFor(`${expiry}:one-too-many`, NOW_MS);
+    const again = store.keysFor(`${expiry}:first`, NOW_MS);
+    assert.notEqual(again, first, 'made again after the map started over');
+    assert.deepEqual(keysOf(again), keysOf(first));
+  });
+
+  it("keeps a static user's SHA-256 key once made", () => {
+    const store = new CredentialStore({ realm: REALM, users: new Map([['bob', 'hunter2']]), authSecrets: [] });
+    const sha = store.keysFor('bob', NOW_MS, PasswordAlgorithm.SHA256);
+    assert.equal(store.keysFor('bob', NOW_MS, PasswordAlgorithm.SHA256), sha);
+    assert.notEqual(store.keysFor('bob', NOW_MS), sha);
   });
 
   it('treats a timestamp-shaped username as unknown when the secret scheme is off', () => {
