@@ -6,6 +6,8 @@ import type { PortRange } from './net.js';
 export const USER = 'bench';
 export const PASSWORD = 'bench-password';
 export const REALM = 'bench.anyturn';
+/** The shared secret of time-limited credentials (--use-auth-secret), where a bench asks for them. */
+export const AUTH_SECRET = 'bench-auth-secret';
 
 export type ServerName = 'anyturn' | 'coturn' | 'floor';
 export const SERVER_NAMES: readonly ServerName[] = ['anyturn', 'coturn', 'floor'];
@@ -27,6 +29,8 @@ export interface ServerSettings {
   /** Listening and relay address (default 127.0.0.1; bench/dataplane.ts puts them on a namespace's veths). */
   readonly listeningIp?: string;
   readonly relayIp?: string;
+  /** Also take time-limited credentials made with this secret (--use-auth-secret --static-auth-secret: both servers' names). */
+  readonly authSecret?: string;
 }
 
 export interface ServerLaunch {
@@ -71,7 +75,7 @@ export function coturnLaunch(s: ServerSettings): ServerLaunch {
  * names for them): loopback only, its ports, the credential.
  */
 export function loopbackTurnArgs(
-  s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm' | 'listeningIp' | 'relayIp'>,
+  s: Pick<ServerSettings, 'listeningPort' | 'relayPorts' | 'user' | 'password' | 'realm' | 'listeningIp' | 'relayIp' | 'authSecret'>,
 ): string[] {
   return [
     '--listening-ip',
@@ -89,6 +93,7 @@ export function loopbackTurnArgs(
     '--realm',
     s.realm,
     '--allow-loopback-peers',
+    ...(s.authSecret === undefined ? [] : ['--use-auth-secret', '--static-auth-secret', s.authSecret]),
   ];
 }
 

@@ -4,7 +4,8 @@ import { performance } from 'node:perf_hooks';
 
 import type { ProcessGroup } from '../processes.js';
 import { AllocationClient, type CountingPeer, type DriverStats, type Endpoint } from '../turn-driver.js';
-import { PASSWORD, USER } from '../servers.js';
+import { AUTH_SECRET, PASSWORD, USER } from '../servers.js';
+import { restApiPassword } from '../../src/turn/auth/credentials.js';
 import type { Options } from './options.js';
 
 /** redis-server runs with the driver, on the client core. */
@@ -48,9 +49,42 @@ export interface Context {
   readonly serverNofile: number;
 }
 
+/** A client's long-term credential. */
+export interface Credential {
+  readonly username: string;
+  readonly password: string;
+}
+
+const STATIC_CREDENTIAL: Credential = { username: USER, password: PASSWORD };
+
+/** The static user, for every allocation. */
+export function staticCredential(): Credential {
+  return STATIC_CREDENTIAL;
+}
+
+/**
+ * Time-limited credentials (coturn's --use-auth-secret scheme), a new username per call, as
+ * a WebRTC app hands one to each visitor: "<expiry>:visitor<n>", a day from now.
+ */
+export function restCredentials(): () => Credential {
+  const expiry = Math.floor(Date.now() / 1000) + 86_400;
+  let n = 0;
+  return () => {
+    const username = `${expiry}:visitor${n++}`;
+    return { username, password: restApiPassword(AUTH_SECRET, username) };
+  };
+}
+
 /** Allocate (401, then authenticated) + CreatePermission + ChannelBind on a fresh socket; returns ms. */
-export async function fullSequence(server: Endpoint, peer: Endpoint, stats: DriverStats, keep: AllocationClient[], channel: boolean): Promise<number> {
-  const c = await AllocationClient.open(server, { username: USER, password: PASSWORD }, stats);
+export async function fullSequence(
+  server: Endpoint,
+  peer: Endpoint,
+  stats: DriverStats,
+  keep: AllocationClient[],
+  channel: boolean,
+  credential: () => Credential = staticCredential,
+): Promise<number> {
+  const c = await AllocationClient.open(server, credential(), stats);
   keep.push(c); // kept open: a closed socket's port could come back as a new client with a live 5-tuple
   const t0 = performance.now();
   await c.allocate();

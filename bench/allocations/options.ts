@@ -25,10 +25,16 @@ export interface Options {
   readonly rateBaseline: string | undefined;
   /** Part 1: how many times the servers are measured, one after the other in turn (A/B rounds). */
   readonly rounds: number;
+  /**
+   * Part 1: 'static', one static user for every allocation; 'rest', a time-limited
+   * credential (--use-auth-secret) per allocation, as a WebRTC app hands one to each
+   * visitor (anyturn and coturn; the Node floor knows only its static user).
+   */
+  readonly credentials: 'static' | 'rest';
 }
 
 function usage(): string {
-  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--warmup N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR] [--rate-baseline DIST_DIR] [--rounds N]';
+  return 'usage: node dist/bench/allocations.js [--parts 1,2,3,4,5] [--allocations N] [--warmup N] [--live N] [--lifecycles N] [--workers N] [--feed-baseline DIST_DIR] [--rate-baseline DIST_DIR] [--rounds N] [--credentials static|rest]';
 }
 
 export function parseOptions(argv: readonly string[]): Options {
@@ -43,6 +49,7 @@ export function parseOptions(argv: readonly string[]): Options {
     feedBaseline: undefined as string | undefined,
     rateBaseline: undefined as string | undefined,
     rounds: 1,
+    credentials: 'static' as 'static' | 'rest',
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -56,6 +63,11 @@ export function parseOptions(argv: readonly string[]): Options {
       const parts = value.split(',').map((p) => Number(p.trim()));
       if (parts.some((p) => ![1, 2, 3, 4, 5].includes(p))) throw new Error(`--parts '${value}': 1, 2, 3, 4 and/or 5`);
       o.parts = [...new Set(parts)].sort() as Part[];
+      continue;
+    }
+    if (flag === '--credentials') {
+      if (value !== 'static' && value !== 'rest') throw new Error(`--credentials '${value}': static or rest`);
+      o.credentials = value;
       continue;
     }
     if (flag === '--feed-baseline' || flag === '--rate-baseline') {

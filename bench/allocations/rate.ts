@@ -1,7 +1,7 @@
 // Part 1: the allocation rate with authentication, from concurrent client sockets.
 import { cpusAllowed, safeCpuMicros, threadCount } from '../processes.js';
 import { DriverStats, runPool, summarize, type LatencySummary } from '../turn-driver.js';
-import { LABELS, distinct, fullSequence, type Context, type ServerKind } from './context.js';
+import { LABELS, distinct, fullSequence, restCredentials, staticCredential, type Context, type ServerKind } from './context.js';
 import { startServer, withRig } from './servers.js';
 
 export interface RateResult {
@@ -30,15 +30,22 @@ export function runRate(ctx: Context, kind: ServerKind): Promise<RateResult> {
     const { redis, clients } = rig;
     const server = (rig.server = await startServer(ctx, kind, { redis, name: `rate-${kind}` }));
     const peer = ctx.peer.endpoint;
+    // --credentials rest: a time-limited credential per allocation where the server takes them (not the floor).
+    const credential = ctx.options.credentials === 'rest' && !kind.startsWith('floor') ? restCredentials() : staticCredential;
     // Warm-up (not measured): JIT for anyturn, first-touch allocations for both.
     const warm = new DriverStats();
-    await runPool(ctx.options.warmup, ctx.options.workers, () => fullSequence(server.endpoint, peer, warm, clients, true), ctx.stop);
+    await runPool(ctx.options.warmup, ctx.options.workers, () => fullSequence(server.endpoint, peer, warm, clients, true, credential), ctx.stop);
 
     const stats = new DriverStats();
     const serverCpu0 = safeCpuMicros(server.proc.pid);
     const redisCpu0 = redis ? safeCpuMicros(redis.proc.pid) : undefined;
     const driverCpu0 = process.cpuUsage();
-    const pool = await runPool(ctx.options.allocations, ctx.options.workers, () => fullSequence(server.endpoint, peer, stats, clients, true), ctx.stop);
+    const pool = await runPool(
+      ctx.options.allocations,
+      ctx.options.workers,
+      () => fullSequence(server.endpoint, peer, stats, clients, true, credential),
+      ctx.stop,
+    );
     const driverCpu = process.cpuUsage(driverCpu0);
     const serverCpu1 = safeCpuMicros(server.proc.pid);
     const redisCpu1 = redis ? safeCpuMicros(redis.proc.pid) : undefined;

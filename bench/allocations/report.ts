@@ -30,6 +30,11 @@ export function reportRate(rs: readonly RateResult[], o: Options): string[] {
     `   ${o.allocations} allocations (after ${o.warmup} unmeasured warm-up ones), ${o.workers} concurrent client sockets, one new socket per allocation;`,
   );
   lines.push(`   server on CPU ${SERVER_CPU}, driver and redis-server on CPU ${CLIENT_CPU}; latency = first Allocate sent -> ChannelBind success`);
+  lines.push(
+    o.credentials === 'rest'
+      ? '   credentials: a time-limited one (--use-auth-secret) per allocation for anyturn and coturn; the Node floor: its static user'
+      : '   credentials: one static user for every allocation',
+  );
   const rows: string[][] = [
     ['server', 'store', 'ok', 'alloc/s', 'p50 ms', 'p99 ms', 'max ms', 'retransmits', 'server CPU us/alloc', 'redis CPU us/alloc', 'driver CPU %'],
   ];

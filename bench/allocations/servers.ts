@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 import { fdCount, statusKb, type TrackedProcess } from '../processes.js';
 import { freeTcpPort, freeUdpPort, stunBindingAnswers } from '../net.js';
-import { PASSWORD, REALM, USER, loopbackTurnArgs, coturnLaunch } from '../servers.js';
+import { AUTH_SECRET, PASSWORD, REALM, USER, loopbackTurnArgs, coturnLaunch } from '../servers.js';
 import { LOOPBACK, type AllocationClient, type Endpoint } from '../turn-driver.js';
 import { SERVER_CPU, sleep } from '../host.js';
 import { RELAY_MAX, RELAY_MIN } from './options.js';
@@ -47,10 +47,22 @@ export interface StartOptions {
   readonly cli?: string;
 }
 
+/** --credentials rest: anyturn and coturn also take time-limited credentials (the floor has only its static user). */
+function authSecretOf(ctx: Context): { authSecret?: string } {
+  return ctx.options.credentials === 'rest' ? { authSecret: AUTH_SECRET } : {};
+}
+
 function anyturnArgs(ctx: Context, kind: ServerKind, listeningPort: number, metricsPort: number, meshPort: number, o: StartOptions): string[] {
   const args = [
     o.cli ?? ctx.anyturnCli,
-    ...loopbackTurnArgs({ listeningPort, relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX }, user: USER, password: PASSWORD, realm: REALM }),
+    ...loopbackTurnArgs({
+      listeningPort,
+      relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX },
+      user: USER,
+      password: PASSWORD,
+      realm: REALM,
+      ...authSecretOf(ctx),
+    }),
     '--no-tcp',
     '--no-tls',
     '--metrics-ip',
@@ -99,6 +111,7 @@ async function launchOf(
       user: USER,
       password: PASSWORD,
       realm: REALM,
+      ...authSecretOf(ctx),
       scratchDir: mkdtempSync(join(ctx.scratchDir, 'coturn-')),
     });
     return { command: launch.command, args: [...launch.args], metricsPort: undefined };

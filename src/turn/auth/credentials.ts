@@ -2,9 +2,10 @@
 // shared-secret scheme ("TURN REST API"): username = "expiry-unix-seconds[:id]",
 // password = base64(HMAC-SHA1(secret, username)).
 
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { encodePasswordAlgorithms } from '../../stun/attributes.js';
 import { PasswordAlgorithm } from '../../stun/constants.js';
+import { hmacSha1Into } from '../../stun/hmac-sha1.js';
 import { longTermKey, userhash } from '../../stun/integrity.js';
 import { SecurityFeature } from '../../stun/nonce-cookie.js';
 
@@ -39,6 +40,8 @@ export class CredentialStore {
   private readonly madeMd5 = new Map<string, KeyLookup>();
   private readonly madeSha256 = new Map<string, KeyLookup>();
   private readonly byUserhash = new Map<string, string>();
+  /** The auth secrets as bytes, one object each for the process (restApiPassword). */
+  private readonly secretKeys: readonly Buffer[];
   /** Verified against when the user is unknown, so that both cases cost the same. */
   readonly decoyKey = randomBytes(16);
   /**
@@ -60,6 +63,7 @@ export class CredentialStore {
 
   constructor(private readonly options: CredentialOptions) {
     this.realm = options.realm;
+    this.secretKeys = options.authSecrets.map((secret) => Buffer.from(secret, 'utf8'));
     for (const [name, password] of options.users) {
       const hexKey = /^0x([0-9a-fA-F]{32})$/.exec(password);
       this.md5Keys.set(name, hexKey ? Buffer.from(hexKey[1]!, 'hex') : longTermKey(name, options.realm, password));
@@ -105,7 +109,7 @@ export class CredentialStore {
     const made = algorithm === PasswordAlgorithm.MD5 ? this.madeMd5 : this.madeSha256;
     let lookup = made.get(username);
     if (lookup !== undefined) return lookup;
-    lookup = { ok: true, keys: this.options.authSecrets.map((secret) => longTermKey(username, this.realm, restApiPassword(secret, username), algorithm)) };
+    lookup = { ok: true, keys: this.secretKeys.map((secret) => longTermKey(username, this.realm, restApiPassword(secret, username), algorithm)) };
     if (made.size >= MADE_KEYS_MAX) made.clear();
     made.set(username, lookup);
     return lookup;
@@ -124,7 +128,14 @@ export function restApiExpirySeconds(username: string): number | undefined {
   return Number(head);
 }
 
-/** coturn's --use-auth-secret password: base64(HMAC-SHA1(secret, username)). */
-export function restApiPassword(secret: string, username: string): string {
-  return createHmac('sha1', secret).update(username, 'utf8').digest('base64');
+/**
+ * coturn's --use-auth-secret password: base64(HMAC-SHA1(secret, username)). The secret as
+ * bytes (the same object each time) lets hmac-sha1.ts keep its padded blocks.
+ */
+export function restApiPassword(secret: string | Uint8Array, username: string): string {
+  const key = typeof secret === 'string' ? Buffer.from(secret, 'utf8') : secret;
+  const data = Buffer.from(username, 'utf8');
+  const mac = Buffer.allocUnsafe(20);
+  hmacSha1Into(key, data, 0, data.length, mac, 0);
+  return mac.toString('base64');
 }
