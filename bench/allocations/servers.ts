@@ -47,22 +47,25 @@ export interface StartOptions {
   readonly cli?: string;
 }
 
-/** --credentials rest: anyturn and coturn also take time-limited credentials (the floor has only its static user). */
-function authSecretOf(ctx: Context): { authSecret?: string } {
-  return ctx.options.credentials === 'rest' ? { authSecret: AUTH_SECRET } : {};
+/**
+ * The settings anyturn and coturn share: the port, the relay range, the static user, and with
+ * --credentials rest the secret of time-limited credentials (the floor has only its static user).
+ */
+function commonSettings(ctx: Context, listeningPort: number, o: StartOptions) {
+  return {
+    listeningPort,
+    relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX },
+    user: USER,
+    password: PASSWORD,
+    realm: REALM,
+    ...(ctx.options.credentials === 'rest' ? { authSecret: AUTH_SECRET } : {}),
+  };
 }
 
 function anyturnArgs(ctx: Context, kind: ServerKind, listeningPort: number, metricsPort: number, meshPort: number, o: StartOptions): string[] {
   const args = [
     o.cli ?? ctx.anyturnCli,
-    ...loopbackTurnArgs({
-      listeningPort,
-      relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX },
-      user: USER,
-      password: PASSWORD,
-      realm: REALM,
-      ...authSecretOf(ctx),
-    }),
+    ...loopbackTurnArgs(commonSettings(ctx, listeningPort, o)),
     '--no-tcp',
     '--no-tls',
     '--metrics-ip',
@@ -105,15 +108,7 @@ async function launchOf(
   o: StartOptions,
 ): Promise<{ command: string; args: string[]; metricsPort: number | undefined }> {
   if (kind === 'coturn') {
-    const launch = coturnLaunch({
-      listeningPort,
-      relayPorts: o.relayPorts ?? { min: RELAY_MIN, max: RELAY_MAX },
-      user: USER,
-      password: PASSWORD,
-      realm: REALM,
-      ...authSecretOf(ctx),
-      scratchDir: mkdtempSync(join(ctx.scratchDir, 'coturn-')),
-    });
+    const launch = coturnLaunch({ ...commonSettings(ctx, listeningPort, o), scratchDir: mkdtempSync(join(ctx.scratchDir, 'coturn-')) });
     return { command: launch.command, args: [...launch.args], metricsPort: undefined };
   }
   if (kind === 'floor' || kind === 'floor-shared') {
