@@ -155,8 +155,12 @@ export class UdpRelayFactory implements RelaySocketFactory {
   ) {
     if (!bareHandles) this.handles = null;
     this.onHandleMessage = function onRelayHandleMessage(this: UdpHandle, nread, _handle, buf, rinfo): void {
-      if (nread < 0) onError(Object.assign(new Error(`recvmsg ${errnoName(nread)}`), { errno: nread, code: errnoName(nread), syscall: 'recvmsg' }));
-      else (this as RelayHandle).relay.onPacket(buf, rinfo.address, rinfo.port);
+      if (nread >= 0) {
+        (this as RelayHandle).relay.onPacket(buf, rinfo.address, rinfo.port);
+        return;
+      }
+      const code = errnoName(nread);
+      onError(Object.assign(new Error(`recvmsg ${code}`), { errno: nread, code, syscall: 'recvmsg' }));
     };
     this.takeReserve();
   }

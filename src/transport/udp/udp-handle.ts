@@ -24,14 +24,23 @@
 
 import { getSystemErrorName } from 'node:util';
 import type dgram from 'node:dgram';
-import { type SendRequest, type SendWrapConstructor, SEND_DONE, SEND_FAILED, SEND_QUEUED, type SendResult, probeSendWrap, socketState } from './dgram-fast.js';
+import {
+  type DgramUdpHandle,
+  type SendRequest,
+  type SendWrapConstructor,
+  SEND_DONE,
+  SEND_FAILED,
+  SEND_QUEUED,
+  type SendResult,
+  probeSendWrap,
+  socketState,
+} from './dgram-fast.js';
 
-/** The UDP handle as used here (internalBinding('udp_wrap').UDP). */
-export interface UdpHandle {
+/** The UDP handle as used here: what dgram-fast.ts uses of it, and the rest of what dgram calls on it. */
+export interface UdpHandle extends DgramUdpHandle {
   bind(address: string, port: number, flags: number): number;
   bind6(address: string, port: number, flags: number): number;
   recvStart(): number;
-  send(req: object, list: Uint8Array[], count: number, port: number, address: string, hasCallback: boolean): number;
   send6(req: object, list: Uint8Array[], count: number, port: number, address: string, hasCallback: boolean): number;
   close(): void;
   onmessage: ((this: UdpHandle, nread: number, handle: unknown, buf: Buffer, rinfo: dgram.RemoteInfo) => void) | null;
@@ -100,12 +109,11 @@ export function bindUdpHandle(kit: UdpHandleKit, address: string, ipv6: boolean,
  * with it and new ones are made.
  */
 export class HandleSender {
-  private req: SendRequest;
-  private list: Uint8Array[];
+  private req!: SendRequest;
+  private list!: Uint8Array[];
 
   constructor(private readonly SendWrap: SendWrapConstructor) {
-    this.list = [];
-    this.req = this.fresh();
+    this.fresh();
   }
 
   /** Sends data (the whole of it) to address:port; SEND_QUEUED: libuv holds the bytes until sent. */
@@ -115,15 +123,16 @@ export class HandleSender {
     const sent = ipv6 ? handle.send6(this.req, list, 1, port, address, false) : handle.send(this.req, list, 1, port, address, false);
     if (sent > 0) return SEND_DONE;
     if (sent < 0) return SEND_FAILED;
-    this.req = this.fresh();
+    this.fresh();
     return SEND_QUEUED;
   }
 
-  private fresh(): SendRequest {
+  /** A new request and list: the previous ones, if any, belong to a queued send. */
+  private fresh(): void {
     const req = new this.SendWrap();
     const list: Uint8Array[] = [];
     req.list = list;
+    this.req = req;
     this.list = list;
-    return req;
   }
 }
