@@ -41,6 +41,8 @@ export function nodePeerPolicy(config: ServerConfig): NodePeerPolicy {
     deniedPeerRanges: config.deniedPeerIps,
     serverAddresses: [...own],
     servicePorts,
+    // Two allocations of this server (two browsers on one TURN service) relay to each other.
+    relayPorts: { min: config.minPort, max: config.maxPort },
   });
   return { policy, servicePorts };
 }

@@ -24,6 +24,8 @@ export const DROP_REASONS = [
   'too_large',
   /** A Send indication or ChannelData to a service port of a server or cluster address (turn/peer-policy.ts). */
   'peer_service_port',
+  /** A Send indication or ChannelData to a port of the server's own address that is not a relayed port (turn/peer-policy.ts). */
+  'peer_server_port',
   /** Relayed data over a bandwidth limit (--max-bps, --user-max-bps, --bps-capacity; turn/bandwidth.ts). */
   'bandwidth',
   /** A Send indication or ChannelData on a TCP allocation (RFC 6062 §5.1: data goes over data connections). */

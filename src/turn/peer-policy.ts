@@ -13,7 +13,7 @@
 //   3. inside an operator deny range              -> 'denied-by-operator'
 //   4. loopback and allowLoopbackPeers            -> allowed (even a loopback
 //      server address: tests run client, server and peers on 127.0.0.1)
-//   5. one of the server's own addresses          -> 'server-address'
+//   5. one of the server's own addresses          -> 'server-address' (relayPorts: allowed, below)
 //   6. the default special-purpose tables         -> reason of the most specific block
 //   7. otherwise                                  -> allowed
 // Steps 2-6 match an IPv6 address both literally and through the IPv4
@@ -25,16 +25,17 @@
 // same server relay to each other through their relayed transport addresses
 // (RFC 8656 §2: a peer may itself be a TURN relay), and with
 // --allow-loopback-peers or an --allowed-peer-ip range covering the server,
-// check() above allows that IP. What is never allowed is a peer ip:port that
+// check() above allows that IP. With `relayPorts` (--min-port to --max-port) a
+// server address is a peer by default at a relayed port only (two browsers on
+// one TURN service); its other ports (SSH, a database) get 403 or a counted
+// drop ('peer_server_port'). What is never allowed is a peer ip:port that
 // is a server (or cluster) address AND a service port: the client listening
 // ports (UDP, TCP, TLS), the ops/metrics port and the mesh port, of this node
 // or of any cluster node (TURN-to-self loops, requests to the ops endpoint or
 // the mesh coming from the relay; RFC 8656 §21). checkPeer(ip, port) adds that
 // rule to check(ip) for ChannelBind (403); a Send indication or ChannelData to
-// such a peer is dropped and counted (isServicePort + isServerAddress, which
-// the engine asks only when the port is a service port). Other ports of a
-// server address follow check(ip): they are reachable only when the operator
-// allowed that IP (or loopback), and relayed ports are meant to be.
+// such a peer is dropped and counted (the engine asks isServerAddress and
+// isServerPeer only for a service port or one outside the relayed ports).
 // Server addresses and service ports grow at run time (ports bound at start,
 // cluster nodes as membership learns them): `generation` changes then.
 
@@ -70,6 +71,8 @@ export interface PeerPolicyOptions {
   readonly serverAddresses: readonly string[];
   /** The server's service ports (listening UDP/TCP/TLS, ops/metrics, mesh); more can be added later. */
   readonly servicePorts?: readonly number[];
+  /** --min-port to --max-port: a server address at one is another allocation's relayed address (absent: denied). */
+  readonly relayPorts?: { readonly min: number; readonly max: number };
 }
 
 export interface PeerPolicy {
@@ -81,6 +84,10 @@ export interface PeerPolicy {
   isServerAddress(ip: string): boolean;
   /** True for a service port of this node or a cluster node. Allocation-free: the relay path asks it per packet. */
   isServicePort(port: number): boolean;
+  /** True for a port outside the relayed ports (always false without relayPorts). Allocation-free, per packet. */
+  isOutsideRelayPorts(port: number): boolean;
+  /** check(ip) allowed `ip` only as one of the server's own addresses (step 5): then only its relayed ports are peers. */
+  isServerPeer(ip: string): boolean;
   /** Adds server addresses (single IPs or ranges; a malformed one throws PeerRangeError) and service ports. */
   addServer(addresses: readonly string[], ports: readonly number[]): void;
   /** Bumped whenever addServer adds something: cached isServerAddress answers are stale then. */
@@ -106,6 +113,8 @@ interface Block6 {
 }
 
 const ALLOWED: PeerVerdict = Object.freeze({ allowed: true });
+/** Allowed as a server's own address (step 5): at a relayed port only (checkPeer). */
+const SERVER_PEER: PeerVerdict = Object.freeze({ allowed: true });
 const DENIED: { readonly [R in PeerDenyReason]: PeerVerdict } = Object.freeze({
   invalid: deny('invalid'),
   unspecified: deny('unspecified'),
@@ -300,6 +309,7 @@ interface OwnTables {
   readonly denied: CompiledRanges;
   readonly server: CompiledRanges;
   readonly allowLoopback: boolean;
+  readonly serverPeers: boolean; // step 5 with relayPorts
 }
 
 /** The verdict for a peer IP, in the order of decisions at the top of this file. */
@@ -324,7 +334,7 @@ function verdictFor(tables: OwnTables, ip: string): PeerVerdict {
 
   const loopback = v6 === 1n || (v4 !== undefined && v4 >>> 24 === 127);
   if (tables.allowLoopback && loopback) return ALLOWED; // tests run client, server and peers on 127.0.0.1
-  if (matches(tables.server, v6, v4)) return DENIED['server-address'];
+  if (matches(tables.server, v6, v4)) return tables.serverPeers && !loopback ? SERVER_PEER : DENIED['server-address'];
   return defaultVerdict(v6, v4, embedding);
 }
 
@@ -356,9 +366,12 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
   const denied = compileRanges(opts.deniedPeerRanges, '--denied-peer-ip');
   const servers = new ServerSet(opts.serverAddresses);
   servers.add([], opts.servicePorts ?? []);
-  const tables: OwnTables = { allowed, denied, server: servers.ranges, allowLoopback: opts.allowLoopbackPeers === true };
+  const relay = opts.relayPorts;
+  const tables: OwnTables = { allowed, denied, server: servers.ranges, allowLoopback: opts.allowLoopbackPeers === true, serverPeers: relay !== undefined };
   const servicePorts = servers.servicePorts;
+  const [minRelay, maxRelay] = [relay?.min ?? 0, relay?.max ?? 65535];
   const isServerAddress = (ip: string): boolean => servers.has(ip);
+  const isOutsideRelayPorts = (port: number): boolean => port < minRelay || port > maxRelay;
   const check = (ip: string): PeerVerdict => verdictFor(tables, ip);
 
   return {
@@ -366,11 +379,14 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
     checkPeer(ip: string, port: number): PeerVerdict {
       const verdict = check(ip);
       if (!verdict.allowed) return verdict;
+      if (verdict === SERVER_PEER && isOutsideRelayPorts(port)) return DENIED['server-address'];
       if (servicePorts[port] === 1 && isServerAddress(ip)) return DENIED['server-address'];
       return verdict;
     },
     isServerAddress,
     isServicePort: (port: number): boolean => servicePorts[port] === 1,
+    isOutsideRelayPorts,
+    isServerPeer: (ip: string): boolean => check(ip) === SERVER_PEER,
     addServer(addresses: readonly string[], ports: readonly number[]): void {
       servers.add(addresses, ports);
     },

@@ -20,6 +20,8 @@ export class Permission {
   readonly peerIPv6: Uint8Array;
   /** Cached PeerPolicy.isServerAddress(peerAddress), valid while the policy's generation equals policyGeneration. */
   serverAddress = false;
+  /** Cached PeerPolicy.isServerPeer(peerAddress) (a peer at the server's relayed ports only), valid as serverAddress. */
+  serverPeer = false;
   policyGeneration = -1;
   constructor(
     readonly peerAddress: string,

@@ -38,8 +38,9 @@ export class ClientData {
     const now = this.ctx.packetClock();
     if (!binding || binding.expiresAtMs <= now) return this.ctx.drop('no_channel');
     if (binding.permission.expiresAtMs <= now) return this.ctx.drop('no_permission');
-    // 3. Never to a service port of the server or its cluster (peer-policy.ts).
-    if (this.policy.isServicePort(binding.peerPort) && this.isServerPeer(binding.permission)) return this.ctx.drop('peer_service_port');
+    // 3. Never to a service port of the server or its cluster, nor to one of its ports that is not a relayed one (peer-policy.ts).
+    const refused = this.refusedServerPort(binding.permission, binding.peerPort);
+    if (refused !== undefined) return this.ctx.drop(refused);
     // Over a bandwidth limit (turn/bandwidth.ts): dropped, the allocation lives on.
     const gate = allocation.bandwidth;
     if (gate !== undefined && !gate.up.admit(length, now)) return this.ctx.drop('bandwidth');
@@ -67,8 +68,10 @@ export class ClientData {
         : allocation.permissionsByAddress.get(formatIPv6(view.peerIPv6));
     const now = this.ctx.packetClock();
     if (!permission || permission.expiresAtMs <= now) return this.ctx.drop('no_permission');
-    // A permission is per IP (RFC 8656 §9); the port is known only here: never a server's service port.
-    if (this.policy.isServicePort(view.peerPort) && this.isServerPeer(permission)) return this.ctx.drop('peer_service_port');
+    // A permission is per IP (RFC 8656 §9); the port is known only here: never a server's service port,
+    // nor a server port that is not a relayed one.
+    const refused = this.refusedServerPort(permission, view.peerPort);
+    if (refused !== undefined) return this.ctx.drop(refused);
     const gate = allocation.bandwidth;
     if (gate !== undefined && !gate.up.admit(view.dataLength, now)) return this.ctx.drop('bandwidth');
     // 3. The DATA, from the relayed transport address of the peer's family to the peer.
@@ -84,15 +87,21 @@ export class ClientData {
   }
 
   /**
-   * Whether a permission's IP is one of the server's or its cluster's addresses. Asked only
-   * for a service port (rare), and cached on the permission until the policy learns more.
+   * Why a datagram to port on the permission's IP is refused, or undefined: a service port of
+   * a server or cluster address, or a port outside the relayed ports of an address allowed only
+   * as the server's own (peer-policy.ts). The policy's answers for the IP are cached on the
+   * permission until the policy learns more; two comparisons of the port come first.
    */
-  private isServerPeer(permission: Permission): boolean {
+  private refusedServerPort(permission: Permission, port: number): 'peer_service_port' | 'peer_server_port' | undefined {
     const policy = this.policy;
+    const service = policy.isServicePort(port);
+    if (!service && !policy.isOutsideRelayPorts(port)) return undefined;
     if (permission.policyGeneration !== policy.generation) {
       permission.serverAddress = policy.isServerAddress(permission.peerAddress);
+      permission.serverPeer = policy.isServerPeer(permission.peerAddress);
       permission.policyGeneration = policy.generation;
     }
-    return permission.serverAddress;
+    if (service) return permission.serverAddress ? 'peer_service_port' : undefined;
+    return permission.serverPeer ? 'peer_server_port' : undefined;
   }
 }

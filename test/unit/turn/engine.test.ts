@@ -64,6 +64,8 @@ interface HarnessOptions {
   readonly relayAddressIPv6?: string;
   readonly minPort?: number;
   readonly maxPort?: number;
+  /** The policy knows the relayed ports, as the server's (src/server/peers.ts): its own addresses are peers there. */
+  readonly serverPeers?: boolean;
   readonly maxLifetimeSeconds?: number;
   readonly nonceSecret?: Buffer;
   readonly transport?: ClientTransportKind;
@@ -152,6 +154,7 @@ class Harness {
       deniedPeerRanges: [],
       serverAddresses: [SERVER_IP, RELAY_IP],
       servicePorts: [SERVER_PORT],
+      ...(o.serverPeers === true ? { relayPorts: { min: o.minPort ?? 49152, max: o.maxPort ?? 65535 } } : {}),
     });
     this.engine = new TurnEngine({
       nodeId: o.nodeId ?? 'node-a',
@@ -1045,6 +1048,25 @@ describe('TurnEngine: quotas', () => {
 });
 
 // ------------------------------------------------------------------ permissions
+
+describe('TurnEngine: the server’s own address as a peer (two allocations of one server)', () => {
+  it('relays to it at a relayed port, by Send indication and by channel, and never at another port', async () => {
+    const h = new Harness({ serverPeers: true });
+    const c = h.client();
+    const socket = h.relay(await c.mustAllocate());
+    assert.equal((await c.createPermission(RELAY_IP)).code, 200, 'a permission is per IP');
+    c.sendIndication({ address: RELAY_IP, port: 50000 }, Buffer.from('to the other allocation'));
+    assert.deepEqual(socket.sent, [{ data: Buffer.from('to the other allocation'), address: RELAY_IP, port: 50000 }]);
+    const dropped = h.counters.drops.peer_server_port;
+    c.sendIndication({ address: RELAY_IP, port: 22 }, Buffer.from('to ssh'));
+    assert.equal(socket.sent.length, 1, 'nothing sent to a port outside the relayed ones');
+    assert.equal(h.counters.drops.peer_server_port, dropped + 1);
+    assert.equal((await c.channelBind(0x4000, { address: RELAY_IP, port: 22 })).code, 403);
+    assert.equal((await c.channelBind(0x4001, { address: RELAY_IP, port: 50001 })).code, 200);
+    c.channelData(0x4001, Buffer.from('by channel'));
+    assert.deepEqual(socket.sent[1], { data: Buffer.from('by channel'), address: RELAY_IP, port: 50001 });
+  });
+});
 
 describe('TurnEngine: permissions', () => {
   it('relays both ways with a permission; it expires after 300 s and CreatePermission restores it', async () => {

@@ -514,3 +514,46 @@ describe('peer policy: check never throws', () => {
     }
   });
 });
+
+describe('peer policy: the server’s own addresses with its relayed ports (relayPorts)', () => {
+  const relayPorts = { min: 49152, max: 65535 };
+
+  it('allows a server address as a peer IP, and at a relayed port only: two allocations of one server relay to each other', () => {
+    // 198.18.0.9 is denied by default as any other peer (benchmarking); as the server's own it is a peer.
+    const p = policy({ serverAddresses: ['198.18.0.9', '2001:2::9'], servicePorts: [3478], relayPorts });
+    for (const ip of ['198.18.0.9', '::ffff:198.18.0.9', '2001:2::9']) {
+      assert.equal(reasonOf(p.check(ip)), 'allowed', ip);
+      assert.equal(p.isServerPeer(ip), true, ip);
+      assert.equal(reasonOf(p.checkPeer(ip, 49152)), 'allowed', `${ip} at the first relayed port`);
+      assert.equal(reasonOf(p.checkPeer(ip, 65535)), 'allowed', `${ip} at the last relayed port`);
+      for (const port of [22, 3478, 5432, 49151]) assert.equal(reasonOf(p.checkPeer(ip, port)), 'server-address', `${ip}:${port}`);
+    }
+    // Any other address of the block keeps its default verdict.
+    assert.equal(reasonOf(p.check('198.18.0.10')), 'reserved');
+    assert.equal(p.isServerPeer('198.18.0.10'), false);
+    assert.equal(p.isServerPeer('8.8.8.8'), false);
+    assert.equal(p.isOutsideRelayPorts(49151), true);
+    assert.equal(p.isOutsideRelayPorts(49152), false);
+  });
+
+  it('still refuses a service port inside the relayed range, and a loopback server address unless loopback is allowed', () => {
+    const p = policy({ serverAddresses: ['198.18.0.9', '127.0.0.1'], servicePorts: [50000], relayPorts });
+    assert.equal(reasonOf(p.checkPeer('198.18.0.9', 50000)), 'server-address');
+    assert.equal(reasonOf(p.checkPeer('198.18.0.9', 50001)), 'allowed');
+    assert.equal(reasonOf(p.check('127.0.0.1')), 'server-address');
+    assert.equal(p.isServerPeer('127.0.0.1'), false);
+  });
+
+  it('leaves an operator’s allow as it was: every port but the service ports, not the relayed ones only', () => {
+    const p = policy({ serverAddresses: ['198.18.0.9'], servicePorts: [3478], relayPorts, allowedPeerRanges: ['198.18.0.0/15'] });
+    assert.equal(p.isServerPeer('198.18.0.9'), false);
+    assert.equal(reasonOf(p.checkPeer('198.18.0.9', 40000)), 'allowed');
+    assert.equal(reasonOf(p.checkPeer('198.18.0.9', 3478)), 'server-address');
+  });
+
+  it('without relayPorts denies the server’s addresses as before', () => {
+    const p = policy({ serverAddresses: ['198.18.0.9'] });
+    assert.equal(reasonOf(p.check('198.18.0.9')), 'server-address');
+    assert.equal(p.isOutsideRelayPorts(22), false);
+  });
+});
