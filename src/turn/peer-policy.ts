@@ -368,8 +368,7 @@ export function createPeerPolicy(opts: PeerPolicyOptions): PeerPolicy {
   servers.add([], opts.servicePorts ?? []);
   const relay = opts.relayPorts;
   const tables: OwnTables = { allowed, denied, server: servers.ranges, allowLoopback: opts.allowLoopbackPeers === true, serverPeers: relay !== undefined };
-  const servicePorts = servers.servicePorts;
-  const [minRelay, maxRelay] = [relay?.min ?? 0, relay?.max ?? 65535];
+  const [servicePorts, minRelay, maxRelay] = [servers.servicePorts, relay?.min ?? 0, relay?.max ?? 65535];
   const isServerAddress = (ip: string): boolean => servers.has(ip);
   const isOutsideRelayPorts = (port: number): boolean => port < minRelay || port > maxRelay;
   const check = (ip: string): PeerVerdict => verdictFor(tables, ip);
